@@ -1,0 +1,1 @@
+//! Benchmark programs against OpenCV, PyTorch and gloo.

@@ -1,0 +1,1 @@
+//! The coordinator role: jobs, splits, class weights, shards, metrics, embedded state.

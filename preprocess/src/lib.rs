@@ -1,0 +1,1 @@
+//! Worker-side image preprocessing: JPEG decode, OpenCV-exact bicubic resize, grey/threshold/opening channels, shard cache.

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the build and tests need into project-local folders; idempotent.
+#   .libtorch/   libtorch from PyPI's torch wheel (CPU set; the same build runs on CUDA 13 machines)
+#   .venv-tools/ Python reference tools: opencv, torch (benchmarks), moto (S3 server), grpcio
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.11.0
+CUDA_RUNTIME_VERSION=13.0.96
+CUDA_CUPTI_VERSION=13.0.85
+
+if [ ! -f .libtorch/.installed-$TORCH_VERSION ]; then
+  echo "setup: installing libtorch $TORCH_VERSION into .libtorch"
+  rm -rf .libtorch
+  python3 -m pip install --quiet --no-deps --no-compile --target .libtorch \
+    "torch==$TORCH_VERSION" \
+    "nvidia-cuda-runtime==$CUDA_RUNTIME_VERSION.*" \
+    "nvidia-cuda-cupti==$CUDA_CUPTI_VERSION.*"
+  touch .libtorch/.installed-$TORCH_VERSION
+fi
+
+if [ "${SETUP_PYTHON_TOOLS:-1}" = 1 ] && [ ! -f .venv-tools/.installed-v1 ]; then
+  echo "setup: installing python reference tools into .venv-tools"
+  rm -rf .venv-tools
+  python3 -m venv .venv-tools
+  .venv-tools/bin/pip install --quiet --upgrade pip
+  .venv-tools/bin/pip install --quiet \
+    "numpy<2.3" "opencv-python-headless==4.10.0.84" "moto[server]==5.0.28" \
+    "grpcio==1.67.1" "grpcio-tools==1.67.1"
+  touch .venv-tools/.installed-v1
+fi

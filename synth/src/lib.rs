@@ -1,0 +1,1 @@
+//! Synthetic FlowCam dataset generator with measured native features.

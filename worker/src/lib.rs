@@ -1,0 +1,1 @@
+//! The worker role: fetch a shard, preprocess, train data-parallel, report.
