@@ -1,1 +1,126 @@
-fn main() {}
+//! `planktonctl`: the operator CLI of plankton-cluster.
+#![forbid(unsafe_code)]
+
+mod dataset_commands;
+mod demo;
+mod job_commands;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "planktonctl", version, about = "Operate a plankton-cluster: datasets, training jobs, workers")]
+struct Cli {
+    /// Coordinator gRPC endpoint.
+    #[arg(long, global = true, env = "PLANKTON_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Submit a training job (flags, or a JSON job file with the same field names).
+    Submit(job_commands::SubmitArgs),
+    /// Follow a job live: progress per worker and epoch, then final metrics and the confusion matrix.
+    Watch {
+        job_id: String,
+    },
+    /// List jobs.
+    List,
+    /// Show one job with its metrics.
+    Get {
+        job_id: String,
+    },
+    /// Cancel a pending or running job.
+    Cancel {
+        job_id: String,
+    },
+    /// List registered workers.
+    Workers,
+    /// Generate or inspect datasets.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// Generate a synthetic dataset, start a coordinator and workers on 127.0.0.1, train, and show the results.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum DatasetCommand {
+    /// Write a synthetic FlowCam dataset (real layout, class counts, sizes, features).
+    Synth(SynthArgs),
+    /// Class counts, image sizes and plots of a dataset.
+    Stats(StatsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// Dataset root URL: path, file://, s3://, gs://, az://, memory://.
+    #[arg(long)]
+    out: String,
+    /// Number of objects (243610 reproduces the real class counts).
+    #[arg(long, default_value_t = 243_610)]
+    count: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Ship images as one imgs.zip instead of imgs/<objid>.jpg.
+    #[arg(long)]
+    zip: bool,
+    /// Write features_native.csv.gz instead of features_native.csv.
+    #[arg(long)]
+    gzip_features: bool,
+    /// Concurrent object writes.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Dataset root URL.
+    dataset: String,
+    /// Folder the SVG plots are written to.
+    #[arg(long, default_value = "dataset-stats")]
+    plots: PathBuf,
+    /// Concurrent image header reads.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    plankton_common::init_tracing_with_default("warn");
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Submit(args) => job_commands::submit(&cli.coordinator, args, cli.output).await,
+        Command::Watch { job_id } => job_commands::watch(&cli.coordinator, &job_id, cli.output).await.map(|_| ()),
+        Command::List => job_commands::list(&cli.coordinator, cli.output).await,
+        Command::Get { job_id } => job_commands::get(&cli.coordinator, &job_id, cli.output).await,
+        Command::Cancel { job_id } => job_commands::cancel(&cli.coordinator, &job_id, cli.output).await,
+        Command::Workers => job_commands::workers(&cli.coordinator, cli.output).await,
+        Command::Dataset(DatasetCommand::Synth(args)) => dataset_commands::synth(args, cli.output).await,
+        Command::Dataset(DatasetCommand::Stats(args)) => dataset_commands::stats(args, cli.output).await,
+        Command::Demo(args) => demo::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            match error.downcast_ref::<job_commands::Unreachable>() {
+                Some(_) => ExitCode::from(3),
+                None => ExitCode::from(1),
+            }
+        }
+    }
+}

@@ -1,1 +1,63 @@
 //! Collectives between workers: ring all-reduce over TCP on CPU, NCCL behind a feature.
+//!
+//! Every collective is synchronous and blocking (the trainer calls it from a libtorch thread). All ranks must
+//! call the same operations in the same order with buffers of the same length; a mismatch is detected and
+//! reported. After any failure a ring is poisoned: every later operation fails at once.
+#![cfg_attr(not(feature = "nccl"), forbid(unsafe_code))]
+#![cfg_attr(feature = "nccl", deny(unsafe_code))]
+
+mod error;
+mod listener;
+mod ring;
+mod wire;
+
+#[cfg(feature = "nccl")]
+#[allow(unsafe_code)]
+pub mod nccl;
+
+pub use error::{CollectiveError, Result};
+pub use listener::RingListener;
+pub use ring::{RingAllReduce, RingConfig};
+
+/// A group of data-parallel ranks that reduce gradients together.
+pub trait Collective: Send {
+    /// This process's rank, in `0..world_size()`.
+    fn rank(&self) -> usize;
+    /// Number of ranks.
+    fn world_size(&self) -> usize;
+    /// Replaces `buffer` on every rank by the element-wise sum of all ranks' buffers.
+    fn all_reduce_sum(&mut self, buffer: &mut [f32]) -> Result<(), CollectiveError>;
+    /// Replaces `buffer` on every rank by the buffer of rank `root`.
+    fn broadcast(&mut self, buffer: &mut [f32], root: usize) -> Result<(), CollectiveError>;
+    /// Returns once every rank has entered the barrier.
+    fn barrier(&mut self) -> Result<(), CollectiveError>;
+}
+
+/// The collective of a job that runs on one worker: world size 1, every operation a no-op.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SingleProcess;
+
+impl Collective for SingleProcess {
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn world_size(&self) -> usize {
+        1
+    }
+
+    fn all_reduce_sum(&mut self, _buffer: &mut [f32]) -> Result<(), CollectiveError> {
+        Ok(())
+    }
+
+    fn broadcast(&mut self, _buffer: &mut [f32], root: usize) -> Result<(), CollectiveError> {
+        if root != 0 {
+            return Err(CollectiveError::InvalidRoot { root, world_size: 1 });
+        }
+        Ok(())
+    }
+
+    fn barrier(&mut self) -> Result<(), CollectiveError> {
+        Ok(())
+    }
+}

@@ -1,1 +1,99 @@
-//! The coordinator role: jobs, splits, class weights, shards, metrics, embedded state.
+//! The coordinator role: accepts jobs, plans splits/weights/shards, assigns workers, aggregates metrics, and
+//! keeps every job in an embedded store.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod metrics;
+pub mod planner;
+pub mod service;
+pub mod state;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use plankton_proto::v1::job_service_server::JobServiceServer;
+use plankton_proto::v1::worker_control_server::WorkerControlServer;
+
+pub use error::{CoordinatorError, CoordinatorResult};
+use service::CoordinatorService;
+use state::{ClusterState, Timeouts};
+use store::JobStore;
+
+/// Largest gRPC message: an assignment of the full dataset's shard is a few MB.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// How the coordinator runs.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// gRPC listen address (operators and workers).
+    pub listen_address: SocketAddr,
+    /// Folder of the embedded job store; `None` keeps jobs in memory only.
+    pub state_dir: Option<PathBuf>,
+    pub timeouts: Timeouts,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: ([127, 0, 0, 1], 7070).into(),
+            state_dir: None,
+            timeouts: Timeouts {
+                worker_timeout: Duration::from_secs(15),
+                registration_timeout: Duration::from_secs(120),
+                heartbeat_interval: Duration::from_secs(2),
+            },
+        }
+    }
+}
+
+/// Binds the configured address and serves until `shutdown` is cancelled.
+pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen_address).await?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind `127.0.0.1:0` first).
+pub async fn serve(config: CoordinatorConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let store = match &config.state_dir {
+        Some(state_dir) => JobStore::open(state_dir)?,
+        None => JobStore::in_memory()?,
+    };
+    let state = ClusterState::new(store, config.timeouts.clone())?;
+    let reaper_state = state.clone();
+    let reaper_shutdown = shutdown.clone();
+    let check_interval = (config.timeouts.worker_timeout / 4).max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(check_interval);
+        loop {
+            tokio::select! {
+                _ = reaper_shutdown.cancelled() => return,
+                _ = ticker.tick() => { reaper_state.reap_silent_workers(); }
+            }
+        }
+    });
+
+    let service = CoordinatorService::new(state);
+    let local_address = listener.local_addr()?;
+    info!(%local_address, state_dir = ?config.state_dir, "coordinator listening");
+    tonic::transport::Server::builder()
+        .add_service(
+            JobServiceServer::new(service.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            WorkerControlServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    info!("coordinator stopped");
+    Ok(())
+}

@@ -1,2 +1,25 @@
 //! FlowCam dataset layout: object-store access, meta/features CSV, images (dir or zip), labels, split, stats.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod features;
+pub mod images;
+pub mod labels;
 pub mod layout;
+pub mod meta;
+pub mod split;
+pub mod stats;
+pub mod storage;
+pub mod summary;
+pub mod zip_index;
+
+pub use error::{DatasetError, ImageHeaderError};
+pub use features::{FeatureTable, read_features};
+pub use images::{ImageSource, check_image_header, fetch_image, fetch_images, image_path, list_image_objids, open_image_source};
+pub use labels::LabelEncoding;
+pub use meta::{MetaRecord, MetaTable, read_meta};
+pub use split::{ClassWeighting, class_weights, indices_by_label, stratified_shards, stratified_split, stratified_subsample};
+pub use stats::{DatasetStats, compute_stats, write_plots};
+pub use storage::{StoreLocation, open_location};
+pub use summary::{ReadSummary, SkippedItem};
+pub use zip_index::ZipIndex;

@@ -1,1 +1,250 @@
-//! Cluster test harness and end-to-end tests.
+//! Test harness: boots a whole cluster (coordinator + N workers + object store) in one line, in one process
+//! or as separate OS processes, and tears it down in one line.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use plankton_collective::RingConfig;
+use plankton_coordinator::CoordinatorConfig;
+use plankton_coordinator::state::Timeouts;
+use plankton_proto::v1::job_service_client::JobServiceClient;
+use plankton_proto::v1::{GetJobRequest, Job, JobSpec, ListWorkersRequest, SubmitJobRequest};
+use plankton_worker::WorkerConfig;
+
+/// Timeouts short enough for tests to observe failures quickly.
+pub fn test_timeouts() -> Timeouts {
+    Timeouts {
+        worker_timeout: Duration::from_secs(4),
+        registration_timeout: Duration::from_secs(30),
+        heartbeat_interval: Duration::from_millis(500),
+    }
+}
+
+pub fn test_ring_config() -> RingConfig {
+    RingConfig { connect_timeout: Duration::from_secs(30), io_timeout: Duration::from_secs(20), chunk_bytes: 256 * 1024 }
+}
+
+/// Writes a synthetic dataset of `count` objects to `url`.
+pub async fn synth_dataset(url: &str, count: u64, seed: u64, images_as_zip: bool) -> anyhow::Result<()> {
+    let location = plankton_dataset::open_location(url)?;
+    let config = plankton_synth::SynthConfig { count, seed, images_as_zip, gzip_features: false, concurrency: 16 };
+    plankton_synth::generate(location.store.clone(), location.prefix.clone(), &config).await?;
+    Ok(())
+}
+
+/// A coordinator and workers running as tasks of the test's process.
+pub struct TestCluster {
+    pub coordinator_url: String,
+    coordinator_shutdown: CancellationToken,
+    coordinator_task: JoinHandle<anyhow::Result<()>>,
+    workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl TestCluster {
+    /// Coordinator with in-memory state and `workers` workers, all on 127.0.0.1 ephemeral ports.
+    pub async fn start(workers: usize) -> anyhow::Result<Self> {
+        Self::start_with_state(workers, None).await
+    }
+
+    pub async fn start_with_state(workers: usize, state_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        plankton_common::init_tracing_with_default("warn");
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let coordinator_url = format!("http://{}", listener.local_addr()?);
+        let config = CoordinatorConfig { listen_address: listener.local_addr()?, state_dir: state_dir.clone(), timeouts: test_timeouts() };
+        let coordinator_shutdown = CancellationToken::new();
+        let coordinator_task = tokio::spawn(plankton_coordinator::serve(config, listener, coordinator_shutdown.clone()));
+        let mut cluster = Self { coordinator_url, coordinator_shutdown, coordinator_task, workers: Vec::new(), state_dir };
+        for _ in 0..workers {
+            cluster.add_worker();
+        }
+        cluster.wait_for_workers(workers).await?;
+        Ok(cluster)
+    }
+
+    pub fn add_worker(&mut self) {
+        let index = self.workers.len();
+        let mut config = WorkerConfig::new(self.coordinator_url.clone(), format!("test-worker-{index}"));
+        config.ring = test_ring_config();
+        config.fetch_concurrency = 16;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(plankton_worker::run(config, shutdown.clone()));
+        self.workers.push((shutdown, task));
+    }
+
+    pub async fn client(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+        Ok(JobServiceClient::connect(self.coordinator_url.clone()).await?.max_decoding_message_size(256 << 20))
+    }
+
+    pub async fn wait_for_workers(&self, wanted: usize) -> anyhow::Result<()> {
+        wait_for_workers(&self.coordinator_url, wanted).await
+    }
+
+    pub async fn submit(&self, spec: JobSpec) -> Result<Job, tonic::Status> {
+        let mut client = self.client().await.map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+        Ok(client.submit_job(SubmitJobRequest { spec: Some(spec) }).await?.into_inner())
+    }
+
+    pub async fn wait_finished(&self, job_id: &str, timeout: Duration) -> anyhow::Result<Job> {
+        wait_finished(&self.coordinator_url, job_id, timeout).await
+    }
+
+    /// Stops the coordinator and every worker, waiting for each to return.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        for (token, _) in &self.workers {
+            token.cancel();
+        }
+        for (_, task) in self.workers {
+            tokio::time::timeout(Duration::from_secs(60), task).await.context("worker did not stop")???;
+        }
+        self.coordinator_shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.coordinator_task).await.context("coordinator did not stop")???;
+        Ok(())
+    }
+}
+
+pub async fn wait_for_workers(coordinator_url: &str, wanted: usize) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut client) = JobServiceClient::connect(coordinator_url.to_string()).await {
+            if let Ok(response) = client.list_workers(ListWorkersRequest {}).await {
+                if response.into_inner().workers.len() >= wanted {
+                    return Ok(());
+                }
+            }
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{wanted} workers did not register within 60s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn wait_finished(coordinator_url: &str, job_id: &str, timeout: Duration) -> anyhow::Result<Job> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut client = JobServiceClient::connect(coordinator_url.to_string()).await?.max_decoding_message_size(256 << 20);
+    loop {
+        let job = client.get_job(GetJobRequest { job_id: job_id.into() }).await?.into_inner();
+        if plankton_coordinator::state::is_terminal(job.phase()) {
+            return Ok(job);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "job {job_id} still {:?} after {timeout:?}: {}",
+            job.phase(),
+            job.message
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The folder holding the workspace's built binaries (next to the test executable's `deps/`).
+pub fn binaries_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps layout").to_path_buf()
+}
+
+/// Path of a workspace binary; fails with the build command to run when it is missing.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = binaries_dir().join(name);
+    anyhow::ensure!(path.exists(), "{} is missing: run `cargo build --bins` before the tests (make test does)", path.display());
+    Ok(path)
+}
+
+/// A cluster of OS processes: coordinator and workers started from the workspace binaries.
+pub struct ProcessCluster {
+    pub coordinator_url: String,
+    pub coordinator: tokio::process::Child,
+    pub workers: Vec<tokio::process::Child>,
+    pub log_dir: tempfile::TempDir,
+}
+
+impl ProcessCluster {
+    pub async fn start(workers: usize, extra_worker_args: &[&str]) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let coordinator_url = format!("http://127.0.0.1:{port}");
+        let log_dir = tempfile::tempdir()?;
+        let timeouts = test_timeouts();
+        let coordinator = spawn_logged(
+            &binary("plankton-coordinator")?,
+            &[
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--worker-timeout".into(),
+                format!("{}ms", timeouts.worker_timeout.as_millis()),
+                "--heartbeat-interval".into(),
+                format!("{}ms", timeouts.heartbeat_interval.as_millis()),
+            ],
+            &log_dir.path().join("coordinator.log"),
+        )?;
+        let mut cluster = Self { coordinator_url, coordinator, workers: Vec::new(), log_dir };
+        for index in 0..workers {
+            let mut arguments: Vec<String> = vec![
+                "--coordinator".into(),
+                cluster.coordinator_url.clone(),
+                "--name".into(),
+                format!("proc-worker-{index}"),
+                "--ring-io-timeout".into(),
+                "20s".into(),
+                "--ring-connect-timeout".into(),
+                "30s".into(),
+            ];
+            arguments.extend(extra_worker_args.iter().map(|argument| argument.to_string()));
+            let worker = spawn_logged(&binary("plankton-worker")?, &arguments, &cluster.log_dir.path().join(format!("worker-{index}.log")))?;
+            cluster.workers.push(worker);
+        }
+        wait_for_workers(&cluster.coordinator_url, workers).await?;
+        Ok(cluster)
+    }
+
+    /// The logs of every process, for assertion messages.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.log_dir.path()) {
+            for entry in entries.flatten() {
+                let content = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: String = content.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                text.push_str(&format!("==== {}\n{tail}\n", entry.file_name().to_string_lossy()));
+            }
+        }
+        text
+    }
+
+    /// Sends SIGTERM to every process and waits (bounded) for each to exit; returns the ones that hung.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let mut children: Vec<&mut tokio::process::Child> = self.workers.iter_mut().collect();
+        children.push(&mut self.coordinator);
+        let mut hung = Vec::new();
+        for child in children {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+                match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+                    Ok(_) => {}
+                    Err(_) => {
+                        hung.push(pid);
+                        let _ = child.start_kill();
+                    }
+                }
+            }
+        }
+        anyhow::ensure!(hung.is_empty(), "processes {hung:?} did not exit within 20s of SIGTERM");
+        Ok(())
+    }
+}
+
+fn spawn_logged(binary: &std::path::Path, arguments: &[String], log: &std::path::Path) -> anyhow::Result<tokio::process::Child> {
+    let log_file = std::fs::File::create(log)?;
+    Ok(tokio::process::Command::new(binary)
+        .args(arguments)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()?)
+}

@@ -1,9 +1,25 @@
 //! Models (lenet, resnet) and the data-parallel training loop on libtorch.
-#[cfg(test)]
-mod smoke {
-    #[test]
-    fn libtorch_links() {
-        let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-        assert_eq!(t.sum(tch::Kind::Float).double_value(&[]), 6.0);
-    }
-}
+#![forbid(unsafe_code)]
+
+pub mod batch;
+pub mod card;
+pub mod config;
+pub mod error;
+pub mod inference;
+pub mod model;
+pub mod training;
+
+/// The collective API the trainer runs on, re-exported for callers.
+pub use plankton_collective::{Collective, CollectiveError, SingleProcess};
+
+pub use batch::{AssembledBatch, EpochBatches, RandomTransform, ShardData};
+pub use card::{ModelCard, ModelInput};
+pub use config::{
+    Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LrSchedule, OptimizerChoice, TrainConfig,
+};
+pub use error::TrainError;
+pub use inference::{InferenceModel, TrainedModel};
+pub use model::Network;
+pub use training::{
+    DataParallelTrainer, EpochEvaluation, LoggingObserver, StepOutcome, StepProgress, TrainingObserver, run_training,
+};

@@ -1,0 +1,32 @@
+# plankton-cluster: the two commands a newcomer needs are `make demo` and `make test`.
+export GLIBC_TUNABLES := glibc.malloc.hugetlb=1
+
+.PHONY: setup demo test bench-preprocess bench-train bench-allreduce gpu-check
+
+setup:
+	scripts/setup.sh
+
+## Generate a synthetic dataset, start a coordinator and 2 workers on 127.0.0.1, train, print the metrics.
+demo: setup
+	cargo build --release --bins
+	target/release/planktonctl demo
+
+## Install what is missing and run every test.
+test: setup
+	cargo build --bins
+	cargo test --workspace --no-fail-fast
+	cargo check -p plankton-collective --features nccl
+
+bench-preprocess: setup
+	cargo run --release -p plankton-bench --bin preprocess_bench
+
+bench-train: setup
+	scripts/setup-bench.sh
+	cargo run --release -p plankton-bench --bin train_bench
+
+bench-allreduce: setup
+	scripts/setup-bench.sh
+	cargo run --release -p plankton-bench --bin allreduce_bench
+
+gpu-check:
+	scripts/gpu-check.sh

@@ -1,0 +1,397 @@
+//! Job commands: submit, watch, list, get, cancel, workers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use tonic::transport::Channel;
+
+use plankton_proto::v1::job_service_client::JobServiceClient;
+use plankton_proto::v1::{
+    Augmentation, CancelJobRequest, ClassWeighting, GetJobRequest, Job, JobPhase, JobSpec, ListJobsRequest,
+    ListWorkersRequest, LrSchedule, OptimizerKind, ResizeMode, SubmitJobRequest, WatchJobRequest, job_event,
+};
+
+use crate::OutputFormat;
+use crate::render;
+
+/// The coordinator could not be reached (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the coordinator at {url}: {reason} (is it running? set --coordinator or PLANKTON_COORDINATOR)")]
+pub struct Unreachable {
+    pub url: String,
+    pub reason: String,
+}
+
+pub async fn connect(url: &str) -> anyhow::Result<JobServiceClient<Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("invalid coordinator URL {url:?}"))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|error| Unreachable { url: url.into(), reason: source_chain(&error) })?;
+    Ok(JobServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Turns a gRPC status into an error that says which call failed.
+fn call_error(call: &str, status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{call}: {} ({:?})", status.message(), status.code())
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightingArg {
+    Balanced,
+    None,
+    Sqrt,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerArg {
+    Adam,
+    Sgd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleArg {
+    Constant,
+    Cosine,
+    Step,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AugmentationArg {
+    None,
+    All,
+    Rare,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeArg {
+    Stretch,
+    Pad,
+}
+
+/// Job fields, from flags or a JSON job file (flags win).
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobFields {
+    /// Dataset root URL (path, file://, s3://, gs://, az://, memory://).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Number of workers training together.
+    #[arg(long)]
+    pub world_size: Option<u32>,
+    /// resnet (default) or lenet.
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Per-worker batch size.
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    #[arg(long = "lr")]
+    #[serde(alias = "lr")]
+    pub learning_rate: Option<f32>,
+    #[arg(long, value_enum)]
+    pub class_weighting: Option<WeightingArg>,
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerArg>,
+    #[arg(long, value_enum)]
+    pub lr_schedule: Option<ScheduleArg>,
+    #[arg(long, value_enum)]
+    pub augmentation: Option<AugmentationArg>,
+    #[arg(long, value_enum)]
+    pub resize: Option<ResizeArg>,
+    /// Where the model is written (default: <dataset>/models/<job id>).
+    #[arg(long = "output-url")]
+    pub output_url: Option<String>,
+    /// Train on a stratified subsample of at most this many objects.
+    #[arg(long)]
+    pub max_objects: Option<u32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// libtorch threads per worker (default: the worker's own setting).
+    #[arg(long)]
+    pub threads_per_worker: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// JSON job file; its fields are the long flag names with underscores.
+    #[arg(long, short = 'f')]
+    pub job_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub fields: JobFields,
+    /// Follow the job after submitting it.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+impl JobFields {
+    fn overlay(self, file: JobFields) -> JobFields {
+        JobFields {
+            dataset: self.dataset.or(file.dataset),
+            world_size: self.world_size.or(file.world_size),
+            model: self.model.or(file.model),
+            epochs: self.epochs.or(file.epochs),
+            batch_size: self.batch_size.or(file.batch_size),
+            learning_rate: self.learning_rate.or(file.learning_rate),
+            class_weighting: self.class_weighting.or(file.class_weighting),
+            optimizer: self.optimizer.or(file.optimizer),
+            lr_schedule: self.lr_schedule.or(file.lr_schedule),
+            augmentation: self.augmentation.or(file.augmentation),
+            resize: self.resize.or(file.resize),
+            output_url: self.output_url.or(file.output_url),
+            max_objects: self.max_objects.or(file.max_objects),
+            seed: self.seed.or(file.seed),
+            name: self.name.or(file.name),
+            threads_per_worker: self.threads_per_worker.or(file.threads_per_worker),
+        }
+    }
+
+    pub fn into_spec(self) -> anyhow::Result<JobSpec> {
+        let dataset_url = self.dataset.context("a dataset URL is required (--dataset or \"dataset\" in the job file)")?;
+        Ok(JobSpec {
+            name: self.name.unwrap_or_default(),
+            dataset_url,
+            world_size: self.world_size.unwrap_or(1),
+            model: self.model.unwrap_or_default(),
+            epochs: self.epochs.unwrap_or(0),
+            batch_size: self.batch_size.unwrap_or(0),
+            learning_rate: self.learning_rate.unwrap_or(0.0),
+            class_weighting: match self.class_weighting.unwrap_or(WeightingArg::Balanced) {
+                WeightingArg::Balanced => ClassWeighting::Balanced,
+                WeightingArg::None => ClassWeighting::None,
+                WeightingArg::Sqrt => ClassWeighting::Sqrt,
+            } as i32,
+            optimizer: match self.optimizer.unwrap_or(OptimizerArg::Adam) {
+                OptimizerArg::Adam => OptimizerKind::OptimizerAdam,
+                OptimizerArg::Sgd => OptimizerKind::OptimizerSgdMomentum,
+            } as i32,
+            lr_schedule: match self.lr_schedule.unwrap_or(ScheduleArg::Constant) {
+                ScheduleArg::Constant => LrSchedule::Constant,
+                ScheduleArg::Cosine => LrSchedule::Cosine,
+                ScheduleArg::Step => LrSchedule::Step,
+            } as i32,
+            augmentation: match self.augmentation.unwrap_or(AugmentationArg::None) {
+                AugmentationArg::None => Augmentation::None,
+                AugmentationArg::All => Augmentation::All,
+                AugmentationArg::Rare => Augmentation::RareClasses,
+            } as i32,
+            resize_mode: match self.resize.unwrap_or(ResizeArg::Stretch) {
+                ResizeArg::Stretch => ResizeMode::ResizeStretch,
+                ResizeArg::Pad => ResizeMode::ResizePadToSquare,
+            } as i32,
+            output_url: self.output_url.unwrap_or_default(),
+            seed: self.seed.unwrap_or(0),
+            max_objects: self.max_objects.unwrap_or(0),
+            test_fraction: 0.0,
+            threads_per_worker: self.threads_per_worker.unwrap_or(0),
+        })
+    }
+}
+
+pub async fn submit(url: &str, args: SubmitArgs, output: OutputFormat) -> anyhow::Result<()> {
+    let file_fields = match &args.job_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading job file {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("job file {}", path.display()))?
+        }
+        None => JobFields::default(),
+    };
+    let spec = args.fields.overlay(file_fields).into_spec()?;
+    let job = submit_spec(url, spec).await?;
+    if args.watch {
+        if output == OutputFormat::Table {
+            println!("submitted {}", job.id);
+        }
+        let finished = watch(url, &job.id, output).await?;
+        if finished.phase() != JobPhase::Succeeded {
+            anyhow::bail!("job {} ended {}: {}", finished.id, render::phase_name(finished.phase()), finished.message);
+        }
+        return Ok(());
+    }
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?),
+        OutputFormat::Table => println!("submitted {} ({} train / {} test objects, {} classes)", job.id, job.train_objects, job.test_objects, job.class_names.len()),
+    }
+    Ok(())
+}
+
+pub async fn submit_spec(url: &str, spec: JobSpec) -> anyhow::Result<Job> {
+    let mut client = connect(url).await?;
+    let job = client.submit_job(SubmitJobRequest { spec: Some(spec) }).await.map_err(|status| call_error("submit", status))?;
+    Ok(job.into_inner())
+}
+
+/// Follows a job to its end, drawing progress; returns the final job.
+pub async fn watch(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Result<Job> {
+    let mut client = connect(url).await?;
+    let mut events = client
+        .watch_job(WatchJobRequest { job_id: job_id.into() })
+        .await
+        .map_err(|status| call_error("watch", status))?
+        .into_inner();
+    let mut display = WatchDisplay::new(output == OutputFormat::Table);
+    if let Ok(job) = client.get_job(GetJobRequest { job_id: job_id.into() }).await {
+        display.epochs = job.into_inner().spec.map_or(0, |spec| spec.epochs);
+    }
+    let mut finished = None;
+    while let Some(event) = events.next().await {
+        let event = event.map_err(|status| call_error("watch stream", status))?;
+        match event.event {
+            Some(job_event::Event::Phase(phase)) => display.phase(JobPhase::try_from(phase).unwrap_or_default()),
+            Some(job_event::Event::Progress(progress)) => display.progress(&progress),
+            Some(job_event::Event::EpochMetrics(metrics)) => display.epoch(&metrics),
+            Some(job_event::Event::Log(line)) => display.line(&line),
+            Some(job_event::Event::Finished(job)) => {
+                finished = Some(job);
+                break;
+            }
+            None => {}
+        }
+    }
+    display.clear();
+    let job = match finished {
+        Some(job) => job,
+        None => client.get_job(GetJobRequest { job_id: job_id.into() }).await.map_err(|status| call_error("get", status))?.into_inner(),
+    };
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?),
+        OutputFormat::Table => print!("{}", render::job_report(&job, true)),
+    }
+    Ok(job)
+}
+
+/// Live bars: one per rank plus a line per evaluated epoch.
+struct WatchDisplay {
+    enabled: bool,
+    bars: MultiProgress,
+    rank_bars: BTreeMap<u32, ProgressBar>,
+    epochs: u32,
+}
+
+impl WatchDisplay {
+    fn new(enabled: bool) -> Self {
+        Self { enabled, bars: MultiProgress::new(), rank_bars: BTreeMap::new(), epochs: 0 }
+    }
+
+    fn bar(&mut self, rank: u32) -> &ProgressBar {
+        let bars = &self.bars;
+        self.rank_bars.entry(rank).or_insert_with(|| {
+            let bar = bars.add(ProgressBar::new(1));
+            bar.set_style(
+                ProgressStyle::with_template("rank {prefix:>2} {msg:<28} [{bar:30.cyan/blue}] {pos}/{len}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_prefix(rank.to_string());
+            bar
+        })
+    }
+
+    fn line(&self, text: &str) {
+        if self.enabled {
+            let _ = self.bars.println(text);
+        }
+    }
+
+    fn phase(&mut self, phase: JobPhase) {
+        self.line(&format!("phase: {}", render::phase_name(phase)));
+    }
+
+    fn progress(&mut self, progress: &plankton_proto::v1::WorkerProgress) {
+        if !self.enabled {
+            return;
+        }
+        let epochs = self.epochs;
+        let bar = self.bar(progress.rank);
+        if progress.steps_per_epoch == 0 {
+            bar.set_message(format!("loading {} objects", progress.loaded_objects));
+            bar.set_length(1);
+            bar.set_position(0);
+        } else {
+            bar.set_length(progress.steps_per_epoch);
+            bar.set_position(progress.step + 1);
+            let epoch_text = if epochs > 0 { format!("{}/{epochs}", progress.epoch + 1) } else { (progress.epoch + 1).to_string() };
+            bar.set_message(format!("epoch {epoch_text} loss {:.3} {:.0} img/s", progress.loss, progress.images_per_second));
+        }
+    }
+
+    fn epoch(&mut self, metrics: &plankton_proto::v1::EvalMetrics) {
+        self.line(&format!(
+            "epoch {:>2}: accuracy {:.3}  macro-F1 {:.3}  weighted-F1 {:.3}  balanced accuracy {:.3}  test loss {:.3}",
+            metrics.epoch + 1,
+            metrics.accuracy,
+            metrics.macro_f1,
+            metrics.weighted_f1,
+            metrics.balanced_accuracy,
+            metrics.test_loss
+        ));
+    }
+
+    fn clear(&mut self) {
+        for bar in self.rank_bars.values() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub async fn list(url: &str, output: OutputFormat) -> anyhow::Result<()> {
+    let mut client = connect(url).await?;
+    let jobs = client.list_jobs(ListJobsRequest {}).await.map_err(|status| call_error("list", status))?.into_inner().jobs;
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&jobs.iter().map(render::job_json).collect::<Vec<_>>())?),
+        OutputFormat::Table => print!("{}", render::job_table(&jobs)),
+    }
+    Ok(())
+}
+
+pub async fn get(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Result<()> {
+    let mut client = connect(url).await?;
+    let job = client.get_job(GetJobRequest { job_id: job_id.into() }).await.map_err(|status| call_error("get", status))?.into_inner();
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?),
+        OutputFormat::Table => print!("{}", render::job_report(&job, false)),
+    }
+    Ok(())
+}
+
+pub async fn cancel(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Result<()> {
+    let mut client = connect(url).await?;
+    let job = client.cancel_job(CancelJobRequest { job_id: job_id.into() }).await.map_err(|status| call_error("cancel", status))?.into_inner();
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?),
+        OutputFormat::Table => println!("{} {}", job.id, render::phase_name(job.phase())),
+    }
+    Ok(())
+}
+
+pub async fn workers(url: &str, output: OutputFormat) -> anyhow::Result<()> {
+    let mut client = connect(url).await?;
+    let workers = client.list_workers(ListWorkersRequest {}).await.map_err(|status| call_error("workers", status))?.into_inner().workers;
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&workers.iter().map(render::worker_json).collect::<Vec<_>>())?),
+        OutputFormat::Table => print!("{}", render::worker_table(&workers)),
+    }
+    Ok(())
+}

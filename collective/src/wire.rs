@@ -1,0 +1,177 @@
+//! Bytes on a ring connection: length-prefixed protobuf handshake frames, operation headers, raw LE f32 chunks.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+/// Largest handshake frame accepted; a bigger length prefix means a foreign or corrupt connection.
+const MAX_HANDSHAKE_FRAME_BYTES: usize = 64 * 1024;
+
+/// Writes `message` as a 4-byte little-endian length followed by its protobuf encoding.
+pub(crate) fn write_frame<M: prost::Message>(mut stream: &TcpStream, message: &M) -> io::Result<()> {
+    let encoded = message.encode_to_vec();
+    let length = u32::try_from(encoded.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "handshake frame too large"))?;
+    let mut frame = Vec::with_capacity(4 + encoded.len());
+    frame.extend_from_slice(&length.to_le_bytes());
+    frame.extend_from_slice(&encoded);
+    stream.write_all(&frame)?;
+    stream.flush()
+}
+
+/// Reads one frame written by [`write_frame`].
+pub(crate) fn read_frame<M: prost::Message + Default>(mut stream: &TcpStream) -> io::Result<M> {
+    let mut length_bytes = [0u8; 4];
+    stream.read_exact(&mut length_bytes)?;
+    let length = u32::from_le_bytes(length_bytes) as usize;
+    if length > MAX_HANDSHAKE_FRAME_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("handshake frame of {length} bytes exceeds {MAX_HANDSHAKE_FRAME_BYTES}"),
+        ));
+    }
+    let mut encoded = vec![0u8; length];
+    stream.read_exact(&mut encoded)?;
+    M::decode(encoded.as_slice()).map_err(|decode_error| io::Error::new(io::ErrorKind::InvalidData, decode_error))
+}
+
+/// Which collective an operation header announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OperationKind {
+    AllReduceSum = 1,
+    Broadcast = 2,
+    Barrier = 3,
+}
+
+impl OperationKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            OperationKind::AllReduceSum => "all_reduce_sum",
+            OperationKind::Broadcast => "broadcast",
+            OperationKind::Barrier => "barrier",
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(OperationKind::AllReduceSum),
+            2 => Some(OperationKind::Broadcast),
+            3 => Some(OperationKind::Barrier),
+            _ => None,
+        }
+    }
+}
+
+/// "PKRG": the first bytes of every operation header.
+const OPERATION_HEADER_MAGIC: u32 = 0x504b_5247;
+
+/// Sent to the next rank at the start of every operation so ranks that disagree on the call sequence, the
+/// buffer length or the broadcast root fail with a clear error instead of exchanging garbage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OperationHeader {
+    pub kind: OperationKind,
+    pub sequence: u64,
+    pub element_count: u64,
+    pub root: u64,
+}
+
+impl OperationHeader {
+    pub(crate) const ENCODED_BYTES: usize = 32;
+
+    pub(crate) fn encode(&self) -> [u8; Self::ENCODED_BYTES] {
+        let mut bytes = [0u8; Self::ENCODED_BYTES];
+        bytes[0..4].copy_from_slice(&OPERATION_HEADER_MAGIC.to_le_bytes());
+        bytes[4..8].copy_from_slice(&(self.kind as u32).to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.sequence.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.element_count.to_le_bytes());
+        bytes[24..32].copy_from_slice(&self.root.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes a header, or says what is wrong with the bytes.
+    pub(crate) fn decode(bytes: &[u8; Self::ENCODED_BYTES]) -> Result<Self, String> {
+        let read_u32 = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let read_u64 = |at: usize| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(word)
+        };
+        let magic = read_u32(0);
+        if magic != OPERATION_HEADER_MAGIC {
+            return Err(format!("bad operation header magic {magic:#010x}"));
+        }
+        let kind_code = read_u32(4);
+        let kind = OperationKind::from_code(kind_code).ok_or_else(|| format!("unknown operation code {kind_code}"))?;
+        Ok(OperationHeader {
+            kind,
+            sequence: read_u64(8),
+            element_count: read_u64(16),
+            root: read_u64(24),
+        })
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self.kind {
+            OperationKind::Broadcast => format!(
+                "{} #{} of {} elements from root {}",
+                self.kind.name(),
+                self.sequence,
+                self.element_count,
+                self.root
+            ),
+            _ => format!("{} #{} of {} elements", self.kind.name(), self.sequence, self.element_count),
+        }
+    }
+}
+
+/// Writes `values` as little-endian f32 (no copy on little-endian targets).
+pub(crate) fn write_f32s(mut stream: &TcpStream, values: &[f32]) -> io::Result<()> {
+    #[cfg(target_endian = "little")]
+    {
+        stream.write_all(bytemuck::cast_slice(values))
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        let encoded: Vec<u8> = values.iter().flat_map(|value| value.to_le_bytes()).collect();
+        stream.write_all(&encoded)
+    }
+}
+
+/// Reads exactly `destination.len()` little-endian f32 into `destination`.
+pub(crate) fn read_f32s(mut stream: &TcpStream, destination: &mut [f32]) -> io::Result<()> {
+    stream.read_exact(bytemuck::cast_slice_mut(destination))?;
+    #[cfg(not(target_endian = "little"))]
+    for value in destination.iter_mut() {
+        *value = f32::from_bits(u32::from_le(value.to_bits()));
+    }
+    Ok(())
+}
+
+/// Adds `addend` into `accumulator` element-wise (same lengths).
+pub(crate) fn add_into(accumulator: &mut [f32], addend: &[f32]) {
+    debug_assert_eq!(accumulator.len(), addend.len());
+    for (sum, value) in accumulator.iter_mut().zip(addend) {
+        *sum += *value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_header_round_trips_and_rejects_garbage() {
+        let header = OperationHeader {
+            kind: OperationKind::Broadcast,
+            sequence: 7,
+            element_count: 1009,
+            root: 3,
+        };
+        assert_eq!(OperationHeader::decode(&header.encode()), Ok(header));
+        let mut corrupted = header.encode();
+        corrupted[0] ^= 0xff;
+        assert!(OperationHeader::decode(&corrupted).unwrap_err().contains("magic"));
+        let mut unknown_kind = header.encode();
+        unknown_kind[4] = 9;
+        assert!(OperationHeader::decode(&unknown_kind).unwrap_err().contains("operation code 9"));
+    }
+}

@@ -1,0 +1,52 @@
+//! Coordinator errors and their one mapping to gRPC status codes.
+
+use thiserror::Error;
+
+pub type CoordinatorResult<T> = Result<T, CoordinatorError>;
+
+#[derive(Debug, Error)]
+pub enum CoordinatorError {
+    #[error("invalid job spec: {0}")]
+    InvalidSpec(String),
+    #[error("dataset {url}: {message}")]
+    Dataset { url: String, message: String },
+    #[error("job {0} not found")]
+    JobNotFound(String),
+    #[error("worker {0} is not registered (register again)")]
+    UnknownWorker(String),
+    #[error("job {job_id} is already {phase}")]
+    JobFinished { job_id: String, phase: String },
+    #[error("state store: {0}")]
+    Store(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<CoordinatorError> for tonic::Status {
+    fn from(error: CoordinatorError) -> Self {
+        let message = error.to_string();
+        match error {
+            CoordinatorError::InvalidSpec(_) | CoordinatorError::Dataset { .. } => tonic::Status::invalid_argument(message),
+            CoordinatorError::JobNotFound(_) | CoordinatorError::UnknownWorker(_) => tonic::Status::not_found(message),
+            CoordinatorError::JobFinished { .. } => tonic::Status::failed_precondition(message),
+            CoordinatorError::Store(_) | CoordinatorError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}
+
+impl From<redb::Error> for CoordinatorError {
+    fn from(error: redb::Error) -> Self {
+        CoordinatorError::Store(error.to_string())
+    }
+}
+
+macro_rules! store_error_from {
+    ($($source:ty),*) => {$(
+        impl From<$source> for CoordinatorError {
+            fn from(error: $source) -> Self {
+                CoordinatorError::Store(error.to_string())
+            }
+        }
+    )*};
+}
+store_error_from!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);

@@ -1,0 +1,214 @@
+//! gRPC front of the coordinator: `JobService` for operators and `WorkerControl` for workers.
+
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use plankton_proto::v1::job_service_server::JobService;
+use plankton_proto::v1::worker_control_server::WorkerControl;
+use plankton_proto::v1::{
+    Ack, CancelJobRequest, DoneReport, EpochReport, GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job,
+    JobEvent, JobPhase, ListJobsRequest, ListJobsResponse, ListWorkersRequest, ListWorkersResponse,
+    NextAssignmentRequest, NextAssignmentResponse, ProgressReport, RegisterRequest, RegisterResponse,
+    SubmitJobRequest, WatchJobRequest, job_event,
+};
+
+use crate::error::CoordinatorError;
+use crate::planner::{normalize_spec, plan_job};
+use crate::state::{ClusterState, unix_ms_now};
+
+/// How long a `NextAssignment` long poll waits before answering empty.
+const ASSIGNMENT_POLL: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct CoordinatorService {
+    state: ClusterState,
+}
+
+impl CoordinatorService {
+    pub fn new(state: ClusterState) -> Self {
+        Self { state }
+    }
+
+    /// Waits (bounded) until enough workers are free, then assigns the job's shards.
+    fn spawn_job_driver(&self, job_id: String) {
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let timeout = state.timeouts.registration_timeout;
+            loop {
+                match state.try_assign(&job_id, Vec::new()) {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(error) => {
+                        warn!(job_id, %error, "assigning job failed");
+                        let _ = state.finish_job(&job_id, JobPhase::Failed, format!("assigning shards: {error}"));
+                        return;
+                    }
+                }
+                if state.job_phase(&job_id).is_none_or(crate::state::is_terminal) {
+                    return;
+                }
+                if started.elapsed() > timeout {
+                    let free = state.list_workers().iter().filter(|worker| worker.current_job.is_empty()).count();
+                    let wanted = state.get_job(&job_id).ok().and_then(|job| job.spec).map_or(0, |spec| spec.world_size);
+                    let message = format!(
+                        "timed out after {:.0}s waiting for {wanted} free workers ({free} free, {} registered)",
+                        timeout.as_secs_f64(),
+                        state.list_workers().len()
+                    );
+                    let _ = state.finish_job(&job_id, JobPhase::Failed, message);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl JobService for CoordinatorService {
+    async fn submit_job(&self, request: Request<SubmitJobRequest>) -> Result<Response<Job>, Status> {
+        let spec = request.into_inner().spec.ok_or_else(|| CoordinatorError::InvalidSpec("missing spec".into()))?;
+        let spec = normalize_spec(spec)?;
+        let plan = plan_job(&spec).await?;
+        let job = self.state.create_job(spec, plan)?;
+        info!(job_id = job.id, "job submitted");
+        self.spawn_job_driver(job.id.clone());
+        Ok(Response::new(job))
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        Ok(Response::new(self.state.get_job(&request.into_inner().job_id)?))
+    }
+
+    async fn list_jobs(&self, _request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        Ok(Response::new(ListJobsResponse { jobs: self.state.list_jobs() }))
+    }
+
+    async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+        Ok(Response::new(self.state.cancel_job(&request.into_inner().job_id)?))
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(&self, request: Request<WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+        let job_id = request.into_inner().job_id;
+        let (replay, receiver, job) = self.state.subscribe(&job_id)?;
+        let replay_has_end = replay.iter().any(|event| matches!(event.event, Some(job_event::Event::Finished(_))));
+        let stream = async_stream_events(job_id, replay, receiver, job, replay_has_end);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_workers(&self, _request: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
+        Ok(Response::new(ListWorkersResponse { workers: self.state.list_workers() }))
+    }
+}
+
+/// Replays past events, then follows live ones until the job's final event.
+fn async_stream_events(
+    job_id: String,
+    replay: Vec<JobEvent>,
+    receiver: Option<tokio::sync::broadcast::Receiver<JobEvent>>,
+    job: Job,
+    replay_has_end: bool,
+) -> impl Stream<Item = Result<JobEvent, Status>> + Send + 'static {
+    let (sender, output) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        for event in replay {
+            if sender.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+        match receiver {
+            None => {
+                if !replay_has_end {
+                    let finished = JobEvent { job_id, unix_ms: unix_ms_now(), event: Some(job_event::Event::Finished(job)) };
+                    let _ = sender.send(Ok(finished)).await;
+                }
+            }
+            Some(mut receiver) => loop {
+                match receiver.recv().await {
+                    Ok(event) => {
+                        let is_end = matches!(event.event, Some(job_event::Event::Finished(_)));
+                        if sender.send(Ok(event)).await.is_err() || is_end {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(skipped)) => warn!(job_id, skipped, "watcher lagged; events skipped"),
+                    Err(RecvError::Closed) => return,
+                }
+            },
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(output)
+}
+
+#[tonic::async_trait]
+impl WorkerControl for CoordinatorService {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        let request = request.into_inner();
+        if request.peer_address.is_empty() {
+            return Err(Status::invalid_argument("register: peer_address is empty"));
+        }
+        let worker_id = self.state.register_worker(&request.worker_name, &request.peer_address, request.threads);
+        Ok(Response::new(RegisterResponse {
+            worker_id,
+            heartbeat_interval_ms: self.state.timeouts.heartbeat_interval.as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(match self.state.heartbeat(&request.worker_id) {
+            Ok(cancel_current_job) => HeartbeatResponse { cancel_current_job, unknown_worker: false },
+            Err(CoordinatorError::UnknownWorker(_)) => HeartbeatResponse { cancel_current_job: true, unknown_worker: true },
+            Err(other) => return Err(other.into()),
+        }))
+    }
+
+    async fn next_assignment(
+        &self,
+        request: Request<NextAssignmentRequest>,
+    ) -> Result<Response<NextAssignmentResponse>, Status> {
+        let worker_id = request.into_inner().worker_id;
+        let deadline = tokio::time::Instant::now() + ASSIGNMENT_POLL;
+        loop {
+            match self.state.take_assignment(&worker_id)? {
+                Ok(assignment) => {
+                    return Ok(Response::new(NextAssignmentResponse { assignment: Some(assignment) }));
+                }
+                Err(notify) => {
+                    let woken = tokio::time::timeout_at(deadline, notify.notified()).await;
+                    if woken.is_err() {
+                        return Ok(Response::new(NextAssignmentResponse { assignment: None }));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn report_progress(&self, request: Request<ProgressReport>) -> Result<Response<Ack>, Status> {
+        let report = request.into_inner();
+        let progress = report.progress.unwrap_or_default();
+        let phase = JobPhase::try_from(report.phase).unwrap_or(JobPhase::Unspecified);
+        self.state.record_progress(&report.job_id, progress, phase)?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn report_epoch(&self, request: Request<EpochReport>) -> Result<Response<Ack>, Status> {
+        self.state.record_epoch(request.into_inner())?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn report_done(&self, request: Request<DoneReport>) -> Result<Response<Ack>, Status> {
+        self.state.record_done(request.into_inner())?;
+        Ok(Response::new(Ack {}))
+    }
+}

@@ -1,0 +1,62 @@
+//! The embedded job store (redb): every job is persisted so results survive a coordinator restart.
+
+use std::path::Path;
+
+use prost::Message;
+use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::error::{CoordinatorError, CoordinatorResult};
+use plankton_proto::v1::Job;
+
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+
+/// Jobs keyed by id, stored as encoded `plankton.v1.Job` messages.
+pub struct JobStore {
+    database: Database,
+}
+
+impl JobStore {
+    /// Opens (or creates) `coordinator.redb` in `state_dir`.
+    pub fn open(state_dir: &Path) -> CoordinatorResult<Self> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|error| CoordinatorError::Store(format!("creating {}: {error}", state_dir.display())))?;
+        let database = Database::create(state_dir.join("coordinator.redb"))?;
+        Self::with_database(database)
+    }
+
+    /// A store that lives in memory only (embedded defaults without a state directory).
+    pub fn in_memory() -> CoordinatorResult<Self> {
+        let database = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        Self::with_database(database)
+    }
+
+    fn with_database(database: Database) -> CoordinatorResult<Self> {
+        let write = database.begin_write()?;
+        write.open_table(JOBS)?;
+        write.commit()?;
+        Ok(Self { database })
+    }
+
+    pub fn save(&self, job: &Job) -> CoordinatorResult<()> {
+        let write = self.database.begin_write()?;
+        {
+            let mut table = write.open_table(JOBS)?;
+            table.insert(job.id.as_str(), job.encode_to_vec().as_slice())?;
+        }
+        write.commit()?;
+        Ok(())
+    }
+
+    pub fn load_all(&self) -> CoordinatorResult<Vec<Job>> {
+        let read = self.database.begin_read()?;
+        let table = read.open_table(JOBS)?;
+        let mut jobs = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let job = Job::decode(value.value())
+                .map_err(|error| CoordinatorError::Store(format!("job {}: undecodable record: {error}", key.value())))?;
+            jobs.push(job);
+        }
+        Ok(jobs)
+    }
+}

@@ -1,0 +1,150 @@
+//! Object images: `imgs/<objid>.jpg` files or members of `imgs.zip`, fetched concurrently; JPEG header checks.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+
+use crate::error::{DatasetError, ImageHeaderError};
+use crate::layout::{IMAGES_DIR, IMAGES_ZIP};
+use crate::storage::StoreLocation;
+use crate::zip_index::{ZipIndex, objid_of_image_name};
+
+/// Largest accepted image side, in pixels (the real data's largest is 972).
+pub const MAX_IMAGE_SIDE: u32 = 10_000;
+/// Largest accepted image area, in pixels.
+pub const MAX_IMAGE_PIXELS: u64 = 40_000_000;
+
+/// Where the images of a dataset are.
+#[derive(Debug, Clone)]
+pub enum ImageSource {
+    /// `imgs/<objid>.jpg` objects.
+    Directory,
+    /// Members of `imgs.zip`, indexed once.
+    Zip(Arc<ZipIndex>),
+}
+
+impl ImageSource {
+    /// `directory` or `zip`, for reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ImageSource::Directory => "directory",
+            ImageSource::Zip(_) => "zip",
+        }
+    }
+}
+
+/// The relative path of the image of `objid` in the directory layout.
+pub fn image_path(objid: i64) -> String {
+    format!("{IMAGES_DIR}/{objid}.jpg")
+}
+
+/// Uses `imgs.zip` when it exists (indexing its central directory), else the `imgs/` directory.
+pub async fn open_image_source(location: &StoreLocation) -> Result<ImageSource, DatasetError> {
+    if location.exists(IMAGES_ZIP).await? {
+        let index = ZipIndex::open(location, IMAGES_ZIP).await?;
+        return Ok(ImageSource::Zip(Arc::new(index)));
+    }
+    Ok(ImageSource::Directory)
+}
+
+/// Fetches the JPEG bytes of `objid`; a missing image is [`DatasetError::ImageNotFound`].
+pub async fn fetch_image(location: &StoreLocation, source: &ImageSource, objid: i64) -> Result<Bytes, DatasetError> {
+    match source {
+        ImageSource::Directory => {
+            let relative = image_path(objid);
+            match location.get_bytes(&relative).await {
+                Err(DatasetError::NotFound { object }) => Err(DatasetError::ImageNotFound { objid, object }),
+                other => other,
+            }
+        }
+        ImageSource::Zip(index) => index.fetch(location, objid).await,
+    }
+}
+
+/// Fetches many images with up to `concurrency` requests in flight; yields in completion order.
+pub fn fetch_images(
+    location: &StoreLocation,
+    source: &ImageSource,
+    objids: Vec<i64>,
+    concurrency: usize,
+) -> impl Stream<Item = (i64, Result<Bytes, DatasetError>)> + Send + 'static {
+    let location = location.clone();
+    let source = source.clone();
+    futures::stream::iter(objids)
+        .map(move |objid| {
+            let location = location.clone();
+            let source = source.clone();
+            async move { (objid, fetch_image(&location, &source, objid).await) }
+        })
+        .buffer_unordered(concurrency.max(1))
+}
+
+/// Objids of every image present (sorted), to find images present but not listed in `meta.csv`.
+pub async fn list_image_objids(location: &StoreLocation, source: &ImageSource) -> Result<Vec<i64>, DatasetError> {
+    match source {
+        ImageSource::Zip(index) => Ok(index.objids()),
+        ImageSource::Directory => {
+            let images_prefix = location.child(IMAGES_DIR);
+            let objects: Vec<object_store::ObjectMeta> = location
+                .store
+                .list(Some(&images_prefix))
+                .try_collect()
+                .await
+                .map_err(|source| DatasetError::from_store(location.object_url(IMAGES_DIR), source))?;
+            let mut objids = Vec::with_capacity(objects.len());
+            for object in objects {
+                match object.location.filename().and_then(objid_of_image_name) {
+                    Some(objid) => objids.push(objid),
+                    None => tracing::debug!(object = %object.location, "ignoring non-image object in imgs/"),
+                }
+            }
+            objids.sort_unstable();
+            objids.dedup();
+            Ok(objids)
+        }
+    }
+}
+
+/// Checks a JPEG cheaply, without decoding pixels: non-empty, SOI marker, headers readable up to the
+/// scan, an EOI marker at the end (catches truncation), and a size within [`MAX_IMAGE_SIDE`] and
+/// [`MAX_IMAGE_PIXELS`] (refuses decompression bombs). Returns `(width, height)`.
+pub fn check_image_header(bytes: &[u8]) -> Result<(u32, u32), ImageHeaderError> {
+    if bytes.is_empty() {
+        return Err(ImageHeaderError::Empty);
+    }
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return Err(ImageHeaderError::NotJpeg);
+    }
+    // Let the decoder report any size the format allows; the limits are applied below.
+    let options = zune_core::options::DecoderOptions::default().set_max_width(usize::from(u16::MAX)).set_max_height(usize::from(u16::MAX));
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(bytes, options);
+    decoder.decode_headers().map_err(|error| ImageHeaderError::CorruptHeader(format!("{error:?}")))?;
+    let (width, height) =
+        decoder.dimensions().ok_or_else(|| ImageHeaderError::CorruptHeader("no frame header".to_string()))?;
+    let width = u32::try_from(width).unwrap_or(u32::MAX);
+    let height = u32::try_from(height).unwrap_or(u32::MAX);
+    if width == 0 || height == 0 {
+        return Err(ImageHeaderError::CorruptHeader(format!("zero dimension {width}x{height}")));
+    }
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
+        return Err(ImageHeaderError::TooLarge { width, height, max_side: MAX_IMAGE_SIDE, max_pixels: MAX_IMAGE_PIXELS });
+    }
+    if !ends_with_end_of_image(bytes) {
+        return Err(ImageHeaderError::Truncated { length: bytes.len() });
+    }
+    Ok((width, height))
+}
+
+/// True when an EOI marker (FF D9) ends the data, allowing a little zero or whitespace padding.
+fn ends_with_end_of_image(bytes: &[u8]) -> bool {
+    let padding_allowed = 64;
+    let trimmed_length = bytes
+        .iter()
+        .rposition(|byte| !matches!(byte, 0x00 | b' ' | b'\n' | b'\r' | b'\t'))
+        .map_or(0, |position| position + 1);
+    if bytes.len() - trimmed_length > padding_allowed {
+        return false;
+    }
+    bytes[..trimmed_length].ends_with(&[0xFF, 0xD9])
+}

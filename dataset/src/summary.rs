@@ -1,0 +1,84 @@
+//! What a reader skipped or repaired: bad input is counted and named, never a panic or an abort.
+
+use serde::{Deserialize, Serialize};
+
+/// Only the first few skipped items of one read are logged at `warn`; the rest at `debug`.
+const WARN_LOG_LIMIT: usize = 25;
+
+/// One piece of input that was skipped (or a value read as missing), with where it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedItem {
+    /// `meta.csv:17`, `features_native.csv:9`, `imgs/123.jpg`, ...
+    pub location: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for SkippedItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.reason)
+    }
+}
+
+/// Counts of one read of a table or of the images.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadSummary {
+    /// Data rows (or objects) seen, good or bad.
+    pub rows_read: u64,
+    /// Rows (or objects) kept.
+    pub rows_kept: u64,
+    /// Rows (or objects) dropped, each with its location.
+    pub skipped: Vec<SkippedItem>,
+    /// Values that were present but invalid (non-numeric, infinite) and were read as missing.
+    pub invalid_values: Vec<SkippedItem>,
+    /// Values that were empty or NaN (expected in the real features, so not logged one by one).
+    pub missing_values: u64,
+}
+
+impl ReadSummary {
+    /// Records a dropped row or object and logs it (the first few at `warn`).
+    pub fn skip(&mut self, location: impl Into<String>, reason: impl Into<String>) {
+        let item = SkippedItem { location: location.into(), reason: reason.into() };
+        if self.skipped.len() < WARN_LOG_LIMIT {
+            tracing::warn!(location = %item.location, reason = %item.reason, "skipping bad input");
+        } else {
+            tracing::debug!(location = %item.location, reason = %item.reason, "skipping bad input");
+        }
+        self.skipped.push(item);
+    }
+
+    /// Records a value that was read as missing because it was invalid.
+    pub fn invalid_value(&mut self, location: impl Into<String>, reason: impl Into<String>) {
+        let item = SkippedItem { location: location.into(), reason: reason.into() };
+        if self.invalid_values.len() < WARN_LOG_LIMIT {
+            tracing::warn!(location = %item.location, reason = %item.reason, "invalid value read as missing");
+        } else {
+            tracing::debug!(location = %item.location, reason = %item.reason, "invalid value read as missing");
+        }
+        self.invalid_values.push(item);
+    }
+
+    /// Logs a one-line summary of the read at `info` (and at `warn` when something was skipped).
+    pub fn log(&self, object: &str) {
+        let skipped = self.skipped.len();
+        let invalid_values = self.invalid_values.len();
+        if skipped > 0 || invalid_values > 0 {
+            tracing::warn!(
+                object,
+                rows_read = self.rows_read,
+                rows_kept = self.rows_kept,
+                skipped,
+                invalid_values,
+                missing_values = self.missing_values,
+                "read finished with skipped input"
+            );
+        } else {
+            tracing::info!(
+                object,
+                rows_read = self.rows_read,
+                rows_kept = self.rows_kept,
+                missing_values = self.missing_values,
+                "read finished"
+            );
+        }
+    }
+}

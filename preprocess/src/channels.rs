@@ -1,0 +1,107 @@
+//! The threshold and opening channels computed from the resized grey image.
+
+/// Structuring element side of the opening (a square of ones).
+const OPENING_SIZE: usize = 4;
+/// OpenCV's default anchor for an even kernel: its centre, rounded down (2 for a 4x4 kernel).
+const OPENING_ANCHOR: usize = OPENING_SIZE / 2;
+
+/// Writes 255 where `grey < mean(grey)` and 0 elsewhere (a dark object becomes white).
+///
+/// The comparison is exact: `pixel * len < sum`, with no floating-point mean.
+pub fn threshold_below_mean(grey: &[u8], out: &mut [u8]) {
+    debug_assert_eq!(grey.len(), out.len());
+    let sum: u64 = grey.iter().map(|&pixel| u64::from(pixel)).sum();
+    let len = grey.len() as u64;
+    for (target, &pixel) in out.iter_mut().zip(grey.iter()) {
+        *target = if u64::from(pixel) * len < sum { 255 } else { 0 };
+    }
+}
+
+/// Morphological opening (erosion then dilation) by a 4x4 square, as
+/// `cv2.morphologyEx(image, cv2.MORPH_OPEN, np.ones((4, 4), np.uint8))` computes it: both passes look at
+/// offsets -2..=+1 around each pixel (anchor (2, 2)) and pixels outside the image are ignored
+/// (OpenCV's default border value for morphology is neutral). Each pass is separable (rows, then columns).
+pub fn morphological_open_4x4(image: &[u8], width: usize, height: usize, out: &mut [u8]) {
+    debug_assert_eq!(image.len(), width * height);
+    debug_assert_eq!(out.len(), width * height);
+    if width == 0 || height == 0 || image.len() != width * height || out.len() != image.len() {
+        return;
+    }
+    let mut scratch = vec![0u8; width * height];
+    let mut eroded = vec![0u8; width * height];
+    window_filter(image, width, height, &mut scratch, &mut eroded, u8::min);
+    window_filter(&eroded, width, height, &mut scratch, out, u8::max);
+}
+
+/// Applies `combine` over the 4x4 window at offsets -2..=+1 (clipped to the image), rows then columns.
+fn window_filter(
+    image: &[u8],
+    width: usize,
+    height: usize,
+    row_pass: &mut [u8],
+    out: &mut [u8],
+    combine: fn(u8, u8) -> u8,
+) {
+    let window_bounds = |center: usize, len: usize| {
+        let start = center.saturating_sub(OPENING_ANCHOR);
+        let end = (center + OPENING_SIZE - OPENING_ANCHOR).min(len);
+        start..end
+    };
+    for y in 0..height {
+        let line = &image[y * width..(y + 1) * width];
+        for x in 0..width {
+            let window = &line[window_bounds(x, width)];
+            row_pass[y * width + x] = window.iter().copied().reduce(combine).unwrap_or(0);
+        }
+    }
+    for y in 0..height {
+        let rows = window_bounds(y, height);
+        for x in 0..width {
+            out[y * width + x] = rows.clone().map(|row| row_pass[row * width + x]).reduce(combine).unwrap_or(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_marks_dark_pixels_only() {
+        let grey = [10, 200, 200, 200];
+        let mut out = [0u8; 4];
+        threshold_below_mean(&grey, &mut out);
+        assert_eq!(out, [255, 0, 0, 0]);
+        // A uniform image has no pixel strictly below its mean.
+        threshold_below_mean(&[7; 4], &mut out);
+        assert_eq!(out, [0; 4]);
+    }
+
+    #[test]
+    fn opening_removes_small_blobs_and_keeps_big_ones() {
+        let (width, height) = (12, 12);
+        let mut image = vec![0u8; width * height];
+        // a 3x3 blob (smaller than the element) disappears
+        for y in 1..4 {
+            for x in 1..4 {
+                image[y * width + x] = 255;
+            }
+        }
+        // a 5x5 blob (rows/cols 6..=10) survives, moved by +1: with the even kernel's anchor (2, 2),
+        // erosion keeps 8..=9 and dilation over offsets -2..=+1 grows that back to 7..=11, as OpenCV does
+        for y in 6..11 {
+            for x in 6..11 {
+                image[y * width + x] = 255;
+            }
+        }
+        let mut opened = vec![0u8; width * height];
+        morphological_open_4x4(&image, width, height, &mut opened);
+        let mut expected = vec![0u8; width * height];
+        for y in 7..12 {
+            for x in 7..12 {
+                expected[y * width + x] = 255;
+            }
+        }
+        assert_eq!(opened, expected);
+    }
+}

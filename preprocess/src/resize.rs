@@ -1,0 +1,362 @@
+//! OpenCV-exact bicubic resize of 8-bit grey images, and padding to a square.
+
+use std::cell::RefCell;
+
+use crate::GreyImage;
+
+/// OpenCV's `INTER_RESIZE_COEF_BITS`: interpolation taps are 11-bit fixed point.
+const COEF_BITS: u32 = 11;
+const COEF_SCALE: f32 = (1 << COEF_BITS) as f32;
+/// OpenCV vectorises the vertical pass 8 outputs at a time (128-bit `v_int16`); columns past the last
+/// full group of 8 take its scalar integer path, which rounds slightly differently.
+const VERTICAL_VECTOR_LANES: usize = 8;
+
+/// Both source sides at least this long: opencv-python's `cv2.resize` hands `INTER_CUBIC` on uint8 to
+/// Intel IPP (float arithmetic); smaller sources take OpenCV's own fixed-point `resizeGeneric_`.
+const IPP_MIN_SOURCE_SIDE: usize = 4;
+
+/// The four taps of one output coordinate in OpenCV's fixed-point code: clamped source indices and
+/// 11-bit weights.
+#[derive(Clone, Copy, Debug, Default)]
+struct FixedPointTap {
+    source_indices: [u32; 4],
+    weights: [i16; 4],
+}
+
+/// The four taps of one output coordinate in IPP's float code: clamped source indices and f32 weights.
+#[derive(Clone, Copy, Debug, Default)]
+struct FloatTap {
+    source_indices: [u32; 4],
+    weights: [f32; 4],
+}
+
+/// Reusable buffers, one set per thread, so that resizing allocates nothing in steady state.
+#[derive(Default)]
+struct ResizeScratch {
+    fixed_column_taps: Vec<FixedPointTap>,
+    fixed_row_taps: Vec<FixedPointTap>,
+    float_column_taps: Vec<FloatTap>,
+    float_row_taps: Vec<FloatTap>,
+    /// For each source row: its slot in the horizontal-pass buffer, or `u32::MAX` if not yet computed.
+    row_slot: Vec<u32>,
+    /// Horizontally resized source rows, `out_width` values each (fixed-point path).
+    fixed_rows: Vec<i32>,
+    /// Horizontally resized source rows, `out_width` values each (float path).
+    float_rows: Vec<f32>,
+}
+
+thread_local! {
+    static RESIZE_SCRATCH: RefCell<ResizeScratch> = RefCell::new(ResizeScratch::default());
+}
+
+/// OpenCV's `interpolateCubic`, operation for operation in f32 (A = -0.75).
+fn cubic_coefficients_f32(x: f32) -> [f32; 4] {
+    const A: f32 = -0.75;
+    let c0 = ((A * (x + 1.0) - 5.0 * A) * (x + 1.0) + 8.0 * A) * (x + 1.0) - 4.0 * A;
+    let c1 = ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let c2 = ((A + 2.0) * (1.0 - x) - (A + 3.0)) * (1.0 - x) * (1.0 - x) + 1.0;
+    let c3 = 1.0 - c0 - c1 - c2;
+    [c0, c1, c2, c3]
+}
+
+/// The same Keys kernel (A = -0.75) in f64, as used for the IPP-compatible float taps.
+fn cubic_coefficients_f64(x: f64) -> [f64; 4] {
+    const A: f64 = -0.75;
+    let c0 = ((A * (x + 1.0) - 5.0 * A) * (x + 1.0) + 8.0 * A) * (x + 1.0) - 4.0 * A;
+    let c1 = ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let c2 = ((A + 2.0) * (1.0 - x) - (A + 3.0)) * (1.0 - x) * (1.0 - x) + 1.0;
+    let c3 = 1.0 - c0 - c1 - c2;
+    [c0, c1, c2, c3]
+}
+
+/// `saturate_cast<short>(float)`: round half to even, then clamp.
+fn saturate_i16(value: f32) -> i16 {
+    value.round_ties_even().clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16
+}
+
+/// Source-to-destination scale exactly as OpenCV derives it: `cv::resize` passes
+/// `inv_scale = dst / src` and `hal::resize` inverts it, so keep both roundings.
+fn opencv_scale(source_len: usize, destination_len: usize) -> f64 {
+    let inverse_scale = destination_len as f64 / source_len as f64;
+    1.0 / inverse_scale
+}
+
+fn clamped_indices(first_source: i64, source_len: usize) -> [u32; 4] {
+    let last_source_index = source_len as i64 - 1;
+    std::array::from_fn(|k| (first_source + k as i64).clamp(0, last_source_index) as u32)
+}
+
+/// Fixed-point taps along one axis, as `cv::hal::resize` builds `xofs`/`ialpha` (or `yofs`/`ibeta`).
+fn fill_fixed_point_taps(source_len: usize, destination_len: usize, taps: &mut Vec<FixedPointTap>) {
+    taps.clear();
+    let scale = opencv_scale(source_len, destination_len);
+    for destination_index in 0..destination_len {
+        let position = ((destination_index as f64 + 0.5) * scale - 0.5) as f32;
+        let floor_position = position.floor();
+        let coefficients = cubic_coefficients_f32(position - floor_position);
+        taps.push(FixedPointTap {
+            source_indices: clamped_indices(floor_position as i64 - 1, source_len),
+            weights: coefficients.map(|coefficient| saturate_i16(coefficient * COEF_SCALE)),
+        });
+    }
+}
+
+/// Float taps along one axis (position and weights in f64, weights stored as f32).
+fn fill_float_taps(source_len: usize, destination_len: usize, taps: &mut Vec<FloatTap>) {
+    taps.clear();
+    let scale = opencv_scale(source_len, destination_len);
+    for destination_index in 0..destination_len {
+        let position = (destination_index as f64 + 0.5) * scale - 0.5;
+        let floor_position = position.floor();
+        let coefficients = cubic_coefficients_f64(position - floor_position);
+        taps.push(FloatTap {
+            source_indices: clamped_indices(floor_position as i64 - 1, source_len),
+            weights: coefficients.map(|coefficient| coefficient as f32),
+        });
+    }
+}
+
+/// Resizes with bicubic interpolation exactly as opencv-python's `cv2.resize(src, (out_width, out_height),
+/// interpolation=cv2.INTER_CUBIC)` does on uint8 (Keys kernel A = -0.75, `src = (dst + 0.5) * scale - 0.5`,
+/// replicated borders, no antialiasing when downscaling).
+///
+/// Like OpenCV, two code paths:
+/// - both source sides >= 4: OpenCV delegates to Intel IPP, whose result we reproduce with f32 taps
+///   and f32 sums taken from the last tap to the first, horizontal pass then vertical, rounded half to
+///   even and saturated (measured: 99.9997% of ~1M pixels bit-exact, the rest off by one);
+/// - otherwise OpenCV's `resizeGeneric_`: 11-bit fixed-point taps, integer horizontal pass, and the
+///   vertical pass of its SIMD path in f32 (`S0*b0 + (S1*b1 + (S2*b2 + S3*b3))`, `b = beta / 2^22`),
+///   with columns past the last multiple of 8 on its scalar `(sum + 2^21) >> 22` (bit-exact).
+///
+/// A zero output size gives an empty image of that size.
+pub fn resize_bicubic(src: &GreyImage, out_width: usize, out_height: usize) -> GreyImage {
+    let mut pixels = vec![0u8; out_width * out_height];
+    resize_bicubic_into(src.width, src.height, &src.pixels, out_width, out_height, &mut pixels);
+    GreyImage { width: out_width, height: out_height, pixels }
+}
+
+/// Resizes `source` (row-major, `source_width * source_height`) into `output`.
+pub(crate) fn resize_bicubic_into(
+    source_width: usize,
+    source_height: usize,
+    source: &[u8],
+    out_width: usize,
+    out_height: usize,
+    output: &mut [u8],
+) {
+    debug_assert_eq!(source.len(), source_width * source_height);
+    debug_assert_eq!(output.len(), out_width * out_height);
+    if out_width == 0 || out_height == 0 || output.len() != out_width * out_height {
+        return;
+    }
+    if source_width == 0 || source_height == 0 || source.len() != source_width * source_height {
+        output.fill(0);
+        return;
+    }
+    if source_width == out_width && source_height == out_height {
+        output.copy_from_slice(source);
+        return;
+    }
+    RESIZE_SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        if source_width.min(source_height) >= IPP_MIN_SOURCE_SIDE {
+            resize_float(&mut scratch, source_width, source_height, source, out_width, output);
+        } else {
+            resize_fixed_point(&mut scratch, source_width, source_height, source, out_width, output);
+        }
+    });
+}
+
+/// The IPP-compatible float path (see [`resize_bicubic`]).
+fn resize_float(
+    scratch: &mut ResizeScratch,
+    source_width: usize,
+    source_height: usize,
+    source: &[u8],
+    out_width: usize,
+    output: &mut [u8],
+) {
+    let out_height = output.len() / out_width;
+    let ResizeScratch { float_column_taps, float_row_taps, row_slot, float_rows, .. } = scratch;
+    fill_float_taps(source_width, out_width, float_column_taps);
+    fill_float_taps(source_height, out_height, float_row_taps);
+    row_slot.clear();
+    row_slot.resize(source_height, u32::MAX);
+    float_rows.clear();
+    for (out_row, row_tap) in output.chunks_exact_mut(out_width).zip(float_row_taps.iter()) {
+        let mut starts = [0usize; 4];
+        for (start, &source_row) in starts.iter_mut().zip(row_tap.source_indices.iter()) {
+            let source_row = source_row as usize;
+            if row_slot[source_row] == u32::MAX {
+                row_slot[source_row] = (float_rows.len() / out_width) as u32;
+                let line = &source[source_row * source_width..(source_row + 1) * source_width];
+                float_rows.extend(float_column_taps.iter().map(|tap| {
+                    let [i0, i1, i2, i3] = tap.source_indices.map(|index| f32::from(line[index as usize]));
+                    let [w0, w1, w2, w3] = tap.weights;
+                    ((i3 * w3 + i2 * w2) + i1 * w1) + i0 * w0
+                }));
+            }
+            *start = row_slot[source_row] as usize * out_width;
+        }
+        let [r0, r1, r2, r3] = starts.map(|start| &float_rows[start..start + out_width]);
+        let [w0, w1, w2, w3] = row_tap.weights;
+        for (x, target) in out_row.iter_mut().enumerate() {
+            let value = ((r3[x] * w3 + r2[x] * w2) + r1[x] * w1) + r0[x] * w0;
+            *target = value.round_ties_even().clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
+/// OpenCV's own fixed-point `resizeGeneric_` path (see [`resize_bicubic`]).
+fn resize_fixed_point(
+    scratch: &mut ResizeScratch,
+    source_width: usize,
+    source_height: usize,
+    source: &[u8],
+    out_width: usize,
+    output: &mut [u8],
+) {
+    let out_height = output.len() / out_width;
+    let ResizeScratch { fixed_column_taps, fixed_row_taps, row_slot, fixed_rows, .. } = scratch;
+    fill_fixed_point_taps(source_width, out_width, fixed_column_taps);
+    fill_fixed_point_taps(source_height, out_height, fixed_row_taps);
+    row_slot.clear();
+    row_slot.resize(source_height, u32::MAX);
+    fixed_rows.clear();
+
+    let scale = 1.0f32 / (COEF_SCALE * COEF_SCALE);
+    let vector_columns = out_width - out_width % VERTICAL_VECTOR_LANES;
+    for (out_row, row_tap) in output.chunks_exact_mut(out_width).zip(fixed_row_taps.iter()) {
+        let mut starts = [0usize; 4];
+        for (start, &source_row) in starts.iter_mut().zip(row_tap.source_indices.iter()) {
+            let source_row = source_row as usize;
+            if row_slot[source_row] == u32::MAX {
+                row_slot[source_row] = (fixed_rows.len() / out_width) as u32;
+                let line = &source[source_row * source_width..(source_row + 1) * source_width];
+                fixed_rows.extend(fixed_column_taps.iter().map(|tap| {
+                    tap.source_indices
+                        .iter()
+                        .zip(tap.weights.iter())
+                        .map(|(&index, &weight)| i32::from(line[index as usize]) * i32::from(weight))
+                        .sum::<i32>()
+                }));
+            }
+            *start = row_slot[source_row] as usize * out_width;
+        }
+        let rows: [&[i32]; 4] = starts.map(|start| &fixed_rows[start..start + out_width]);
+        let [b0, b1, b2, b3] = row_tap.weights.map(|weight| f32::from(weight) * scale);
+        for x in 0..vector_columns {
+            let value = (rows[0][x] as f32) * b0
+                + ((rows[1][x] as f32) * b1 + ((rows[2][x] as f32) * b2 + (rows[3][x] as f32) * b3));
+            out_row[x] = value.round_ties_even().clamp(0.0, 255.0) as u8;
+        }
+        let [w0, w1, w2, w3] = row_tap.weights.map(i32::from);
+        for x in vector_columns..out_width {
+            let sum = rows[0][x] * w0 + rows[1][x] * w1 + rows[2][x] * w2 + rows[3][x] * w3;
+            out_row[x] = ((sum + (1 << (2 * COEF_BITS - 1))) >> (2 * COEF_BITS)).clamp(0, 255) as u8;
+        }
+    }
+}
+
+/// Centres the image on a square canvas of side max(width, height), filled with the median of the
+/// image's border pixels (the lower median when their count is even). A square image is returned as is.
+pub fn pad_to_square(src: &GreyImage) -> GreyImage {
+    let side = src.width.max(src.height);
+    if src.width == src.height || src.pixels.len() != src.width * src.height {
+        return src.clone();
+    }
+    let fill = border_median(src);
+    let mut pixels = vec![fill; side * side];
+    let left = (side - src.width) / 2;
+    let top = (side - src.height) / 2;
+    for (row_index, source_line) in src.pixels.chunks_exact(src.width).enumerate() {
+        let start = (top + row_index) * side + left;
+        pixels[start..start + src.width].copy_from_slice(source_line);
+    }
+    GreyImage { width: side, height: side, pixels }
+}
+
+/// Lower median of the pixels on the outermost rows and columns, via a histogram.
+fn border_median(src: &GreyImage) -> u8 {
+    let mut histogram = [0u32; 256];
+    let (width, height) = (src.width, src.height);
+    for y in 0..height {
+        let line = &src.pixels[y * width..(y + 1) * width];
+        if y == 0 || y == height - 1 {
+            line.iter().for_each(|&pixel| histogram[usize::from(pixel)] += 1);
+        } else {
+            histogram[usize::from(line[0])] += 1;
+            if width > 1 {
+                histogram[usize::from(line[width - 1])] += 1;
+            }
+        }
+    }
+    let border_count: u32 = histogram.iter().sum();
+    let rank = border_count.div_ceil(2);
+    let mut cumulative = 0u32;
+    for (value, &count) in histogram.iter().enumerate() {
+        cumulative += count;
+        if cumulative >= rank {
+            return value as u8;
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_size_is_a_copy() {
+        let pixels: Vec<u8> = (0..35u8).map(|value| value.wrapping_mul(37)).collect();
+        let image = GreyImage::new(7, 5, pixels).unwrap();
+        assert_eq!(resize_bicubic(&image, 7, 5), image);
+    }
+
+    #[test]
+    fn uniform_image_stays_uniform() {
+        let image = GreyImage::new(13, 9, vec![200; 117]).unwrap();
+        let resized = resize_bicubic(&image, 64, 64);
+        assert!(resized.pixels.iter().all(|&pixel| pixel == 200), "{:?}", &resized.pixels[..16]);
+    }
+
+    #[test]
+    fn fixed_point_taps_sum_close_to_one_and_clamp() {
+        let mut taps = Vec::new();
+        fill_fixed_point_taps(3, 64, &mut taps);
+        for tap in &taps {
+            let total: i32 = tap.weights.iter().map(|&weight| i32::from(weight)).sum();
+            assert!((total - 2048).abs() <= 2, "{tap:?}");
+            assert!(tap.source_indices.iter().all(|&index| index < 3));
+        }
+    }
+
+    #[test]
+    fn pad_to_square_centres_and_fills_with_border_median() {
+        // 4 wide, 2 tall: every pixel is on the border; values 10,10,10,50 / 10,90,10,10 -> median 10.
+        let image = GreyImage::new(4, 2, vec![10, 10, 10, 50, 10, 90, 10, 10]).unwrap();
+        let padded = pad_to_square(&image);
+        assert_eq!((padded.width, padded.height), (4, 4));
+        assert_eq!(&padded.pixels[0..4], &[10, 10, 10, 10]);
+        assert_eq!(&padded.pixels[4..8], &[10, 10, 10, 50]);
+        assert_eq!(&padded.pixels[8..12], &[10, 90, 10, 10]);
+        assert_eq!(&padded.pixels[12..16], &[10, 10, 10, 10]);
+
+        // 1 wide, 3 tall, border median of {0, 255, 255} is 255; column centred at x = 1.
+        let tall = GreyImage::new(1, 3, vec![0, 255, 255]).unwrap();
+        let padded_tall = pad_to_square(&tall);
+        assert_eq!(padded_tall.pixels, vec![255, 0, 255, 255, 255, 255, 255, 255, 255]);
+    }
+
+    #[test]
+    fn border_median_ignores_interior() {
+        // 3x3 with a dark centre: the border is all 240.
+        let mut pixels = vec![240; 9];
+        pixels[4] = 0;
+        let image = GreyImage::new(3, 3, pixels).unwrap();
+        assert_eq!(border_median(&image), 240);
+        let wide = GreyImage::new(5, 3, vec![7, 7, 7, 7, 7, 9, 0, 0, 0, 9, 7, 7, 7, 7, 7]).unwrap();
+        assert_eq!(pad_to_square(&wide).pixels[0], 7);
+    }
+}

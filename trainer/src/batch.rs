@@ -1,0 +1,302 @@
+//! Shards of preprocessed images and the per-epoch batch order, with u8 augmentation.
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE};
+use crate::error::TrainError;
+
+/// Largest random shift of an augmented image, in pixels.
+pub const MAX_SHIFT_PIXELS: i64 = 4;
+
+/// The preprocessed images of one rank's part of a split: `images` holds `labels.len()` u8 CHW images.
+#[derive(Debug, Clone, Default)]
+pub struct ShardData {
+    /// `labels.len() * IMAGE_LEN` bytes.
+    pub images: Vec<u8>,
+    /// Class index of each image.
+    pub labels: Vec<u32>,
+}
+
+impl ShardData {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the shard holds no image.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The u8 CHW bytes of image `index`.
+    pub fn image(&self, index: usize) -> &[u8] {
+        &self.images[index * IMAGE_LEN..(index + 1) * IMAGE_LEN]
+    }
+
+    /// Checks sizes and labels; `shard` names it in the error ("train", "test").
+    pub fn validate(&self, shard: &'static str, num_classes: usize) -> Result<(), TrainError> {
+        if self.images.len() != self.labels.len() * IMAGE_LEN {
+            return Err(TrainError::InvalidShard {
+                shard,
+                reason: format!(
+                    "{} image bytes for {} labels (expected {} bytes per image)",
+                    self.images.len(),
+                    self.labels.len(),
+                    IMAGE_LEN
+                ),
+            });
+        }
+        if let Some((row, label)) = self.labels.iter().enumerate().find(|(_, label)| **label as usize >= num_classes) {
+            return Err(TrainError::InvalidShard {
+                shard,
+                reason: format!("label {label} of image {row} is not below num_classes {num_classes}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One step's images (u8 CHW, possibly augmented) and labels.
+#[derive(Debug, Clone, Default)]
+pub struct AssembledBatch {
+    pub images: Vec<u8>,
+    pub labels: Vec<u32>,
+}
+
+/// The order in which one rank visits its shard during one epoch: a permutation seeded by
+/// (seed, rank, epoch), read `batch_size` at a time and wrapping around when the shard is shorter
+/// than `steps_per_epoch * batch_size`.
+#[derive(Debug)]
+pub struct EpochBatches {
+    order: Vec<usize>,
+    generator: ChaCha8Rng,
+    batch_size: usize,
+    augmentation: AugmentationMode,
+    augmented_classes: Vec<bool>,
+}
+
+/// Mixes seed, rank and epoch into one generator seed (splitmix64 finalizer over each word).
+fn mix_seed(seed: u64, rank: usize, epoch: u32) -> u64 {
+    fn splitmix(mut value: u64) -> u64 {
+        value = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        value ^ (value >> 31)
+    }
+    splitmix(splitmix(splitmix(seed) ^ rank as u64) ^ epoch as u64)
+}
+
+/// Which classes are augmented: all, none, or those whose weight is above the median weight.
+pub fn augmented_classes(mode: AugmentationMode, class_weights: &[f32]) -> Vec<bool> {
+    match mode {
+        AugmentationMode::None => vec![false; class_weights.len()],
+        AugmentationMode::All => vec![true; class_weights.len()],
+        AugmentationMode::RareClasses => {
+            let mut sorted_weights = class_weights.to_vec();
+            sorted_weights.sort_by(f32::total_cmp);
+            let middle = sorted_weights.len() / 2;
+            let median = if sorted_weights.is_empty() {
+                0.0
+            } else if sorted_weights.len() % 2 == 1 {
+                sorted_weights[middle]
+            } else {
+                (sorted_weights[middle - 1] + sorted_weights[middle]) / 2.0
+            };
+            class_weights.iter().map(|weight| *weight > median).collect()
+        }
+    }
+}
+
+impl EpochBatches {
+    /// The batches of `epoch` for `rank` over a shard of `shard_len` images.
+    pub fn new(
+        shard_len: usize,
+        batch_size: usize,
+        seed: u64,
+        rank: usize,
+        epoch: u32,
+        augmentation: AugmentationMode,
+        class_weights: &[f32],
+    ) -> Self {
+        let mut generator = ChaCha8Rng::seed_from_u64(mix_seed(seed, rank, epoch));
+        let mut order: Vec<usize> = (0..shard_len).collect();
+        order.shuffle(&mut generator);
+        EpochBatches {
+            order,
+            generator,
+            batch_size,
+            augmentation,
+            augmented_classes: augmented_classes(augmentation, class_weights),
+        }
+    }
+
+    /// Fills `batch` with step `step`'s images (called with steps 0, 1, 2, ... in order: the
+    /// augmentation draws from the epoch's generator).
+    pub fn assemble(&mut self, shard: &ShardData, step: usize, batch: &mut AssembledBatch) {
+        batch.images.clear();
+        batch.labels.clear();
+        if self.order.is_empty() {
+            return;
+        }
+        batch.images.reserve(self.batch_size * IMAGE_LEN);
+        for position in step * self.batch_size..(step + 1) * self.batch_size {
+            let image_index = self.order[position % self.order.len()];
+            let label = shard.labels[image_index];
+            let start = batch.images.len();
+            batch.images.extend_from_slice(shard.image(image_index));
+            batch.labels.push(label);
+            let augment = self.augmentation != AugmentationMode::None
+                && self.augmented_classes.get(label as usize).copied().unwrap_or(false);
+            if augment {
+                let transform = RandomTransform::draw(&mut self.generator);
+                transform.apply(&mut batch.images[start..start + IMAGE_LEN]);
+            }
+        }
+    }
+}
+
+/// A random flip / 90-degree rotation / shift of a square image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RandomTransform {
+    pub flip_horizontal: bool,
+    pub flip_vertical: bool,
+    /// Counter-clockwise quarter turns, 0..=3.
+    pub quarter_turns: u8,
+    pub shift_x: i64,
+    pub shift_y: i64,
+}
+
+impl RandomTransform {
+    /// Draws flips (p = 0.5 each), a rotation and a shift of up to 4 px on each axis.
+    pub fn draw(generator: &mut impl Rng) -> Self {
+        RandomTransform {
+            flip_horizontal: generator.random_bool(0.5),
+            flip_vertical: generator.random_bool(0.5),
+            quarter_turns: generator.random_range(0..4u8),
+            shift_x: generator.random_range(-MAX_SHIFT_PIXELS..=MAX_SHIFT_PIXELS),
+            shift_y: generator.random_range(-MAX_SHIFT_PIXELS..=MAX_SHIFT_PIXELS),
+        }
+    }
+
+    /// Where output pixel (x, y) reads from in the source, edges replicated.
+    fn source_of(&self, x: i64, y: i64) -> (usize, usize) {
+        let last = IMAGE_SIZE as i64 - 1;
+        let (mut source_x, mut source_y) = ((x - self.shift_x).clamp(0, last), (y - self.shift_y).clamp(0, last));
+        for _ in 0..self.quarter_turns {
+            (source_x, source_y) = (last - source_y, source_x);
+        }
+        if self.flip_horizontal {
+            source_x = last - source_x;
+        }
+        if self.flip_vertical {
+            source_y = last - source_y;
+        }
+        (source_x as usize, source_y as usize)
+    }
+
+    /// Transforms one u8 CHW image in place.
+    pub fn apply(&self, image: &mut [u8]) {
+        debug_assert_eq!(image.len(), IMAGE_LEN);
+        let identity = *self
+            == RandomTransform { flip_horizontal: false, flip_vertical: false, quarter_turns: 0, shift_x: 0, shift_y: 0 };
+        if identity {
+            return;
+        }
+        let plane_len = IMAGE_SIZE * IMAGE_SIZE;
+        let mut source_plane = vec![0u8; plane_len];
+        let source_index: Vec<usize> = (0..plane_len)
+            .map(|pixel| {
+                let (source_x, source_y) = self.source_of((pixel % IMAGE_SIZE) as i64, (pixel / IMAGE_SIZE) as i64);
+                source_y * IMAGE_SIZE + source_x
+            })
+            .collect();
+        for channel in 0..IMAGE_CHANNELS {
+            let plane = &mut image[channel * plane_len..(channel + 1) * plane_len];
+            source_plane.copy_from_slice(plane);
+            for (output, source) in plane.iter_mut().zip(&source_index) {
+                *output = source_plane[*source];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard_with_ids(count: usize) -> ShardData {
+        let mut images = Vec::with_capacity(count * IMAGE_LEN);
+        for index in 0..count {
+            images.extend(std::iter::repeat_n(index as u8, IMAGE_LEN));
+        }
+        ShardData { images, labels: (0..count as u32).map(|index| index % 2).collect() }
+    }
+
+    #[test]
+    fn an_epoch_visits_every_image_once_then_wraps() {
+        let shard = shard_with_ids(10);
+        let mut batches = EpochBatches::new(10, 4, 7, 0, 0, AugmentationMode::None, &[1.0, 1.0]);
+        let mut batch = AssembledBatch::default();
+        let mut seen = Vec::new();
+        for step in 0..3 {
+            batches.assemble(&shard, step, &mut batch);
+            assert_eq!(batch.labels.len(), 4);
+            seen.extend(batch.images.chunks(IMAGE_LEN).map(|image| image[0] as usize));
+        }
+        let mut first_pass = seen[..10].to_vec();
+        first_pass.sort();
+        assert_eq!(first_pass, (0..10).collect::<Vec<_>>());
+        assert_eq!(seen[10..], seen[..2]);
+    }
+
+    #[test]
+    fn order_depends_on_rank_and_epoch() {
+        let order = |rank, epoch| EpochBatches::new(50, 1, 3, rank, epoch, AugmentationMode::None, &[]).order;
+        assert_eq!(order(0, 0), order(0, 0));
+        assert_ne!(order(0, 0), order(1, 0));
+        assert_ne!(order(0, 0), order(0, 1));
+    }
+
+    #[test]
+    fn rare_classes_are_those_above_the_median_weight() {
+        assert_eq!(
+            augmented_classes(AugmentationMode::RareClasses, &[0.5, 4.0, 1.0, 8.0]),
+            vec![false, true, false, true]
+        );
+        assert_eq!(augmented_classes(AugmentationMode::All, &[0.5, 4.0]), vec![true, true]);
+    }
+
+    #[test]
+    fn transforms_move_pixels_as_described() {
+        let mut image = vec![0u8; IMAGE_LEN];
+        image[0] = 200; // channel 0, x 0, y 0
+        let mut flipped = image.clone();
+        RandomTransform { flip_horizontal: true, flip_vertical: false, quarter_turns: 0, shift_x: 0, shift_y: 0 }
+            .apply(&mut flipped);
+        assert_eq!(flipped[IMAGE_SIZE - 1], 200);
+        assert_eq!(flipped.iter().filter(|value| **value == 200).count(), 1);
+
+        let mut rotated = image.clone();
+        RandomTransform { flip_horizontal: false, flip_vertical: false, quarter_turns: 1, shift_x: 0, shift_y: 0 }
+            .apply(&mut rotated);
+        assert_eq!(rotated.iter().filter(|value| **value == 200).count(), 1);
+        assert_eq!(rotated[(IMAGE_SIZE - 1) * IMAGE_SIZE], 200);
+
+        let mut centre = vec![0u8; IMAGE_LEN];
+        centre[10 * IMAGE_SIZE + 10] = 99;
+        RandomTransform { flip_horizontal: false, flip_vertical: false, quarter_turns: 0, shift_x: 3, shift_y: -2 }
+            .apply(&mut centre);
+        assert_eq!(centre[8 * IMAGE_SIZE + 13], 99);
+    }
+
+    #[test]
+    fn bad_shards_are_rejected_with_the_row() {
+        let mut shard = shard_with_ids(3);
+        shard.labels[2] = 9;
+        let error = shard.validate("train", 2).unwrap_err().to_string();
+        assert!(error.contains("image 2"), "{error}");
+        shard.images.pop();
+        assert!(shard.validate("train", 10).is_err());
+    }
+}

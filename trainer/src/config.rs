@@ -1,0 +1,234 @@
+//! Training configuration: architecture, optimizer, learning-rate schedule, augmentation.
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// Bytes of one preprocessed image: u8 CHW `[3, 64, 64]` (grey, threshold, opening).
+pub const IMAGE_LEN: usize = IMAGE_CHANNELS * IMAGE_SIZE * IMAGE_SIZE;
+/// Side of the square input images in pixels.
+pub const IMAGE_SIZE: usize = 64;
+/// Input channels: grey, threshold, opening.
+pub const IMAGE_CHANNELS: usize = 3;
+
+/// The network trained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// The reference notebook's LeNet-like CNN (3 conv + max-pool, dense 250 -> 100 -> classes).
+    LeNet,
+    /// A small ResNet with batch norm sized for CPU training at 64x64 (the default).
+    ResNet,
+}
+
+impl Default for Architecture {
+    fn default() -> Self {
+        Architecture::ResNet
+    }
+}
+
+impl Architecture {
+    /// The lowercase name used in configs, CLIs and model cards.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::LeNet => "lenet",
+            Architecture::ResNet => "resnet",
+        }
+    }
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+impl FromStr for Architecture {
+    type Err = TrainError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "lenet" => Ok(Architecture::LeNet),
+            "resnet" => Ok(Architecture::ResNet),
+            _ => Err(TrainError::UnknownArchitecture(text.to_string())),
+        }
+    }
+}
+
+/// The optimizer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerChoice {
+    /// Adam (beta 0.9/0.999, eps 1e-8), weight decay as L2 like `torch.optim.Adam`.
+    #[default]
+    Adam,
+    /// SGD with momentum 0.9, weight decay as L2 like `torch.optim.SGD`.
+    SgdMomentum,
+}
+
+impl FromStr for OptimizerChoice {
+    type Err = TrainError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "adam" => Ok(OptimizerChoice::Adam),
+            "sgd" | "sgd_momentum" | "sgd-momentum" => Ok(OptimizerChoice::SgdMomentum),
+            _ => Err(TrainError::InvalidConfig(format!("unknown optimizer {text:?} (expected adam or sgd)"))),
+        }
+    }
+}
+
+/// How the learning rate changes from epoch to epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// The same learning rate every epoch.
+    #[default]
+    Constant,
+    /// Cosine annealing from the base rate towards zero over all epochs.
+    Cosine,
+    /// Divided by 10 at 50 % and again at 75 % of the epochs.
+    Step,
+}
+
+impl FromStr for LrSchedule {
+    type Err = TrainError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "constant" => Ok(LrSchedule::Constant),
+            "cosine" => Ok(LrSchedule::Cosine),
+            "step" => Ok(LrSchedule::Step),
+            _ => Err(TrainError::InvalidConfig(format!(
+                "unknown learning-rate schedule {text:?} (expected constant, cosine or step)"
+            ))),
+        }
+    }
+}
+
+impl LrSchedule {
+    /// The learning rate of `epoch_index` (0-based) out of `epochs`.
+    pub fn learning_rate(self, base_learning_rate: f64, epoch_index: u32, epochs: u32) -> f64 {
+        let epochs = epochs.max(1) as f64;
+        let epoch = epoch_index as f64;
+        match self {
+            LrSchedule::Constant => base_learning_rate,
+            LrSchedule::Cosine => base_learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * epoch / epochs).cos()),
+            LrSchedule::Step => {
+                let mut rate = base_learning_rate;
+                if epoch >= (epochs * 0.5).floor() && epochs >= 2.0 {
+                    rate *= 0.1;
+                }
+                if epoch >= (epochs * 0.75).floor() && epochs >= 4.0 {
+                    rate *= 0.1;
+                }
+                rate
+            }
+        }
+    }
+}
+
+/// Which training samples get random flips, 90-degree rotations and shifts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AugmentationMode {
+    /// No augmentation.
+    #[default]
+    None,
+    /// Every training sample.
+    All,
+    /// Only samples whose class weight is above the median class weight (the rare classes).
+    RareClasses,
+}
+
+impl FromStr for AugmentationMode {
+    type Err = TrainError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(AugmentationMode::None),
+            "all" => Ok(AugmentationMode::All),
+            "rare" | "rare_classes" | "rare-classes" => Ok(AugmentationMode::RareClasses),
+            _ => Err(TrainError::InvalidConfig(format!(
+                "unknown augmentation mode {text:?} (expected none, all or rare-classes)"
+            ))),
+        }
+    }
+}
+
+/// Everything a rank needs to train its part of a data-parallel job.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub architecture: Architecture,
+    pub num_classes: usize,
+    /// One weight per class for the weighted cross-entropy (e.g. sklearn "balanced").
+    pub class_weights: Vec<f32>,
+    pub epochs: u32,
+    /// Images per step on THIS rank; the global batch is `batch_size * world_size`.
+    pub batch_size: usize,
+    /// Identical on every rank; given by the coordinator.
+    pub steps_per_epoch: usize,
+    pub learning_rate: f64,
+    pub optimizer: OptimizerChoice,
+    /// L2 weight decay (0 disables it).
+    pub weight_decay: f64,
+    pub lr_schedule: LrSchedule,
+    pub augmentation: AugmentationMode,
+    /// Seeds the initial weights (identical on every rank) and the per-rank batch order.
+    pub seed: u64,
+    /// libtorch intra-op threads (`tch::set_num_threads`), 0 leaves libtorch's default.
+    pub threads: usize,
+    pub device: tch::Device,
+}
+
+impl TrainConfig {
+    /// A configuration with the project defaults (resnet, Adam 1e-3, constant rate, no augmentation).
+    pub fn new(num_classes: usize, class_weights: Vec<f32>) -> Self {
+        TrainConfig {
+            architecture: Architecture::ResNet,
+            num_classes,
+            class_weights,
+            epochs: 10,
+            batch_size: 64,
+            steps_per_epoch: 1,
+            learning_rate: 1e-3,
+            optimizer: OptimizerChoice::Adam,
+            weight_decay: 0.0,
+            lr_schedule: LrSchedule::Constant,
+            augmentation: AugmentationMode::None,
+            seed: 42,
+            threads: 1,
+            device: tch::Device::Cpu,
+        }
+    }
+
+    /// Checks the values a rank cannot train with.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.num_classes < 2 {
+            return Err(TrainError::InvalidConfig(format!("num_classes is {}, need at least 2", self.num_classes)));
+        }
+        if self.class_weights.len() != self.num_classes {
+            return Err(TrainError::InvalidConfig(format!(
+                "{} class weights for {} classes",
+                self.class_weights.len(),
+                self.num_classes
+            )));
+        }
+        if let Some((class_index, weight)) =
+            self.class_weights.iter().enumerate().find(|(_, weight)| !weight.is_finite() || **weight < 0.0)
+        {
+            return Err(TrainError::InvalidConfig(format!("class weight {weight} of class {class_index} is not a finite non-negative number")));
+        }
+        if self.batch_size == 0 {
+            return Err(TrainError::InvalidConfig("batch_size is 0".to_string()));
+        }
+        if self.steps_per_epoch == 0 {
+            return Err(TrainError::InvalidConfig("steps_per_epoch is 0".to_string()));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(TrainError::InvalidConfig(format!("learning_rate {} is not positive", self.learning_rate)));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(TrainError::InvalidConfig(format!("weight_decay {} is negative", self.weight_decay)));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,25 @@
+//! The error type of training and inference.
+use plankton_collective::CollectiveError;
+
+/// Everything that can go wrong while training, saving or loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("libtorch operation failed: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("collective operation failed: {0}")]
+    Collective(#[from] CollectiveError),
+    #[error("training cancelled by the observer")]
+    Cancelled,
+    #[error("invalid training configuration: {0}")]
+    InvalidConfig(String),
+    #[error("invalid {shard} shard: {reason}")]
+    InvalidShard { shard: &'static str, reason: String },
+    #[error("invalid input images: {0}")]
+    InvalidInput(String),
+    #[error("weights do not match the {architecture} model: {reason}")]
+    WeightsMismatch { architecture: String, reason: String },
+    #[error("temporary weights file {path}: {source}")]
+    TempFile { path: String, source: std::io::Error },
+    #[error("unknown architecture {0:?} (expected \"lenet\" or \"resnet\")")]
+    UnknownArchitecture(String),
+}

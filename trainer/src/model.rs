@@ -1,0 +1,242 @@
+//! The networks (lenet, resnet) as tch modules, initialized like PyTorch's defaults.
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::nn::{self, ModuleT};
+use tch::{Kind, Tensor};
+
+use crate::config::{Architecture, IMAGE_SIZE};
+use crate::error::TrainError;
+
+/// The reference notebook's LeNet-like CNN: three 3x3 conv + ReLU + 2x2 max-pool, dense 250 -> 100 -> classes.
+#[derive(Debug)]
+pub struct LeNet {
+    conv1: nn::Conv2D,
+    conv2: nn::Conv2D,
+    conv3: nn::Conv2D,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    fc3: nn::Linear,
+}
+
+impl LeNet {
+    /// Registers the layers under `root` (names match the PyTorch twin in bench/python/torch_train.py).
+    pub fn new(root: &nn::Path, num_classes: usize) -> Self {
+        let padded = nn::ConvConfig { padding: 1, ..Default::default() };
+        let flattened_features = 128 * (IMAGE_SIZE as i64 / 8) * (IMAGE_SIZE as i64 / 8);
+        LeNet {
+            conv1: nn::conv2d(root / "conv1", 3, 32, 3, padded),
+            conv2: nn::conv2d(root / "conv2", 32, 64, 3, padded),
+            conv3: nn::conv2d(root / "conv3", 64, 128, 3, padded),
+            fc1: nn::linear(root / "fc1", flattened_features, 250, Default::default()),
+            fc2: nn::linear(root / "fc2", 250, 100, Default::default()),
+            fc3: nn::linear(root / "fc3", 100, num_classes as i64, Default::default()),
+        }
+    }
+}
+
+impl ModuleT for LeNet {
+    fn forward_t(&self, images: &Tensor, _train: bool) -> Tensor {
+        images
+            .apply(&self.conv1)
+            .relu()
+            .max_pool2d_default(2)
+            .apply(&self.conv2)
+            .relu()
+            .max_pool2d_default(2)
+            .apply(&self.conv3)
+            .relu()
+            .max_pool2d_default(2)
+            .flatten(1, -1)
+            .apply(&self.fc1)
+            .relu()
+            .apply(&self.fc2)
+            .relu()
+            .apply(&self.fc3)
+    }
+}
+
+fn batch_norm(path: nn::Path, channels: i64) -> nn::BatchNorm {
+    let config = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), bs_init: nn::Init::Const(0.0), ..Default::default() };
+    nn::batch_norm2d(path, channels, config)
+}
+
+fn conv_no_bias(path: nn::Path, in_channels: i64, out_channels: i64, kernel: i64, stride: i64) -> nn::Conv2D {
+    let config = nn::ConvConfig { stride, padding: kernel / 2, bias: false, ..Default::default() };
+    nn::conv2d(path, in_channels, out_channels, kernel, config)
+}
+
+/// A ResNet basic block: two 3x3 conv + batch norm, with a 1x1 projection when the shape changes.
+#[derive(Debug)]
+struct BasicBlock {
+    conv1: nn::Conv2D,
+    bn1: nn::BatchNorm,
+    conv2: nn::Conv2D,
+    bn2: nn::BatchNorm,
+    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+}
+
+impl BasicBlock {
+    fn new(path: nn::Path, in_channels: i64, out_channels: i64, stride: i64) -> Self {
+        let downsample = (stride != 1 || in_channels != out_channels).then(|| {
+            (
+                conv_no_bias(&path / "downsample" / "conv", in_channels, out_channels, 1, stride),
+                batch_norm(&path / "downsample" / "bn", out_channels),
+            )
+        });
+        BasicBlock {
+            conv1: conv_no_bias(&path / "conv1", in_channels, out_channels, 3, stride),
+            bn1: batch_norm(&path / "bn1", out_channels),
+            conv2: conv_no_bias(&path / "conv2", out_channels, out_channels, 3, 1),
+            bn2: batch_norm(&path / "bn2", out_channels),
+            downsample,
+        }
+    }
+}
+
+impl ModuleT for BasicBlock {
+    fn forward_t(&self, input: &Tensor, train: bool) -> Tensor {
+        let residual_branch = input
+            .apply(&self.conv1)
+            .apply_t(&self.bn1, train)
+            .relu()
+            .apply(&self.conv2)
+            .apply_t(&self.bn2, train);
+        let shortcut = match &self.downsample {
+            Some((conv, bn)) => input.apply(conv).apply_t(bn, train),
+            None => input.shallow_clone(),
+        };
+        (residual_branch + shortcut).relu()
+    }
+}
+
+/// A small ResNet for 64x64 inputs: 3x3 stride-2 stem (32 ch), three basic blocks 32/64/128
+/// (the last two with stride 2), global average pooling, linear classifier.
+#[derive(Debug)]
+pub struct ResNet {
+    stem_conv: nn::Conv2D,
+    stem_bn: nn::BatchNorm,
+    layer1: BasicBlock,
+    layer2: BasicBlock,
+    layer3: BasicBlock,
+    fc: nn::Linear,
+}
+
+impl ResNet {
+    /// Registers the layers under `root` (names match the PyTorch twin in bench/python/torch_train.py).
+    pub fn new(root: &nn::Path, num_classes: usize) -> Self {
+        ResNet {
+            stem_conv: conv_no_bias(root / "stem" / "conv", 3, 32, 3, 2),
+            stem_bn: batch_norm(root / "stem" / "bn", 32),
+            layer1: BasicBlock::new(root / "layer1", 32, 32, 1),
+            layer2: BasicBlock::new(root / "layer2", 32, 64, 2),
+            layer3: BasicBlock::new(root / "layer3", 64, 128, 2),
+            fc: nn::linear(root / "fc", 128, num_classes as i64, Default::default()),
+        }
+    }
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+        images
+            .apply(&self.stem_conv)
+            .apply_t(&self.stem_bn, train)
+            .relu()
+            .apply_t(&self.layer1, train)
+            .apply_t(&self.layer2, train)
+            .apply_t(&self.layer3, train)
+            .adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1)
+            .apply(&self.fc)
+    }
+}
+
+/// One of the networks, registered in a var store.
+#[derive(Debug)]
+pub enum Network {
+    LeNet(LeNet),
+    ResNet(ResNet),
+}
+
+impl Network {
+    /// Registers the network's variables in `var_store` and initializes them from `seed` like
+    /// PyTorch's defaults (identical on every machine for one seed).
+    pub fn new(
+        var_store: &nn::VarStore,
+        architecture: Architecture,
+        num_classes: usize,
+        seed: u64,
+    ) -> Result<Self, TrainError> {
+        let root = var_store.root();
+        let network = match architecture {
+            Architecture::LeNet => Network::LeNet(LeNet::new(&root, num_classes)),
+            Architecture::ResNet => Network::ResNet(ResNet::new(&root, num_classes)),
+        };
+        initialize_like_pytorch(var_store, seed)?;
+        Ok(network)
+    }
+}
+
+impl ModuleT for Network {
+    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+        match self {
+            Network::LeNet(network) => network.forward_t(images, train),
+            Network::ResNet(network) => network.forward_t(images, train),
+        }
+    }
+}
+
+/// The var store's variables sorted by name: the order every rank uses to flatten them.
+pub(crate) fn sorted_variables(var_store: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut variables: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
+    variables.sort_by(|left, right| left.0.cmp(&right.0));
+    variables
+}
+
+fn fan_in(dims: &[i64]) -> i64 {
+    dims.iter().skip(1).product()
+}
+
+/// PyTorch's defaults, drawn from our own seeded generator (libtorch's global one is shared by all
+/// threads of a process): conv/linear weights kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)),
+/// their biases U(+-1/sqrt(fan_in)), batch-norm weight 1 and bias 0, running stats 0 / 1.
+pub fn initialize_like_pytorch(var_store: &nn::VarStore, seed: u64) -> Result<(), TrainError> {
+    let variables = sorted_variables(var_store);
+    let shapes: std::collections::HashMap<&str, Vec<i64>> =
+        variables.iter().map(|(name, tensor)| (name.as_str(), tensor.size())).collect();
+    let mut generator = ChaCha8Rng::seed_from_u64(seed);
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for (name, tensor) in &variables {
+            let dims = tensor.size();
+            let uniform_bound = if name.ends_with("running_mean") || name.ends_with("running_var") {
+                continue;
+            } else if dims.len() >= 2 {
+                Some(1.0 / (fan_in(&dims) as f64).sqrt())
+            } else if let Some(prefix) = name.strip_suffix("bias") {
+                match shapes.get(format!("{prefix}weight").as_str()) {
+                    Some(weight_dims) if weight_dims.len() >= 2 => Some(1.0 / (fan_in(weight_dims) as f64).sqrt()),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            let mut target = tensor.shallow_clone();
+            match uniform_bound {
+                Some(bound) => {
+                    let values: Vec<f32> =
+                        (0..tensor.numel()).map(|_| generator.random_range(-bound..bound) as f32).collect();
+                    let source = Tensor::f_from_slice(&values)?.f_view(dims.as_slice())?;
+                    target.f_copy_(&source)?;
+                }
+                None if name.ends_with("weight") => {
+                    let _ = target.f_fill_(1.0)?;
+                }
+                None => {
+                    let _ = target.f_fill_(0.0)?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    debug_assert!(variables.iter().all(|(_, tensor)| tensor.kind() == Kind::Float));
+    Ok(())
+}

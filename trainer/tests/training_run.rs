@@ -1,0 +1,151 @@
+//! End-to-end on one rank: a tiny run learns, cancellation, safetensors round trip.
+use std::ops::ControlFlow;
+
+use plankton_collective::SingleProcess;
+use plankton_trainer::{
+    Architecture, AugmentationMode, EpochEvaluation, IMAGE_LEN, IMAGE_SIZE, InferenceModel, LrSchedule, ShardData,
+    StepProgress, TrainConfig, TrainError, TrainingObserver, run_training,
+};
+
+/// Class 0: a bright vertical bar, class 1: a bright horizontal bar, at random positions, on noise.
+fn bar_images(count: usize, seed: u64) -> ShardData {
+    let mut state = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut next = move |bound: u64| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) % bound
+    };
+    let mut shard = ShardData::default();
+    for index in 0..count {
+        let label = (index % 2) as u32;
+        let mut image = vec![0u8; IMAGE_LEN];
+        for value in image.iter_mut() {
+            *value = next(60) as u8;
+        }
+        let bar_start = 8 + next(40) as usize;
+        for channel in 0..3 {
+            for along in 0..IMAGE_SIZE {
+                for across in bar_start..bar_start + 6 {
+                    let (x, y) = if label == 0 { (across, along) } else { (along, across) };
+                    image[channel * IMAGE_SIZE * IMAGE_SIZE + y * IMAGE_SIZE + x] = 230;
+                }
+            }
+        }
+        shard.images.extend_from_slice(&image);
+        shard.labels.push(label);
+    }
+    shard
+}
+
+#[derive(Default)]
+struct Recorder {
+    steps: Vec<StepProgress>,
+    epochs: Vec<EpochEvaluation>,
+    cancel_after_steps: Option<usize>,
+}
+
+impl TrainingObserver for Recorder {
+    fn on_step(&mut self, progress: &StepProgress) -> ControlFlow<()> {
+        self.steps.push(progress.clone());
+        match self.cancel_after_steps {
+            Some(limit) if self.steps.len() >= limit => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        }
+    }
+    fn on_epoch(&mut self, evaluation: &EpochEvaluation) -> ControlFlow<()> {
+        self.epochs.push(evaluation.clone());
+        ControlFlow::Continue(())
+    }
+}
+
+fn tiny_config(architecture: Architecture) -> TrainConfig {
+    let mut config = TrainConfig::new(2, vec![1.0, 1.0]);
+    config.architecture = architecture;
+    config.epochs = 3;
+    config.batch_size = 16;
+    config.steps_per_epoch = 4;
+    config.learning_rate = 2e-3;
+    config.lr_schedule = LrSchedule::Cosine;
+    config
+}
+
+fn accuracy(confusion: &[u64]) -> f64 {
+    let correct = confusion[0] + confusion[3];
+    correct as f64 / confusion.iter().sum::<u64>() as f64
+}
+
+#[test]
+fn a_tiny_resnet_run_learns_bars_and_round_trips_through_safetensors() {
+    let train = bar_images(48, 1);
+    let test = bar_images(32, 2);
+    let mut config = tiny_config(Architecture::ResNet);
+    config.augmentation = AugmentationMode::RareClasses;
+    let mut recorder = Recorder::default();
+    let model = run_training(&config, &train, &test, &mut SingleProcess, &mut recorder).unwrap();
+
+    assert_eq!(recorder.steps.len(), 12);
+    assert_eq!(recorder.epochs.len(), 3);
+    assert!(recorder.steps.iter().all(|step| step.loss.is_finite() && step.images_per_second > 0.0));
+    let first_epoch = &recorder.epochs[0];
+    let last_epoch = &recorder.epochs[2];
+    assert_eq!(last_epoch.test_count, 32);
+    assert_eq!(last_epoch.confusion.iter().sum::<u64>(), 32);
+    assert!(last_epoch.train_loss < first_epoch.train_loss, "{recorder_losses:?}", recorder_losses = recorder.epochs.iter().map(|e| e.train_loss).collect::<Vec<_>>());
+    assert!(accuracy(&last_epoch.confusion) >= 0.9, "confusion {:?}", last_epoch.confusion);
+    assert!(last_epoch.test_loss_sum / 32.0 < std::f64::consts::LN_2, "test loss {}", last_epoch.test_loss_sum);
+
+    let trained_probabilities = model.predict_probabilities(&test.images, test.len()).unwrap();
+    assert_eq!(trained_probabilities.len(), 64);
+    let (confusion, _) = model.evaluate(&test).unwrap();
+    assert_eq!(confusion, last_epoch.confusion);
+
+    let weights = model.to_safetensors().unwrap();
+    let loaded = InferenceModel::from_safetensors(Architecture::ResNet, 2, &weights, tch::Device::Cpu).unwrap();
+    let loaded_probabilities = loaded.predict_probabilities(&test.images, test.len()).unwrap();
+    assert_eq!(loaded_probabilities, trained_probabilities);
+    for row in loaded_probabilities.chunks(2) {
+        assert!((row[0] + row[1] - 1.0).abs() < 1e-5);
+    }
+
+    let wrong_architecture = InferenceModel::from_safetensors(Architecture::LeNet, 2, &weights, tch::Device::Cpu);
+    assert!(matches!(wrong_architecture, Err(TrainError::WeightsMismatch { .. })));
+    let wrong_classes = InferenceModel::from_safetensors(Architecture::ResNet, 5, &weights, tch::Device::Cpu);
+    assert!(matches!(wrong_classes, Err(TrainError::WeightsMismatch { .. })));
+    let garbage = InferenceModel::from_safetensors(Architecture::ResNet, 2, b"not weights", tch::Device::Cpu);
+    assert!(matches!(garbage, Err(TrainError::WeightsMismatch { .. })));
+    assert!(matches!(loaded.predict_probabilities(&test.images[..100], 1), Err(TrainError::InvalidInput(_))));
+}
+
+#[test]
+fn lenet_learns_bars_too() {
+    let train = bar_images(48, 3);
+    let test = bar_images(32, 4);
+    let mut config = tiny_config(Architecture::LeNet);
+    config.epochs = 4;
+    let mut recorder = Recorder::default();
+    run_training(&config, &train, &test, &mut SingleProcess, &mut recorder).unwrap();
+    let last_epoch = recorder.epochs.last().unwrap();
+    assert!(accuracy(&last_epoch.confusion) >= 0.9, "confusion {:?}", last_epoch.confusion);
+}
+
+#[test]
+fn the_observer_cancels_and_bad_input_is_an_error() {
+    let train = bar_images(8, 5);
+    let test = bar_images(4, 6);
+    let mut config = tiny_config(Architecture::LeNet);
+    config.batch_size = 4;
+    let mut recorder = Recorder { cancel_after_steps: Some(2), ..Default::default() };
+    let result = run_training(&config, &train, &test, &mut SingleProcess, &mut recorder);
+    assert!(matches!(result, Err(TrainError::Cancelled)));
+    assert_eq!(recorder.steps.len(), 2);
+    assert!(recorder.epochs.is_empty());
+
+    let mut bad_labels = train.clone();
+    bad_labels.labels[3] = 7;
+    let error = run_training(&config, &bad_labels, &test, &mut SingleProcess, &mut Recorder::default()).unwrap_err();
+    assert!(error.to_string().contains("image 3"), "{error}");
+
+    let mut bad_config = config.clone();
+    bad_config.class_weights = vec![1.0];
+    let error = run_training(&bad_config, &train, &test, &mut SingleProcess, &mut Recorder::default()).unwrap_err();
+    assert!(matches!(error, TrainError::InvalidConfig(_)));
+}

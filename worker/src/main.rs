@@ -1,0 +1,60 @@
+//! `plankton-worker`: the worker role as a process.
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use plankton_collective::RingConfig;
+use plankton_worker::{WorkerConfig, run};
+
+#[derive(Parser, Debug)]
+#[command(name = "plankton-worker", about = "plankton-cluster worker: fetch a shard, preprocess, train data-parallel")]
+struct Options {
+    /// Coordinator gRPC endpoint.
+    #[arg(long, env = "PLANKTON_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+    /// Address ring peers connect to.
+    #[arg(long, env = "PLANKTON_PEER_LISTEN", default_value = "127.0.0.1:0")]
+    peer_listen: String,
+    /// Host peers should dial, when it differs from the listen host (e.g. the pod IP).
+    #[arg(long, env = "PLANKTON_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+    /// Name shown in job messages (default: hostname-pid).
+    #[arg(long, env = "PLANKTON_WORKER_NAME")]
+    name: Option<String>,
+    /// libtorch threads used for training.
+    #[arg(long, env = "PLANKTON_THREADS", default_value_t = 1)]
+    threads: usize,
+    /// Folder caching preprocessed shards across epochs and restarts.
+    #[arg(long, env = "PLANKTON_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Concurrent image fetches from the object store.
+    #[arg(long, env = "PLANKTON_FETCH_CONCURRENCY", default_value_t = 32)]
+    fetch_concurrency: usize,
+    /// How long to wait for ring peers to connect.
+    #[arg(long, env = "PLANKTON_RING_CONNECT_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    ring_connect_timeout: Duration,
+    /// A ring peer silent for this long fails the step.
+    #[arg(long, env = "PLANKTON_RING_IO_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    ring_io_timeout: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    plankton_common::init_tracing();
+    let options = Options::parse();
+    let name = options.name.unwrap_or_else(default_name);
+    let mut config = WorkerConfig::new(options.coordinator, name);
+    config.peer_listen = options.peer_listen;
+    config.advertise_host = options.advertise_host;
+    config.threads = options.threads;
+    config.cache_dir = options.cache_dir;
+    config.fetch_concurrency = options.fetch_concurrency;
+    config.ring = RingConfig { connect_timeout: options.ring_connect_timeout, io_timeout: options.ring_io_timeout, ..config.ring };
+    let shutdown = plankton_common::shutdown_on_signals();
+    run(config, shutdown).await
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
