@@ -47,7 +47,7 @@ fn source_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Turns a gRPC status into an error that says which call failed.
-fn call_error(call: &str, status: tonic::Status) -> anyhow::Error {
+pub fn call_error(call: &str, status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{call}: {} ({:?})", status.message(), status.code())
 }
 

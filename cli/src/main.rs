@@ -4,6 +4,7 @@
 mod dataset_commands;
 mod demo;
 mod job_commands;
+mod model_commands;
 mod render;
 
 use std::path::PathBuf;
@@ -50,11 +51,29 @@ enum Command {
     },
     /// List registered workers.
     Workers,
+    /// The model registry: trained models, versions and aliases.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Generate or inspect datasets.
     #[command(subcommand)]
     Dataset(DatasetCommand),
     /// Generate a synthetic dataset, start a coordinator and workers on 127.0.0.1, train, and show the results.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsCommand {
+    /// List registered model versions (optionally of one name).
+    List { name: Option<String> },
+    /// Show one model: NAME (latest), NAME:VERSION or NAME@ALIAS.
+    Get { model: model_commands::ModelReference },
+    /// Point an alias of a model at a version.
+    Promote {
+        name: String,
+        version: u32,
+        #[arg(long, default_value = "production")]
+        alias: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,6 +128,11 @@ async fn main() -> ExitCode {
         Command::Get { job_id } => job_commands::get(&cli.coordinator, &job_id, cli.output).await,
         Command::Cancel { job_id } => job_commands::cancel(&cli.coordinator, &job_id, cli.output).await,
         Command::Workers => job_commands::workers(&cli.coordinator, cli.output).await,
+        Command::Models(ModelsCommand::List { name }) => model_commands::list(&cli.coordinator, name, cli.output).await,
+        Command::Models(ModelsCommand::Get { model }) => model_commands::get(&cli.coordinator, model, cli.output).await,
+        Command::Models(ModelsCommand::Promote { name, version, alias }) => {
+            model_commands::promote(&cli.coordinator, name, version, alias, cli.output).await
+        }
         Command::Dataset(DatasetCommand::Synth(args)) => dataset_commands::synth(args, cli.output).await,
         Command::Dataset(DatasetCommand::Stats(args)) => dataset_commands::stats(args, cli.output).await,
         Command::Demo(args) => demo::run(args).await,

@@ -330,9 +330,9 @@ fn ring_all_reduce(
                     let error = links.to_next.peer.io_error("all_reduce_sum (sending)", io_timeout, source);
                     return Err(fail_side(aborted_flag, error, &links.from_previous.stream));
                 }
-                if sent_sender.send((chunk_id, chunk)).is_err() {
-                    break;
-                }
+                // The main thread stops listening once it has received everything; what is queued must
+                // still be written, so a closed return channel is no reason to stop.
+                let _ = sent_sender.send((chunk_id, chunk));
             }
             Ok(())
         });

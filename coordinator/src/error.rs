@@ -12,6 +12,8 @@ pub enum CoordinatorError {
     Dataset { url: String, message: String },
     #[error("job {0} not found")]
     JobNotFound(String),
+    #[error("model not found: {0}")]
+    ModelNotFound(String),
     #[error("worker {0} is not registered (register again)")]
     UnknownWorker(String),
     #[error("job {job_id} is already {phase}")]
@@ -27,7 +29,7 @@ impl From<CoordinatorError> for tonic::Status {
         let message = error.to_string();
         match error {
             CoordinatorError::InvalidSpec(_) | CoordinatorError::Dataset { .. } => tonic::Status::invalid_argument(message),
-            CoordinatorError::JobNotFound(_) | CoordinatorError::UnknownWorker(_) => tonic::Status::not_found(message),
+            CoordinatorError::JobNotFound(_) | CoordinatorError::ModelNotFound(_) | CoordinatorError::UnknownWorker(_) => tonic::Status::not_found(message),
             CoordinatorError::JobFinished { .. } => tonic::Status::failed_precondition(message),
             CoordinatorError::Store(_) | CoordinatorError::Internal(_) => tonic::Status::internal(message),
         }

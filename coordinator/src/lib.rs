@@ -5,6 +5,7 @@
 pub mod error;
 pub mod metrics;
 pub mod planner;
+pub mod registry;
 pub mod service;
 pub mod state;
 pub mod store;
@@ -18,12 +19,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use plankton_proto::v1::job_service_server::JobServiceServer;
+use plankton_proto::v1::model_registry_server::ModelRegistryServer;
 use plankton_proto::v1::worker_control_server::WorkerControlServer;
 
 pub use error::{CoordinatorError, CoordinatorResult};
 use service::CoordinatorService;
 use state::{ClusterState, Timeouts};
-use store::JobStore;
+use store::StateStore;
 
 /// Largest gRPC message: an assignment of the full dataset's shard is a few MB.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -61,8 +63,8 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
 /// Serves on an already bound listener (tests bind `127.0.0.1:0` first).
 pub async fn serve(config: CoordinatorConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = match &config.state_dir {
-        Some(state_dir) => JobStore::open(state_dir)?,
-        None => JobStore::in_memory()?,
+        Some(state_dir) => StateStore::open(state_dir)?,
+        None => StateStore::in_memory()?,
     };
     let state = ClusterState::new(store, config.timeouts.clone())?;
     let reaper_state = state.clone();
@@ -87,6 +89,7 @@ pub async fn serve(config: CoordinatorConfig, listener: TcpListener, shutdown: C
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
+        .add_service(ModelRegistryServer::new(service.clone()))
         .add_service(
             WorkerControlServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use plankton_proto::v1::job_service_server::JobService;
+use plankton_proto::v1::model_registry_server::ModelRegistry as ModelRegistryService;
 use plankton_proto::v1::worker_control_server::WorkerControl;
 use plankton_proto::v1::{
     Ack, CancelJobRequest, DoneReport, EpochReport, GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job,
@@ -16,6 +17,7 @@ use plankton_proto::v1::{
     NextAssignmentRequest, NextAssignmentResponse, ProgressReport, RegisterRequest, RegisterResponse,
     SubmitJobRequest, WatchJobRequest, job_event,
 };
+use plankton_proto::v1::{GetModelRequest, ListModelsRequest, ListModelsResponse, ModelVersion, PromoteModelRequest};
 
 use crate::error::CoordinatorError;
 use crate::planner::{normalize_spec, plan_job};
@@ -210,5 +212,22 @@ impl WorkerControl for CoordinatorService {
     async fn report_done(&self, request: Request<DoneReport>) -> Result<Response<Ack>, Status> {
         self.state.record_done(request.into_inner())?;
         Ok(Response::new(Ack {}))
+    }
+}
+
+#[tonic::async_trait]
+impl ModelRegistryService for CoordinatorService {
+    async fn list_models(&self, request: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
+        Ok(Response::new(ListModelsResponse { models: self.state.registry.list(&request.into_inner().name) }))
+    }
+
+    async fn get_model(&self, request: Request<GetModelRequest>) -> Result<Response<ModelVersion>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(self.state.registry.get(&request.name, request.version, &request.alias)?))
+    }
+
+    async fn promote_model(&self, request: Request<PromoteModelRequest>) -> Result<Response<ModelVersion>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(self.state.registry.promote(&request.name, request.version, &request.alias)?))
     }
 }

@@ -15,7 +15,8 @@ use plankton_proto::v1::{
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::metrics::ConfusionMatrix;
 use crate::planner::JobPlan;
-use crate::store::JobStore;
+use crate::registry::ModelRegistry;
+use crate::store::StateStore;
 
 /// Events kept per job for late watchers; progress events beyond this are dropped from the replay log.
 const MAX_REPLAYED_EVENTS: usize = 4096;
@@ -78,13 +79,14 @@ struct Inner {
 #[derive(Clone)]
 pub struct ClusterState {
     inner: Arc<Mutex<Inner>>,
-    store: Arc<JobStore>,
+    store: Arc<StateStore>,
+    pub registry: Arc<ModelRegistry>,
     pub timeouts: Timeouts,
 }
 
 impl ClusterState {
     /// Loads persisted jobs; jobs that were still running when the coordinator stopped are marked failed.
-    pub fn new(store: JobStore, timeouts: Timeouts) -> CoordinatorResult<Self> {
+    pub fn new(store: StateStore, timeouts: Timeouts) -> CoordinatorResult<Self> {
         let mut inner = Inner::default();
         for mut job in store.load_all()? {
             if !is_terminal(job.phase()) {
@@ -99,7 +101,9 @@ impl ClusterState {
                 JobEntry { job, events: Vec::new(), sender, ranks: Vec::new(), epoch_reports: BTreeMap::new(), done_reports: Vec::new(), plan: None },
             );
         }
-        Ok(Self { inner: Arc::new(Mutex::new(inner)), store: Arc::new(store), timeouts })
+        let store = Arc::new(store);
+        let registry = Arc::new(ModelRegistry::load(store.clone())?);
+        Ok(Self { inner: Arc::new(Mutex::new(inner)), store, registry, timeouts })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -269,7 +273,11 @@ impl ClusterState {
             push_event(entry, job_id, job_event::Event::Finished(job.clone()));
             job
         };
-        self.store.save(&finished_job)
+        self.store.save(&finished_job)?;
+        if phase == JobPhase::Succeeded && !finished_job.model_url.is_empty() {
+            self.registry.register_job_model(&finished_job)?;
+        }
+        Ok(())
     }
 
     fn update_job<T>(&self, job_id: &str, update: impl FnOnce(&mut JobEntry) -> T) -> CoordinatorResult<T> {

@@ -1,4 +1,4 @@
-//! The embedded job store (redb): every job is persisted so results survive a coordinator restart.
+//! The embedded state store (redb): jobs and registered models persist across coordinator restarts.
 
 use std::path::Path;
 
@@ -6,16 +6,18 @@ use prost::Message;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use crate::error::{CoordinatorError, CoordinatorResult};
-use plankton_proto::v1::Job;
+use plankton_proto::v1::{Job, ModelVersion};
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+/// Key: `name` NUL `version` as 10 zero-padded digits, so versions sort numerically.
+const MODELS: TableDefinition<&str, &[u8]> = TableDefinition::new("models");
 
-/// Jobs keyed by id, stored as encoded `plankton.v1.Job` messages.
-pub struct JobStore {
+/// Jobs keyed by id and model versions keyed by name and version, stored as encoded protobuf messages.
+pub struct StateStore {
     database: Database,
 }
 
-impl JobStore {
+impl StateStore {
     /// Opens (or creates) `coordinator.redb` in `state_dir`.
     pub fn open(state_dir: &Path) -> CoordinatorResult<Self> {
         std::fs::create_dir_all(state_dir)
@@ -33,6 +35,7 @@ impl JobStore {
     fn with_database(database: Database) -> CoordinatorResult<Self> {
         let write = database.begin_write()?;
         write.open_table(JOBS)?;
+        write.open_table(MODELS)?;
         write.commit()?;
         Ok(Self { database })
     }
@@ -59,4 +62,32 @@ impl JobStore {
         }
         Ok(jobs)
     }
+
+    pub fn save_model(&self, model: &ModelVersion) -> CoordinatorResult<()> {
+        let key = model_key(&model.name, model.version);
+        let write = self.database.begin_write()?;
+        {
+            let mut table = write.open_table(MODELS)?;
+            table.insert(key.as_str(), model.encode_to_vec().as_slice())?;
+        }
+        write.commit()?;
+        Ok(())
+    }
+
+    pub fn load_models(&self) -> CoordinatorResult<Vec<ModelVersion>> {
+        let read = self.database.begin_read()?;
+        let table = read.open_table(MODELS)?;
+        let mut models = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let model = ModelVersion::decode(value.value())
+                .map_err(|error| CoordinatorError::Store(format!("model {}: undecodable record: {error}", key.value())))?;
+            models.push(model);
+        }
+        Ok(models)
+    }
+}
+
+fn model_key(name: &str, version: u32) -> String {
+    format!("{name}\0{version:010}")
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
 use crate::error::DatasetError;
@@ -252,12 +253,8 @@ fn draw_class_distribution(stats: &DatasetStats, path: &Path) -> Result<(), Stri
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(class_total)
-        .x_label_formatter(&|segment| match segment {
-            SegmentValue::CenterOf(index) => names.get(*index).cloned().unwrap_or_default(),
-            _ => String::new(),
-        })
-        .x_label_style(("sans-serif", 11).into_font().transform(FontTransform::Rotate90))
+        .x_labels(0)
+        .x_label_formatter(&|_| String::new())
         .y_labels(y_top as usize + 1)
         .y_label_formatter(&symlog_label)
         .y_desc("objects")
@@ -271,6 +268,17 @@ fn draw_class_distribution(stats: &DatasetStats, path: &Path) -> Result<(), Stri
             )
         }))
         .map_err(|error| error.to_string())?;
+    // Class names hang below their bars, rotated, starting at the axis (the mesh would center them on it).
+    let name_style = ("sans-serif", 11)
+        .into_font()
+        .transform(FontTransform::Rotate90)
+        .into_text_style(&root)
+        .pos(Pos::new(HPos::Left, VPos::Center));
+    for (index, name) in names.iter().enumerate() {
+        let (bar_center_x, axis_y) = chart.backend_coord(&(SegmentValue::CenterOf(index), 0.0));
+        root.draw(&Text::new(name.clone(), (bar_center_x, axis_y + 6), name_style.clone()))
+            .map_err(|error| error.to_string())?;
+    }
     root.present().map_err(|error| error.to_string())
 }
 

@@ -81,7 +81,9 @@ impl ShardCache {
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(CacheError::Io { path, source }),
         };
-        decode_shard(&bytes).map(Some).map_err(|reason| CacheError::Corrupt { path, reason })
+        decode_shard(&bytes)
+            .map(Some)
+            .map_err(|reason| CacheError::Corrupt { path, reason })
     }
 
     /// Stores `shard` under `key`: written to a temporary file in the same directory, then renamed,
@@ -121,7 +123,9 @@ impl ShardCache {
     fn path_for(&self, key: &str) -> Result<PathBuf, CacheError> {
         let is_safe = !key.is_empty()
             && key.len() <= 200
-            && key.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
+            && key
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_');
         if !is_safe {
             return Err(CacheError::InvalidKey(key.to_string()));
         }
@@ -179,23 +183,34 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], String> {
-        let end = self.position.checked_add(len).filter(|&end| end <= self.bytes.len()).ok_or_else(|| {
-            format!("file ends inside {what} (needs {len} bytes at offset {})", self.position)
-        })?;
+        let end = self
+            .position
+            .checked_add(len)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or_else(|| {
+                format!(
+                    "file ends inside {what} (needs {len} bytes at offset {})",
+                    self.position
+                )
+            })?;
         let slice = &self.bytes[self.position..end];
         self.position = end;
         Ok(slice)
     }
     fn u64(&mut self, what: &str) -> Result<u64, String> {
         let slice = self.take(8, what)?;
-        Ok(u64::from_le_bytes(slice.try_into().map_err(|_| format!("bad {what}"))?))
+        Ok(u64::from_le_bytes(
+            slice.try_into().map_err(|_| format!("bad {what}"))?,
+        ))
     }
     fn i64(&mut self, what: &str) -> Result<i64, String> {
         Ok(self.u64(what)? as i64)
     }
     fn u32(&mut self, what: &str) -> Result<u32, String> {
         let slice = self.take(4, what)?;
-        Ok(u32::from_le_bytes(slice.try_into().map_err(|_| format!("bad {what}"))?))
+        Ok(u32::from_le_bytes(
+            slice.try_into().map_err(|_| format!("bad {what}"))?,
+        ))
     }
 }
 
@@ -204,37 +219,58 @@ fn decode_shard(bytes: &[u8]) -> Result<CachedShard, String> {
         return Err("missing shard file signature".to_string());
     }
     let (body, checksum_bytes) = bytes.split_at(bytes.len() - 8);
-    let stored_checksum = u64::from_le_bytes(checksum_bytes.try_into().map_err(|_| "bad checksum".to_string())?);
+    let stored_checksum = u64::from_le_bytes(
+        checksum_bytes
+            .try_into()
+            .map_err(|_| "bad checksum".to_string())?,
+    );
     let mut checksum = Fnv1a::new();
     checksum.update(body);
     if checksum.finish() != stored_checksum {
         return Err("checksum mismatch".to_string());
     }
-    let mut reader = Reader { bytes: body, position: MAGIC.len() };
+    let mut reader = Reader {
+        bytes: body,
+        position: MAGIC.len(),
+    };
     let image_len = reader.u64("image length")?;
     if image_len != IMAGE_LEN as u64 {
-        return Err(format!("images of {image_len} bytes, this build uses {IMAGE_LEN}"));
+        return Err(format!(
+            "images of {image_len} bytes, this build uses {IMAGE_LEN}"
+        ));
     }
-    let objid_count = usize::try_from(reader.u64("objid count")?).map_err(|_| "objid count overflows".to_string())?;
-    let skipped_count = usize::try_from(reader.u64("skipped count")?).map_err(|_| "skipped count overflows".to_string())?;
+    let objid_count = usize::try_from(reader.u64("objid count")?)
+        .map_err(|_| "objid count overflows".to_string())?;
+    let skipped_count = usize::try_from(reader.u64("skipped count")?)
+        .map_err(|_| "skipped count overflows".to_string())?;
     let objid_bytes = objid_count.checked_mul(8).ok_or("objid count overflows")?;
     let objids = reader
         .take(objid_bytes, "objids")?
         .chunks_exact(8)
         .map(|chunk| i64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])))
         .collect();
-    let image_bytes = objid_count.checked_mul(IMAGE_LEN).ok_or("image size overflows")?;
+    let image_bytes = objid_count
+        .checked_mul(IMAGE_LEN)
+        .ok_or("image size overflows")?;
     let images = reader.take(image_bytes, "images")?.to_vec();
     let mut skipped = Vec::with_capacity(skipped_count.min(body.len() / 12));
     for _ in 0..skipped_count {
         let objid = reader.i64("skipped objid")?;
         let reason_len = reader.u32("skip reason length")? as usize;
         let reason = reader.take(reason_len, "skip reason")?;
-        let reason = String::from_utf8(reason.to_vec()).map_err(|_| format!("skip reason of {objid} is not utf-8"))?;
+        let reason = String::from_utf8(reason.to_vec())
+            .map_err(|_| format!("skip reason of {objid} is not utf-8"))?;
         skipped.push((objid, reason));
     }
     if reader.position != body.len() {
-        return Err(format!("{} unexpected trailing bytes", body.len() - reader.position));
+        return Err(format!(
+            "{} unexpected trailing bytes",
+            body.len() - reader.position
+        ));
     }
-    Ok(CachedShard { objids, images, skipped })
+    Ok(CachedShard {
+        objids,
+        images,
+        skipped,
+    })
 }

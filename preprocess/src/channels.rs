@@ -57,7 +57,11 @@ fn window_filter(
     for y in 0..height {
         let rows = window_bounds(y, height);
         for x in 0..width {
-            out[y * width + x] = rows.clone().map(|row| row_pass[row * width + x]).reduce(combine).unwrap_or(0);
+            out[y * width + x] = rows
+                .clone()
+                .map(|row| row_pass[row * width + x])
+                .reduce(combine)
+                .unwrap_or(0);
         }
     }
 }

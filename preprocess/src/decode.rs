@@ -16,7 +16,11 @@ const END_OF_IMAGE_MARKER: u8 = 0xD9;
 pub fn decode_grey(jpeg: &[u8], cfg: &PreprocessConfig) -> Result<GreyImage, PreprocessError> {
     let mut pixels = Vec::new();
     let (width, height) = decode_grey_into(jpeg, cfg, &mut pixels)?;
-    Ok(GreyImage { width, height, pixels })
+    Ok(GreyImage {
+        width,
+        height,
+        pixels,
+    })
 }
 
 /// Decodes into `pixels` (resized to width * height, capacity reused); returns (width, height).
@@ -29,7 +33,9 @@ pub(crate) fn decode_grey_into(
         return Err(PreprocessError::Empty);
     }
     if !jpeg.starts_with(&START_OF_IMAGE) {
-        return Err(PreprocessError::NotJpeg { first_bytes: jpeg.iter().take(4).copied().collect() });
+        return Err(PreprocessError::NotJpeg {
+            first_bytes: jpeg.iter().take(4).copied().collect(),
+        });
     }
     // JPEG sides are u16: let zune accept any of them so that our own limit decides (with a clear error).
     let options = DecoderOptions::default()
@@ -37,10 +43,12 @@ pub(crate) fn decode_grey_into(
         .set_max_width(usize::from(u16::MAX))
         .set_max_height(usize::from(u16::MAX));
     let mut decoder = JpegDecoder::new_with_options(jpeg, options);
-    decoder.decode_headers().map_err(|error| PreprocessError::Corrupt(error.to_string()))?;
-    let info = decoder
-        .info()
-        .ok_or_else(|| PreprocessError::Corrupt("decoder returned no header information".to_string()))?;
+    decoder
+        .decode_headers()
+        .map_err(|error| PreprocessError::Corrupt(error.to_string()))?;
+    let info = decoder.info().ok_or_else(|| {
+        PreprocessError::Corrupt("decoder returned no header information".to_string())
+    })?;
     let width = u32::from(info.width);
     let height = u32::from(info.height);
     if width == 0 || height == 0 {
@@ -48,7 +56,12 @@ pub(crate) fn decode_grey_into(
     }
     let pixel_count = u64::from(width) * u64::from(height);
     if width > cfg.max_side || height > cfg.max_side || pixel_count > cfg.max_pixels {
-        return Err(PreprocessError::TooLarge { width, height, max_side: cfg.max_side, max_pixels: cfg.max_pixels });
+        return Err(PreprocessError::TooLarge {
+            width,
+            height,
+            max_side: cfg.max_side,
+            max_pixels: cfg.max_pixels,
+        });
     }
     if !has_end_of_image_after_scan(jpeg)? {
         return Err(PreprocessError::Truncated { len: jpeg.len() });
@@ -64,7 +77,9 @@ pub(crate) fn decode_grey_into(
     }
     pixels.clear();
     pixels.resize(expected_len, 0);
-    decoder.decode_into(pixels).map_err(|error| PreprocessError::Corrupt(error.to_string()))?;
+    decoder
+        .decode_into(pixels)
+        .map_err(|error| PreprocessError::Corrupt(error.to_string()))?;
     Ok((width as usize, height as usize))
 }
 
@@ -77,10 +92,14 @@ fn has_end_of_image_after_scan(jpeg: &[u8]) -> Result<bool, PreprocessError> {
     let mut position = START_OF_IMAGE.len();
     loop {
         // Markers may be preceded by any number of 0xFF fill bytes.
-        while position < jpeg.len() && jpeg[position] == 0xFF && jpeg.get(position + 1) == Some(&0xFF) {
+        while position < jpeg.len()
+            && jpeg[position] == 0xFF
+            && jpeg.get(position + 1) == Some(&0xFF)
+        {
             position += 1;
         }
-        let (Some(&marker_prefix), Some(&marker)) = (jpeg.get(position), jpeg.get(position + 1)) else {
+        let (Some(&marker_prefix), Some(&marker)) = (jpeg.get(position), jpeg.get(position + 1))
+        else {
             return Ok(false);
         };
         if marker_prefix != 0xFF {
@@ -108,7 +127,9 @@ fn has_end_of_image_after_scan(jpeg: &[u8]) -> Result<bool, PreprocessError> {
         let segment_end = position + 2 + segment_length;
         if marker == START_OF_SCAN_MARKER {
             let scan_data = jpeg.get(segment_end..).unwrap_or(&[]);
-            return Ok(scan_data.windows(2).any(|pair| pair == [0xFF, END_OF_IMAGE_MARKER]));
+            return Ok(scan_data
+                .windows(2)
+                .any(|pair| pair == [0xFF, END_OF_IMAGE_MARKER]));
         }
         position = segment_end;
     }

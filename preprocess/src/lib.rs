@@ -11,10 +11,11 @@
 //!    we require the end-of-image marker after the first start-of-scan marker (see [`PreprocessError::Truncated`]).
 //! 2. Optional [`pad_to_square`] ([`ResizeMode::PadToSquare`]): centre the image on a square canvas filled
 //!    with the median of its border pixels, so the aspect ratio survives the resize.
-//! 3. [`resize_bicubic`] to 64x64, reproducing OpenCV's `cv2.resize(img, (64, 64), interpolation=cv2.INTER_CUBIC)`
-//!    on uint8: Keys kernel with A = -0.75, `src = (dst + 0.5) * scale - 0.5`, replicated borders, 11-bit
-//!    fixed-point taps, integer horizontal pass and OpenCV's float vertical pass with round-half-even and
-//!    saturation. Downscaling has no antialiasing, as in OpenCV.
+//! 3. [`resize_bicubic`] to 64x64, reproducing opencv-python's `cv2.resize(img, (64, 64),
+//!    interpolation=cv2.INTER_CUBIC)` on uint8: Keys kernel with A = -0.75, `src = (dst + 0.5) * scale - 0.5`,
+//!    replicated borders, no antialiasing when downscaling. opencv-python hands this to Intel IPP (float
+//!    arithmetic) when both source sides are >= 4 px and runs its own fixed-point `resizeGeneric_`
+//!    (11-bit taps) otherwise; both are reproduced (the parity test measures exact agreement).
 //! 4. Channels, CHW order, all u8: channel 0 is the grey 64x64 image; channel 1 is 255 where
 //!    grey < mean(grey) (dark object on light background becomes white), else 0; channel 2 is the
 //!    morphological opening of channel 1 by a 4x4 square, as `cv2.morphologyEx(t, cv2.MORPH_OPEN,
@@ -66,7 +67,11 @@ pub struct PreprocessConfig {
 
 impl Default for PreprocessConfig {
     fn default() -> Self {
-        PreprocessConfig { resize_mode: ResizeMode::Stretch, max_side: 10_000, max_pixels: 40_000_000 }
+        PreprocessConfig {
+            resize_mode: ResizeMode::Stretch,
+            max_side: 10_000,
+            max_pixels: 40_000_000,
+        }
     }
 }
 
@@ -84,7 +89,11 @@ impl GreyImage {
         if width == 0 || height == 0 || width.checked_mul(height)? != pixels.len() {
             return None;
         }
-        Some(GreyImage { width, height, pixels })
+        Some(GreyImage {
+            width,
+            height,
+            pixels,
+        })
     }
 
     /// The pixel at column `x`, row `y`.
@@ -104,8 +113,15 @@ pub enum PreprocessError {
     Corrupt(String),
     #[error("truncated JPEG: no end-of-image marker after the image data ({len} bytes)")]
     Truncated { len: usize },
-    #[error("image too large: {width}x{height} exceeds the limit of {max_side} px per side or {max_pixels} pixels")]
-    TooLarge { width: u32, height: u32, max_side: u32, max_pixels: u64 },
+    #[error(
+        "image too large: {width}x{height} exceeds the limit of {max_side} px per side or {max_pixels} pixels"
+    )]
+    TooLarge {
+        width: u32,
+        height: u32,
+        max_side: u32,
+        max_pixels: u64,
+    },
     #[error("image has a zero dimension: {width}x{height}")]
     ZeroSized { width: u32, height: u32 },
 }

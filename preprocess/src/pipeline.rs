@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use crate::channels::{morphological_open_4x4, threshold_below_mean};
 use crate::decode::decode_grey_into;
 use crate::resize::{pad_to_square, resize_bicubic_into};
-use crate::{GreyImage, INPUT_SIZE, IMAGE_LEN, PreprocessConfig, PreprocessError, ResizeMode};
+use crate::{GreyImage, IMAGE_LEN, INPUT_SIZE, PreprocessConfig, PreprocessError, ResizeMode};
 
 const PLANE_LEN: usize = INPUT_SIZE * INPUT_SIZE;
 
@@ -25,7 +25,11 @@ pub fn preprocess_image(jpeg: &[u8], cfg: &PreprocessConfig) -> Result<Vec<u8>, 
 
 /// Like [`preprocess_image`], writing into `out`, which must hold exactly `IMAGE_LEN` bytes
 /// (a slot of a batch buffer). On error `out` is left in an unspecified state.
-pub fn preprocess_image_into(jpeg: &[u8], cfg: &PreprocessConfig, out: &mut [u8]) -> Result<(), PreprocessError> {
+pub fn preprocess_image_into(
+    jpeg: &[u8],
+    cfg: &PreprocessConfig,
+    out: &mut [u8],
+) -> Result<(), PreprocessError> {
     if out.len() != IMAGE_LEN {
         return Err(PreprocessError::Corrupt(format!(
             "output slot holds {} bytes, expected {IMAGE_LEN}",
@@ -41,10 +45,21 @@ pub fn preprocess_image_into(jpeg: &[u8], cfg: &PreprocessConfig, out: &mut [u8]
                 resize_bicubic_into(width, height, &decoded, INPUT_SIZE, INPUT_SIZE, grey_plane);
             }
             ResizeMode::PadToSquare => {
-                let image = GreyImage { width, height, pixels: std::mem::take(&mut *decoded) };
+                let image = GreyImage {
+                    width,
+                    height,
+                    pixels: std::mem::take(&mut *decoded),
+                };
                 let square = pad_to_square(&image);
                 *decoded = image.pixels;
-                resize_bicubic_into(square.width, square.height, &square.pixels, INPUT_SIZE, INPUT_SIZE, grey_plane);
+                resize_bicubic_into(
+                    square.width,
+                    square.height,
+                    &square.pixels,
+                    INPUT_SIZE,
+                    INPUT_SIZE,
+                    grey_plane,
+                );
             }
         }
         let (threshold_plane, opening_plane) = derived_planes.split_at_mut(PLANE_LEN);
@@ -59,7 +74,10 @@ pub fn preprocess_many<Jpeg: AsRef<[u8]> + Sync>(
     jpegs: &[Jpeg],
     cfg: &PreprocessConfig,
 ) -> Vec<Result<Vec<u8>, PreprocessError>> {
-    jpegs.par_iter().map(|jpeg| preprocess_image(jpeg.as_ref(), cfg)).collect()
+    jpegs
+        .par_iter()
+        .map(|jpeg| preprocess_image(jpeg.as_ref(), cfg))
+        .collect()
 }
 
 /// Scales u8 channels to [0, 1] floats (`value / 255`), element by element over the common length.

@@ -71,7 +71,9 @@ fn cubic_coefficients_f64(x: f64) -> [f64; 4] {
 
 /// `saturate_cast<short>(float)`: round half to even, then clamp.
 fn saturate_i16(value: f32) -> i16 {
-    value.round_ties_even().clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16
+    value
+        .round_ties_even()
+        .clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16
 }
 
 /// Source-to-destination scale exactly as OpenCV derives it: `cv::resize` passes
@@ -131,8 +133,19 @@ fn fill_float_taps(source_len: usize, destination_len: usize, taps: &mut Vec<Flo
 /// A zero output size gives an empty image of that size.
 pub fn resize_bicubic(src: &GreyImage, out_width: usize, out_height: usize) -> GreyImage {
     let mut pixels = vec![0u8; out_width * out_height];
-    resize_bicubic_into(src.width, src.height, &src.pixels, out_width, out_height, &mut pixels);
-    GreyImage { width: out_width, height: out_height, pixels }
+    resize_bicubic_into(
+        src.width,
+        src.height,
+        &src.pixels,
+        out_width,
+        out_height,
+        &mut pixels,
+    );
+    GreyImage {
+        width: out_width,
+        height: out_height,
+        pixels,
+    }
 }
 
 /// Resizes `source` (row-major, `source_width * source_height`) into `output`.
@@ -160,9 +173,23 @@ pub(crate) fn resize_bicubic_into(
     RESIZE_SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
         if source_width.min(source_height) >= IPP_MIN_SOURCE_SIDE {
-            resize_float(&mut scratch, source_width, source_height, source, out_width, output);
+            resize_float(
+                &mut scratch,
+                source_width,
+                source_height,
+                source,
+                out_width,
+                output,
+            );
         } else {
-            resize_fixed_point(&mut scratch, source_width, source_height, source, out_width, output);
+            resize_fixed_point(
+                &mut scratch,
+                source_width,
+                source_height,
+                source,
+                out_width,
+                output,
+            );
         }
     });
 }
@@ -177,13 +204,22 @@ fn resize_float(
     output: &mut [u8],
 ) {
     let out_height = output.len() / out_width;
-    let ResizeScratch { float_column_taps, float_row_taps, row_slot, float_rows, .. } = scratch;
+    let ResizeScratch {
+        float_column_taps,
+        float_row_taps,
+        row_slot,
+        float_rows,
+        ..
+    } = scratch;
     fill_float_taps(source_width, out_width, float_column_taps);
     fill_float_taps(source_height, out_height, float_row_taps);
     row_slot.clear();
     row_slot.resize(source_height, u32::MAX);
     float_rows.clear();
-    for (out_row, row_tap) in output.chunks_exact_mut(out_width).zip(float_row_taps.iter()) {
+    for (out_row, row_tap) in output
+        .chunks_exact_mut(out_width)
+        .zip(float_row_taps.iter())
+    {
         let mut starts = [0usize; 4];
         for (start, &source_row) in starts.iter_mut().zip(row_tap.source_indices.iter()) {
             let source_row = source_row as usize;
@@ -191,7 +227,9 @@ fn resize_float(
                 row_slot[source_row] = (float_rows.len() / out_width) as u32;
                 let line = &source[source_row * source_width..(source_row + 1) * source_width];
                 float_rows.extend(float_column_taps.iter().map(|tap| {
-                    let [i0, i1, i2, i3] = tap.source_indices.map(|index| f32::from(line[index as usize]));
+                    let [i0, i1, i2, i3] = tap
+                        .source_indices
+                        .map(|index| f32::from(line[index as usize]));
                     let [w0, w1, w2, w3] = tap.weights;
                     ((i3 * w3 + i2 * w2) + i1 * w1) + i0 * w0
                 }));
@@ -217,7 +255,13 @@ fn resize_fixed_point(
     output: &mut [u8],
 ) {
     let out_height = output.len() / out_width;
-    let ResizeScratch { fixed_column_taps, fixed_row_taps, row_slot, fixed_rows, .. } = scratch;
+    let ResizeScratch {
+        fixed_column_taps,
+        fixed_row_taps,
+        row_slot,
+        fixed_rows,
+        ..
+    } = scratch;
     fill_fixed_point_taps(source_width, out_width, fixed_column_taps);
     fill_fixed_point_taps(source_height, out_height, fixed_row_taps);
     row_slot.clear();
@@ -226,7 +270,10 @@ fn resize_fixed_point(
 
     let scale = 1.0f32 / (COEF_SCALE * COEF_SCALE);
     let vector_columns = out_width - out_width % VERTICAL_VECTOR_LANES;
-    for (out_row, row_tap) in output.chunks_exact_mut(out_width).zip(fixed_row_taps.iter()) {
+    for (out_row, row_tap) in output
+        .chunks_exact_mut(out_width)
+        .zip(fixed_row_taps.iter())
+    {
         let mut starts = [0usize; 4];
         for (start, &source_row) in starts.iter_mut().zip(row_tap.source_indices.iter()) {
             let source_row = source_row as usize;
@@ -237,7 +284,9 @@ fn resize_fixed_point(
                     tap.source_indices
                         .iter()
                         .zip(tap.weights.iter())
-                        .map(|(&index, &weight)| i32::from(line[index as usize]) * i32::from(weight))
+                        .map(|(&index, &weight)| {
+                            i32::from(line[index as usize]) * i32::from(weight)
+                        })
                         .sum::<i32>()
                 }));
             }
@@ -247,13 +296,15 @@ fn resize_fixed_point(
         let [b0, b1, b2, b3] = row_tap.weights.map(|weight| f32::from(weight) * scale);
         for x in 0..vector_columns {
             let value = (rows[0][x] as f32) * b0
-                + ((rows[1][x] as f32) * b1 + ((rows[2][x] as f32) * b2 + (rows[3][x] as f32) * b3));
+                + ((rows[1][x] as f32) * b1
+                    + ((rows[2][x] as f32) * b2 + (rows[3][x] as f32) * b3));
             out_row[x] = value.round_ties_even().clamp(0.0, 255.0) as u8;
         }
         let [w0, w1, w2, w3] = row_tap.weights.map(i32::from);
         for x in vector_columns..out_width {
             let sum = rows[0][x] * w0 + rows[1][x] * w1 + rows[2][x] * w2 + rows[3][x] * w3;
-            out_row[x] = ((sum + (1 << (2 * COEF_BITS - 1))) >> (2 * COEF_BITS)).clamp(0, 255) as u8;
+            out_row[x] =
+                ((sum + (1 << (2 * COEF_BITS - 1))) >> (2 * COEF_BITS)).clamp(0, 255) as u8;
         }
     }
 }
@@ -273,7 +324,11 @@ pub fn pad_to_square(src: &GreyImage) -> GreyImage {
         let start = (top + row_index) * side + left;
         pixels[start..start + src.width].copy_from_slice(source_line);
     }
-    GreyImage { width: side, height: side, pixels }
+    GreyImage {
+        width: side,
+        height: side,
+        pixels,
+    }
 }
 
 /// Lower median of the pixels on the outermost rows and columns, via a histogram.
@@ -283,7 +338,8 @@ fn border_median(src: &GreyImage) -> u8 {
     for y in 0..height {
         let line = &src.pixels[y * width..(y + 1) * width];
         if y == 0 || y == height - 1 {
-            line.iter().for_each(|&pixel| histogram[usize::from(pixel)] += 1);
+            line.iter()
+                .for_each(|&pixel| histogram[usize::from(pixel)] += 1);
         } else {
             histogram[usize::from(line[0])] += 1;
             if width > 1 {
@@ -318,7 +374,11 @@ mod tests {
     fn uniform_image_stays_uniform() {
         let image = GreyImage::new(13, 9, vec![200; 117]).unwrap();
         let resized = resize_bicubic(&image, 64, 64);
-        assert!(resized.pixels.iter().all(|&pixel| pixel == 200), "{:?}", &resized.pixels[..16]);
+        assert!(
+            resized.pixels.iter().all(|&pixel| pixel == 200),
+            "{:?}",
+            &resized.pixels[..16]
+        );
     }
 
     #[test]
@@ -346,7 +406,10 @@ mod tests {
         // 1 wide, 3 tall, border median of {0, 255, 255} is 255; column centred at x = 1.
         let tall = GreyImage::new(1, 3, vec![0, 255, 255]).unwrap();
         let padded_tall = pad_to_square(&tall);
-        assert_eq!(padded_tall.pixels, vec![255, 0, 255, 255, 255, 255, 255, 255, 255]);
+        assert_eq!(
+            padded_tall.pixels,
+            vec![255, 0, 255, 255, 255, 255, 255, 255, 255]
+        );
     }
 
     #[test]

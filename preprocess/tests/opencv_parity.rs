@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use plankton_preprocess::{
-    GreyImage, INPUT_SIZE, PreprocessConfig, decode_grey, morphological_open_4x4, resize_bicubic, threshold_below_mean,
+    GreyImage, INPUT_SIZE, PreprocessConfig, decode_grey, morphological_open_4x4, resize_bicubic,
+    threshold_below_mean,
 };
 
 /// Sizes covering upscale, downscale, mixed and tiny images (width, height).
@@ -27,7 +28,10 @@ const SIZES: &[(usize, usize)] = &[
 ];
 
 fn reference_python() -> PathBuf {
-    let workspace_root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crate has a parent").to_path_buf();
+    let workspace_root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("crate has a parent")
+        .to_path_buf();
     let python = workspace_root.join(".venv-tools/bin/python");
     assert!(
         python.exists(),
@@ -54,16 +58,24 @@ fn synthetic_image(width: usize, height: usize, seed: u64) -> GreyImage {
     let mut noise = Noise(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut pixels = Vec::with_capacity(width * height);
     let (center_x, center_y) = (width as f64 * 0.45, height as f64 * 0.55);
-    let (radius_x, radius_y) = ((width as f64 * 0.3).max(0.6), (height as f64 * 0.25).max(0.6));
+    let (radius_x, radius_y) = (
+        (width as f64 * 0.3).max(0.6),
+        (height as f64 * 0.25).max(0.6),
+    );
     for y in 0..height {
         for x in 0..width {
-            let background = 200.0 + 30.0 * (x as f64 / width as f64) - 10.0 * (y as f64 / height as f64);
+            let background =
+                200.0 + 30.0 * (x as f64 / width as f64) - 10.0 * (y as f64 / height as f64);
             let dx = (x as f64 - center_x) / radius_x;
             let dy = (y as f64 - center_y) / radius_y;
             let inside = dx * dx + dy * dy <= 1.0;
             let jitter = (noise.next() % 21) as f64 - 10.0;
-            let mut value = if inside { 40.0 + 50.0 * ((x + 2 * y) % 7) as f64 / 7.0 + jitter } else { background + jitter };
-            if noise.next() % 97 == 0 {
+            let mut value = if inside {
+                40.0 + 50.0 * ((x + 2 * y) % 7) as f64 / 7.0 + jitter
+            } else {
+                background + jitter
+            };
+            if noise.next().is_multiple_of(97) {
                 value = if value > 128.0 { 0.0 } else { 255.0 };
             }
             pixels.push(value.clamp(0.0, 255.0) as u8);
@@ -75,11 +87,13 @@ fn synthetic_image(width: usize, height: usize, seed: u64) -> GreyImage {
 fn write_pgm(path: &Path, image: &GreyImage) {
     let mut bytes = format!("P5\n{} {}\n255\n", image.width, image.height).into_bytes();
     bytes.extend_from_slice(&image.pixels);
-    std::fs::write(path, bytes).unwrap_or_else(|error| panic!("writing {}: {error}", path.display()));
+    std::fs::write(path, bytes)
+        .unwrap_or_else(|error| panic!("writing {}: {error}", path.display()));
 }
 
 fn read_pgm(path: &Path) -> GreyImage {
-    let bytes = std::fs::read(path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()));
     let mut fields = Vec::new();
     let mut position = 0;
     while fields.len() < 4 {
@@ -107,7 +121,11 @@ fn read_pgm(path: &Path) -> GreyImage {
 
 fn run_reference(python: &Path, dir: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/opencv_reference.py");
-    let output = Command::new(python).arg(&script).arg(dir).output().expect("running the opencv reference script");
+    let output = Command::new(python)
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .expect("running the opencv reference script");
     assert!(
         output.status.success(),
         "opencv_reference.py failed: {}\n{}",
@@ -120,7 +138,11 @@ fn run_reference(python: &Path, dir: &Path) {
 fn compare(ours: &[u8], reference: &[u8]) -> (usize, usize, usize) {
     assert_eq!(ours.len(), reference.len());
     let exact = ours.iter().zip(reference).filter(|(a, b)| a == b).count();
-    let within_one = ours.iter().zip(reference).filter(|(a, b)| a.abs_diff(**b) <= 1).count();
+    let within_one = ours
+        .iter()
+        .zip(reference)
+        .filter(|(a, b)| a.abs_diff(**b) <= 1)
+        .count();
     (exact, within_one, ours.len())
 }
 
@@ -134,7 +156,10 @@ fn resize_threshold_and_opening_match_opencv() {
         let source = synthetic_image(width, height, index as u64 + 1);
         let resized = resize_bicubic(&source, INPUT_SIZE, INPUT_SIZE);
         write_pgm(&dir.path().join(format!("{name}.src.pgm")), &source);
-        write_pgm(&dir.path().join(format!("{name}.ours_resized.pgm")), &resized);
+        write_pgm(
+            &dir.path().join(format!("{name}.ours_resized.pgm")),
+            &resized,
+        );
         resized_by_name.push((name, resized));
     }
     run_reference(&python, dir.path());
@@ -145,7 +170,10 @@ fn resize_threshold_and_opening_match_opencv() {
         let reference = read_pgm(&dir.path().join(format!("{name}.cv_resized.pgm")));
         let (exact, close, total) = compare(&ours.pixels, &reference.pixels);
         println!("{name}: resize exact {exact}/{total}, within 1 grey level {close}/{total}");
-        assert!(close as f64 >= 0.99 * total as f64, "{name}: only {close}/{total} pixels within 1 grey level of opencv");
+        assert!(
+            close as f64 >= 0.99 * total as f64,
+            "{name}: only {close}/{total} pixels within 1 grey level of opencv"
+        );
         resize_exact += exact;
         resize_close += close;
         resize_total += total;
@@ -158,9 +186,17 @@ fn resize_threshold_and_opening_match_opencv() {
         let reference_opening = read_pgm(&dir.path().join(format!("{name}.cv_opening.pgm")));
         let (threshold_same, _, total) = compare(&threshold, &reference_threshold.pixels);
         let (opening_same, _, _) = compare(&opening, &reference_opening.pixels);
-        println!("{name}: threshold equal {threshold_same}/{total}, opening equal {opening_same}/{total}");
-        assert!(threshold_same as f64 >= 0.99 * total as f64, "{name}: threshold differs from opencv");
-        assert!(opening_same as f64 >= 0.99 * total as f64, "{name}: opening differs from opencv");
+        println!(
+            "{name}: threshold equal {threshold_same}/{total}, opening equal {opening_same}/{total}"
+        );
+        assert!(
+            threshold_same as f64 >= 0.99 * total as f64,
+            "{name}: threshold differs from opencv"
+        );
+        assert!(
+            opening_same as f64 >= 0.99 * total as f64,
+            "{name}: opening differs from opencv"
+        );
         threshold_equal += threshold_same;
         opening_equal += opening_same;
         channel_total += total;
@@ -185,8 +221,15 @@ fn jpeg_decode_matches_opencv_imdecode() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = PreprocessConfig::default();
     let mut names = Vec::new();
-    for (index, &(width, height, colour)) in
-        [(67usize, 87usize, false), (150, 40, false), (2, 2, false), (333, 251, true), (31, 64, true)].iter().enumerate()
+    for (index, &(width, height, colour)) in [
+        (67usize, 87usize, false),
+        (150, 40, false),
+        (2, 2, false),
+        (333, 251, true),
+        (31, 64, true),
+    ]
+    .iter()
+    .enumerate()
     {
         let name = format!("jpeg{index}_{width}x{height}");
         let grey = synthetic_image(width, height, 100 + index as u64);
@@ -194,10 +237,28 @@ fn jpeg_decode_matches_opencv_imdecode() {
         let encoder = jpeg_encoder::Encoder::new(&mut jpeg, 90);
         if colour {
             // a colour JPEG: opencv's IMREAD_GRAYSCALE keeps libjpeg's luma plane
-            let rgb: Vec<u8> = grey.pixels.iter().flat_map(|&value| [value, value / 2, 255 - value]).collect();
-            encoder.encode(&rgb, width as u16, height as u16, jpeg_encoder::ColorType::Rgb).expect("encode rgb");
+            let rgb: Vec<u8> = grey
+                .pixels
+                .iter()
+                .flat_map(|&value| [value, value / 2, 255 - value])
+                .collect();
+            encoder
+                .encode(
+                    &rgb,
+                    width as u16,
+                    height as u16,
+                    jpeg_encoder::ColorType::Rgb,
+                )
+                .expect("encode rgb");
         } else {
-            encoder.encode(&grey.pixels, width as u16, height as u16, jpeg_encoder::ColorType::Luma).expect("encode");
+            encoder
+                .encode(
+                    &grey.pixels,
+                    width as u16,
+                    height as u16,
+                    jpeg_encoder::ColorType::Luma,
+                )
+                .expect("encode");
         }
         std::fs::write(dir.path().join(format!("{name}.jpg")), &jpeg).expect("write jpeg");
         names.push((name, decode_grey(&jpeg, &cfg).expect("our decode")));
@@ -205,9 +266,16 @@ fn jpeg_decode_matches_opencv_imdecode() {
     run_reference(&python, dir.path());
     for (name, ours) in &names {
         let reference = read_pgm(&dir.path().join(format!("{name}.cv_decoded.pgm")));
-        assert_eq!((ours.width, ours.height), (reference.width, reference.height), "{name}: size");
+        assert_eq!(
+            (ours.width, ours.height),
+            (reference.width, reference.height),
+            "{name}: size"
+        );
         let (exact, close, total) = compare(&ours.pixels, &reference.pixels);
         println!("{name}: decode exact {exact}/{total}, within 1 {close}/{total}");
-        assert!(close as f64 >= 0.99 * total as f64, "{name}: decode differs from opencv: {close}/{total} within 1");
+        assert!(
+            close as f64 >= 0.99 * total as f64,
+            "{name}: decode differs from opencv: {close}/{total} within 1"
+        );
     }
 }

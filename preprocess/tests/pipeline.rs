@@ -1,8 +1,8 @@
 //! Pipeline behaviour: bad input is an error (never a panic), tiny images work, modes, batches, cache.
 
 use plankton_preprocess::{
-    CacheError, CachedShard, IMAGE_LEN, INPUT_SIZE, PreprocessConfig, PreprocessError, ResizeMode, ShardCache,
-    decode_grey, preprocess_image, preprocess_many, to_unit_f32,
+    CacheError, CachedShard, IMAGE_LEN, INPUT_SIZE, PreprocessConfig, PreprocessError, ResizeMode,
+    ShardCache, decode_grey, preprocess_image, preprocess_many, to_unit_f32,
 };
 
 const PLANE: usize = INPUT_SIZE * INPUT_SIZE;
@@ -23,7 +23,12 @@ fn vignette(width: usize, height: usize) -> Vec<u8> {
 fn encode_grey_jpeg(pixels: &[u8], width: usize, height: usize) -> Vec<u8> {
     let mut jpeg = Vec::new();
     jpeg_encoder::Encoder::new(&mut jpeg, 92)
-        .encode(pixels, width as u16, height as u16, jpeg_encoder::ColorType::Luma)
+        .encode(
+            pixels,
+            width as u16,
+            height as u16,
+            jpeg_encoder::ColorType::Luma,
+        )
         .expect("encode test jpeg");
     jpeg
 }
@@ -31,7 +36,10 @@ fn encode_grey_jpeg(pixels: &[u8], width: usize, height: usize) -> Vec<u8> {
 /// Rewrites the frame header (SOF0) of a baseline JPEG to claim other dimensions.
 fn with_claimed_size(jpeg: &[u8], width: u16, height: u16) -> Vec<u8> {
     let mut patched = jpeg.to_vec();
-    let sof = patched.windows(2).position(|pair| pair == [0xFF, 0xC0]).expect("baseline jpeg has SOF0");
+    let sof = patched
+        .windows(2)
+        .position(|pair| pair == [0xFF, 0xC0])
+        .expect("baseline jpeg has SOF0");
     // FF C0, length (2), precision (1), height (2), width (2)
     patched[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
     patched[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
@@ -47,10 +55,20 @@ fn empty_input_is_an_error() {
 #[test]
 fn non_jpeg_input_is_an_error() {
     let error = preprocess_image(b"P5\n2 2\n255\n....", &PreprocessConfig::default()).unwrap_err();
-    assert!(matches!(error, PreprocessError::NotJpeg { .. }), "{error:?}");
-    assert!(error.to_string().contains("[50, 35, 0a, 32]"), "message shows the first bytes: {error}");
+    assert!(
+        matches!(error, PreprocessError::NotJpeg { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("[50, 35, 0a, 32]"),
+        "message shows the first bytes: {error}"
+    );
     // SOI followed by garbage
-    let error = preprocess_image(&[0xFF, 0xD8, 0x12, 0x34, 0x56], &PreprocessConfig::default()).unwrap_err();
+    let error = preprocess_image(
+        &[0xFF, 0xD8, 0x12, 0x34, 0x56],
+        &PreprocessConfig::default(),
+    )
+    .unwrap_err();
     assert!(matches!(error, PreprocessError::Corrupt(_)), "{error:?}");
 }
 
@@ -62,12 +80,20 @@ fn truncated_jpeg_is_an_error_at_any_cut() {
     for cut in [jpeg.len() - 2, jpeg.len() - 50, jpeg.len() / 2, 200, 20, 3] {
         let error = preprocess_image(&jpeg[..cut], &cfg).unwrap_err();
         assert!(
-            matches!(error, PreprocessError::Truncated { .. } | PreprocessError::Corrupt(_)),
+            matches!(
+                error,
+                PreprocessError::Truncated { .. } | PreprocessError::Corrupt(_)
+            ),
             "cut at {cut}: {error:?}"
         );
     }
     let error = preprocess_image(&jpeg[..jpeg.len() / 2], &cfg).unwrap_err();
-    assert_eq!(error, PreprocessError::Truncated { len: jpeg.len() / 2 });
+    assert_eq!(
+        error,
+        PreprocessError::Truncated {
+            len: jpeg.len() / 2
+        }
+    );
 }
 
 #[test]
@@ -77,17 +103,34 @@ fn oversized_header_is_refused_before_decoding() {
     let bomb = with_claimed_size(&jpeg, 20_000, 20_000);
     let started = std::time::Instant::now();
     let error = preprocess_image(&bomb, &cfg).unwrap_err();
-    assert!(started.elapsed() < std::time::Duration::from_millis(500), "refusal must not decode");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(500),
+        "refusal must not decode"
+    );
     assert_eq!(
         error,
-        PreprocessError::TooLarge { width: 20_000, height: 20_000, max_side: cfg.max_side, max_pixels: cfg.max_pixels }
+        PreprocessError::TooLarge {
+            width: 20_000,
+            height: 20_000,
+            max_side: cfg.max_side,
+            max_pixels: cfg.max_pixels
+        }
     );
     // each side within max_side but too many pixels
     let too_many_pixels = with_claimed_size(&jpeg, 8_000, 6_000);
-    assert!(matches!(preprocess_image(&too_many_pixels, &cfg), Err(PreprocessError::TooLarge { .. })));
+    assert!(matches!(
+        preprocess_image(&too_many_pixels, &cfg),
+        Err(PreprocessError::TooLarge { .. })
+    ));
     // a tighter limit applies too
-    let strict = PreprocessConfig { max_side: 15, ..PreprocessConfig::default() };
-    assert!(matches!(preprocess_image(&jpeg, &strict), Err(PreprocessError::TooLarge { width: 16, .. })));
+    let strict = PreprocessConfig {
+        max_side: 15,
+        ..PreprocessConfig::default()
+    };
+    assert!(matches!(
+        preprocess_image(&jpeg, &strict),
+        Err(PreprocessError::TooLarge { width: 16, .. })
+    ));
 }
 
 #[test]
@@ -96,12 +139,21 @@ fn tiny_images_are_valid() {
     let one = preprocess_image(&encode_grey_jpeg(&[77], 1, 1), &cfg).expect("1x1");
     assert_eq!(one.len(), IMAGE_LEN);
     let decoded_value = one[0];
-    assert!(one[..PLANE].iter().all(|&value| value == decoded_value), "a 1x1 image resizes to a flat plane");
-    assert!(one[PLANE..].iter().all(|&value| value == 0), "a flat image has nothing below its mean");
+    assert!(
+        one[..PLANE].iter().all(|&value| value == decoded_value),
+        "a 1x1 image resizes to a flat plane"
+    );
+    assert!(
+        one[PLANE..].iter().all(|&value| value == 0),
+        "a flat image has nothing below its mean"
+    );
 
     let two = preprocess_image(&encode_grey_jpeg(&[0, 255, 255, 0], 2, 2), &cfg).expect("2x2");
     assert_eq!(two.len(), IMAGE_LEN);
-    let for_pad = PreprocessConfig { resize_mode: ResizeMode::PadToSquare, ..cfg };
+    let for_pad = PreprocessConfig {
+        resize_mode: ResizeMode::PadToSquare,
+        ..cfg
+    };
     assert!(preprocess_image(&encode_grey_jpeg(&[10, 250], 2, 1), &for_pad).is_ok());
 }
 
@@ -112,25 +164,60 @@ fn channels_show_the_dark_object() {
     let channels = preprocess_image(&jpeg, &PreprocessConfig::default()).expect("valid jpeg");
     let centre = 32 * INPUT_SIZE + 32;
     let corner = 0;
-    assert!(channels[centre] < 60 && channels[corner] > 200, "grey plane keeps the dark object");
-    assert_eq!((channels[PLANE + centre], channels[PLANE + corner]), (255, 0), "threshold marks the object");
-    assert_eq!((channels[2 * PLANE + centre], channels[2 * PLANE + corner]), (255, 0), "opening keeps it");
-    assert!(channels[PLANE..].iter().all(|&value| value == 0 || value == 255));
+    assert!(
+        channels[centre] < 60 && channels[corner] > 200,
+        "grey plane keeps the dark object"
+    );
+    assert_eq!(
+        (channels[PLANE + centre], channels[PLANE + corner]),
+        (255, 0),
+        "threshold marks the object"
+    );
+    assert_eq!(
+        (channels[2 * PLANE + centre], channels[2 * PLANE + corner]),
+        (255, 0),
+        "opening keeps it"
+    );
+    assert!(
+        channels[PLANE..]
+            .iter()
+            .all(|&value| value == 0 || value == 255)
+    );
 }
 
 #[test]
 fn pad_to_square_keeps_aspect_ratio() {
     // A wide image with a dark band across the middle rows.
     let (width, height) = (120, 30);
-    let pixels: Vec<u8> = (0..height).flat_map(|y| (0..width).map(move |_| if (10..20).contains(&y) { 20 } else { 230 })).collect();
+    let pixels: Vec<u8> = (0..height)
+        .flat_map(|y| (0..width).map(move |_| if (10..20).contains(&y) { 20 } else { 230 }))
+        .collect();
     let jpeg = encode_grey_jpeg(&pixels, width, height);
     let stretched = preprocess_image(&jpeg, &PreprocessConfig::default()).unwrap();
-    let padded =
-        preprocess_image(&jpeg, &PreprocessConfig { resize_mode: ResizeMode::PadToSquare, ..Default::default() }).unwrap();
-    let dark_rows = |channels: &[u8]| (0..INPUT_SIZE).filter(|&row| channels[row * INPUT_SIZE + 32] < 100).count();
+    let padded = preprocess_image(
+        &jpeg,
+        &PreprocessConfig {
+            resize_mode: ResizeMode::PadToSquare,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dark_rows = |channels: &[u8]| {
+        (0..INPUT_SIZE)
+            .filter(|&row| channels[row * INPUT_SIZE + 32] < 100)
+            .count()
+    };
     // stretched: band covers 1/3 of the height; padded: 10/120 of it
-    assert!((18..=24).contains(&dark_rows(&stretched)), "stretched band rows {}", dark_rows(&stretched));
-    assert!((4..=7).contains(&dark_rows(&padded)), "padded band rows {}", dark_rows(&padded));
+    assert!(
+        (18..=24).contains(&dark_rows(&stretched)),
+        "stretched band rows {}",
+        dark_rows(&stretched)
+    );
+    assert!(
+        (4..=7).contains(&dark_rows(&padded)),
+        "padded band rows {}",
+        dark_rows(&padded)
+    );
     // the padding is the border median (light background), not black
     assert!(padded[0] > 200 && padded[PLANE - 1] > 200);
 }
@@ -138,13 +225,24 @@ fn pad_to_square_keeps_aspect_ratio() {
 #[test]
 fn colour_jpeg_decodes_to_luma() {
     let (width, height) = (40, 30);
-    let rgb: Vec<u8> = vignette(width, height).iter().flat_map(|&value| [value, value, value]).collect();
+    let rgb: Vec<u8> = vignette(width, height)
+        .iter()
+        .flat_map(|&value| [value, value, value])
+        .collect();
     let mut jpeg = Vec::new();
     jpeg_encoder::Encoder::new(&mut jpeg, 95)
-        .encode(&rgb, width as u16, height as u16, jpeg_encoder::ColorType::Rgb)
+        .encode(
+            &rgb,
+            width as u16,
+            height as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
         .unwrap();
     let grey = decode_grey(&jpeg, &PreprocessConfig::default()).expect("colour jpeg");
-    assert_eq!((grey.width, grey.height, grey.pixels.len()), (width, height, width * height));
+    assert_eq!(
+        (grey.width, grey.height, grey.pixels.len()),
+        (width, height, width * height)
+    );
     assert!(grey.get(0, 0) > 200 && grey.get(20, 15) < 60);
 }
 
@@ -171,8 +269,14 @@ fn unit_scaling() {
 
 fn sample_shard() -> CachedShard {
     let objids = vec![42, 7, -3];
-    let images = (0..objids.len() * IMAGE_LEN).map(|index| (index % 251) as u8).collect();
-    CachedShard { objids, images, skipped: vec![(99, "truncated JPEG: no end-of-image".to_string())] }
+    let images = (0..objids.len() * IMAGE_LEN)
+        .map(|index| (index % 251) as u8)
+        .collect();
+    CachedShard {
+        objids,
+        images,
+        skipped: vec![(99, "truncated JPEG: no end-of-image".to_string())],
+    }
 }
 
 #[test]
@@ -186,10 +290,17 @@ fn cache_round_trip_and_misses() {
     assert_eq!(cache.load(&key).unwrap(), Some(shard.clone()));
     // overwrite is atomic and leaves no temporary files behind
     cache.store(&key, &shard).unwrap();
-    let leftover: Vec<_> = std::fs::read_dir(cache.dir()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+    let leftover: Vec<_> = std::fs::read_dir(cache.dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
     assert_eq!(leftover.len(), 1, "{leftover:?}");
     // an empty shard is fine
-    let empty = CachedShard { objids: vec![], images: vec![], skipped: vec![] };
+    let empty = CachedShard {
+        objids: vec![],
+        images: vec![],
+        skipped: vec![],
+    };
     cache.store("empty", &empty).unwrap();
     assert_eq!(cache.load("empty").unwrap(), Some(empty));
 }
@@ -197,11 +308,26 @@ fn cache_round_trip_and_misses() {
 #[test]
 fn cache_keys_are_stable_and_distinct() {
     let key = ShardCache::key("file:///data", ResizeMode::Stretch, &[1, 2, 3]);
-    assert_eq!(key, ShardCache::key("file:///data", ResizeMode::Stretch, &[1, 2, 3]));
-    assert_ne!(key, ShardCache::key("file:///data", ResizeMode::PadToSquare, &[1, 2, 3]));
-    assert_ne!(key, ShardCache::key("file:///data", ResizeMode::Stretch, &[1, 2, 4]));
-    assert_ne!(key, ShardCache::key("file:///other", ResizeMode::Stretch, &[1, 2, 3]));
-    assert!(key.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-'));
+    assert_eq!(
+        key,
+        ShardCache::key("file:///data", ResizeMode::Stretch, &[1, 2, 3])
+    );
+    assert_ne!(
+        key,
+        ShardCache::key("file:///data", ResizeMode::PadToSquare, &[1, 2, 3])
+    );
+    assert_ne!(
+        key,
+        ShardCache::key("file:///data", ResizeMode::Stretch, &[1, 2, 4])
+    );
+    assert_ne!(
+        key,
+        ShardCache::key("file:///other", ResizeMode::Stretch, &[1, 2, 3])
+    );
+    assert!(
+        key.bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+    );
 }
 
 #[test]
@@ -216,12 +342,31 @@ fn cache_rejects_corruption_bad_keys_and_bad_shards() {
     std::fs::write(&path, &bytes).unwrap();
     let error = cache.load("shard-a").unwrap_err();
     assert!(matches!(error, CacheError::Corrupt { .. }), "{error:?}");
-    assert!(error.to_string().contains("shard-a.shard"), "message names the file: {error}");
+    assert!(
+        error.to_string().contains("shard-a.shard"),
+        "message names the file: {error}"
+    );
     std::fs::write(&path, &bytes[..10]).unwrap();
-    assert!(matches!(cache.load("shard-a"), Err(CacheError::Corrupt { .. })));
+    assert!(matches!(
+        cache.load("shard-a"),
+        Err(CacheError::Corrupt { .. })
+    ));
 
-    assert!(matches!(cache.load("../escape"), Err(CacheError::InvalidKey(_))));
-    assert!(matches!(cache.store("", &shard), Err(CacheError::InvalidKey(_))));
-    let inconsistent = CachedShard { objids: vec![1, 2], images: vec![0; IMAGE_LEN], skipped: vec![] };
-    assert!(matches!(cache.store("shard-b", &inconsistent), Err(CacheError::InvalidShard { .. })));
+    assert!(matches!(
+        cache.load("../escape"),
+        Err(CacheError::InvalidKey(_))
+    ));
+    assert!(matches!(
+        cache.store("", &shard),
+        Err(CacheError::InvalidKey(_))
+    ));
+    let inconsistent = CachedShard {
+        objids: vec![1, 2],
+        images: vec![0; IMAGE_LEN],
+        skipped: vec![],
+    };
+    assert!(matches!(
+        cache.store("shard-b", &inconsistent),
+        Err(CacheError::InvalidShard { .. })
+    ));
 }

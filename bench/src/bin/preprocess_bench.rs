@@ -1,0 +1,246 @@
+//! Preprocessing throughput per core: our pipeline against opencv-python on the same JPEGs.
+//!
+//! `cargo run --release -p plankton-bench --bin preprocess_bench -- [--images DIR] [--limit N]`
+//! Without `--images`, generates FlowCam-like grey JPEGs (median about 67x87, a long tail up to
+//! 972x739) into a temporary folder first.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use plankton_preprocess::{IMAGE_LEN, PreprocessConfig, preprocess_many};
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Benchmark plankton-preprocess against the opencv-python pipeline, one core each"
+)]
+struct Options {
+    /// Folder of *.jpg files (searched recursively); generated when absent.
+    #[arg(long, env = "PREPROCESS_BENCH_IMAGES")]
+    images: Option<PathBuf>,
+    /// Use at most this many images (also the number generated).
+    #[arg(long, env = "PREPROCESS_BENCH_LIMIT")]
+    limit: Option<usize>,
+    /// Minimum timed duration of each side, in seconds.
+    #[arg(long, default_value_t = 3.0, env = "PREPROCESS_BENCH_MIN_SECONDS")]
+    min_seconds: f64,
+    /// Python interpreter with opencv-python-headless and numpy.
+    #[arg(long, env = "PREPROCESS_BENCH_PYTHON")]
+    python: Option<PathBuf>,
+}
+
+const DEFAULT_GENERATED_COUNT: usize = 2_000;
+
+fn main() -> anyhow::Result<()> {
+    let options = Options::parse();
+    let workspace_root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("bench crate has a parent")?;
+    let python = options
+        .python
+        .clone()
+        .unwrap_or_else(|| workspace_root.join(".venv-tools/bin/python"));
+    if !python.exists() {
+        bail!(
+            "{} is missing: run scripts/setup.sh first",
+            python.display()
+        );
+    }
+    let generated_dir;
+    let image_dir = match &options.images {
+        Some(dir) => dir.clone(),
+        None => {
+            generated_dir = tempfile::tempdir().context("creating a temporary image folder")?;
+            let count = options.limit.unwrap_or(DEFAULT_GENERATED_COUNT);
+            generate_flowcam_like_jpegs(generated_dir.path(), count)?;
+            println!(
+                "generated {count} synthetic FlowCam-like JPEGs in {}",
+                generated_dir.path().display()
+            );
+            generated_dir.path().to_path_buf()
+        }
+    };
+
+    let mut paths = Vec::new();
+    collect_jpegs(&image_dir, &mut paths)?;
+    paths.sort_by_key(|path| path.to_string_lossy().to_string());
+    if let Some(limit) = options.limit {
+        paths.truncate(limit);
+    }
+    if paths.is_empty() {
+        bail!("no *.jpg files under {}", image_dir.display());
+    }
+    let jpegs: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|path| std::fs::read(path).with_context(|| format!("reading {}", path.display())))
+        .collect::<Result<_, _>>()?;
+    let total_bytes: usize = jpegs.iter().map(Vec::len).sum();
+    println!(
+        "{} images, {:.1} MiB of JPEG",
+        jpegs.len(),
+        total_bytes as f64 / (1024.0 * 1024.0)
+    );
+
+    // Ours: a rayon pool of one thread, so the figure is per core.
+    let config = PreprocessConfig::default();
+    let single_thread_pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let (ours_per_second, our_outputs, our_failures) = single_thread_pool.install(|| {
+        let first_pass = preprocess_many(&jpegs, &config);
+        let failures = first_pass.iter().filter(|result| result.is_err()).count();
+        let started = Instant::now();
+        let mut processed = 0usize;
+        while started.elapsed() < Duration::from_secs_f64(options.min_seconds) {
+            let results = preprocess_many(&jpegs, &config);
+            processed += results.len();
+        }
+        (
+            processed as f64 / started.elapsed().as_secs_f64(),
+            first_pass,
+            failures,
+        )
+    });
+
+    // OpenCV: same files, bytes in memory, cv2.setNumThreads(1).
+    let dump_dir = tempfile::tempdir()?;
+    let dump_path = dump_dir.path().join("opencv_outputs.u8");
+    let script = workspace_root.join("bench/python/opencv_preprocess.py");
+    let mut command = Command::new(&python);
+    command
+        .arg(&script)
+        .arg(&image_dir)
+        .arg("--min-seconds")
+        .arg(options.min_seconds.to_string())
+        .arg("--dump")
+        .arg(&dump_path);
+    if let Some(limit) = options.limit {
+        command.arg("--limit").arg(limit.to_string());
+    }
+    let output = command
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "opencv benchmark failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let report: serde_json::Value = serde_json::from_slice(
+        output
+            .stdout
+            .split(|&byte| byte == b'\n')
+            .rfind(|line| !line.is_empty())
+            .unwrap_or_default(),
+    )
+    .context("parsing the opencv benchmark report")?;
+    let opencv_per_second = report["img_per_s"]
+        .as_f64()
+        .context("report has img_per_s")?;
+
+    // Parity over the whole set: identical output bytes, and grey plane within one level.
+    let opencv_outputs = std::fs::read(&dump_path)?;
+    let (mut identical, mut grey_close, mut grey_total, mut compared) =
+        (0usize, 0usize, 0usize, 0usize);
+    for (index, result) in our_outputs.iter().enumerate() {
+        let Ok(ours) = result else { continue };
+        let Some(reference) = opencv_outputs.get(index * IMAGE_LEN..(index + 1) * IMAGE_LEN) else {
+            continue;
+        };
+        compared += IMAGE_LEN;
+        identical += ours.iter().zip(reference).filter(|(a, b)| a == b).count();
+        let plane = IMAGE_LEN / 3;
+        grey_close += ours[..plane]
+            .iter()
+            .zip(&reference[..plane])
+            .filter(|(a, b)| a.abs_diff(**b) <= 1)
+            .count();
+        grey_total += plane;
+    }
+
+    println!(
+        "ours   (rust, 1 thread): {ours_per_second:>9.0} img/s per core ({our_failures} failed)"
+    );
+    println!(
+        "opencv (python, 1 thread): {opencv_per_second:>7.0} img/s per core ({} failed)",
+        report["failed"].as_u64().unwrap_or(0)
+    );
+    println!("speed-up: {:.2}x", ours_per_second / opencv_per_second);
+    println!(
+        "output parity: {:.4}% of bytes identical, {:.4}% of grey pixels within 1 level",
+        100.0 * identical as f64 / compared.max(1) as f64,
+        100.0 * grey_close as f64 / grey_total.max(1) as f64
+    );
+    Ok(())
+}
+
+fn collect_jpegs(dir: &Path, paths: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_jpegs(&path, paths)?;
+        } else if path
+            .extension()
+            .is_some_and(|extension| extension.eq_ignore_ascii_case("jpg"))
+        {
+            paths.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Deterministic xorshift64 generator (the benchmark needs no statistical quality).
+struct Xorshift(u64);
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Writes `count` grey JPEGs: dark textured ellipses on a light noisy background, sides drawn
+/// log-uniformly around the FlowCam median (67x87) and clamped to 2..972 x 2..739.
+fn generate_flowcam_like_jpegs(dir: &Path, count: usize) -> anyhow::Result<()> {
+    let mut random = Xorshift(0x5EED_F10C_CA11);
+    for index in 0..count {
+        let spread = |random: &mut Xorshift, median: f64, max: f64| {
+            let factor = (random.unit() * 2.0 - 1.0) * 1.6;
+            (median * factor.exp()).round().clamp(2.0, max) as usize
+        };
+        let width = spread(&mut random, 67.0, 972.0);
+        let height = spread(&mut random, 87.0, 739.0);
+        let (centre_x, centre_y) = (width as f64 / 2.0, height as f64 / 2.0);
+        let (radius_x, radius_y) = (
+            width as f64 * (0.2 + 0.2 * random.unit()),
+            height as f64 * (0.2 + 0.2 * random.unit()),
+        );
+        let mut pixels = Vec::with_capacity(width * height);
+        for y in 0..height {
+            for x in 0..width {
+                let dx = (x as f64 - centre_x) / radius_x;
+                let dy = (y as f64 - centre_y) / radius_y;
+                let noise = (random.next() % 17) as f64 - 8.0;
+                let base = if dx * dx + dy * dy <= 1.0 {
+                    60.0 + 40.0 * ((x / 3 + y / 5) % 3) as f64
+                } else {
+                    225.0
+                };
+                pixels.push((base + noise).clamp(0.0, 255.0) as u8);
+            }
+        }
+        let mut jpeg = Vec::new();
+        jpeg_encoder::Encoder::new(&mut jpeg, 90).encode(
+            &pixels,
+            width as u16,
+            height as u16,
+            jpeg_encoder::ColorType::Luma,
+        )?;
+        std::fs::write(dir.join(format!("{index}.jpg")), &jpeg)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! NCCL all-reduce on real GPUs; ignored by default, run by `scripts/gpu-check.sh`.
+#![cfg(feature = "nccl")]
+
+use cudarc::driver::{CudaContext, DevicePtrMut};
+use plankton_collective::Collective;
+use plankton_collective::nccl::{NcclAllReduce, new_unique_id};
+
+/// Integer-valued so sums are exact.
+fn rank_values(rank: usize, length: usize) -> Vec<f32> {
+    (0..length).map(|index| ((index * 7 + rank * 13) % 1000) as f32).collect()
+}
+
+fn run_ranks(world_size: usize, length: usize) {
+    let unique_id = new_unique_id().expect("nccl unique id");
+    let results: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..world_size)
+            .map(|rank| {
+                let unique_id = unique_id.clone();
+                scope.spawn(move || {
+                    let mut communicator = NcclAllReduce::new(&unique_id, rank, world_size, rank).expect("nccl init");
+                    // Host path.
+                    let mut host_buffer = rank_values(rank, length);
+                    communicator.all_reduce_sum(&mut host_buffer).expect("host all-reduce");
+                    communicator.barrier().expect("barrier");
+                    // Device path on a separate stream of the same GPU.
+                    let context = CudaContext::new(rank).expect("cuda context");
+                    let stream = context.new_stream().expect("stream");
+                    let mut device_buffer = stream.clone_htod(&rank_values(rank, length)).expect("upload");
+                    {
+                        let (device_ptr, _record) = device_buffer.device_ptr_mut(&stream);
+                        communicator
+                            .all_reduce_sum_device(device_ptr, length, stream.cu_stream() as u64)
+                            .expect("device all-reduce");
+                    }
+                    let device_result = stream.clone_dtoh(&device_buffer).expect("download");
+                    stream.synchronize().expect("sync");
+                    (host_buffer, device_result)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|handle| handle.join().expect("rank thread")).collect()
+    });
+    let mut expected = vec![0.0f32; length];
+    for rank in 0..world_size {
+        for (sum, value) in expected.iter_mut().zip(rank_values(rank, length)) {
+            *sum += value;
+        }
+    }
+    for (rank, (host_result, device_result)) in results.iter().enumerate() {
+        assert_eq!(host_result, &expected, "host path, rank {rank} of {world_size}");
+        assert_eq!(device_result, &expected, "device path, rank {rank} of {world_size}");
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU with NCCL; run by scripts/gpu-check.sh"]
+fn nccl_all_reduce_on_one_gpu() {
+    run_ranks(1, 1_000_003);
+}
+
+#[test]
+#[ignore = "needs two GPUs with NCCL; run by scripts/gpu-check.sh"]
+fn nccl_all_reduce_on_two_gpus() {
+    let gpu_count = CudaContext::device_count().expect("cuda device count");
+    if gpu_count < 2 {
+        eprintln!("skipped: {gpu_count} GPU(s)");
+        return;
+    }
+    run_ranks(2, 1_000_003);
+}

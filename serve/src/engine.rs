@@ -1,0 +1,234 @@
+//! One loaded model on its own inference thread, fed by a dynamic batcher.
+//!
+//! libtorch tensors are `Send` but not `Sync`, and a forward pass is heavy blocking work, so every model
+//! lives on a dedicated OS thread that owns it. Requests (already decoded and preprocessed) are queued on
+//! a bounded channel; the thread takes the oldest request, then keeps taking queued requests until the
+//! batch holds `max_batch_size` images or `max_queue_delay` has passed since the oldest one was queued,
+//! runs ONE forward pass over the concatenated images and hands each request its rows. While a forward
+//! pass runs, new requests queue up and form the next batch. A request never splits across batches; one
+//! request larger than `max_batch_size` forms a batch of its own. `max_batch_size = 1` turns batching off.
+//!
+//! When the last handle ([`InferenceEngine`]) is dropped, the thread answers the requests still queued
+//! and exits, dropping the model: a model swapped out finishes its in-flight requests first.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use plankton_trainer::{IMAGE_LEN, InferenceModel, TrainError};
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::oneshot;
+use tracing::{debug, error, info};
+
+use crate::error::{ServeError, ServeResult};
+
+/// How requests are grouped into forward passes.
+#[derive(Clone, Debug)]
+pub struct BatchingConfig {
+    /// Most images in one forward pass (1 disables batching).
+    pub max_batch_size: usize,
+    /// Longest time the oldest queued request waits for others to join its batch.
+    pub max_queue_delay: Duration,
+    /// Requests that may wait in the queue; more are refused with RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig { max_batch_size: 64, max_queue_delay: Duration::from_millis(5), queue_capacity: 4096 }
+    }
+}
+
+/// The preprocessed images of one request waiting for a forward pass.
+struct QueuedRequest {
+    /// `image_count * IMAGE_LEN` bytes, u8 CHW.
+    images: Vec<u8>,
+    image_count: usize,
+    queued_at: Instant,
+    respond: oneshot::Sender<Result<Vec<f32>, String>>,
+}
+
+/// A handle to a model's inference thread; cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct InferenceEngine {
+    label: String,
+    num_classes: usize,
+    queue_capacity: usize,
+    sender: SyncSender<QueuedRequest>,
+}
+
+impl InferenceEngine {
+    /// Starts the inference thread of `label` (e.g. `plankton:3`): it runs `load_model` (heavy: builds
+    /// the network and copies the weights), then serves batches. Returns once the model is loaded.
+    pub async fn start(
+        label: String,
+        num_classes: usize,
+        batching: BatchingConfig,
+        batch_size_histogram: Histogram,
+        load_model: impl FnOnce() -> Result<InferenceModel, TrainError> + Send + 'static,
+    ) -> ServeResult<InferenceEngine> {
+        let max_batch_size = batching.max_batch_size.max(1);
+        let queue_capacity = batching.queue_capacity.max(1);
+        let (sender, receiver) = sync_channel::<QueuedRequest>(queue_capacity);
+        let (loaded_sender, loaded_receiver) = oneshot::channel::<Result<(), String>>();
+        let thread_label = label.clone();
+        let max_queue_delay = batching.max_queue_delay;
+        std::thread::Builder::new()
+            .name(format!("inference-{label}"))
+            .spawn(move || {
+                let model = match std::panic::catch_unwind(AssertUnwindSafe(load_model)) {
+                    Ok(Ok(model)) => model,
+                    Ok(Err(load_error)) => {
+                        let _ = loaded_sender.send(Err(load_error.to_string()));
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = loaded_sender.send(Err("the model loader panicked".to_string()));
+                        return;
+                    }
+                };
+                if model.num_classes() != num_classes {
+                    let _ = loaded_sender.send(Err(format!(
+                        "the network has {} outputs, the model has {num_classes} classes",
+                        model.num_classes()
+                    )));
+                    return;
+                }
+                let _ = loaded_sender.send(Ok(()));
+                let batcher = Batcher { model, label: thread_label, max_batch_size, max_queue_delay, batch_size_histogram };
+                batcher.run(receiver);
+            })
+            .map_err(|spawn_error| ServeError::ModelLoad {
+                model: label.clone(),
+                reason: format!("cannot start the inference thread: {spawn_error}"),
+            })?;
+        match loaded_receiver.await {
+            Ok(Ok(())) => {
+                info!(model = %label, max_batch_size, "model loaded");
+                Ok(InferenceEngine { label, num_classes, queue_capacity, sender })
+            }
+            Ok(Err(reason)) => Err(ServeError::ModelLoad { model: label, reason }),
+            Err(_) => Err(ServeError::ModelLoad { model: label, reason: "the inference thread ended".to_string() }),
+        }
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// Softmax probabilities (`image_count * num_classes`) of `images` (`image_count * IMAGE_LEN` bytes),
+    /// computed in whatever batch the queue forms.
+    pub async fn predict(&self, images: Vec<u8>, image_count: usize) -> ServeResult<Vec<f32>> {
+        if image_count == 0 || images.len() != image_count * IMAGE_LEN {
+            return Err(ServeError::Internal(format!(
+                "{} bytes for {image_count} images (expected {IMAGE_LEN} per image)",
+                images.len()
+            )));
+        }
+        let (respond, response) = oneshot::channel();
+        let request = QueuedRequest { images, image_count, queued_at: Instant::now(), respond };
+        match self.sender.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(ServeError::Overloaded { model: self.label.clone(), capacity: self.queue_capacity });
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(ServeError::Internal(format!("the inference thread of {} has stopped", self.label)));
+            }
+        }
+        match response.await {
+            Ok(Ok(probabilities)) => Ok(probabilities),
+            Ok(Err(reason)) => Err(ServeError::Inference { model: self.label.clone(), reason }),
+            Err(_) => Err(ServeError::Internal(format!("the inference thread of {} dropped a request", self.label))),
+        }
+    }
+}
+
+/// The inference thread's state.
+struct Batcher {
+    model: InferenceModel,
+    label: String,
+    max_batch_size: usize,
+    max_queue_delay: Duration,
+    batch_size_histogram: Histogram,
+}
+
+impl Batcher {
+    fn run(self, receiver: Receiver<QueuedRequest>) {
+        let mut carried_over: Option<QueuedRequest> = None;
+        loop {
+            let oldest = match carried_over.take() {
+                Some(request) => request,
+                None => match receiver.recv() {
+                    Ok(request) => request,
+                    Err(_) => break,
+                },
+            };
+            let deadline = oldest.queued_at + self.max_queue_delay;
+            let mut image_total = oldest.image_count;
+            let mut batch = vec![oldest];
+            while image_total < self.max_batch_size {
+                let now = Instant::now();
+                let next = if now >= deadline {
+                    receiver.try_recv().ok()
+                } else {
+                    match receiver.recv_timeout(deadline - now) {
+                        Ok(request) => Some(request),
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+                    }
+                };
+                let Some(next) = next else { break };
+                if image_total + next.image_count > self.max_batch_size {
+                    carried_over = Some(next);
+                    break;
+                }
+                image_total += next.image_count;
+                batch.push(next);
+            }
+            self.run_batch(batch, image_total);
+        }
+        info!(model = %self.label, "inference thread stopped");
+    }
+
+    fn run_batch(&self, mut batch: Vec<QueuedRequest>, image_total: usize) {
+        self.batch_size_histogram.observe(image_total as f64);
+        let started = Instant::now();
+        let images: Vec<u8> = if batch.len() == 1 {
+            std::mem::take(&mut batch[0].images)
+        } else {
+            let mut concatenated = Vec::with_capacity(image_total * IMAGE_LEN);
+            for request in &batch {
+                concatenated.extend_from_slice(&request.images);
+            }
+            concatenated
+        };
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.model.predict_probabilities(&images, image_total)
+        }));
+        let probabilities = match outcome {
+            Ok(Ok(probabilities)) => probabilities,
+            Ok(Err(predict_error)) => {
+                error!(model = %self.label, %predict_error, "forward pass failed");
+                return answer_all(batch, &predict_error.to_string());
+            }
+            Err(_) => {
+                error!(model = %self.label, "forward pass panicked");
+                return answer_all(batch, "the forward pass panicked");
+            }
+        };
+        let num_classes = self.model.num_classes();
+        debug!(model = %self.label, requests = batch.len(), images = image_total, elapsed = ?started.elapsed(), "batch done");
+        let mut rows = probabilities.chunks_exact(num_classes);
+        for request in batch {
+            let request_rows: Vec<f32> = rows.by_ref().take(request.image_count).flatten().copied().collect();
+            // The client may have gone away (cancelled call): nothing to answer then.
+            let _ = request.respond.send(Ok(request_rows));
+        }
+    }
+}
+
+fn answer_all(batch: Vec<QueuedRequest>, reason: &str) {
+    for request in batch {
+        let _ = request.respond.send(Err(reason.to_string()));
+    }
+}

@@ -1,0 +1,109 @@
+//! Prometheus metrics of the inference service and the `/metrics` HTTP endpoint.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub method: &'static str,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+/// Every metric the service records; clones share the same series.
+#[derive(Clone, Debug)]
+pub struct ServeMetrics {
+    registry: Arc<Registry>,
+    pub requests: Family<MethodLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub images: Counter,
+    pub image_errors: Counter,
+    pub latency_seconds: Histogram,
+    pub batch_size: Histogram,
+    pub loaded_model_version: Family<ModelLabels, Gauge>,
+}
+
+impl Default for ServeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServeMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("plankton_serve");
+        let requests = Family::<MethodLabels, Counter>::default();
+        registry.register("requests", "gRPC prediction requests received", requests.clone());
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("errors", "Requests answered with an error status, by gRPC code", errors.clone());
+        let images = Counter::default();
+        registry.register("images", "Images received for classification", images.clone());
+        let image_errors = Counter::default();
+        registry.register("image_errors", "Images refused (not decodable, too large, ...)", image_errors.clone());
+        // 0.5 ms .. ~8 s.
+        let latency_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
+        registry.register("request_latency_seconds", "Time to answer one Predict request", latency_seconds.clone());
+        // 1, 2, 4, ... 512 images.
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register("batch_size", "Images per forward pass", batch_size.clone());
+        let loaded_model_version = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "loaded_model_version",
+            "Version of the default model currently serving",
+            loaded_model_version.clone(),
+        );
+        ServeMetrics {
+            registry: Arc::new(registry),
+            requests,
+            errors,
+            images,
+            image_errors,
+            latency_seconds,
+            batch_size,
+            loaded_model_version,
+        }
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode_text(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
+pub async fn serve_metrics(metrics: ServeMetrics, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    metrics.encode_text(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
