@@ -14,9 +14,19 @@ use crate::wire::{read_frame, write_frame};
 /// Version carried in `PeerHello.protocol_version`; bumped when the data path changes.
 pub(crate) const PEER_PROTOCOL_VERSION: u32 = 1;
 
-/// Kernel socket buffer size requested on every ring connection (each direction), so a whole pipeline of
-/// chunks is in flight while the receiver reduces.
-const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+/// Socket buffer size forced on every ring connection (each direction) when
+/// `PLANKTON_RING_SOCKET_BUFFER_BYTES` is set; by default (0) Linux's automatic tuning sizes them, which grows
+/// them up to `net.ipv4.tcp_rmem`/`tcp_wmem` max (typically 4-32 MiB), larger than an explicit `SO_RCVBUF` may
+/// be (`net.core.rmem_max`), and measured faster on 64 MiB buffers (see bench/src/bin/allreduce_bench.rs).
+const DEFAULT_SOCKET_BUFFER_BYTES: usize = 0;
+
+fn socket_buffer_bytes() -> Option<usize> {
+    let configured = std::env::var("PLANKTON_RING_SOCKET_BUFFER_BYTES")
+        .ok()
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .unwrap_or(DEFAULT_SOCKET_BUFFER_BYTES);
+    (configured > 0).then_some(configured)
+}
 
 /// How long the accept loop sleeps when no connection is pending.
 const ACCEPT_POLL_INTERVAL: Duration = Duration::from_millis(2);
@@ -48,7 +58,9 @@ impl RingListener {
         socket.set_reuse_address(true).map_err(bind_error)?;
         // Accepted connections inherit the receive buffer; it must be set before listen() to affect the
         // window negotiated in the handshake. A refusal by the kernel only costs speed.
-        if let Err(buffer_error) = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
+        if let Some(buffer_bytes) = socket_buffer_bytes()
+            && let Err(buffer_error) = socket.set_recv_buffer_size(buffer_bytes)
+        {
             debug!(%buffer_error, "could not enlarge the listener's receive buffer");
         }
         socket.bind(&socket_address.into()).map_err(bind_error)?;
@@ -129,10 +141,13 @@ enum HelloOutcome {
 /// Sets the options every ring connection gets: no Nagle delay, big buffers.
 pub(crate) fn configure_stream(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
+    let Some(buffer_bytes) = socket_buffer_bytes() else {
+        return Ok(());
+    };
     let socket = SockRef::from(stream);
     if let Err(buffer_error) = socket
-        .set_send_buffer_size(SOCKET_BUFFER_BYTES)
-        .and_then(|()| socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES))
+        .set_send_buffer_size(buffer_bytes)
+        .and_then(|()| socket.set_recv_buffer_size(buffer_bytes))
     {
         debug!(%buffer_error, "could not enlarge a ring connection's socket buffers");
     }

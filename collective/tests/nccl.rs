@@ -68,3 +68,14 @@ fn nccl_all_reduce_on_two_gpus() {
     }
     run_ranks(2, 1_000_003);
 }
+
+/// Runs everywhere: without CUDA/NCCL (CI) creating a clique is an error naming nccl, never a panic.
+#[test]
+fn missing_cuda_or_nccl_is_an_error_not_a_panic() {
+    match new_unique_id() {
+        Ok(unique_id) => assert_eq!(unique_id.len(), plankton_collective::nccl::UNIQUE_ID_BYTES),
+        Err(error) => assert!(error.to_string().contains("nccl get_unique_id"), "{error}"),
+    }
+    let error = NcclAllReduce::new(&[0u8; 3], 0, 1, 0).expect_err("short id");
+    assert!(error.to_string().contains("128"), "{error}");
+}

@@ -210,7 +210,14 @@ impl WorkerControl for CoordinatorService {
     }
 
     async fn report_done(&self, request: Request<DoneReport>) -> Result<Response<Ack>, Status> {
-        self.state.record_done(request.into_inner())?;
+        let job_id = request.get_ref().job_id.clone();
+        if let Some(summary) = self.state.record_done(request.into_inner())? {
+            let job = self.state.get_job(&job_id)?;
+            if let Err(error) = complete_model_card(&job).await {
+                warn!(job_id, %error, "could not add the final metrics to the model card");
+            }
+            self.state.finish_job(&job_id, JobPhase::Succeeded, summary).or_else(crate::state::ignore_finished)?;
+        }
         Ok(Response::new(Ack {}))
     }
 }
@@ -230,4 +237,27 @@ impl ModelRegistryService for CoordinatorService {
         let request = request.into_inner();
         Ok(Response::new(self.state.registry.promote(&request.name, request.version, &request.alias)?))
     }
+}
+
+/// Writes the job's final metrics into `model-card.json` next to the weights (rank 0 wrote it without them).
+async fn complete_model_card(job: &Job) -> anyhow::Result<()> {
+    let Some((folder, _weights_file)) = job.model_url.rsplit_once('/') else { return Ok(()) };
+    let Some(last) = job.epochs.last() else { return Ok(()) };
+    let location = plankton_dataset::open_location(folder)?;
+    let mut card: serde_json::Value = serde_json::from_slice(&location.get_bytes("model-card.json").await?)?;
+    card["metrics"] = serde_json::json!({
+        "epoch": last.epoch,
+        "accuracy": last.accuracy,
+        "macro_f1": last.macro_f1,
+        "weighted_f1": last.weighted_f1,
+        "balanced_accuracy": last.balanced_accuracy,
+        "test_loss": last.test_loss,
+        "per_class": last.per_class.iter().map(|class| serde_json::json!({
+            "class": class.class_name, "precision": class.precision, "recall": class.recall, "f1": class.f1, "support": class.support,
+        })).collect::<Vec<_>>(),
+        "test_objects": job.test_objects,
+        "train_objects": job.train_objects,
+    });
+    location.put_bytes("model-card.json", serde_json::to_vec_pretty(&card)?.into()).await?;
+    Ok(())
 }

@@ -408,8 +408,9 @@ impl ClusterState {
         Ok(())
     }
 
-    /// A rank finished (or failed). The job succeeds when every rank succeeded, and fails at the first failure.
-    pub fn record_done(&self, report: DoneReport) -> CoordinatorResult<()> {
+    /// A rank finished (or failed). Fails the job at the first failure; returns `Some(summary)` when every rank
+    /// succeeded, for the caller to complete the model card and then call [`Self::finish_job`].
+    pub fn record_done(&self, report: DoneReport) -> CoordinatorResult<Option<String>> {
         let job_id = report.job_id.clone();
         enum Outcome {
             Wait,
@@ -447,11 +448,12 @@ impl ClusterState {
             Outcome::Wait
         })?;
         match outcome {
-            Outcome::Wait => Ok(()),
-            Outcome::Succeeded(summary) => self.finish_job(&job_id, JobPhase::Succeeded, summary).or_else(ignore_finished),
+            Outcome::Wait => Ok(None),
+            Outcome::Succeeded(summary) => Ok(Some(summary)),
             Outcome::Failed(message) => {
                 let message = self.name_peers(&job_id, &message);
-                self.finish_job(&job_id, JobPhase::Failed, message).or_else(ignore_finished)
+                self.finish_job(&job_id, JobPhase::Failed, message).or_else(ignore_finished)?;
+                Ok(None)
             }
         }
     }
@@ -524,7 +526,7 @@ impl ClusterState {
     }
 }
 
-fn ignore_finished(error: CoordinatorError) -> CoordinatorResult<()> {
+pub fn ignore_finished(error: CoordinatorError) -> CoordinatorResult<()> {
     match error {
         CoordinatorError::JobFinished { .. } => Ok(()),
         other => Err(other),

@@ -5,12 +5,24 @@ use plankton_dataset::stats::{ClassCount, summarize_sizes};
 use plankton_dataset::{DatasetStats, ReadSummary, write_plots};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out_dir = std::env::args().nth(1).unwrap_or_else(|| "plots".to_string());
-    let mut class_counts: Vec<ClassCount> =
-        REFERENCE_CLASS_COUNTS.iter().map(|(name, count)| ClassCount { name: name.to_string(), count: *count }).collect();
-    class_counts.push(ClassCount { name: UNLABELED_CLASS.to_string(), count: REFERENCE_UNLABELED });
-    class_counts.sort_by(|left, right| right.count.cmp(&left.count));
-    let image_sizes: Vec<(u32, u32)> = (0..5_000u32).map(|index| (2 + (index * 7919) % 970, 2 + (index * 104_729) % 737)).collect();
+    let out_dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "plots".to_string());
+    let mut class_counts: Vec<ClassCount> = REFERENCE_CLASS_COUNTS
+        .iter()
+        .map(|(name, count)| ClassCount {
+            name: name.to_string(),
+            count: *count,
+        })
+        .collect();
+    class_counts.push(ClassCount {
+        name: UNLABELED_CLASS.to_string(),
+        count: REFERENCE_UNLABELED,
+    });
+    class_counts.sort_by_key(|class| std::cmp::Reverse(class.count));
+    let image_sizes: Vec<(u32, u32)> = (0..5_000u32)
+        .map(|index| (2 + (index * 7919) % 970, 2 + (index * 104_729) % 737))
+        .collect();
     let stats = DatasetStats {
         url: "reference".to_string(),
         objects: class_counts.iter().map(|class| class.count).sum(),

@@ -13,8 +13,15 @@ pub enum ImageHeaderError {
     CorruptHeader(String),
     #[error("truncated JPEG (no EOI marker at the end of {length} bytes)")]
     Truncated { length: usize },
-    #[error("image of {width}x{height} px exceeds the limit of {max_side} px a side or {max_pixels} pixels")]
-    TooLarge { width: u32, height: u32, max_side: u32, max_pixels: u64 },
+    #[error(
+        "image of {width}x{height} px exceeds the limit of {max_side} px a side or {max_pixels} pixels"
+    )]
+    TooLarge {
+        width: u32,
+        height: u32,
+        max_side: u32,
+        max_pixels: u64,
+    },
 }
 
 /// Errors of the dataset layer.
@@ -23,27 +30,42 @@ pub enum DatasetError {
     #[error("invalid dataset location '{url}': {reason}")]
     InvalidLocation { url: String, reason: String },
     #[error("cannot open object store for '{url}': {source}")]
-    OpenStore { url: String, source: object_store::Error },
+    OpenStore {
+        url: String,
+        source: object_store::Error,
+    },
     #[error("object not found: {object}")]
     NotFound { object: String },
     #[error("object store error on {object}: {source}")]
-    Store { object: String, source: object_store::Error },
+    Store {
+        object: String,
+        source: object_store::Error,
+    },
     #[error("cannot read CSV {object}: {reason}")]
     Csv { object: String, reason: String },
     #[error("{object} has no column '{column}'")]
     MissingColumn { object: String, column: String },
     #[error("cannot decompress {object}: {source}")]
-    Decompress { object: String, source: std::io::Error },
+    Decompress {
+        object: String,
+        source: std::io::Error,
+    },
     #[error("bad zip archive {object}: {reason}")]
     Zip { object: String, reason: String },
     #[error("image for objid {objid} not found: {object}")]
     ImageNotFound { objid: i64, object: String },
     #[error("bad image {object}: {source}")]
-    BadImage { object: String, source: ImageHeaderError },
+    BadImage {
+        object: String,
+        source: ImageHeaderError,
+    },
     #[error("bad label encoding: {reason}")]
     LabelEncoding { reason: String },
     #[error("i/o error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot draw plot {path}: {reason}")]
     Plot { path: PathBuf, reason: String },
     #[error("background task failed while reading {object}: {reason}")]
@@ -56,12 +78,18 @@ impl DatasetError {
         let object = object.into();
         match source {
             object_store::Error::NotFound { .. } => DatasetError::NotFound { object },
-            other => DatasetError::Store { object, source: other },
+            other => DatasetError::Store {
+                object,
+                source: other,
+            },
         }
     }
 
     /// True when the error says an object does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, DatasetError::NotFound { .. } | DatasetError::ImageNotFound { .. })
+        matches!(
+            self,
+            DatasetError::NotFound { .. } | DatasetError::ImageNotFound { .. }
+        )
     }
 }

@@ -21,7 +21,10 @@ pub struct FeatureTable {
 impl FeatureTable {
     /// True when the columns are exactly the 64 native features in the reference order.
     pub fn has_native_columns(&self) -> bool {
-        self.columns.iter().map(String::as_str).eq(NATIVE_FEATURE_COLUMNS.iter().copied())
+        self.columns
+            .iter()
+            .map(String::as_str)
+            .eq(NATIVE_FEATURE_COLUMNS.iter().copied())
     }
 }
 
@@ -33,7 +36,10 @@ pub async fn read_features(location: &StoreLocation) -> Result<FeatureTable, Dat
             Ok(bytes) => (FEATURES_GZ_FILE, bytes),
             Err(DatasetError::NotFound { .. }) => {
                 return Err(DatasetError::NotFound {
-                    object: format!("{} (nor {FEATURES_GZ_FILE})", location.object_url(FEATURES_FILE)),
+                    object: format!(
+                        "{} (nor {FEATURES_GZ_FILE})",
+                        location.object_url(FEATURES_FILE)
+                    ),
                 });
             }
             Err(other) => return Err(other),
@@ -47,7 +53,10 @@ pub async fn read_features(location: &StoreLocation) -> Result<FeatureTable, Dat
             let mut decompressed = Vec::with_capacity(raw_bytes.len() * 4);
             flate2::read::MultiGzDecoder::new(&raw_bytes[..])
                 .read_to_end(&mut decompressed)
-                .map_err(|source| DatasetError::Decompress { object: task_object.clone(), source })?;
+                .map_err(|source| DatasetError::Decompress {
+                    object: task_object.clone(),
+                    source,
+                })?;
             decompressed
         } else {
             raw_bytes.to_vec()
@@ -55,7 +64,10 @@ pub async fn read_features(location: &StoreLocation) -> Result<FeatureTable, Dat
         parse_features_csv(file_name, &csv_bytes)
     })
     .await
-    .map_err(|error| DatasetError::Task { object: object_url.clone(), reason: error.to_string() })??;
+    .map_err(|error| DatasetError::Task {
+        object: object_url.clone(),
+        reason: error.to_string(),
+    })??;
     if !table.has_native_columns() {
         tracing::warn!(object = %object_url, columns = table.columns.len(), "feature columns differ from the native 64 in reference order");
     }
@@ -65,20 +77,36 @@ pub async fn read_features(location: &StoreLocation) -> Result<FeatureTable, Dat
 
 /// Parses feature CSV bytes; `file_name` names it in locations (`features_native.csv:LINE`).
 pub fn parse_features_csv(file_name: &str, bytes: &[u8]) -> Result<FeatureTable, DatasetError> {
-    let mut reader = csv::ReaderBuilder::new().flexible(true).has_headers(true).from_reader(bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(true)
+        .from_reader(bytes);
     let header = reader
         .byte_headers()
-        .map_err(|error| DatasetError::Csv { object: file_name.to_string(), reason: format!("bad header: {error}") })?
+        .map_err(|error| DatasetError::Csv {
+            object: file_name.to_string(),
+            reason: format!("bad header: {error}"),
+        })?
         .clone();
-    let header_names: Vec<String> =
-        header.iter().map(|name| String::from_utf8_lossy(name).trim().to_string()).collect();
+    let header_names: Vec<String> = header
+        .iter()
+        .map(|name| String::from_utf8_lossy(name).trim().to_string())
+        .collect();
     let objid_column = header_names
         .iter()
         .position(|name| name == "objid")
-        .ok_or_else(|| DatasetError::MissingColumn { object: file_name.to_string(), column: "objid".to_string() })?;
-    let feature_columns: Vec<usize> = (0..header_names.len()).filter(|index| *index != objid_column).collect();
+        .ok_or_else(|| DatasetError::MissingColumn {
+            object: file_name.to_string(),
+            column: "objid".to_string(),
+        })?;
+    let feature_columns: Vec<usize> = (0..header_names.len())
+        .filter(|index| *index != objid_column)
+        .collect();
     let mut table = FeatureTable {
-        columns: feature_columns.iter().map(|index| header_names[*index].clone()).collect(),
+        columns: feature_columns
+            .iter()
+            .map(|index| header_names[*index].clone())
+            .collect(),
         ..FeatureTable::default()
     };
     let mut seen_objids = HashSet::new();
@@ -91,7 +119,10 @@ pub fn parse_features_csv(file_name: &str, bytes: &[u8]) -> Result<FeatureTable,
             Err(error) => {
                 table.summary.rows_read += 1;
                 let error_line = error.position().map_or(line, |position| position.line());
-                table.summary.skip(format!("{file_name}:{error_line}"), format!("unreadable row: {error}"));
+                table.summary.skip(
+                    format!("{file_name}:{error_line}"),
+                    format!("unreadable row: {error}"),
+                );
                 continue;
             }
         }
@@ -99,16 +130,29 @@ pub fn parse_features_csv(file_name: &str, bytes: &[u8]) -> Result<FeatureTable,
         let line = record.position().map_or(line, |position| position.line());
         let location = format!("{file_name}:{line}");
         if record.len() != header_names.len() {
-            table.summary.skip(location, format!("expected {} fields, found {}", header_names.len(), record.len()));
+            table.summary.skip(
+                location,
+                format!(
+                    "expected {} fields, found {}",
+                    header_names.len(),
+                    record.len()
+                ),
+            );
             continue;
         }
-        let objid_text = String::from_utf8_lossy(&record[objid_column]).trim().to_string();
+        let objid_text = String::from_utf8_lossy(&record[objid_column])
+            .trim()
+            .to_string();
         let Ok(objid) = objid_text.parse::<i64>() else {
-            table.summary.skip(location, format!("objid '{objid_text}' is not an integer"));
+            table
+                .summary
+                .skip(location, format!("objid '{objid_text}' is not an integer"));
             continue;
         };
         if !seen_objids.insert(objid) {
-            table.summary.skip(location, format!("duplicate objid {objid}"));
+            table
+                .summary
+                .skip(location, format!("duplicate objid {objid}"));
             continue;
         }
         let mut values = Vec::with_capacity(feature_columns.len());
@@ -123,7 +167,10 @@ pub fn parse_features_csv(file_name: &str, bytes: &[u8]) -> Result<FeatureTable,
                 Ok(value) if value.is_finite() => values.push(Some(value)),
                 _ => {
                     let column_name = &table.columns[feature_position];
-                    table.summary.invalid_value(location.clone(), format!("column '{column_name}': invalid value '{}'", cell.trim()));
+                    table.summary.invalid_value(
+                        location.clone(),
+                        format!("column '{column_name}': invalid value '{}'", cell.trim()),
+                    );
                     values.push(None);
                 }
             }

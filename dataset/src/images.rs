@@ -49,12 +49,18 @@ pub async fn open_image_source(location: &StoreLocation) -> Result<ImageSource, 
 }
 
 /// Fetches the JPEG bytes of `objid`; a missing image is [`DatasetError::ImageNotFound`].
-pub async fn fetch_image(location: &StoreLocation, source: &ImageSource, objid: i64) -> Result<Bytes, DatasetError> {
+pub async fn fetch_image(
+    location: &StoreLocation,
+    source: &ImageSource,
+    objid: i64,
+) -> Result<Bytes, DatasetError> {
     match source {
         ImageSource::Directory => {
             let relative = image_path(objid);
             match location.get_bytes(&relative).await {
-                Err(DatasetError::NotFound { object }) => Err(DatasetError::ImageNotFound { objid, object }),
+                Err(DatasetError::NotFound { object }) => {
+                    Err(DatasetError::ImageNotFound { objid, object })
+                }
                 other => other,
             }
         }
@@ -81,7 +87,10 @@ pub fn fetch_images(
 }
 
 /// Objids of every image present (sorted), to find images present but not listed in `meta.csv`.
-pub async fn list_image_objids(location: &StoreLocation, source: &ImageSource) -> Result<Vec<i64>, DatasetError> {
+pub async fn list_image_objids(
+    location: &StoreLocation,
+    source: &ImageSource,
+) -> Result<Vec<i64>, DatasetError> {
     match source {
         ImageSource::Zip(index) => Ok(index.objids()),
         ImageSource::Directory => {
@@ -91,12 +100,16 @@ pub async fn list_image_objids(location: &StoreLocation, source: &ImageSource) -
                 .list(Some(&images_prefix))
                 .try_collect()
                 .await
-                .map_err(|source| DatasetError::from_store(location.object_url(IMAGES_DIR), source))?;
+                .map_err(|source| {
+                    DatasetError::from_store(location.object_url(IMAGES_DIR), source)
+                })?;
             let mut objids = Vec::with_capacity(objects.len());
             for object in objects {
                 match object.location.filename().and_then(objid_of_image_name) {
                     Some(objid) => objids.push(objid),
-                    None => tracing::debug!(object = %object.location, "ignoring non-image object in imgs/"),
+                    None => {
+                        tracing::debug!(object = %object.location, "ignoring non-image object in imgs/")
+                    }
                 }
             }
             objids.sort_unstable();
@@ -117,21 +130,38 @@ pub fn check_image_header(bytes: &[u8]) -> Result<(u32, u32), ImageHeaderError> 
         return Err(ImageHeaderError::NotJpeg);
     }
     // Let the decoder report any size the format allows; the limits are applied below.
-    let options = zune_core::options::DecoderOptions::default().set_max_width(usize::from(u16::MAX)).set_max_height(usize::from(u16::MAX));
+    let options = zune_core::options::DecoderOptions::default()
+        .set_max_width(usize::from(u16::MAX))
+        .set_max_height(usize::from(u16::MAX));
     let mut decoder = zune_jpeg::JpegDecoder::new_with_options(bytes, options);
-    decoder.decode_headers().map_err(|error| ImageHeaderError::CorruptHeader(format!("{error:?}")))?;
-    let (width, height) =
-        decoder.dimensions().ok_or_else(|| ImageHeaderError::CorruptHeader("no frame header".to_string()))?;
+    decoder
+        .decode_headers()
+        .map_err(|error| ImageHeaderError::CorruptHeader(format!("{error:?}")))?;
+    let (width, height) = decoder
+        .dimensions()
+        .ok_or_else(|| ImageHeaderError::CorruptHeader("no frame header".to_string()))?;
     let width = u32::try_from(width).unwrap_or(u32::MAX);
     let height = u32::try_from(height).unwrap_or(u32::MAX);
     if width == 0 || height == 0 {
-        return Err(ImageHeaderError::CorruptHeader(format!("zero dimension {width}x{height}")));
+        return Err(ImageHeaderError::CorruptHeader(format!(
+            "zero dimension {width}x{height}"
+        )));
     }
-    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
-        return Err(ImageHeaderError::TooLarge { width, height, max_side: MAX_IMAGE_SIDE, max_pixels: MAX_IMAGE_PIXELS });
+    if width > MAX_IMAGE_SIDE
+        || height > MAX_IMAGE_SIDE
+        || u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS
+    {
+        return Err(ImageHeaderError::TooLarge {
+            width,
+            height,
+            max_side: MAX_IMAGE_SIDE,
+            max_pixels: MAX_IMAGE_PIXELS,
+        });
     }
     if !ends_with_end_of_image(bytes) {
-        return Err(ImageHeaderError::Truncated { length: bytes.len() });
+        return Err(ImageHeaderError::Truncated {
+            length: bytes.len(),
+        });
     }
     Ok((width, height))
 }

@@ -47,10 +47,19 @@ pub async fn read_meta(location: &StoreLocation) -> Result<MetaTable, DatasetErr
     let task_object = object_url.clone();
     let table = tokio::task::spawn_blocking(move || parse_meta_csv(META_FILE, &bytes))
         .await
-        .map_err(|error| DatasetError::Task { object: task_object, reason: error.to_string() })?
+        .map_err(|error| DatasetError::Task {
+            object: task_object,
+            reason: error.to_string(),
+        })?
         .map_err(|error| match error {
-            DatasetError::Csv { reason, .. } => DatasetError::Csv { object: object_url.clone(), reason },
-            DatasetError::MissingColumn { column, .. } => DatasetError::MissingColumn { object: object_url.clone(), column },
+            DatasetError::Csv { reason, .. } => DatasetError::Csv {
+                object: object_url.clone(),
+                reason,
+            },
+            DatasetError::MissingColumn { column, .. } => DatasetError::MissingColumn {
+                object: object_url.clone(),
+                column,
+            },
             other => other,
         })?;
     table.summary.log(&object_url);
@@ -65,26 +74,54 @@ pub(crate) fn is_missing_cell(cell: &str) -> bool {
 
 /// Parses the bytes of a `meta.csv`; `file_name` names it in skipped-row locations (`meta.csv:LINE`).
 pub fn parse_meta_csv(file_name: &str, bytes: &[u8]) -> Result<MetaTable, DatasetError> {
-    let mut reader = csv::ReaderBuilder::new().flexible(true).has_headers(true).from_reader(bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(true)
+        .from_reader(bytes);
     let header = reader
         .byte_headers()
-        .map_err(|error| DatasetError::Csv { object: file_name.to_string(), reason: format!("bad header: {error}") })?
+        .map_err(|error| DatasetError::Csv {
+            object: file_name.to_string(),
+            reason: format!("bad header: {error}"),
+        })?
         .clone();
-    let header_names: Vec<String> =
-        header.iter().map(|name| String::from_utf8_lossy(name).trim().to_string()).collect();
-    let column_index = |name: &str| header_names.iter().position(|header_name| header_name == name);
+    let header_names: Vec<String> = header
+        .iter()
+        .map(|name| String::from_utf8_lossy(name).trim().to_string())
+        .collect();
+    let column_index = |name: &str| {
+        header_names
+            .iter()
+            .position(|header_name| header_name == name)
+    };
     let required_column = |name: &str| {
-        column_index(name).ok_or_else(|| DatasetError::MissingColumn { object: file_name.to_string(), column: name.to_string() })
+        column_index(name).ok_or_else(|| DatasetError::MissingColumn {
+            object: file_name.to_string(),
+            column: name.to_string(),
+        })
     };
     let objid_column = required_column("objid")?;
     let level2_column = required_column("level2")?;
     let optional_columns: [Option<usize>; 12] = [
-        "projid", "id", "status", "latitude", "longitude", "objdate", "objtime", "depth_min", "depth_max",
-        "unique_name", "lineage", "level1",
+        "projid",
+        "id",
+        "status",
+        "latitude",
+        "longitude",
+        "objdate",
+        "objtime",
+        "depth_min",
+        "depth_max",
+        "unique_name",
+        "lineage",
+        "level1",
     ]
     .map(column_index);
 
-    let reference_classes: HashSet<&str> = REFERENCE_CLASS_COUNTS.iter().map(|(name, _)| *name).collect();
+    let reference_classes: HashSet<&str> = REFERENCE_CLASS_COUNTS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
     let mut table = MetaTable::default();
     let mut seen_objids = HashSet::new();
     let mut record = csv::ByteRecord::new();
@@ -96,7 +133,10 @@ pub fn parse_meta_csv(file_name: &str, bytes: &[u8]) -> Result<MetaTable, Datase
             Err(error) => {
                 table.summary.rows_read += 1;
                 let error_line = error.position().map_or(line, |position| position.line());
-                table.summary.skip(format!("{file_name}:{error_line}"), format!("unreadable row: {error}"));
+                table.summary.skip(
+                    format!("{file_name}:{error_line}"),
+                    format!("unreadable row: {error}"),
+                );
                 continue;
             }
         }
@@ -104,23 +144,40 @@ pub fn parse_meta_csv(file_name: &str, bytes: &[u8]) -> Result<MetaTable, Datase
         let line = record.position().map_or(line, |position| position.line());
         let location = format!("{file_name}:{line}");
         if record.len() != header_names.len() {
-            table.summary.skip(location, format!("expected {} fields, found {}", header_names.len(), record.len()));
+            table.summary.skip(
+                location,
+                format!(
+                    "expected {} fields, found {}",
+                    header_names.len(),
+                    record.len()
+                ),
+            );
             continue;
         }
-        let fields: Vec<&str> = match record.iter().map(std::str::from_utf8).collect::<Result<_, _>>() {
+        let fields: Vec<&str> = match record
+            .iter()
+            .map(std::str::from_utf8)
+            .collect::<Result<_, _>>()
+        {
             Ok(fields) => fields,
             Err(error) => {
-                table.summary.skip(location, format!("invalid UTF-8: {error}"));
+                table
+                    .summary
+                    .skip(location, format!("invalid UTF-8: {error}"));
                 continue;
             }
         };
         let objid_text = fields[objid_column].trim();
         let Ok(objid) = objid_text.parse::<i64>() else {
-            table.summary.skip(location, format!("objid '{objid_text}' is not an integer"));
+            table
+                .summary
+                .skip(location, format!("objid '{objid_text}' is not an integer"));
             continue;
         };
         if !seen_objids.insert(objid) {
-            table.summary.skip(location, format!("duplicate objid {objid}"));
+            table
+                .summary
+                .skip(location, format!("duplicate objid {objid}"));
             continue;
         }
         let level2_text = fields[level2_column].trim();
@@ -129,7 +186,10 @@ pub fn parse_meta_csv(file_name: &str, bytes: &[u8]) -> Result<MetaTable, Datase
             None
         } else {
             if !reference_classes.contains(level2_text) {
-                let count = table.unknown_classes.entry(level2_text.to_string()).or_insert(0);
+                let count = table
+                    .unknown_classes
+                    .entry(level2_text.to_string())
+                    .or_insert(0);
                 if *count == 0 {
                     tracing::warn!(location = %location, level2 = level2_text, "level2 is not a reference class; kept as its own class");
                 }
@@ -137,9 +197,25 @@ pub fn parse_meta_csv(file_name: &str, bytes: &[u8]) -> Result<MetaTable, Datase
             }
             Some(level2_text.to_string())
         };
-        let text_of = |column: Option<usize>| column.map(|index| fields[index].to_string()).unwrap_or_default();
-        let [projid, id, status, latitude, longitude, objdate, objtime, depth_min, depth_max, unique_name, lineage, level1] =
-            optional_columns.map(text_of);
+        let text_of = |column: Option<usize>| {
+            column
+                .map(|index| fields[index].to_string())
+                .unwrap_or_default()
+        };
+        let [
+            projid,
+            id,
+            status,
+            latitude,
+            longitude,
+            objdate,
+            objtime,
+            depth_min,
+            depth_max,
+            unique_name,
+            lineage,
+            level1,
+        ] = optional_columns.map(text_of);
         table.records.push(MetaRecord {
             objid,
             level2,

@@ -19,8 +19,17 @@ pub fn indices_by_label(labels: &[u32], num_classes: usize) -> Vec<Vec<usize>> {
 /// Splits indices of `labels` into (train, test), class by class: shuffle (ChaCha8 from `seed`) and take
 /// `round(n * test_fraction)` for test, keeping at least one test and one train object in every class of
 /// two or more when `0 < test_fraction < 1`. Both lists are sorted. Labels `>= num_classes` are left out.
-pub fn stratified_split(labels: &[u32], num_classes: usize, test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let test_fraction = if test_fraction.is_finite() { test_fraction.clamp(0.0, 1.0) } else { 0.0 };
+pub fn stratified_split(
+    labels: &[u32],
+    num_classes: usize,
+    test_fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    let test_fraction = if test_fraction.is_finite() {
+        test_fraction.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut train = Vec::with_capacity(labels.len());
     let mut test = Vec::with_capacity((labels.len() as f64 * test_fraction).ceil() as usize);
@@ -42,7 +51,12 @@ pub fn stratified_split(labels: &[u32], num_classes: usize, test_fraction: f64, 
 
 /// At most `max` indices of `labels`, proportionally per class but keeping every class (at least one
 /// each; when `max` is below the number of classes, the rarest classes get one). Sorted.
-pub fn stratified_subsample(labels: &[u32], num_classes: usize, max: usize, seed: u64) -> Vec<usize> {
+pub fn stratified_subsample(
+    labels: &[u32],
+    num_classes: usize,
+    max: usize,
+    seed: u64,
+) -> Vec<usize> {
     let groups = indices_by_label(labels, num_classes);
     let total: usize = groups.iter().map(Vec::len).sum();
     if max >= total {
@@ -51,7 +65,9 @@ pub fn stratified_subsample(labels: &[u32], num_classes: usize, max: usize, seed
         return all;
     }
     let mut quotas = vec![0usize; groups.len()];
-    let mut present: Vec<usize> = (0..groups.len()).filter(|class| !groups[*class].is_empty()).collect();
+    let mut present: Vec<usize> = (0..groups.len())
+        .filter(|class| !groups[*class].is_empty())
+        .collect();
     if max < present.len() {
         present.sort_by_key(|class| (groups[*class].len(), *class));
         for class in present.iter().take(max) {
@@ -62,7 +78,10 @@ pub fn stratified_subsample(labels: &[u32], num_classes: usize, max: usize, seed
             quotas[*class] = 1;
         }
         let remaining_budget = max - present.len();
-        let capacities: Vec<usize> = groups.iter().map(|group| group.len().saturating_sub(1)).collect();
+        let capacities: Vec<usize> = groups
+            .iter()
+            .map(|group| group.len().saturating_sub(1))
+            .collect();
         let total_capacity: usize = capacities.iter().sum();
         if total_capacity > 0 {
             let mut remainders = Vec::with_capacity(groups.len());
@@ -123,7 +142,9 @@ impl std::str::FromStr for ClassWeighting {
             "balanced" => Ok(ClassWeighting::Balanced),
             "none" => Ok(ClassWeighting::None),
             "sqrt" => Ok(ClassWeighting::Sqrt),
-            other => Err(format!("unknown class weighting '{other}' (balanced, none, sqrt)")),
+            other => Err(format!(
+                "unknown class weighting '{other}' (balanced, none, sqrt)"
+            )),
         }
     }
 }

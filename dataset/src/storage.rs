@@ -33,8 +33,13 @@ fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
 
 fn shared_memory_store(name: &str) -> Arc<InMemory> {
     // A poisoned lock only means another thread panicked while inserting; the map is still usable.
-    let mut stores = memory_stores().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    stores.entry(name.to_string()).or_insert_with(|| Arc::new(InMemory::new())).clone()
+    let mut stores = memory_stores()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    stores
+        .entry(name.to_string())
+        .or_insert_with(|| Arc::new(InMemory::new()))
+        .clone()
 }
 
 /// Opens `url`: a plain path or `file://` (directory created if missing), `s3://bucket/prefix`,
@@ -62,40 +67,76 @@ pub fn open_location(url: &str) -> Result<StoreLocation, DatasetError> {
         "memory" => {
             let name = parsed.host_str().unwrap_or_default();
             if name.is_empty() {
-                return Err(invalid(url, "memory URL needs a store name: memory://name/prefix"));
+                return Err(invalid(
+                    url,
+                    "memory URL needs a store name: memory://name/prefix",
+                ));
             }
-            Ok(StoreLocation { store: shared_memory_store(name), prefix, url: url_without_slash })
+            Ok(StoreLocation {
+                store: shared_memory_store(name),
+                prefix,
+                url: url_without_slash,
+            })
         }
         "s3" | "s3a" => {
             let bucket = bucket_of(url, &parsed)?;
             let store = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .build()
-                .map_err(|source| DatasetError::OpenStore { url: url.to_string(), source })?;
-            Ok(StoreLocation { store: Arc::new(store), prefix, url: url_without_slash })
+                .map_err(|source| DatasetError::OpenStore {
+                    url: url.to_string(),
+                    source,
+                })?;
+            Ok(StoreLocation {
+                store: Arc::new(store),
+                prefix,
+                url: url_without_slash,
+            })
         }
         "gs" => {
             let bucket = bucket_of(url, &parsed)?;
             let store = GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(bucket)
                 .build()
-                .map_err(|source| DatasetError::OpenStore { url: url.to_string(), source })?;
-            Ok(StoreLocation { store: Arc::new(store), prefix, url: url_without_slash })
+                .map_err(|source| DatasetError::OpenStore {
+                    url: url.to_string(),
+                    source,
+                })?;
+            Ok(StoreLocation {
+                store: Arc::new(store),
+                prefix,
+                url: url_without_slash,
+            })
         }
         "az" | "azure" | "abfs" | "abfss" => {
             let container = bucket_of(url, &parsed)?;
             let store = MicrosoftAzureBuilder::from_env()
                 .with_container_name(container)
                 .build()
-                .map_err(|source| DatasetError::OpenStore { url: url.to_string(), source })?;
-            Ok(StoreLocation { store: Arc::new(store), prefix, url: url_without_slash })
+                .map_err(|source| DatasetError::OpenStore {
+                    url: url.to_string(),
+                    source,
+                })?;
+            Ok(StoreLocation {
+                store: Arc::new(store),
+                prefix,
+                url: url_without_slash,
+            })
         }
-        other => Err(invalid(url, &format!("unsupported scheme '{other}' (use a path, file://, s3://, gs://, az:// or memory://)"))),
+        other => Err(invalid(
+            url,
+            &format!(
+                "unsupported scheme '{other}' (use a path, file://, s3://, gs://, az:// or memory://)"
+            ),
+        )),
     }
 }
 
 fn invalid(url: &str, reason: &str) -> DatasetError {
-    DatasetError::InvalidLocation { url: url.to_string(), reason: reason.to_string() }
+    DatasetError::InvalidLocation {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 fn bucket_of<'a>(url: &str, parsed: &'a url::Url) -> Result<&'a str, DatasetError> {
@@ -106,17 +147,30 @@ fn bucket_of<'a>(url: &str, parsed: &'a url::Url) -> Result<&'a str, DatasetErro
 }
 
 fn open_local_directory(url: &str, directory: PathBuf) -> Result<StoreLocation, DatasetError> {
-    std::fs::create_dir_all(&directory)
-        .map_err(|source| DatasetError::Io { path: directory.clone(), source })?;
+    std::fs::create_dir_all(&directory).map_err(|source| DatasetError::Io {
+        path: directory.clone(),
+        source,
+    })?;
     let canonical_directory = directory
         .canonicalize()
-        .map_err(|source| DatasetError::Io { path: directory.clone(), source })?;
-    let store = LocalFileSystem::new_with_prefix(&canonical_directory)
-        .map_err(|source| DatasetError::OpenStore { url: url.to_string(), source })?;
+        .map_err(|source| DatasetError::Io {
+            path: directory.clone(),
+            source,
+        })?;
+    let store = LocalFileSystem::new_with_prefix(&canonical_directory).map_err(|source| {
+        DatasetError::OpenStore {
+            url: url.to_string(),
+            source,
+        }
+    })?;
     let file_url = url::Url::from_directory_path(&canonical_directory)
         .map(|file_url| file_url.to_string().trim_end_matches('/').to_string())
         .unwrap_or_else(|()| url.to_string());
-    Ok(StoreLocation { store: Arc::new(store), prefix: Path::default(), url: file_url })
+    Ok(StoreLocation {
+        store: Arc::new(store),
+        prefix: Path::default(),
+        url: file_url,
+    })
 }
 
 impl StoreLocation {
@@ -130,12 +184,20 @@ impl StoreLocation {
 
     /// `relative` as a URL under this location, for messages.
     pub fn object_url(&self, relative: &str) -> String {
-        format!("{}/{}", self.url.trim_end_matches('/'), relative.trim_start_matches('/'))
+        format!(
+            "{}/{}",
+            self.url.trim_end_matches('/'),
+            relative.trim_start_matches('/')
+        )
     }
 
     /// A location for the sub-folder `relative` of this one, in the same store.
     pub fn sub_location(&self, relative: &str) -> StoreLocation {
-        StoreLocation { store: self.store.clone(), prefix: self.child(relative), url: self.object_url(relative) }
+        StoreLocation {
+            store: self.store.clone(),
+            prefix: self.child(relative),
+            url: self.object_url(relative),
+        }
     }
 
     /// Reads the whole object `relative`.
@@ -146,11 +208,18 @@ impl StoreLocation {
             .get(&path)
             .await
             .map_err(|source| DatasetError::from_store(self.object_url(relative), source))?;
-        result.bytes().await.map_err(|source| DatasetError::from_store(self.object_url(relative), source))
+        result
+            .bytes()
+            .await
+            .map_err(|source| DatasetError::from_store(self.object_url(relative), source))
     }
 
     /// Reads bytes `range` of the object `relative`.
-    pub async fn get_range(&self, relative: &str, range: std::ops::Range<u64>) -> Result<Bytes, DatasetError> {
+    pub async fn get_range(
+        &self,
+        relative: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, DatasetError> {
         self.store
             .get_range(&self.child(relative), range)
             .await

@@ -37,7 +37,10 @@ pub struct ReadSummary {
 impl ReadSummary {
     /// Records a dropped row or object and logs it (the first few at `warn`).
     pub fn skip(&mut self, location: impl Into<String>, reason: impl Into<String>) {
-        let item = SkippedItem { location: location.into(), reason: reason.into() };
+        let item = SkippedItem {
+            location: location.into(),
+            reason: reason.into(),
+        };
         if self.skipped.len() < WARN_LOG_LIMIT {
             tracing::warn!(location = %item.location, reason = %item.reason, "skipping bad input");
         } else {
@@ -48,7 +51,10 @@ impl ReadSummary {
 
     /// Records a value that was read as missing because it was invalid.
     pub fn invalid_value(&mut self, location: impl Into<String>, reason: impl Into<String>) {
-        let item = SkippedItem { location: location.into(), reason: reason.into() };
+        let item = SkippedItem {
+            location: location.into(),
+            reason: reason.into(),
+        };
         if self.invalid_values.len() < WARN_LOG_LIMIT {
             tracing::warn!(location = %item.location, reason = %item.reason, "invalid value read as missing");
         } else {

@@ -77,11 +77,13 @@ impl<'a> LittleEndianReader<'a> {
     }
 
     fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|slice| u16::from_le_bytes([slice[0], slice[1]]))
+        self.take(2)
+            .map(|slice| u16::from_le_bytes([slice[0], slice[1]]))
     }
 
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|slice| u32::from_le_bytes([slice[0], slice[1], slice[2], slice[3]]))
+        self.take(4)
+            .map(|slice| u32::from_le_bytes([slice[0], slice[1], slice[2], slice[3]]))
     }
 
     fn u64(&mut self) -> Option<u64> {
@@ -113,14 +115,18 @@ pub enum TailParse {
 /// Finds the end-of-central-directory record in `tail` (the last bytes of the archive).
 pub fn parse_archive_tail(tail: &[u8]) -> Result<TailParse, String> {
     if tail.len() < END_OF_CENTRAL_DIRECTORY_LEN {
-        return Err(format!("archive of {} bytes is too short to be a zip", tail.len()));
+        return Err(format!(
+            "archive of {} bytes is too short to be a zip",
+            tail.len()
+        ));
     }
     let signature = END_OF_CENTRAL_DIRECTORY_SIGNATURE.to_le_bytes();
     let end_record_position = (0..=tail.len() - END_OF_CENTRAL_DIRECTORY_LEN)
         .rev()
         .find(|&position| {
             tail[position..position + 4] == signature && {
-                let comment_length = u16::from_le_bytes([tail[position + 20], tail[position + 21]]) as usize;
+                let comment_length =
+                    u16::from_le_bytes([tail[position + 20], tail[position + 21]]) as usize;
                 position + END_OF_CENTRAL_DIRECTORY_LEN + comment_length <= tail.len()
             }
         })
@@ -140,11 +146,15 @@ pub fn parse_archive_tail(tail: &[u8]) -> Result<TailParse, String> {
         if locator.u32() == Some(ZIP64_LOCATOR_SIGNATURE) {
             let _disk = locator.u32().ok_or_else(truncated)?;
             let zip64_record_offset = locator.u64().ok_or_else(truncated)?;
-            return Ok(TailParse::NeedsZip64Record { zip64_record_offset });
+            return Ok(TailParse::NeedsZip64Record {
+                zip64_record_offset,
+            });
         }
     }
     if entries == 0xFFFF || size == 0xFFFF_FFFF || offset == 0xFFFF_FFFF {
-        return Err("archive needs ZIP64 but has no ZIP64 end-of-central-directory locator".to_string());
+        return Err(
+            "archive needs ZIP64 but has no ZIP64 end-of-central-directory locator".to_string(),
+        );
     }
     Ok(TailParse::Classic(CentralDirectoryLocation {
         entries: u64::from(entries),
@@ -170,7 +180,12 @@ pub fn parse_zip64_record(record: &[u8]) -> Result<CentralDirectoryLocation, Str
     let entries = reader.u64().ok_or_else(truncated)?;
     let size = reader.u64().ok_or_else(truncated)?;
     let offset = reader.u64().ok_or_else(truncated)?;
-    Ok(CentralDirectoryLocation { entries, size, offset, is_zip64: true })
+    Ok(CentralDirectoryLocation {
+        entries,
+        size,
+        offset,
+        is_zip64: true,
+    })
 }
 
 /// One raw central-directory entry.
@@ -186,15 +201,22 @@ pub struct CentralDirectoryEntry {
 }
 
 /// Parses `expected_entries` central-directory headers from `directory`, resolving ZIP64 extra fields.
-pub fn parse_central_directory(directory: &[u8], expected_entries: u64) -> Result<Vec<CentralDirectoryEntry>, String> {
-    let capacity = usize::try_from(expected_entries.min(directory.len() as u64 / CENTRAL_HEADER_LEN as u64)).unwrap_or(0);
+pub fn parse_central_directory(
+    directory: &[u8],
+    expected_entries: u64,
+) -> Result<Vec<CentralDirectoryEntry>, String> {
+    let capacity =
+        usize::try_from(expected_entries.min(directory.len() as u64 / CENTRAL_HEADER_LEN as u64))
+            .unwrap_or(0);
     let mut entries = Vec::with_capacity(capacity);
     let mut reader = LittleEndianReader::new(directory, 0);
     for entry_number in 0..expected_entries {
         let truncated = || format!("central directory truncated at entry {entry_number}");
         let signature = reader.u32().ok_or_else(truncated)?;
         if signature != CENTRAL_HEADER_SIGNATURE {
-            return Err(format!("bad central directory header signature at entry {entry_number}"));
+            return Err(format!(
+                "bad central directory header signature at entry {entry_number}"
+            ));
         }
         let _version_made_by = reader.u16().ok_or_else(truncated)?;
         let _version_needed = reader.u16().ok_or_else(truncated)?;
@@ -226,8 +248,12 @@ pub fn parse_central_directory(directory: &[u8], expected_entries: u64) -> Resul
         if needs_zip64 {
             let mut extra_reader = LittleEndianReader::new(extra, 0);
             let mut found = false;
-            while let (Some(field_id), Some(field_length)) = (extra_reader.u16(), extra_reader.u16()) {
-                let field = extra_reader.take(field_length as usize).ok_or_else(truncated)?;
+            while let (Some(field_id), Some(field_length)) =
+                (extra_reader.u16(), extra_reader.u16())
+            {
+                let field = extra_reader
+                    .take(field_length as usize)
+                    .ok_or_else(truncated)?;
                 if field_id != ZIP64_EXTRA_FIELD_ID {
                     continue;
                 }
@@ -246,7 +272,9 @@ pub fn parse_central_directory(directory: &[u8], expected_entries: u64) -> Resul
                 break;
             }
             if !found {
-                return Err(format!("entry {entry_number} needs a ZIP64 extra field but has none"));
+                return Err(format!(
+                    "entry {entry_number} needs a ZIP64 extra field but has none"
+                ));
             }
         }
         entries.push(CentralDirectoryEntry {
@@ -272,7 +300,11 @@ pub fn objid_of_image_name(name: &str) -> Option<i64> {
     if !(extension.eq_ignore_ascii_case("jpg") || extension.eq_ignore_ascii_case("jpeg")) {
         return None;
     }
-    if stem.is_empty() || !stem.bytes().all(|byte| byte.is_ascii_digit() || byte == b'-') {
+    if stem.is_empty()
+        || !stem
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || byte == b'-')
+    {
         return None;
     }
     stem.parse().ok()
@@ -280,20 +312,35 @@ pub fn objid_of_image_name(name: &str) -> Option<i64> {
 
 impl ZipIndex {
     /// Reads the end records and the central directory of the archive `relative_path` with ranged GETs.
-    pub async fn open(location: &StoreLocation, relative_path: &str) -> Result<ZipIndex, DatasetError> {
+    pub async fn open(
+        location: &StoreLocation,
+        relative_path: &str,
+    ) -> Result<ZipIndex, DatasetError> {
         let archive_url = location.object_url(relative_path);
-        let zip_error = |reason: String| DatasetError::Zip { object: archive_url.clone(), reason };
+        let zip_error = |reason: String| DatasetError::Zip {
+            object: archive_url.clone(),
+            reason,
+        };
         let archive_size = location.size_of(relative_path).await?;
-        let tail_length = archive_size.min((END_OF_CENTRAL_DIRECTORY_LEN + MAX_COMMENT_LEN + ZIP64_LOCATOR_LEN) as u64);
-        let tail = location.get_range(relative_path, archive_size - tail_length..archive_size).await?;
+        let tail_length = archive_size
+            .min((END_OF_CENTRAL_DIRECTORY_LEN + MAX_COMMENT_LEN + ZIP64_LOCATOR_LEN) as u64);
+        let tail = location
+            .get_range(relative_path, archive_size - tail_length..archive_size)
+            .await?;
         let directory_location = match parse_archive_tail(&tail).map_err(zip_error)? {
             TailParse::Classic(directory_location) => directory_location,
-            TailParse::NeedsZip64Record { zip64_record_offset } => {
+            TailParse::NeedsZip64Record {
+                zip64_record_offset,
+            } => {
                 let record_end = zip64_record_offset + ZIP64_END_OF_CENTRAL_DIRECTORY_LEN as u64;
                 if record_end > archive_size {
-                    return Err(zip_error(format!("ZIP64 record offset {zip64_record_offset} is past the end")));
+                    return Err(zip_error(format!(
+                        "ZIP64 record offset {zip64_record_offset} is past the end"
+                    )));
                 }
-                let record = location.get_range(relative_path, zip64_record_offset..record_end).await?;
+                let record = location
+                    .get_range(relative_path, zip64_record_offset..record_end)
+                    .await?;
                 parse_zip64_record(&record).map_err(zip_error)?
             }
         };
@@ -301,18 +348,30 @@ impl ZipIndex {
             .offset
             .checked_add(directory_location.size)
             .filter(|end| *end <= archive_size)
-            .ok_or_else(|| zip_error("central directory lies past the end of the archive".to_string()))?;
+            .ok_or_else(|| {
+                zip_error("central directory lies past the end of the archive".to_string())
+            })?;
         let directory = if directory_location.size == 0 {
             Bytes::new()
         } else {
-            location.get_range(relative_path, directory_location.offset..directory_end).await?
+            location
+                .get_range(relative_path, directory_location.offset..directory_end)
+                .await?
         };
         let entries_expected = directory_location.entries;
-        let entries = tokio::task::spawn_blocking(move || parse_central_directory(&directory, entries_expected))
-            .await
-            .map_err(|error| zip_error(format!("parse task failed: {error}")))?
-            .map_err(zip_error)?;
-        let index = ZipIndex::from_entries(relative_path, &archive_url, archive_size, directory_location, entries);
+        let entries = tokio::task::spawn_blocking(move || {
+            parse_central_directory(&directory, entries_expected)
+        })
+        .await
+        .map_err(|error| zip_error(format!("parse task failed: {error}")))?
+        .map_err(zip_error)?;
+        let index = ZipIndex::from_entries(
+            relative_path,
+            &archive_url,
+            archive_size,
+            directory_location,
+            entries,
+        );
         tracing::info!(
             archive = %archive_url,
             entries = index.total_entries,
@@ -332,7 +391,10 @@ impl ZipIndex {
         directory_location: CentralDirectoryLocation,
         entries: Vec<CentralDirectoryEntry>,
     ) -> ZipIndex {
-        let mut header_offsets: Vec<u64> = entries.iter().map(|entry| entry.local_header_offset).collect();
+        let mut header_offsets: Vec<u64> = entries
+            .iter()
+            .map(|entry| entry.local_header_offset)
+            .collect();
         header_offsets.sort_unstable();
         header_offsets.dedup();
         let total_entries = entries.len() as u64;
@@ -359,9 +421,13 @@ impl ZipIndex {
             let header_after = header_offsets
                 .get(header_offsets.partition_point(|offset| *offset <= entry.local_header_offset))
                 .copied();
-            let directory_after =
-                Some(directory_location.offset).filter(|offset| *offset > entry.local_header_offset);
-            let next_boundary = [header_after, directory_after].into_iter().flatten().min().unwrap_or(archive_size);
+            let directory_after = Some(directory_location.offset)
+                .filter(|offset| *offset > entry.local_header_offset);
+            let next_boundary = [header_after, directory_after]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(archive_size);
             let widest_member_end = entry
                 .local_header_offset
                 .saturating_add(LOCAL_HEADER_LEN + 2 * 0xFFFF)
@@ -411,22 +477,35 @@ impl ZipIndex {
 
     /// Fetches and inflates the image of `objid` with one ranged GET.
     pub async fn fetch(&self, location: &StoreLocation, objid: i64) -> Result<Bytes, DatasetError> {
-        let member = self.member(objid).ok_or_else(|| DatasetError::ImageNotFound {
-            objid,
-            object: format!("{}:{}", self.archive_url, image_member_hint(objid)),
-        })?;
+        let member = self
+            .member(objid)
+            .ok_or_else(|| DatasetError::ImageNotFound {
+                objid,
+                object: format!("{}:{}", self.archive_url, image_member_hint(objid)),
+            })?;
         let member_url = format!("{}:{}", self.archive_url, member.name);
-        let zip_error = |reason: String| DatasetError::Zip { object: member_url.clone(), reason };
+        let zip_error = |reason: String| DatasetError::Zip {
+            object: member_url.clone(),
+            reason,
+        };
         if member.flags & 1 != 0 {
             return Err(zip_error("member is encrypted".to_string()));
         }
         if member.uncompressed_size > MAX_MEMBER_UNCOMPRESSED_BYTES {
-            return Err(zip_error(format!("member inflates to {} bytes, over the limit", member.uncompressed_size)));
+            return Err(zip_error(format!(
+                "member inflates to {} bytes, over the limit",
+                member.uncompressed_size
+            )));
         }
         if member.range_end <= member.local_header_offset {
             return Err(zip_error("member has an empty byte range".to_string()));
         }
-        let raw = location.get_range(&self.relative_path, member.local_header_offset..member.range_end).await?;
+        let raw = location
+            .get_range(
+                &self.relative_path,
+                member.local_header_offset..member.range_end,
+            )
+            .await?;
         extract_member(&raw, member).map_err(zip_error)
     }
 }
@@ -445,14 +524,19 @@ pub fn extract_member(raw: &[u8], member: &ZipMember) -> Result<Bytes, String> {
     reader.take(22).ok_or_else(truncated)?;
     let name_length = reader.u16().ok_or_else(truncated)? as usize;
     let extra_length = reader.u16().ok_or_else(truncated)? as usize;
-    reader.take(name_length + extra_length).ok_or_else(truncated)?;
-    let compressed_length =
-        usize::try_from(member.compressed_size).map_err(|_| "member too large for this platform".to_string())?;
-    let data = reader.take(compressed_length).ok_or("member data is truncated")?;
+    reader
+        .take(name_length + extra_length)
+        .ok_or_else(truncated)?;
+    let compressed_length = usize::try_from(member.compressed_size)
+        .map_err(|_| "member too large for this platform".to_string())?;
+    let data = reader
+        .take(compressed_length)
+        .ok_or("member data is truncated")?;
     let inflated = match member.method {
         METHOD_STORED => data.to_vec(),
         METHOD_DEFLATED => {
-            let mut inflated = Vec::with_capacity(usize::try_from(member.uncompressed_size).unwrap_or(0));
+            let mut inflated =
+                Vec::with_capacity(usize::try_from(member.uncompressed_size).unwrap_or(0));
             flate2::read::DeflateDecoder::new(data)
                 .take(member.uncompressed_size.saturating_add(1))
                 .read_to_end(&mut inflated)
@@ -462,11 +546,84 @@ pub fn extract_member(raw: &[u8], member: &ZipMember) -> Result<Bytes, String> {
         other => return Err(format!("unsupported compression method {other}")),
     };
     if inflated.len() as u64 != member.uncompressed_size {
-        return Err(format!("inflated to {} bytes, central directory says {}", inflated.len(), member.uncompressed_size));
+        return Err(format!(
+            "inflated to {} bytes, central directory says {}",
+            inflated.len(),
+            member.uncompressed_size
+        ));
     }
     let actual_crc32 = crc32fast::hash(&inflated);
     if actual_crc32 != member.crc32 {
-        return Err(format!("CRC-32 mismatch: {actual_crc32:08x} != {:08x}", member.crc32));
+        return Err(format!(
+            "CRC-32 mismatch: {actual_crc32:08x} != {:08x}",
+            member.crc32
+        ));
     }
     Ok(Bytes::from(inflated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One central-directory header whose sizes and offset live in a ZIP64 extra field.
+    fn zip64_central_entry(name: &str, uncompressed: u64, compressed: u64, offset: u64) -> Vec<u8> {
+        let mut extra = Vec::new();
+        extra.extend_from_slice(&ZIP64_EXTRA_FIELD_ID.to_le_bytes());
+        extra.extend_from_slice(&24u16.to_le_bytes());
+        for value in [uncompressed, compressed, offset] {
+            extra.extend_from_slice(&value.to_le_bytes());
+        }
+        let mut entry = Vec::new();
+        entry.extend_from_slice(&CENTRAL_HEADER_SIGNATURE.to_le_bytes());
+        entry.extend_from_slice(&[45, 0, 45, 0, 0, 0]); // made by, needed, flags
+        entry.extend_from_slice(&METHOD_DEFLATED.to_le_bytes());
+        entry.extend_from_slice(&[0, 0, 0, 0]); // time, date
+        entry.extend_from_slice(&0xDEAD_BEEFu32.to_le_bytes());
+        entry.extend_from_slice(&u32::MAX.to_le_bytes());
+        entry.extend_from_slice(&u32::MAX.to_le_bytes());
+        entry.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        entry.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+        entry.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // comment len, disk, internal, external
+        entry.extend_from_slice(&u32::MAX.to_le_bytes());
+        entry.extend_from_slice(name.as_bytes());
+        entry.extend_from_slice(&extra);
+        entry
+    }
+
+    #[test]
+    fn zip64_extra_fields_give_sizes_and_offsets() {
+        let mut directory =
+            zip64_central_entry("imgs/7.jpg", 5_000_000_000, 4_900_000_000, 6_000_000_000);
+        directory.extend(zip64_central_entry("imgs/8.jpg", 10, 9, 7_000_000_000));
+        let entries = parse_central_directory(&directory, 2).expect("parse");
+        assert_eq!(entries[0].uncompressed_size, 5_000_000_000);
+        assert_eq!(entries[0].compressed_size, 4_900_000_000);
+        assert_eq!(entries[0].local_header_offset, 6_000_000_000);
+        assert_eq!(entries[1].local_header_offset, 7_000_000_000);
+        assert_eq!(entries[1].crc32, 0xDEAD_BEEF);
+        assert!(
+            parse_central_directory(&directory, 3)
+                .unwrap_err()
+                .contains("entry 2")
+        );
+        assert!(parse_central_directory(&directory[..directory.len() - 5], 2).is_err());
+    }
+
+    #[test]
+    fn image_names_map_to_objids() {
+        assert_eq!(objid_of_image_name("imgs/123.jpg"), Some(123));
+        assert_eq!(objid_of_image_name("flowcam/imgs/45.JPG"), Some(45));
+        assert_eq!(objid_of_image_name("9.jpeg"), Some(9));
+        assert_eq!(objid_of_image_name("__MACOSX/imgs/._12.jpg"), None);
+        assert_eq!(objid_of_image_name("imgs/12a.jpg"), None);
+        assert_eq!(objid_of_image_name("imgs/12.png"), None);
+        assert_eq!(objid_of_image_name("imgs/"), None);
+    }
+
+    #[test]
+    fn tail_without_end_record_is_an_error() {
+        assert!(parse_archive_tail(b"short").is_err());
+        assert!(parse_archive_tail(&[0u8; 100]).is_err());
+    }
 }

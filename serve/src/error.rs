@@ -32,16 +32,28 @@ pub enum ServeError {
     Internal(String),
 }
 
+impl ServeError {
+    /// The gRPC code clients see for this error.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            ServeError::InvalidRequest(_) => tonic::Code::InvalidArgument,
+            ServeError::ModelNotFound(_) => tonic::Code::NotFound,
+            ServeError::NotReady(_) | ServeError::Registry { .. } => tonic::Code::Unavailable,
+            ServeError::Overloaded { .. } => tonic::Code::ResourceExhausted,
+            ServeError::ModelLoad { .. } => tonic::Code::FailedPrecondition,
+            ServeError::Inference { .. } | ServeError::Internal(_) => tonic::Code::Internal,
+        }
+    }
+}
+
+impl From<&ServeError> for tonic::Status {
+    fn from(error: &ServeError) -> Self {
+        tonic::Status::new(error.code(), error.to_string())
+    }
+}
+
 impl From<ServeError> for tonic::Status {
     fn from(error: ServeError) -> Self {
-        let message = error.to_string();
-        match error {
-            ServeError::InvalidRequest(_) => tonic::Status::invalid_argument(message),
-            ServeError::ModelNotFound(_) => tonic::Status::not_found(message),
-            ServeError::NotReady(_) | ServeError::Registry { .. } => tonic::Status::unavailable(message),
-            ServeError::Overloaded { .. } => tonic::Status::resource_exhausted(message),
-            ServeError::ModelLoad { .. } => tonic::Status::failed_precondition(message),
-            ServeError::Inference { .. } | ServeError::Internal(_) => tonic::Status::internal(message),
-        }
+        tonic::Status::from(&error)
     }
 }

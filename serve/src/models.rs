@@ -9,7 +9,7 @@ use plankton_preprocess::{PreprocessConfig, ResizeMode};
 use plankton_proto::v1::ModelVersion;
 use plankton_trainer::{Architecture, InferenceModel, ModelCard};
 use tokio::sync::OnceCell;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::engine::{BatchingConfig, InferenceEngine};
 use crate::error::{ServeError, ServeResult};
@@ -179,6 +179,7 @@ impl ModelStore {
     /// new version. Returns the newly swapped-in model, `None` when nothing changed.
     pub async fn refresh_default(&self) -> ServeResult<Option<Arc<LoadedModel>>> {
         let entry = self.registry.resolve(&self.default_reference).await?;
+        debug!(reference = %self.default_reference, version = entry.version, "default reference resolved");
         if let Some(current) = self.default_model()
             && current.entry.version == entry.version
         {

@@ -291,35 +291,34 @@ fn otsu_threshold(histogram: &[u64; 256]) -> u8 {
 /// Marks holes (outside pixels not 4-connected to the border) as inside.
 fn fill_holes(mask: &[bool], width: usize, height: usize) -> Vec<bool> {
     let mut reached_from_border = vec![false; mask.len()];
-    let mut stack = Vec::new();
-    let visit = |index: usize, reached: &mut Vec<bool>, stack: &mut Vec<usize>| {
+    let mut stack: Vec<(usize, usize)> = Vec::new();
+    let visit = |x: usize, y: usize, reached: &mut Vec<bool>, stack: &mut Vec<(usize, usize)>| {
+        let index = y * width + x;
         if !mask[index] && !reached[index] {
             reached[index] = true;
-            stack.push(index);
+            stack.push((x, y));
         }
     };
     for x in 0..width {
-        visit(x, &mut reached_from_border, &mut stack);
-        visit((height - 1) * width + x, &mut reached_from_border, &mut stack);
+        visit(x, 0, &mut reached_from_border, &mut stack);
+        visit(x, height - 1, &mut reached_from_border, &mut stack);
     }
     for y in 0..height {
-        visit(y * width, &mut reached_from_border, &mut stack);
-        visit(y * width + width - 1, &mut reached_from_border, &mut stack);
+        visit(0, y, &mut reached_from_border, &mut stack);
+        visit(width - 1, y, &mut reached_from_border, &mut stack);
     }
-    while let Some(index) = stack.pop() {
-        let x = index % width;
-        let y = index / width;
+    while let Some((x, y)) = stack.pop() {
         if x > 0 {
-            visit(index - 1, &mut reached_from_border, &mut stack);
+            visit(x - 1, y, &mut reached_from_border, &mut stack);
         }
         if x + 1 < width {
-            visit(index + 1, &mut reached_from_border, &mut stack);
+            visit(x + 1, y, &mut reached_from_border, &mut stack);
         }
         if y > 0 {
-            visit(index - width, &mut reached_from_border, &mut stack);
+            visit(x, y - 1, &mut reached_from_border, &mut stack);
         }
         if y + 1 < height {
-            visit(index + width, &mut reached_from_border, &mut stack);
+            visit(x, y + 1, &mut reached_from_border, &mut stack);
         }
     }
     reached_from_border.iter().map(|outside| !outside).collect()
@@ -576,33 +575,60 @@ fn skeleton(mask: &[bool], width: usize, height: usize) -> (f64, f64) {
     (ridge_pixels as f64, ratio(f64::from(ridge_distance_max), mean_ridge_distance))
 }
 
-/// Number of 8-connected components of `mask`.
+/// Number of 8-connected components of `mask` (one raster pass with union-find over labels).
 fn count_components(mask: &[bool], width: usize, height: usize) -> u64 {
-    let mut seen = vec![false; mask.len()];
-    let mut stack = Vec::new();
-    let mut components = 0u64;
-    for start in 0..mask.len() {
-        if !mask[start] || seen[start] {
-            continue;
+    fn root(parents: &mut [u32], mut label: u32) -> u32 {
+        while parents[label as usize] != label {
+            let grandparent = parents[parents[label as usize] as usize];
+            parents[label as usize] = grandparent;
+            label = grandparent;
         }
-        components += 1;
-        seen[start] = true;
-        stack.push(start);
-        while let Some(index) = stack.pop() {
-            let x = (index % width) as isize;
-            let y = (index / width) as isize;
-            for neighbour_y in y - 1..=y + 1 {
-                for neighbour_x in x - 1..=x + 1 {
-                    if neighbour_x < 0 || neighbour_y < 0 || neighbour_x >= width as isize || neighbour_y >= height as isize {
-                        continue;
-                    }
-                    let neighbour = neighbour_y as usize * width + neighbour_x as usize;
-                    if mask[neighbour] && !seen[neighbour] {
-                        seen[neighbour] = true;
-                        stack.push(neighbour);
-                    }
+        label
+    }
+    const NO_LABEL: u32 = u32::MAX;
+    let mut labels = vec![NO_LABEL; mask.len()];
+    let mut parents: Vec<u32> = Vec::new();
+    let mut components = 0u64;
+    for y in 0..height {
+        for x in 0..width {
+            let index = y * width + x;
+            if !mask[index] {
+                continue;
+            }
+            // Already-labelled 8-neighbours: west, north-west, north, north-east.
+            let mut neighbour_labels = [NO_LABEL; 4];
+            if x > 0 {
+                neighbour_labels[0] = labels[index - 1];
+            }
+            if y > 0 {
+                let above = index - width;
+                if x > 0 {
+                    neighbour_labels[1] = labels[above - 1];
+                }
+                neighbour_labels[2] = labels[above];
+                if x + 1 < width {
+                    neighbour_labels[3] = labels[above + 1];
                 }
             }
+            let mut own_root = NO_LABEL;
+            for neighbour_label in neighbour_labels.into_iter().filter(|label| *label != NO_LABEL) {
+                let neighbour_root = root(&mut parents, neighbour_label);
+                if own_root == NO_LABEL {
+                    own_root = neighbour_root;
+                } else if neighbour_root != own_root {
+                    // Two components meet: merge them.
+                    let (keep, merge) = (own_root.min(neighbour_root), own_root.max(neighbour_root));
+                    parents[merge as usize] = keep;
+                    own_root = keep;
+                    components -= 1;
+                }
+            }
+            if own_root == NO_LABEL {
+                own_root = parents.len() as u32;
+                parents.push(own_root);
+                components += 1;
+            }
+            labels[index] = own_root;
         }
     }
     components
@@ -624,20 +650,32 @@ fn mask_centroid(mask: &[bool], width: usize, height: usize) -> (f64, f64) {
 
 /// Pixels of `mask` whose mirror image about the centroid (flipping x, or y) is also in the mask.
 fn mirror_overlap(mask: &[bool], width: usize, height: usize, centroid_x: f64, centroid_y: f64, flip_x: bool) -> f64 {
+    let mirror_table = |length: usize, centroid: f64| -> Vec<Option<usize>> {
+        (0..length)
+            .map(|position| {
+                let mirrored = (2.0 * centroid - (position as f64 + 0.5)).floor();
+                (mirrored >= 0.0 && (mirrored as usize) < length).then_some(mirrored as usize)
+            })
+            .collect()
+    };
     let mut overlap = 0u64;
-    for y in 0..height {
-        for x in 0..width {
-            if !mask[y * width + x] {
-                continue;
+    if flip_x {
+        let mirror_x = mirror_table(width, centroid_x);
+        for y in 0..height {
+            let row = &mask[y * width..(y + 1) * width];
+            for (x, inside) in row.iter().enumerate() {
+                if let (true, Some(mirrored)) = (*inside, mirror_x[x]) {
+                    overlap += u64::from(row[mirrored]);
+                }
             }
-            let (mirror_x, mirror_y) = if flip_x {
-                ((2.0 * centroid_x - (x as f64 + 0.5)).floor(), y as f64)
-            } else {
-                (x as f64, (2.0 * centroid_y - (y as f64 + 0.5)).floor())
-            };
-            if mirror_x >= 0.0 && mirror_y >= 0.0 && (mirror_x as usize) < width && (mirror_y as usize) < height {
-                overlap += u64::from(mask[mirror_y as usize * width + mirror_x as usize]);
-            }
+        }
+    } else {
+        let mirror_y = mirror_table(height, centroid_y);
+        for y in 0..height {
+            let Some(mirrored) = mirror_y[y] else { continue };
+            let row = &mask[y * width..(y + 1) * width];
+            let mirrored_row = &mask[mirrored * width..(mirrored + 1) * width];
+            overlap += row.iter().zip(mirrored_row).filter(|(here, there)| **here && **there).count() as u64;
         }
     }
     overlap as f64
@@ -681,6 +719,7 @@ mod tests {
         assert!(column(&features, "convarea") >= area);
         assert!(column(&features, "symetrieh") > 0.95);
         assert_eq!(column(&features, "nb3"), 1.0);
+        assert!(column(&features, "nb1") >= 1.0);
         assert_eq!(column(&features, "%area"), 0.0);
         assert_eq!(column(&features, "width"), 40.0);
         assert!((column(&features, "fractal") - 1.0).abs() < 0.3);
@@ -705,6 +744,15 @@ mod tests {
         let angle = column(&bar_features, "angle");
         // The bar goes down-right in image coordinates: about -26.6 degrees, i.e. 153.4.
         assert!((angle - 153.4).abs() < 4.0, "angle {angle}");
+    }
+
+    #[test]
+    fn components_follow_eight_connectivity() {
+        // Two diagonal touches (one component), a U shape joined late, and an isolated pixel.
+        let rows = ["X.....X.", ".X...XX.", "......X.", "X.X.....", "X.X....X", "XXX....."];
+        let mask: Vec<bool> = rows.iter().flat_map(|row| row.chars().map(|cell| cell == 'X')).collect();
+        assert_eq!(count_components(&mask, 8, rows.len()), 4);
+        assert_eq!(count_components(&[false; 6], 3, 2), 0);
     }
 
     #[test]

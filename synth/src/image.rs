@@ -485,7 +485,7 @@ mod tests {
         let image = rasterize(&sketch, 40, 30, plain_appearance(), &mut noise);
         assert_eq!(image.pixel(20, 15), 40);
         assert_eq!(image.pixel(2, 2), 220);
-        assert_eq!(image.pixel(29, 15), 40);
+        assert_eq!(image.pixel(28, 15), 40);
         assert_eq!(image.pixel(20, 22), 220);
     }
 

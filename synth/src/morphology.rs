@@ -164,11 +164,11 @@ const fn style(median_length: f32, length_sigma: f32, darkest: f32, lightest: f3
 
 fn family_style(family: Family) -> FamilyStyle {
     match family {
-        Family::Detritus => style(72.0, 0.55, 45.0, 140.0),
-        Family::Feces => style(72.0, 0.45, 10.0, 50.0),
+        Family::Detritus => style(58.0, 0.55, 45.0, 140.0),
+        Family::Feces => style(62.0, 0.45, 10.0, 50.0),
         Family::Neoceratium => style(190.0, 0.3, 45.0, 100.0),
         Family::Nauplii => style(120.0, 0.3, 35.0, 90.0),
-        Family::Badfocus => style(80.0, 0.55, 100.0, 170.0),
+        Family::Badfocus => style(80.0, 0.55, 80.0, 150.0),
         Family::Silks => style(210.0, 0.55, 90.0, 170.0),
         Family::Copepoda => style(220.0, 0.35, 30.0, 90.0),
         Family::Thalassionema => style(165.0, 0.4, 60.0, 120.0),
@@ -245,7 +245,7 @@ fn draw_object(rng: &mut ChaCha8Rng, family: Family) -> (Sketch, f32) {
             let focused_family = pick_family(rng);
             let (mut sketch, _) = draw_object(rng, focused_family);
             let extent = sketch.bounds().map_or(10.0, |bounds| bounds.width().max(bounds.height()));
-            sketch.blur_radius = (extent * uniform(rng, 0.03, 0.09)).max(1.5);
+            sketch.blur_radius = (extent * uniform(rng, 0.015, 0.05)).max(1.5);
             let object_grey = object_grey_of(rng, &family_style(Family::Badfocus));
             (sketch, object_grey)
         }
@@ -293,7 +293,7 @@ fn object_length(rng: &mut ChaCha8Rng, family: Family, family_style: &FamilyStyl
 
 /// Rotates, shrinks to the size limits and frames the sketch; returns the image size.
 fn frame(rng: &mut ChaCha8Rng, sketch: &mut Sketch) -> (u32, u32) {
-    let rotation = if chance(rng, 0.55) { FRAC_PI_2 + 0.35 * standard_normal(rng) } else { uniform(rng, 0.0, TAU) };
+    let rotation = if chance(rng, 0.75) { FRAC_PI_2 + 0.3 * standard_normal(rng) } else { uniform(rng, 0.0, TAU) };
     sketch.transform(rotation, 1.0, point(0.0, 0.0));
     let Some(bounds) = sketch.bounds() else {
         return (2, 2);
@@ -413,7 +413,7 @@ fn draw_single(rng: &mut ChaCha8Rng, family: Family, length: f32) -> Sketch {
 }
 
 fn draw_detritus(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
-    let elongation = uniform(rng, 0.0, 0.4);
+    let elongation = uniform(rng, 0.1, 0.55);
     let main_radius = length * 0.5 / (1.0 + elongation);
     let mut harmonics = vec![Harmonic { order: 2.0, amplitude: elongation, phase: FRAC_PI_2 }];
     let extra = rng.random_range(2..=4);
@@ -669,7 +669,7 @@ fn draw_lorica(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32, lorica: &
     if collar_length > 0.5 {
         let collar_start = -radius_x * 0.85;
         let collar_end = -radius_x - collar_length;
-        let start_half_width = radius_y * 0.75;
+        let start_half_width = radius_y * 0.55;
         let end_half_width = start_half_width * lorica.collar_flare * uniform(rng, 0.9, 1.1);
         for side in [-1.0f32, 1.0] {
             let start = point(collar_start, side * start_half_width);

@@ -22,7 +22,7 @@ use plankton_worker::WorkerConfig;
 pub fn test_timeouts() -> Timeouts {
     Timeouts {
         worker_timeout: Duration::from_secs(4),
-        registration_timeout: Duration::from_secs(30),
+        registration_timeout: Duration::from_secs(8),
         heartbeat_interval: Duration::from_millis(500),
     }
 }

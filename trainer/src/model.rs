@@ -172,6 +172,7 @@ impl Network {
             Architecture::ResNet => Network::ResNet(ResNet::new(&root, num_classes)),
         };
         initialize_like_pytorch(var_store, seed)?;
+        convert_conv_weights_to_channels_last(var_store)?;
         Ok(network)
     }
 }
@@ -183,6 +184,26 @@ impl ModuleT for Network {
             Network::ResNet(network) => network.forward_t(images, train),
         }
     }
+}
+
+/// The same values with channels-last (NHWC) strides, still indexed as NCHW: libtorch's CPU
+/// convolutions (oneDNN) run markedly faster on this layout (about 1.5x here, see bench/train_bench).
+pub(crate) fn channels_last(tensor: &Tensor) -> Result<Tensor, TrainError> {
+    Ok(tensor.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?)
+}
+
+/// Gives every 4-d (convolution) weight channels-last strides. Values and names are unchanged;
+/// flattening (`f_contiguous`) and saving still see NCHW order.
+fn convert_conv_weights_to_channels_last(var_store: &nn::VarStore) -> Result<(), TrainError> {
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for (_, tensor) in sorted_variables(var_store) {
+            if tensor.dim() == 4 {
+                let converted = channels_last(&tensor)?;
+                tensor.shallow_clone().f_set_data(&converted)?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// The var store's variables sorted by name: the order every rank uses to flatten them.

@@ -11,7 +11,7 @@ use plankton_collective::Collective;
 use crate::config::{IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, OptimizerChoice, TrainConfig};
 use crate::error::TrainError;
 use crate::inference::TrainedModel;
-use crate::model::{Network, sorted_variables};
+use crate::model::{Network, channels_last, sorted_variables};
 
 /// Images per forward pass during evaluation and inference.
 pub const EVALUATION_BATCH_SIZE: usize = 256;
@@ -90,7 +90,8 @@ pub struct DataParallelTrainer<'collective> {
     gradient_buffer: Vec<f32>,
 }
 
-/// u8 CHW bytes of `count` images to a float tensor in [0, 1] on `device`.
+/// u8 CHW bytes of `count` images to a float tensor in [0, 1] on `device`, with channels-last strides
+/// (the layout the convolutions are fastest on; the shape stays NCHW).
 pub(crate) fn images_to_tensor(images: &[u8], count: usize, device: tch::Device) -> Result<Tensor, TrainError> {
     if images.len() != count * IMAGE_LEN {
         return Err(TrainError::InvalidInput(format!(
@@ -100,11 +101,9 @@ pub(crate) fn images_to_tensor(images: &[u8], count: usize, device: tch::Device)
         )));
     }
     let shape = [count as i64, IMAGE_CHANNELS as i64, IMAGE_SIZE as i64, IMAGE_SIZE as i64];
-    Ok(Tensor::f_from_slice(images)?
-        .f_view(shape)?
-        .f_to_device(device)?
-        .f_to_kind(Kind::Float)?
-        .f_div_scalar(255.0)?)
+    let images_u8 = Tensor::f_from_slice(images)?.f_view(shape)?.f_to_device(device)?;
+    // The u8 -> f32 conversion preserves the channels-last strides.
+    Ok(channels_last(&images_u8)?.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?)
 }
 
 fn flatten_into(tensors: &[Tensor], buffer: &mut [f32]) -> Result<(), TrainError> {

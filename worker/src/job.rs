@@ -19,7 +19,7 @@ use plankton_proto::v1::{
     ProgressReport, ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress,
 };
 use plankton_trainer::{
-    Architecture, AugmentationMode, EpochEvaluation, LrSchedule, ModelCard, OptimizerChoice, StepProgress,
+    Architecture, AugmentationMode, EpochEvaluation, LrSchedule, ModelCard, ModelInput, OptimizerChoice, StepProgress,
     TrainConfig, TrainingObserver, run_training,
 };
 
@@ -156,6 +156,7 @@ async fn execute(
     let job_id = assignment.job_id.clone();
     let rank = assignment.rank as usize;
     let peers = assignment.ring_peer_addresses.clone();
+    let loaded_objects = (train.data.labels.len() + test.data.labels.len()) as u64;
     let training = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
         let mut collective: Box<dyn Collective> = if peers.len() <= 1 {
             Box::new(SingleProcess)
@@ -177,7 +178,7 @@ async fn execute(
                     steps_per_epoch,
                     loss: step.loss,
                     images_per_second: step.images_per_second,
-                    loaded_objects: (train.data.labels.len() + test.data.labels.len()) as u64,
+                    loaded_objects,
                     skipped_objects,
                     ..reporter.base_progress()
                 };
@@ -260,15 +261,16 @@ fn train_config(spec: &JobSpec, assignment: &ShardAssignment, threads: usize) ->
             OptimizerKind::OptimizerSgdMomentum => OptimizerChoice::SgdMomentum,
         },
         lr_schedule: match ProtoLrSchedule::try_from(spec.lr_schedule).unwrap_or_default() {
-            ProtoLrSchedule::LrScheduleConstant => LrSchedule::Constant,
-            ProtoLrSchedule::LrScheduleCosine => LrSchedule::Cosine,
-            ProtoLrSchedule::LrScheduleStep => LrSchedule::Step,
+            ProtoLrSchedule::Constant => LrSchedule::Constant,
+            ProtoLrSchedule::Cosine => LrSchedule::Cosine,
+            ProtoLrSchedule::Step => LrSchedule::Step,
         },
         augmentation: match Augmentation::try_from(spec.augmentation).unwrap_or_default() {
             Augmentation::None => AugmentationMode::None,
             Augmentation::All => AugmentationMode::All,
             Augmentation::RareClasses => AugmentationMode::RareClasses,
         },
+        weight_decay: 0.0,
         seed: spec.seed,
         threads: threads.max(1),
         device: tch::Device::cuda_if_available(),
@@ -280,16 +282,22 @@ async fn write_model(assignment: &ShardAssignment, spec: &JobSpec, weights: Vec<
     let output: StoreLocation = open_location(&assignment.output_url)?;
     let weights_file = "model.safetensors";
     output.put_bytes(weights_file, Bytes::from(weights)).await?;
-    let card = ModelCard::new(
-        spec.model.parse().map_err(|error| anyhow::anyhow!("model {:?}: {error}", spec.model))?,
-        assignment.class_names.clone(),
-        match ProtoResizeMode::try_from(spec.resize_mode).unwrap_or_default() {
+    // The coordinator adds the job's final metrics to the card once every rank has finished.
+    let card = ModelCard {
+        architecture: spec.model.parse().map_err(|error| anyhow::anyhow!("model {:?}: {error}", spec.model))?,
+        classes: assignment.class_names.clone(),
+        input: ModelInput::standard(match ProtoResizeMode::try_from(spec.resize_mode).unwrap_or_default() {
             ProtoResizeMode::ResizeStretch => "stretch",
             ProtoResizeMode::ResizePadToSquare => "pad_to_square",
-        },
-        &assignment.job_id,
-        weights_file,
-    );
+        }),
+        metrics: serde_json::Value::Null,
+        job_id: assignment.job_id.clone(),
+        created_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() as u64)
+            .unwrap_or(0),
+        weights_file: weights_file.to_string(),
+    };
     output.put_bytes("model-card.json", Bytes::from(serde_json::to_vec_pretty(&card)?)).await?;
     let model_url = format!("{}/{weights_file}", assignment.output_url.trim_end_matches('/'));
     info!(model_url, "model written");

@@ -20,8 +20,10 @@ pub fn tiny_jpeg(width: u16, height: u16) -> Vec<u8> {
 /// A JPEG whose frame header claims `width` x `height` (pixels data of an 8x8 image): a decompression bomb.
 pub fn jpeg_claiming_size(width: u16, height: u16) -> Vec<u8> {
     let mut bytes = tiny_jpeg(8, 8);
-    let frame_marker =
-        bytes.windows(2).position(|pair| pair == [0xFF, 0xC0]).expect("baseline frame header present");
+    let frame_marker = bytes
+        .windows(2)
+        .position(|pair| pair == [0xFF, 0xC0])
+        .expect("baseline frame header present");
     // marker(2) length(2) precision(1) height(2) width(2)
     bytes[frame_marker + 5..frame_marker + 7].copy_from_slice(&height.to_be_bytes());
     bytes[frame_marker + 7..frame_marker + 9].copy_from_slice(&width.to_be_bytes());
@@ -52,10 +54,20 @@ pub fn meta_csv(lines: &[String]) -> String {
 }
 
 /// Writes `meta.csv` and one image per `(objid, jpeg)` into the `imgs/` directory layout.
-pub async fn write_directory_dataset(location: &StoreLocation, meta_text: &str, images: &[(i64, Vec<u8>)]) {
-    location.put_bytes(META_FILE, Bytes::from(meta_text.to_string())).await.expect("put meta.csv");
+pub async fn write_directory_dataset(
+    location: &StoreLocation,
+    meta_text: &str,
+    images: &[(i64, Vec<u8>)],
+) {
+    location
+        .put_bytes(META_FILE, Bytes::from(meta_text.to_string()))
+        .await
+        .expect("put meta.csv");
     for (objid, jpeg) in images {
-        location.put_bytes(&image_path(*objid), Bytes::from(jpeg.clone())).await.expect("put image");
+        location
+            .put_bytes(&image_path(*objid), Bytes::from(jpeg.clone()))
+            .await
+            .expect("put image");
     }
 }
 
@@ -63,10 +75,18 @@ pub async fn write_directory_dataset(location: &StoreLocation, meta_text: &str, 
 pub fn zip_archive(members: &[(String, Vec<u8>)], stored: bool, large_file: bool) -> Vec<u8> {
     use std::io::Write;
     let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let method = if stored { zip::CompressionMethod::Stored } else { zip::CompressionMethod::Deflated };
-    let options = zip::write::FileOptions::default().compression_method(method).large_file(large_file);
+    let method = if stored {
+        zip::CompressionMethod::Stored
+    } else {
+        zip::CompressionMethod::Deflated
+    };
+    let options = zip::write::FileOptions::default()
+        .compression_method(method)
+        .large_file(large_file);
     for (name, bytes) in members {
-        writer.start_file(name.as_str(), options).expect("start zip member");
+        writer
+            .start_file(name.as_str(), options)
+            .expect("start zip member");
         writer.write_all(bytes).expect("write zip member");
     }
     writer.finish().expect("finish zip").into_inner()

@@ -1,0 +1,269 @@
+//! Inference service load test: throughput and latency with 1 and 64 concurrent clients, batching on vs off.
+//!
+//! `cargo run --release -p plankton-bench --bin serve_bench -- [--seconds 5] [--clients 1,64]`
+//! Starts an in-memory model registry and a plankton-serve server in this process with a default-architecture
+//! (resnet, 40 classes) model trained for one step on random images, then runs closed-loop clients (each sends
+//! one 1-image Predict request, waits for the answer, repeats) against the server with dynamic batching on
+//! (`--max-batch-size`, `--max-queue-delay`) and off (max batch size 1).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use plankton_collective::SingleProcess;
+use plankton_dataset::open_location;
+use plankton_proto::v1::inference_client::InferenceClient;
+use plankton_proto::v1::{GetModelInfoRequest, ImageInput, ModelVersion, PredictRequest};
+use plankton_serve::{BatchingConfig, InMemoryRegistry, ServeConfig, serve_with_metrics_listener};
+use plankton_trainer::{Architecture, IMAGE_LEN, LoggingObserver, ModelCard, ModelInput, ShardData, TrainConfig, run_training};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+#[derive(Parser, Debug)]
+#[command(about = "Load test of plankton-serve: throughput and p50/p99 latency, dynamic batching on vs off")]
+struct Options {
+    /// Timed seconds per measurement (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Warm-up seconds per measurement.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_seconds: f64,
+    /// Concurrent client counts to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    clients: Vec<usize>,
+    /// Batching limit of the "batching on" server.
+    #[arg(long, default_value_t = 64)]
+    max_batch_size: usize,
+    /// Queue delay of the "batching on" server.
+    #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
+    max_queue_delay: Duration,
+}
+
+const CLASS_COUNT: usize = 40;
+
+/// Safetensors weights of a resnet trained one step on random images.
+fn briefly_trained_resnet() -> anyhow::Result<Vec<u8>> {
+    let mut shard = ShardData::default();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for index in 0..16 {
+        for _ in 0..IMAGE_LEN {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            shard.images.push((state >> 56) as u8);
+        }
+        shard.labels.push((index % CLASS_COUNT) as u32);
+    }
+    let mut config = TrainConfig::new(CLASS_COUNT, vec![1.0; CLASS_COUNT]);
+    config.architecture = Architecture::ResNet;
+    config.epochs = 1;
+    config.batch_size = 16;
+    config.steps_per_epoch = 1;
+    let trained = run_training(&config, &shard, &shard, &mut SingleProcess, &mut LoggingObserver)?;
+    Ok(trained.to_safetensors()?)
+}
+
+async fn publish(weights: Vec<u8>) -> anyhow::Result<ModelVersion> {
+    let location = open_location("memory://serve-bench/models/plankton/1")?;
+    let class_names: Vec<String> = (0..CLASS_COUNT).map(|index| format!("class {index}")).collect();
+    let card = ModelCard {
+        architecture: Architecture::ResNet,
+        classes: class_names.clone(),
+        input: ModelInput::standard("stretch"),
+        metrics: serde_json::json!({}),
+        job_id: "bench".to_string(),
+        created_unix_ms: 0,
+        weights_file: "model.safetensors".to_string(),
+    };
+    location.put_bytes("model.safetensors", Bytes::from(weights)).await?;
+    location.put_bytes("model-card.json", Bytes::from(serde_json::to_vec(&card)?)).await?;
+    Ok(ModelVersion {
+        name: "plankton".to_string(),
+        version: 1,
+        architecture: "resnet".to_string(),
+        class_names,
+        resize_mode: "stretch".to_string(),
+        weights_url: location.object_url("model.safetensors"),
+        card_url: location.object_url("model-card.json"),
+        ..Default::default()
+    })
+}
+
+/// FlowCam-like JPEGs of several classes and sizes.
+fn request_images() -> anyhow::Result<Vec<Vec<u8>>> {
+    (0..32)
+        .map(|index| {
+            plankton_synth::render_object(index % CLASS_COUNT, index as u64, 3)
+                .encode_jpeg(90)
+                .map_err(|error| anyhow::anyhow!("encoding a synthetic image: {error}"))
+        })
+        .collect()
+}
+
+struct Measurement {
+    requests: usize,
+    failures: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Measurement {
+    fn throughput(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, fraction: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index = ((self.latencies.len() as f64 - 1.0) * fraction).round() as usize;
+        self.latencies[index]
+    }
+}
+
+/// Closed-loop clients for warm-up + timed seconds; latencies of the timed part only.
+async fn measure(
+    channel: Channel,
+    images: Arc<Vec<Vec<u8>>>,
+    client_count: usize,
+    warmup: Duration,
+    timed: Duration,
+) -> anyhow::Result<Measurement> {
+    let start = Instant::now();
+    let timed_start = start + warmup;
+    let end = timed_start + timed;
+    let mut tasks = Vec::with_capacity(client_count);
+    for client_index in 0..client_count {
+        let mut client = InferenceClient::new(channel.clone());
+        let images = images.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0usize;
+            let mut sent = client_index;
+            loop {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                let image = images[sent % images.len()].clone();
+                sent += 1;
+                let request = PredictRequest {
+                    images: vec![ImageInput { data: image, id: sent.to_string() }],
+                    top_k: 1,
+                    ..Default::default()
+                };
+                let outcome = client.predict(request).await;
+                let finished = Instant::now();
+                if now >= timed_start && finished <= end {
+                    match outcome {
+                        Ok(_) => latencies.push(finished - now),
+                        Err(_) => failures += 1,
+                    }
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        let (client_latencies, client_failures) = task.await?;
+        latencies.extend(client_latencies);
+        failures += client_failures;
+    }
+    latencies.sort();
+    Ok(Measurement { requests: latencies.len(), failures, elapsed: timed, latencies })
+}
+
+async fn start_server(
+    registry_url: &str,
+    batching: BatchingConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Channel, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let config = ServeConfig {
+        listen_address: address,
+        coordinator_url: registry_url.to_string(),
+        model: "plankton@production".to_string(),
+        batching,
+        ..ServeConfig::default()
+    };
+    let task = tokio::spawn(serve_with_metrics_listener(config, listener, None, shutdown));
+    let channel = Channel::from_shared(format!("http://{address}"))?.connect().await?;
+    let mut client = InferenceClient::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get_model_info(GetModelInfoRequest::default()).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the server never loaded its model");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((channel, task))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    plankton_common::init_tracing_with_default("warn");
+    let options = Options::parse();
+    let weights = tokio::task::spawn_blocking(briefly_trained_resnet).await??;
+    let registry = InMemoryRegistry::new();
+    registry.register(publish(weights).await?);
+    registry.promote("plankton", 1, "production").map_err(|status| anyhow::anyhow!("{status}"))?;
+    let registry_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let registry_url = format!("http://{}", registry_listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let registry_task = tokio::spawn(registry.serve(registry_listener, shutdown.clone()));
+    let images = Arc::new(request_images()?);
+    let warmup = Duration::from_secs_f64(options.warmup_seconds);
+    let timed = Duration::from_secs_f64(options.seconds);
+
+    println!(
+        "plankton-serve load test: resnet, {CLASS_COUNT} classes, 1 image per request, {:.0} s per point, {} cores",
+        options.seconds,
+        std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+    );
+    println!("{:<34} {:>8} {:>12} {:>10} {:>10} {:>9}", "server", "clients", "requests/s", "p50 ms", "p99 ms", "failures");
+    let modes = [
+        (
+            format!("batching on (max {}, {:?})", options.max_batch_size, options.max_queue_delay),
+            BatchingConfig { max_batch_size: options.max_batch_size, max_queue_delay: options.max_queue_delay, ..BatchingConfig::default() },
+        ),
+        ("batching off (max batch size 1)".to_string(), BatchingConfig { max_batch_size: 1, ..BatchingConfig::default() }),
+    ];
+    let mut throughputs: Vec<(String, usize, f64)> = Vec::new();
+    for (mode_name, batching) in modes {
+        let server_shutdown = shutdown.child_token();
+        let (channel, server_task) = start_server(&registry_url, batching, server_shutdown.clone()).await?;
+        for &client_count in &options.clients {
+            let measurement = measure(channel.clone(), images.clone(), client_count, warmup, timed).await?;
+            println!(
+                "{:<34} {:>8} {:>12.1} {:>10.2} {:>10.2} {:>9}",
+                mode_name,
+                client_count,
+                measurement.throughput(),
+                measurement.percentile(0.50).as_secs_f64() * 1e3,
+                measurement.percentile(0.99).as_secs_f64() * 1e3,
+                measurement.failures
+            );
+            throughputs.push((mode_name.clone(), client_count, measurement.throughput()));
+        }
+        server_shutdown.cancel();
+        server_task.await?.context("server")?;
+    }
+    for &client_count in &options.clients {
+        let at = |on: bool| {
+            throughputs
+                .iter()
+                .find(|(mode, clients, _)| *clients == client_count && mode.starts_with("batching on") == on)
+                .map(|(_, _, throughput)| *throughput)
+                .unwrap_or(0.0)
+        };
+        let (on, off) = (at(true), at(false));
+        println!("{client_count} clients: batching on / off throughput = {:.2}x", if off > 0.0 { on / off } else { 0.0 });
+    }
+    shutdown.cancel();
+    registry_task.await??;
+    Ok(())
+}

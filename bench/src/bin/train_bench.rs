@@ -1,0 +1,289 @@
+//! Training throughput of plankton-trainer vs PyTorch eager (1 process x 1 thread) and vs DDP/gloo
+//! (2 processes x 1 thread), same models, initial weights, batch and data.
+//!
+//! `cargo run --release -p plankton-bench --bin train_bench` (PyTorch from `scripts/setup-bench.sh`).
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use plankton_collective::{RingAllReduce, RingConfig, RingListener, SingleProcess};
+use plankton_trainer::{Architecture, DataParallelTrainer, IMAGE_LEN, OptimizerChoice, TrainConfig};
+
+const NUM_CLASSES: usize = 40;
+/// Every benchmark process runs with this glibc setting (huge pages for malloc), ours and PyTorch's alike.
+const GLIBC_TUNABLES: &str = "glibc.malloc.hugetlb=1";
+
+#[derive(Parser, Debug)]
+#[command(about = "plankton-trainer vs PyTorch training throughput")]
+struct Options {
+    #[command(subcommand)]
+    role: Option<Role>,
+    /// Images per step and per worker.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Python with torch 2.11.
+    #[arg(long, default_value = ".venv-bench/bin/python")]
+    python: PathBuf,
+    /// Also run PyTorch with channels-last model and inputs (our trainer always uses channels-last;
+    /// PyTorch eager's default is NCHW).
+    #[arg(long)]
+    pytorch_channels_last: bool,
+    /// Architectures to measure.
+    #[arg(long, value_delimiter = ',', default_value = "lenet,resnet")]
+    architectures: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Role {
+    /// One of our training processes (spawned by the benchmark itself).
+    Worker {
+        #[arg(long)]
+        architecture: String,
+        #[arg(long)]
+        rank: usize,
+        #[arg(long)]
+        world_size: usize,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        batch: usize,
+        #[arg(long)]
+        steps: usize,
+        #[arg(long)]
+        warmup: usize,
+    },
+}
+
+/// The shared input files, written once, read by both sides.
+struct BenchData {
+    directory: tempfile::TempDir,
+}
+
+impl BenchData {
+    fn images(&self) -> PathBuf {
+        self.directory.path().join("images.u8")
+    }
+    fn labels(&self) -> PathBuf {
+        self.directory.path().join("labels.u32")
+    }
+    fn class_weights(&self) -> PathBuf {
+        self.directory.path().join("class_weights.f32")
+    }
+    fn initial_weights(&self, architecture: Architecture) -> PathBuf {
+        self.directory.path().join(format!("init_{architecture}.safetensors"))
+    }
+}
+
+fn bench_config(architecture: Architecture, batch: usize) -> TrainConfig {
+    let class_weights = (0..NUM_CLASSES).map(|class_index| 0.5 + class_index as f32 / NUM_CLASSES as f32).collect();
+    let mut config = TrainConfig::new(NUM_CLASSES, class_weights);
+    config.architecture = architecture;
+    config.batch_size = batch;
+    config.optimizer = OptimizerChoice::Adam;
+    config.learning_rate = 1e-3;
+    config.threads = 1;
+    config.seed = 7;
+    config
+}
+
+fn write_bench_data(batch: usize, architectures: &[Architecture]) -> Result<BenchData> {
+    let data = BenchData { directory: tempfile::tempdir()? };
+    let image_count = 2 * batch;
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let images: Vec<u8> = (0..image_count * IMAGE_LEN).map(|_| next() as u8).collect();
+    let labels: Vec<u8> = (0..image_count).flat_map(|_| ((next() % NUM_CLASSES as u64) as u32).to_le_bytes()).collect();
+    let config = bench_config(Architecture::LeNet, batch);
+    let class_weights: Vec<u8> = config.class_weights.iter().flat_map(|weight| weight.to_le_bytes()).collect();
+    std::fs::write(data.images(), images)?;
+    std::fs::write(data.labels(), labels)?;
+    std::fs::write(data.class_weights(), class_weights)?;
+    for architecture in architectures {
+        let config = bench_config(*architecture, batch);
+        let mut single = SingleProcess;
+        let weights = DataParallelTrainer::new(&config, &mut single)?.into_trained_model().to_safetensors()?;
+        std::fs::write(data.initial_weights(*architecture), weights)?;
+    }
+    Ok(data)
+}
+
+/// Worker side: train `steps` timed steps on this rank's batch, print `{"seconds": ..}`.
+fn run_worker(
+    architecture: Architecture,
+    rank: usize,
+    world_size: usize,
+    data_dir: &Path,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+) -> Result<()> {
+    let images = std::fs::read(data_dir.join("images.u8"))?;
+    let labels: Vec<u32> = std::fs::read(data_dir.join("labels.u32"))?
+        .chunks_exact(4)
+        .map(|bytes| u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        .collect();
+    let batch_images = &images[rank * batch * IMAGE_LEN..(rank + 1) * batch * IMAGE_LEN];
+    let batch_labels = &labels[rank * batch..(rank + 1) * batch];
+    let config = bench_config(architecture, batch);
+    let listener = RingListener::bind("127.0.0.1:0")?;
+    println!("listen {}", listener.local_addr());
+    std::io::stdout().flush()?;
+    let mut peers_line = String::new();
+    std::io::stdin().read_line(&mut peers_line)?;
+    let peer_addresses: Vec<String> = peers_line.trim().split(',').map(str::to_string).collect();
+    if peer_addresses.len() != world_size {
+        bail!("expected {world_size} peer addresses, got {peers_line:?}");
+    }
+    let ring_config = RingConfig { connect_timeout: Duration::from_secs(30), ..Default::default() };
+    let mut ring = RingAllReduce::establish(&listener, "train-bench", rank, &peer_addresses, &ring_config)?;
+    let mut trainer = DataParallelTrainer::new(&config, &mut ring)?;
+    for _ in 0..warmup {
+        trainer.train_step(batch_images, batch_labels)?;
+    }
+    // Same start on every rank: an all-reduce is a barrier.
+    trainer.synchronize_batch_norm_statistics()?;
+    let start = Instant::now();
+    for _ in 0..steps {
+        trainer.train_step(batch_images, batch_labels)?;
+    }
+    println!("{}", serde_json::json!({ "seconds": start.elapsed().as_secs_f64() }));
+    Ok(())
+}
+
+/// Our side: `world_size` worker processes; images/s of the whole group.
+fn measure_ours(options: &Options, data: &BenchData, architecture: Architecture, world_size: usize) -> Result<f64> {
+    let executable = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for rank in 0..world_size {
+        let child = Command::new(&executable)
+            .args(["worker", "--architecture", architecture.name()])
+            .args(["--rank", &rank.to_string(), "--world-size", &world_size.to_string()])
+            .arg("--data-dir")
+            .arg(data.directory.path())
+            .args(["--batch", &options.batch.to_string(), "--steps", &options.steps.to_string()])
+            .args(["--warmup", &options.warmup.to_string()])
+            .env("GLIBC_TUNABLES", GLIBC_TUNABLES)
+            .env("OMP_NUM_THREADS", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawning a worker")?;
+        children.push(child);
+    }
+    let mut readers = Vec::new();
+    let mut addresses = Vec::new();
+    for child in &mut children {
+        let mut reader = BufReader::new(child.stdout.take().context("worker stdout")?);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let address = line.trim().strip_prefix("listen ").with_context(|| format!("worker said {line:?}"))?;
+        addresses.push(address.to_string());
+        readers.push(reader);
+    }
+    let peers_line = format!("{}\n", addresses.join(","));
+    for child in &mut children {
+        child.stdin.take().context("worker stdin")?.write_all(peers_line.as_bytes())?;
+    }
+    let mut slowest_seconds: f64 = 0.0;
+    for (child, mut reader) in children.iter_mut().zip(readers) {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("worker exited with {status}");
+        }
+        let report: serde_json::Value = serde_json::from_str(line.trim()).with_context(|| format!("worker said {line:?}"))?;
+        slowest_seconds = slowest_seconds.max(report["seconds"].as_f64().context("seconds")?);
+    }
+    Ok((world_size * options.batch * options.steps) as f64 / slowest_seconds)
+}
+
+fn measure_pytorch(
+    options: &Options,
+    data: &BenchData,
+    architecture: Architecture,
+    world_size: usize,
+    channels_last: bool,
+) -> Result<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/torch_train.py");
+    let output = Command::new(&options.python)
+        .arg(script)
+        .args(channels_last.then_some("--channels-last"))
+        .args(["--arch", architecture.name()])
+        .arg("--images")
+        .arg(data.images())
+        .arg("--labels")
+        .arg(data.labels())
+        .arg("--class-weights")
+        .arg(data.class_weights())
+        .arg("--weights")
+        .arg(data.initial_weights(architecture))
+        .args(["--num-classes", &NUM_CLASSES.to_string(), "--batch", &options.batch.to_string()])
+        .args(["--steps", &options.steps.to_string(), "--warmup", &options.warmup.to_string()])
+        .args(["--world", &world_size.to_string()])
+        .env("GLIBC_TUNABLES", GLIBC_TUNABLES)
+        .env("OMP_NUM_THREADS", "1")
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", options.python.display()))?;
+    if !output.status.success() {
+        bail!("pytorch benchmark exited with {}", output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last_line = stdout.lines().last().context("pytorch printed nothing")?;
+    let report: serde_json::Value = serde_json::from_str(last_line)?;
+    report["images_per_second"].as_f64().context("images_per_second")
+}
+
+fn main() -> Result<()> {
+    let options = Options::parse();
+    if let Some(Role::Worker { architecture, rank, world_size, data_dir, batch, steps, warmup }) = &options.role {
+        let architecture: Architecture = architecture.parse()?;
+        return run_worker(architecture, *rank, *world_size, data_dir, *batch, *steps, *warmup);
+    }
+    let architectures =
+        options.architectures.iter().map(|name| name.parse()).collect::<Result<Vec<Architecture>, _>>()?;
+    let data = write_bench_data(options.batch, &architectures)?;
+    println!(
+        "training throughput, batch {} per worker, {} timed steps after {} warm-up, GLIBC_TUNABLES={GLIBC_TUNABLES}",
+        options.batch, options.steps, options.warmup
+    );
+    println!("{:<8} {:<22} {:>12} {:>14} {:>7}", "model", "setting", "ours img/s", "pytorch img/s", "ratio");
+    for architecture in architectures {
+        for (world_size, setting) in [(1, "1 worker x 1 thread"), (2, "2 workers x 1 thread")] {
+            let ours = measure_ours(&options, &data, architecture, world_size)?;
+            let pytorch = measure_pytorch(&options, &data, architecture, world_size, false)?;
+            let pytorch_setting = if world_size == 1 { "eager" } else { "DDP gloo" };
+            println!(
+                "{:<8} {:<22} {:>12.1} {:>14.1} {:>6.2}x  (pytorch {pytorch_setting})",
+                architecture.name(),
+                setting,
+                ours,
+                pytorch,
+                ours / pytorch
+            );
+            if options.pytorch_channels_last {
+                let pytorch_nhwc = measure_pytorch(&options, &data, architecture, world_size, true)?;
+                println!(
+                    "{:<8} {:<22} {:>12} {:>14.1} {:>6.2}x  (pytorch {pytorch_setting}, channels-last)",
+                    "", "", "", pytorch_nhwc, ours / pytorch_nhwc
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `plankton-serve`: the inference service as a process.
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use plankton_serve::{BatchingConfig, ServeConfig, run};
+
+#[derive(Parser, Debug)]
+#[command(name = "plankton-serve", about = "plankton-cluster inference service: gRPC predictions with dynamic batching")]
+struct Options {
+    /// gRPC listen address.
+    #[arg(long, env = "PLANKTON_LISTEN", default_value = "127.0.0.1:7080")]
+    listen: SocketAddr,
+    /// Prometheus /metrics listen address (omit to serve no metrics).
+    #[arg(long, env = "PLANKTON_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// The coordinator whose model registry resolves model names.
+    #[arg(long, env = "PLANKTON_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    coordinator: String,
+    /// Default model: "name", "name:3" or "name@production" (an alias is followed as it moves).
+    #[arg(long, env = "PLANKTON_MODEL")]
+    model: String,
+    /// Most images in one forward pass; 1 turns dynamic batching off.
+    #[arg(long, env = "PLANKTON_MAX_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_batch_size: u32,
+    /// Longest wait of a queued request for others to join its batch.
+    #[arg(long, env = "PLANKTON_MAX_QUEUE_DELAY", default_value = "5ms", value_parser = humantime::parse_duration)]
+    max_queue_delay: Duration,
+    /// Requests waiting for a forward pass at most; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PLANKTON_QUEUE_CAPACITY", default_value_t = 4096)]
+    queue_capacity: usize,
+    /// How often the default model's alias is re-resolved in the registry.
+    #[arg(long, env = "PLANKTON_REFRESH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    refresh_interval: Duration,
+    /// Largest accepted gRPC message in bytes.
+    #[arg(long, env = "PLANKTON_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_message_bytes: usize,
+    /// Largest accepted image width or height (checked from the JPEG header).
+    #[arg(long, env = "PLANKTON_MAX_IMAGE_SIDE", default_value_t = 10_000)]
+    max_image_side: u32,
+    /// Largest accepted image area in pixels (checked from the JPEG header).
+    #[arg(long, env = "PLANKTON_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    max_image_pixels: u64,
+    /// Models kept loaded at most.
+    #[arg(long, env = "PLANKTON_MODEL_CACHE_SIZE", default_value_t = 4)]
+    model_cache_size: usize,
+    /// libtorch intra-op threads (0 = libtorch's default).
+    #[arg(long, env = "PLANKTON_TORCH_THREADS", default_value_t = 0)]
+    torch_threads: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    plankton_common::init_tracing();
+    let options = Options::parse();
+    let config = ServeConfig {
+        listen_address: options.listen,
+        metrics_listen: options.metrics_listen,
+        coordinator_url: options.coordinator,
+        model: options.model,
+        batching: BatchingConfig {
+            max_batch_size: options.max_batch_size as usize,
+            max_queue_delay: options.max_queue_delay,
+            queue_capacity: options.queue_capacity,
+        },
+        refresh_interval: options.refresh_interval,
+        max_message_bytes: options.max_message_bytes,
+        max_image_side: options.max_image_side,
+        max_image_pixels: options.max_image_pixels,
+        model_cache_size: options.model_cache_size,
+        torch_threads: options.torch_threads,
+    };
+    let shutdown = plankton_common::shutdown_on_signals();
+    run(config, shutdown).await
+}
