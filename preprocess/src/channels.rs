@@ -10,11 +10,67 @@ const OPENING_ANCHOR: usize = OPENING_SIZE / 2;
 /// The comparison is exact: `pixel * len < sum`, with no floating-point mean.
 pub fn threshold_below_mean(grey: &[u8], out: &mut [u8]) {
     debug_assert_eq!(grey.len(), out.len());
-    let sum: u64 = grey.iter().map(|&pixel| u64::from(pixel)).sum();
-    let len = grey.len() as u64;
-    for (target, &pixel) in out.iter_mut().zip(grey.iter()) {
-        *target = if u64::from(pixel) * len < sum { 255 } else { 0 };
+    // In u32 (which vectorises well) neither the sum nor pixel * len can overflow up to this length.
+    const U32_SAFE_LEN: usize = (u32::MAX / 255) as usize;
+    if grey.len() <= U32_SAFE_LEN {
+        let sum: u32 = grey.iter().map(|&pixel| u32::from(pixel)).sum();
+        let len = grey.len() as u32;
+        for (target, &pixel) in out.iter_mut().zip(grey.iter()) {
+            *target = if u32::from(pixel) * len < sum { 255 } else { 0 };
+        }
+    } else {
+        let sum: u64 = grey.iter().map(|&pixel| u64::from(pixel)).sum();
+        let len = grey.len() as u64;
+        for (target, &pixel) in out.iter_mut().zip(grey.iter()) {
+            *target = if u64::from(pixel) * len < sum { 255 } else { 0 };
+        }
     }
+}
+
+/// Opening by the 4x4 square of a binary (0/255) image exactly 64 pixels wide, one `u64` bit mask per row.
+///
+/// Same result as [`morphological_open_4x4`] on 0/255 input, without per-pixel window loops: bit `x` of a
+/// row mask is column `x`, so the offsets -2..=+1 are shifts, and bits shifted in from outside the image
+/// are the neutral element (ones for erosion, zeros for dilation).
+pub(crate) fn open_binary_64_wide(binary: &[u8], out: &mut [u8]) {
+    const WIDTH: usize = 64;
+    debug_assert_eq!(binary.len() % WIDTH, 0);
+    debug_assert_eq!(binary.len(), out.len());
+    let height = binary.len() / WIDTH;
+    let mut masks = [0u64; 256];
+    if height == 0 || height > masks.len() || out.len() != binary.len() {
+        morphological_open_4x4(binary, WIDTH, height, out);
+        return;
+    }
+    for (mask, line) in masks.iter_mut().zip(binary.chunks_exact(WIDTH)) {
+        *mask = line.iter().enumerate().fold(0u64, |bits, (x, &value)| {
+            bits | (u64::from(value != 0) << x)
+        });
+    }
+    let masks = &mut masks[..height];
+    // Horizontal erosion: bit x survives if bits x-2, x-1, x, x+1 are all set.
+    let mut row_pass = [0u64; 256];
+    for (target, &row) in row_pass.iter_mut().zip(masks.iter()) {
+        *target = row & ((row << 1) | 0b1) & ((row << 2) | 0b11) & ((row >> 1) | (1 << 63));
+    }
+    let eroded: Vec<u64> = (0..height)
+        .map(|y| window_rows(y, height).fold(u64::MAX, |bits, row| bits & row_pass[row]))
+        .collect();
+    // Horizontal dilation: bit x is set if any of bits x-2, x-1, x, x+1 is set.
+    for (target, &row) in row_pass.iter_mut().zip(eroded.iter()) {
+        *target = row | (row << 1) | (row << 2) | (row >> 1);
+    }
+    for (y, line) in out.chunks_exact_mut(WIDTH).enumerate() {
+        let bits = window_rows(y, height).fold(0u64, |bits, row| bits | row_pass[row]);
+        for (x, target) in line.iter_mut().enumerate() {
+            *target = if (bits >> x) & 1 == 1 { 255 } else { 0 };
+        }
+    }
+}
+
+/// Rows y-2..=y+1 clipped to the image.
+fn window_rows(y: usize, height: usize) -> std::ops::Range<usize> {
+    y.saturating_sub(OPENING_ANCHOR)..(y + OPENING_SIZE - OPENING_ANCHOR).min(height)
 }
 
 /// Morphological opening (erosion then dilation) by a 4x4 square, as
@@ -69,6 +125,41 @@ fn window_filter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bit_mask_opening_matches_the_general_one() {
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for density in [2u64, 3, 5, 8] {
+            // random 0/255 noise plus random white rectangles, so that some structure survives the opening
+            let mut binary: Vec<u8> = (0..64 * 64)
+                .map(|_| if next() % 10 < density { 255 } else { 0 })
+                .collect();
+            for _ in 0..12 {
+                let (left, top) = ((next() % 64) as usize, (next() % 64) as usize);
+                let (width, height) = (1 + (next() % 9) as usize, 1 + (next() % 9) as usize);
+                for y in top..(top + height).min(64) {
+                    for x in left..(left + width).min(64) {
+                        binary[y * 64 + x] = 255;
+                    }
+                }
+            }
+            let mut general = vec![0u8; binary.len()];
+            morphological_open_4x4(&binary, 64, 64, &mut general);
+            let mut bit_masks = vec![0u8; binary.len()];
+            open_binary_64_wide(&binary, &mut bit_masks);
+            assert_eq!(general, bit_masks, "density {density}");
+            assert!(
+                general.contains(&255) && general.contains(&0),
+                "test image too uniform"
+            );
+        }
+    }
 
     #[test]
     fn threshold_marks_dark_pixels_only() {

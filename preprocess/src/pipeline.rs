@@ -4,7 +4,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::channels::{morphological_open_4x4, threshold_below_mean};
+use crate::channels::{open_binary_64_wide, threshold_below_mean};
 use crate::decode::decode_grey_into;
 use crate::resize::{pad_to_square, resize_bicubic_into};
 use crate::{GreyImage, IMAGE_LEN, INPUT_SIZE, PreprocessConfig, PreprocessError, ResizeMode};
@@ -64,7 +64,7 @@ pub fn preprocess_image_into(
         }
         let (threshold_plane, opening_plane) = derived_planes.split_at_mut(PLANE_LEN);
         threshold_below_mean(grey_plane, threshold_plane);
-        morphological_open_4x4(threshold_plane, INPUT_SIZE, INPUT_SIZE, opening_plane);
+        open_binary_64_wide(threshold_plane, opening_plane);
         Ok(())
     })
 }

@@ -11,6 +11,17 @@ const COEF_SCALE: f32 = (1 << COEF_BITS) as f32;
 /// full group of 8 take its scalar integer path, which rounds slightly differently.
 const VERTICAL_VECTOR_LANES: usize = 8;
 
+/// Adding then subtracting 1.5 * 2^23 rounds an f32 of magnitude below 2^22 to the nearest integer,
+/// ties to even (the default rounding mode), without a libm `rintf` call.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// Rounds half to even and saturates to u8, as OpenCV's `saturate_cast<uchar>(cvRound(v))`.
+#[inline]
+fn round_to_u8(value: f32) -> u8 {
+    let clamped = value.clamp(-1.0, 256.0);
+    ((clamped + ROUND_MAGIC) - ROUND_MAGIC) as u8
+}
+
 /// Both source sides at least this long: opencv-python's `cv2.resize` hands `INTER_CUBIC` on uint8 to
 /// Intel IPP (float arithmetic); smaller sources take OpenCV's own fixed-point `resizeGeneric_`.
 const IPP_MIN_SOURCE_SIDE: usize = 4;
@@ -240,7 +251,7 @@ fn resize_float(
         let [w0, w1, w2, w3] = row_tap.weights;
         for (x, target) in out_row.iter_mut().enumerate() {
             let value = ((r3[x] * w3 + r2[x] * w2) + r1[x] * w1) + r0[x] * w0;
-            *target = value.round_ties_even().clamp(0.0, 255.0) as u8;
+            *target = round_to_u8(value);
         }
     }
 }
@@ -298,7 +309,7 @@ fn resize_fixed_point(
             let value = (rows[0][x] as f32) * b0
                 + ((rows[1][x] as f32) * b1
                     + ((rows[2][x] as f32) * b2 + (rows[3][x] as f32) * b3));
-            out_row[x] = value.round_ties_even().clamp(0.0, 255.0) as u8;
+            out_row[x] = round_to_u8(value);
         }
         let [w0, w1, w2, w3] = row_tap.weights.map(i32::from);
         for x in vector_columns..out_width {
@@ -362,6 +373,16 @@ fn border_median(src: &GreyImage) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn magic_rounding_is_round_half_even_with_saturation() {
+        for value in [
+            -3.0f32, -0.5, 0.49, 0.5, 1.5, 2.5, 2.5000002, 127.5, 128.5, 254.5, 255.4, 255.5, 300.0,
+        ] {
+            let expected = value.round_ties_even().clamp(0.0, 255.0) as u8;
+            assert_eq!(round_to_u8(value), expected, "{value}");
+        }
+    }
 
     #[test]
     fn identity_size_is_a_copy() {

@@ -4,7 +4,10 @@
 //! lives on a dedicated OS thread that owns it. Requests (already decoded and preprocessed) are queued on
 //! a bounded channel; the thread takes the oldest request, then keeps taking queued requests until the
 //! batch holds `max_batch_size` images or `max_queue_delay` has passed since the oldest one was queued,
-//! runs ONE forward pass over the concatenated images and hands each request its rows. While a forward
+//! runs ONE forward pass over the concatenated images and hands each request its rows. The batcher only
+//! waits for requests that are on their way: a request announces itself ([`InferenceEngine::announce`])
+//! before its images are decoded, and when the queue is empty and no announced request is still being
+//! preprocessed the batch runs at once, so a lone client never pays the queue delay. While a forward
 //! pass runs, new requests queue up and form the next batch. A request never splits across batches; one
 //! request larger than `max_batch_size` forms a batch of its own. `max_batch_size = 1` turns batching off.
 //!
@@ -12,7 +15,9 @@
 //! and exits, dropping the model: a model swapped out finishes its in-flight requests first.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
 use plankton_trainer::{IMAGE_LEN, InferenceModel, TrainError};
@@ -39,6 +44,9 @@ impl Default for BatchingConfig {
     }
 }
 
+/// How often a waiting batcher looks whether announced requests are still on their way.
+const ARRIVAL_POLL_INTERVAL: Duration = Duration::from_micros(200);
+
 /// The preprocessed images of one request waiting for a forward pass.
 struct QueuedRequest {
     /// `image_count * IMAGE_LEN` bytes, u8 CHW.
@@ -55,6 +63,20 @@ pub struct InferenceEngine {
     num_classes: usize,
     queue_capacity: usize,
     sender: SyncSender<QueuedRequest>,
+    /// Requests announced but not queued yet (being decoded and preprocessed).
+    arriving: Arc<AtomicUsize>,
+}
+
+/// A request on its way to the queue; dropping it (queued or given up) withdraws the announcement.
+#[derive(Debug)]
+pub struct Arrival {
+    arriving: Arc<AtomicUsize>,
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.arriving.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl InferenceEngine {
@@ -73,6 +95,8 @@ impl InferenceEngine {
         let (loaded_sender, loaded_receiver) = oneshot::channel::<Result<(), String>>();
         let thread_label = label.clone();
         let max_queue_delay = batching.max_queue_delay;
+        let arriving = Arc::new(AtomicUsize::new(0));
+        let batcher_arriving = arriving.clone();
         std::thread::Builder::new()
             .name(format!("inference-{label}"))
             .spawn(move || {
@@ -95,7 +119,14 @@ impl InferenceEngine {
                     return;
                 }
                 let _ = loaded_sender.send(Ok(()));
-                let batcher = Batcher { model, label: thread_label, max_batch_size, max_queue_delay, batch_size_histogram };
+                let batcher = Batcher {
+                    model,
+                    label: thread_label,
+                    max_batch_size,
+                    max_queue_delay,
+                    batch_size_histogram,
+                    arriving: batcher_arriving,
+                };
                 batcher.run(receiver);
             })
             .map_err(|spawn_error| ServeError::ModelLoad {
@@ -105,7 +136,7 @@ impl InferenceEngine {
         match loaded_receiver.await {
             Ok(Ok(())) => {
                 info!(model = %label, max_batch_size, "model loaded");
-                Ok(InferenceEngine { label, num_classes, queue_capacity, sender })
+                Ok(InferenceEngine { label, num_classes, queue_capacity, sender, arriving })
             }
             Ok(Err(reason)) => Err(ServeError::ModelLoad { model: label, reason }),
             Err(_) => Err(ServeError::ModelLoad { model: label, reason: "the inference thread ended".to_string() }),
@@ -116,9 +147,16 @@ impl InferenceEngine {
         self.num_classes
     }
 
+    /// Announces a request that will call [`InferenceEngine::predict`] once its images are preprocessed,
+    /// so that the batcher waits for it (at most the queue delay).
+    pub fn announce(&self) -> Arrival {
+        self.arriving.fetch_add(1, Ordering::AcqRel);
+        Arrival { arriving: self.arriving.clone() }
+    }
+
     /// Softmax probabilities (`image_count * num_classes`) of `images` (`image_count * IMAGE_LEN` bytes),
-    /// computed in whatever batch the queue forms.
-    pub async fn predict(&self, images: Vec<u8>, image_count: usize) -> ServeResult<Vec<f32>> {
+    /// computed in whatever batch the queue forms. `arrival` is this request's announcement.
+    pub async fn predict(&self, images: Vec<u8>, image_count: usize, arrival: Arrival) -> ServeResult<Vec<f32>> {
         if image_count == 0 || images.len() != image_count * IMAGE_LEN {
             return Err(ServeError::Internal(format!(
                 "{} bytes for {image_count} images (expected {IMAGE_LEN} per image)",
@@ -127,7 +165,9 @@ impl InferenceEngine {
         }
         let (respond, response) = oneshot::channel();
         let request = QueuedRequest { images, image_count, queued_at: Instant::now(), respond };
-        match self.sender.try_send(request) {
+        let sent = self.sender.try_send(request);
+        drop(arrival);
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(ServeError::Overloaded { model: self.label.clone(), capacity: self.queue_capacity });
@@ -151,6 +191,7 @@ struct Batcher {
     max_batch_size: usize,
     max_queue_delay: Duration,
     batch_size_histogram: Histogram,
+    arriving: Arc<AtomicUsize>,
 }
 
 impl Batcher {
@@ -168,16 +209,22 @@ impl Batcher {
             let mut image_total = oldest.image_count;
             let mut batch = vec![oldest];
             while image_total < self.max_batch_size {
-                let now = Instant::now();
-                let next = if now >= deadline {
-                    receiver.try_recv().ok()
-                } else {
-                    match receiver.recv_timeout(deadline - now) {
-                        Ok(request) => Some(request),
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+                // A disconnection runs what is batched; the outer loop ends after it.
+                let next = match receiver.try_recv() {
+                    Ok(request) => request,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        if now >= deadline || self.arriving.load(Ordering::Acquire) == 0 {
+                            break;
+                        }
+                        match receiver.recv_timeout((deadline - now).min(ARRIVAL_POLL_INTERVAL)) {
+                            Ok(request) => request,
+                            Err(RecvTimeoutError::Timeout) => continue,
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        }
                     }
                 };
-                let Some(next) = next else { break };
                 if image_total + next.image_count > self.max_batch_size {
                     carried_over = Some(next);
                     break;

@@ -82,6 +82,7 @@ impl InferenceService {
         }
         .min(num_classes);
         self.metrics.images.inc_by(request.images.len() as u64);
+        let arrival = model.engine.announce();
         let ids: Vec<String> = request.images.iter().map(|image| image.id.clone()).collect();
         let preprocessed = preprocess_on_rayon(request.images, model.preprocess.clone()).await?;
 
@@ -90,7 +91,7 @@ impl InferenceService {
         for channels in preprocessed.iter().flatten() {
             batch.extend_from_slice(channels);
         }
-        let probabilities = if valid_count > 0 { model.engine.predict(batch, valid_count).await? } else { Vec::new() };
+        let probabilities = if valid_count > 0 { model.engine.predict(batch, valid_count, arrival).await? } else { Vec::new() };
 
         let mut rows = probabilities.chunks_exact(num_classes);
         let mut predictions = Vec::with_capacity(ids.len());

@@ -8,7 +8,8 @@ use plankton_synth::{CLASS_COUNT, class_counts, class_name, measure_features, re
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let arguments: Vec<String> = std::env::args().collect();
-    let out_dir = std::path::PathBuf::from(arguments.get(1).map_or("contact-sheet", String::as_str));
+    let out_dir =
+        std::path::PathBuf::from(arguments.get(1).map_or("contact-sheet", String::as_str));
     let per_class: u64 = arguments.get(2).map_or(Ok(6), |value| value.parse())?;
     let seed: u64 = arguments.get(3).map_or(Ok(1), |value| value.parse())?;
     std::fs::create_dir_all(&out_dir)?;
@@ -17,9 +18,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let image = render_object(class_index, 30_000_000 + sample, seed);
             let mut pgm = format!("P5\n{} {}\n255\n", image.width, image.height).into_bytes();
             pgm.extend_from_slice(&image.pixels);
-            std::fs::write(out_dir.join(format!("{class_index:02}_{sample:02}.pgm")), pgm)?;
+            std::fs::write(
+                out_dir.join(format!("{class_index:02}_{sample:02}.pgm")),
+                pgm,
+            )?;
         }
-        println!("{class_index:02} {}", class_name(class_index).unwrap_or("?"));
+        println!(
+            "{class_index:02} {}",
+            class_name(class_index).unwrap_or("?")
+        );
     }
     // Dataset-weighted size distribution and throughput (render + encode + measure).
     let counts = class_counts(4_000)?;
@@ -49,7 +56,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     widths.sort_unstable();
     heights.sort_unstable();
     let median = |values: &[u32]| values[values.len() / 2];
-    println!("render {:.2}s, jpeg {:.2}s, features {:.2}s", stage_seconds[0], stage_seconds[1], stage_seconds[2]);
+    println!(
+        "render {:.2}s, jpeg {:.2}s, features {:.2}s",
+        stage_seconds[0], stage_seconds[1], stage_seconds[2]
+    );
     println!(
         "{} objects in {seconds:.2}s on one thread: {:.0} objects/s; median {}x{}, max {}x{}, min {}x{}",
         widths.len(),

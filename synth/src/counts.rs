@@ -21,7 +21,9 @@ pub fn class_name(class_index: usize) -> Option<&'static str> {
 }
 
 fn reference_count(class_index: usize) -> u64 {
-    REFERENCE_CLASS_COUNTS.get(class_index).map_or(REFERENCE_UNLABELED, |(_, count)| *count)
+    REFERENCE_CLASS_COUNTS
+        .get(class_index)
+        .map_or(REFERENCE_UNLABELED, |(_, count)| *count)
 }
 
 /// Objects per class for a dataset of `total` objects, in reference order with [`UNLABELED_CLASS`] last.
@@ -31,7 +33,10 @@ fn reference_count(class_index: usize) -> u64 {
 /// falls below 2 are pinned at 2 and the rest share what remains. The counts always sum to `total`.
 pub fn class_counts(total: u64) -> Result<Vec<(String, u64)>, SynthError> {
     if total < MINIMUM_OBJECTS {
-        return Err(SynthError::TooFewObjects { requested: total, minimum: MINIMUM_OBJECTS });
+        return Err(SynthError::TooFewObjects {
+            requested: total,
+            minimum: MINIMUM_OBJECTS,
+        });
     }
     let mut pinned = [false; CLASS_COUNT];
     loop {
@@ -42,11 +47,11 @@ pub fn class_counts(total: u64) -> Result<Vec<(String, u64)>, SynthError> {
             .map(|class_index| u128::from(reference_count(class_index)))
             .sum();
         let mut newly_pinned = false;
-        for class_index in 0..CLASS_COUNT {
+        for (class_index, is_pinned) in pinned.iter_mut().enumerate() {
             let share_below_minimum = remaining_objects * u128::from(reference_count(class_index))
                 < u128::from(MINIMUM_PER_CLASS) * free_weight;
-            if !pinned[class_index] && share_below_minimum {
-                pinned[class_index] = true;
+            if !*is_pinned && share_below_minimum {
+                *is_pinned = true;
                 newly_pinned = true;
             }
         }
@@ -82,7 +87,13 @@ pub fn class_counts(total: u64) -> Result<Vec<(String, u64)>, SynthError> {
                 (name.to_string(), *count)
             })
             .collect::<Vec<_>>();
-        debug_assert_eq!(named_and_counted.iter().map(|(_, count)| count).sum::<u64>(), total);
+        debug_assert_eq!(
+            named_and_counted
+                .iter()
+                .map(|(_, count)| count)
+                .sum::<u64>(),
+            total
+        );
         return Ok(named_and_counted);
     }
 }
@@ -96,7 +107,9 @@ mod tests {
     fn full_scale_matches_the_reference_exactly() {
         let counts = class_counts(REFERENCE_TOTAL).unwrap();
         assert_eq!(counts.len(), 40);
-        for ((name, count), (reference_name, reference)) in counts.iter().zip(REFERENCE_CLASS_COUNTS) {
+        for ((name, count), (reference_name, reference)) in
+            counts.iter().zip(REFERENCE_CLASS_COUNTS)
+        {
             assert_eq!(name, reference_name);
             assert_eq!(*count, reference);
         }
@@ -107,8 +120,15 @@ mod tests {
     fn small_scale_is_proportional_with_two_per_class() {
         for total in [80u64, 81, 117, 200, 1_000, 5_000, 24_361, 100_000, 500_000] {
             let counts = class_counts(total).unwrap();
-            assert_eq!(counts.iter().map(|(_, count)| count).sum::<u64>(), total, "total {total}");
-            assert!(counts.iter().all(|(_, count)| *count >= 2), "total {total}: {counts:?}");
+            assert_eq!(
+                counts.iter().map(|(_, count)| count).sum::<u64>(),
+                total,
+                "total {total}"
+            );
+            assert!(
+                counts.iter().all(|(_, count)| *count >= 2),
+                "total {total}: {counts:?}"
+            );
             // Never increasing down the reference order (the reference is sorted, unlabeled aside).
             for window in counts[..39].windows(2) {
                 assert!(window[0].1 >= window[1].1, "total {total}: {counts:?}");
@@ -119,8 +139,12 @@ mod tests {
         assert_eq!(tenth[38], ("Bacteriastrum".to_string(), 2));
         assert_eq!(tenth[0], ("detritus".to_string(), 13_843));
         for (class_index, (name, count)) in tenth.iter().enumerate().take(38) {
-            let share = 24_359.0 * reference_count(class_index) as f64 / (REFERENCE_TOTAL - 12) as f64;
-            assert!((*count as f64 - share).abs() < 1.0, "{name}: {count} vs share {share}");
+            let share =
+                24_359.0 * reference_count(class_index) as f64 / (REFERENCE_TOTAL - 12) as f64;
+            assert!(
+                (*count as f64 - share).abs() < 1.0,
+                "{name}: {count} vs share {share}"
+            );
         }
         let doubled = class_counts(2 * REFERENCE_TOTAL).unwrap();
         assert_eq!(doubled[0].1, 2 * 138_439);
@@ -131,7 +155,13 @@ mod tests {
 
     #[test]
     fn too_few_objects_is_an_error() {
-        assert!(matches!(class_counts(79), Err(SynthError::TooFewObjects { requested: 79, minimum: 80 })));
+        assert!(matches!(
+            class_counts(79),
+            Err(SynthError::TooFewObjects {
+                requested: 79,
+                minimum: 80
+            })
+        ));
         assert!(class_counts(0).is_err());
     }
 

@@ -25,7 +25,12 @@ pub enum SynthError {
     },
     /// A rendered image could not be encoded as JPEG.
     #[error("jpeg encoding of object {objid} ({width}x{height}) failed: {message}")]
-    JpegEncode { objid: u64, width: u32, height: u32, message: String },
+    JpegEncode {
+        objid: u64,
+        width: u32,
+        height: u32,
+        message: String,
+    },
     /// A zip member or archive exceeds what the zip format can describe.
     #[error("zip archive `{path}`: {message}")]
     Zip { path: String, message: String },

@@ -75,7 +75,11 @@ struct Measurements {
 }
 
 fn ratio(numerator: f64, denominator: f64) -> f64 {
-    if denominator.abs() < 1e-12 { 0.0 } else { numerator / denominator }
+    if denominator.abs() < 1e-12 {
+        0.0
+    } else {
+        numerator / denominator
+    }
 }
 
 impl Measurements {
@@ -93,7 +97,11 @@ impl Measurements {
             "major" => self.major,
             "minor" => self.minor,
             "angle" => self.angle,
-            "circ." => ratio(4.0 * std::f64::consts::PI * self.area, self.perimeter * self.perimeter).min(1.0),
+            "circ." => ratio(
+                4.0 * std::f64::consts::PI * self.area,
+                self.perimeter * self.perimeter,
+            )
+            .min(1.0),
             "feret" => self.feret,
             "intden" => self.intden,
             "median" => self.median,
@@ -129,8 +137,15 @@ impl Measurements {
             "feretareaexc" => ratio(self.feret, self.area_exc.sqrt()),
             "perimferet" => ratio(self.perimeter, self.feret),
             "perimmajor" => ratio(self.perimeter, self.major),
-            "circex" => ratio(4.0 * std::f64::consts::PI * self.area_exc, self.perimeter * self.perimeter).min(1.0),
-            "cdexc" => ratio(self.centroid_distance * self.centroid_distance, self.area_exc),
+            "circex" => ratio(
+                4.0 * std::f64::consts::PI * self.area_exc,
+                self.perimeter * self.perimeter,
+            )
+            .min(1.0),
+            "cdexc" => ratio(
+                self.centroid_distance * self.centroid_distance,
+                self.area_exc,
+            ),
             "kurt_mean" => ratio(self.kurt, self.mean),
             "skew_mean" => ratio(self.skew, self.mean),
             "convperim_perim" => ratio(self.convex_perimeter, self.perimeter),
@@ -163,7 +178,8 @@ impl Measurements {
         for grey in pixels {
             image_histogram[*grey as usize] += 1;
         }
-        measured.mean_image_grey = pixels.iter().map(|grey| f64::from(*grey)).sum::<f64>() / pixels.len() as f64;
+        measured.mean_image_grey =
+            pixels.iter().map(|grey| f64::from(*grey)).sum::<f64>() / pixels.len() as f64;
         let threshold = otsu_threshold(&image_histogram);
         let mask: Vec<bool> = pixels.iter().map(|grey| *grey <= threshold).collect();
         let filled = fill_holes(&mask, width, height);
@@ -173,7 +189,8 @@ impl Measurements {
         let mut object_histogram = [0u64; 256];
         let mut background_sum = 0f64;
         let mut background_count = 0u64;
-        let (mut sum_x, mut sum_y, mut weighted_x, mut weighted_y, mut darkness_sum) = (0f64, 0f64, 0f64, 0f64, 0f64);
+        let (mut sum_x, mut sum_y, mut weighted_x, mut weighted_y, mut darkness_sum) =
+            (0f64, 0f64, 0f64, 0f64, 0f64);
         let (mut min_x, mut min_y, mut max_x, mut max_y) = (usize::MAX, usize::MAX, 0usize, 0usize);
         for y in 0..height {
             for x in 0..width {
@@ -216,7 +233,11 @@ impl Measurements {
         measured.skew = grey_stats.skew;
         measured.kurt = grey_stats.kurt;
         measured.intden = grey_stats.mean * area;
-        let background_mean = if background_count > 0 { background_sum / background_count as f64 } else { measured.mean_image_grey };
+        let background_mean = if background_count > 0 {
+            background_sum / background_count as f64
+        } else {
+            measured.mean_image_grey
+        };
         measured.contrast = background_mean - measured.mean;
 
         let centroid_x = sum_x / area;
@@ -226,7 +247,8 @@ impl Measurements {
             let offset_y = weighted_y / darkness_sum - centroid_y;
             measured.centroid_distance = (offset_x * offset_x + offset_y * offset_y).sqrt();
         }
-        let (major, minor, angle) = ellipse_fit(&filled, width, height, centroid_x, centroid_y, area);
+        let (major, minor, angle) =
+            ellipse_fit(&filled, width, height, centroid_x, centroid_y, area);
         measured.major = major;
         measured.minor = minor;
         measured.angle = angle;
@@ -240,18 +262,27 @@ impl Measurements {
         measured.skeleton_pixels = skeleton_pixels;
         measured.thickness_ratio = thickness_ratio;
         for (level, quantile) in grey_stats.quantiles.iter().enumerate() {
-            let dark_enough: Vec<bool> =
-                pixels.iter().zip(&filled).map(|(grey, inside)| *inside && f64::from(*grey) <= *quantile).collect();
+            let dark_enough: Vec<bool> = pixels
+                .iter()
+                .zip(&filled)
+                .map(|(grey, inside)| *inside && f64::from(*grey) <= *quantile)
+                .collect();
             measured.components[level] = count_components(&dark_enough, width, height) as f64;
             if level == 0 {
                 let core_area = dark_enough.iter().filter(|inside| **inside).count() as f64;
                 let (core_x, core_y) = mask_centroid(&dark_enough, width, height);
-                measured.core_symmetry_horizontal = mirror_overlap(&dark_enough, width, height, core_x, core_y, true) / core_area.max(1.0);
-                measured.core_symmetry_vertical = mirror_overlap(&dark_enough, width, height, core_x, core_y, false) / core_area.max(1.0);
+                measured.core_symmetry_horizontal =
+                    mirror_overlap(&dark_enough, width, height, core_x, core_y, true)
+                        / core_area.max(1.0);
+                measured.core_symmetry_vertical =
+                    mirror_overlap(&dark_enough, width, height, core_x, core_y, false)
+                        / core_area.max(1.0);
             }
         }
-        measured.symmetry_horizontal = mirror_overlap(&filled, width, height, centroid_x, centroid_y, true) / area;
-        measured.symmetry_vertical = mirror_overlap(&filled, width, height, centroid_x, centroid_y, false) / area;
+        measured.symmetry_horizontal =
+            mirror_overlap(&filled, width, height, centroid_x, centroid_y, true) / area;
+        measured.symmetry_vertical =
+            mirror_overlap(&filled, width, height, centroid_x, centroid_y, false) / area;
         measured
     }
 }
@@ -259,7 +290,11 @@ impl Measurements {
 /// Otsu's threshold: the grey level maximising between-class variance (object = at or below it).
 fn otsu_threshold(histogram: &[u64; 256]) -> u8 {
     let total: u64 = histogram.iter().sum();
-    let total_weighted: f64 = histogram.iter().enumerate().map(|(grey, count)| grey as f64 * *count as f64).sum();
+    let total_weighted: f64 = histogram
+        .iter()
+        .enumerate()
+        .map(|(grey, count)| grey as f64 * *count as f64)
+        .sum();
     let mut below_count = 0u64;
     let mut below_weighted = 0f64;
     let mut best_threshold = 0u8;
@@ -336,14 +371,27 @@ struct GreyStatistics {
 
 fn histogram_statistics(histogram: &[u64; 256]) -> GreyStatistics {
     let count = histogram.iter().sum::<u64>() as f64;
-    let mean = histogram.iter().enumerate().map(|(grey, n)| grey as f64 * *n as f64).sum::<f64>() / count;
+    let mean = histogram
+        .iter()
+        .enumerate()
+        .map(|(grey, n)| grey as f64 * *n as f64)
+        .sum::<f64>()
+        / count;
     let central_moment = |power: i32| {
-        histogram.iter().enumerate().map(|(grey, n)| (grey as f64 - mean).powi(power) * *n as f64).sum::<f64>() / count
+        histogram
+            .iter()
+            .enumerate()
+            .map(|(grey, n)| (grey as f64 - mean).powi(power) * *n as f64)
+            .sum::<f64>()
+            / count
     };
     let variance = central_moment(2);
     let stddev = variance.sqrt();
     let (skew, kurt) = if variance > 1e-12 {
-        (central_moment(3) / variance.powf(1.5), central_moment(4) / (variance * variance) - 3.0)
+        (
+            central_moment(3) / variance.powf(1.5),
+            central_moment(4) / (variance * variance) - 3.0,
+        )
     } else {
         (0.0, 0.0)
     };
@@ -361,11 +409,26 @@ fn histogram_statistics(histogram: &[u64; 256]) -> GreyStatistics {
             }
         }
     }
-    GreyStatistics { mean, stddev, min, max, skew, kurt, quantiles }
+    GreyStatistics {
+        mean,
+        stddev,
+        min,
+        max,
+        skew,
+        kurt,
+        quantiles,
+    }
 }
 
 /// Major and minor axes and angle (degrees) of the ellipse with the mask's second moments.
-fn ellipse_fit(mask: &[bool], width: usize, height: usize, centroid_x: f64, centroid_y: f64, area: f64) -> (f64, f64, f64) {
+fn ellipse_fit(
+    mask: &[bool],
+    width: usize,
+    height: usize,
+    centroid_x: f64,
+    centroid_y: f64,
+    area: f64,
+) -> (f64, f64, f64) {
     let (mut moment_xx, mut moment_yy, mut moment_xy) = (0f64, 0f64, 0f64);
     for y in 0..height {
         let delta_y = y as f64 + 0.5 - centroid_y;
@@ -413,7 +476,10 @@ fn convex_hull(mask: &[bool], width: usize, height: usize) -> Vec<(f64, f64)> {
     let mut corners = Vec::new();
     for y in 0..height {
         let row = &mask[y * width..(y + 1) * width];
-        let (Some(first), Some(last)) = (row.iter().position(|inside| *inside), row.iter().rposition(|inside| *inside)) else {
+        let (Some(first), Some(last)) = (
+            row.iter().position(|inside| *inside),
+            row.iter().rposition(|inside| *inside),
+        ) else {
             continue;
         };
         for corner_y in [y as f64, y as f64 + 1.0] {
@@ -471,7 +537,8 @@ fn max_vertex_distance(polygon: &[(f64, f64)]) -> f64 {
     let mut longest = 0f64;
     for (index, first) in polygon.iter().enumerate() {
         for second in &polygon[index + 1..] {
-            longest = longest.max(((first.0 - second.0).powi(2) + (first.1 - second.1).powi(2)).sqrt());
+            longest =
+                longest.max(((first.0 - second.0).powi(2) + (first.1 - second.1).powi(2)).sqrt());
         }
     }
     longest
@@ -484,8 +551,14 @@ fn box_counting_dimension(mask: &[bool], width: usize, height: usize) -> f64 {
         .flat_map(|y| (0..width).map(move |x| (x, y)))
         .filter(|&(x, y)| {
             inside(x, y)
-                && (x == 0 || y == 0 || x + 1 == width || y + 1 == height
-                    || !inside(x - 1, y) || !inside(x + 1, y) || !inside(x, y - 1) || !inside(x, y + 1))
+                && (x == 0
+                    || y == 0
+                    || x + 1 == width
+                    || y + 1 == height
+                    || !inside(x - 1, y)
+                    || !inside(x + 1, y)
+                    || !inside(x, y - 1)
+                    || !inside(x, y + 1))
         })
         .collect();
     let largest_box = width.max(height) / 2;
@@ -514,7 +587,10 @@ fn box_counting_dimension(mask: &[bool], width: usize, height: usize) -> f64 {
     let count = points.len() as f64;
     let mean_x = points.iter().map(|point| point.0).sum::<f64>() / count;
     let mean_y = points.iter().map(|point| point.1).sum::<f64>() / count;
-    let covariance: f64 = points.iter().map(|point| (point.0 - mean_x) * (point.1 - mean_y)).sum();
+    let covariance: f64 = points
+        .iter()
+        .map(|point| (point.0 - mean_x) * (point.1 - mean_y))
+        .sum();
     let variance: f64 = points.iter().map(|point| (point.0 - mean_x).powi(2)).sum();
     ratio(covariance, variance)
 }
@@ -522,9 +598,16 @@ fn box_counting_dimension(mask: &[bool], width: usize, height: usize) -> f64 {
 /// Skeleton pixel count (ridge of the chessboard distance transform) and max/mean ridge distance.
 fn skeleton(mask: &[bool], width: usize, height: usize) -> (f64, f64) {
     const FAR: u32 = u32::MAX / 4;
-    let mut distance: Vec<u32> = mask.iter().map(|inside| if *inside { FAR } else { 0 }).collect();
+    let mut distance: Vec<u32> = mask
+        .iter()
+        .map(|inside| if *inside { FAR } else { 0 })
+        .collect();
     let at = |distance: &Vec<u32>, x: isize, y: isize| -> u32 {
-        if x < 0 || y < 0 || x >= width as isize || y >= height as isize { 0 } else { distance[y as usize * width + x as usize] }
+        if x < 0 || y < 0 || x >= width as isize || y >= height as isize {
+            0
+        } else {
+            distance[y as usize * width + x as usize]
+        }
     };
     for y in 0..height as isize {
         for x in 0..width as isize {
@@ -532,10 +615,15 @@ fn skeleton(mask: &[bool], width: usize, height: usize) -> (f64, f64) {
             if distance[index] == 0 {
                 continue;
             }
-            let nearest = [at(&distance, x - 1, y), at(&distance, x - 1, y - 1), at(&distance, x, y - 1), at(&distance, x + 1, y - 1)]
-                .into_iter()
-                .min()
-                .unwrap_or(0);
+            let nearest = [
+                at(&distance, x - 1, y),
+                at(&distance, x - 1, y - 1),
+                at(&distance, x, y - 1),
+                at(&distance, x + 1, y - 1),
+            ]
+            .into_iter()
+            .min()
+            .unwrap_or(0);
             distance[index] = distance[index].min(nearest + 1);
         }
     }
@@ -545,10 +633,15 @@ fn skeleton(mask: &[bool], width: usize, height: usize) -> (f64, f64) {
             if distance[index] == 0 {
                 continue;
             }
-            let nearest = [at(&distance, x + 1, y), at(&distance, x + 1, y + 1), at(&distance, x, y + 1), at(&distance, x - 1, y + 1)]
-                .into_iter()
-                .min()
-                .unwrap_or(0);
+            let nearest = [
+                at(&distance, x + 1, y),
+                at(&distance, x + 1, y + 1),
+                at(&distance, x, y + 1),
+                at(&distance, x - 1, y + 1),
+            ]
+            .into_iter()
+            .min()
+            .unwrap_or(0);
             distance[index] = distance[index].min(nearest + 1);
         }
     }
@@ -572,7 +665,10 @@ fn skeleton(mask: &[bool], width: usize, height: usize) -> (f64, f64) {
         }
     }
     let mean_ridge_distance = ratio(ridge_distance_sum as f64, ridge_pixels as f64);
-    (ridge_pixels as f64, ratio(f64::from(ridge_distance_max), mean_ridge_distance))
+    (
+        ridge_pixels as f64,
+        ratio(f64::from(ridge_distance_max), mean_ridge_distance),
+    )
 }
 
 /// Number of 8-connected components of `mask` (one raster pass with union-find over labels).
@@ -611,13 +707,17 @@ fn count_components(mask: &[bool], width: usize, height: usize) -> u64 {
                 }
             }
             let mut own_root = NO_LABEL;
-            for neighbour_label in neighbour_labels.into_iter().filter(|label| *label != NO_LABEL) {
+            for neighbour_label in neighbour_labels
+                .into_iter()
+                .filter(|label| *label != NO_LABEL)
+            {
                 let neighbour_root = root(&mut parents, neighbour_label);
                 if own_root == NO_LABEL {
                     own_root = neighbour_root;
                 } else if neighbour_root != own_root {
                     // Two components meet: merge them.
-                    let (keep, merge) = (own_root.min(neighbour_root), own_root.max(neighbour_root));
+                    let (keep, merge) =
+                        (own_root.min(neighbour_root), own_root.max(neighbour_root));
                     parents[merge as usize] = keep;
                     own_root = keep;
                     components -= 1;
@@ -649,7 +749,14 @@ fn mask_centroid(mask: &[bool], width: usize, height: usize) -> (f64, f64) {
 }
 
 /// Pixels of `mask` whose mirror image about the centroid (flipping x, or y) is also in the mask.
-fn mirror_overlap(mask: &[bool], width: usize, height: usize, centroid_x: f64, centroid_y: f64, flip_x: bool) -> f64 {
+fn mirror_overlap(
+    mask: &[bool],
+    width: usize,
+    height: usize,
+    centroid_x: f64,
+    centroid_y: f64,
+    flip_x: bool,
+) -> f64 {
     let mirror_table = |length: usize, centroid: f64| -> Vec<Option<usize>> {
         (0..length)
             .map(|position| {
@@ -672,10 +779,16 @@ fn mirror_overlap(mask: &[bool], width: usize, height: usize, centroid_x: f64, c
     } else {
         let mirror_y = mirror_table(height, centroid_y);
         for y in 0..height {
-            let Some(mirrored) = mirror_y[y] else { continue };
+            let Some(mirrored) = mirror_y[y] else {
+                continue;
+            };
             let row = &mask[y * width..(y + 1) * width];
             let mirrored_row = &mask[mirrored * width..(mirrored + 1) * width];
-            overlap += row.iter().zip(mirrored_row).filter(|(here, there)| **here && **there).count() as u64;
+            overlap += row
+                .iter()
+                .zip(mirrored_row)
+                .filter(|(here, there)| **here && **there)
+                .count() as u64;
         }
     }
     overlap as f64
@@ -686,7 +799,10 @@ mod tests {
     use super::*;
 
     fn column(features: &[Option<f32>; 64], name: &str) -> f32 {
-        let index = NATIVE_FEATURE_COLUMNS.iter().position(|column| *column == name).unwrap();
+        let index = NATIVE_FEATURE_COLUMNS
+            .iter()
+            .position(|column| *column == name)
+            .unwrap();
         features[index].unwrap()
     }
 
@@ -698,7 +814,11 @@ mod tests {
                 let x = (index % size) as f32 + 0.5 - center;
                 let y = (index / size) as f32 + 0.5 - center;
                 let distance = (x * x + y * y).sqrt();
-                if distance <= radius && distance > hole_radius { 40 + (index % 7) as u8 } else { 220 }
+                if distance <= radius && distance > hole_radius {
+                    40 + (index % 7) as u8
+                } else {
+                    220
+                }
             })
             .collect();
         GreyImage::new(size, size, pixels).unwrap()
@@ -711,7 +831,10 @@ mod tests {
         let area = column(&features, "area");
         assert!((area - PI * 400.0).abs() < 40.0, "area {area}");
         let perimeter = column(&features, "perim.");
-        assert!((perimeter - 2.0 * PI * 20.0).abs() < 8.0, "perimeter {perimeter}");
+        assert!(
+            (perimeter - 2.0 * PI * 20.0).abs() < 8.0,
+            "perimeter {perimeter}"
+        );
         assert!(column(&features, "circ.") > 0.85);
         assert!((column(&features, "major") - 40.0).abs() < 2.0);
         assert!((column(&features, "elongation") - 1.0).abs() < 0.05);
@@ -736,7 +859,11 @@ mod tests {
             .map(|index| {
                 let x = (index % width) as i32;
                 let y = (index / width) as i32;
-                if (y - x / 2 - 5).abs() <= 2 && (5..55).contains(&x) { 30 } else { 210 }
+                if (y - x / 2 - 5).abs() <= 2 && (5..55).contains(&x) {
+                    30
+                } else {
+                    210
+                }
             })
             .collect();
         let bar_features = measure_features(&GreyImage::new(width, height, bar).unwrap());
@@ -749,8 +876,13 @@ mod tests {
     #[test]
     fn components_follow_eight_connectivity() {
         // Two diagonal touches (one component), a U shape joined late, and an isolated pixel.
-        let rows = ["X.....X.", ".X...XX.", "......X.", "X.X.....", "X.X....X", "XXX....."];
-        let mask: Vec<bool> = rows.iter().flat_map(|row| row.chars().map(|cell| cell == 'X')).collect();
+        let rows = [
+            "X.....X.", ".X...XX.", "......X.", "X.X.....", "X.X....X", "XXX.....",
+        ];
+        let mask: Vec<bool> = rows
+            .iter()
+            .flat_map(|row| row.chars().map(|cell| cell == 'X'))
+            .collect();
         assert_eq!(count_components(&mask, 8, rows.len()), 4);
         assert_eq!(count_components(&[false; 6], 3, 2), 0);
     }
@@ -763,7 +895,12 @@ mod tests {
             GreyImage::new(1, 1, vec![0]).unwrap(),
         ] {
             let features = measure_features(&image);
-            assert!(features.iter().all(|value| value.is_some_and(f32::is_finite)), "{features:?}");
+            assert!(
+                features
+                    .iter()
+                    .all(|value| value.is_some_and(f32::is_finite)),
+                "{features:?}"
+            );
         }
     }
 }

@@ -16,9 +16,9 @@ use object_store::ObjectStore;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use plankton_dataset::layout::{
-    FEATURES_FILE, FEATURES_GZ_FILE, FEATURES_MISSING_GROUP_A, FEATURES_MISSING_GROUP_A_ROWS, FEATURES_MISSING_GROUP_B,
-    FEATURES_MISSING_GROUP_B_ROWS, IMAGES_DIR, IMAGES_ZIP, META_COLUMNS, META_FILE, NATIVE_FEATURE_COLUMNS,
-    REFERENCE_TOTAL,
+    FEATURES_FILE, FEATURES_GZ_FILE, FEATURES_MISSING_GROUP_A, FEATURES_MISSING_GROUP_A_ROWS,
+    FEATURES_MISSING_GROUP_B, FEATURES_MISSING_GROUP_B_ROWS, IMAGES_DIR, IMAGES_ZIP, META_COLUMNS,
+    META_FILE, NATIVE_FEATURE_COLUMNS, REFERENCE_TOTAL,
 };
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -26,13 +26,13 @@ use rayon::prelude::*;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, info};
 
+use crate::SynthError;
 use crate::counts::{class_counts, class_name};
 use crate::features::measure_features;
 use crate::meta::push_meta_row;
 use crate::morphology::render_object;
 use crate::rng::{Stream, keyed_rng};
 use crate::zip::ZipStreamWriter;
-use crate::SynthError;
 
 /// Objects rendered per blocking task.
 const BATCH_SIZE: usize = 256;
@@ -60,7 +60,13 @@ pub struct SynthConfig {
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        Self { count: 2_000, seed: 42, images_as_zip: false, gzip_features: false, concurrency: 16 }
+        Self {
+            count: 2_000,
+            seed: 42,
+            images_as_zip: false,
+            gzip_features: false,
+            concurrency: 16,
+        }
     }
 }
 
@@ -93,24 +99,47 @@ struct RenderedObject {
 }
 
 /// Generates a synthetic FlowCam dataset of `config.count` objects under `prefix` in `store`.
-pub async fn generate(store: Arc<dyn ObjectStore>, prefix: Path, config: &SynthConfig) -> Result<SynthSummary, SynthError> {
+pub async fn generate(
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    config: &SynthConfig,
+) -> Result<SynthSummary, SynthError> {
     let started = Instant::now();
     if config.concurrency == 0 {
-        return Err(SynthError::InvalidConfig("concurrency must be at least 1".to_string()));
+        return Err(SynthError::InvalidConfig(
+            "concurrency must be at least 1".to_string(),
+        ));
     }
     let counts = class_counts(config.count)?;
     let (plan, first_objid) = plan_objects(&counts, config.seed);
     info!(objects = config.count, seed = config.seed, zip = config.images_as_zip, gzip = config.gzip_features, %prefix, "generating synthetic dataset");
 
     let mut meta_sink = CsvSink::new(&store, prefix.child(META_FILE), false);
-    let features_file = if config.gzip_features { FEATURES_GZ_FILE } else { FEATURES_FILE };
+    let features_file = if config.gzip_features {
+        FEATURES_GZ_FILE
+    } else {
+        FEATURES_FILE
+    };
     let mut features_sink = CsvSink::new(&store, prefix.child(features_file), config.gzip_features);
     let zip_path = prefix.child(IMAGES_ZIP);
-    let mut zip_writer = config
-        .images_as_zip
-        .then(|| ZipStreamWriter::new(BufWriter::new(Arc::clone(&store), zip_path.clone()), zip_path.to_string()));
+    let mut zip_writer = config.images_as_zip.then(|| {
+        ZipStreamWriter::new(
+            BufWriter::new(Arc::clone(&store), zip_path.clone()),
+            zip_path.to_string(),
+        )
+    });
 
-    let written = write_all_objects(&store, &prefix, config, &plan, first_objid, &mut meta_sink, &mut features_sink, &mut zip_writer).await;
+    let written = write_all_objects(
+        &store,
+        &prefix,
+        config,
+        &plan,
+        first_objid,
+        &mut meta_sink,
+        &mut features_sink,
+        &mut zip_writer,
+    )
+    .await;
     let loose_image_bytes = match written {
         Ok(bytes) => bytes,
         Err(error) => {
@@ -130,12 +159,25 @@ pub async fn generate(store: Arc<dyn ObjectStore>, prefix: Path, config: &SynthC
     bytes_written += features_sink.finish().await?;
     if let Some(zip) = zip_writer {
         let (mut sink, archive_bytes) = zip.finish().await?;
-        sink.shutdown().await.map_err(|source| SynthError::Io { path: zip_path.to_string(), source })?;
+        sink.shutdown().await.map_err(|source| SynthError::Io {
+            path: zip_path.to_string(),
+            source,
+        })?;
         bytes_written += archive_bytes;
     }
     let elapsed = started.elapsed();
-    info!(objects = config.count, bytes_written, elapsed_ms = elapsed.as_millis() as u64, "synthetic dataset written");
-    Ok(SynthSummary { objects: config.count, class_counts: counts, bytes_written, elapsed })
+    info!(
+        objects = config.count,
+        bytes_written,
+        elapsed_ms = elapsed.as_millis() as u64,
+        "synthetic dataset written"
+    );
+    Ok(SynthSummary {
+        objects: config.count,
+        class_counts: counts,
+        bytes_written,
+        elapsed,
+    })
 }
 
 /// Renders and writes every planned object; returns the bytes of loose images written.
@@ -158,13 +200,14 @@ async fn write_all_objects(
     features_sink.write(features_header.into_bytes()).await?;
 
     let seed = config.seed;
-    let mut rendered_batches = futures::stream::iter(plan.chunks(BATCH_SIZE).map(<[PlannedObject]>::to_vec))
-        .map(|batch| async move {
-            tokio::task::spawn_blocking(move || render_batch(&batch, seed, first_objid))
-                .await
-                .map_err(|join_error| SynthError::RenderTask(join_error.to_string()))?
-        })
-        .buffered(BATCHES_IN_FLIGHT);
+    let mut rendered_batches =
+        futures::stream::iter(plan.chunks(BATCH_SIZE).map(<[PlannedObject]>::to_vec))
+            .map(|batch| async move {
+                tokio::task::spawn_blocking(move || render_batch(&batch, seed, first_objid))
+                    .await
+                    .map_err(|join_error| SynthError::RenderTask(join_error.to_string()))?
+            })
+            .buffered(BATCHES_IN_FLIGHT);
 
     let images_prefix = prefix.child(IMAGES_DIR);
     let mut loose_image_bytes = 0u64;
@@ -182,11 +225,15 @@ async fn write_all_objects(
         match zip_writer {
             Some(zip) => {
                 for object in &batch {
-                    zip.add_stored(&format!("{IMAGES_DIR}/{}.jpg", object.objid), &object.jpeg).await?;
+                    zip.add_stored(&format!("{IMAGES_DIR}/{}.jpg", object.objid), &object.jpeg)
+                        .await?;
                 }
             }
             None => {
-                loose_image_bytes += batch.iter().map(|object| object.jpeg.len() as u64).sum::<u64>();
+                loose_image_bytes += batch
+                    .iter()
+                    .map(|object| object.jpeg.len() as u64)
+                    .sum::<u64>();
                 futures::stream::iter(batch.into_iter().map(|object| {
                     let image_path = images_prefix.child(format!("{}.jpg", object.objid));
                     let store = Arc::clone(store);
@@ -194,7 +241,10 @@ async fn write_all_objects(
                         store
                             .put(&image_path, object.jpeg.into())
                             .await
-                            .map_err(|source| SynthError::Store { path: image_path.to_string(), source })
+                            .map_err(|source| SynthError::Store {
+                                path: image_path.to_string(),
+                                source,
+                            })
                     }
                 }))
                 .buffer_unordered(config.concurrency)
@@ -224,31 +274,53 @@ fn plan_objects(counts: &[(String, u64)], seed: u64) -> (Vec<PlannedObject>, u64
         .map(|class_index| {
             let planned = PlannedObject { objid, class_index };
             // Mostly consecutive ids, with the occasional gap of discarded objects.
-            objid += 1 + if rng.random_range(0..8) == 0 { rng.random_range(1..40) } else { 0 };
+            objid += 1 + if rng.random_range(0..8) == 0 {
+                rng.random_range(1..40)
+            } else {
+                0
+            };
             planned
         })
         .collect();
     (plan, first_objid)
 }
 
-fn render_batch(batch: &[PlannedObject], seed: u64, first_objid: u64) -> Result<Vec<RenderedObject>, SynthError> {
-    batch.par_iter().map(|planned| render_row(*planned, seed, first_objid)).collect()
+fn render_batch(
+    batch: &[PlannedObject],
+    seed: u64,
+    first_objid: u64,
+) -> Result<Vec<RenderedObject>, SynthError> {
+    batch
+        .par_iter()
+        .map(|planned| render_row(*planned, seed, first_objid))
+        .collect()
 }
 
-fn render_row(planned: PlannedObject, seed: u64, first_objid: u64) -> Result<RenderedObject, SynthError> {
+fn render_row(
+    planned: PlannedObject,
+    seed: u64,
+    first_objid: u64,
+) -> Result<RenderedObject, SynthError> {
     let PlannedObject { objid, class_index } = planned;
     let image = render_object(class_index, objid, seed);
-    let jpeg = image.encode_jpeg(JPEG_QUALITY).map_err(|message| SynthError::JpegEncode {
-        objid,
-        width: image.width,
-        height: image.height,
-        message,
-    })?;
+    let jpeg = image
+        .encode_jpeg(JPEG_QUALITY)
+        .map_err(|message| SynthError::JpegEncode {
+            objid,
+            width: image.width,
+            height: image.height,
+            message,
+        })?;
     let name = class_name(class_index).unwrap_or(plankton_dataset::layout::UNLABELED_CLASS);
     let mut meta_row = String::with_capacity(200);
     push_meta_row(&mut meta_row, objid, name, seed, first_objid);
     let features = measure_features(&image);
-    Ok(RenderedObject { objid, jpeg: Bytes::from(jpeg), meta_row, features_row: features_row(objid, &features, seed) })
+    Ok(RenderedObject {
+        objid,
+        jpeg: Bytes::from(jpeg),
+        meta_row,
+        features_row: features_row(objid, &features, seed),
+    })
 }
 
 /// The `features_native.csv` row of `objid`, with the real data's missing-value groups blanked.
@@ -283,7 +355,12 @@ impl CsvSink {
     fn new(store: &Arc<dyn ObjectStore>, path: Path, gzip: bool) -> Self {
         let writer = BufWriter::new(Arc::clone(store), path.clone());
         let gzip = gzip.then(|| GzEncoder::new(Vec::new(), Compression::default()));
-        Self { path, writer, gzip, bytes_written: 0 }
+        Self {
+            path,
+            writer,
+            gzip,
+            bytes_written: 0,
+        }
     }
 
     async fn write(&mut self, text: Vec<u8>) -> Result<(), SynthError> {
@@ -310,7 +387,13 @@ impl CsvSink {
             return Ok(());
         }
         self.bytes_written += chunk.len() as u64;
-        self.writer.put(Bytes::from(chunk)).await.map_err(|source| SynthError::Store { path: self.path.to_string(), source })
+        self.writer
+            .put(Bytes::from(chunk))
+            .await
+            .map_err(|source| SynthError::Store {
+                path: self.path.to_string(),
+                source,
+            })
     }
 
     /// Flushes the gzip trailer and completes the upload; returns the bytes written.
@@ -319,7 +402,10 @@ impl CsvSink {
             let trailer = encoder.finish().map_err(|source| self.io_error(source))?;
             self.put(trailer).await?;
         }
-        self.writer.shutdown().await.map_err(|source| self.io_error(source))?;
+        self.writer
+            .shutdown()
+            .await
+            .map_err(|source| self.io_error(source))?;
         Ok(self.bytes_written)
     }
 
@@ -330,6 +416,9 @@ impl CsvSink {
     }
 
     fn io_error(&self, source: std::io::Error) -> SynthError {
-        SynthError::Io { path: self.path.to_string(), source }
+        SynthError::Io {
+            path: self.path.to_string(),
+            source,
+        }
     }
 }

@@ -13,7 +13,11 @@ pub struct GreyImage {
 impl GreyImage {
     /// Wraps `pixels`, or `None` when the buffer does not hold `width * height` pixels.
     pub fn new(width: u32, height: u32, pixels: Vec<u8>) -> Option<Self> {
-        (pixels.len() as u64 == u64::from(width) * u64::from(height)).then_some(Self { width, height, pixels })
+        (pixels.len() as u64 == u64::from(width) * u64::from(height)).then_some(Self {
+            width,
+            height,
+            pixels,
+        })
     }
 
     /// The grey value at (`x`, `y`).
@@ -23,8 +27,10 @@ impl GreyImage {
 
     /// Encodes the image as a baseline grayscale (Luma) JPEG.
     pub fn encode_jpeg(&self, quality: u8) -> Result<Vec<u8>, String> {
-        let width = u16::try_from(self.width).map_err(|_| format!("width {} exceeds 65535", self.width))?;
-        let height = u16::try_from(self.height).map_err(|_| format!("height {} exceeds 65535", self.height))?;
+        let width =
+            u16::try_from(self.width).map_err(|_| format!("width {} exceeds 65535", self.width))?;
+        let height = u16::try_from(self.height)
+            .map_err(|_| format!("height {} exceeds 65535", self.height))?;
         let mut encoded = Vec::with_capacity(self.pixels.len() / 4 + 1024);
         let encoder = jpeg_encoder::Encoder::new(&mut encoded, quality);
         encoder
@@ -65,13 +71,26 @@ impl Point {
 pub(crate) enum Texture {
     Plain,
     /// Grainy blotches of `grain` pixels removing up to `amount` of the ink.
-    Speckle { amount: f32, grain: f32, salt: u32 },
+    Speckle {
+        amount: f32,
+        grain: f32,
+        salt: u32,
+    },
     /// `spokes` radial ribs around the shape centre (centric diatoms).
-    Radial { spokes: f32, depth: f32 },
+    Radial {
+        spokes: f32,
+        depth: f32,
+    },
     /// Ribs across the shape's long axis every `period` pixels.
-    Stripes { period: f32, depth: f32 },
+    Stripes {
+        period: f32,
+        depth: f32,
+    },
     /// A square grid of windows (reticulated loricae).
-    Lattice { period: f32, depth: f32 },
+    Lattice {
+        period: f32,
+        depth: f32,
+    },
 }
 
 /// A harmonic of a blob's outline: radius factor `1 + amplitude * sin(order * theta + phase)`.
@@ -97,9 +116,21 @@ pub(crate) enum Shape {
         texture: Texture,
     },
     /// A thick segment with round caps.
-    Capsule { start: Point, end: Point, radius: f32, ink: f32 },
+    Capsule {
+        start: Point,
+        end: Point,
+        radius: f32,
+        ink: f32,
+    },
     /// A star-shaped blob whose radius varies with angle.
-    Blob { center: Point, radius: f32, harmonics: Vec<Harmonic>, angle: f32, ink: f32, texture: Texture },
+    Blob {
+        center: Point,
+        radius: f32,
+        harmonics: Vec<Harmonic>,
+        angle: f32,
+        ink: f32,
+        texture: Texture,
+    },
 }
 
 /// An axis-aligned box.
@@ -129,7 +160,13 @@ impl Bounds {
 impl Shape {
     fn bounds(&self) -> Bounds {
         match self {
-            Shape::Ellipse { center, radius_x, radius_y, angle, .. } => {
+            Shape::Ellipse {
+                center,
+                radius_x,
+                radius_y,
+                angle,
+                ..
+            } => {
                 let (sin, cos) = angle.sin_cos();
                 let half_width = ((radius_x * cos).powi(2) + (radius_y * sin).powi(2)).sqrt();
                 let half_height = ((radius_x * sin).powi(2) + (radius_y * cos).powi(2)).sqrt();
@@ -138,13 +175,44 @@ impl Shape {
                     max: point(center.x + half_width, center.y + half_height),
                 }
             }
-            Shape::Capsule { start, end, radius, .. } => Bounds {
+            Shape::Capsule {
+                start, end, radius, ..
+            } => Bounds {
                 min: point(start.x.min(end.x) - radius, start.y.min(end.y) - radius),
                 max: point(start.x.max(end.x) + radius, start.y.max(end.y) + radius),
             },
-            Shape::Blob { center, radius, harmonics, .. } => {
-                let reach = radius * (1.0 + harmonics.iter().map(|harmonic| harmonic.amplitude.abs()).sum::<f32>());
-                Bounds { min: point(center.x - reach, center.y - reach), max: point(center.x + reach, center.y + reach) }
+            Shape::Blob {
+                center,
+                radius,
+                harmonics,
+                angle,
+                ..
+            } => {
+                // Sample the outline; a little slack covers the samples' gaps and the soft edge.
+                const OUTLINE_SAMPLES: usize = 72;
+                let mut bounds = Bounds {
+                    min: *center,
+                    max: *center,
+                };
+                for sample in 0..OUTLINE_SAMPLES {
+                    let theta = sample as f32 / OUTLINE_SAMPLES as f32 * std::f32::consts::TAU;
+                    let outline_radius =
+                        blob_radius(*radius, harmonics, theta - angle) * 1.02 + 0.5;
+                    let (sin, cos) = theta.sin_cos();
+                    let outline_point = point(
+                        center.x + cos * outline_radius,
+                        center.y + sin * outline_radius,
+                    );
+                    bounds.min = point(
+                        bounds.min.x.min(outline_point.x),
+                        bounds.min.y.min(outline_point.y),
+                    );
+                    bounds.max = point(
+                        bounds.max.x.max(outline_point.x),
+                        bounds.max.y.max(outline_point.y),
+                    );
+                }
+                bounds
             }
         }
     }
@@ -152,7 +220,14 @@ impl Shape {
     fn transform(&mut self, rotation: f32, scale: f32, offset: Point) {
         let map = |position: Point| position.rotated(rotation).scaled(scale).shifted(offset);
         match self {
-            Shape::Ellipse { center, radius_x, radius_y, angle, wall, .. } => {
+            Shape::Ellipse {
+                center,
+                radius_x,
+                radius_y,
+                angle,
+                wall,
+                ..
+            } => {
                 *center = map(*center);
                 *radius_x *= scale;
                 *radius_y *= scale;
@@ -161,12 +236,19 @@ impl Shape {
                     *wall_width = (*wall_width * scale).max(1.0);
                 }
             }
-            Shape::Capsule { start, end, radius, .. } => {
+            Shape::Capsule {
+                start, end, radius, ..
+            } => {
                 *start = map(*start);
                 *end = map(*end);
                 *radius = (*radius * scale).max(0.45);
             }
-            Shape::Blob { center, radius, angle, .. } => {
+            Shape::Blob {
+                center,
+                radius,
+                angle,
+                ..
+            } => {
                 *center = map(*center);
                 *radius *= scale;
                 *angle += rotation;
@@ -221,11 +303,30 @@ impl Sketch {
     }
 
     pub fn capsule(&mut self, start: Point, end: Point, radius: f32, ink: f32) {
-        self.shapes.push(Shape::Capsule { start, end, radius: radius.max(0.45), ink });
+        self.shapes.push(Shape::Capsule {
+            start,
+            end,
+            radius: radius.max(0.45),
+            ink,
+        });
     }
 
-    pub fn blob(&mut self, center: Point, radius: f32, harmonics: Vec<Harmonic>, ink: f32, texture: Texture) {
-        self.shapes.push(Shape::Blob { center, radius: radius.max(0.5), harmonics, angle: 0.0, ink, texture });
+    pub fn blob(
+        &mut self,
+        center: Point,
+        radius: f32,
+        harmonics: Vec<Harmonic>,
+        ink: f32,
+        texture: Texture,
+    ) {
+        self.shapes.push(Shape::Blob {
+            center,
+            radius: radius.max(0.5),
+            harmonics,
+            angle: 0.0,
+            ink,
+            texture,
+        });
     }
 
     /// Appends another sketch moved by `offset`.
@@ -264,7 +365,13 @@ pub(crate) struct Appearance {
 }
 
 /// Rasterises `sketch` into a `width` x `height` image.
-pub(crate) fn rasterize(sketch: &Sketch, width: u32, height: u32, appearance: Appearance, noise: &mut PixelNoise) -> GreyImage {
+pub(crate) fn rasterize(
+    sketch: &Sketch,
+    width: u32,
+    height: u32,
+    appearance: Appearance,
+    noise: &mut PixelNoise,
+) -> GreyImage {
     let width_px = width as usize;
     let height_px = height as usize;
     let mut darkness = vec![0f32; width_px * height_px];
@@ -286,13 +393,20 @@ pub(crate) fn rasterize(sketch: &Sketch, width: u32, height: u32, appearance: Ap
         for x in 0..width_px {
             let offset_x = x as f32 + 0.5 - center_x;
             let background = appearance.background
-                - appearance.vignette * (offset_x * offset_x + offset_y * offset_y) * inverse_corner_squared;
+                - appearance.vignette
+                    * (offset_x * offset_x + offset_y * offset_y)
+                    * inverse_corner_squared;
             let ink = darkness[y * width_px + x].min(1.0);
-            let grey = background - ink * (background - appearance.object_grey) + appearance.noise_sigma * noise.next_normal();
+            let grey = background - ink * (background - appearance.object_grey)
+                + appearance.noise_sigma * noise.next_normal();
             pixels.push(grey.round().clamp(0.0, 255.0) as u8);
         }
     }
-    GreyImage { width, height, pixels }
+    GreyImage {
+        width,
+        height,
+        pixels,
+    }
 }
 
 /// Pixel range `[first, last)` covered by `low..high` (with a one-pixel apron), clipped to `limit`.
@@ -309,7 +423,11 @@ fn coverage(signed_distance: f32) -> f32 {
 fn texture_factor(texture: Texture, x: usize, y: usize, local_u: f32, local_v: f32) -> f32 {
     match texture {
         Texture::Plain => 1.0,
-        Texture::Speckle { amount, grain, salt } => {
+        Texture::Speckle {
+            amount,
+            grain,
+            salt,
+        } => {
             let cell = grain.max(1.0);
             let value = hash01((x as f32 / cell) as i32, (y as f32 / cell) as i32, salt);
             1.0 - amount * value
@@ -323,7 +441,8 @@ fn texture_factor(texture: Texture, x: usize, y: usize, local_u: f32, local_v: f
         }
         Texture::Lattice { period, depth } => {
             let phase = std::f32::consts::TAU / period.max(1.0);
-            let window = (0.5 + 0.5 * (phase * local_u).cos()) * (0.5 + 0.5 * (phase * local_v).cos());
+            let window =
+                (0.5 + 0.5 * (phase * local_u).cos()) * (0.5 + 0.5 * (phase * local_v).cos());
             1.0 - depth * window
         }
     }
@@ -340,9 +459,23 @@ fn draw_shape(shape: &Shape, darkness: &mut [f32], width: usize, height: usize) 
     let (first_x, last_x) = pixel_span(bounds.min.x, bounds.max.x, width);
     let (first_y, last_y) = pixel_span(bounds.min.y, bounds.max.y, height);
     match shape {
-        Shape::Ellipse { center, radius_x, radius_y, angle, ink, wall, fill, texture } => {
+        Shape::Ellipse {
+            center,
+            radius_x,
+            radius_y,
+            angle,
+            ink,
+            wall,
+            fill,
+            texture,
+        } => {
             let (sin, cos) = angle.sin_cos();
-            let inner_radii = wall.map(|wall_width| ((radius_x - wall_width).max(0.3), (radius_y - wall_width).max(0.3)));
+            let inner_radii = wall.map(|wall_width| {
+                (
+                    (radius_x - wall_width).max(0.3),
+                    (radius_y - wall_width).max(0.3),
+                )
+            });
             for y in first_y..last_y {
                 let delta_y = y as f32 + 0.5 - center.y;
                 for x in first_x..last_x {
@@ -350,7 +483,8 @@ fn draw_shape(shape: &Shape, darkness: &mut [f32], width: usize, height: usize) 
                     let local_u = delta_x * cos + delta_y * sin;
                     let local_v = -delta_x * sin + delta_y * cos;
                     let distance_from_center = (local_u * local_u + local_v * local_v).sqrt();
-                    let outer_q = ((local_u / radius_x).powi(2) + (local_v / radius_y).powi(2)).sqrt();
+                    let outer_q =
+                        ((local_u / radius_x).powi(2) + (local_v / radius_y).powi(2)).sqrt();
                     if outer_q > 1.0 + 2.0 / radius_x.min(*radius_y) + 0.5 {
                         continue;
                     }
@@ -362,8 +496,10 @@ fn draw_shape(shape: &Shape, darkness: &mut [f32], width: usize, height: usize) 
                     let shape_ink = match inner_radii {
                         None => outer_coverage * ink,
                         Some((inner_x, inner_y)) => {
-                            let inner_q = ((local_u / inner_x).powi(2) + (local_v / inner_y).powi(2)).sqrt();
-                            let inside_inner = 1.0 - coverage(-signed_radial_distance(distance_from_center, inner_q));
+                            let inner_q =
+                                ((local_u / inner_x).powi(2) + (local_v / inner_y).powi(2)).sqrt();
+                            let inside_inner = 1.0
+                                - coverage(-signed_radial_distance(distance_from_center, inner_q));
                             let wall_ink = outer_coverage * (1.0 - inside_inner) * ink;
                             wall_ink.max(inside_inner * fill * ink)
                         }
@@ -373,7 +509,12 @@ fn draw_shape(shape: &Shape, darkness: &mut [f32], width: usize, height: usize) 
                 }
             }
         }
-        Shape::Capsule { start, end, radius, ink } => {
+        Shape::Capsule {
+            start,
+            end,
+            radius,
+            ink,
+        } => {
             let segment_x = end.x - start.x;
             let segment_y = end.y - start.y;
             let length_squared = (segment_x * segment_x + segment_y * segment_y).max(1e-6);
@@ -381,7 +522,8 @@ fn draw_shape(shape: &Shape, darkness: &mut [f32], width: usize, height: usize) 
                 let delta_y = y as f32 + 0.5 - start.y;
                 for x in first_x..last_x {
                     let delta_x = x as f32 + 0.5 - start.x;
-                    let along = ((delta_x * segment_x + delta_y * segment_y) / length_squared).clamp(0.0, 1.0);
+                    let along = ((delta_x * segment_x + delta_y * segment_y) / length_squared)
+                        .clamp(0.0, 1.0);
                     let off_x = delta_x - along * segment_x;
                     let off_y = delta_y - along * segment_y;
                     let distance = (off_x * off_x + off_y * off_y).sqrt() - radius;
@@ -392,16 +534,19 @@ fn draw_shape(shape: &Shape, darkness: &mut [f32], width: usize, height: usize) 
                 }
             }
         }
-        Shape::Blob { center, radius, harmonics, angle, ink, texture } => {
+        Shape::Blob {
+            center,
+            radius,
+            harmonics,
+            angle,
+            ink,
+            texture,
+        } => {
             const TABLE_SIZE: usize = 256;
             let mut outline = [0f32; TABLE_SIZE];
             for (slot, outline_radius) in outline.iter_mut().enumerate() {
                 let theta = slot as f32 / TABLE_SIZE as f32 * std::f32::consts::TAU - angle;
-                let factor: f32 = harmonics
-                    .iter()
-                    .map(|harmonic| harmonic.amplitude * (harmonic.order * theta + harmonic.phase).sin())
-                    .sum();
-                *outline_radius = radius * (1.0 + factor).max(0.15);
+                *outline_radius = blob_radius(*radius, harmonics, theta);
             }
             let (sin, cos) = angle.sin_cos();
             for y in first_y..last_y {
@@ -410,7 +555,8 @@ fn draw_shape(shape: &Shape, darkness: &mut [f32], width: usize, height: usize) 
                     let delta_x = x as f32 + 0.5 - center.x;
                     let distance_from_center = (delta_x * delta_x + delta_y * delta_y).sqrt();
                     let theta = delta_y.atan2(delta_x).rem_euclid(std::f32::consts::TAU);
-                    let slot = ((theta / std::f32::consts::TAU * TABLE_SIZE as f32) as usize).min(TABLE_SIZE - 1);
+                    let slot = ((theta / std::f32::consts::TAU * TABLE_SIZE as f32) as usize)
+                        .min(TABLE_SIZE - 1);
                     let distance = distance_from_center - outline[slot];
                     let shape_coverage = coverage(distance);
                     if shape_coverage <= 0.0 {
@@ -418,12 +564,22 @@ fn draw_shape(shape: &Shape, darkness: &mut [f32], width: usize, height: usize) 
                     }
                     let local_u = delta_x * cos + delta_y * sin;
                     let local_v = -delta_x * sin + delta_y * cos;
-                    let textured = shape_coverage * ink * texture_factor(*texture, x, y, local_u, local_v);
+                    let textured =
+                        shape_coverage * ink * texture_factor(*texture, x, y, local_u, local_v);
                     deposit(darkness, y * width + x, textured);
                 }
             }
         }
     }
+}
+
+/// Radius of a blob outline at angle `theta` (in the blob's own frame).
+fn blob_radius(radius: f32, harmonics: &[Harmonic], theta: f32) -> f32 {
+    let factor: f32 = harmonics
+        .iter()
+        .map(|harmonic| harmonic.amplitude * (harmonic.order * theta + harmonic.phase).sin())
+        .sum();
+    radius * (1.0 + factor).max(0.15)
 }
 
 /// Distance from a point to an ellipse boundary along the ray from the centre (negative inside).
@@ -474,7 +630,12 @@ mod tests {
     use crate::rng::{Stream, keyed_rng};
 
     fn plain_appearance() -> Appearance {
-        Appearance { background: 220.0, vignette: 0.0, object_grey: 40.0, noise_sigma: 0.0 }
+        Appearance {
+            background: 220.0,
+            vignette: 0.0,
+            object_grey: 40.0,
+            noise_sigma: 0.0,
+        }
     }
 
     #[test]
@@ -492,10 +653,23 @@ mod tests {
     #[test]
     fn hollow_ellipse_keeps_a_light_interior() {
         let mut sketch = Sketch::default();
-        sketch.textured_ellipse(point(20.0, 20.0), 15.0, 15.0, 0.0, 1.0, Some(3.0), 0.1, Texture::Plain);
+        sketch.textured_ellipse(
+            point(20.0, 20.0),
+            15.0,
+            15.0,
+            0.0,
+            1.0,
+            Some(3.0),
+            0.1,
+            Texture::Plain,
+        );
         let mut noise = PixelNoise::new(&mut keyed_rng(1, 2, Stream::Image));
         let image = rasterize(&sketch, 40, 40, plain_appearance(), &mut noise);
-        assert!(image.pixel(20, 20) > 190, "interior {}", image.pixel(20, 20));
+        assert!(
+            image.pixel(20, 20) > 190,
+            "interior {}",
+            image.pixel(20, 20)
+        );
         assert_eq!(image.pixel(20, 6), 40);
     }
 

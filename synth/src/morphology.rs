@@ -159,13 +159,17 @@ struct FamilyStyle {
 }
 
 const fn style(median_length: f32, length_sigma: f32, darkest: f32, lightest: f32) -> FamilyStyle {
-    FamilyStyle { median_length, length_sigma, object_grey: (darkest, lightest) }
+    FamilyStyle {
+        median_length,
+        length_sigma,
+        object_grey: (darkest, lightest),
+    }
 }
 
 fn family_style(family: Family) -> FamilyStyle {
     match family {
-        Family::Detritus => style(58.0, 0.55, 45.0, 140.0),
-        Family::Feces => style(62.0, 0.45, 10.0, 50.0),
+        Family::Detritus => style(69.0, 0.55, 45.0, 140.0),
+        Family::Feces => style(70.0, 0.45, 10.0, 50.0),
         Family::Neoceratium => style(190.0, 0.3, 45.0, 100.0),
         Family::Nauplii => style(120.0, 0.3, 35.0, 90.0),
         Family::Badfocus => style(80.0, 0.55, 80.0, 150.0),
@@ -244,7 +248,9 @@ fn draw_object(rng: &mut ChaCha8Rng, family: Family) -> (Sketch, f32) {
         Family::Badfocus => {
             let focused_family = pick_family(rng);
             let (mut sketch, _) = draw_object(rng, focused_family);
-            let extent = sketch.bounds().map_or(10.0, |bounds| bounds.width().max(bounds.height()));
+            let extent = sketch
+                .bounds()
+                .map_or(10.0, |bounds| bounds.width().max(bounds.height()));
             sketch.blur_radius = (extent * uniform(rng, 0.015, 0.05)).max(1.5);
             let object_grey = object_grey_of(rng, &family_style(Family::Badfocus));
             (sketch, object_grey)
@@ -259,7 +265,10 @@ fn draw_object(rng: &mut ChaCha8Rng, family: Family) -> (Sketch, f32) {
             let spacing = uniform(rng, -0.1, 0.25) * (first_half_width + second_half_width);
             let mut pair = Sketch::default();
             pair.merge(first, point(-first_half_width - spacing / 2.0, 0.0));
-            pair.merge(second, point(second_half_width + spacing / 2.0, uniform(rng, -15.0, 15.0)));
+            pair.merge(
+                second,
+                point(second_half_width + spacing / 2.0, uniform(rng, -15.0, 15.0)),
+            );
             (pair, first_grey.min(second_grey))
         }
         single => {
@@ -293,7 +302,11 @@ fn object_length(rng: &mut ChaCha8Rng, family: Family, family_style: &FamilyStyl
 
 /// Rotates, shrinks to the size limits and frames the sketch; returns the image size.
 fn frame(rng: &mut ChaCha8Rng, sketch: &mut Sketch) -> (u32, u32) {
-    let rotation = if chance(rng, 0.75) { FRAC_PI_2 + 0.3 * standard_normal(rng) } else { uniform(rng, 0.0, TAU) };
+    let rotation = if chance(rng, 0.75) {
+        FRAC_PI_2 + 0.3 * standard_normal(rng)
+    } else {
+        uniform(rng, 0.0, TAU)
+    };
     sketch.transform(rotation, 1.0, point(0.0, 0.0));
     let Some(bounds) = sketch.bounds() else {
         return (2, 2);
@@ -313,8 +326,12 @@ fn frame(rng: &mut ChaCha8Rng, sketch: &mut Sketch) -> (u32, u32) {
     let margin_top = uniform(rng, 0.0, margin_limit);
     let margin_right = uniform(rng, 0.0, margin_limit);
     let margin_bottom = uniform(rng, 0.0, margin_limit);
-    let mut width = (bounds.width() + margin_left + margin_right).ceil().clamp(2.0, MAX_WIDTH as f32);
-    let mut height = (bounds.height() + margin_top + margin_bottom).ceil().clamp(2.0, MAX_HEIGHT as f32);
+    let mut width = (bounds.width() + margin_left + margin_right)
+        .ceil()
+        .clamp(2.0, MAX_WIDTH as f32);
+    let mut height = (bounds.height() + margin_top + margin_bottom)
+        .ceil()
+        .clamp(2.0, MAX_HEIGHT as f32);
     let mut offset = point(margin_left - bounds.min.x, margin_top - bounds.min.y);
     // Partial occlusion: the object runs out of the camera frame on one side.
     if extent > 16.0 && chance(rng, 0.06) {
@@ -339,7 +356,11 @@ fn frame(rng: &mut ChaCha8Rng, sketch: &mut Sketch) -> (u32, u32) {
 }
 
 fn speckle(rng: &mut ChaCha8Rng, amount: f32, grain: f32) -> Texture {
-    Texture::Speckle { amount, grain, salt: rng.random() }
+    Texture::Speckle {
+        amount,
+        grain,
+        salt: rng.random(),
+    }
 }
 
 fn speckle_between(rng: &mut ChaCha8Rng, amount: (f32, f32), grain: (f32, f32)) -> Texture {
@@ -348,7 +369,12 @@ fn speckle_between(rng: &mut ChaCha8Rng, amount: (f32, f32), grain: (f32, f32)) 
     speckle(rng, amount, grain)
 }
 
-fn random_harmonics(rng: &mut ChaCha8Rng, count: usize, orders: (u32, u32), max_amplitude: f32) -> Vec<Harmonic> {
+fn random_harmonics(
+    rng: &mut ChaCha8Rng,
+    count: usize,
+    orders: (u32, u32),
+    max_amplitude: f32,
+) -> Vec<Harmonic> {
     (0..count)
         .map(|_| Harmonic {
             order: rng.random_range(orders.0..=orders.1) as f32,
@@ -359,7 +385,10 @@ fn random_harmonics(rng: &mut ChaCha8Rng, count: usize, orders: (u32, u32), max_
 }
 
 fn polar(origin: Point, angle: f32, distance: f32) -> Point {
-    point(origin.x + angle.cos() * distance, origin.y + angle.sin() * distance)
+    point(
+        origin.x + angle.cos() * distance,
+        origin.y + angle.sin() * distance,
+    )
 }
 
 fn thin(length: f32, fraction: f32) -> f32 {
@@ -372,8 +401,12 @@ fn draw_single(rng: &mut ChaCha8Rng, family: Family, length: f32) -> Sketch {
         Family::Detritus => draw_detritus(rng, &mut sketch, length),
         Family::Feces => draw_feces(rng, &mut sketch, length),
         Family::Neoceratium => draw_horned_cell(rng, &mut sketch, length, HornedCell::Neoceratium),
-        Family::Protoperidinium => draw_horned_cell(rng, &mut sketch, length, HornedCell::Protoperidinium),
-        Family::CeratocorysHorrida => draw_horned_cell(rng, &mut sketch, length, HornedCell::Ceratocorys),
+        Family::Protoperidinium => {
+            draw_horned_cell(rng, &mut sketch, length, HornedCell::Protoperidinium)
+        }
+        Family::CeratocorysHorrida => {
+            draw_horned_cell(rng, &mut sketch, length, HornedCell::Ceratocorys)
+        }
         Family::Nauplii => draw_nauplius(rng, &mut sketch, length),
         Family::Copepoda => draw_copepod(rng, &mut sketch, length),
         Family::Silks => draw_silk(rng, &mut sketch, length),
@@ -407,7 +440,9 @@ fn draw_single(rng: &mut ChaCha8Rng, family: Family, length: f32) -> Sketch {
         Family::Retaria => draw_radiolarian(rng, &mut sketch, length),
         Family::Lithodesmioides => draw_triangle_cell(rng, &mut sketch, length),
         // Composite families are drawn by `draw_object`; a bare call draws amorphous matter.
-        Family::Badfocus | Family::Multiple | Family::Unlabeled => draw_detritus(rng, &mut sketch, length),
+        Family::Badfocus | Family::Multiple | Family::Unlabeled => {
+            draw_detritus(rng, &mut sketch, length)
+        }
     }
     sketch
 }
@@ -415,7 +450,11 @@ fn draw_single(rng: &mut ChaCha8Rng, family: Family, length: f32) -> Sketch {
 fn draw_detritus(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     let elongation = uniform(rng, 0.1, 0.55);
     let main_radius = length * 0.5 / (1.0 + elongation);
-    let mut harmonics = vec![Harmonic { order: 2.0, amplitude: elongation, phase: FRAC_PI_2 }];
+    let mut harmonics = vec![Harmonic {
+        order: 2.0,
+        amplitude: elongation,
+        phase: FRAC_PI_2,
+    }];
     let extra = rng.random_range(2..=4);
     harmonics.extend(random_harmonics(rng, extra, (3, 9), 0.15));
     let ink = uniform(rng, 0.45, 0.95);
@@ -423,11 +462,21 @@ fn draw_detritus(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     sketch.blob(point(0.0, 0.0), main_radius, harmonics, ink, texture);
     for _ in 0..rng.random_range(0..=2) {
         let satellite_angle = uniform(rng, 0.0, TAU);
-        let satellite_center = polar(point(0.0, 0.0), satellite_angle, main_radius * uniform(rng, 0.5, 0.8));
+        let satellite_center = polar(
+            point(0.0, 0.0),
+            satellite_angle,
+            main_radius * uniform(rng, 0.5, 0.8),
+        );
         let satellite_harmonics = random_harmonics(rng, 3, (2, 7), 0.2);
         let satellite_ink = ink * uniform(rng, 0.7, 1.1);
         let satellite_texture = speckle_between(rng, (0.3, 0.7), (1.0, 3.0));
-        sketch.blob(satellite_center, main_radius * uniform(rng, 0.3, 0.6), satellite_harmonics, satellite_ink, satellite_texture);
+        sketch.blob(
+            satellite_center,
+            main_radius * uniform(rng, 0.3, 0.6),
+            satellite_harmonics,
+            satellite_ink,
+            satellite_texture,
+        );
     }
     if chance(rng, 0.2) {
         let tail_angle = uniform(rng, 0.0, TAU);
@@ -443,16 +492,41 @@ fn draw_feces(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     let ink = uniform(rng, 0.9, 1.0);
     if chance(rng, 0.55) {
         let texture = speckle(rng, 0.15, 1.0);
-        sketch.textured_ellipse(point(0.0, 0.0), radius_x, radius_y, 0.0, ink, None, 0.0, texture);
+        sketch.textured_ellipse(
+            point(0.0, 0.0),
+            radius_x,
+            radius_y,
+            0.0,
+            ink,
+            None,
+            0.0,
+            texture,
+        );
     } else {
         let bend = uniform(rng, -0.15, 0.15) * length;
-        sketch.capsule(point(-radius_x + radius_y, 0.0), point(0.0, bend), radius_y, ink);
-        sketch.capsule(point(0.0, bend), point(radius_x - radius_y, 0.0), radius_y, ink);
+        sketch.capsule(
+            point(-radius_x + radius_y, 0.0),
+            point(0.0, bend),
+            radius_y,
+            ink,
+        );
+        sketch.capsule(
+            point(0.0, bend),
+            point(radius_x - radius_y, 0.0),
+            radius_y,
+            ink,
+        );
     }
     if chance(rng, 0.3) {
         let harmonics = random_harmonics(rng, 3, (3, 6), 0.25);
         let texture = speckle(rng, 0.2, 2.0);
-        sketch.blob(point(uniform(rng, -0.3, 0.3) * radius_x, 0.0), radius_y * 1.1, harmonics, ink, texture);
+        sketch.blob(
+            point(uniform(rng, -0.3, 0.3) * radius_x, 0.0),
+            radius_y * 1.1,
+            harmonics,
+            ink,
+            texture,
+        );
     }
 }
 
@@ -469,29 +543,68 @@ fn draw_horned_cell(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32, kind
         HornedCell::Protoperidinium => length * uniform(rng, 0.3, 0.38),
         HornedCell::Ceratocorys => length * uniform(rng, 0.18, 0.25),
     };
-    let mut harmonics = vec![Harmonic { order: 1.0, amplitude: uniform(rng, 0.0, 0.15), phase: PI }];
+    let mut harmonics = vec![Harmonic {
+        order: 1.0,
+        amplitude: uniform(rng, 0.0, 0.15),
+        phase: PI,
+    }];
     harmonics.extend(random_harmonics(rng, 2, (2, 5), 0.07));
     let body_texture = speckle_between(rng, (0.15, 0.4), (1.0, 2.5));
     let body_ink = uniform(rng, 0.75, 0.95);
-    sketch.blob(point(0.0, 0.0), body_radius, harmonics, body_ink, body_texture);
+    sketch.blob(
+        point(0.0, 0.0),
+        body_radius,
+        harmonics,
+        body_ink,
+        body_texture,
+    );
     let horn_ink = body_ink * uniform(rng, 0.8, 1.0);
     match kind {
         HornedCell::Neoceratium => {
             let apical_tip = point(-length * 0.5, length * uniform(rng, -0.05, 0.05));
-            sketch.capsule(point(-body_radius * 0.6, 0.0), apical_tip, thin(length, 0.018), horn_ink);
+            sketch.capsule(
+                point(-body_radius * 0.6, 0.0),
+                apical_tip,
+                thin(length, 0.018),
+                horn_ink,
+            );
             for side in [-1.0f32, 1.0] {
-                let elbow = point(length * uniform(rng, 0.15, 0.3), side * length * uniform(rng, 0.07, 0.15));
-                let tip = point(elbow.x + length * uniform(rng, -0.22, 0.18), side * length * uniform(rng, 0.15, 0.35));
-                sketch.capsule(point(body_radius * 0.5, side * body_radius * 0.5), elbow, thin(length, 0.016), horn_ink);
+                let elbow = point(
+                    length * uniform(rng, 0.15, 0.3),
+                    side * length * uniform(rng, 0.07, 0.15),
+                );
+                let tip = point(
+                    elbow.x + length * uniform(rng, -0.22, 0.18),
+                    side * length * uniform(rng, 0.15, 0.35),
+                );
+                sketch.capsule(
+                    point(body_radius * 0.5, side * body_radius * 0.5),
+                    elbow,
+                    thin(length, 0.016),
+                    horn_ink,
+                );
                 sketch.capsule(elbow, tip, thin(length, 0.012), horn_ink);
             }
         }
         HornedCell::Protoperidinium => {
             let apical_tip = point(-length * uniform(rng, 0.42, 0.5), 0.0);
-            sketch.capsule(point(-body_radius * 0.8, 0.0), apical_tip, thin(length, 0.04), body_ink);
+            sketch.capsule(
+                point(-body_radius * 0.8, 0.0),
+                apical_tip,
+                thin(length, 0.04),
+                body_ink,
+            );
             for side in [-1.0f32, 1.0] {
-                let tip = point(length * uniform(rng, 0.38, 0.5), side * length * uniform(rng, 0.1, 0.22));
-                sketch.capsule(point(body_radius * 0.7, side * body_radius * 0.4), tip, thin(length, 0.03), body_ink);
+                let tip = point(
+                    length * uniform(rng, 0.38, 0.5),
+                    side * length * uniform(rng, 0.1, 0.22),
+                );
+                sketch.capsule(
+                    point(body_radius * 0.7, side * body_radius * 0.4),
+                    tip,
+                    thin(length, 0.03),
+                    body_ink,
+                );
             }
         }
         HornedCell::Ceratocorys => {
@@ -499,11 +612,20 @@ fn draw_horned_cell(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32, kind
             for _ in 0..spine_count {
                 let spine_angle = uniform(rng, -1.1, 1.1);
                 let base = polar(point(0.0, 0.0), spine_angle, body_radius * 0.8);
-                let tip = polar(point(0.0, 0.0), spine_angle, body_radius + length * uniform(rng, 0.3, 0.55));
+                let tip = polar(
+                    point(0.0, 0.0),
+                    spine_angle,
+                    body_radius + length * uniform(rng, 0.3, 0.55),
+                );
                 sketch.capsule(base, tip, thin(length, 0.009), horn_ink);
             }
             let apical_tip = point(-body_radius - length * uniform(rng, 0.05, 0.15), 0.0);
-            sketch.capsule(point(-body_radius * 0.8, 0.0), apical_tip, thin(length, 0.01), horn_ink);
+            sketch.capsule(
+                point(-body_radius * 0.8, 0.0),
+                apical_tip,
+                thin(length, 0.01),
+                horn_ink,
+            );
         }
     }
 }
@@ -512,48 +634,107 @@ fn draw_nauplius(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     let radius_x = length * uniform(rng, 0.26, 0.32);
     let radius_y = length * uniform(rng, 0.18, 0.24);
     let harmonics = vec![
-        Harmonic { order: 1.0, amplitude: uniform(rng, 0.05, 0.18), phase: 0.0 },
-        Harmonic { order: 2.0, amplitude: (radius_x / radius_y - 1.0) * 0.5, phase: FRAC_PI_2 },
+        Harmonic {
+            order: 1.0,
+            amplitude: uniform(rng, 0.05, 0.18),
+            phase: 0.0,
+        },
+        Harmonic {
+            order: 2.0,
+            amplitude: (radius_x / radius_y - 1.0) * 0.5,
+            phase: FRAC_PI_2,
+        },
     ];
     let body_ink = uniform(rng, 0.75, 0.95);
     let body_texture = speckle_between(rng, (0.2, 0.45), (2.0, 2.0));
-    sketch.blob(point(0.0, 0.0), (radius_x + radius_y) / 2.0, harmonics, body_ink, body_texture);
+    sketch.blob(
+        point(0.0, 0.0),
+        (radius_x + radius_y) / 2.0,
+        harmonics,
+        body_ink,
+        body_texture,
+    );
     for pair in 0..3 {
         let base_x = -radius_x * 0.6 + pair as f32 * radius_x * 0.5;
         for side in [-1.0f32, 1.0] {
             let base = point(base_x, side * radius_y * 0.8);
-            let tip = point(base_x + length * uniform(rng, -0.15, 0.1), side * (radius_y + length * uniform(rng, 0.15, 0.3)));
+            let tip = point(
+                base_x + length * uniform(rng, -0.15, 0.1),
+                side * (radius_y + length * uniform(rng, 0.15, 0.3)),
+            );
             sketch.capsule(base, tip, thin(length, 0.016), body_ink * 0.85);
-            let seta_tip = point(tip.x + length * uniform(rng, -0.1, 0.1), tip.y + side * length * 0.1);
+            let seta_tip = point(
+                tip.x + length * uniform(rng, -0.1, 0.1),
+                tip.y + side * length * 0.1,
+            );
             sketch.capsule(tip, seta_tip, 0.55, body_ink * 0.6);
         }
     }
-    sketch.ellipse(point(-radius_x * 0.7, 0.0), thin(length, 0.035), thin(length, 0.035), 0.0, 1.0);
+    sketch.ellipse(
+        point(-radius_x * 0.7, 0.0),
+        thin(length, 0.035),
+        thin(length, 0.035),
+        0.0,
+        1.0,
+    );
 }
 
 fn draw_copepod(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     let body_ink = uniform(rng, 0.75, 0.95);
     let prosome_radius_y = length * uniform(rng, 0.07, 0.12);
     let prosome_texture = speckle_between(rng, (0.15, 0.35), (2.0, 2.0));
-    sketch.textured_ellipse(point(-length * 0.12, 0.0), length * 0.24, prosome_radius_y, 0.0, body_ink, None, 0.0, prosome_texture);
+    sketch.textured_ellipse(
+        point(-length * 0.12, 0.0),
+        length * 0.24,
+        prosome_radius_y,
+        0.0,
+        body_ink,
+        None,
+        0.0,
+        prosome_texture,
+    );
     let segment_count = rng.random_range(3..=5);
     let urosome_bend = uniform(rng, -0.3, 0.3);
     let mut segment_center = point(length * 0.13, 0.0);
     for segment in 0..segment_count {
         let radius = length * 0.035 * (1.0 - segment as f32 * 0.12);
-        sketch.ellipse(segment_center, length * 0.045, radius, urosome_bend, body_ink);
+        sketch.ellipse(
+            segment_center,
+            length * 0.045,
+            radius,
+            urosome_bend,
+            body_ink,
+        );
         segment_center = polar(segment_center, urosome_bend, length * 0.07);
     }
     for side in [-1.0f32, 1.0] {
-        let seta_tip = polar(segment_center, urosome_bend + side * 0.25, length * uniform(rng, 0.08, 0.16));
+        let seta_tip = polar(
+            segment_center,
+            urosome_bend + side * 0.25,
+            length * uniform(rng, 0.08, 0.16),
+        );
         sketch.capsule(segment_center, seta_tip, 0.6, body_ink * 0.7);
         let antenna_base = point(-length * 0.3, side * prosome_radius_y * 0.5);
-        let antenna_tip = point(-length * 0.3 + length * uniform(rng, -0.05, 0.3), side * length * uniform(rng, 0.25, 0.5));
-        sketch.capsule(antenna_base, antenna_tip, thin(length, 0.008), body_ink * 0.75);
+        let antenna_tip = point(
+            -length * 0.3 + length * uniform(rng, -0.05, 0.3),
+            side * length * uniform(rng, 0.25, 0.5),
+        );
+        sketch.capsule(
+            antenna_base,
+            antenna_tip,
+            thin(length, 0.008),
+            body_ink * 0.75,
+        );
     }
     for leg in 0..rng.random_range(2..=4) {
-        let base = point(-length * 0.2 + leg as f32 * length * 0.07, prosome_radius_y * 0.7);
-        let tip = point(base.x + length * 0.03, prosome_radius_y + length * uniform(rng, 0.04, 0.09));
+        let base = point(
+            -length * 0.2 + leg as f32 * length * 0.07,
+            prosome_radius_y * 0.7,
+        );
+        let tip = point(
+            base.x + length * 0.03,
+            prosome_radius_y + length * uniform(rng, 0.04, 0.09),
+        );
         sketch.capsule(base, tip, thin(length, 0.007), body_ink * 0.7);
     }
 }
@@ -595,7 +776,11 @@ fn draw_zigzag_colony(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
 
 fn draw_star_colony(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     let rod_count = rng.random_range(4..=10);
-    let arc = if chance(rng, 0.6) { TAU } else { uniform(rng, 1.5, 3.5) };
+    let arc = if chance(rng, 0.6) {
+        TAU
+    } else {
+        uniform(rng, 1.5, 3.5)
+    };
     let radius = thin(length, uniform(rng, 0.006, 0.012));
     let ink = uniform(rng, 0.7, 0.95);
     for rod in 0..rod_count {
@@ -640,15 +825,78 @@ struct LoricaStyle {
     wall: LoricaWall,
 }
 
-const CODONELLOPSIS: LoricaStyle = LoricaStyle { aspect: (1.3, 1.8), wall_fraction: 0.25, collar_fraction: 0.25, collar_flare: 1.0, taper_fraction: 0.0, wall: LoricaWall::Agglutinated { amount: 0.5 } };
-const TINTINNIDIIDAE: LoricaStyle = LoricaStyle { aspect: (2.0, 3.2), wall_fraction: 0.3, collar_fraction: 0.0, collar_flare: 1.0, taper_fraction: 0.0, wall: LoricaWall::Agglutinated { amount: 0.35 } };
-const UNDELLIDAE: LoricaStyle = LoricaStyle { aspect: (1.1, 1.4), wall_fraction: 0.12, collar_fraction: 0.05, collar_flare: 1.0, taper_fraction: 0.05, wall: LoricaWall::Plain };
-const CODONARIA: LoricaStyle = LoricaStyle { aspect: (1.1, 1.5), wall_fraction: 0.2, collar_fraction: 0.2, collar_flare: 1.5, taper_fraction: 0.0, wall: LoricaWall::Agglutinated { amount: 0.4 } };
-const DICTYOCYSTA: LoricaStyle = LoricaStyle { aspect: (1.0, 1.3), wall_fraction: 0.25, collar_fraction: 0.3, collar_flare: 1.3, taper_fraction: 0.0, wall: LoricaWall::Reticulated };
-const RHABDONELLA: LoricaStyle = LoricaStyle { aspect: (2.8, 4.0), wall_fraction: 0.2, collar_fraction: 0.08, collar_flare: 1.0, taper_fraction: 0.2, wall: LoricaWall::Ribbed };
-const STENOSEMELLA: LoricaStyle = LoricaStyle { aspect: (1.05, 1.3), wall_fraction: 0.35, collar_fraction: 0.08, collar_flare: 1.0, taper_fraction: 0.0, wall: LoricaWall::Agglutinated { amount: 0.65 } };
-const CYTTAROCYLIS: LoricaStyle = LoricaStyle { aspect: (1.6, 2.3), wall_fraction: 0.2, collar_fraction: 0.15, collar_flare: 1.2, taper_fraction: 0.1, wall: LoricaWall::Reticulated };
-const XYSTONELLIDAE: LoricaStyle = LoricaStyle { aspect: (4.0, 6.0), wall_fraction: 0.25, collar_fraction: 0.1, collar_flare: 1.0, taper_fraction: 0.25, wall: LoricaWall::Ribbed };
+const CODONELLOPSIS: LoricaStyle = LoricaStyle {
+    aspect: (1.3, 1.8),
+    wall_fraction: 0.25,
+    collar_fraction: 0.25,
+    collar_flare: 1.0,
+    taper_fraction: 0.0,
+    wall: LoricaWall::Agglutinated { amount: 0.5 },
+};
+const TINTINNIDIIDAE: LoricaStyle = LoricaStyle {
+    aspect: (2.0, 3.2),
+    wall_fraction: 0.3,
+    collar_fraction: 0.0,
+    collar_flare: 1.0,
+    taper_fraction: 0.0,
+    wall: LoricaWall::Agglutinated { amount: 0.35 },
+};
+const UNDELLIDAE: LoricaStyle = LoricaStyle {
+    aspect: (1.1, 1.4),
+    wall_fraction: 0.12,
+    collar_fraction: 0.05,
+    collar_flare: 1.0,
+    taper_fraction: 0.05,
+    wall: LoricaWall::Plain,
+};
+const CODONARIA: LoricaStyle = LoricaStyle {
+    aspect: (1.1, 1.5),
+    wall_fraction: 0.2,
+    collar_fraction: 0.2,
+    collar_flare: 1.5,
+    taper_fraction: 0.0,
+    wall: LoricaWall::Agglutinated { amount: 0.4 },
+};
+const DICTYOCYSTA: LoricaStyle = LoricaStyle {
+    aspect: (1.0, 1.3),
+    wall_fraction: 0.25,
+    collar_fraction: 0.3,
+    collar_flare: 1.3,
+    taper_fraction: 0.0,
+    wall: LoricaWall::Reticulated,
+};
+const RHABDONELLA: LoricaStyle = LoricaStyle {
+    aspect: (2.8, 4.0),
+    wall_fraction: 0.2,
+    collar_fraction: 0.08,
+    collar_flare: 1.0,
+    taper_fraction: 0.2,
+    wall: LoricaWall::Ribbed,
+};
+const STENOSEMELLA: LoricaStyle = LoricaStyle {
+    aspect: (1.05, 1.3),
+    wall_fraction: 0.35,
+    collar_fraction: 0.08,
+    collar_flare: 1.0,
+    taper_fraction: 0.0,
+    wall: LoricaWall::Agglutinated { amount: 0.65 },
+};
+const CYTTAROCYLIS: LoricaStyle = LoricaStyle {
+    aspect: (1.6, 2.3),
+    wall_fraction: 0.2,
+    collar_fraction: 0.15,
+    collar_flare: 1.2,
+    taper_fraction: 0.1,
+    wall: LoricaWall::Reticulated,
+};
+const XYSTONELLIDAE: LoricaStyle = LoricaStyle {
+    aspect: (4.0, 6.0),
+    wall_fraction: 0.25,
+    collar_fraction: 0.1,
+    collar_flare: 1.0,
+    taper_fraction: 0.25,
+    wall: LoricaWall::Ribbed,
+};
 
 fn draw_lorica(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32, lorica: &LoricaStyle) {
     let collar_length = length * lorica.collar_fraction * uniform(rng, 0.8, 1.2);
@@ -661,11 +909,26 @@ fn draw_lorica(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32, lorica: &
     let texture = match lorica.wall {
         LoricaWall::Plain => Texture::Plain,
         LoricaWall::Agglutinated { amount } => speckle_between(rng, (amount, amount), (1.5, 3.0)),
-        LoricaWall::Reticulated => Texture::Lattice { period: (radius_y * 0.3).max(3.0), depth: 0.75 },
-        LoricaWall::Ribbed => Texture::Stripes { period: (length * 0.035).max(3.0), depth: 0.45 },
+        LoricaWall::Reticulated => Texture::Lattice {
+            period: (radius_y * 0.3).max(3.0),
+            depth: 0.75,
+        },
+        LoricaWall::Ribbed => Texture::Stripes {
+            period: (length * 0.035).max(3.0),
+            depth: 0.45,
+        },
     };
     let fill = uniform(rng, 0.05, 0.2);
-    sketch.textured_ellipse(point(0.0, 0.0), radius_x, radius_y, 0.0, ink, Some(wall), fill, texture);
+    sketch.textured_ellipse(
+        point(0.0, 0.0),
+        radius_x,
+        radius_y,
+        0.0,
+        ink,
+        Some(wall),
+        fill,
+        texture,
+    );
     if collar_length > 0.5 {
         let collar_start = -radius_x * 0.85;
         let collar_end = -radius_x - collar_length;
@@ -680,12 +943,23 @@ fn draw_lorica(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32, lorica: &
     if taper_length > 0.5 {
         let tip = point(radius_x + taper_length, 0.0);
         for side in [-1.0f32, 1.0] {
-            sketch.capsule(point(radius_x * 0.6, side * radius_y * 0.75), tip, (wall * 0.5).max(0.6), ink);
+            sketch.capsule(
+                point(radius_x * 0.6, side * radius_y * 0.75),
+                tip,
+                (wall * 0.5).max(0.6),
+                ink,
+            );
         }
     }
     if chance(rng, 0.5) {
         let cell_harmonics = random_harmonics(rng, 2, (2, 4), 0.15);
-        sketch.blob(point(radius_x * 0.1, 0.0), radius_y * 0.5, cell_harmonics, ink * 0.4, Texture::Plain);
+        sketch.blob(
+            point(radius_x * 0.1, 0.0),
+            radius_y * 0.5,
+            cell_harmonics,
+            ink * 0.4,
+            Texture::Plain,
+        );
     }
 }
 
@@ -697,11 +971,25 @@ fn draw_rhizosolenid(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     let fill = uniform(rng, 0.15, 0.35);
     for cell in 0..cell_count {
         let center = point(-length / 2.0 + cell_length * (cell as f32 + 0.5), 0.0);
-        sketch.textured_ellipse(center, cell_length * 0.48, radius_y, 0.0, ink, Some((radius_y * 0.3).max(1.0)), fill, Texture::Plain);
+        sketch.textured_ellipse(
+            center,
+            cell_length * 0.48,
+            radius_y,
+            0.0,
+            ink,
+            Some((radius_y * 0.3).max(1.0)),
+            fill,
+            Texture::Plain,
+        );
     }
     for end in [-1.0f32, 1.0] {
         let base = point(end * length * 0.48, 0.0);
-        sketch.capsule(base, point(end * length * 0.55, radius_y * 0.5), 0.6, ink * 0.8);
+        sketch.capsule(
+            base,
+            point(end * length * 0.55, radius_y * 0.5),
+            0.6,
+            ink * 0.8,
+        );
     }
 }
 
@@ -721,12 +1009,78 @@ struct ChainStyle {
     horns: bool,
 }
 
-const CHAETOCEROS: ChainStyle = ChainStyle { cells: (3, 10), breadth: (1.2, 1.8), gap_fraction: 0.2, wall_fraction: 0.2, fill: 0.4, setae_per_cell: (2, 2), setae_length: (0.15, 0.35), setae_radius_fraction: 0.003, radiating_setae: false, horns: false };
-const CHAINLARGE: ChainStyle = ChainStyle { cells: (2, 6), breadth: (0.8, 1.6), gap_fraction: 0.0, wall_fraction: 0.18, fill: 0.45, setae_per_cell: (0, 0), setae_length: (0.0, 0.0), setae_radius_fraction: 0.0, radiating_setae: false, horns: false };
-const HEMIAULUS: ChainStyle = ChainStyle { cells: (2, 5), breadth: (0.5, 0.8), gap_fraction: 0.3, wall_fraction: 0.2, fill: 0.3, setae_per_cell: (0, 0), setae_length: (0.0, 0.0), setae_radius_fraction: 0.0, radiating_setae: false, horns: true };
-const DANICUS: ChainStyle = ChainStyle { cells: (1, 3), breadth: (1.0, 1.4), gap_fraction: 0.15, wall_fraction: 0.25, fill: 0.5, setae_per_cell: (4, 4), setae_length: (0.35, 0.5), setae_radius_fraction: 0.008, radiating_setae: false, horns: false };
-const BACTERIASTRUM: ChainStyle = ChainStyle { cells: (2, 5), breadth: (1.2, 1.8), gap_fraction: 0.2, wall_fraction: 0.2, fill: 0.4, setae_per_cell: (8, 14), setae_length: (0.2, 0.35), setae_radius_fraction: 0.003, radiating_setae: true, horns: false };
-const ODONTELLA: ChainStyle = ChainStyle { cells: (1, 3), breadth: (0.6, 0.9), gap_fraction: 0.25, wall_fraction: 0.15, fill: 0.35, setae_per_cell: (0, 0), setae_length: (0.0, 0.0), setae_radius_fraction: 0.0, radiating_setae: false, horns: true };
+const CHAETOCEROS: ChainStyle = ChainStyle {
+    cells: (3, 10),
+    breadth: (1.2, 1.8),
+    gap_fraction: 0.2,
+    wall_fraction: 0.2,
+    fill: 0.4,
+    setae_per_cell: (2, 2),
+    setae_length: (0.15, 0.35),
+    setae_radius_fraction: 0.003,
+    radiating_setae: false,
+    horns: false,
+};
+const CHAINLARGE: ChainStyle = ChainStyle {
+    cells: (2, 6),
+    breadth: (0.8, 1.6),
+    gap_fraction: 0.0,
+    wall_fraction: 0.18,
+    fill: 0.45,
+    setae_per_cell: (0, 0),
+    setae_length: (0.0, 0.0),
+    setae_radius_fraction: 0.0,
+    radiating_setae: false,
+    horns: false,
+};
+const HEMIAULUS: ChainStyle = ChainStyle {
+    cells: (2, 5),
+    breadth: (0.5, 0.8),
+    gap_fraction: 0.3,
+    wall_fraction: 0.2,
+    fill: 0.3,
+    setae_per_cell: (0, 0),
+    setae_length: (0.0, 0.0),
+    setae_radius_fraction: 0.0,
+    radiating_setae: false,
+    horns: true,
+};
+const DANICUS: ChainStyle = ChainStyle {
+    cells: (1, 3),
+    breadth: (1.0, 1.4),
+    gap_fraction: 0.15,
+    wall_fraction: 0.25,
+    fill: 0.5,
+    setae_per_cell: (4, 4),
+    setae_length: (0.35, 0.5),
+    setae_radius_fraction: 0.008,
+    radiating_setae: false,
+    horns: false,
+};
+const BACTERIASTRUM: ChainStyle = ChainStyle {
+    cells: (2, 5),
+    breadth: (1.2, 1.8),
+    gap_fraction: 0.2,
+    wall_fraction: 0.2,
+    fill: 0.4,
+    setae_per_cell: (8, 14),
+    setae_length: (0.2, 0.35),
+    setae_radius_fraction: 0.003,
+    radiating_setae: true,
+    horns: false,
+};
+const ODONTELLA: ChainStyle = ChainStyle {
+    cells: (1, 3),
+    breadth: (0.6, 0.9),
+    gap_fraction: 0.25,
+    wall_fraction: 0.15,
+    fill: 0.35,
+    setae_per_cell: (0, 0),
+    setae_length: (0.0, 0.0),
+    setae_radius_fraction: 0.0,
+    radiating_setae: false,
+    horns: true,
+};
 
 fn draw_cell_chain(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32, chain: &ChainStyle) {
     let cell_count = rng.random_range(chain.cells.0..=chain.cells.1);
@@ -736,12 +1090,25 @@ fn draw_cell_chain(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32, chain
     let curvature = uniform(rng, -0.6, 0.6) / length.max(1.0);
     let pitch = cell_length * (1.0 + chain.gap_fraction);
     let first_x = -pitch * (cell_count as f32 - 1.0) / 2.0;
-    let texture = if chain.fill > 0.4 { speckle(rng, 0.3, 2.0) } else { Texture::Plain };
+    let texture = if chain.fill > 0.4 {
+        speckle(rng, 0.3, 2.0)
+    } else {
+        Texture::Plain
+    };
     for cell in 0..cell_count {
         let center_x = first_x + pitch * cell as f32;
         let center = point(center_x, curvature * center_x * center_x);
         let wall = (cell_breadth * chain.wall_fraction).max(1.0);
-        sketch.textured_ellipse(center, cell_length / 2.0, cell_breadth / 2.0, 2.0 * curvature * center_x, ink, Some(wall), chain.fill, texture);
+        sketch.textured_ellipse(
+            center,
+            cell_length / 2.0,
+            cell_breadth / 2.0,
+            2.0 * curvature * center_x,
+            ink,
+            Some(wall),
+            chain.fill,
+            texture,
+        );
         let setae_count = rng.random_range(chain.setae_per_cell.0..=chain.setae_per_cell.1);
         for seta in 0..setae_count {
             let seta_length = length * uniform(rng, chain.setae_length.0, chain.setae_length.1);
@@ -752,9 +1119,16 @@ fn draw_cell_chain(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32, chain
             } else {
                 let side = if seta % 2 == 0 { -1.0 } else { 1.0 };
                 let forward = if (seta / 2) % 2 == 0 { 1.0 } else { -1.0 };
-                let junction = point(center.x + forward * cell_length * 0.5, center.y + side * cell_breadth * 0.45);
+                let junction = point(
+                    center.x + forward * cell_length * 0.5,
+                    center.y + side * cell_breadth * 0.45,
+                );
                 let leave_angle = side * uniform(rng, 0.5, 1.3);
-                let angle = if forward > 0.0 { leave_angle } else { PI - leave_angle };
+                let angle = if forward > 0.0 {
+                    leave_angle
+                } else {
+                    PI - leave_angle
+                };
                 (junction, angle)
             };
             sketch.capsule(base, polar(base, angle, seta_length), radius, ink * 0.75);
@@ -762,8 +1136,14 @@ fn draw_cell_chain(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32, chain
         if chain.horns {
             for side in [-1.0f32, 1.0] {
                 for forward in [-1.0f32, 1.0] {
-                    let base = point(center.x + forward * cell_length * 0.35, center.y + side * cell_breadth * 0.4);
-                    let tip = point(center.x + forward * cell_length * uniform(rng, 0.6, 0.8), center.y + side * cell_breadth * 0.45);
+                    let base = point(
+                        center.x + forward * cell_length * 0.35,
+                        center.y + side * cell_breadth * 0.4,
+                    );
+                    let tip = point(
+                        center.x + forward * cell_length * uniform(rng, 0.6, 0.8),
+                        center.y + side * cell_breadth * 0.45,
+                    );
                     sketch.capsule(base, tip, thin(cell_length, 0.05), ink);
                 }
             }
@@ -777,20 +1157,52 @@ fn draw_artefact(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     match rng.random_range(0..4) {
         0 => {
             let wall = (radius * uniform(rng, 0.15, 0.35)).max(1.0);
-            sketch.textured_ellipse(point(0.0, 0.0), radius, radius / uniform(rng, 1.0, 1.1), 0.0, ink, Some(wall), 0.0, Texture::Plain);
+            sketch.textured_ellipse(
+                point(0.0, 0.0),
+                radius,
+                radius / uniform(rng, 1.0, 1.1),
+                0.0,
+                ink,
+                Some(wall),
+                0.0,
+                Texture::Plain,
+            );
         }
         1 => {
-            sketch.textured_ellipse(point(0.0, 0.0), radius, radius / uniform(rng, 1.0, 1.3), 0.0, ink, Some(uniform(rng, 1.0, 2.0)), 0.05, Texture::Plain);
+            sketch.textured_ellipse(
+                point(0.0, 0.0),
+                radius,
+                radius / uniform(rng, 1.0, 1.3),
+                0.0,
+                ink,
+                Some(uniform(rng, 1.0, 2.0)),
+                0.05,
+                Texture::Plain,
+            );
         }
         2 => {
             for _ in 0..rng.random_range(1..=4) {
-                let center = point(uniform(rng, -0.5, 0.5) * radius, uniform(rng, -0.5, 0.5) * radius);
+                let center = point(
+                    uniform(rng, -0.5, 0.5) * radius,
+                    uniform(rng, -0.5, 0.5) * radius,
+                );
                 let harmonics = random_harmonics(rng, 2, (2, 5), 0.2);
-                sketch.blob(center, radius * uniform(rng, 0.2, 0.5), harmonics, ink, Texture::Plain);
+                sketch.blob(
+                    center,
+                    radius * uniform(rng, 0.2, 0.5),
+                    harmonics,
+                    ink,
+                    Texture::Plain,
+                );
             }
         }
         _ => {
-            sketch.capsule(point(-radius, 0.0), point(radius, uniform(rng, -0.2, 0.2) * radius), uniform(rng, 0.6, 2.0), ink);
+            sketch.capsule(
+                point(-radius, 0.0),
+                point(radius, uniform(rng, -0.2, 0.2) * radius),
+                uniform(rng, 0.6, 2.0),
+                ink,
+            );
         }
     }
 }
@@ -798,13 +1210,30 @@ fn draw_artefact(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
 fn draw_pollen(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     let radius = length * 0.45;
     let harmonics = vec![
-        Harmonic { order: rng.random_range(14..=24) as f32, amplitude: uniform(rng, 0.05, 0.1), phase: uniform(rng, 0.0, TAU) },
-        Harmonic { order: 2.0, amplitude: uniform(rng, 0.0, 0.05), phase: 0.0 },
+        Harmonic {
+            order: rng.random_range(14..=24) as f32,
+            amplitude: uniform(rng, 0.05, 0.1),
+            phase: uniform(rng, 0.0, TAU),
+        },
+        Harmonic {
+            order: 2.0,
+            amplitude: uniform(rng, 0.0, 0.05),
+            phase: 0.0,
+        },
     ];
     let ink = uniform(rng, 0.7, 0.9);
     let texture = speckle(rng, 0.35, 1.0);
     sketch.blob(point(0.0, 0.0), radius, harmonics, ink, texture);
-    sketch.textured_ellipse(point(0.0, 0.0), radius * 0.65, radius * 0.65, 0.0, 1.0, Some(1.5), 0.0, Texture::Plain);
+    sketch.textured_ellipse(
+        point(0.0, 0.0),
+        radius * 0.65,
+        radius * 0.65,
+        0.0,
+        1.0,
+        Some(1.5),
+        0.0,
+        Texture::Plain,
+    );
 }
 
 fn draw_egg(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
@@ -812,21 +1241,61 @@ fn draw_egg(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     let radius_y = radius_x / uniform(rng, 1.0, 1.12);
     let wall = (radius_x * uniform(rng, 0.06, 0.14)).max(1.5);
     let ink = uniform(rng, 0.8, 0.95);
-    sketch.textured_ellipse(point(0.0, 0.0), radius_x, radius_y, 0.0, ink, Some(wall), uniform(rng, 0.15, 0.4), Texture::Plain);
+    sketch.textured_ellipse(
+        point(0.0, 0.0),
+        radius_x,
+        radius_y,
+        0.0,
+        ink,
+        Some(wall),
+        uniform(rng, 0.15, 0.4),
+        Texture::Plain,
+    );
     if chance(rng, 0.3) {
         let embryo_harmonics = random_harmonics(rng, 2, (2, 3), 0.1);
-        sketch.blob(point(0.0, 0.0), radius_x * 0.6, embryo_harmonics, ink * 0.55, Texture::Plain);
+        sketch.blob(
+            point(0.0, 0.0),
+            radius_x * 0.6,
+            embryo_harmonics,
+            ink * 0.55,
+            Texture::Plain,
+        );
     }
 }
 
 fn draw_disc(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32, spokes: (f32, f32)) {
     let radius_x = length / 2.0;
     let side_view = chance(rng, 0.15);
-    let radius_y = if side_view { radius_x / uniform(rng, 2.0, 3.0) } else { radius_x / uniform(rng, 1.0, 1.15) };
+    let radius_y = if side_view {
+        radius_x / uniform(rng, 2.0, 3.0)
+    } else {
+        radius_x / uniform(rng, 1.0, 1.15)
+    };
     let ink = uniform(rng, 0.6, 0.85);
     let spoke_count = uniform(rng, spokes.0, spokes.1).round();
-    sketch.textured_ellipse(point(0.0, 0.0), radius_x, radius_y, 0.0, ink, None, 0.0, Texture::Radial { spokes: spoke_count, depth: 0.5 });
-    sketch.textured_ellipse(point(0.0, 0.0), radius_x, radius_y, 0.0, 0.95, Some((radius_x * 0.08).max(1.2)), 0.0, Texture::Plain);
+    sketch.textured_ellipse(
+        point(0.0, 0.0),
+        radius_x,
+        radius_y,
+        0.0,
+        ink,
+        None,
+        0.0,
+        Texture::Radial {
+            spokes: spoke_count,
+            depth: 0.5,
+        },
+    );
+    sketch.textured_ellipse(
+        point(0.0, 0.0),
+        radius_x,
+        radius_y,
+        0.0,
+        0.95,
+        Some((radius_x * 0.08).max(1.2)),
+        0.0,
+        Texture::Plain,
+    );
 }
 
 fn draw_sigmoid(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
@@ -841,9 +1310,20 @@ fn draw_sigmoid(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
         let y = amplitude * (TAU * along).sin();
         let slope = amplitude * TAU / length * (TAU * along).cos();
         let half_breadth = breadth * (1.0 - 4.0 * along * along).max(0.0).sqrt() + 0.8;
-        sketch.ellipse(point(x, y), length / pieces as f32 * 0.9, half_breadth, slope.atan(), ink);
+        sketch.ellipse(
+            point(x, y),
+            length / pieces as f32 * 0.9,
+            half_breadth,
+            slope.atan(),
+            ink,
+        );
         if let Some(previous_point) = previous {
-            sketch.capsule(previous_point, point(x, y), (half_breadth * 0.15).max(0.6), 0.95);
+            sketch.capsule(
+                previous_point,
+                point(x, y),
+                (half_breadth * 0.15).max(0.6),
+                0.95,
+            );
         }
         previous = Some(point(x, y));
     }
@@ -860,10 +1340,23 @@ fn draw_worm(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     for segment in 0..segment_count {
         let along = segment as f32 / (segment_count - 1).max(1) as f32;
         let half_breadth = breadth * (0.6 + 0.4 * (PI * along).sin());
-        sketch.textured_ellipse(position, spacing * 0.6, half_breadth, heading, ink, None, 0.0, texture);
+        sketch.textured_ellipse(
+            position,
+            spacing * 0.6,
+            half_breadth,
+            heading,
+            ink,
+            None,
+            0.0,
+            texture,
+        );
         for side in [-1.0f32, 1.0] {
             let base = polar(position, heading + side * FRAC_PI_2, half_breadth * 0.8);
-            let tip = polar(base, heading + side * (FRAC_PI_2 + uniform(rng, -0.4, 0.4)), half_breadth * uniform(rng, 0.8, 1.6));
+            let tip = polar(
+                base,
+                heading + side * (FRAC_PI_2 + uniform(rng, -0.4, 0.4)),
+                half_breadth * uniform(rng, 0.8, 1.6),
+            );
             sketch.capsule(base, tip, 0.5, ink * 0.7);
         }
         heading += 0.12 * standard_normal(rng);
@@ -876,10 +1369,33 @@ fn draw_dinophysis(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     let radius_y = radius_x / uniform(rng, 1.1, 1.4);
     let ink = uniform(rng, 0.75, 0.95);
     let texture = speckle(rng, 0.25, 1.5);
-    sketch.textured_ellipse(point(0.0, 0.0), radius_x, radius_y, 0.0, ink, None, 0.0, texture);
+    sketch.textured_ellipse(
+        point(0.0, 0.0),
+        radius_x,
+        radius_y,
+        0.0,
+        ink,
+        None,
+        0.0,
+        texture,
+    );
     let sail_radius_y = length * uniform(rng, 0.08, 0.15);
-    sketch.textured_ellipse(point(-length * 0.05, -radius_y - sail_radius_y * 0.6), radius_x * 0.9, sail_radius_y, 0.0, ink * 0.8, Some(1.2), 0.2, Texture::Plain);
-    sketch.capsule(point(radius_x * 0.3, radius_y * 0.8), point(radius_x * 0.5, radius_y + length * 0.1), thin(length, 0.01), ink);
+    sketch.textured_ellipse(
+        point(-length * 0.05, -radius_y - sail_radius_y * 0.6),
+        radius_x * 0.9,
+        sail_radius_y,
+        0.0,
+        ink * 0.8,
+        Some(1.2),
+        0.2,
+        Texture::Plain,
+    );
+    sketch.capsule(
+        point(radius_x * 0.3, radius_y * 0.8),
+        point(radius_x * 0.5, radius_y + length * 0.1),
+        thin(length, 0.01),
+        ink,
+    );
 }
 
 fn draw_radiolarian(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
@@ -892,12 +1408,25 @@ fn draw_radiolarian(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     for spine in 0..spine_count {
         let spine_angle = TAU * spine as f32 / spine_count as f32 + 0.1 * standard_normal(rng);
         let base = polar(point(0.0, 0.0), spine_angle, body_radius * 0.9);
-        let tip = polar(point(0.0, 0.0), spine_angle, body_radius + length * uniform(rng, 0.1, 0.5 - body_radius / length));
+        let tip = polar(
+            point(0.0, 0.0),
+            spine_angle,
+            body_radius + length * uniform(rng, 0.1, 0.5 - body_radius / length),
+        );
         sketch.capsule(base, tip, thin(length, 0.005), ink * 0.75);
     }
     if chance(rng, 0.4) {
         let halo = length * 0.42;
-        sketch.textured_ellipse(point(0.0, 0.0), halo, halo, 0.0, 0.3, Some(1.0), 0.12, Texture::Plain);
+        sketch.textured_ellipse(
+            point(0.0, 0.0),
+            halo,
+            halo,
+            0.0,
+            0.3,
+            Some(1.0),
+            0.12,
+            Texture::Plain,
+        );
     }
 }
 
@@ -906,12 +1435,22 @@ fn draw_triangle_cell(rng: &mut ChaCha8Rng, sketch: &mut Sketch, length: f32) {
     let phase = uniform(rng, 0.0, TAU);
     let ink = uniform(rng, 0.75, 0.95);
     let texture = speckle(rng, 0.3, 2.0);
-    let harmonics = vec![Harmonic { order: 3.0, amplitude: uniform(rng, 0.15, 0.25), phase }];
+    let harmonics = vec![Harmonic {
+        order: 3.0,
+        amplitude: uniform(rng, 0.15, 0.25),
+        phase,
+    }];
     sketch.blob(point(0.0, 0.0), radius * 0.8, harmonics, ink * 0.5, texture);
-    let corner_angles = [0.0f32, TAU / 3.0, 2.0 * TAU / 3.0].map(|offset| (FRAC_PI_2 - phase) / 3.0 + offset);
+    let corner_angles =
+        [0.0f32, TAU / 3.0, 2.0 * TAU / 3.0].map(|offset| (FRAC_PI_2 - phase) / 3.0 + offset);
     let corners = corner_angles.map(|angle| polar(point(0.0, 0.0), angle, radius));
     for corner in 0..3 {
-        sketch.capsule(corners[corner], corners[(corner + 1) % 3], thin(length, 0.02), ink);
+        sketch.capsule(
+            corners[corner],
+            corners[(corner + 1) % 3],
+            thin(length, 0.02),
+            ink,
+        );
     }
 }
 
@@ -938,17 +1477,34 @@ mod tests {
             for objid in [30_000_001u64, 30_000_002] {
                 let image = render_object(class_index, objid, 7);
                 assert_eq!(image, render_object(class_index, objid, 7));
-                assert!((2..=MAX_WIDTH).contains(&image.width), "class {class_index}: width {}", image.width);
-                assert!((2..=MAX_HEIGHT).contains(&image.height), "class {class_index}: height {}", image.height);
+                assert!(
+                    (2..=MAX_WIDTH).contains(&image.width),
+                    "class {class_index}: width {}",
+                    image.width
+                );
+                assert!(
+                    (2..=MAX_HEIGHT).contains(&image.height),
+                    "class {class_index}: height {}",
+                    image.height
+                );
                 assert_eq!(image.pixels.len(), (image.width * image.height) as usize);
                 let darkest = *image.pixels.iter().min().unwrap();
                 let mut sorted = image.pixels.clone();
                 sorted.sort_unstable();
                 let lightest_decile = sorted[sorted.len() * 9 / 10];
-                assert!(lightest_decile > 170, "class {class_index}: background {lightest_decile}");
-                assert!(darkest + 30 < lightest_decile, "class {class_index}: no dark object");
+                assert!(
+                    lightest_decile > 170,
+                    "class {class_index}: background {lightest_decile}"
+                );
+                assert!(
+                    darkest + 30 < lightest_decile,
+                    "class {class_index}: no dark object"
+                );
             }
         }
-        assert_ne!(render_object(0, 30_000_001, 7), render_object(0, 30_000_001, 8));
+        assert_ne!(
+            render_object(0, 30_000_001, 7),
+            render_object(0, 30_000_001, 8)
+        );
     }
 }

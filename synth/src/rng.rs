@@ -52,7 +52,9 @@ pub(crate) struct PixelNoise {
 
 impl PixelNoise {
     pub(crate) fn new(rng: &mut ChaCha8Rng) -> Self {
-        Self { state: rng.random::<u64>() | 1 }
+        Self {
+            state: rng.random::<u64>() | 1,
+        }
     }
 
     fn next_u64(&mut self) -> u64 {
@@ -74,7 +76,8 @@ impl PixelNoise {
 
 /// A stateless hash of integer pixel coordinates to `[0, 1)`, for textures.
 pub(crate) fn hash01(x: i32, y: i32, salt: u32) -> f32 {
-    let mut hash = (x as u32).wrapping_mul(0x9E37_79B1) ^ (y as u32).wrapping_mul(0x85EB_CA77) ^ salt;
+    let mut hash =
+        (x as u32).wrapping_mul(0x9E37_79B1) ^ (y as u32).wrapping_mul(0x85EB_CA77) ^ salt;
     hash ^= hash >> 15;
     hash = hash.wrapping_mul(0x2C1B_3C6D);
     hash ^= hash >> 12;

@@ -83,10 +83,13 @@ impl<W: AsyncWrite + Unpin> ZipStreamWriter<W> {
     pub async fn add_stored(&mut self, name: &str, data: &[u8]) -> Result<(), SynthError> {
         let size = data.len() as u64;
         if size >= CLASSIC_LIMIT_32 {
-            return Err(self.zip_error(format!("member `{name}` of {size} bytes is too large for a stored entry")));
+            return Err(self.zip_error(format!(
+                "member `{name}` of {size} bytes is too large for a stored entry"
+            )));
         }
-        let name_length = u16::try_from(name.len())
-            .map_err(|_| self.zip_error(format!("member name of {} bytes is too long", name.len())))?;
+        let name_length = u16::try_from(name.len()).map_err(|_| {
+            self.zip_error(format!("member name of {} bytes is too long", name.len()))
+        })?;
         let crc32 = crc32fast::hash(data);
         let mut header = Vec::with_capacity(30 + name.len());
         put_u32(&mut header, LOCAL_HEADER_SIGNATURE);
@@ -128,7 +131,14 @@ impl<W: AsyncWrite + Unpin> ZipStreamWriter<W> {
             }
             put_u32(&mut directory, CENTRAL_HEADER_SIGNATURE);
             put_u16(&mut directory, VERSION_MADE_BY);
-            put_u16(&mut directory, if offset_overflows { VERSION_ZIP64 } else { VERSION_CLASSIC });
+            put_u16(
+                &mut directory,
+                if offset_overflows {
+                    VERSION_ZIP64
+                } else {
+                    VERSION_CLASSIC
+                },
+            );
             put_u16(&mut directory, FLAG_UTF8_NAMES);
             put_u16(&mut directory, 0);
             put_u16(&mut directory, DOS_TIME);
@@ -142,7 +152,14 @@ impl<W: AsyncWrite + Unpin> ZipStreamWriter<W> {
             put_u16(&mut directory, 0); // disk number start
             put_u16(&mut directory, 0); // internal attributes
             put_u32(&mut directory, UNIX_FILE_ATTRIBUTES);
-            put_u32(&mut directory, if offset_overflows { CLASSIC_LIMIT_32 as u32 } else { entry.local_header_offset as u32 });
+            put_u32(
+                &mut directory,
+                if offset_overflows {
+                    CLASSIC_LIMIT_32 as u32
+                } else {
+                    entry.local_header_offset as u32
+                },
+            );
             directory.extend_from_slice(entry.name.as_bytes());
             directory.extend_from_slice(&extra);
             if directory.len() >= 60 * 1024 {
@@ -175,14 +192,32 @@ impl<W: AsyncWrite + Unpin> ZipStreamWriter<W> {
             put_u64(&mut end_records, zip64_end_offset);
             put_u32(&mut end_records, 1); // total disks
         }
-        let classic_count = if needs_zip64 { CLASSIC_ENTRY_LIMIT as u16 } else { entry_count as u16 };
+        let classic_count = if needs_zip64 {
+            CLASSIC_ENTRY_LIMIT as u16
+        } else {
+            entry_count as u16
+        };
         put_u32(&mut end_records, END_OF_CENTRAL_DIRECTORY_SIGNATURE);
         put_u16(&mut end_records, 0);
         put_u16(&mut end_records, 0);
         put_u16(&mut end_records, classic_count);
         put_u16(&mut end_records, classic_count);
-        put_u32(&mut end_records, if needs_zip64 { CLASSIC_LIMIT_32 as u32 } else { central_directory_size as u32 });
-        put_u32(&mut end_records, if needs_zip64 { CLASSIC_LIMIT_32 as u32 } else { central_directory_offset as u32 });
+        put_u32(
+            &mut end_records,
+            if needs_zip64 {
+                CLASSIC_LIMIT_32 as u32
+            } else {
+                central_directory_size as u32
+            },
+        );
+        put_u32(
+            &mut end_records,
+            if needs_zip64 {
+                CLASSIC_LIMIT_32 as u32
+            } else {
+                central_directory_offset as u32
+            },
+        );
         put_u16(&mut end_records, 0); // comment length
         self.write(&end_records).await?;
         Ok((self.sink, self.offset))
@@ -192,13 +227,19 @@ impl<W: AsyncWrite + Unpin> ZipStreamWriter<W> {
         self.sink
             .write_all(bytes)
             .await
-            .map_err(|source| SynthError::Io { path: self.archive_name.clone(), source })?;
+            .map_err(|source| SynthError::Io {
+                path: self.archive_name.clone(),
+                source,
+            })?;
         self.offset += bytes.len() as u64;
         Ok(())
     }
 
     fn zip_error(&self, message: String) -> SynthError {
-        SynthError::Zip { path: self.archive_name.clone(), message }
+        SynthError::Zip {
+            path: self.archive_name.clone(),
+            message,
+        }
     }
 }
 
@@ -220,7 +261,8 @@ mod tests {
     use std::io::{Cursor, Read};
 
     async fn archive(entries: &[(String, Vec<u8>)], zip64_offset_threshold: u64) -> Vec<u8> {
-        let mut writer = ZipStreamWriter::new(Vec::new(), "test.zip").with_zip64_offset_threshold(zip64_offset_threshold);
+        let mut writer = ZipStreamWriter::new(Vec::new(), "test.zip")
+            .with_zip64_offset_threshold(zip64_offset_threshold);
         for (name, data) in entries {
             writer.add_stored(name, data).await.unwrap();
         }
@@ -243,19 +285,31 @@ mod tests {
 
     #[tokio::test]
     async fn classic_archive_reads_back() {
-        let entries: Vec<(String, Vec<u8>)> =
-            (0..5u8).map(|index| (format!("imgs/{index}.jpg"), vec![index; 100 + index as usize])).collect();
+        let entries: Vec<(String, Vec<u8>)> = (0..5u8)
+            .map(|index| {
+                (
+                    format!("imgs/{index}.jpg"),
+                    vec![index; 100 + index as usize],
+                )
+            })
+            .collect();
         let bytes = archive(&entries, u64::MAX).await;
-        assert_eq!(&bytes[bytes.len() - 22..bytes.len() - 18], &END_OF_CENTRAL_DIRECTORY_SIGNATURE.to_le_bytes());
+        assert_eq!(
+            &bytes[bytes.len() - 22..bytes.len() - 18],
+            &END_OF_CENTRAL_DIRECTORY_SIGNATURE.to_le_bytes()
+        );
         assert_eq!(read_back(bytes), entries);
     }
 
     #[tokio::test]
     async fn zip64_offsets_read_back() {
-        let entries: Vec<(String, Vec<u8>)> =
-            (0..6u8).map(|index| (format!("imgs/{index}.jpg"), vec![index; 300])).collect();
+        let entries: Vec<(String, Vec<u8>)> = (0..6u8)
+            .map(|index| (format!("imgs/{index}.jpg"), vec![index; 300]))
+            .collect();
         let bytes = archive(&entries, 700).await;
-        let has_zip64_end = bytes.windows(4).any(|window| window == ZIP64_END_OF_CENTRAL_DIRECTORY_SIGNATURE.to_le_bytes());
+        let has_zip64_end = bytes
+            .windows(4)
+            .any(|window| window == ZIP64_END_OF_CENTRAL_DIRECTORY_SIGNATURE.to_le_bytes());
         assert!(has_zip64_end);
         assert_eq!(read_back(bytes), entries);
     }
@@ -263,7 +317,9 @@ mod tests {
     #[tokio::test]
     async fn more_than_65535_entries_use_zip64_counts() {
         let entry_count = 65_600usize;
-        let entries: Vec<(String, Vec<u8>)> = (0..entry_count).map(|index| (format!("{index}"), vec![(index % 251) as u8])).collect();
+        let entries: Vec<(String, Vec<u8>)> = (0..entry_count)
+            .map(|index| (format!("{index}"), vec![(index % 251) as u8]))
+            .collect();
         let bytes = archive(&entries, u64::MAX).await;
         let reader = ::zip::ZipArchive::new(Cursor::new(bytes)).unwrap();
         assert_eq!(reader.len(), entry_count);

@@ -52,7 +52,6 @@ async fn two_workers_train_two_epochs_and_report_metrics() -> anyhow::Result<()>
     assert_eq!(confusion_total, finished.test_objects, "both ranks' confusion matrices were summed");
     assert_eq!(last.per_class.len(), 40);
     // Chance macro-F1 over 40 imbalanced classes is ~0.01 (predicting detritus everywhere).
-    eprintln!("EPOCHS {:?}", finished.epochs.iter().map(|e| (e.accuracy, e.macro_f1)).collect::<Vec<_>>());
     assert!(last.macro_f1 > 0.05, "macro-F1 {} not above chance", last.macro_f1);
     assert!(last.accuracy > 0.3, "accuracy {}", last.accuracy);
     assert!(finished.model_url.ends_with("model.safetensors"), "{}", finished.model_url);

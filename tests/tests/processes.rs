@@ -45,7 +45,16 @@ async fn killing_a_worker_fails_the_job_naming_it_and_nothing_hangs() -> anyhow:
         assert!(Instant::now() < deadline, "job never started training: {}\n{}", current.message, cluster.logs());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let victim_worker_id = client.get_job(GetJobRequest { job_id: job.id.clone() }).await?.into_inner().workers[1].worker_id.clone();
+    // Worker ids embed the process's --name; the victim is process 1 ("proc-worker-1").
+    let victim_worker_id = client
+        .get_job(GetJobRequest { job_id: job.id.clone() })
+        .await?
+        .into_inner()
+        .workers
+        .iter()
+        .map(|worker| worker.worker_id.clone())
+        .find(|worker_id| worker_id.ends_with("proc-worker-1"))
+        .expect("process 1 holds a rank");
     let killed_at = Instant::now();
     cluster.workers[1].start_kill()?;
     cluster.workers[1].wait().await?;
@@ -60,7 +69,7 @@ async fn killing_a_worker_fails_the_job_naming_it_and_nothing_hangs() -> anyhow:
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let workers = client.list_workers(ListWorkersRequest {}).await?.into_inner().workers;
-        let survivor_idle = workers.iter().any(|worker| worker.worker_id != victim_worker_id && worker.current_job.is_empty());
+        let survivor_idle = workers.iter().any(|worker| worker.worker_id.ends_with("proc-worker-0") && worker.current_job.is_empty());
         if survivor_idle {
             break;
         }

@@ -14,19 +14,14 @@ pub const IMAGE_SIZE: usize = 64;
 pub const IMAGE_CHANNELS: usize = 3;
 
 /// The network trained.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
     /// The reference notebook's LeNet-like CNN (3 conv + max-pool, dense 250 -> 100 -> classes).
     LeNet,
     /// A small ResNet with batch norm sized for CPU training at 64x64 (the default).
+    #[default]
     ResNet,
-}
-
-impl Default for Architecture {
-    fn default() -> Self {
-        Architecture::ResNet
-    }
 }
 
 impl Architecture {

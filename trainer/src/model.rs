@@ -153,8 +153,8 @@ impl ModuleT for ResNet {
 /// One of the networks, registered in a var store.
 #[derive(Debug)]
 pub enum Network {
-    LeNet(LeNet),
-    ResNet(ResNet),
+    LeNet(Box<LeNet>),
+    ResNet(Box<ResNet>),
 }
 
 impl Network {
@@ -168,8 +168,8 @@ impl Network {
     ) -> Result<Self, TrainError> {
         let root = var_store.root();
         let network = match architecture {
-            Architecture::LeNet => Network::LeNet(LeNet::new(&root, num_classes)),
-            Architecture::ResNet => Network::ResNet(ResNet::new(&root, num_classes)),
+            Architecture::LeNet => Network::LeNet(Box::new(LeNet::new(&root, num_classes))),
+            Architecture::ResNet => Network::ResNet(Box::new(ResNet::new(&root, num_classes))),
         };
         initialize_like_pytorch(var_store, seed)?;
         convert_conv_weights_to_channels_last(var_store)?;

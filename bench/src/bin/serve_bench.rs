@@ -103,6 +103,23 @@ fn request_images() -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
+/// Milliseconds per forward pass (and per image) of the model alone, by batch size: what batching can gain.
+fn print_forward_pass_costs(weights: &[u8]) -> anyhow::Result<()> {
+    let model = plankton_trainer::InferenceModel::from_safetensors(Architecture::ResNet, CLASS_COUNT, weights, tch::Device::Cpu)?;
+    for batch_size in [1usize, 8, 64] {
+        let images = vec![128u8; batch_size * IMAGE_LEN];
+        model.predict_probabilities(&images, batch_size)?;
+        let repetitions = (256 / batch_size).max(4);
+        let started = Instant::now();
+        for _ in 0..repetitions {
+            model.predict_probabilities(&images, batch_size)?;
+        }
+        let per_pass = started.elapsed().as_secs_f64() * 1e3 / repetitions as f64;
+        println!("forward pass alone, batch {batch_size:>3}: {per_pass:8.2} ms per pass, {:6.3} ms per image", per_pass / batch_size as f64);
+    }
+    Ok(())
+}
+
 struct Measurement {
     requests: usize,
     failures: usize,
@@ -208,6 +225,8 @@ async fn main() -> anyhow::Result<()> {
     plankton_common::init_tracing_with_default("warn");
     let options = Options::parse();
     let weights = tokio::task::spawn_blocking(briefly_trained_resnet).await??;
+    let forward_weights = weights.clone();
+    tokio::task::spawn_blocking(move || print_forward_pass_costs(&forward_weights)).await??;
     let registry = InMemoryRegistry::new();
     registry.register(publish(weights).await?);
     registry.promote("plankton", 1, "production").map_err(|status| anyhow::anyhow!("{status}"))?;

@@ -30,6 +30,10 @@ struct Options {
     /// Untimed steps first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// Measurements of each configuration, alternating ours and PyTorch; the best is reported
+    /// (the machine is shared, so the best run is the one least disturbed).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
     /// Python with torch 2.11.
     #[arg(long, default_value = ".venv-bench/bin/python")]
     python: PathBuf,
@@ -259,14 +263,22 @@ fn main() -> Result<()> {
         options.architectures.iter().map(|name| name.parse()).collect::<Result<Vec<Architecture>, _>>()?;
     let data = write_bench_data(options.batch, &architectures)?;
     println!(
-        "training throughput, batch {} per worker, {} timed steps after {} warm-up, GLIBC_TUNABLES={GLIBC_TUNABLES}",
-        options.batch, options.steps, options.warmup
+        "training throughput, batch {} per worker, {} timed steps after {} warm-up, best of {}, GLIBC_TUNABLES={GLIBC_TUNABLES}",
+        options.batch, options.steps, options.warmup, options.repeats
     );
     println!("{:<8} {:<22} {:>12} {:>14} {:>7}", "model", "setting", "ours img/s", "pytorch img/s", "ratio");
     for architecture in architectures {
         for (world_size, setting) in [(1, "1 worker x 1 thread"), (2, "2 workers x 1 thread")] {
-            let ours = measure_ours(&options, &data, architecture, world_size)?;
-            let pytorch = measure_pytorch(&options, &data, architecture, world_size, false)?;
+            let mut ours: f64 = 0.0;
+            let mut pytorch: f64 = 0.0;
+            let mut pytorch_nhwc: f64 = 0.0;
+            for _ in 0..options.repeats.max(1) {
+                ours = ours.max(measure_ours(&options, &data, architecture, world_size)?);
+                pytorch = pytorch.max(measure_pytorch(&options, &data, architecture, world_size, false)?);
+                if options.pytorch_channels_last {
+                    pytorch_nhwc = pytorch_nhwc.max(measure_pytorch(&options, &data, architecture, world_size, true)?);
+                }
+            }
             let pytorch_setting = if world_size == 1 { "eager" } else { "DDP gloo" };
             println!(
                 "{:<8} {:<22} {:>12.1} {:>14.1} {:>6.2}x  (pytorch {pytorch_setting})",
@@ -277,7 +289,6 @@ fn main() -> Result<()> {
                 ours / pytorch
             );
             if options.pytorch_channels_last {
-                let pytorch_nhwc = measure_pytorch(&options, &data, architecture, world_size, true)?;
                 println!(
                     "{:<8} {:<22} {:>12} {:>14.1} {:>6.2}x  (pytorch {pytorch_setting}, channels-last)",
                     "", "", "", pytorch_nhwc, ours / pytorch_nhwc
