@@ -5,6 +5,7 @@ mod dataset_commands;
 mod demo;
 mod job_commands;
 mod model_commands;
+mod predict_command;
 mod render;
 
 use std::path::PathBuf;
@@ -54,6 +55,20 @@ enum Command {
     /// The model registry: trained models, versions and aliases.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Classify images with a served model (plankton-serve).
+    Predict {
+        /// JPEG files.
+        images: Vec<PathBuf>,
+        /// NAME, NAME:VERSION or NAME@ALIAS; empty = the server's default model.
+        #[arg(long, default_value = "")]
+        model: String,
+        /// Classes shown per image.
+        #[arg(long, default_value_t = 5)]
+        top_k: u32,
+        /// Inference server endpoint.
+        #[arg(long, env = "PLANKTON_SERVER", default_value = "http://127.0.0.1:7080")]
+        server: String,
+    },
     /// Generate or inspect datasets.
     #[command(subcommand)]
     Dataset(DatasetCommand),
@@ -132,6 +147,9 @@ async fn main() -> ExitCode {
         Command::Models(ModelsCommand::Get { model }) => model_commands::get(&cli.coordinator, model, cli.output).await,
         Command::Models(ModelsCommand::Promote { name, version, alias }) => {
             model_commands::promote(&cli.coordinator, name, version, alias, cli.output).await
+        }
+        Command::Predict { images, model, top_k, server } => {
+            predict_command::predict(&server, images, model, top_k, cli.output).await
         }
         Command::Dataset(DatasetCommand::Synth(args)) => dataset_commands::synth(args, cli.output).await,
         Command::Dataset(DatasetCommand::Stats(args)) => dataset_commands::stats(args, cli.output).await,

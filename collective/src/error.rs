@@ -27,7 +27,9 @@ pub enum CollectiveError {
         reason: String,
     },
 
-    #[error("connecting to peer rank {peer_rank} at {address} for job {job_id} gave up after {waited:?}: {last_failure}")]
+    #[error(
+        "connecting to peer rank {peer_rank} at {address} for job {job_id} gave up after {waited:?}: {last_failure}"
+    )]
     ConnectTimeout {
         peer_rank: usize,
         address: SocketAddr,
@@ -36,7 +38,9 @@ pub enum CollectiveError {
         last_failure: String,
     },
 
-    #[error("peer rank {peer_rank} did not connect for job {job_id} within {waited:?} (listening on {listen_address})")]
+    #[error(
+        "peer rank {peer_rank} did not connect for job {job_id} within {waited:?} (listening on {listen_address})"
+    )]
     AcceptTimeout {
         peer_rank: usize,
         listen_address: SocketAddr,
@@ -115,7 +119,12 @@ pub(crate) struct PeerEndpoint {
 
 impl PeerEndpoint {
     /// Classifies an i/o error with this peer: timeout, closed connection, or anything else.
-    pub(crate) fn io_error(&self, operation: &str, timeout: Duration, source: io::Error) -> CollectiveError {
+    pub(crate) fn io_error(
+        &self,
+        operation: &str,
+        timeout: Duration,
+        source: io::Error,
+    ) -> CollectiveError {
         let operation = operation.to_string();
         match source.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CollectiveError::PeerTimeout {

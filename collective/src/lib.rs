@@ -52,7 +52,10 @@ impl Collective for SingleProcess {
 
     fn broadcast(&mut self, _buffer: &mut [f32], root: usize) -> Result<(), CollectiveError> {
         if root != 0 {
-            return Err(CollectiveError::InvalidRoot { root, world_size: 1 });
+            return Err(CollectiveError::InvalidRoot {
+                root,
+                world_size: 1,
+            });
         }
         Ok(())
     }

@@ -52,9 +52,18 @@ impl RingListener {
             .to_socket_addrs()
             .map_err(bind_error)?
             .next()
-            .ok_or_else(|| bind_error(io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")))?;
-        let socket =
-            Socket::new(Domain::for_address(socket_address), Type::STREAM, Some(Protocol::TCP)).map_err(bind_error)?;
+            .ok_or_else(|| {
+                bind_error(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "address resolves to nothing",
+                ))
+            })?;
+        let socket = Socket::new(
+            Domain::for_address(socket_address),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )
+        .map_err(bind_error)?;
         socket.set_reuse_address(true).map_err(bind_error)?;
         // Accepted connections inherit the receive buffer; it must be set before listen() to affect the
         // window negotiated in the handshake. A refusal by the kernel only costs speed.
@@ -69,7 +78,10 @@ impl RingListener {
         // Non-blocking so the accept loop can honour the connect timeout.
         listener.set_nonblocking(true).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
-        Ok(RingListener { listener, local_addr })
+        Ok(RingListener {
+            listener,
+            local_addr,
+        })
     }
 
     /// The bound address (with the real port when bound to port 0).
@@ -112,7 +124,9 @@ impl RingListener {
                         }
                         std::thread::sleep(ACCEPT_POLL_INTERVAL);
                     }
-                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => {}
+                    io::ErrorKind::Interrupted
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::ConnectionReset => {}
                     _ => {
                         return Err(CollectiveError::Accept {
                             listen_address: self.local_addr,
@@ -179,7 +193,10 @@ fn answer_hello(
             hello.protocol_version, PEER_PROTOCOL_VERSION
         ))
     } else if hello.job_id != ring.job_id {
-        Some(format!("hello for job {:?}, this ring is job {:?}", hello.job_id, ring.job_id))
+        Some(format!(
+            "hello for job {:?}, this ring is job {:?}",
+            hello.job_id, ring.job_id
+        ))
     } else if hello.world_size as usize != ring.world_size {
         Some(format!(
             "hello for world size {}, this ring has {}",
@@ -235,12 +252,14 @@ pub(crate) fn connect_next_rank(
                             ),
                         });
                     }
-                    stream.set_read_timeout(None).map_err(|source| CollectiveError::PeerIo {
-                        operation: "handshake".to_string(),
-                        peer_rank: next_rank,
-                        address: next_address.to_string(),
-                        source,
-                    })?;
+                    stream
+                        .set_read_timeout(None)
+                        .map_err(|source| CollectiveError::PeerIo {
+                            operation: "handshake".to_string(),
+                            peer_rank: next_rank,
+                            address: next_address.to_string(),
+                            source,
+                        })?;
                     return Ok(stream);
                 }
                 Ok(ack) => {
@@ -262,7 +281,12 @@ pub(crate) fn connect_next_rank(
     })
 }
 
-fn send_hello(stream: &TcpStream, hello: &PeerHello, deadline: Instant, io_timeout: Duration) -> io::Result<PeerHelloAck> {
+fn send_hello(
+    stream: &TcpStream,
+    hello: &PeerHello,
+    deadline: Instant,
+    io_timeout: Duration,
+) -> io::Result<PeerHelloAck> {
     configure_stream(stream)?;
     stream.set_write_timeout(Some(io_timeout))?;
     // The next rank may still be busy elsewhere (an earlier job, loading data): wait for its answer until the

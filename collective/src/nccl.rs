@@ -21,7 +21,8 @@ pub const UNIQUE_ID_BYTES: usize = 128;
 /// Creates the id of a new NCCL clique, to be handed to every rank (rank 0 / coordinator side).
 pub fn new_unique_id() -> Result<Vec<u8>> {
     let unique_id = with_library_guard("get_unique_id", 0, 0, || {
-        nccl_result::get_uniqueid().map_err(|nccl_error| nccl_failure("get_unique_id", 0, 0, &nccl_error))
+        nccl_result::get_uniqueid()
+            .map_err(|nccl_error| nccl_failure("get_unique_id", 0, 0, &nccl_error))
     })?;
     // `c_char` is i8 or u8 depending on the target; the id is opaque bytes either way.
     Ok(unique_id.internal.iter().map(|&byte| byte as u8).collect())
@@ -45,7 +46,12 @@ unsafe impl Send for NcclAllReduce {}
 impl NcclAllReduce {
     /// Joins the NCCL clique of `unique_id` as `rank` of `world_size` on GPU `device_ordinal`. Blocks until
     /// every rank has joined.
-    pub fn new(unique_id: &[u8], rank: usize, world_size: usize, device_ordinal: usize) -> Result<Self> {
+    pub fn new(
+        unique_id: &[u8],
+        rank: usize,
+        world_size: usize,
+        device_ordinal: usize,
+    ) -> Result<Self> {
         let setup_failure = |detail: String| CollectiveError::Nccl {
             operation: "init",
             rank,
@@ -59,30 +65,37 @@ impl NcclAllReduce {
             )));
         }
         if rank >= world_size {
-            return Err(setup_failure(format!("rank {rank} is out of range for world size {world_size}")));
+            return Err(setup_failure(format!(
+                "rank {rank} is out of range for world size {world_size}"
+            )));
         }
-        let world_size_c = i32::try_from(world_size).map_err(|_| setup_failure("world size too large".to_string()))?;
-        let rank_c = i32::try_from(rank).map_err(|_| setup_failure("rank too large".to_string()))?;
+        let world_size_c = i32::try_from(world_size)
+            .map_err(|_| setup_failure("world size too large".to_string()))?;
+        let rank_c =
+            i32::try_from(rank).map_err(|_| setup_failure("rank too large".to_string()))?;
         let mut internal: [c_char; UNIQUE_ID_BYTES] = [0; UNIQUE_ID_BYTES];
         for (destination, &byte) in internal.iter_mut().zip(unique_id) {
             *destination = byte as c_char;
         }
         let clique_id = nccl_sys::ncclUniqueId { internal };
         with_library_guard("init", rank, world_size, || {
-            let context = CudaContext::new(device_ordinal)
-                .map_err(|driver_error| setup_failure(format!("opening GPU {device_ordinal}: {driver_error}")))?;
-            let stream = context
-                .new_stream()
-                .map_err(|driver_error| setup_failure(format!("creating a stream: {driver_error}")))?;
+            let context = CudaContext::new(device_ordinal).map_err(|driver_error| {
+                setup_failure(format!("opening GPU {device_ordinal}: {driver_error}"))
+            })?;
+            let stream = context.new_stream().map_err(|driver_error| {
+                setup_failure(format!("creating a stream: {driver_error}"))
+            })?;
             // ncclCommInitRank binds the communicator to the thread's current device.
-            context
-                .bind_to_thread()
-                .map_err(|driver_error| setup_failure(format!("binding GPU {device_ordinal}: {driver_error}")))?;
+            context.bind_to_thread().map_err(|driver_error| {
+                setup_failure(format!("binding GPU {device_ordinal}: {driver_error}"))
+            })?;
             let mut communicator: nccl_sys::ncclComm_t = std::ptr::null_mut();
             // SAFETY: `communicator` is a valid out-pointer for the duration of the call; the id is 128 bytes
             // as NCCL requires; rank < world_size was checked above.
-            unsafe { nccl_result::comm_init_rank(&mut communicator, world_size_c, clique_id, rank_c) }
-                .map_err(|nccl_error| nccl_failure("init", rank, world_size, &nccl_error))?;
+            unsafe {
+                nccl_result::comm_init_rank(&mut communicator, world_size_c, clique_id, rank_c)
+            }
+            .map_err(|nccl_error| nccl_failure("init", rank, world_size, &nccl_error))?;
             Ok(NcclAllReduce {
                 communicator,
                 stream,
@@ -100,7 +113,12 @@ impl NcclAllReduce {
     /// The caller guarantees: `device_ptr` points to at least `len` f32 in memory of this communicator's
     /// device that stays allocated until the stream has run the reduction, and `cuda_stream` is a live stream
     /// of the same device.
-    pub fn all_reduce_sum_device(&self, device_ptr: u64, len: usize, cuda_stream: u64) -> Result<()> {
+    pub fn all_reduce_sum_device(
+        &self,
+        device_ptr: u64,
+        len: usize,
+        cuda_stream: u64,
+    ) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -118,7 +136,9 @@ impl NcclAllReduce {
                 cuda_stream as nccl_sys::cudaStream_t,
             )
         }
-        .map_err(|nccl_error| nccl_failure("all_reduce", self.rank, self.world_size, &nccl_error))?;
+        .map_err(|nccl_error| {
+            nccl_failure("all_reduce", self.rank, self.world_size, &nccl_error)
+        })?;
         Ok(())
     }
 
@@ -128,7 +148,12 @@ impl NcclAllReduce {
         &mut self,
         operation: &'static str,
         buffer: &mut [f32],
-        device_operation: impl FnOnce(nccl_sys::ncclComm_t, u64, usize, nccl_sys::cudaStream_t) -> Result<()>,
+        device_operation: impl FnOnce(
+            nccl_sys::ncclComm_t,
+            u64,
+            usize,
+            nccl_sys::cudaStream_t,
+        ) -> Result<()>,
     ) -> Result<()> {
         if buffer.is_empty() {
             return Ok(());
@@ -141,11 +166,17 @@ impl NcclAllReduce {
             detail,
         };
         let stream = Arc::clone(&self.stream);
-        if self.staging.as_ref().is_none_or(|staging| staging.len() != buffer.len()) {
+        if self
+            .staging
+            .as_ref()
+            .is_none_or(|staging| staging.len() != buffer.len())
+        {
             self.staging = None;
             let fresh = stream
                 .alloc_zeros::<f32>(buffer.len())
-                .map_err(|driver_error| driver_failure(format!("allocating {} f32: {driver_error}", buffer.len())))?;
+                .map_err(|driver_error| {
+                    driver_failure(format!("allocating {} f32: {driver_error}", buffer.len()))
+                })?;
             self.staging = Some(fresh);
         }
         let Some(staging) = self.staging.as_mut() else {
@@ -153,15 +184,24 @@ impl NcclAllReduce {
         };
         stream
             .memcpy_htod(&*buffer, staging)
-            .map_err(|driver_error| driver_failure(format!("copying to the device: {driver_error}")))?;
+            .map_err(|driver_error| {
+                driver_failure(format!("copying to the device: {driver_error}"))
+            })?;
         {
             // The guard records the reduction's use of `staging` on the stream when dropped.
             let (device_ptr, _use_record) = staging.device_ptr_mut(&stream);
-            device_operation(self.communicator, device_ptr, buffer.len(), stream.cu_stream() as nccl_sys::cudaStream_t)?;
+            device_operation(
+                self.communicator,
+                device_ptr,
+                buffer.len(),
+                stream.cu_stream() as nccl_sys::cudaStream_t,
+            )?;
         }
         stream
             .memcpy_dtoh(staging, buffer)
-            .map_err(|driver_error| driver_failure(format!("copying to the host: {driver_error}")))?;
+            .map_err(|driver_error| {
+                driver_failure(format!("copying to the host: {driver_error}"))
+            })?;
         stream
             .synchronize()
             .map_err(|driver_error| driver_failure(format!("synchronising: {driver_error}")))
@@ -179,23 +219,27 @@ impl Collective for NcclAllReduce {
 
     fn all_reduce_sum(&mut self, buffer: &mut [f32]) -> Result<(), CollectiveError> {
         let (rank, world_size) = (self.rank, self.world_size);
-        self.through_device("all_reduce", buffer, |communicator, device_ptr, len, stream| {
-            // SAFETY: `device_ptr` is the staging slice of exactly `len` f32 allocated on this communicator's
-            // device, kept alive by `self.staging` until after the stream is synchronised; `stream` is ours.
-            unsafe {
-                nccl_result::all_reduce(
-                    device_ptr as *const c_void,
-                    device_ptr as *mut c_void,
-                    len,
-                    nccl_sys::ncclDataType_t::ncclFloat32,
-                    nccl_sys::ncclRedOp_t::ncclSum,
-                    communicator,
-                    stream,
-                )
-            }
-            .map(|_| ())
-            .map_err(|nccl_error| nccl_failure("all_reduce", rank, world_size, &nccl_error))
-        })
+        self.through_device(
+            "all_reduce",
+            buffer,
+            |communicator, device_ptr, len, stream| {
+                // SAFETY: `device_ptr` is the staging slice of exactly `len` f32 allocated on this communicator's
+                // device, kept alive by `self.staging` until after the stream is synchronised; `stream` is ours.
+                unsafe {
+                    nccl_result::all_reduce(
+                        device_ptr as *const c_void,
+                        device_ptr as *mut c_void,
+                        len,
+                        nccl_sys::ncclDataType_t::ncclFloat32,
+                        nccl_sys::ncclRedOp_t::ncclSum,
+                        communicator,
+                        stream,
+                    )
+                }
+                .map(|_| ())
+                .map_err(|nccl_error| nccl_failure("all_reduce", rank, world_size, &nccl_error))
+            },
+        )
     }
 
     fn broadcast(&mut self, buffer: &mut [f32], root: usize) -> Result<(), CollectiveError> {
@@ -207,23 +251,27 @@ impl Collective for NcclAllReduce {
         }
         let (rank, world_size) = (self.rank, self.world_size);
         let root_c = root as i32; // root < world_size, which fits in i32 (checked in `new`).
-        self.through_device("broadcast", buffer, |communicator, device_ptr, len, stream| {
-            // SAFETY: as in `all_reduce_sum`: the staging slice holds `len` f32 on our device and outlives the
-            // synchronised stream; in-place broadcast is supported by NCCL.
-            unsafe {
-                nccl_result::broadcast(
-                    device_ptr as *const c_void,
-                    device_ptr as *mut c_void,
-                    len,
-                    nccl_sys::ncclDataType_t::ncclFloat32,
-                    root_c,
-                    communicator,
-                    stream,
-                )
-            }
-            .map(|_| ())
-            .map_err(|nccl_error| nccl_failure("broadcast", rank, world_size, &nccl_error))
-        })
+        self.through_device(
+            "broadcast",
+            buffer,
+            |communicator, device_ptr, len, stream| {
+                // SAFETY: as in `all_reduce_sum`: the staging slice holds `len` f32 on our device and outlives the
+                // synchronised stream; in-place broadcast is supported by NCCL.
+                unsafe {
+                    nccl_result::broadcast(
+                        device_ptr as *const c_void,
+                        device_ptr as *mut c_void,
+                        len,
+                        nccl_sys::ncclDataType_t::ncclFloat32,
+                        root_c,
+                        communicator,
+                        stream,
+                    )
+                }
+                .map(|_| ())
+                .map_err(|nccl_error| nccl_failure("broadcast", rank, world_size, &nccl_error))
+            },
+        )
     }
 
     fn barrier(&mut self) -> Result<(), CollectiveError> {
@@ -243,7 +291,12 @@ impl Drop for NcclAllReduce {
     }
 }
 
-fn nccl_failure(operation: &'static str, rank: usize, world_size: usize, nccl_error: &nccl_result::NcclError) -> CollectiveError {
+fn nccl_failure(
+    operation: &'static str,
+    rank: usize,
+    world_size: usize,
+    nccl_error: &nccl_result::NcclError,
+) -> CollectiveError {
     CollectiveError::Nccl {
         operation,
         rank,

@@ -98,7 +98,11 @@ impl RingAllReduce {
         let next_address = next_address_text
             .to_socket_addrs()
             .map_err(|resolve_error| resolve_error.to_string())
-            .and_then(|mut addresses| addresses.next().ok_or_else(|| "resolves to nothing".to_string()))
+            .and_then(|mut addresses| {
+                addresses
+                    .next()
+                    .ok_or_else(|| "resolves to nothing".to_string())
+            })
             .map_err(|reason| CollectiveError::ResolvePeer {
                 peer_rank: next_rank,
                 address: next_address_text.clone(),
@@ -112,9 +116,21 @@ impl RingAllReduce {
         let deadline = Instant::now() + config.connect_timeout;
         // Connect and accept at the same time: every rank does both, so doing them in turn would deadlock.
         let (connected, accepted) = std::thread::scope(|scope| {
-            let connector =
-                scope.spawn(|| connect_next_rank(&identity, next_rank, next_address, deadline, config.io_timeout));
-            let accepted = listener.accept_previous_rank(&identity, previous_rank, deadline, config.io_timeout);
+            let connector = scope.spawn(|| {
+                connect_next_rank(
+                    &identity,
+                    next_rank,
+                    next_address,
+                    deadline,
+                    config.io_timeout,
+                )
+            });
+            let accepted = listener.accept_previous_rank(
+                &identity,
+                previous_rank,
+                deadline,
+                config.io_timeout,
+            );
             let connected = connector.join().unwrap_or_else(|_| {
                 Err(CollectiveError::InvalidSetup {
                     reason: "the thread connecting to the next rank panicked".to_string(),
@@ -142,17 +158,19 @@ impl RingAllReduce {
             link.stream
                 .set_read_timeout(Some(config.io_timeout))
                 .and_then(|()| link.stream.set_write_timeout(Some(config.io_timeout)))
-                .map_err(|source| link.peer.io_error("configuring timeouts", config.io_timeout, source))?;
+                .map_err(|source| {
+                    link.peer
+                        .io_error("configuring timeouts", config.io_timeout, source)
+                })?;
         }
         info!(
             job_id,
-            rank,
-            world_size,
-            next_rank,
-            previous_rank,
-            "ring established"
+            rank, world_size, next_rank, previous_rank, "ring established"
         );
-        ring.links = Some(RingLinks { to_next, from_previous });
+        ring.links = Some(RingLinks {
+            to_next,
+            from_previous,
+        });
         Ok(ring)
     }
 
@@ -187,8 +205,15 @@ impl RingAllReduce {
             root: root as u64,
         };
         self.sequence += 1;
-        let outcome = exchange_headers(links, &header, self.config.io_timeout)
-            .and_then(|()| body(links, &self.config, &mut self.receive_scratch, self.rank, self.world_size));
+        let outcome = exchange_headers(links, &header, self.config.io_timeout).and_then(|()| {
+            body(
+                links,
+                &self.config,
+                &mut self.receive_scratch,
+                self.rank,
+                self.world_size,
+            )
+        });
         if let Err(failure) = &outcome {
             error!(job_id = %self.job_id, rank = self.rank, %failure, "ring operation failed, ring poisoned");
             self.poisoned = Some(failure.to_string());
@@ -204,11 +229,16 @@ fn validate_setup(rank: usize, world_size: usize, config: &RingConfig) -> Result
     let problem = if world_size == 0 {
         Some("no peer addresses: the world size must be at least 1".to_string())
     } else if rank >= world_size {
-        Some(format!("rank {rank} is out of range for world size {world_size}"))
+        Some(format!(
+            "rank {rank} is out of range for world size {world_size}"
+        ))
     } else if world_size > u32::MAX as usize {
         Some(format!("world size {world_size} is too large"))
     } else if config.chunk_bytes < std::mem::size_of::<f32>() {
-        Some(format!("chunk_bytes {} is smaller than one f32", config.chunk_bytes))
+        Some(format!(
+            "chunk_bytes {} is smaller than one f32",
+            config.chunk_bytes
+        ))
     } else if config.io_timeout.is_zero() || config.connect_timeout.is_zero() {
         Some("connect_timeout and io_timeout must be positive".to_string())
     } else {
@@ -221,16 +251,26 @@ fn validate_setup(rank: usize, world_size: usize, config: &RingConfig) -> Result
 }
 
 /// Sends this rank's header to the next rank and checks the previous rank's header against it.
-fn exchange_headers(links: &RingLinks, header: &OperationHeader, io_timeout: Duration) -> Result<()> {
+fn exchange_headers(
+    links: &RingLinks,
+    header: &OperationHeader,
+    io_timeout: Duration,
+) -> Result<()> {
     let operation = header.kind.name();
     let encoded = header.encode();
     std::io::Write::write_all(&mut &links.to_next.stream, &encoded)
         .map_err(|source| links.to_next.peer.io_error(operation, io_timeout, source))?;
     let mut received = [0u8; OperationHeader::ENCODED_BYTES];
-    std::io::Read::read_exact(&mut &links.from_previous.stream, &mut received)
-        .map_err(|source| links.from_previous.peer.io_error(operation, io_timeout, source))?;
-    let previous_header =
-        OperationHeader::decode(&received).map_err(|detail| links.from_previous.peer.mismatch(operation, detail))?;
+    std::io::Read::read_exact(&mut &links.from_previous.stream, &mut received).map_err(
+        |source| {
+            links
+                .from_previous
+                .peer
+                .io_error(operation, io_timeout, source)
+        },
+    )?;
+    let previous_header = OperationHeader::decode(&received)
+        .map_err(|detail| links.from_previous.peer.mismatch(operation, detail))?;
     if previous_header != *header {
         return Err(links.from_previous.peer.mismatch(
             operation,
@@ -281,7 +321,10 @@ impl<'a> ChunkedBuffer<'a> {
             segment_chunks.push(first_chunk..chunks.len());
         }
         debug_assert!(rest.is_empty());
-        ChunkedBuffer { chunks, segment_chunks }
+        ChunkedBuffer {
+            chunks,
+            segment_chunks,
+        }
     }
 }
 
@@ -327,7 +370,11 @@ fn ring_all_reduce(
         let sender_thread = scope.spawn(move || -> std::result::Result<(), SideFailure> {
             for (chunk_id, chunk) in queue_receiver {
                 if let Err(source) = write_f32s(&links.to_next.stream, chunk) {
-                    let error = links.to_next.peer.io_error("all_reduce_sum (sending)", io_timeout, source);
+                    let error =
+                        links
+                            .to_next
+                            .peer
+                            .io_error("all_reduce_sum (sending)", io_timeout, source);
                     return Err(fail_side(aborted_flag, error, &links.from_previous.stream));
                 }
                 // The main thread stops listening once it has received everything; what is queued must
@@ -357,7 +404,9 @@ fn ring_all_reduce(
         });
         match (receive_outcome, send_outcome) {
             (Ok(()), Ok(())) => Ok(()),
-            (Err(receive_failure), Err(send_failure)) if send_failure.primary && !receive_failure.primary => {
+            (Err(receive_failure), Err(send_failure))
+                if send_failure.primary && !receive_failure.primary =>
+            {
                 Err(send_failure.error)
             }
             (Err(failure), _) | (Ok(()), Err(failure)) => Err(failure.error),
@@ -385,12 +434,16 @@ fn receive_and_reduce<'a>(
         source: std::io::Error::other("the sender thread stopped"),
     };
     let queue = |chunk_id: usize, chunk: &'a mut [f32], operation: &str| {
-        queue_sender.send((chunk_id, chunk)).map_err(|_| sender_stopped(operation))
+        queue_sender
+            .send((chunk_id, chunk))
+            .map_err(|_| sender_stopped(operation))
     };
 
     // Step 0 of reduce-scatter sends this rank's own segment.
     for chunk_id in chunked.segment_chunks[rank].clone() {
-        let chunk = chunked.chunks[chunk_id].take().expect("chunks start at home");
+        let chunk = chunked.chunks[chunk_id]
+            .take()
+            .expect("chunks start at home");
         queue(chunk_id, chunk, "all_reduce_sum (reduce-scatter)")?;
     }
 
@@ -404,7 +457,8 @@ fn receive_and_reduce<'a>(
                 .take()
                 .expect("a segment is received in reduce-scatter before it is ever sent");
             let received = &mut receive_scratch[..chunk.len()];
-            read_f32s(&previous.stream, received).map_err(|source| previous.peer.io_error(&operation, io_timeout, source))?;
+            read_f32s(&previous.stream, received)
+                .map_err(|source| previous.peer.io_error(&operation, io_timeout, source))?;
             add_into(chunk, received);
             queue(chunk_id, chunk, &operation)?;
         }
@@ -417,11 +471,14 @@ fn receive_and_reduce<'a>(
         for chunk_id in chunked.segment_chunks[segment].clone() {
             // The chunk was sent in reduce-scatter; wait until the sender thread hands it back.
             while chunked.chunks[chunk_id].is_none() {
-                let (returned_id, returned_chunk) = sent_receiver.recv().map_err(|_| sender_stopped(&operation))?;
+                let (returned_id, returned_chunk) = sent_receiver
+                    .recv()
+                    .map_err(|_| sender_stopped(&operation))?;
                 chunked.chunks[returned_id] = Some(returned_chunk);
             }
             let chunk = chunked.chunks[chunk_id].take().expect("just returned");
-            read_f32s(&previous.stream, chunk).map_err(|source| previous.peer.io_error(&operation, io_timeout, source))?;
+            read_f32s(&previous.stream, chunk)
+                .map_err(|source| previous.peer.io_error(&operation, io_timeout, source))?;
             if step + 2 < world_size {
                 queue(chunk_id, chunk, &operation)?;
             }
@@ -446,12 +503,20 @@ fn ring_broadcast(
     let forwards = (rank + 1) % world_size != root;
     for chunk in buffer.chunks_mut(chunk_elements) {
         if rank != root {
-            read_f32s(&links.from_previous.stream, chunk)
-                .map_err(|source| links.from_previous.peer.io_error("broadcast (receiving)", io_timeout, source))?;
+            read_f32s(&links.from_previous.stream, chunk).map_err(|source| {
+                links
+                    .from_previous
+                    .peer
+                    .io_error("broadcast (receiving)", io_timeout, source)
+            })?;
         }
         if forwards {
-            write_f32s(&links.to_next.stream, chunk)
-                .map_err(|source| links.to_next.peer.io_error("broadcast (sending)", io_timeout, source))?;
+            write_f32s(&links.to_next.stream, chunk).map_err(|source| {
+                links
+                    .to_next
+                    .peer
+                    .io_error("broadcast (sending)", io_timeout, source)
+            })?;
         }
     }
     Ok(())
@@ -459,19 +524,34 @@ fn ring_broadcast(
 
 /// Token rounds completing a barrier: the header exchange was round 1; after round n-1 every rank has
 /// (transitively) heard from every other rank.
-fn ring_barrier(links: &RingLinks, config: &RingConfig, world_size: usize, sequence: u64) -> Result<()> {
+fn ring_barrier(
+    links: &RingLinks,
+    config: &RingConfig,
+    world_size: usize,
+    sequence: u64,
+) -> Result<()> {
     let io_timeout = config.io_timeout;
     for round in 1..world_size - 1 {
         let token = sequence.wrapping_add(round as u64).to_le_bytes();
         std::io::Write::write_all(&mut &links.to_next.stream, &token)
             .map_err(|source| links.to_next.peer.io_error("barrier", io_timeout, source))?;
         let mut received = [0u8; 8];
-        std::io::Read::read_exact(&mut &links.from_previous.stream, &mut received)
-            .map_err(|source| links.from_previous.peer.io_error("barrier", io_timeout, source))?;
+        std::io::Read::read_exact(&mut &links.from_previous.stream, &mut received).map_err(
+            |source| {
+                links
+                    .from_previous
+                    .peer
+                    .io_error("barrier", io_timeout, source)
+            },
+        )?;
         if received != token {
             return Err(links.from_previous.peer.mismatch(
                 "barrier",
-                format!("round {round} token {} instead of {}", u64::from_le_bytes(received), u64::from_le_bytes(token)),
+                format!(
+                    "round {round} token {} instead of {}",
+                    u64::from_le_bytes(received),
+                    u64::from_le_bytes(token)
+                ),
             ));
         }
     }
@@ -514,15 +594,22 @@ impl Collective for RingAllReduce {
             OperationKind::Broadcast,
             element_count,
             root,
-            |links, config, _scratch, rank, world_size| ring_broadcast(links, config, rank, world_size, root, buffer),
+            |links, config, _scratch, rank, world_size| {
+                ring_broadcast(links, config, rank, world_size, root, buffer)
+            },
         )
     }
 
     fn barrier(&mut self) -> Result<(), CollectiveError> {
         let sequence = self.sequence;
-        self.run_operation(OperationKind::Barrier, 0, 0, |links, config, _scratch, _rank, world_size| {
-            ring_barrier(links, config, world_size, sequence)
-        })
+        self.run_operation(
+            OperationKind::Barrier,
+            0,
+            0,
+            |links, config, _scratch, _rank, world_size| {
+                ring_barrier(links, config, world_size, sequence)
+            },
+        )
     }
 }
 
@@ -534,7 +621,9 @@ mod tests {
     fn segments_cover_the_buffer_in_order_with_uneven_sizes() {
         for length in [0usize, 1, 2, 3, 7, 13, 1009] {
             for world_size in 1..=5 {
-                let ranges: Vec<_> = (0..world_size).map(|i| segment_range(length, world_size, i)).collect();
+                let ranges: Vec<_> = (0..world_size)
+                    .map(|i| segment_range(length, world_size, i))
+                    .collect();
                 assert_eq!(ranges[0].start, 0);
                 assert_eq!(ranges[world_size - 1].end, length);
                 for pair in ranges.windows(2) {
@@ -552,7 +641,11 @@ mod tests {
         let chunked = ChunkedBuffer::new(&mut buffer, 3, 2);
         // Segments of 4, 3, 3 elements: chunks [2,2], [2,1], [2,1].
         assert_eq!(chunked.segment_chunks, vec![0..2, 2..4, 4..6]);
-        let lengths: Vec<_> = chunked.chunks.iter().map(|chunk| chunk.as_ref().map_or(0, |c| c.len())).collect();
+        let lengths: Vec<_> = chunked
+            .chunks
+            .iter()
+            .map(|chunk| chunk.as_ref().map_or(0, |c| c.len()))
+            .collect();
         assert_eq!(lengths, vec![2, 2, 2, 1, 2, 1]);
         let mut buffer_small = vec![1.0f32];
         let chunked_small = ChunkedBuffer::new(&mut buffer_small, 4, 8);

@@ -7,7 +7,10 @@ use std::net::TcpStream;
 const MAX_HANDSHAKE_FRAME_BYTES: usize = 64 * 1024;
 
 /// Writes `message` as a 4-byte little-endian length followed by its protobuf encoding.
-pub(crate) fn write_frame<M: prost::Message>(mut stream: &TcpStream, message: &M) -> io::Result<()> {
+pub(crate) fn write_frame<M: prost::Message>(
+    mut stream: &TcpStream,
+    message: &M,
+) -> io::Result<()> {
     let encoded = message.encode_to_vec();
     let length = u32::try_from(encoded.len())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "handshake frame too large"))?;
@@ -31,7 +34,8 @@ pub(crate) fn read_frame<M: prost::Message + Default>(mut stream: &TcpStream) ->
     }
     let mut encoded = vec![0u8; length];
     stream.read_exact(&mut encoded)?;
-    M::decode(encoded.as_slice()).map_err(|decode_error| io::Error::new(io::ErrorKind::InvalidData, decode_error))
+    M::decode(encoded.as_slice())
+        .map_err(|decode_error| io::Error::new(io::ErrorKind::InvalidData, decode_error))
 }
 
 /// Which collective an operation header announces.
@@ -89,7 +93,9 @@ impl OperationHeader {
 
     /// Decodes a header, or says what is wrong with the bytes.
     pub(crate) fn decode(bytes: &[u8; Self::ENCODED_BYTES]) -> Result<Self, String> {
-        let read_u32 = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let read_u32 = |at: usize| {
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         let read_u64 = |at: usize| {
             let mut word = [0u8; 8];
             word.copy_from_slice(&bytes[at..at + 8]);
@@ -100,7 +106,8 @@ impl OperationHeader {
             return Err(format!("bad operation header magic {magic:#010x}"));
         }
         let kind_code = read_u32(4);
-        let kind = OperationKind::from_code(kind_code).ok_or_else(|| format!("unknown operation code {kind_code}"))?;
+        let kind = OperationKind::from_code(kind_code)
+            .ok_or_else(|| format!("unknown operation code {kind_code}"))?;
         Ok(OperationHeader {
             kind,
             sequence: read_u64(8),
@@ -118,7 +125,12 @@ impl OperationHeader {
                 self.element_count,
                 self.root
             ),
-            _ => format!("{} #{} of {} elements", self.kind.name(), self.sequence, self.element_count),
+            _ => format!(
+                "{} #{} of {} elements",
+                self.kind.name(),
+                self.sequence,
+                self.element_count
+            ),
         }
     }
 }
@@ -131,7 +143,10 @@ pub(crate) fn write_f32s(mut stream: &TcpStream, values: &[f32]) -> io::Result<(
     }
     #[cfg(not(target_endian = "little"))]
     {
-        let encoded: Vec<u8> = values.iter().flat_map(|value| value.to_le_bytes()).collect();
+        let encoded: Vec<u8> = values
+            .iter()
+            .flat_map(|value| value.to_le_bytes())
+            .collect();
         stream.write_all(&encoded)
     }
 }
@@ -169,9 +184,17 @@ mod tests {
         assert_eq!(OperationHeader::decode(&header.encode()), Ok(header));
         let mut corrupted = header.encode();
         corrupted[0] ^= 0xff;
-        assert!(OperationHeader::decode(&corrupted).unwrap_err().contains("magic"));
+        assert!(
+            OperationHeader::decode(&corrupted)
+                .unwrap_err()
+                .contains("magic")
+        );
         let mut unknown_kind = header.encode();
         unknown_kind[4] = 9;
-        assert!(OperationHeader::decode(&unknown_kind).unwrap_err().contains("operation code 9"));
+        assert!(
+            OperationHeader::decode(&unknown_kind)
+                .unwrap_err()
+                .contains("operation code 9")
+        );
     }
 }

@@ -7,7 +7,9 @@ use plankton_collective::nccl::{NcclAllReduce, new_unique_id};
 
 /// Integer-valued so sums are exact.
 fn rank_values(rank: usize, length: usize) -> Vec<f32> {
-    (0..length).map(|index| ((index * 7 + rank * 13) % 1000) as f32).collect()
+    (0..length)
+        .map(|index| ((index * 7 + rank * 13) % 1000) as f32)
+        .collect()
 }
 
 fn run_ranks(world_size: usize, length: usize) {
@@ -17,15 +19,20 @@ fn run_ranks(world_size: usize, length: usize) {
             .map(|rank| {
                 let unique_id = unique_id.clone();
                 scope.spawn(move || {
-                    let mut communicator = NcclAllReduce::new(&unique_id, rank, world_size, rank).expect("nccl init");
+                    let mut communicator =
+                        NcclAllReduce::new(&unique_id, rank, world_size, rank).expect("nccl init");
                     // Host path.
                     let mut host_buffer = rank_values(rank, length);
-                    communicator.all_reduce_sum(&mut host_buffer).expect("host all-reduce");
+                    communicator
+                        .all_reduce_sum(&mut host_buffer)
+                        .expect("host all-reduce");
                     communicator.barrier().expect("barrier");
                     // Device path on a separate stream of the same GPU.
                     let context = CudaContext::new(rank).expect("cuda context");
                     let stream = context.new_stream().expect("stream");
-                    let mut device_buffer = stream.clone_htod(&rank_values(rank, length)).expect("upload");
+                    let mut device_buffer = stream
+                        .clone_htod(&rank_values(rank, length))
+                        .expect("upload");
                     {
                         let (device_ptr, _record) = device_buffer.device_ptr_mut(&stream);
                         communicator
@@ -38,7 +45,10 @@ fn run_ranks(world_size: usize, length: usize) {
                 })
             })
             .collect();
-        handles.into_iter().map(|handle| handle.join().expect("rank thread")).collect()
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("rank thread"))
+            .collect()
     });
     let mut expected = vec![0.0f32; length];
     for rank in 0..world_size {
@@ -47,8 +57,14 @@ fn run_ranks(world_size: usize, length: usize) {
         }
     }
     for (rank, (host_result, device_result)) in results.iter().enumerate() {
-        assert_eq!(host_result, &expected, "host path, rank {rank} of {world_size}");
-        assert_eq!(device_result, &expected, "device path, rank {rank} of {world_size}");
+        assert_eq!(
+            host_result, &expected,
+            "host path, rank {rank} of {world_size}"
+        );
+        assert_eq!(
+            device_result, &expected,
+            "device path, rank {rank} of {world_size}"
+        );
     }
 }
 

@@ -5,7 +5,9 @@ use std::net::TcpStream;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use plankton_collective::{Collective, CollectiveError, RingAllReduce, RingConfig, RingListener, SingleProcess};
+use plankton_collective::{
+    Collective, CollectiveError, RingAllReduce, RingConfig, RingListener, SingleProcess,
+};
 use plankton_proto::v1::{PeerHello, PeerHelloAck};
 use prost::Message;
 
@@ -21,7 +23,10 @@ fn bind_listeners(world_size: usize) -> (Vec<RingListener>, Vec<String>) {
     let listeners: Vec<_> = (0..world_size)
         .map(|_| RingListener::bind("127.0.0.1:0").expect("bind"))
         .collect();
-    let addresses = listeners.iter().map(|listener| listener.local_addr().to_string()).collect();
+    let addresses = listeners
+        .iter()
+        .map(|listener| listener.local_addr().to_string())
+        .collect();
     (listeners, addresses)
 }
 
@@ -38,19 +43,25 @@ fn with_ring<T: Send>(
             .map(|rank| {
                 let per_rank = &per_rank;
                 scope.spawn(move || {
-                    let ring = RingAllReduce::establish(&listeners[rank], job_id, rank, addresses, config)
-                        .unwrap_or_else(|error| panic!("rank {rank} establish: {error}"));
+                    let ring =
+                        RingAllReduce::establish(&listeners[rank], job_id, rank, addresses, config)
+                            .unwrap_or_else(|error| panic!("rank {rank} establish: {error}"));
                     per_rank(rank, ring)
                 })
             })
             .collect();
-        handles.into_iter().map(|handle| handle.join().expect("rank thread")).collect()
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("rank thread"))
+            .collect()
     })
 }
 
 /// Integer-valued, so sums are exact in f32 whatever the order.
 fn rank_values(rank: usize, length: usize) -> Vec<f32> {
-    (0..length).map(|index| ((index * 7 + rank * 13) % 1000) as f32 - 500.0).collect()
+    (0..length)
+        .map(|index| ((index * 7 + rank * 13) % 1000) as f32 - 500.0)
+        .collect()
 }
 
 fn expected_sum(world_size: usize, length: usize) -> Vec<f32> {
@@ -72,20 +83,29 @@ fn all_reduce_sums_exactly_for_world_sizes_1_to_4_and_uneven_lengths() {
         for length in lengths {
             let job_id = format!("job-n{world_size}-len{length}");
             let expected = expected_sum(world_size, length);
-            let results = with_ring(&listeners, &addresses, &job_id, &test_config(), |rank, mut ring| {
-                assert_eq!((ring.rank(), ring.world_size()), (rank, world_size));
-                // Twice on the same ring: operation sequence numbers advance in step.
-                let mut outputs = Vec::new();
-                for _ in 0..2 {
-                    let mut buffer = rank_values(rank, length);
-                    ring.all_reduce_sum(&mut buffer).expect("all_reduce_sum");
-                    outputs.push(buffer);
-                }
-                outputs
-            });
+            let results = with_ring(
+                &listeners,
+                &addresses,
+                &job_id,
+                &test_config(),
+                |rank, mut ring| {
+                    assert_eq!((ring.rank(), ring.world_size()), (rank, world_size));
+                    // Twice on the same ring: operation sequence numbers advance in step.
+                    let mut outputs = Vec::new();
+                    for _ in 0..2 {
+                        let mut buffer = rank_values(rank, length);
+                        ring.all_reduce_sum(&mut buffer).expect("all_reduce_sum");
+                        outputs.push(buffer);
+                    }
+                    outputs
+                },
+            );
             for (rank, outputs) in results.into_iter().enumerate() {
                 for output in outputs {
-                    assert_eq!(output, expected, "world size {world_size}, length {length}, rank {rank}");
+                    assert_eq!(
+                        output, expected,
+                        "world size {world_size}, length {length}, rank {rank}"
+                    );
                 }
             }
         }
@@ -102,11 +122,21 @@ fn all_reduce_sums_ten_million_floats() {
             ..test_config()
         };
         let expected = expected_sum(world_size, length);
-        let mismatches = with_ring(&listeners, &addresses, "job-10m", &config, |rank, mut ring| {
-            let mut buffer = rank_values(rank, length);
-            ring.all_reduce_sum(&mut buffer).expect("all_reduce_sum");
-            buffer.iter().zip(&expected).filter(|(got, want)| got != want).count()
-        });
+        let mismatches = with_ring(
+            &listeners,
+            &addresses,
+            "job-10m",
+            &config,
+            |rank, mut ring| {
+                let mut buffer = rank_values(rank, length);
+                ring.all_reduce_sum(&mut buffer).expect("all_reduce_sum");
+                buffer
+                    .iter()
+                    .zip(&expected)
+                    .filter(|(got, want)| got != want)
+                    .count()
+            },
+        );
         assert_eq!(mismatches, vec![0; world_size], "world size {world_size}");
     }
 }
@@ -116,25 +146,45 @@ fn broadcast_copies_the_root_buffer_to_every_rank() {
     let world_size = 3;
     let (listeners, addresses) = bind_listeners(world_size);
     for length in [1usize, 1009] {
-        let results = with_ring(&listeners, &addresses, &format!("broadcast-{length}"), &test_config(), |rank, mut ring| {
-            (0..world_size)
-                .map(|root| {
-                    let mut buffer = rank_values(rank, length);
-                    ring.broadcast(&mut buffer, root).expect("broadcast");
-                    buffer
-                })
-                .collect::<Vec<_>>()
-        });
+        let results = with_ring(
+            &listeners,
+            &addresses,
+            &format!("broadcast-{length}"),
+            &test_config(),
+            |rank, mut ring| {
+                (0..world_size)
+                    .map(|root| {
+                        let mut buffer = rank_values(rank, length);
+                        ring.broadcast(&mut buffer, root).expect("broadcast");
+                        buffer
+                    })
+                    .collect::<Vec<_>>()
+            },
+        );
         for (rank, per_root) in results.iter().enumerate() {
             for (root, buffer) in per_root.iter().enumerate() {
-                assert_eq!(buffer, &rank_values(root, length), "rank {rank} after broadcast from {root}");
+                assert_eq!(
+                    buffer,
+                    &rank_values(root, length),
+                    "rank {rank} after broadcast from {root}"
+                );
             }
         }
     }
-    let invalid = with_ring(&listeners, &addresses, "broadcast-bad-root", &test_config(), |_, mut ring| {
-        ring.broadcast(&mut [1.0], 3).unwrap_err()
-    });
-    assert!(invalid.iter().all(|error| matches!(error, CollectiveError::InvalidRoot { root: 3, world_size: 3 })));
+    let invalid = with_ring(
+        &listeners,
+        &addresses,
+        "broadcast-bad-root",
+        &test_config(),
+        |_, mut ring| ring.broadcast(&mut [1.0], 3).unwrap_err(),
+    );
+    assert!(invalid.iter().all(|error| matches!(
+        error,
+        CollectiveError::InvalidRoot {
+            root: 3,
+            world_size: 3
+        }
+    )));
 }
 
 #[test]
@@ -143,19 +193,32 @@ fn barrier_waits_for_the_last_rank() {
     let (listeners, addresses) = bind_listeners(world_size);
     let late_rank_delay = Duration::from_millis(300);
     let started = Instant::now();
-    let exits = with_ring(&listeners, &addresses, "barrier", &test_config(), |rank, mut ring| {
-        if rank == 2 {
-            std::thread::sleep(late_rank_delay);
-        }
-        let entered_at = started.elapsed();
-        ring.barrier().expect("barrier");
-        ring.barrier().expect("second barrier");
-        (entered_at, started.elapsed())
-    });
-    let last_entry = exits.iter().map(|(entered, _)| *entered).max().expect("ranks");
+    let exits = with_ring(
+        &listeners,
+        &addresses,
+        "barrier",
+        &test_config(),
+        |rank, mut ring| {
+            if rank == 2 {
+                std::thread::sleep(late_rank_delay);
+            }
+            let entered_at = started.elapsed();
+            ring.barrier().expect("barrier");
+            ring.barrier().expect("second barrier");
+            (entered_at, started.elapsed())
+        },
+    );
+    let last_entry = exits
+        .iter()
+        .map(|(entered, _)| *entered)
+        .max()
+        .expect("ranks");
     assert!(last_entry >= late_rank_delay);
     for (rank, (_, exited)) in exits.iter().enumerate() {
-        assert!(*exited >= last_entry, "rank {rank} left the barrier at {exited:?} before the last entry at {last_entry:?}");
+        assert!(
+            *exited >= last_entry,
+            "rank {rank} left the barrier at {exited:?} before the last entry at {last_entry:?}"
+        );
     }
 }
 
@@ -169,7 +232,14 @@ fn single_process_and_ring_of_one_are_no_ops() {
     assert_eq!(buffer, vec![1.0, 2.0]);
     assert!(single.broadcast(&mut buffer, 1).is_err());
     let listener = RingListener::bind("127.0.0.1:0").expect("bind");
-    let mut ring = RingAllReduce::establish(&listener, "solo", 0, &["unused:1".to_string()], &test_config()).expect("ring of one");
+    let mut ring = RingAllReduce::establish(
+        &listener,
+        "solo",
+        0,
+        &["unused:1".to_string()],
+        &test_config(),
+    )
+    .expect("ring of one");
     ring.all_reduce_sum(&mut buffer).expect("no-op");
     ring.barrier().expect("no-op");
     assert_eq!(buffer, vec![1.0, 2.0]);
@@ -188,26 +258,40 @@ fn stale_and_foreign_connections_are_rejected_and_the_ring_still_forms() {
         world_size: 2,
     };
     let encoded = hello.encode_to_vec();
-    stale.write_all(&(encoded.len() as u32).to_le_bytes()).expect("write");
+    stale
+        .write_all(&(encoded.len() as u32).to_le_bytes())
+        .expect("write");
     stale.write_all(&encoded).expect("write");
     let mut foreign = TcpStream::connect(listeners[1].local_addr()).expect("connect foreign");
     foreign.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
 
-    let sums = with_ring(&listeners, &addresses, "new-job", &test_config(), |rank, mut ring| {
-        let mut buffer = rank_values(rank, 13);
-        ring.all_reduce_sum(&mut buffer).expect("all_reduce_sum");
-        buffer
-    });
+    let sums = with_ring(
+        &listeners,
+        &addresses,
+        "new-job",
+        &test_config(),
+        |rank, mut ring| {
+            let mut buffer = rank_values(rank, 13);
+            ring.all_reduce_sum(&mut buffer).expect("all_reduce_sum");
+            buffer
+        },
+    );
     assert!(sums.iter().all(|sum| *sum == expected_sum(world_size, 13)));
 
-    stale.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stale
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let mut length_bytes = [0u8; 4];
     stale.read_exact(&mut length_bytes).expect("ack length");
     let mut ack_bytes = vec![0u8; u32::from_le_bytes(length_bytes) as usize];
     stale.read_exact(&mut ack_bytes).expect("ack");
     let ack = PeerHelloAck::decode(ack_bytes.as_slice()).expect("decode ack");
     assert!(!ack.accepted);
-    assert!(ack.reason.contains("old-job") && ack.reason.contains("new-job"), "{}", ack.reason);
+    assert!(
+        ack.reason.contains("old-job") && ack.reason.contains("new-job"),
+        "{}",
+        ack.reason
+    );
 }
 
 #[test]
@@ -220,31 +304,43 @@ fn a_peer_that_dies_mid_operation_fails_the_others_fast_and_poisons_the_ring() {
         ..test_config()
     };
     let everyone_connected = Barrier::new(world_size);
-    let outcomes = with_ring(&listeners, &addresses, "dying-peer", &config, |rank, mut ring| {
-        everyone_connected.wait();
-        if rank == 2 {
-            // The others are blocked in the all-reduce when this rank disappears.
-            std::thread::sleep(Duration::from_millis(200));
-            drop(ring);
-            return None;
-        }
-        let started = Instant::now();
-        let mut buffer = rank_values(rank, 1_000_000);
-        let error = ring.all_reduce_sum(&mut buffer).expect_err("peer died");
-        let elapsed = started.elapsed();
-        let after = ring.all_reduce_sum(&mut buffer).expect_err("poisoned");
-        Some((error, elapsed, after))
-    });
+    let outcomes = with_ring(
+        &listeners,
+        &addresses,
+        "dying-peer",
+        &config,
+        |rank, mut ring| {
+            everyone_connected.wait();
+            if rank == 2 {
+                // The others are blocked in the all-reduce when this rank disappears.
+                std::thread::sleep(Duration::from_millis(200));
+                drop(ring);
+                return None;
+            }
+            let started = Instant::now();
+            let mut buffer = rank_values(rank, 1_000_000);
+            let error = ring.all_reduce_sum(&mut buffer).expect_err("peer died");
+            let elapsed = started.elapsed();
+            let after = ring.all_reduce_sum(&mut buffer).expect_err("poisoned");
+            Some((error, elapsed, after))
+        },
+    );
     for (rank, outcome) in outcomes.into_iter().enumerate().take(2) {
         let (error, elapsed, after) = outcome.expect("surviving rank");
         assert!(elapsed < io_timeout, "rank {rank} waited {elapsed:?}");
         let message = error.to_string();
-        assert!(message.contains("peer rank") && message.contains("127.0.0.1:"), "rank {rank}: {message}");
+        assert!(
+            message.contains("peer rank") && message.contains("127.0.0.1:"),
+            "rank {rank}: {message}"
+        );
         if rank == 0 {
             // Rank 0 reads from rank 2.
             assert!(message.contains("peer rank 2"), "{message}");
         }
-        assert!(matches!(after, CollectiveError::Poisoned { .. }), "rank {rank}: {after}");
+        assert!(
+            matches!(after, CollectiveError::Poisoned { .. }),
+            "rank {rank}: {after}"
+        );
     }
 }
 
@@ -257,31 +353,58 @@ fn a_silent_peer_fails_the_operation_within_the_io_timeout() {
         io_timeout,
         ..test_config()
     };
-    let outcomes = with_ring(&listeners, &addresses, "silent-peer", &config, |rank, mut ring| {
-        if rank == 1 {
-            // Alive but never joins the operation.
-            std::thread::sleep(Duration::from_secs(2));
-            return None;
-        }
-        let started = Instant::now();
-        let error = ring.all_reduce_sum(&mut rank_values(rank, 1009)).expect_err("silent peer");
-        Some((error, started.elapsed()))
-    });
+    let outcomes = with_ring(
+        &listeners,
+        &addresses,
+        "silent-peer",
+        &config,
+        |rank, mut ring| {
+            if rank == 1 {
+                // Alive but never joins the operation.
+                std::thread::sleep(Duration::from_secs(2));
+                return None;
+            }
+            let started = Instant::now();
+            let error = ring
+                .all_reduce_sum(&mut rank_values(rank, 1009))
+                .expect_err("silent peer");
+            Some((error, started.elapsed()))
+        },
+    );
     let (error, elapsed) = outcomes[0].as_ref().expect("rank 0");
-    assert!(matches!(error, CollectiveError::PeerTimeout { peer_rank: 1, .. }), "{error}");
-    assert!(*elapsed >= io_timeout && *elapsed < io_timeout * 3, "{elapsed:?}");
+    assert!(
+        matches!(error, CollectiveError::PeerTimeout { peer_rank: 1, .. }),
+        "{error}"
+    );
+    assert!(
+        *elapsed >= io_timeout && *elapsed < io_timeout * 3,
+        "{elapsed:?}"
+    );
 }
 
 #[test]
 fn ranks_that_disagree_on_the_buffer_length_get_a_mismatch_error() {
     let (listeners, addresses) = bind_listeners(2);
-    let errors = with_ring(&listeners, &addresses, "mismatch", &test_config(), |rank, mut ring| {
-        let mut buffer = rank_values(rank, 100 + rank);
-        ring.all_reduce_sum(&mut buffer).expect_err("lengths differ")
-    });
+    let errors = with_ring(
+        &listeners,
+        &addresses,
+        "mismatch",
+        &test_config(),
+        |rank, mut ring| {
+            let mut buffer = rank_values(rank, 100 + rank);
+            ring.all_reduce_sum(&mut buffer)
+                .expect_err("lengths differ")
+        },
+    );
     for error in errors {
         let message = error.to_string();
-        assert!(matches!(error, CollectiveError::ProtocolMismatch { .. } | CollectiveError::PeerClosed { .. }), "{message}");
+        assert!(
+            matches!(
+                error,
+                CollectiveError::ProtocolMismatch { .. } | CollectiveError::PeerClosed { .. }
+            ),
+            "{message}"
+        );
     }
 }
 
@@ -293,8 +416,12 @@ fn establishing_without_the_peers_times_out_naming_them() {
         ..test_config()
     };
     let started = Instant::now();
-    let error = RingAllReduce::establish(&listeners[0], "lonely", 0, &addresses, &config).expect_err("no peer");
+    let error = RingAllReduce::establish(&listeners[0], "lonely", 0, &addresses, &config)
+        .expect_err("no peer");
     assert!(started.elapsed() < Duration::from_secs(3));
     let message = error.to_string();
-    assert!(message.contains("peer rank 1") && message.contains("lonely"), "{message}");
+    assert!(
+        message.contains("peer rank 1") && message.contains("lonely"),
+        "{message}"
+    );
 }

@@ -127,8 +127,10 @@ fn has_end_of_image_after_scan(jpeg: &[u8]) -> Result<bool, PreprocessError> {
         let segment_end = position + 2 + segment_length;
         if marker == START_OF_SCAN_MARKER {
             let scan_data = jpeg.get(segment_end..).unwrap_or(&[]);
+            // Searched from the end, where the marker normally is.
             return Ok(scan_data
                 .windows(2)
+                .rev()
                 .any(|pair| pair == [0xFF, END_OF_IMAGE_MARKER]));
         }
         position = segment_end;

@@ -238,9 +238,19 @@ fn resize_float(
                 row_slot[source_row] = (float_rows.len() / out_width) as u32;
                 let line = &source[source_row * source_width..(source_row + 1) * source_width];
                 float_rows.extend(float_column_taps.iter().map(|tap| {
-                    let [i0, i1, i2, i3] = tap
-                        .source_indices
-                        .map(|index| f32::from(line[index as usize]));
+                    let first = tap.source_indices[0] as usize;
+                    // Interior taps read four consecutive pixels: one bounds check instead of four.
+                    let [i0, i1, i2, i3] = match line.get(first..first + 4) {
+                        Some(window) if tap.source_indices[3] as usize == first + 3 => [
+                            f32::from(window[0]),
+                            f32::from(window[1]),
+                            f32::from(window[2]),
+                            f32::from(window[3]),
+                        ],
+                        _ => tap
+                            .source_indices
+                            .map(|index| f32::from(line[index as usize])),
+                    };
                     let [w0, w1, w2, w3] = tap.weights;
                     ((i3 * w3 + i2 * w2) + i1 * w1) + i0 * w0
                 }));
@@ -249,9 +259,9 @@ fn resize_float(
         }
         let [r0, r1, r2, r3] = starts.map(|start| &float_rows[start..start + out_width]);
         let [w0, w1, w2, w3] = row_tap.weights;
-        for (x, target) in out_row.iter_mut().enumerate() {
-            let value = ((r3[x] * w3 + r2[x] * w2) + r1[x] * w1) + r0[x] * w0;
-            *target = round_to_u8(value);
+        let columns = r0.iter().zip(r1).zip(r2).zip(r3);
+        for (target, (((&v0, &v1), &v2), &v3)) in out_row.iter_mut().zip(columns) {
+            *target = round_to_u8(((v3 * w3 + v2 * w2) + v1 * w1) + v0 * w0);
         }
     }
 }

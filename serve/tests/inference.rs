@@ -225,6 +225,19 @@ async fn concurrent_requests_share_forward_passes_unless_batching_is_off() -> an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lone_request_does_not_wait_for_the_queue_delay() -> anyhow::Result<()> {
+    let (sandbox, _) = sandbox_with_one_version("stretch", batching(64, Duration::from_secs(2))).await?;
+    let mut client = sandbox.client().await?;
+    let request = PredictRequest { images: vec![image(flowcam_jpeg(3, 8), "alone")], ..Default::default() };
+    client.predict(request.clone()).await?;
+    let started = std::time::Instant::now();
+    client.predict(request).await?;
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(1), "nobody else was coming, yet the request took {elapsed:?}");
+    sandbox.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn alias_moves_to_version_two_under_load_without_failed_requests() -> anyhow::Result<()> {
     let (sandbox, _) = sandbox_with_one_version("stretch", BatchingConfig::default()).await?;
     let store = unique_store("serve-v2");

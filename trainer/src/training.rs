@@ -125,10 +125,9 @@ fn unflatten_from(buffer: &[f32], tensors: &[Tensor], scale: f64) -> Result<(), 
             let numel = tensor.numel() as i64;
             let values = flat.f_narrow(0, offset, numel)?.f_view(tensor.size().as_slice())?;
             let mut target = tensor.shallow_clone();
-            if scale == 1.0 {
-                target.f_copy_(&values)?;
-            } else {
-                target.f_copy_(&values.f_mul_scalar(scale)?)?;
+            target.f_copy_(&values)?;
+            if scale != 1.0 {
+                let _ = target.f_mul_scalar_(scale)?;
             }
             offset += numel;
         }

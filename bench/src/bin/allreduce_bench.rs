@@ -51,7 +51,11 @@ struct Measurement {
 }
 
 fn iterations_for(size_mib: usize, iterations: usize) -> usize {
-    if size_mib >= 64 { (iterations / 4).max(3) } else { iterations }
+    if size_mib >= 64 {
+        (iterations / 4).max(3)
+    } else {
+        iterations
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,13 +68,17 @@ fn main() -> anyhow::Result<()> {
 
 /// One rank: joins the ring, times all-reduces, rank 0 prints one `size_mib seconds` line per size.
 fn run_rank(options: &Options, rank: usize) -> anyhow::Result<()> {
-    ensure!(options.peers.len() == WORLD_SIZE, "--peers needs {WORLD_SIZE} addresses");
+    ensure!(
+        options.peers.len() == WORLD_SIZE,
+        "--peers needs {WORLD_SIZE} addresses"
+    );
     let listener = RingListener::bind(&options.peers[rank])?;
     let config = RingConfig {
         chunk_bytes: options.chunk_bytes,
         ..RingConfig::default()
     };
-    let mut ring = RingAllReduce::establish(&listener, "allreduce-bench", rank, &options.peers, &config)?;
+    let mut ring =
+        RingAllReduce::establish(&listener, "allreduce-bench", rank, &options.peers, &config)?;
     for &size_mib in &options.sizes_mib {
         let element_count = size_mib * 1024 * 1024 / std::mem::size_of::<f32>();
         let mut buffer = vec![1.0f32; element_count];
@@ -86,7 +94,10 @@ fn run_rank(options: &Options, rank: usize) -> anyhow::Result<()> {
         let seconds_per_iteration = started.elapsed().as_secs_f64() / iterations as f64;
         // The sum grows by a power of two per call: still exact, so the result checks the transport.
         let expected = (WORLD_SIZE as f32).powi((options.warmup + iterations) as i32);
-        ensure!(buffer.iter().all(|&value| value == expected), "wrong all-reduce result");
+        ensure!(
+            buffer.iter().all(|&value| value == expected),
+            "wrong all-reduce result"
+        );
         if rank == 0 {
             println!("{size_mib} {seconds_per_iteration}");
         }
@@ -118,7 +129,9 @@ fn parse_measurements(stdout: &str) -> anyhow::Result<Vec<Measurement>> {
 /// Spawns the 2 ranks of this program and collects rank 0's measurements.
 fn run_ring_processes(options: &Options) -> anyhow::Result<Vec<Measurement>> {
     let executable = std::env::current_exe()?;
-    let peers: Vec<String> = (0..WORLD_SIZE).map(|_| free_local_address()).collect::<Result<_, _>>()?;
+    let peers: Vec<String> = (0..WORLD_SIZE)
+        .map(|_| free_local_address())
+        .collect::<Result<_, _>>()?;
     let sizes: Vec<String> = options.sizes_mib.iter().map(ToString::to_string).collect();
     let children: Vec<_> = (0..WORLD_SIZE)
         .map(|rank| {
@@ -136,7 +149,11 @@ fn run_ring_processes(options: &Options) -> anyhow::Result<Vec<Measurement>> {
     let mut rank_zero_stdout = String::new();
     for (rank, child) in children.into_iter().enumerate() {
         let output = child.wait_with_output()?;
-        ensure!(output.status.success(), "ring rank {rank} failed: {}", output.status);
+        ensure!(
+            output.status.success(),
+            "ring rank {rank} failed: {}",
+            output.status
+        );
         if rank == 0 {
             rank_zero_stdout = String::from_utf8(output.stdout)?;
         }
@@ -147,7 +164,10 @@ fn run_ring_processes(options: &Options) -> anyhow::Result<Vec<Measurement>> {
 fn run_gloo(options: &Options) -> anyhow::Result<Vec<Measurement>> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/gloo_allreduce.py");
     if !options.python.exists() {
-        bail!("{} not found: run scripts/setup-bench.sh", options.python.display());
+        bail!(
+            "{} not found: run scripts/setup-bench.sh",
+            options.python.display()
+        );
     }
     let sizes: Vec<String> = options.sizes_mib.iter().map(ToString::to_string).collect();
     let output = Command::new(&options.python)
@@ -158,7 +178,11 @@ fn run_gloo(options: &Options) -> anyhow::Result<Vec<Measurement>> {
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", script.display()))?;
-    ensure!(output.status.success(), "gloo benchmark failed: {}", output.status);
+    ensure!(
+        output.status.success(),
+        "gloo benchmark failed: {}",
+        output.status
+    );
     parse_measurements(&String::from_utf8(output.stdout)?)
 }
 
@@ -192,11 +216,20 @@ fn run_parent(options: &Options) -> anyhow::Result<()> {
     );
     println!(
         "{:>8} | {:>12} {:>12} {:>9} | {:>12} {:>12} {:>9} | {:>9}",
-        "size", "ring algbw", "ring busbw", "ring ms", "gloo algbw", "gloo busbw", "gloo ms", "ring/gloo"
+        "size",
+        "ring algbw",
+        "ring busbw",
+        "ring ms",
+        "gloo algbw",
+        "gloo busbw",
+        "gloo ms",
+        "ring/gloo"
     );
     for ring_measurement in &ring {
         let (ring_algorithm, ring_bus) = bandwidths(ring_measurement);
-        let gloo_measurement = gloo.iter().find(|m| m.size_mib == ring_measurement.size_mib);
+        let gloo_measurement = gloo
+            .iter()
+            .find(|m| m.size_mib == ring_measurement.size_mib);
         let gloo_columns = match gloo_measurement {
             Some(gloo_measurement) => {
                 let (gloo_algorithm, gloo_bus) = bandwidths(gloo_measurement);
