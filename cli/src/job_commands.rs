@@ -309,9 +309,15 @@ impl WatchDisplay {
         })
     }
 
+    /// A line above the bars; plain stdout when it is not a terminal (bars are hidden there).
     fn line(&self, text: &str) {
-        if self.enabled {
+        if !self.enabled {
+            return;
+        }
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
             let _ = self.bars.println(text);
+        } else {
+            println!("{text}");
         }
     }
 
@@ -331,8 +337,8 @@ impl WatchDisplay {
             bar.set_position(0);
         } else {
             bar.set_length(progress.steps_per_epoch);
-            bar.set_position(progress.step + 1);
-            let epoch_text = if epochs > 0 { format!("{}/{epochs}", progress.epoch + 1) } else { (progress.epoch + 1).to_string() };
+            bar.set_position(progress.step);
+            let epoch_text = if epochs > 0 { format!("{}/{epochs}", progress.epoch) } else { progress.epoch.to_string() };
             bar.set_message(format!("epoch {epoch_text} loss {:.3} {:.0} img/s", progress.loss, progress.images_per_second));
         }
     }
@@ -340,7 +346,7 @@ impl WatchDisplay {
     fn epoch(&mut self, metrics: &plankton_proto::v1::EvalMetrics) {
         self.line(&format!(
             "epoch {:>2}: accuracy {:.3}  macro-F1 {:.3}  weighted-F1 {:.3}  balanced accuracy {:.3}  test loss {:.3}",
-            metrics.epoch + 1,
+            metrics.epoch,
             metrics.accuracy,
             metrics.macro_f1,
             metrics.weighted_f1,

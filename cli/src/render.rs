@@ -121,7 +121,7 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
     curve.set_header(["epoch", "accuracy", "macro-F1", "weighted-F1", "balanced acc.", "test loss"]);
     for metrics in &job.epochs {
         curve.add_row([
-            (metrics.epoch + 1).to_string(),
+            metrics.epoch.to_string(),
             format!("{:.4}", metrics.accuracy),
             format!("{:.4}", metrics.macro_f1),
             format!("{:.4}", metrics.weighted_f1),

@@ -228,7 +228,7 @@ impl TrainingObserver for ChannelObserver {
             return ControlFlow::Break(());
         }
         let due = self.last_progress.is_none_or(|last| last.elapsed() >= PROGRESS_INTERVAL)
-            || progress.step + 1 == progress.steps_per_epoch;
+            || progress.step == progress.steps_per_epoch;
         if due {
             self.last_progress = Some(Instant::now());
             // A full channel only delays progress display; never block training on it.
