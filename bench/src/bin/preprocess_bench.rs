@@ -1,8 +1,8 @@
 //! Preprocessing throughput per core: our pipeline against opencv-python on the same JPEGs.
 //!
 //! `cargo run --release -p plankton-bench --bin preprocess_bench -- [--images DIR] [--limit N]`
-//! Without `--images`, generates FlowCam-like grey JPEGs (median about 67x87, a long tail up to
-//! 972x739) into a temporary folder first.
+//! Without `--images`, generates a synthetic FlowCam dataset with `plankton_synth::generate` (realistic
+//! objects, the real size distribution) into a temporary folder first.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,6 +32,8 @@ struct Options {
 }
 
 const DEFAULT_GENERATED_COUNT: usize = 2_000;
+/// Seed of the generated image set, fixed so that runs compare the same images.
+const SYNTH_SEED: u64 = 42;
 
 fn main() -> anyhow::Result<()> {
     let options = Options::parse();
@@ -54,9 +56,9 @@ fn main() -> anyhow::Result<()> {
         None => {
             generated_dir = tempfile::tempdir().context("creating a temporary image folder")?;
             let count = options.limit.unwrap_or(DEFAULT_GENERATED_COUNT);
-            generate_flowcam_like_jpegs(generated_dir.path(), count)?;
+            generate_flowcam_jpegs(generated_dir.path(), count)?;
             println!(
-                "generated {count} synthetic FlowCam-like JPEGs in {}",
+                "generated {count} synthetic FlowCam JPEGs (plankton-synth) in {}",
                 generated_dir.path().display()
             );
             generated_dir.path().to_path_buf()
@@ -203,58 +205,29 @@ fn collect_jpegs(dir: &Path, paths: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deterministic xorshift64 generator (the benchmark needs no statistical quality).
-struct Xorshift(u64);
-impl Xorshift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// Writes `count` grey JPEGs: dark textured ellipses on a light noisy background, sides drawn
-/// log-uniformly around the FlowCam median (67x87) and clamped to 2..972 x 2..739.
-fn generate_flowcam_like_jpegs(dir: &Path, count: usize) -> anyhow::Result<()> {
-    let mut random = Xorshift(0x5EED_F10C_CA11);
-    for index in 0..count {
-        let spread = |random: &mut Xorshift, median: f64, max: f64| {
-            let factor = (random.unit() * 2.0 - 1.0) * 1.6;
-            (median * factor.exp()).round().clamp(2.0, max) as usize
-        };
-        let width = spread(&mut random, 67.0, 972.0);
-        let height = spread(&mut random, 87.0, 739.0);
-        let (centre_x, centre_y) = (width as f64 / 2.0, height as f64 / 2.0);
-        let (radius_x, radius_y) = (
-            width as f64 * (0.2 + 0.2 * random.unit()),
-            height as f64 * (0.2 + 0.2 * random.unit()),
-        );
-        let mut pixels = Vec::with_capacity(width * height);
-        for y in 0..height {
-            for x in 0..width {
-                let dx = (x as f64 - centre_x) / radius_x;
-                let dy = (y as f64 - centre_y) / radius_y;
-                let noise = (random.next() % 17) as f64 - 8.0;
-                let base = if dx * dx + dy * dy <= 1.0 {
-                    60.0 + 40.0 * ((x / 3 + y / 5) % 3) as f64
-                } else {
-                    225.0
-                };
-                pixels.push((base + noise).clamp(0.0, 255.0) as u8);
-            }
-        }
-        let mut jpeg = Vec::new();
-        jpeg_encoder::Encoder::new(&mut jpeg, 90).encode(
-            &pixels,
-            width as u16,
-            height as u16,
-            jpeg_encoder::ColorType::Luma,
-        )?;
-        std::fs::write(dir.join(format!("{index}.jpg")), &jpeg)?;
-    }
+/// Writes `count` (at least 80) synthetic FlowCam objects with `plankton_synth::generate` under `dir`
+/// (`dir/imgs/<objid>.jpg`, plus the dataset CSVs, which the benchmark ignores): realistic grey
+/// images with the real size distribution and class mix.
+fn generate_flowcam_jpegs(dir: &Path, count: usize) -> anyhow::Result<()> {
+    let location = plankton_dataset::open_location(&dir.to_string_lossy())
+        .with_context(|| format!("opening {} as a dataset location", dir.display()))?;
+    let config = plankton_synth::SynthConfig {
+        count: (count as u64).max(plankton_synth::MINIMUM_OBJECTS),
+        seed: SYNTH_SEED,
+        images_as_zip: false,
+        gzip_features: false,
+        concurrency: 16,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting a tokio runtime for the generator")?;
+    runtime
+        .block_on(plankton_synth::generate(
+            location.store,
+            location.prefix,
+            &config,
+        ))
+        .with_context(|| format!("generating {count} synthetic images in {}", dir.display()))?;
     Ok(())
 }
