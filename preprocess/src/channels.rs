@@ -31,41 +31,73 @@ pub fn threshold_below_mean(grey: &[u8], out: &mut [u8]) {
 ///
 /// Same result as [`morphological_open_4x4`] on 0/255 input, without per-pixel window loops: bit `x` of a
 /// row mask is column `x`, so the offsets -2..=+1 are shifts, and bits shifted in from outside the image
-/// are the neutral element (ones for erosion, zeros for dilation).
+/// are the neutral element (ones for erosion, zeros for dilation). Rows are packed to masks and unpacked
+/// back to bytes eight pixels at a time with word arithmetic; nothing is allocated.
 pub(crate) fn open_binary_64_wide(binary: &[u8], out: &mut [u8]) {
     const WIDTH: usize = 64;
+    const MAX_HEIGHT: usize = 256;
     debug_assert_eq!(binary.len() % WIDTH, 0);
     debug_assert_eq!(binary.len(), out.len());
     let height = binary.len() / WIDTH;
-    let mut masks = [0u64; 256];
-    if height == 0 || height > masks.len() || out.len() != binary.len() {
+    if height == 0 || height > MAX_HEIGHT || out.len() != binary.len() {
         morphological_open_4x4(binary, WIDTH, height, out);
         return;
     }
+    let mut masks = [0u64; MAX_HEIGHT];
     for (mask, line) in masks.iter_mut().zip(binary.chunks_exact(WIDTH)) {
-        *mask = line.iter().enumerate().fold(0u64, |bits, (x, &value)| {
-            bits | (u64::from(value != 0) << x)
-        });
+        *mask = line
+            .chunks_exact(8)
+            .enumerate()
+            .fold(0u64, |bits, (group, pixels)| {
+                bits | (nonzero_byte_bits(eight_bytes(pixels)) << (8 * group))
+            });
     }
-    let masks = &mut masks[..height];
     // Horizontal erosion: bit x survives if bits x-2, x-1, x, x+1 are all set.
-    let mut row_pass = [0u64; 256];
-    for (target, &row) in row_pass.iter_mut().zip(masks.iter()) {
+    let mut row_pass = [0u64; MAX_HEIGHT];
+    for (target, &row) in row_pass.iter_mut().zip(masks[..height].iter()) {
         *target = row & ((row << 1) | 0b1) & ((row << 2) | 0b11) & ((row >> 1) | (1 << 63));
     }
-    let eroded: Vec<u64> = (0..height)
-        .map(|y| window_rows(y, height).fold(u64::MAX, |bits, row| bits & row_pass[row]))
-        .collect();
+    let mut eroded = [0u64; MAX_HEIGHT];
+    for (y, target) in eroded[..height].iter_mut().enumerate() {
+        *target = window_rows(y, height).fold(u64::MAX, |bits, row| bits & row_pass[row]);
+    }
     // Horizontal dilation: bit x is set if any of bits x-2, x-1, x, x+1 is set.
-    for (target, &row) in row_pass.iter_mut().zip(eroded.iter()) {
+    for (target, &row) in row_pass.iter_mut().zip(eroded[..height].iter()) {
         *target = row | (row << 1) | (row << 2) | (row >> 1);
     }
     for (y, line) in out.chunks_exact_mut(WIDTH).enumerate() {
         let bits = window_rows(y, height).fold(0u64, |bits, row| bits | row_pass[row]);
-        for (x, target) in line.iter_mut().enumerate() {
-            *target = if (bits >> x) & 1 == 1 { 255 } else { 0 };
+        for (group, pixels) in line.chunks_exact_mut(8).enumerate() {
+            let group_bits = (bits >> (8 * group)) as u8;
+            pixels.copy_from_slice(&bits_to_bytes(group_bits).to_le_bytes());
         }
     }
+}
+
+const LOW_SEVEN_BITS: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// Eight bytes as a little-endian word (byte i is bits 8i..8i+8); `pixels` has exactly 8 bytes.
+fn eight_bytes(pixels: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(pixels);
+    u64::from_le_bytes(bytes)
+}
+
+/// Bit i of the result is set iff byte i of `word` is nonzero.
+fn nonzero_byte_bits(word: u64) -> u64 {
+    // The high bit of each byte becomes "byte is nonzero" (no carry crosses a byte: 0x7F + 0x7F < 0x100).
+    let nonzero = (((word & LOW_SEVEN_BITS) + LOW_SEVEN_BITS) | word) & HIGH_BITS;
+    // Moves bit 8i to bit 56 + i: the shifted copies land on distinct bits, so no carries interfere.
+    (nonzero >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
+/// Byte i of the result is 255 if bit i of `bits` is set, else 0.
+fn bits_to_bytes(bits: u8) -> u64 {
+    // Byte i keeps bit i of a copy of `bits`, then nonzero bytes become 0x01, then 0xFF.
+    let spread = (u64::from(bits) * 0x0101_0101_0101_0101) & 0x8040_2010_0804_0201;
+    let nonzero = (((spread & LOW_SEVEN_BITS) + LOW_SEVEN_BITS) | spread) & HIGH_BITS;
+    (nonzero >> 7) * 0xFF
 }
 
 /// Rows y-2..=y+1 clipped to the image.
@@ -159,6 +191,20 @@ mod tests {
                 "test image too uniform"
             );
         }
+    }
+
+    #[test]
+    fn word_packing_round_trips_every_byte_pattern() {
+        for bits in 0..=255u8 {
+            let bytes = bits_to_bytes(bits).to_le_bytes();
+            for (index, &byte) in bytes.iter().enumerate() {
+                assert_eq!(byte, if bits >> index & 1 == 1 { 255 } else { 0 }, "{bits:08b}");
+            }
+            assert_eq!(nonzero_byte_bits(bits_to_bytes(bits)), u64::from(bits));
+        }
+        // any nonzero byte counts as set, not only 255
+        let word = u64::from_le_bytes([0, 1, 0x80, 0x7F, 0, 0xFF, 0x40, 0]);
+        assert_eq!(nonzero_byte_bits(word), 0b0110_1110);
     }
 
     #[test]

@@ -16,10 +16,15 @@ const VERTICAL_VECTOR_LANES: usize = 8;
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
 /// Rounds half to even and saturates to u8, as OpenCV's `saturate_cast<uchar>(cvRound(v))`.
+///
+/// Clamping to [0, 255] before rounding gives the same result as after (both bounds are integers).
+/// `clamped + ROUND_MAGIC` is then exactly `ROUND_MAGIC + n` with n the rounded value, whose f32 bit
+/// pattern is `0x4B40_0000 + n`: the low byte is n, read without a float-to-int conversion (which
+/// vectorises). The inputs are sums of products of finite weights and pixels, never NaN.
 #[inline]
 fn round_to_u8(value: f32) -> u8 {
-    let clamped = value.clamp(-1.0, 256.0);
-    ((clamped + ROUND_MAGIC) - ROUND_MAGIC) as u8
+    let clamped = value.clamp(0.0, 255.0);
+    ((clamped + ROUND_MAGIC).to_bits() & 0xFF) as u8
 }
 
 /// Both source sides at least this long: opencv-python's `cv2.resize` hands `INTER_CUBIC` on uint8 to
@@ -54,6 +59,10 @@ struct ResizeScratch {
     fixed_rows: Vec<i32>,
     /// Horizontally resized source rows, `out_width` values each (float path).
     float_rows: Vec<f32>,
+    /// Weight k of every output column's taps, one plane per k (float path).
+    column_weight_planes: [Vec<f32>; 4],
+    /// The four source pixels of every output column for the current line, packed (float path).
+    gathered_pixels: Vec<u32>,
 }
 
 thread_local! {
@@ -206,6 +215,11 @@ pub(crate) fn resize_bicubic_into(
 }
 
 /// The IPP-compatible float path (see [`resize_bicubic`]).
+///
+/// The horizontal pass first gathers each output's four source pixels into four planes (scalar loads),
+/// then does the arithmetic over whole planes, which the compiler vectorises; the vertical pass is
+/// plain plane arithmetic too. The operations and their order per output are those of the scalar
+/// formula, so the results are bit-identical to it.
 fn resize_float(
     scratch: &mut ResizeScratch,
     source_width: usize,
@@ -220,10 +234,18 @@ fn resize_float(
         float_row_taps,
         row_slot,
         float_rows,
+        column_weight_planes,
+        gathered_pixels,
         ..
     } = scratch;
     fill_float_taps(source_width, out_width, float_column_taps);
     fill_float_taps(source_height, out_height, float_row_taps);
+    for (k, plane) in column_weight_planes.iter_mut().enumerate() {
+        plane.clear();
+        plane.extend(float_column_taps.iter().map(|tap| tap.weights[k]));
+    }
+    gathered_pixels.clear();
+    gathered_pixels.resize(out_width, 0);
     row_slot.clear();
     row_slot.resize(source_height, u32::MAX);
     float_rows.clear();
@@ -235,25 +257,17 @@ fn resize_float(
         for (start, &source_row) in starts.iter_mut().zip(row_tap.source_indices.iter()) {
             let source_row = source_row as usize;
             if row_slot[source_row] == u32::MAX {
-                row_slot[source_row] = (float_rows.len() / out_width) as u32;
+                let slot_start = float_rows.len();
+                row_slot[source_row] = (slot_start / out_width) as u32;
                 let line = &source[source_row * source_width..(source_row + 1) * source_width];
-                float_rows.extend(float_column_taps.iter().map(|tap| {
-                    let first = tap.source_indices[0] as usize;
-                    // Interior taps read four consecutive pixels: one bounds check instead of four.
-                    let [i0, i1, i2, i3] = match line.get(first..first + 4) {
-                        Some(window) if tap.source_indices[3] as usize == first + 3 => [
-                            f32::from(window[0]),
-                            f32::from(window[1]),
-                            f32::from(window[2]),
-                            f32::from(window[3]),
-                        ],
-                        _ => tap
-                            .source_indices
-                            .map(|index| f32::from(line[index as usize])),
-                    };
-                    let [w0, w1, w2, w3] = tap.weights;
-                    ((i3 * w3 + i2 * w2) + i1 * w1) + i0 * w0
-                }));
+                float_rows.resize(slot_start + out_width, 0.0);
+                resize_line_float(
+                    line,
+                    float_column_taps,
+                    column_weight_planes,
+                    gathered_pixels,
+                    &mut float_rows[slot_start..],
+                );
             }
             *start = row_slot[source_row] as usize * out_width;
         }
@@ -263,6 +277,37 @@ fn resize_float(
         for (target, (((&v0, &v1), &v2), &v3)) in out_row.iter_mut().zip(columns) {
             *target = round_to_u8(((v3 * w3 + v2 * w2) + v1 * w1) + v0 * w0);
         }
+    }
+}
+
+/// Horizontal pass of one source line: `out[x] = ((p3 * w3 + p2 * w2) + p1 * w1) + p0 * w0` over the
+/// four taps of column `x`. The four source pixels of a column are packed into one little-endian
+/// `u32` (one 4-byte load for interior columns, whose taps are consecutive pixels).
+fn resize_line_float(
+    line: &[u8],
+    column_taps: &[FloatTap],
+    weight_planes: &[Vec<f32>; 4],
+    gathered: &mut [u32],
+    out: &mut [f32],
+) {
+    for (word, tap) in gathered.iter_mut().zip(column_taps) {
+        let [i0, i1, i2, i3] = tap.source_indices.map(|index| index as usize);
+        let window = if i3 == i0 + 3 {
+            line.get(i0..i0 + 4).and_then(|window| <[u8; 4]>::try_from(window).ok())
+        } else {
+            None
+        };
+        let pixels = window.unwrap_or_else(|| [line[i0], line[i1], line[i2], line[i3]]);
+        *word = u32::from_le_bytes(pixels);
+    }
+    let [w0, w1, w2, w3] = weight_planes;
+    let weights = w0.iter().zip(w1.iter()).zip(w2.iter()).zip(w3.iter());
+    for (target, (&word, (((&w0, &w1), &w2), &w3))) in
+        out.iter_mut().zip(gathered.iter().zip(weights))
+    {
+        let pixel = |k: u32| ((word >> (8 * k)) & 0xFF) as i32 as f32;
+        let (p0, p1, p2, p3) = (pixel(0), pixel(1), pixel(2), pixel(3));
+        *target = ((p3 * w3 + p2 * w2) + p1 * w1) + p0 * w0;
     }
 }
 

@@ -20,6 +20,10 @@ struct Options {
     /// Folder of *.jpg files (searched recursively); generated when absent.
     #[arg(long, env = "PREPROCESS_BENCH_IMAGES")]
     images: Option<PathBuf>,
+    /// Generate the synthetic set into this folder (kept afterwards) instead of a temporary one;
+    /// ignored with `--images`.
+    #[arg(long)]
+    generate_into: Option<PathBuf>,
     /// Use at most this many images (also the number generated).
     #[arg(long, env = "PREPROCESS_BENCH_LIMIT")]
     limit: Option<usize>,
@@ -50,18 +54,30 @@ fn main() -> anyhow::Result<()> {
             python.display()
         );
     }
-    let generated_dir;
+    let _temporary_dir_guard;
     let image_dir = match &options.images {
         Some(dir) => dir.clone(),
         None => {
-            generated_dir = tempfile::tempdir().context("creating a temporary image folder")?;
+            let target_dir = match &options.generate_into {
+                Some(dir) => {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    dir.clone()
+                }
+                None => {
+                    let temporary = tempfile::tempdir().context("creating a temporary image folder")?;
+                    let path = temporary.path().to_path_buf();
+                    _temporary_dir_guard = temporary;
+                    path
+                }
+            };
             let count = options.limit.unwrap_or(DEFAULT_GENERATED_COUNT);
-            generate_flowcam_jpegs(generated_dir.path(), count)?;
+            generate_flowcam_jpegs(&target_dir, count)?;
             println!(
                 "generated {count} synthetic FlowCam JPEGs (plankton-synth) in {}",
-                generated_dir.path().display()
+                target_dir.display()
             );
-            generated_dir.path().to_path_buf()
+            target_dir
         }
     };
 
