@@ -15,7 +15,7 @@ demo: setup
 test: setup
 	cargo build --bins
 	cargo test --workspace --no-fail-fast
-	cargo check -p plankton-collective --features nccl
+	cargo check -p plankton-collective -p plankton-coordinator -p plankton-worker --features nccl
 
 bench-preprocess: setup
 	cargo run --release -p plankton-bench --bin preprocess_bench

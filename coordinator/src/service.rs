@@ -43,7 +43,7 @@ impl CoordinatorService {
             let started = Instant::now();
             let timeout = state.timeouts.registration_timeout;
             loop {
-                match state.try_assign(&job_id, Vec::new()) {
+                match state.try_assign(&job_id) {
                     Ok(true) => return,
                     Ok(false) => {}
                     Err(error) => {
@@ -159,7 +159,7 @@ impl WorkerControl for CoordinatorService {
         if request.peer_address.is_empty() {
             return Err(Status::invalid_argument("register: peer_address is empty"));
         }
-        let worker_id = self.state.register_worker(&request.worker_name, &request.peer_address, request.threads);
+        let worker_id = self.state.register_worker(&request.worker_name, &request.peer_address, request.threads, request.has_gpu);
         Ok(Response::new(RegisterResponse {
             worker_id,
             heartbeat_interval_ms: self.state.timeouts.heartbeat_interval.as_millis() as u64,

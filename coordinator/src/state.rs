@@ -40,6 +40,7 @@ struct WorkerEntry {
     name: String,
     peer_address: String,
     threads: u32,
+    has_gpu: bool,
     last_seen: Instant,
     last_seen_unix_ms: i64,
     current_job: Option<String>,
@@ -112,7 +113,7 @@ impl ClusterState {
 
     // ------------------------------------------------------------------ workers
 
-    pub fn register_worker(&self, name: &str, peer_address: &str, threads: u32) -> String {
+    pub fn register_worker(&self, name: &str, peer_address: &str, threads: u32, has_gpu: bool) -> String {
         let mut inner = self.lock();
         inner.next_worker_number += 1;
         let worker_id = format!("w{}-{}", inner.next_worker_number, sanitize(name));
@@ -122,6 +123,7 @@ impl ClusterState {
                 name: name.to_string(),
                 peer_address: peer_address.to_string(),
                 threads,
+                has_gpu,
                 last_seen: Instant::now(),
                 last_seen_unix_ms: unix_ms_now(),
                 current_job: None,
@@ -129,7 +131,7 @@ impl ClusterState {
                 assignment_ready: Arc::new(Notify::new()),
             },
         );
-        info!(worker_id, peer_address, threads, "worker registered");
+        info!(worker_id, peer_address, threads, has_gpu, "worker registered");
         worker_id
     }
 
@@ -287,7 +289,7 @@ impl ClusterState {
     }
 
     /// Picks `world_size` idle live workers and hands each its rank's shard. `Ok(false)` while too few are free.
-    pub fn try_assign(&self, job_id: &str, nccl_unique_id: Vec<u8>) -> CoordinatorResult<bool> {
+    pub fn try_assign(&self, job_id: &str) -> CoordinatorResult<bool> {
         let mut inner = self.lock();
         let Inner { workers, jobs, .. } = &mut *inner;
         let entry = jobs.get_mut(job_id).ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
@@ -309,6 +311,8 @@ impl ClusterState {
         let chosen: Vec<String> = idle.into_iter().take(world_size).cloned().collect();
         let plan = entry.plan.take().ok_or_else(|| CoordinatorError::Internal(format!("job {job_id} has no plan")))?;
         let ring_peer_addresses: Vec<String> = chosen.iter().map(|worker_id| workers[worker_id].peer_address.clone()).collect();
+        let every_rank_has_a_gpu = chosen.iter().all(|worker_id| workers[worker_id].has_gpu);
+        let nccl_unique_id = if every_rank_has_a_gpu { nccl_unique_id(job_id) } else { Vec::new() };
         let output_url = if spec.output_url.is_empty() {
             format!("{}/models/{}", spec.dataset_url.trim_end_matches('/'), job_id)
         } else {
@@ -546,4 +550,21 @@ fn push_event(entry: &mut JobEntry, job_id: &str, event: job_event::Event) {
 fn sanitize(name: &str) -> String {
     let cleaned: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
     cleaned.chars().take(40).collect()
+}
+
+/// A fresh NCCL unique id for a job whose ranks all have GPUs (empty: the ranks use the TCP ring).
+#[cfg(feature = "nccl")]
+fn nccl_unique_id(job_id: &str) -> Vec<u8> {
+    match plankton_collective::nccl::new_unique_id() {
+        Ok(unique_id) => unique_id,
+        Err(error) => {
+            warn!(job_id, %error, "no NCCL unique id (libnccl missing?); ranks fall back to the TCP ring");
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_unique_id(_job_id: &str) -> Vec<u8> {
+    Vec::new()
 }

@@ -61,8 +61,11 @@ struct ResizeScratch {
     float_rows: Vec<f32>,
     /// Weight k of every output column's taps, one plane per k (float path).
     column_weight_planes: [Vec<f32>; 4],
-    /// The four source pixels of every output column for the current line, packed (float path).
+    /// The four source pixels of every output column, packed, `out_width` words per needed row
+    /// (float path).
     gathered_pixels: Vec<u32>,
+    /// The source rows read by some output row, in slot order (float path).
+    needed_rows: Vec<u32>,
 }
 
 thread_local! {
@@ -233,6 +236,7 @@ fn resize_float(
         float_column_taps,
         float_row_taps,
         row_slot,
+        needed_rows,
         float_rows,
         column_weight_planes,
         gathered_pixels,
@@ -244,34 +248,49 @@ fn resize_float(
         plane.clear();
         plane.extend(float_column_taps.iter().map(|tap| tap.weights[k]));
     }
-    gathered_pixels.clear();
-    gathered_pixels.resize(out_width, 0);
+    let consecutive = consecutive_tap_columns(float_column_taps);
+    // The source rows some output row reads, each given a slot in the horizontal-pass buffers.
     row_slot.clear();
     row_slot.resize(source_height, u32::MAX);
+    needed_rows.clear();
+    for row_tap in float_row_taps.iter() {
+        for &source_row in &row_tap.source_indices {
+            let slot = &mut row_slot[source_row as usize];
+            if *slot == u32::MAX {
+                *slot = needed_rows.len() as u32;
+                needed_rows.push(source_row);
+            }
+        }
+    }
+    // Horizontal pass in two sweeps over all needed rows: gather every row's tap pixels, then the
+    // arithmetic. (Reading the gathered words right after writing them, row by row, stalls on store
+    // forwarding.)
+    gathered_pixels.clear();
+    gathered_pixels.resize(needed_rows.len() * out_width, 0);
+    for (gathered, &source_row) in gathered_pixels
+        .chunks_exact_mut(out_width)
+        .zip(needed_rows.iter())
+    {
+        let source_row = source_row as usize;
+        let line = &source[source_row * source_width..(source_row + 1) * source_width];
+        gather_line_taps(line, float_column_taps, consecutive.clone(), gathered);
+    }
     float_rows.clear();
+    float_rows.resize(needed_rows.len() * out_width, 0.0);
+    for (resized, gathered) in float_rows
+        .chunks_exact_mut(out_width)
+        .zip(gathered_pixels.chunks_exact(out_width))
+    {
+        weigh_gathered_line(gathered, column_weight_planes, resized);
+    }
     for (out_row, row_tap) in output
         .chunks_exact_mut(out_width)
         .zip(float_row_taps.iter())
     {
-        let mut starts = [0usize; 4];
-        for (start, &source_row) in starts.iter_mut().zip(row_tap.source_indices.iter()) {
-            let source_row = source_row as usize;
-            if row_slot[source_row] == u32::MAX {
-                let slot_start = float_rows.len();
-                row_slot[source_row] = (slot_start / out_width) as u32;
-                let line = &source[source_row * source_width..(source_row + 1) * source_width];
-                float_rows.resize(slot_start + out_width, 0.0);
-                resize_line_float(
-                    line,
-                    float_column_taps,
-                    column_weight_planes,
-                    gathered_pixels,
-                    &mut float_rows[slot_start..],
-                );
-            }
-            *start = row_slot[source_row] as usize * out_width;
-        }
-        let [r0, r1, r2, r3] = starts.map(|start| &float_rows[start..start + out_width]);
+        let [r0, r1, r2, r3] = row_tap.source_indices.map(|source_row| {
+            let start = row_slot[source_row as usize] as usize * out_width;
+            &float_rows[start..start + out_width]
+        });
         let [w0, w1, w2, w3] = row_tap.weights;
         let columns = r0.iter().zip(r1).zip(r2).zip(r3);
         for (target, (((&v0, &v1), &v2), &v3)) in out_row.iter_mut().zip(columns) {
@@ -280,26 +299,50 @@ fn resize_float(
     }
 }
 
-/// Horizontal pass of one source line: `out[x] = ((p3 * w3 + p2 * w2) + p1 * w1) + p0 * w0` over the
-/// four taps of column `x`. The four source pixels of a column are packed into one little-endian
-/// `u32` (one 4-byte load for interior columns, whose taps are consecutive pixels).
-fn resize_line_float(
+/// Output columns whose four taps are the consecutive, unclamped source pixels `first..first + 4`.
+///
+/// Tap positions grow with the column, so these columns form one range; the columns before and after it
+/// touch the replicated border.
+fn consecutive_tap_columns(column_taps: &[FloatTap]) -> std::ops::Range<usize> {
+    let is_consecutive = |tap: &FloatTap| {
+        let [i0, i1, i2, i3] = tap.source_indices;
+        i1 == i0 + 1 && i2 == i0 + 2 && i3 == i0 + 3
+    };
+    let start = column_taps
+        .iter()
+        .position(is_consecutive)
+        .unwrap_or(column_taps.len());
+    let len = column_taps[start..]
+        .iter()
+        .take_while(|&tap| is_consecutive(tap))
+        .count();
+    start..start + len
+}
+
+/// Packs the four source pixels of every output column of one line into a little-endian `u32`: one
+/// 4-byte load for the `consecutive` columns, four loads for the border columns.
+fn gather_line_taps(
     line: &[u8],
     column_taps: &[FloatTap],
-    weight_planes: &[Vec<f32>; 4],
+    consecutive: std::ops::Range<usize>,
     gathered: &mut [u32],
-    out: &mut [f32],
 ) {
-    for (word, tap) in gathered.iter_mut().zip(column_taps) {
-        let [i0, i1, i2, i3] = tap.source_indices.map(|index| index as usize);
-        let window = if i3 == i0 + 3 {
-            line.get(i0..i0 + 4).and_then(|window| <[u8; 4]>::try_from(window).ok())
-        } else {
-            None
-        };
-        let pixels = window.unwrap_or_else(|| [line[i0], line[i1], line[i2], line[i3]]);
-        *word = u32::from_le_bytes(pixels);
+    let border_columns = (0..consecutive.start).chain(consecutive.end..column_taps.len());
+    for x in border_columns {
+        let [i0, i1, i2, i3] = column_taps[x].source_indices.map(|index| index as usize);
+        gathered[x] = u32::from_le_bytes([line[i0], line[i1], line[i2], line[i3]]);
     }
+    let interior_taps = &column_taps[consecutive.clone()];
+    for (word, tap) in gathered[consecutive].iter_mut().zip(interior_taps) {
+        let first = tap.source_indices[0] as usize;
+        let window = &line[first..first + 4];
+        *word = u32::from_le_bytes([window[0], window[1], window[2], window[3]]);
+    }
+}
+
+/// Horizontal arithmetic of one line: `out[x] = ((p3 * w3 + p2 * w2) + p1 * w1) + p0 * w0` over the
+/// pixels packed by [`gather_line_taps`] and the column weights (vectorised by the compiler).
+fn weigh_gathered_line(gathered: &[u32], weight_planes: &[Vec<f32>; 4], out: &mut [f32]) {
     let [w0, w1, w2, w3] = weight_planes;
     let weights = w0.iter().zip(w1.iter()).zip(w2.iter()).zip(w3.iter());
     for (target, (&word, (((&w0, &w1), &w2), &w3))) in

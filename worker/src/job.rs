@@ -156,13 +156,11 @@ async fn execute(
     let job_id = assignment.job_id.clone();
     let rank = assignment.rank as usize;
     let peers = assignment.ring_peer_addresses.clone();
+    let nccl_unique_id = assignment.nccl_unique_id.clone();
+    let device = train_config.device;
     let loaded_objects = (train.data.labels.len() + test.data.labels.len()) as u64;
     let training = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
-        let mut collective: Box<dyn Collective> = if peers.len() <= 1 {
-            Box::new(SingleProcess)
-        } else {
-            Box::new(RingAllReduce::establish(&listener, &job_id, rank, &peers, &ring_config)?)
-        };
+        let mut collective = join_collective(&listener, &job_id, rank, &peers, &ring_config, &nccl_unique_id, device)?;
         let mut observer = ChannelObserver { sender: event_sender, cancel: training_cancel, last_progress: None };
         let model = run_training(&train_config, &train.data, &test.data, collective.as_mut(), &mut observer)?;
         Ok(if rank == 0 { model.to_safetensors()? } else { Vec::new() })
@@ -208,6 +206,28 @@ async fn execute(
         String::new()
     };
     Ok(Finished { model_url, skipped_objects })
+}
+
+/// NCCL when the coordinator handed out a unique id and this rank trains on a GPU, else the TCP ring.
+fn join_collective(
+    listener: &RingListener,
+    job_id: &str,
+    rank: usize,
+    peers: &[String],
+    ring_config: &plankton_collective::RingConfig,
+    nccl_unique_id: &[u8],
+    device: tch::Device,
+) -> anyhow::Result<Box<dyn Collective>> {
+    if peers.len() <= 1 {
+        return Ok(Box::new(SingleProcess));
+    }
+    #[cfg(feature = "nccl")]
+    if let (false, tch::Device::Cuda(ordinal)) = (nccl_unique_id.is_empty(), device) {
+        info!(job_id, rank, "joining the NCCL communicator");
+        return Ok(Box::new(plankton_collective::nccl::NcclAllReduce::new(nccl_unique_id, rank, peers.len(), ordinal)?));
+    }
+    let _ = (nccl_unique_id, device);
+    Ok(Box::new(RingAllReduce::establish(listener, job_id, rank, peers, ring_config)?))
 }
 
 enum TrainingEvent {
