@@ -198,7 +198,11 @@ mod tests {
         for bits in 0..=255u8 {
             let bytes = bits_to_bytes(bits).to_le_bytes();
             for (index, &byte) in bytes.iter().enumerate() {
-                assert_eq!(byte, if bits >> index & 1 == 1 { 255 } else { 0 }, "{bits:08b}");
+                assert_eq!(
+                    byte,
+                    if bits >> index & 1 == 1 { 255 } else { 0 },
+                    "{bits:08b}"
+                );
             }
             assert_eq!(nonzero_byte_bits(bits_to_bytes(bits)), u64::from(bits));
         }

@@ -1,6 +1,7 @@
 //! OpenCV-exact bicubic resize of 8-bit grey images, and padding to a square.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use crate::GreyImage;
 
@@ -46,21 +47,51 @@ struct FloatTap {
     weights: [f32; 4],
 }
 
+/// Float taps along one axis with what the passes derive from them.
+#[derive(Debug)]
+struct FloatAxis {
+    taps: Vec<FloatTap>,
+    /// Weight k of every tap, one plane per k (for the vectorised horizontal arithmetic).
+    weight_planes: [Vec<f32>; 4],
+    /// The taps reading four consecutive unclamped source pixels (see [`consecutive_tap_columns`]).
+    consecutive: std::ops::Range<usize>,
+}
+
+impl FloatAxis {
+    fn new(source_len: usize, destination_len: usize) -> FloatAxis {
+        let mut taps = Vec::with_capacity(destination_len);
+        fill_float_taps(source_len, destination_len, &mut taps);
+        let weight_planes =
+            std::array::from_fn(|k| taps.iter().map(|tap| tap.weights[k]).collect());
+        let consecutive = consecutive_tap_columns(&taps);
+        FloatAxis {
+            taps,
+            weight_planes,
+            consecutive,
+        }
+    }
+}
+
+/// Most taps kept in a thread's [`ResizeScratch::float_axis_cache`], all axes together (48 bytes each
+/// with their weight planes: 3 MiB, or 1024 axes of 64 outputs); the cache is emptied when full.
+const FLOAT_AXIS_CACHE_TAPS: usize = 64 * 1024;
+
 /// Reusable buffers, one set per thread, so that resizing allocates nothing in steady state.
 #[derive(Default)]
 struct ResizeScratch {
     fixed_column_taps: Vec<FixedPointTap>,
     fixed_row_taps: Vec<FixedPointTap>,
-    float_column_taps: Vec<FloatTap>,
-    float_row_taps: Vec<FloatTap>,
+    /// Float-path taps by (source length, destination length): the same for rows and columns, and
+    /// FlowCam images repeat their sides, so most images find both axes here.
+    float_axis_cache: HashMap<(usize, usize), FloatAxis>,
+    /// Taps held by `float_axis_cache`, all axes together.
+    float_axis_cache_taps: usize,
     /// For each source row: its slot in the horizontal-pass buffer, or `u32::MAX` if not yet computed.
     row_slot: Vec<u32>,
     /// Horizontally resized source rows, `out_width` values each (fixed-point path).
     fixed_rows: Vec<i32>,
     /// Horizontally resized source rows, `out_width` values each (float path).
     float_rows: Vec<f32>,
-    /// Weight k of every output column's taps, one plane per k (float path).
-    column_weight_planes: [Vec<f32>; 4],
     /// The four source pixels of every output column, packed, `out_width` words per needed row
     /// (float path).
     gathered_pixels: Vec<u32>,
@@ -126,13 +157,27 @@ fn fill_fixed_point_taps(source_len: usize, destination_len: usize, taps: &mut V
     }
 }
 
+/// `value.floor()` for |value| < 2^63, inline (baseline x86-64 has no rounding instruction, so
+/// `f64::floor` is a libm call). Gives +0.0 where `floor` gives -0.0, which no caller distinguishes:
+/// positions are never -0.0 (`a - 0.5` is never negative zero) and the sign of a zero fraction does not
+/// change the cubic weights.
+#[inline]
+fn floor_f64(value: f64) -> f64 {
+    let truncated = value as i64 as f64;
+    if truncated > value {
+        truncated - 1.0
+    } else {
+        truncated
+    }
+}
+
 /// Float taps along one axis (position and weights in f64, weights stored as f32).
 fn fill_float_taps(source_len: usize, destination_len: usize, taps: &mut Vec<FloatTap>) {
     taps.clear();
     let scale = opencv_scale(source_len, destination_len);
     for destination_index in 0..destination_len {
         let position = (destination_index as f64 + 0.5) * scale - 0.5;
-        let floor_position = position.floor();
+        let floor_position = floor_f64(position);
         let coefficients = cubic_coefficients_f64(position - floor_position);
         taps.push(FloatTap {
             source_indices: clamped_indices(floor_position as i64 - 1, source_len),
@@ -219,10 +264,11 @@ pub(crate) fn resize_bicubic_into(
 
 /// The IPP-compatible float path (see [`resize_bicubic`]).
 ///
-/// The horizontal pass first gathers each output's four source pixels into four planes (scalar loads),
-/// then does the arithmetic over whole planes, which the compiler vectorises; the vertical pass is
-/// plain plane arithmetic too. The operations and their order per output are those of the scalar
-/// formula, so the results are bit-identical to it.
+/// The horizontal pass first packs each output's four source pixels into a `u32` (scalar loads), then
+/// does the arithmetic over whole rows, which the compiler vectorises; the vertical pass is plain row
+/// arithmetic too. The operations and their order per output are those of the scalar formula (Rust
+/// never fuses a multiply and an add), so the results are bit-identical to it. Taps are cached per
+/// thread by (source length, destination length).
 fn resize_float(
     scratch: &mut ResizeScratch,
     source_width: usize,
@@ -233,22 +279,40 @@ fn resize_float(
 ) {
     let out_height = output.len() / out_width;
     let ResizeScratch {
-        float_column_taps,
-        float_row_taps,
+        float_axis_cache,
+        float_axis_cache_taps,
         row_slot,
         needed_rows,
         float_rows,
-        column_weight_planes,
         gathered_pixels,
         ..
     } = scratch;
-    fill_float_taps(source_width, out_width, float_column_taps);
-    fill_float_taps(source_height, out_height, float_row_taps);
-    for (k, plane) in column_weight_planes.iter_mut().enumerate() {
-        plane.clear();
-        plane.extend(float_column_taps.iter().map(|tap| tap.weights[k]));
+    let column_key = (source_width, out_width);
+    let row_key = (source_height, out_height);
+    let missing_taps: usize = [column_key, row_key]
+        .iter()
+        .filter(|key| !float_axis_cache.contains_key(key))
+        .map(|&(_, destination_len)| destination_len)
+        .sum();
+    if *float_axis_cache_taps + missing_taps > FLOAT_AXIS_CACHE_TAPS {
+        float_axis_cache.clear();
+        *float_axis_cache_taps = 0;
     }
-    let consecutive = consecutive_tap_columns(float_column_taps);
+    for (source_len, destination_len) in [column_key, row_key] {
+        float_axis_cache
+            .entry((source_len, destination_len))
+            .or_insert_with(|| {
+                *float_axis_cache_taps += destination_len;
+                FloatAxis::new(source_len, destination_len)
+            });
+    }
+    let (Some(columns), Some(rows)) = (
+        float_axis_cache.get(&column_key),
+        float_axis_cache.get(&row_key),
+    ) else {
+        return;
+    };
+    let float_row_taps = &rows.taps;
     // The source rows some output row reads, each given a slot in the horizontal-pass buffers.
     row_slot.clear();
     row_slot.resize(source_height, u32::MAX);
@@ -273,7 +337,7 @@ fn resize_float(
     {
         let source_row = source_row as usize;
         let line = &source[source_row * source_width..(source_row + 1) * source_width];
-        gather_line_taps(line, float_column_taps, consecutive.clone(), gathered);
+        gather_line_taps(line, &columns.taps, columns.consecutive.clone(), gathered);
     }
     float_rows.clear();
     float_rows.resize(needed_rows.len() * out_width, 0.0);
@@ -281,7 +345,7 @@ fn resize_float(
         .chunks_exact_mut(out_width)
         .zip(gathered_pixels.chunks_exact(out_width))
     {
-        weigh_gathered_line(gathered, column_weight_planes, resized);
+        weigh_gathered_line(gathered, &columns.weight_planes, resized);
     }
     for (out_row, row_tap) in output
         .chunks_exact_mut(out_width)
@@ -479,6 +543,15 @@ mod tests {
         ] {
             let expected = value.round_ties_even().clamp(0.0, 255.0) as u8;
             assert_eq!(round_to_u8(value), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn inline_floor_matches_floor() {
+        for value in [
+            -2.5f64, -1.0, -0.999, -0.5, -1e-12, 0.0, 1e-12, 0.5, 1.0, 1.5, 63.999, 64.0, 9_999.25,
+        ] {
+            assert_eq!(floor_f64(value), value.floor(), "{value}");
         }
     }
 

@@ -65,7 +65,8 @@ fn main() -> anyhow::Result<()> {
                     dir.clone()
                 }
                 None => {
-                    let temporary = tempfile::tempdir().context("creating a temporary image folder")?;
+                    let temporary =
+                        tempfile::tempdir().context("creating a temporary image folder")?;
                     let path = temporary.path().to_path_buf();
                     _temporary_dir_guard = temporary;
                     path
