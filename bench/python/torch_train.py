@@ -70,11 +70,12 @@ class ResNet(nn.Module):
         self.layer1 = BasicBlock(32, 32, 1)
         self.layer2 = BasicBlock(32, 64, 2)
         self.layer3 = BasicBlock(64, 128, 2)
-        self.fc = nn.Linear(128, num_classes)
+        self.layer4 = BasicBlock(128, 256, 2)
+        self.fc = nn.Linear(256, num_classes)
 
     def forward(self, x):
         x = F.relu(self.stem(x))
-        x = self.layer3(self.layer2(self.layer1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return self.fc(x)
 

@@ -7,7 +7,7 @@ use crate::error::DatasetError;
 use crate::layout::{FEATURES_FILE, FEATURES_GZ_FILE, NATIVE_FEATURE_COLUMNS};
 use crate::meta::is_missing_cell;
 use crate::storage::StoreLocation;
-use crate::summary::ReadSummary;
+use crate::summary::{ReadSummary, next_well_formed_row};
 
 /// Feature rows keyed by objid, values in `columns` order.
 #[derive(Debug, Clone, Default)]
@@ -111,35 +111,9 @@ pub fn parse_features_csv(file_name: &str, bytes: &[u8]) -> Result<FeatureTable,
     };
     let mut seen_objids = HashSet::new();
     let mut record = csv::ByteRecord::new();
-    loop {
-        let line = reader.position().line() + 1;
-        match reader.read_byte_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(error) => {
-                table.summary.rows_read += 1;
-                let error_line = error.position().map_or(line, |position| position.line());
-                table.summary.skip(
-                    format!("{file_name}:{error_line}"),
-                    format!("unreadable row: {error}"),
-                );
-                continue;
-            }
-        }
-        table.summary.rows_read += 1;
-        let line = record.position().map_or(line, |position| position.line());
-        let location = format!("{file_name}:{line}");
-        if record.len() != header_names.len() {
-            table.summary.skip(
-                location,
-                format!(
-                    "expected {} fields, found {}",
-                    header_names.len(),
-                    record.len()
-                ),
-            );
-            continue;
-        }
+    while let Some(location) =
+        next_well_formed_row(&mut reader, &mut record, file_name, header_names.len(), &mut table.summary)
+    {
         let objid_text = String::from_utf8_lossy(&record[objid_column])
             .trim()
             .to_string();

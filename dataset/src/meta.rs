@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::DatasetError;
 use crate::layout::{META_FILE, REFERENCE_CLASS_COUNTS};
 use crate::storage::StoreLocation;
-use crate::summary::ReadSummary;
+use crate::summary::{ReadSummary, next_well_formed_row};
 
 /// One row of `meta.csv`. Columns absent from the file read as empty strings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,35 +125,9 @@ pub fn parse_meta_csv(file_name: &str, bytes: &[u8]) -> Result<MetaTable, Datase
     let mut table = MetaTable::default();
     let mut seen_objids = HashSet::new();
     let mut record = csv::ByteRecord::new();
-    loop {
-        let line = reader.position().line() + 1;
-        match reader.read_byte_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(error) => {
-                table.summary.rows_read += 1;
-                let error_line = error.position().map_or(line, |position| position.line());
-                table.summary.skip(
-                    format!("{file_name}:{error_line}"),
-                    format!("unreadable row: {error}"),
-                );
-                continue;
-            }
-        }
-        table.summary.rows_read += 1;
-        let line = record.position().map_or(line, |position| position.line());
-        let location = format!("{file_name}:{line}");
-        if record.len() != header_names.len() {
-            table.summary.skip(
-                location,
-                format!(
-                    "expected {} fields, found {}",
-                    header_names.len(),
-                    record.len()
-                ),
-            );
-            continue;
-        }
+    while let Some(location) =
+        next_well_formed_row(&mut reader, &mut record, file_name, header_names.len(), &mut table.summary)
+    {
         let fields: Vec<&str> = match record
             .iter()
             .map(std::str::from_utf8)

@@ -88,3 +88,35 @@ impl ReadSummary {
         }
     }
 }
+
+/// Reads the next row with exactly `expected_fields` fields into `record`, skipping (and recording in `summary`)
+/// unreadable rows and rows of the wrong width. Returns the row's `file:line`, or `None` at the end of the file.
+pub(crate) fn next_well_formed_row<R: std::io::Read>(
+    reader: &mut csv::Reader<R>,
+    record: &mut csv::ByteRecord,
+    file_name: &str,
+    expected_fields: usize,
+    summary: &mut ReadSummary,
+) -> Option<String> {
+    loop {
+        let line = reader.position().line() + 1;
+        match reader.read_byte_record(record) {
+            Ok(false) => return None,
+            Ok(true) => {}
+            Err(error) => {
+                summary.rows_read += 1;
+                let error_line = error.position().map_or(line, |position| position.line());
+                summary.skip(format!("{file_name}:{error_line}"), format!("unreadable row: {error}"));
+                continue;
+            }
+        }
+        summary.rows_read += 1;
+        let line = record.position().map_or(line, |position| position.line());
+        let location = format!("{file_name}:{line}");
+        if record.len() != expected_fields {
+            summary.skip(location, format!("expected {expected_fields} fields, found {}", record.len()));
+            continue;
+        }
+        return Some(location);
+    }
+}

@@ -109,8 +109,8 @@ impl ModuleT for BasicBlock {
     }
 }
 
-/// A small ResNet for 64x64 inputs: 3x3 stride-2 stem (32 ch), three basic blocks 32/64/128
-/// (the last two with stride 2), global average pooling, linear classifier.
+/// A small ResNet for 64x64 inputs: 3x3 stride-2 stem (32 ch), four basic blocks 32/64/128/256
+/// (the last three with stride 2), global average pooling, linear classifier.
 #[derive(Debug)]
 pub struct ResNet {
     stem_conv: nn::Conv2D,
@@ -118,6 +118,7 @@ pub struct ResNet {
     layer1: BasicBlock,
     layer2: BasicBlock,
     layer3: BasicBlock,
+    layer4: BasicBlock,
     fc: nn::Linear,
 }
 
@@ -130,7 +131,8 @@ impl ResNet {
             layer1: BasicBlock::new(root / "layer1", 32, 32, 1),
             layer2: BasicBlock::new(root / "layer2", 32, 64, 2),
             layer3: BasicBlock::new(root / "layer3", 64, 128, 2),
-            fc: nn::linear(root / "fc", 128, num_classes as i64, Default::default()),
+            layer4: BasicBlock::new(root / "layer4", 128, 256, 2),
+            fc: nn::linear(root / "fc", 256, num_classes as i64, Default::default()),
         }
     }
 }
@@ -144,6 +146,7 @@ impl ModuleT for ResNet {
             .apply_t(&self.layer1, train)
             .apply_t(&self.layer2, train)
             .apply_t(&self.layer3, train)
+            .apply_t(&self.layer4, train)
             .adaptive_avg_pool2d([1, 1])
             .flatten(1, -1)
             .apply(&self.fc)
