@@ -114,6 +114,7 @@ pub struct JobFields {
     pub class_weighting: Option<WeightingArg>,
     #[arg(long, value_enum)]
     pub optimizer: Option<OptimizerArg>,
+    /// Learning-rate schedule over the epochs (default cosine).
     #[arg(long, value_enum)]
     pub lr_schedule: Option<ScheduleArg>,
     #[arg(long, value_enum)]
@@ -188,7 +189,7 @@ impl JobFields {
                 OptimizerArg::Adam => OptimizerKind::OptimizerAdam,
                 OptimizerArg::Sgd => OptimizerKind::OptimizerSgdMomentum,
             } as i32,
-            lr_schedule: match self.lr_schedule.unwrap_or(ScheduleArg::Constant) {
+            lr_schedule: match self.lr_schedule.unwrap_or(ScheduleArg::Cosine) {
                 ScheduleArg::Constant => LrSchedule::Constant,
                 ScheduleArg::Cosine => LrSchedule::Cosine,
                 ScheduleArg::Step => LrSchedule::Step,
