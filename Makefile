@@ -1,7 +1,7 @@
 # plankton-cluster: the two commands a newcomer needs are `make demo` and `make test`.
 export GLIBC_TUNABLES := glibc.malloc.hugetlb=1
 
-.PHONY: setup demo test bench-preprocess bench-train bench-allreduce gpu-check
+.PHONY: setup demo test bench-preprocess bench-train bench-allreduce bench-serve gpu-check
 
 setup:
 	scripts/setup.sh
@@ -27,6 +27,9 @@ bench-train: setup
 bench-allreduce: setup
 	scripts/setup-bench.sh
 	cargo run --release -p plankton-bench --bin allreduce_bench
+
+bench-serve: setup
+	cargo run --release -p plankton-bench --bin serve_bench
 
 gpu-check:
 	scripts/gpu-check.sh
