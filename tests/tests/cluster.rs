@@ -124,3 +124,33 @@ async fn finished_jobs_survive_a_coordinator_restart() -> anyhow::Result<()> {
     assert!(matches!(last.event, Some(job_event::Event::Finished(_))));
     restarted.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranks_train_on_the_readable_rest_and_report_unreadable_images() -> anyhow::Result<()> {
+    let dataset_url = "memory://cluster-unreadable";
+    synth_dataset(dataset_url, 300, 29, false).await?;
+    let location = plankton_dataset::open_location(dataset_url)?;
+    let meta = plankton_dataset::read_meta(&location).await?;
+    // Corrupt three images, empty one, and delete one.
+    let victims: Vec<i64> = meta.records.iter().step_by(50).take(5).map(|record| record.objid).collect();
+    for (index, objid) in victims.iter().enumerate() {
+        let path = plankton_dataset::image_path(*objid);
+        match index {
+            0..=2 => location.put_bytes(&path, bytes::Bytes::from_static(b"\xff\xd8 not really a jpeg")).await?,
+            3 => location.put_bytes(&path, bytes::Bytes::new()).await?,
+            _ => location.store.delete(&location.child(&path)).await?,
+        }
+    }
+    let cluster = TestCluster::start(2).await?;
+    let job = cluster.submit(JobSpec { epochs: 1, ..spec(dataset_url) }).await?;
+    let finished = cluster.wait_finished(&job.id, Duration::from_secs(300)).await?;
+    assert_eq!(finished.phase(), JobPhase::Succeeded, "{}", finished.message);
+    assert_eq!(finished.skipped_objects, victims.len() as u64, "every unreadable image is counted once");
+    let evaluated: u64 = finished.epochs[0].confusion.iter().sum();
+    assert!(
+        evaluated <= finished.test_objects && evaluated + victims.len() as u64 >= finished.test_objects,
+        "test images evaluated {evaluated} of {}: only the unreadable ones are left out",
+        finished.test_objects
+    );
+    cluster.shutdown().await
+}
