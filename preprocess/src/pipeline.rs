@@ -80,6 +80,21 @@ pub fn preprocess_many<Jpeg: AsRef<[u8]> + Sync>(
         .collect()
 }
 
+/// Preprocesses a batch in parallel straight into `out`, one `IMAGE_LEN` slot per JPEG (in order), without a
+/// per-image allocation. `out` must hold `jpegs.len() * IMAGE_LEN` bytes; a failed image's slot is unspecified.
+pub fn preprocess_batch_into<Jpeg: AsRef<[u8]> + Sync>(
+    jpegs: &[Jpeg],
+    cfg: &PreprocessConfig,
+    out: &mut [u8],
+) -> Vec<Result<(), PreprocessError>> {
+    assert_eq!(out.len(), jpegs.len() * IMAGE_LEN, "preprocess_batch_into: output buffer of the wrong size");
+    jpegs
+        .par_iter()
+        .zip(out.par_chunks_mut(IMAGE_LEN))
+        .map(|(jpeg, slot)| preprocess_image_into(jpeg.as_ref(), cfg, slot))
+        .collect()
+}
+
 /// Scales u8 channels to [0, 1] floats (`value / 255`), element by element over the common length.
 pub fn to_unit_f32(channels: &[u8], out: &mut [f32]) {
     debug_assert_eq!(channels.len(), out.len());

@@ -2,7 +2,7 @@
 
 use plankton_preprocess::{
     CacheError, CachedShard, IMAGE_LEN, INPUT_SIZE, PreprocessConfig, PreprocessError, ResizeMode,
-    ShardCache, decode_grey, preprocess_image, preprocess_many, to_unit_f32,
+    ShardCache, decode_grey, preprocess_batch_into, preprocess_image, preprocess_many, to_unit_f32,
 };
 
 const PLANE: usize = INPUT_SIZE * INPUT_SIZE;
@@ -258,6 +258,20 @@ fn batch_keeps_order_and_isolates_errors() {
     assert!(matches!(results[2], Err(PreprocessError::Truncated { .. })));
     let single = preprocess_image(&good, &PreprocessConfig::default()).unwrap();
     assert_eq!(results[0].as_ref().unwrap(), &single);
+}
+
+#[test]
+fn batch_into_one_buffer_matches_single_images() {
+    let first = encode_grey_jpeg(&vignette(33, 44), 33, 44);
+    let second = encode_grey_jpeg(&vignette(120, 70), 120, 70);
+    let inputs: Vec<&[u8]> = vec![&first, b"not a jpeg", &second];
+    let mut batch = vec![7u8; inputs.len() * IMAGE_LEN];
+    let results = preprocess_batch_into(&inputs, &PreprocessConfig::default(), &mut batch);
+    assert!(results[0].is_ok() && results[2].is_ok());
+    assert!(matches!(results[1], Err(PreprocessError::NotJpeg { .. })));
+    let config = PreprocessConfig::default();
+    assert_eq!(&batch[..IMAGE_LEN], preprocess_image(&first, &config).unwrap().as_slice());
+    assert_eq!(&batch[2 * IMAGE_LEN..], preprocess_image(&second, &config).unwrap().as_slice());
 }
 
 #[test]

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use plankton_dataset::{ImageSource, StoreLocation, fetch_images};
-use plankton_preprocess::{CachedShard, IMAGE_LEN, PreprocessConfig, ShardCache, preprocess_many};
+use plankton_preprocess::{CachedShard, IMAGE_LEN, PreprocessConfig, ShardCache, preprocess_batch_into};
 use plankton_proto::v1::ShardObject;
 use plankton_trainer::ShardData;
 
@@ -72,17 +72,23 @@ pub async fn load_shard(
             }
         }
         let config = preprocess_config.clone();
-        let results = tokio::task::spawn_blocking(move || {
-            let results = preprocess_many(&chunk_bytes, &config);
-            (chunk_objids, results)
+        // Preprocess straight into the shard's buffer, then drop the slots of images that failed.
+        let first_slot = loaded.images.len();
+        loaded.images.resize(first_slot + chunk_bytes.len() * IMAGE_LEN, 0);
+        let mut images = std::mem::take(&mut loaded.images);
+        let (mut images, results) = tokio::task::spawn_blocking(move || {
+            let results = preprocess_batch_into(&chunk_bytes, &config, &mut images[first_slot..]);
+            (images, results)
         })
         .await?;
-        let (chunk_objids, results) = results;
-        for (objid, result) in chunk_objids.into_iter().zip(results) {
+        let mut kept_slot = first_slot;
+        for (index, (objid, result)) in chunk_objids.into_iter().zip(results).enumerate() {
             match result {
-                Ok(channels) => {
+                Ok(()) => {
+                    let slot = first_slot + index * IMAGE_LEN;
+                    images.copy_within(slot..slot + IMAGE_LEN, kept_slot);
+                    kept_slot += IMAGE_LEN;
                     loaded.objids.push(objid);
-                    loaded.images.extend_from_slice(&channels);
                 }
                 Err(error) => {
                     warn!(objid, %error, "image skipped");
@@ -90,6 +96,8 @@ pub async fn load_shard(
                 }
             }
         }
+        images.truncate(kept_slot);
+        loaded.images = images;
         done = loaded.objids.len() + loaded.skipped.len();
         progress(done, objects.len());
     }
