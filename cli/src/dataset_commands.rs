@@ -40,7 +40,8 @@ pub async fn synth(args: SynthArgs, output: OutputFormat) -> anyhow::Result<()> 
 }
 
 pub async fn stats(args: StatsArgs, output: OutputFormat) -> anyhow::Result<()> {
-    let location = open_location(&args.dataset).with_context(|| format!("opening {}", args.dataset))?;
+    let location =
+        open_location(&args.dataset).with_context(|| format!("opening {}", args.dataset))?;
     let stats = compute_stats(&location, args.concurrency).await?;
     let plots = write_plots(&stats, &args.plots)?;
     match output {

@@ -54,10 +54,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if marker.exists() {
         println!("dataset: reusing {} ({} objects)", dataset_url, args.count);
     } else {
-        println!("dataset: generating {} synthetic FlowCam objects in {}", args.count, dataset_url);
+        println!(
+            "dataset: generating {} synthetic FlowCam objects in {}",
+            args.count, dataset_url
+        );
         let _ = std::fs::remove_dir_all(&dataset_dir);
         crate::dataset_commands::synth(
-            crate::SynthArgs { out: dataset_url.clone(), count: args.count, seed: 42, zip: false, gzip_features: false, concurrency: 32 },
+            crate::SynthArgs {
+                out: dataset_url.clone(),
+                count: args.count,
+                seed: 42,
+                zip: false,
+                gzip_features: false,
+                concurrency: 32,
+            },
             OutputFormat::Table,
         )
         .await?;
@@ -66,11 +76,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let port = free_port()?;
     let coordinator_url = format!("http://127.0.0.1:{port}");
-    let binaries = std::env::current_exe()?.parent().context("locating the planktonctl folder")?.to_path_buf();
+    let binaries = std::env::current_exe()?
+        .parent()
+        .context("locating the planktonctl folder")?
+        .to_path_buf();
     let mut processes = Processes(Vec::new());
     processes.0.push(spawn(
         &binaries.join("plankton-coordinator"),
-        &["--listen", &format!("127.0.0.1:{port}"), "--state-dir", &dir.join("state").display().to_string()],
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--state-dir",
+            &dir.join("state").display().to_string(),
+        ],
         &dir.join("logs/coordinator.log"),
     )?);
     for index in 0..args.workers {
@@ -89,7 +107,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             &dir.join(format!("logs/worker-{index}.log")),
         )?);
     }
-    println!("cluster: coordinator on {coordinator_url}, {} workers (logs in {})", args.workers, dir.join("logs").display());
+    println!(
+        "cluster: coordinator on {coordinator_url}, {} workers (logs in {})",
+        args.workers,
+        dir.join("logs").display()
+    );
     wait_for_workers(&coordinator_url, args.workers as usize).await?;
 
     let mut fields = args.job;
@@ -110,9 +132,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let finished = job_commands::watch(&coordinator_url, &job.id, OutputFormat::Table).await?;
     drop(processes);
     if finished.phase() != JobPhase::Succeeded {
-        anyhow::bail!("demo job {}: {}", crate::render::phase_name(finished.phase()), finished.message);
+        anyhow::bail!(
+            "demo job {}: {}",
+            crate::render::phase_name(finished.phase()),
+            finished.message
+        );
     }
-    println!("model weights and card written under {}", finished.model_url.trim_end_matches("model.safetensors"));
+    println!(
+        "model weights and card written under {}",
+        finished.model_url.trim_end_matches("model.safetensors")
+    );
     Ok(())
 }
 
@@ -121,7 +150,8 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn spawn(binary: &Path, arguments: &[&str], log: &Path) -> anyhow::Result<Child> {
-    let log_file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     Command::new(binary)
         .args(arguments)
         .stdin(Stdio::null())
@@ -129,18 +159,24 @@ fn spawn(binary: &Path, arguments: &[&str], log: &Path) -> anyhow::Result<Child>
         .stderr(log_file)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {} (build it with `cargo build --release --bins`)", binary.display()))
+        .with_context(|| {
+            format!(
+                "starting {} (build it with `cargo build --release --bins`)",
+                binary.display()
+            )
+        })
 }
 
 async fn wait_for_workers(coordinator_url: &str, wanted: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(mut client) = job_commands::connect(coordinator_url).await {
-            if let Ok(response) = client.list_workers(plankton_proto::v1::ListWorkersRequest {}).await {
-                if response.into_inner().workers.len() >= wanted {
-                    return Ok(());
-                }
-            }
+        if let Ok(mut client) = job_commands::connect(coordinator_url).await
+            && let Ok(response) = client
+                .list_workers(plankton_proto::v1::ListWorkersRequest {})
+                .await
+            && response.into_inner().workers.len() >= wanted
+        {
+            return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
             anyhow::bail!("workers did not register within 60s; see the logs folder");

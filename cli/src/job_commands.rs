@@ -12,8 +12,9 @@ use tonic::transport::Channel;
 
 use plankton_proto::v1::job_service_client::JobServiceClient;
 use plankton_proto::v1::{
-    Augmentation, CancelJobRequest, ClassWeighting, GetJobRequest, Job, JobPhase, JobSpec, ListJobsRequest,
-    ListWorkersRequest, LrSchedule, OptimizerKind, ResizeMode, SubmitJobRequest, WatchJobRequest, job_event,
+    Augmentation, CancelJobRequest, ClassWeighting, GetJobRequest, Job, JobPhase, JobSpec,
+    ListJobsRequest, ListWorkersRequest, LrSchedule, OptimizerKind, ResizeMode, SubmitJobRequest,
+    WatchJobRequest, job_event,
 };
 
 use crate::OutputFormat;
@@ -21,7 +22,9 @@ use crate::render;
 
 /// The coordinator could not be reached (exit code 3).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot reach the coordinator at {url}: {reason} (is it running? set --coordinator or PLANKTON_COORDINATOR)")]
+#[error(
+    "cannot reach the coordinator at {url}: {reason} (is it running? set --coordinator or PLANKTON_COORDINATOR)"
+)]
 pub struct Unreachable {
     pub url: String,
     pub reason: String,
@@ -31,7 +34,10 @@ pub async fn connect(url: &str) -> anyhow::Result<JobServiceClient<Channel>> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .with_context(|| format!("invalid coordinator URL {url:?}"))?
         .connect_timeout(std::time::Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|error| Unreachable { url: url.into(), reason: source_chain(&error) })?;
+    let channel = endpoint.connect().await.map_err(|error| Unreachable {
+        url: url.into(),
+        reason: source_chain(&error),
+    })?;
     Ok(JobServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
 }
 
@@ -171,7 +177,9 @@ impl JobFields {
     }
 
     pub fn into_spec(self) -> anyhow::Result<JobSpec> {
-        let dataset_url = self.dataset.context("a dataset URL is required (--dataset or \"dataset\" in the job file)")?;
+        let dataset_url = self
+            .dataset
+            .context("a dataset URL is required (--dataset or \"dataset\" in the job file)")?;
         Ok(JobSpec {
             name: self.name.unwrap_or_default(),
             dataset_url,
@@ -215,7 +223,8 @@ impl JobFields {
 pub async fn submit(url: &str, args: SubmitArgs, output: OutputFormat) -> anyhow::Result<()> {
     let file_fields = match &args.job_file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading job file {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading job file {}", path.display()))?;
             serde_json::from_str(&text).with_context(|| format!("job file {}", path.display()))?
         }
         None => JobFields::default(),
@@ -228,20 +237,36 @@ pub async fn submit(url: &str, args: SubmitArgs, output: OutputFormat) -> anyhow
         }
         let finished = watch(url, &job.id, output).await?;
         if finished.phase() != JobPhase::Succeeded {
-            anyhow::bail!("job {} ended {}: {}", finished.id, render::phase_name(finished.phase()), finished.message);
+            anyhow::bail!(
+                "job {} ended {}: {}",
+                finished.id,
+                render::phase_name(finished.phase()),
+                finished.message
+            );
         }
         return Ok(());
     }
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?),
-        OutputFormat::Table => println!("submitted {} ({} train / {} test objects, {} classes)", job.id, job.train_objects, job.test_objects, job.class_names.len()),
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?)
+        }
+        OutputFormat::Table => println!(
+            "submitted {} ({} train / {} test objects, {} classes)",
+            job.id,
+            job.train_objects,
+            job.test_objects,
+            job.class_names.len()
+        ),
     }
     Ok(())
 }
 
 pub async fn submit_spec(url: &str, spec: JobSpec) -> anyhow::Result<Job> {
     let mut client = connect(url).await?;
-    let job = client.submit_job(SubmitJobRequest { spec: Some(spec) }).await.map_err(|status| call_error("submit", status))?;
+    let job = client
+        .submit_job(SubmitJobRequest { spec: Some(spec) })
+        .await
+        .map_err(|status| call_error("submit", status))?;
     Ok(job.into_inner())
 }
 
@@ -249,19 +274,28 @@ pub async fn submit_spec(url: &str, spec: JobSpec) -> anyhow::Result<Job> {
 pub async fn watch(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Result<Job> {
     let mut client = connect(url).await?;
     let mut events = client
-        .watch_job(WatchJobRequest { job_id: job_id.into() })
+        .watch_job(WatchJobRequest {
+            job_id: job_id.into(),
+        })
         .await
         .map_err(|status| call_error("watch", status))?
         .into_inner();
     let mut display = WatchDisplay::new(output == OutputFormat::Table);
-    if let Ok(job) = client.get_job(GetJobRequest { job_id: job_id.into() }).await {
+    if let Ok(job) = client
+        .get_job(GetJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+    {
         display.epochs = job.into_inner().spec.map_or(0, |spec| spec.epochs);
     }
     let mut finished = None;
     while let Some(event) = events.next().await {
         let event = event.map_err(|status| call_error("watch stream", status))?;
         match event.event {
-            Some(job_event::Event::Phase(phase)) => display.phase(JobPhase::try_from(phase).unwrap_or_default()),
+            Some(job_event::Event::Phase(phase)) => {
+                display.phase(JobPhase::try_from(phase).unwrap_or_default())
+            }
             Some(job_event::Event::Progress(progress)) => display.progress(&progress),
             Some(job_event::Event::EpochMetrics(metrics)) => display.epoch(&metrics),
             Some(job_event::Event::Log(line)) => display.line(&line),
@@ -275,10 +309,18 @@ pub async fn watch(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Res
     display.clear();
     let job = match finished {
         Some(job) => job,
-        None => client.get_job(GetJobRequest { job_id: job_id.into() }).await.map_err(|status| call_error("get", status))?.into_inner(),
+        None => client
+            .get_job(GetJobRequest {
+                job_id: job_id.into(),
+            })
+            .await
+            .map_err(|status| call_error("get", status))?
+            .into_inner(),
     };
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?),
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?)
+        }
         OutputFormat::Table => print!("{}", render::job_report(&job, true)),
     }
     Ok(job)
@@ -294,7 +336,12 @@ struct WatchDisplay {
 
 impl WatchDisplay {
     fn new(enabled: bool) -> Self {
-        Self { enabled, bars: MultiProgress::new(), rank_bars: BTreeMap::new(), epochs: 0 }
+        Self {
+            enabled,
+            bars: MultiProgress::new(),
+            rank_bars: BTreeMap::new(),
+            epochs: 0,
+        }
     }
 
     fn bar(&mut self, rank: u32) -> &ProgressBar {
@@ -302,8 +349,10 @@ impl WatchDisplay {
         self.rank_bars.entry(rank).or_insert_with(|| {
             let bar = bars.add(ProgressBar::new(1));
             bar.set_style(
-                ProgressStyle::with_template("rank {prefix:>2} {msg:<28} [{bar:30.cyan/blue}] {pos}/{len}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "rank {prefix:>2} {msg:<28} [{bar:30.cyan/blue}] {pos}/{len}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             bar.set_prefix(rank.to_string());
             bar
@@ -339,8 +388,15 @@ impl WatchDisplay {
         } else {
             bar.set_length(progress.steps_per_epoch);
             bar.set_position(progress.step);
-            let epoch_text = if epochs > 0 { format!("{}/{epochs}", progress.epoch) } else { progress.epoch.to_string() };
-            bar.set_message(format!("epoch {epoch_text} loss {:.3} {:.0} img/s", progress.loss, progress.images_per_second));
+            let epoch_text = if epochs > 0 {
+                format!("{}/{epochs}", progress.epoch)
+            } else {
+                progress.epoch.to_string()
+            };
+            bar.set_message(format!(
+                "epoch {epoch_text} loss {:.3} {:.0} img/s",
+                progress.loss, progress.images_per_second
+            ));
         }
     }
 
@@ -365,9 +421,17 @@ impl WatchDisplay {
 
 pub async fn list(url: &str, output: OutputFormat) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
-    let jobs = client.list_jobs(ListJobsRequest {}).await.map_err(|status| call_error("list", status))?.into_inner().jobs;
+    let jobs = client
+        .list_jobs(ListJobsRequest {})
+        .await
+        .map_err(|status| call_error("list", status))?
+        .into_inner()
+        .jobs;
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&jobs.iter().map(render::job_json).collect::<Vec<_>>())?),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&jobs.iter().map(render::job_json).collect::<Vec<_>>())?
+        ),
         OutputFormat::Table => print!("{}", render::job_table(&jobs)),
     }
     Ok(())
@@ -375,9 +439,17 @@ pub async fn list(url: &str, output: OutputFormat) -> anyhow::Result<()> {
 
 pub async fn get(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
-    let job = client.get_job(GetJobRequest { job_id: job_id.into() }).await.map_err(|status| call_error("get", status))?.into_inner();
+    let job = client
+        .get_job(GetJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .map_err(|status| call_error("get", status))?
+        .into_inner();
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?),
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?)
+        }
         OutputFormat::Table => print!("{}", render::job_report(&job, false)),
     }
     Ok(())
@@ -385,9 +457,17 @@ pub async fn get(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Resul
 
 pub async fn cancel(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
-    let job = client.cancel_job(CancelJobRequest { job_id: job_id.into() }).await.map_err(|status| call_error("cancel", status))?.into_inner();
+    let job = client
+        .cancel_job(CancelJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .map_err(|status| call_error("cancel", status))?
+        .into_inner();
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?),
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?)
+        }
         OutputFormat::Table => println!("{} {}", job.id, render::phase_name(job.phase())),
     }
     Ok(())
@@ -395,9 +475,19 @@ pub async fn cancel(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Re
 
 pub async fn workers(url: &str, output: OutputFormat) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
-    let workers = client.list_workers(ListWorkersRequest {}).await.map_err(|status| call_error("workers", status))?.into_inner().workers;
+    let workers = client
+        .list_workers(ListWorkersRequest {})
+        .await
+        .map_err(|status| call_error("workers", status))?
+        .into_inner()
+        .workers;
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&workers.iter().map(render::worker_json).collect::<Vec<_>>())?),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &workers.iter().map(render::worker_json).collect::<Vec<_>>()
+            )?
+        ),
         OutputFormat::Table => print!("{}", render::worker_table(&workers)),
     }
     Ok(())

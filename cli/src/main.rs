@@ -14,10 +14,19 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "planktonctl", version, about = "Operate a plankton-cluster: datasets, training jobs, workers")]
+#[command(
+    name = "planktonctl",
+    version,
+    about = "Operate a plankton-cluster: datasets, training jobs, workers"
+)]
 struct Cli {
     /// Coordinator gRPC endpoint.
-    #[arg(long, global = true, env = "PLANKTON_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "PLANKTON_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: String,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
@@ -37,19 +46,13 @@ enum Command {
     /// Submit a training job (flags, or a JSON job file with the same field names).
     Submit(job_commands::SubmitArgs),
     /// Follow a job live: progress per worker and epoch, then final metrics and the confusion matrix.
-    Watch {
-        job_id: String,
-    },
+    Watch { job_id: String },
     /// List jobs.
     List,
     /// Show one job with its metrics.
-    Get {
-        job_id: String,
-    },
+    Get { job_id: String },
     /// Cancel a pending or running job.
-    Cancel {
-        job_id: String,
-    },
+    Cancel { job_id: String },
     /// List registered workers.
     Workers,
     /// The model registry: trained models, versions and aliases.
@@ -81,7 +84,9 @@ enum ModelsCommand {
     /// List registered model versions (optionally of one name).
     List { name: Option<String> },
     /// Show one model: NAME (latest), NAME:VERSION or NAME@ALIAS.
-    Get { model: model_commands::ModelReference },
+    Get {
+        model: model_commands::ModelReference,
+    },
     /// Point an alias of a model at a version.
     Promote {
         name: String,
@@ -138,21 +143,38 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Submit(args) => job_commands::submit(&cli.coordinator, args, cli.output).await,
-        Command::Watch { job_id } => job_commands::watch(&cli.coordinator, &job_id, cli.output).await.map(|_| ()),
+        Command::Watch { job_id } => job_commands::watch(&cli.coordinator, &job_id, cli.output)
+            .await
+            .map(|_| ()),
         Command::List => job_commands::list(&cli.coordinator, cli.output).await,
         Command::Get { job_id } => job_commands::get(&cli.coordinator, &job_id, cli.output).await,
-        Command::Cancel { job_id } => job_commands::cancel(&cli.coordinator, &job_id, cli.output).await,
+        Command::Cancel { job_id } => {
+            job_commands::cancel(&cli.coordinator, &job_id, cli.output).await
+        }
         Command::Workers => job_commands::workers(&cli.coordinator, cli.output).await,
-        Command::Models(ModelsCommand::List { name }) => model_commands::list(&cli.coordinator, name, cli.output).await,
-        Command::Models(ModelsCommand::Get { model }) => model_commands::get(&cli.coordinator, model, cli.output).await,
-        Command::Models(ModelsCommand::Promote { name, version, alias }) => {
-            model_commands::promote(&cli.coordinator, name, version, alias, cli.output).await
+        Command::Models(ModelsCommand::List { name }) => {
+            model_commands::list(&cli.coordinator, name, cli.output).await
         }
-        Command::Predict { images, model, top_k, server } => {
-            predict_command::predict(&server, images, model, top_k, cli.output).await
+        Command::Models(ModelsCommand::Get { model }) => {
+            model_commands::get(&cli.coordinator, model, cli.output).await
         }
-        Command::Dataset(DatasetCommand::Synth(args)) => dataset_commands::synth(args, cli.output).await,
-        Command::Dataset(DatasetCommand::Stats(args)) => dataset_commands::stats(args, cli.output).await,
+        Command::Models(ModelsCommand::Promote {
+            name,
+            version,
+            alias,
+        }) => model_commands::promote(&cli.coordinator, name, version, alias, cli.output).await,
+        Command::Predict {
+            images,
+            model,
+            top_k,
+            server,
+        } => predict_command::predict(&server, images, model, top_k, cli.output).await,
+        Command::Dataset(DatasetCommand::Synth(args)) => {
+            dataset_commands::synth(args, cli.output).await
+        }
+        Command::Dataset(DatasetCommand::Stats(args)) => {
+            dataset_commands::stats(args, cli.output).await
+        }
         Command::Demo(args) => demo::run(args).await,
     };
     match result {

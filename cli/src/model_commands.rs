@@ -23,13 +23,27 @@ impl std::str::FromStr for ModelReference {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if let Some((name, alias)) = text.split_once('@') {
-            return Ok(Self { name: name.into(), version: 0, alias: alias.into() });
+            return Ok(Self {
+                name: name.into(),
+                version: 0,
+                alias: alias.into(),
+            });
         }
         if let Some((name, version)) = text.split_once(':') {
-            let version = version.parse().map_err(|_| format!("{text:?}: version {version:?} is not a number"))?;
-            return Ok(Self { name: name.into(), version, alias: String::new() });
+            let version = version
+                .parse()
+                .map_err(|_| format!("{text:?}: version {version:?} is not a number"))?;
+            return Ok(Self {
+                name: name.into(),
+                version,
+                alias: String::new(),
+            });
         }
-        Ok(Self { name: text.into(), version: 0, alias: String::new() })
+        Ok(Self {
+            name: text.into(),
+            version: 0,
+            alias: String::new(),
+        })
     }
 }
 
@@ -38,7 +52,10 @@ async fn connect(url: &str) -> anyhow::Result<ModelRegistryClient<Channel>> {
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|error| Unreachable { url: url.into(), reason: error.to_string() })?;
+        .map_err(|error| Unreachable {
+            url: url.into(),
+            reason: error.to_string(),
+        })?;
     Ok(ModelRegistryClient::new(channel))
 }
 
@@ -55,17 +72,30 @@ pub fn model_json(model: &ModelVersion) -> Value {
 pub async fn list(url: &str, name: Option<String>, output: OutputFormat) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
     let models = client
-        .list_models(ListModelsRequest { name: name.unwrap_or_default() })
+        .list_models(ListModelsRequest {
+            name: name.unwrap_or_default(),
+        })
         .await
         .map_err(|status| call_error("models list", status))?
         .into_inner()
         .models;
     match output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&models.iter().map(model_json).collect::<Vec<_>>())?),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&models.iter().map(model_json).collect::<Vec<_>>())?
+        ),
         OutputFormat::Table => {
             let mut table = Table::new();
             table.load_preset(UTF8_BORDERS_ONLY);
-            table.set_header(["name", "version", "aliases", "architecture", "accuracy", "macro-F1", "job"]);
+            table.set_header([
+                "name",
+                "version",
+                "aliases",
+                "architecture",
+                "accuracy",
+                "macro-F1",
+                "job",
+            ]);
             for model in &models {
                 let metrics = model.test_metrics.clone().unwrap_or_default();
                 table.add_row([
@@ -87,7 +117,11 @@ pub async fn list(url: &str, name: Option<String>, output: OutputFormat) -> anyh
 pub async fn get(url: &str, reference: ModelReference, output: OutputFormat) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
     let model = client
-        .get_model(GetModelRequest { name: reference.name, version: reference.version, alias: reference.alias })
+        .get_model(GetModelRequest {
+            name: reference.name,
+            version: reference.version,
+            alias: reference.alias,
+        })
         .await
         .map_err(|status| call_error("models get", status))?
         .into_inner();
@@ -96,10 +130,23 @@ pub async fn get(url: &str, reference: ModelReference, output: OutputFormat) -> 
         OutputFormat::Table => {
             let metrics = model.test_metrics.clone().unwrap_or_default();
             println!("model        {}:{}", model.name, model.version);
-            println!("aliases      {}", if model.aliases.is_empty() { "-".into() } else { model.aliases.join(", ") });
-            println!("architecture {} (input 64x64, {} resize)", model.architecture, model.resize_mode);
+            println!(
+                "aliases      {}",
+                if model.aliases.is_empty() {
+                    "-".into()
+                } else {
+                    model.aliases.join(", ")
+                }
+            );
+            println!(
+                "architecture {} (input 64x64, {} resize)",
+                model.architecture, model.resize_mode
+            );
             println!("job          {}", model.job_id);
-            println!("metrics      accuracy {:.4}, macro-F1 {:.4}, balanced accuracy {:.4}", metrics.accuracy, metrics.macro_f1, metrics.balanced_accuracy);
+            println!(
+                "metrics      accuracy {:.4}, macro-F1 {:.4}, balanced accuracy {:.4}",
+                metrics.accuracy, metrics.macro_f1, metrics.balanced_accuracy
+            );
             println!("weights      {}", model.weights_url);
             println!("classes      {}", model.class_names.join(", "));
         }
@@ -107,10 +154,20 @@ pub async fn get(url: &str, reference: ModelReference, output: OutputFormat) -> 
     Ok(())
 }
 
-pub async fn promote(url: &str, name: String, version: u32, alias: String, output: OutputFormat) -> anyhow::Result<()> {
+pub async fn promote(
+    url: &str,
+    name: String,
+    version: u32,
+    alias: String,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
     let mut client = connect(url).await?;
     let model = client
-        .promote_model(PromoteModelRequest { name, version, alias: alias.clone() })
+        .promote_model(PromoteModelRequest {
+            name,
+            version,
+            alias: alias.clone(),
+        })
         .await
         .map_err(|status| call_error("models promote", status))?
         .into_inner();

@@ -12,21 +12,37 @@ use plankton_proto::v1::{ImageInput, PredictRequest};
 use crate::OutputFormat;
 use crate::job_commands::{Unreachable, call_error};
 
-pub async fn predict(server: &str, images: Vec<PathBuf>, model: String, top_k: u32, output: OutputFormat) -> anyhow::Result<()> {
+pub async fn predict(
+    server: &str,
+    images: Vec<PathBuf>,
+    model: String,
+    top_k: u32,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
     anyhow::ensure!(!images.is_empty(), "give at least one image file");
     let mut inputs = Vec::with_capacity(images.len());
     for path in &images {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        inputs.push(ImageInput { data, id: path.display().to_string() });
+        inputs.push(ImageInput {
+            data,
+            id: path.display().to_string(),
+        });
     }
     let channel = tonic::transport::Endpoint::from_shared(server.to_string())?
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|error| Unreachable { url: server.into(), reason: error.to_string() })?;
+        .map_err(|error| Unreachable {
+            url: server.into(),
+            reason: error.to_string(),
+        })?;
     let mut client = InferenceClient::new(channel).max_encoding_message_size(64 << 20);
     let response = client
-        .predict(PredictRequest { model, images: inputs, top_k })
+        .predict(PredictRequest {
+            model,
+            images: inputs,
+            top_k,
+        })
         .await
         .map_err(|status| call_error("predict", status))?
         .into_inner();
@@ -59,12 +75,26 @@ pub async fn predict(server: &str, images: Vec<PathBuf>, model: String, top_k: u
             table.set_header(["image", "rank", "class", "probability"]);
             for prediction in &response.predictions {
                 if !prediction.error.is_empty() {
-                    table.add_row([prediction.id.clone(), "-".into(), format!("error: {}", prediction.error), "-".into()]);
+                    table.add_row([
+                        prediction.id.clone(),
+                        "-".into(),
+                        format!("error: {}", prediction.error),
+                        "-".into(),
+                    ]);
                     continue;
                 }
                 for (rank, score) in prediction.top.iter().enumerate() {
-                    let image = if rank == 0 { prediction.id.clone() } else { String::new() };
-                    table.add_row([image, (rank + 1).to_string(), score.class_name.clone(), format!("{:.4}", score.probability)]);
+                    let image = if rank == 0 {
+                        prediction.id.clone()
+                    } else {
+                        String::new()
+                    };
+                    table.add_row([
+                        image,
+                        (rank + 1).to_string(),
+                        score.class_name.clone(),
+                        format!("{:.4}", score.probability),
+                    ]);
                 }
             }
             println!("{table}");

@@ -66,7 +66,9 @@ pub fn job_json(job: &Job) -> Value {
 pub fn job_table(jobs: &[Job]) -> String {
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY);
-    table.set_header(["job", "phase", "model", "workers", "epochs", "accuracy", "macro-F1", "message"]);
+    table.set_header([
+        "job", "phase", "model", "workers", "epochs", "accuracy", "macro-F1", "message",
+    ]);
     for job in jobs {
         let spec = job.spec.clone().unwrap_or_default();
         let last = job.epochs.last();
@@ -101,7 +103,12 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
     out.push_str(&format!("message    {}\n", job.message));
     out.push_str(&format!(
         "spec       {} x{} workers, {} epochs, batch {}, lr {}, dataset {}\n",
-        spec.model, spec.world_size, spec.epochs, spec.batch_size, spec.learning_rate, spec.dataset_url
+        spec.model,
+        spec.world_size,
+        spec.epochs,
+        spec.batch_size,
+        spec.learning_rate,
+        spec.dataset_url
     ));
     out.push_str(&format!(
         "data       {} train / {} test objects, {} classes, {} unreadable skipped\n",
@@ -118,7 +125,14 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
     }
     let mut curve = Table::new();
     curve.load_preset(UTF8_BORDERS_ONLY);
-    curve.set_header(["epoch", "accuracy", "macro-F1", "weighted-F1", "balanced acc.", "test loss"]);
+    curve.set_header([
+        "epoch",
+        "accuracy",
+        "macro-F1",
+        "weighted-F1",
+        "balanced acc.",
+        "test loss",
+    ]);
     for metrics in &job.epochs {
         curve.add_row([
             metrics.epoch.to_string(),
@@ -157,8 +171,16 @@ pub fn confusion_matrix(metrics: &EvalMetrics) -> String {
     if n == 0 || metrics.confusion.len() != n * n {
         return String::new();
     }
-    let width = metrics.confusion.iter().max().map_or(1, |max| max.to_string().len()).max(n.to_string().len());
-    let mut out = format!("confusion matrix (rows: true class #, columns: predicted class #; '.' = 0)\n{:>4} ", "");
+    let width = metrics
+        .confusion
+        .iter()
+        .max()
+        .map_or(1, |max| max.to_string().len())
+        .max(n.to_string().len());
+    let mut out = format!(
+        "confusion matrix (rows: true class #, columns: predicted class #; '.' = 0)\n{:>4} ",
+        ""
+    );
     for column in 0..n {
         out.push_str(&format!("{column:>width$} "));
     }
@@ -194,7 +216,11 @@ pub fn worker_table(workers: &[WorkerInfo]) -> String {
             worker.worker_id.clone(),
             worker.peer_address.clone(),
             worker.threads.to_string(),
-            if worker.current_job.is_empty() { "-".into() } else { worker.current_job.clone() },
+            if worker.current_job.is_empty() {
+                "-".into()
+            } else {
+                worker.current_job.clone()
+            },
         ]);
     }
     format!("{table}\n")

@@ -11,8 +11,11 @@ pub fn init_tracing() {
 
 /// As [`init_tracing`], with another default filter when `RUST_LOG` is unset.
 pub fn init_tracing_with_default(default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = if std::env::var("PLANKTON_LOG_FORMAT").is_ok_and(|format| format == "json") {
         builder.json().try_init()
     } else {

@@ -28,10 +28,16 @@ impl From<CoordinatorError> for tonic::Status {
     fn from(error: CoordinatorError) -> Self {
         let message = error.to_string();
         match error {
-            CoordinatorError::InvalidSpec(_) | CoordinatorError::Dataset { .. } => tonic::Status::invalid_argument(message),
-            CoordinatorError::JobNotFound(_) | CoordinatorError::ModelNotFound(_) | CoordinatorError::UnknownWorker(_) => tonic::Status::not_found(message),
+            CoordinatorError::InvalidSpec(_) | CoordinatorError::Dataset { .. } => {
+                tonic::Status::invalid_argument(message)
+            }
+            CoordinatorError::JobNotFound(_)
+            | CoordinatorError::ModelNotFound(_)
+            | CoordinatorError::UnknownWorker(_) => tonic::Status::not_found(message),
             CoordinatorError::JobFinished { .. } => tonic::Status::failed_precondition(message),
-            CoordinatorError::Store(_) | CoordinatorError::Internal(_) => tonic::Status::internal(message),
+            CoordinatorError::Store(_) | CoordinatorError::Internal(_) => {
+                tonic::Status::internal(message)
+            }
         }
     }
 }
@@ -51,4 +57,10 @@ macro_rules! store_error_from {
         }
     )*};
 }
-store_error_from!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+store_error_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

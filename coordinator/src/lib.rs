@@ -61,7 +61,11 @@ pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyh
 }
 
 /// Serves on an already bound listener (tests bind `127.0.0.1:0` first).
-pub async fn serve(config: CoordinatorConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    config: CoordinatorConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let store = match &config.state_dir {
         Some(state_dir) => StateStore::open(state_dir)?,
         None => StateStore::in_memory()?,
@@ -95,7 +99,10 @@ pub async fn serve(config: CoordinatorConfig, listener: TcpListener, shutdown: C
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
         .await?;
     info!("coordinator stopped");
     Ok(())

@@ -8,7 +8,10 @@ use plankton_coordinator::state::Timeouts;
 use plankton_coordinator::{CoordinatorConfig, run};
 
 #[derive(Parser, Debug)]
-#[command(name = "plankton-coordinator", about = "plankton-cluster coordinator: jobs, shards, metrics")]
+#[command(
+    name = "plankton-coordinator",
+    about = "plankton-cluster coordinator: jobs, shards, metrics"
+)]
 struct Options {
     /// gRPC listen address.
     #[arg(long, env = "PLANKTON_LISTEN", default_value = "127.0.0.1:7070")]

@@ -11,7 +11,10 @@ pub struct ConfusionMatrix {
 
 impl ConfusionMatrix {
     pub fn zeros(num_classes: usize) -> Self {
-        Self { num_classes, counts: vec![0; num_classes * num_classes] }
+        Self {
+            num_classes,
+            counts: vec![0; num_classes * num_classes],
+        }
     }
 
     /// Adds another rank's matrix; `None` when its shape differs.
@@ -59,7 +62,10 @@ impl ConfusionMatrix {
                 weighted_f1_sum += f1 * support as f64;
             }
             per_class.push(ClassMetrics {
-                class_name: class_names.get(class).cloned().unwrap_or_else(|| format!("class {class}")),
+                class_name: class_names
+                    .get(class)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {class}")),
                 precision,
                 recall,
                 f1,
@@ -81,7 +87,11 @@ impl ConfusionMatrix {
 }
 
 fn ratio(numerator: f64, denominator: f64) -> f64 {
-    if denominator > 0.0 { numerator / denominator } else { 0.0 }
+    if denominator > 0.0 {
+        numerator / denominator
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]

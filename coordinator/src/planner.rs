@@ -2,8 +2,8 @@
 
 use plankton_dataset::layout::IMAGES_ZIP;
 use plankton_dataset::{
-    ClassWeighting as DatasetClassWeighting, ImageSource, LabelEncoding, class_weights, open_image_source,
-    open_location, read_meta, stratified_split, stratified_subsample,
+    ClassWeighting as DatasetClassWeighting, ImageSource, LabelEncoding, class_weights,
+    open_image_source, open_location, read_meta, stratified_split, stratified_subsample,
 };
 use plankton_proto::v1::{ClassWeighting, JobSpec, ShardObject};
 
@@ -44,7 +44,9 @@ pub fn normalize_spec(mut spec: JobSpec) -> CoordinatorResult<JobSpec> {
         return Err(CoordinatorError::InvalidSpec("dataset_url is empty".into()));
     }
     if spec.world_size == 0 {
-        return Err(CoordinatorError::InvalidSpec("world_size must be at least 1".into()));
+        return Err(CoordinatorError::InvalidSpec(
+            "world_size must be at least 1".into(),
+        ));
     }
     if spec.model.is_empty() {
         spec.model = DEFAULT_MODEL.into();
@@ -67,13 +69,19 @@ pub fn normalize_spec(mut spec: JobSpec) -> CoordinatorResult<JobSpec> {
         spec.learning_rate = DEFAULT_LEARNING_RATE;
     }
     if !(spec.learning_rate.is_finite() && spec.learning_rate > 0.0) {
-        return Err(CoordinatorError::InvalidSpec(format!("learning_rate {} must be positive", spec.learning_rate)));
+        return Err(CoordinatorError::InvalidSpec(format!(
+            "learning_rate {} must be positive",
+            spec.learning_rate
+        )));
     }
     if spec.test_fraction == 0.0 {
         spec.test_fraction = DEFAULT_TEST_FRACTION;
     }
     if !(spec.test_fraction > 0.0 && spec.test_fraction < 1.0) {
-        return Err(CoordinatorError::InvalidSpec(format!("test_fraction {} must be in (0, 1)", spec.test_fraction)));
+        return Err(CoordinatorError::InvalidSpec(format!(
+            "test_fraction {} must be in (0, 1)",
+            spec.test_fraction
+        )));
     }
     if spec.seed == 0 {
         spec.seed = DEFAULT_SEED;
@@ -84,13 +92,22 @@ pub fn normalize_spec(mut spec: JobSpec) -> CoordinatorResult<JobSpec> {
 /// Reads `meta.csv`, encodes labels, splits, weights and shards. Fails when the dataset is unreadable or a
 /// rank's shard would be smaller than one batch.
 pub async fn plan_job(spec: &JobSpec) -> CoordinatorResult<JobPlan> {
-    let dataset_error = |message: String| CoordinatorError::Dataset { url: spec.dataset_url.clone(), message };
-    let location = open_location(&spec.dataset_url).map_err(|error| dataset_error(error.to_string()))?;
-    let meta = read_meta(&location).await.map_err(|error| dataset_error(error.to_string()))?;
+    let dataset_error = |message: String| CoordinatorError::Dataset {
+        url: spec.dataset_url.clone(),
+        message,
+    };
+    let location =
+        open_location(&spec.dataset_url).map_err(|error| dataset_error(error.to_string()))?;
+    let meta = read_meta(&location)
+        .await
+        .map_err(|error| dataset_error(error.to_string()))?;
     if meta.records.is_empty() {
         return Err(dataset_error("meta.csv has no readable rows".into()));
     }
-    let image_source = match open_image_source(&location).await.map_err(|error| dataset_error(error.to_string()))? {
+    let image_source = match open_image_source(&location)
+        .await
+        .map_err(|error| dataset_error(error.to_string()))?
+    {
         ImageSource::Zip(_) => IMAGES_ZIP.to_string(),
         ImageSource::Directory => "imgs/".to_string(),
     };
@@ -104,21 +121,29 @@ pub async fn plan_job(spec: &JobSpec) -> CoordinatorResult<JobPlan> {
             labels.push(label);
         }
     }
-    let selected: Vec<usize> = if spec.max_objects > 0 && (spec.max_objects as usize) < labels.len() {
+    let selected: Vec<usize> = if spec.max_objects > 0 && (spec.max_objects as usize) < labels.len()
+    {
         stratified_subsample(&labels, num_classes, spec.max_objects as usize, spec.seed)
     } else {
         (0..labels.len()).collect()
     };
     let selected_labels: Vec<u32> = selected.iter().map(|&index| labels[index]).collect();
-    let (train_positions, test_positions) =
-        stratified_split(&selected_labels, num_classes, f64::from(spec.test_fraction), spec.seed);
+    let (train_positions, test_positions) = stratified_split(
+        &selected_labels,
+        num_classes,
+        f64::from(spec.test_fraction),
+        spec.seed,
+    );
 
     let to_objects = |positions: &[usize]| -> Vec<ShardObject> {
         positions
             .iter()
             .map(|&position| {
                 let index = selected[position];
-                ShardObject { objid: objids[index], label: labels[index] }
+                ShardObject {
+                    objid: objids[index],
+                    label: labels[index],
+                }
             })
             .collect()
     };
@@ -168,7 +193,11 @@ pub async fn plan_job(spec: &JobSpec) -> CoordinatorResult<JobPlan> {
 
 /// Deals each class's objects round-robin over the ranks, continuing where the previous class stopped, so every
 /// rank sees every class in proportion and shard sizes differ by at most one.
-pub fn deal_stratified(objects: &[ShardObject], num_classes: usize, world_size: usize) -> Vec<Vec<ShardObject>> {
+pub fn deal_stratified(
+    objects: &[ShardObject],
+    num_classes: usize,
+    world_size: usize,
+) -> Vec<Vec<ShardObject>> {
     let mut by_class: Vec<Vec<ShardObject>> = vec![Vec::new(); num_classes];
     for object in objects {
         by_class[object.label as usize].push(*object);
@@ -190,14 +219,24 @@ mod tests {
 
     #[test]
     fn dealing_is_balanced_and_stratified() {
-        let objects: Vec<ShardObject> =
-            (0..103).map(|i| ShardObject { objid: i, label: if i < 90 { 0 } else { 1 } }).collect();
+        let objects: Vec<ShardObject> = (0..103)
+            .map(|i| ShardObject {
+                objid: i,
+                label: if i < 90 { 0 } else { 1 },
+            })
+            .collect();
         let shards = deal_stratified(&objects, 2, 4);
         let sizes: Vec<usize> = shards.iter().map(Vec::len).collect();
-        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
+        assert!(
+            sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+            "{sizes:?}"
+        );
         for shard in &shards {
             let rare = shard.iter().filter(|object| object.label == 1).count();
-            assert!((3..=4).contains(&rare), "rare class spread unevenly: {rare}");
+            assert!(
+                (3..=4).contains(&rare),
+                "rare class spread unevenly: {rare}"
+            );
         }
         let mut all: Vec<i64> = shards.iter().flatten().map(|object| object.objid).collect();
         all.sort();
@@ -206,12 +245,42 @@ mod tests {
 
     #[test]
     fn bad_specs_are_refused_with_reasons() {
-        let spec = JobSpec { dataset_url: "memory://x".into(), world_size: 0, ..Default::default() };
-        assert!(normalize_spec(spec).unwrap_err().to_string().contains("world_size"));
-        let spec = JobSpec { dataset_url: "memory://x".into(), world_size: 1, model: "vgg99".into(), ..Default::default() };
-        assert!(normalize_spec(spec).unwrap_err().to_string().contains("unknown model"));
-        let spec = JobSpec { dataset_url: "memory://x".into(), world_size: 2, ..Default::default() };
+        let spec = JobSpec {
+            dataset_url: "memory://x".into(),
+            world_size: 0,
+            ..Default::default()
+        };
+        assert!(
+            normalize_spec(spec)
+                .unwrap_err()
+                .to_string()
+                .contains("world_size")
+        );
+        let spec = JobSpec {
+            dataset_url: "memory://x".into(),
+            world_size: 1,
+            model: "vgg99".into(),
+            ..Default::default()
+        };
+        assert!(
+            normalize_spec(spec)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown model")
+        );
+        let spec = JobSpec {
+            dataset_url: "memory://x".into(),
+            world_size: 2,
+            ..Default::default()
+        };
         let normalized = normalize_spec(spec).unwrap();
-        assert_eq!((normalized.model.as_str(), normalized.epochs, normalized.seed), ("resnet", DEFAULT_EPOCHS, 42));
+        assert_eq!(
+            (
+                normalized.model.as_str(),
+                normalized.epochs,
+                normalized.seed
+            ),
+            ("resnet", DEFAULT_EPOCHS, 42)
+        );
     }
 }

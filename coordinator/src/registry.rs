@@ -20,17 +20,30 @@ pub struct ModelRegistry {
 /// The registry name of a job's model: the job's name, else `flowcam-<architecture>`.
 pub fn model_name_for(job: &Job) -> String {
     let spec = job.spec.clone().unwrap_or_default();
-    if spec.name.trim().is_empty() { format!("flowcam-{}", spec.model) } else { spec.name.trim().to_string() }
+    if spec.name.trim().is_empty() {
+        format!("flowcam-{}", spec.model)
+    } else {
+        spec.name.trim().to_string()
+    }
 }
 
 impl ModelRegistry {
     pub fn load(store: Arc<StateStore>) -> CoordinatorResult<Self> {
-        let versions = store.load_models()?.into_iter().map(|model| ((model.name.clone(), model.version), model)).collect();
-        Ok(Self { versions: Mutex::new(versions), store })
+        let versions = store
+            .load_models()?
+            .into_iter()
+            .map(|model| ((model.name.clone(), model.version), model))
+            .collect();
+        Ok(Self {
+            versions: Mutex::new(versions),
+            store,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, u32), ModelVersion>> {
-        self.versions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.versions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers a succeeded job's model as the next version of its name.
@@ -38,7 +51,13 @@ impl ModelRegistry {
         let spec = job.spec.clone().unwrap_or_default();
         let name = model_name_for(job);
         let mut versions = self.lock();
-        let version = versions.keys().filter(|(existing, _)| *existing == name).map(|(_, version)| *version).max().unwrap_or(0) + 1;
+        let version = versions
+            .keys()
+            .filter(|(existing, _)| *existing == name)
+            .map(|(_, version)| *version)
+            .max()
+            .unwrap_or(0)
+            + 1;
         let card_url = match job.model_url.rsplit_once('/') {
             Some((folder, _)) => format!("{folder}/model-card.json"),
             None => "model-card.json".to_string(),
@@ -66,15 +85,24 @@ impl ModelRegistry {
     }
 
     pub fn list(&self, name: &str) -> Vec<ModelVersion> {
-        self.lock().values().filter(|model| name.is_empty() || model.name == name).cloned().collect()
+        self.lock()
+            .values()
+            .filter(|model| name.is_empty() || model.name == name)
+            .cloned()
+            .collect()
     }
 
     /// By version, by alias, or the latest version when neither is given.
     pub fn get(&self, name: &str, version: u32, alias: &str) -> CoordinatorResult<ModelVersion> {
         let versions = self.lock();
-        let mut of_name = versions.values().filter(|model| model.name == name).peekable();
+        let mut of_name = versions
+            .values()
+            .filter(|model| model.name == name)
+            .peekable();
         if of_name.peek().is_none() {
-            return Err(CoordinatorError::ModelNotFound(format!("no model named {name:?}")));
+            return Err(CoordinatorError::ModelNotFound(format!(
+                "no model named {name:?}"
+            )));
         }
         let found = if version > 0 {
             of_name.find(|model| model.version == version)
@@ -93,14 +121,27 @@ impl ModelRegistry {
     }
 
     /// Moves `alias` of `name` to `version` (removing it from the version it pointed at).
-    pub fn promote(&self, name: &str, version: u32, alias: &str) -> CoordinatorResult<ModelVersion> {
+    pub fn promote(
+        &self,
+        name: &str,
+        version: u32,
+        alias: &str,
+    ) -> CoordinatorResult<ModelVersion> {
         let alias = alias.trim();
-        if alias.is_empty() || alias.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
-            return Err(CoordinatorError::InvalidSpec(format!("alias {alias:?} must be letters, digits, '-' or '_'")));
+        if alias.is_empty()
+            || alias
+                .chars()
+                .any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(CoordinatorError::InvalidSpec(format!(
+                "alias {alias:?} must be letters, digits, '-' or '_'"
+            )));
         }
         let mut versions = self.lock();
         if !versions.contains_key(&(name.to_string(), version)) {
-            return Err(CoordinatorError::ModelNotFound(format!("model {name:?} has no version {version}")));
+            return Err(CoordinatorError::ModelNotFound(format!(
+                "model {name:?} has no version {version}"
+            )));
         }
         let mut changed = Vec::new();
         for ((model_name, model_version), model) in versions.iter_mut() {
@@ -132,7 +173,11 @@ mod tests {
     fn succeeded_job(id: &str, name: &str) -> Job {
         Job {
             id: id.into(),
-            spec: Some(JobSpec { name: name.into(), model: "lenet".into(), ..Default::default() }),
+            spec: Some(JobSpec {
+                name: name.into(),
+                model: "lenet".into(),
+                ..Default::default()
+            }),
             model_url: format!("memory://models/{id}/model.safetensors"),
             class_names: vec!["a".into(), "b".into()],
             ..Default::default()
@@ -144,24 +189,67 @@ mod tests {
         let state_dir = tempfile::tempdir().unwrap();
         let store = Arc::new(StateStore::open(state_dir.path()).unwrap());
         let registry = ModelRegistry::load(store).unwrap();
-        let first = registry.register_job_model(&succeeded_job("job-1", "")).unwrap();
-        let second = registry.register_job_model(&succeeded_job("job-2", "")).unwrap();
-        assert_eq!((first.name.as_str(), first.version, second.version), ("flowcam-lenet", 1, 2));
+        let first = registry
+            .register_job_model(&succeeded_job("job-1", ""))
+            .unwrap();
+        let second = registry
+            .register_job_model(&succeeded_job("job-2", ""))
+            .unwrap();
+        assert_eq!(
+            (first.name.as_str(), first.version, second.version),
+            ("flowcam-lenet", 1, 2)
+        );
         assert_eq!(first.card_url, "memory://models/job-1/model-card.json");
 
         registry.promote("flowcam-lenet", 1, "production").unwrap();
-        assert_eq!(registry.get("flowcam-lenet", 0, "production").unwrap().version, 1);
+        assert_eq!(
+            registry
+                .get("flowcam-lenet", 0, "production")
+                .unwrap()
+                .version,
+            1
+        );
         registry.promote("flowcam-lenet", 2, "production").unwrap();
-        assert_eq!(registry.get("flowcam-lenet", 0, "production").unwrap().version, 2);
-        assert!(registry.get("flowcam-lenet", 1, "").unwrap().aliases.is_empty(), "alias left version 1");
-        assert_eq!(registry.get("flowcam-lenet", 0, "").unwrap().version, 2, "latest by default");
-        assert!(matches!(registry.get("flowcam-lenet", 9, ""), Err(CoordinatorError::ModelNotFound(_))));
-        assert!(matches!(registry.get("nope", 0, ""), Err(CoordinatorError::ModelNotFound(_))));
+        assert_eq!(
+            registry
+                .get("flowcam-lenet", 0, "production")
+                .unwrap()
+                .version,
+            2
+        );
+        assert!(
+            registry
+                .get("flowcam-lenet", 1, "")
+                .unwrap()
+                .aliases
+                .is_empty(),
+            "alias left version 1"
+        );
+        assert_eq!(
+            registry.get("flowcam-lenet", 0, "").unwrap().version,
+            2,
+            "latest by default"
+        );
+        assert!(matches!(
+            registry.get("flowcam-lenet", 9, ""),
+            Err(CoordinatorError::ModelNotFound(_))
+        ));
+        assert!(matches!(
+            registry.get("nope", 0, ""),
+            Err(CoordinatorError::ModelNotFound(_))
+        ));
         assert!(registry.promote("flowcam-lenet", 2, "bad alias!").is_err());
         drop(registry);
 
-        let reopened = ModelRegistry::load(Arc::new(StateStore::open(state_dir.path()).unwrap())).unwrap();
+        let reopened =
+            ModelRegistry::load(Arc::new(StateStore::open(state_dir.path()).unwrap())).unwrap();
         assert_eq!(reopened.list("").len(), 2);
-        assert_eq!(reopened.get("flowcam-lenet", 0, "production").unwrap().version, 2);
+        assert_eq!(
+            reopened
+                .get("flowcam-lenet", 0, "production")
+                .unwrap()
+                .version,
+            2
+        );
     }
 }

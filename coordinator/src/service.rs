@@ -12,12 +12,15 @@ use plankton_proto::v1::job_service_server::JobService;
 use plankton_proto::v1::model_registry_server::ModelRegistry as ModelRegistryService;
 use plankton_proto::v1::worker_control_server::WorkerControl;
 use plankton_proto::v1::{
-    Ack, CancelJobRequest, DoneReport, EpochReport, GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job,
-    JobEvent, JobPhase, ListJobsRequest, ListJobsResponse, ListWorkersRequest, ListWorkersResponse,
-    NextAssignmentRequest, NextAssignmentResponse, ProgressReport, RegisterRequest, RegisterResponse,
-    SubmitJobRequest, WatchJobRequest, job_event,
+    Ack, CancelJobRequest, DoneReport, EpochReport, GetJobRequest, HeartbeatRequest,
+    HeartbeatResponse, Job, JobEvent, JobPhase, ListJobsRequest, ListJobsResponse,
+    ListWorkersRequest, ListWorkersResponse, NextAssignmentRequest, NextAssignmentResponse,
+    ProgressReport, RegisterRequest, RegisterResponse, SubmitJobRequest, WatchJobRequest,
+    job_event,
 };
-use plankton_proto::v1::{GetModelRequest, ListModelsRequest, ListModelsResponse, ModelVersion, PromoteModelRequest};
+use plankton_proto::v1::{
+    GetModelRequest, ListModelsRequest, ListModelsResponse, ModelVersion, PromoteModelRequest,
+};
 
 use crate::error::CoordinatorError;
 use crate::planner::{normalize_spec, plan_job};
@@ -48,16 +51,31 @@ impl CoordinatorService {
                     Ok(false) => {}
                     Err(error) => {
                         warn!(job_id, %error, "assigning job failed");
-                        let _ = state.finish_job(&job_id, JobPhase::Failed, format!("assigning shards: {error}"));
+                        let _ = state.finish_job(
+                            &job_id,
+                            JobPhase::Failed,
+                            format!("assigning shards: {error}"),
+                        );
                         return;
                     }
                 }
-                if state.job_phase(&job_id).is_none_or(crate::state::is_terminal) {
+                if state
+                    .job_phase(&job_id)
+                    .is_none_or(crate::state::is_terminal)
+                {
                     return;
                 }
                 if started.elapsed() > timeout {
-                    let free = state.list_workers().iter().filter(|worker| worker.current_job.is_empty()).count();
-                    let wanted = state.get_job(&job_id).ok().and_then(|job| job.spec).map_or(0, |spec| spec.world_size);
+                    let free = state
+                        .list_workers()
+                        .iter()
+                        .filter(|worker| worker.current_job.is_empty())
+                        .count();
+                    let wanted = state
+                        .get_job(&job_id)
+                        .ok()
+                        .and_then(|job| job.spec)
+                        .map_or(0, |spec| spec.world_size);
                     let message = format!(
                         "timed out after {:.0}s waiting for {wanted} free workers ({free} free, {} registered)",
                         timeout.as_secs_f64(),
@@ -76,8 +94,14 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send + 
 
 #[tonic::async_trait]
 impl JobService for CoordinatorService {
-    async fn submit_job(&self, request: Request<SubmitJobRequest>) -> Result<Response<Job>, Status> {
-        let spec = request.into_inner().spec.ok_or_else(|| CoordinatorError::InvalidSpec("missing spec".into()))?;
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<Job>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| CoordinatorError::InvalidSpec("missing spec".into()))?;
         let spec = normalize_spec(spec)?;
         let plan = plan_job(&spec).await?;
         let job = self.state.create_job(spec, plan)?;
@@ -87,29 +111,51 @@ impl JobService for CoordinatorService {
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
-        Ok(Response::new(self.state.get_job(&request.into_inner().job_id)?))
+        Ok(Response::new(
+            self.state.get_job(&request.into_inner().job_id)?,
+        ))
     }
 
-    async fn list_jobs(&self, _request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
-        Ok(Response::new(ListJobsResponse { jobs: self.state.list_jobs() }))
+    async fn list_jobs(
+        &self,
+        _request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        Ok(Response::new(ListJobsResponse {
+            jobs: self.state.list_jobs(),
+        }))
     }
 
-    async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
-        Ok(Response::new(self.state.cancel_job(&request.into_inner().job_id)?))
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<Job>, Status> {
+        Ok(Response::new(
+            self.state.cancel_job(&request.into_inner().job_id)?,
+        ))
     }
 
     type WatchJobStream = EventStream;
 
-    async fn watch_job(&self, request: Request<WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+    async fn watch_job(
+        &self,
+        request: Request<WatchJobRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let job_id = request.into_inner().job_id;
         let (replay, receiver, job) = self.state.subscribe(&job_id)?;
-        let replay_has_end = replay.iter().any(|event| matches!(event.event, Some(job_event::Event::Finished(_))));
+        let replay_has_end = replay
+            .iter()
+            .any(|event| matches!(event.event, Some(job_event::Event::Finished(_))));
         let stream = async_stream_events(job_id, replay, receiver, job, replay_has_end);
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn list_workers(&self, _request: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
-        Ok(Response::new(ListWorkersResponse { workers: self.state.list_workers() }))
+    async fn list_workers(
+        &self,
+        _request: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        Ok(Response::new(ListWorkersResponse {
+            workers: self.state.list_workers(),
+        }))
     }
 }
 
@@ -131,7 +177,11 @@ fn async_stream_events(
         match receiver {
             None => {
                 if !replay_has_end {
-                    let finished = JobEvent { job_id, unix_ms: unix_ms_now(), event: Some(job_event::Event::Finished(job)) };
+                    let finished = JobEvent {
+                        job_id,
+                        unix_ms: unix_ms_now(),
+                        event: Some(job_event::Event::Finished(job)),
+                    };
                     let _ = sender.send(Ok(finished)).await;
                 }
             }
@@ -143,7 +193,9 @@ fn async_stream_events(
                             return;
                         }
                     }
-                    Err(RecvError::Lagged(skipped)) => warn!(job_id, skipped, "watcher lagged; events skipped"),
+                    Err(RecvError::Lagged(skipped)) => {
+                        warn!(job_id, skipped, "watcher lagged; events skipped")
+                    }
                     Err(RecvError::Closed) => return,
                 }
             },
@@ -154,25 +206,44 @@ fn async_stream_events(
 
 #[tonic::async_trait]
 impl WorkerControl for CoordinatorService {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
         let request = request.into_inner();
         if request.peer_address.is_empty() {
             return Err(Status::invalid_argument("register: peer_address is empty"));
         }
-        let worker_id = self.state.register_worker(&request.worker_name, &request.peer_address, request.threads, request.has_gpu);
+        let worker_id = self.state.register_worker(
+            &request.worker_name,
+            &request.peer_address,
+            request.threads,
+            request.has_gpu,
+        );
         Ok(Response::new(RegisterResponse {
             worker_id,
             heartbeat_interval_ms: self.state.timeouts.heartbeat_interval.as_millis() as u64,
         }))
     }
 
-    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
         let request = request.into_inner();
-        Ok(Response::new(match self.state.heartbeat(&request.worker_id) {
-            Ok(cancel_current_job) => HeartbeatResponse { cancel_current_job, unknown_worker: false },
-            Err(CoordinatorError::UnknownWorker(_)) => HeartbeatResponse { cancel_current_job: true, unknown_worker: true },
-            Err(other) => return Err(other.into()),
-        }))
+        Ok(Response::new(
+            match self.state.heartbeat(&request.worker_id) {
+                Ok(cancel_current_job) => HeartbeatResponse {
+                    cancel_current_job,
+                    unknown_worker: false,
+                },
+                Err(CoordinatorError::UnknownWorker(_)) => HeartbeatResponse {
+                    cancel_current_job: true,
+                    unknown_worker: true,
+                },
+                Err(other) => return Err(other.into()),
+            },
+        ))
     }
 
     async fn next_assignment(
@@ -184,7 +255,9 @@ impl WorkerControl for CoordinatorService {
         loop {
             match self.state.take_assignment(&worker_id)? {
                 Ok(assignment) => {
-                    return Ok(Response::new(NextAssignmentResponse { assignment: Some(assignment) }));
+                    return Ok(Response::new(NextAssignmentResponse {
+                        assignment: Some(assignment),
+                    }));
                 }
                 Err(notify) => {
                     let woken = tokio::time::timeout_at(deadline, notify.notified()).await;
@@ -196,11 +269,15 @@ impl WorkerControl for CoordinatorService {
         }
     }
 
-    async fn report_progress(&self, request: Request<ProgressReport>) -> Result<Response<Ack>, Status> {
+    async fn report_progress(
+        &self,
+        request: Request<ProgressReport>,
+    ) -> Result<Response<Ack>, Status> {
         let report = request.into_inner();
         let progress = report.progress.unwrap_or_default();
         let phase = JobPhase::try_from(report.phase).unwrap_or(JobPhase::Unspecified);
-        self.state.record_progress(&report.job_id, progress, phase)?;
+        self.state
+            .record_progress(&report.job_id, progress, phase)?;
         Ok(Response::new(Ack {}))
     }
 
@@ -216,7 +293,9 @@ impl WorkerControl for CoordinatorService {
             if let Err(error) = complete_model_card(&job).await {
                 warn!(job_id, %error, "could not add the final metrics to the model card");
             }
-            self.state.finish_job(&job_id, JobPhase::Succeeded, summary).or_else(crate::state::ignore_finished)?;
+            self.state
+                .finish_job(&job_id, JobPhase::Succeeded, summary)
+                .or_else(crate::state::ignore_finished)?;
         }
         Ok(Response::new(Ack {}))
     }
@@ -224,27 +303,51 @@ impl WorkerControl for CoordinatorService {
 
 #[tonic::async_trait]
 impl ModelRegistryService for CoordinatorService {
-    async fn list_models(&self, request: Request<ListModelsRequest>) -> Result<Response<ListModelsResponse>, Status> {
-        Ok(Response::new(ListModelsResponse { models: self.state.registry.list(&request.into_inner().name) }))
+    async fn list_models(
+        &self,
+        request: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        Ok(Response::new(ListModelsResponse {
+            models: self.state.registry.list(&request.into_inner().name),
+        }))
     }
 
-    async fn get_model(&self, request: Request<GetModelRequest>) -> Result<Response<ModelVersion>, Status> {
+    async fn get_model(
+        &self,
+        request: Request<GetModelRequest>,
+    ) -> Result<Response<ModelVersion>, Status> {
         let request = request.into_inner();
-        Ok(Response::new(self.state.registry.get(&request.name, request.version, &request.alias)?))
+        Ok(Response::new(self.state.registry.get(
+            &request.name,
+            request.version,
+            &request.alias,
+        )?))
     }
 
-    async fn promote_model(&self, request: Request<PromoteModelRequest>) -> Result<Response<ModelVersion>, Status> {
+    async fn promote_model(
+        &self,
+        request: Request<PromoteModelRequest>,
+    ) -> Result<Response<ModelVersion>, Status> {
         let request = request.into_inner();
-        Ok(Response::new(self.state.registry.promote(&request.name, request.version, &request.alias)?))
+        Ok(Response::new(self.state.registry.promote(
+            &request.name,
+            request.version,
+            &request.alias,
+        )?))
     }
 }
 
 /// Writes the job's final metrics into `model-card.json` next to the weights (rank 0 wrote it without them).
 async fn complete_model_card(job: &Job) -> anyhow::Result<()> {
-    let Some((folder, _weights_file)) = job.model_url.rsplit_once('/') else { return Ok(()) };
-    let Some(last) = job.epochs.last() else { return Ok(()) };
+    let Some((folder, _weights_file)) = job.model_url.rsplit_once('/') else {
+        return Ok(());
+    };
+    let Some(last) = job.epochs.last() else {
+        return Ok(());
+    };
     let location = plankton_dataset::open_location(folder)?;
-    let mut card: serde_json::Value = serde_json::from_slice(&location.get_bytes("model-card.json").await?)?;
+    let mut card: serde_json::Value =
+        serde_json::from_slice(&location.get_bytes("model-card.json").await?)?;
     card["metrics"] = serde_json::json!({
         "epoch": last.epoch,
         "accuracy": last.accuracy,
@@ -258,6 +361,8 @@ async fn complete_model_card(job: &Job) -> anyhow::Result<()> {
         "test_objects": job.test_objects,
         "train_objects": job.train_objects,
     });
-    location.put_bytes("model-card.json", serde_json::to_vec_pretty(&card)?.into()).await?;
+    location
+        .put_bytes("model-card.json", serde_json::to_vec_pretty(&card)?.into())
+        .await?;
     Ok(())
 }

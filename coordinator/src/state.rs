@@ -8,8 +8,8 @@ use tokio::sync::{Notify, broadcast};
 use tracing::{info, warn};
 
 use plankton_proto::v1::{
-    DoneReport, EpochReport, Job, JobEvent, JobPhase, JobSpec, ShardAssignment, WorkerInfo, WorkerProgress,
-    job_event,
+    DoneReport, EpochReport, Job, JobEvent, JobPhase, JobSpec, ShardAssignment, WorkerInfo,
+    WorkerProgress, job_event,
 };
 
 use crate::error::{CoordinatorError, CoordinatorResult};
@@ -22,7 +22,10 @@ use crate::store::StateStore;
 const MAX_REPLAYED_EVENTS: usize = 4096;
 
 pub fn unix_ms_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Timeouts that bound every wait of the coordinator.
@@ -66,7 +69,10 @@ impl JobEntry {
 }
 
 pub fn is_terminal(phase: JobPhase) -> bool {
-    matches!(phase, JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled)
+    matches!(
+        phase,
+        JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled
+    )
 }
 
 #[derive(Default)]
@@ -92,28 +98,50 @@ impl ClusterState {
         for mut job in store.load_all()? {
             if !is_terminal(job.phase()) {
                 job.set_phase(JobPhase::Failed);
-                job.message = "interrupted: the coordinator restarted while the job was running".into();
+                job.message =
+                    "interrupted: the coordinator restarted while the job was running".into();
                 job.finished_unix_ms = unix_ms_now();
                 store.save(&job)?;
             }
             let (sender, _) = broadcast::channel(16);
             inner.jobs.insert(
                 job.id.clone(),
-                JobEntry { job, events: Vec::new(), sender, ranks: Vec::new(), epoch_reports: BTreeMap::new(), done_reports: Vec::new(), plan: None },
+                JobEntry {
+                    job,
+                    events: Vec::new(),
+                    sender,
+                    ranks: Vec::new(),
+                    epoch_reports: BTreeMap::new(),
+                    done_reports: Vec::new(),
+                    plan: None,
+                },
             );
         }
         let store = Arc::new(store);
         let registry = Arc::new(ModelRegistry::load(store.clone())?);
-        Ok(Self { inner: Arc::new(Mutex::new(inner)), store, registry, timeouts })
+        Ok(Self {
+            inner: Arc::new(Mutex::new(inner)),
+            store,
+            registry,
+            timeouts,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     // ------------------------------------------------------------------ workers
 
-    pub fn register_worker(&self, name: &str, peer_address: &str, threads: u32, has_gpu: bool) -> String {
+    pub fn register_worker(
+        &self,
+        name: &str,
+        peer_address: &str,
+        threads: u32,
+        has_gpu: bool,
+    ) -> String {
         let mut inner = self.lock();
         inner.next_worker_number += 1;
         let worker_id = format!("w{}-{}", inner.next_worker_number, sanitize(name));
@@ -131,7 +159,10 @@ impl ClusterState {
                 assignment_ready: Arc::new(Notify::new()),
             },
         );
-        info!(worker_id, peer_address, threads, has_gpu, "worker registered");
+        info!(
+            worker_id,
+            peer_address, threads, has_gpu, "worker registered"
+        );
         worker_id
     }
 
@@ -139,7 +170,9 @@ impl ClusterState {
     pub fn heartbeat(&self, worker_id: &str) -> CoordinatorResult<bool> {
         let mut inner = self.lock();
         let Inner { workers, jobs, .. } = &mut *inner;
-        let worker = workers.get_mut(worker_id).ok_or_else(|| CoordinatorError::UnknownWorker(worker_id.into()))?;
+        let worker = workers
+            .get_mut(worker_id)
+            .ok_or_else(|| CoordinatorError::UnknownWorker(worker_id.into()))?;
         worker.last_seen = Instant::now();
         worker.last_seen_unix_ms = unix_ms_now();
         let cancel = match &worker.current_job {
@@ -153,9 +186,15 @@ impl ClusterState {
     }
 
     /// Takes the worker's pending assignment, or returns the notifier to wait on.
-    pub fn take_assignment(&self, worker_id: &str) -> CoordinatorResult<Result<ShardAssignment, Arc<Notify>>> {
+    pub fn take_assignment(
+        &self,
+        worker_id: &str,
+    ) -> CoordinatorResult<Result<ShardAssignment, Arc<Notify>>> {
         let mut inner = self.lock();
-        let worker = inner.workers.get_mut(worker_id).ok_or_else(|| CoordinatorError::UnknownWorker(worker_id.into()))?;
+        let worker = inner
+            .workers
+            .get_mut(worker_id)
+            .ok_or_else(|| CoordinatorError::UnknownWorker(worker_id.into()))?;
         worker.last_seen = Instant::now();
         worker.last_seen_unix_ms = unix_ms_now();
         Ok(match worker.pending_assignment.take() {
@@ -202,7 +241,15 @@ impl ClusterState {
         let mut inner = self.lock();
         inner.jobs.insert(
             job_id.clone(),
-            JobEntry { job: job.clone(), events: Vec::new(), sender, ranks: Vec::new(), epoch_reports: BTreeMap::new(), done_reports: Vec::new(), plan: Some(plan) },
+            JobEntry {
+                job: job.clone(),
+                events: Vec::new(),
+                sender,
+                ranks: Vec::new(),
+                epoch_reports: BTreeMap::new(),
+                done_reports: Vec::new(),
+                plan: Some(plan),
+            },
         );
         drop(inner);
         self.emit(&job_id, job_event::Event::Phase(JobPhase::Pending as i32));
@@ -211,7 +258,11 @@ impl ClusterState {
 
     pub fn get_job(&self, job_id: &str) -> CoordinatorResult<Job> {
         let inner = self.lock();
-        inner.jobs.get(job_id).map(|entry| entry.job.clone()).ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))
+        inner
+            .jobs
+            .get(job_id)
+            .map(|entry| entry.job.clone())
+            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))
     }
 
     pub fn list_jobs(&self) -> Vec<Job> {
@@ -222,10 +273,20 @@ impl ClusterState {
     }
 
     /// Events so far plus a receiver for the rest; `None` receiver when the job already ended.
-    pub fn subscribe(&self, job_id: &str) -> CoordinatorResult<(Vec<JobEvent>, Option<broadcast::Receiver<JobEvent>>, Job)> {
+    pub fn subscribe(
+        &self,
+        job_id: &str,
+    ) -> CoordinatorResult<(Vec<JobEvent>, Option<broadcast::Receiver<JobEvent>>, Job)> {
         let inner = self.lock();
-        let entry = inner.jobs.get(job_id).ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
-        let receiver = if entry.is_finished() { None } else { Some(entry.sender.subscribe()) };
+        let entry = inner
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
+        let receiver = if entry.is_finished() {
+            None
+        } else {
+            Some(entry.sender.subscribe())
+        };
         Ok((entry.events.clone(), receiver, entry.job.clone()))
     }
 
@@ -237,16 +298,27 @@ impl ClusterState {
     }
 
     pub fn cancel_job(&self, job_id: &str) -> CoordinatorResult<Job> {
-        self.finish_job(job_id, JobPhase::Cancelled, "cancelled by the operator".into())?;
+        self.finish_job(
+            job_id,
+            JobPhase::Cancelled,
+            "cancelled by the operator".into(),
+        )?;
         self.get_job(job_id)
     }
 
     /// Moves a job to a terminal phase (once), frees its workers, persists it and ends its event stream.
-    pub fn finish_job(&self, job_id: &str, phase: JobPhase, message: String) -> CoordinatorResult<()> {
+    pub fn finish_job(
+        &self,
+        job_id: &str,
+        phase: JobPhase,
+        message: String,
+    ) -> CoordinatorResult<()> {
         let finished_job = {
             let mut inner = self.lock();
             let Inner { workers, jobs, .. } = &mut *inner;
-            let entry = jobs.get_mut(job_id).ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
+            let entry = jobs
+                .get_mut(job_id)
+                .ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
             if entry.is_finished() {
                 return Err(CoordinatorError::JobFinished {
                     job_id: job_id.into(),
@@ -282,9 +354,16 @@ impl ClusterState {
         Ok(())
     }
 
-    fn update_job<T>(&self, job_id: &str, update: impl FnOnce(&mut JobEntry) -> T) -> CoordinatorResult<T> {
+    fn update_job<T>(
+        &self,
+        job_id: &str,
+        update: impl FnOnce(&mut JobEntry) -> T,
+    ) -> CoordinatorResult<T> {
         let mut inner = self.lock();
-        let entry = inner.jobs.get_mut(job_id).ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
+        let entry = inner
+            .jobs
+            .get_mut(job_id)
+            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
         Ok(update(entry))
     }
 
@@ -292,7 +371,9 @@ impl ClusterState {
     pub fn try_assign(&self, job_id: &str) -> CoordinatorResult<bool> {
         let mut inner = self.lock();
         let Inner { workers, jobs, .. } = &mut *inner;
-        let entry = jobs.get_mut(job_id).ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
+        let entry = jobs
+            .get_mut(job_id)
+            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
         if entry.is_finished() {
             return Ok(true);
         }
@@ -301,7 +382,9 @@ impl ClusterState {
         let live_limit = self.timeouts.worker_timeout;
         let mut idle: Vec<&String> = workers
             .iter()
-            .filter(|(_, worker)| worker.current_job.is_none() && worker.last_seen.elapsed() < live_limit)
+            .filter(|(_, worker)| {
+                worker.current_job.is_none() && worker.last_seen.elapsed() < live_limit
+            })
             .map(|(worker_id, _)| worker_id)
             .collect();
         if idle.len() < world_size {
@@ -309,12 +392,26 @@ impl ClusterState {
         }
         idle.sort();
         let chosen: Vec<String> = idle.into_iter().take(world_size).cloned().collect();
-        let plan = entry.plan.take().ok_or_else(|| CoordinatorError::Internal(format!("job {job_id} has no plan")))?;
-        let ring_peer_addresses: Vec<String> = chosen.iter().map(|worker_id| workers[worker_id].peer_address.clone()).collect();
+        let plan = entry
+            .plan
+            .take()
+            .ok_or_else(|| CoordinatorError::Internal(format!("job {job_id} has no plan")))?;
+        let ring_peer_addresses: Vec<String> = chosen
+            .iter()
+            .map(|worker_id| workers[worker_id].peer_address.clone())
+            .collect();
         let every_rank_has_a_gpu = chosen.iter().all(|worker_id| workers[worker_id].has_gpu);
-        let nccl_unique_id = if every_rank_has_a_gpu { nccl_unique_id(job_id) } else { Vec::new() };
+        let nccl_unique_id = if every_rank_has_a_gpu {
+            nccl_unique_id(job_id)
+        } else {
+            Vec::new()
+        };
         let output_url = if spec.output_url.is_empty() {
-            format!("{}/models/{}", spec.dataset_url.trim_end_matches('/'), job_id)
+            format!(
+                "{}/models/{}",
+                spec.dataset_url.trim_end_matches('/'),
+                job_id
+            )
         } else {
             spec.output_url.clone()
         };
@@ -346,17 +443,30 @@ impl ClusterState {
         entry.job.workers = chosen
             .iter()
             .enumerate()
-            .map(|(rank, worker_id)| WorkerProgress { rank: rank as u32, worker_id: worker_id.clone(), ..Default::default() })
+            .map(|(rank, worker_id)| WorkerProgress {
+                rank: rank as u32,
+                worker_id: worker_id.clone(),
+                ..Default::default()
+            })
             .collect();
         info!(job_id, workers = ?chosen, "job assigned");
-        push_event(entry, job_id, job_event::Event::Phase(JobPhase::Loading as i32));
+        push_event(
+            entry,
+            job_id,
+            job_event::Event::Phase(JobPhase::Loading as i32),
+        );
         let snapshot = entry.job.clone();
         drop(inner);
         self.store.save(&snapshot)?;
         Ok(true)
     }
 
-    pub fn record_progress(&self, job_id: &str, progress: WorkerProgress, phase: JobPhase) -> CoordinatorResult<()> {
+    pub fn record_progress(
+        &self,
+        job_id: &str,
+        progress: WorkerProgress,
+        phase: JobPhase,
+    ) -> CoordinatorResult<()> {
         self.update_job(job_id, |entry| {
             if entry.is_finished() {
                 return;
@@ -364,7 +474,11 @@ impl ClusterState {
             if phase == JobPhase::Training && entry.job.phase() == JobPhase::Loading {
                 entry.job.set_phase(JobPhase::Training);
                 entry.job.message = "training".into();
-                push_event(entry, job_id, job_event::Event::Phase(JobPhase::Training as i32));
+                push_event(
+                    entry,
+                    job_id,
+                    job_event::Event::Phase(JobPhase::Training as i32),
+                );
             }
             if let Some(slot) = entry.job.workers.get_mut(progress.rank as usize) {
                 *slot = progress.clone();
@@ -383,7 +497,10 @@ impl ClusterState {
                 return None;
             }
             let epoch = report.epoch;
-            let reports = entry.epoch_reports.entry(epoch).or_insert_with(|| vec![None; world_size]);
+            let reports = entry
+                .epoch_reports
+                .entry(epoch)
+                .or_insert_with(|| vec![None; world_size]);
             reports[rank] = Some(report);
             if reports.iter().any(Option::is_none) {
                 return None;
@@ -394,14 +511,28 @@ impl ClusterState {
             let (mut loss_sum, mut count) = (0.0, 0u64);
             for rank_report in reports.iter().flatten() {
                 if confusion.add(&rank_report.confusion).is_none() {
-                    warn!(job_id, rank = rank_report.rank, "epoch report with a confusion matrix of the wrong shape ignored");
+                    warn!(
+                        job_id,
+                        rank = rank_report.rank,
+                        "epoch report with a confusion matrix of the wrong shape ignored"
+                    );
                 }
                 loss_sum += rank_report.test_loss_sum;
                 count += rank_report.test_count;
             }
-            let test_loss = if count > 0 { loss_sum / count as f64 } else { 0.0 };
+            let test_loss = if count > 0 {
+                loss_sum / count as f64
+            } else {
+                0.0
+            };
             let metrics = confusion.metrics(epoch, &entry.job.class_names, test_loss);
-            info!(job_id, epoch, accuracy = metrics.accuracy, macro_f1 = metrics.macro_f1, "epoch evaluated");
+            info!(
+                job_id,
+                epoch,
+                accuracy = metrics.accuracy,
+                macro_f1 = metrics.macro_f1,
+                "epoch evaluated"
+            );
             entry.job.epochs.push(metrics.clone());
             push_event(entry, &job_id, job_event::Event::EpochMetrics(metrics));
             Some(entry.job.clone())
@@ -435,9 +566,15 @@ impl ClusterState {
             entry.done_reports[rank] = Some(report);
             if !ok {
                 let worker_id = entry.ranks.get(rank).cloned().unwrap_or_default();
-                return Outcome::Failed(format!("rank {rank} (worker {worker_id}) failed: {error}"));
+                return Outcome::Failed(format!(
+                    "rank {rank} (worker {worker_id}) failed: {error}"
+                ));
             }
-            if entry.done_reports.iter().all(|done| done.as_ref().is_some_and(|d| d.ok)) {
+            if entry
+                .done_reports
+                .iter()
+                .all(|done| done.as_ref().is_some_and(|d| d.ok))
+            {
                 let summary = match entry.job.epochs.last() {
                     Some(last) => format!(
                         "trained {} epochs: accuracy {:.3}, macro-F1 {:.3}",
@@ -456,7 +593,8 @@ impl ClusterState {
             Outcome::Succeeded(summary) => Ok(Some(summary)),
             Outcome::Failed(message) => {
                 let message = self.name_peers(&job_id, &message);
-                self.finish_job(&job_id, JobPhase::Failed, message).or_else(ignore_finished)?;
+                self.finish_job(&job_id, JobPhase::Failed, message)
+                    .or_else(ignore_finished)?;
                 Ok(None)
             }
         }
@@ -466,16 +604,19 @@ impl ClusterState {
     /// 127.0.0.1:4001 lost" names the worker that died.
     fn name_peers(&self, job_id: &str, message: &str) -> String {
         let inner = self.lock();
-        let Some(entry) = inner.jobs.get(job_id) else { return message.to_string() };
+        let Some(entry) = inner.jobs.get(job_id) else {
+            return message.to_string();
+        };
         let mut annotated = message.to_string();
         for (rank, worker_id) in entry.ranks.iter().enumerate() {
-            if let Some(worker) = inner.workers.get(worker_id) {
-                if !worker.peer_address.is_empty() && annotated.contains(&worker.peer_address) {
-                    annotated = annotated.replace(
-                        &worker.peer_address,
-                        &format!("{} = rank {rank}, worker {worker_id}", worker.peer_address),
-                    );
-                }
+            if let Some(worker) = inner.workers.get(worker_id)
+                && !worker.peer_address.is_empty()
+                && annotated.contains(&worker.peer_address)
+            {
+                annotated = annotated.replace(
+                    &worker.peer_address,
+                    &format!("{} = rank {rank}, worker {worker_id}", worker.peer_address),
+                );
             }
         }
         annotated
@@ -497,11 +638,16 @@ impl ClusterState {
                 let worker = workers.remove(&worker_id).expect("listed above");
                 let silence = worker.last_seen.elapsed();
                 warn!(worker_id, silent_for = ?silence, "worker stopped heart-beating; removed");
-                if let Some(job_id) = worker.current_job {
-                    if let Some(entry) = jobs.get(&job_id) {
-                        if !entry.is_finished() {
-                            let rank = entry.ranks.iter().position(|id| *id == worker_id).unwrap_or(usize::MAX);
-                            failures.push((
+                if let Some(job_id) = worker.current_job
+                    && let Some(entry) = jobs.get(&job_id)
+                    && !entry.is_finished()
+                {
+                    let rank = entry
+                        .ranks
+                        .iter()
+                        .position(|id| *id == worker_id)
+                        .unwrap_or(usize::MAX);
+                    failures.push((
                                 job_id,
                                 format!(
                                     "worker {worker_id} ({}, rank {rank}, peer {}) stopped heart-beating: silent for {:.1}s (timeout {:.1}s)",
@@ -511,8 +657,6 @@ impl ClusterState {
                                     timeout.as_secs_f64()
                                 ),
                             ));
-                        }
-                    }
                 }
             }
         }
@@ -538,7 +682,11 @@ pub fn ignore_finished(error: CoordinatorError) -> CoordinatorResult<()> {
 }
 
 fn push_event(entry: &mut JobEntry, job_id: &str, event: job_event::Event) {
-    let event = JobEvent { job_id: job_id.to_string(), unix_ms: unix_ms_now(), event: Some(event) };
+    let event = JobEvent {
+        job_id: job_id.to_string(),
+        unix_ms: unix_ms_now(),
+        event: Some(event),
+    };
     let is_progress = matches!(event.event, Some(job_event::Event::Progress(_)));
     if !is_progress || entry.events.len() < MAX_REPLAYED_EVENTS {
         entry.events.push(event.clone());
@@ -548,7 +696,16 @@ fn push_event(entry: &mut JobEntry, job_id: &str, event: job_event::Event) {
 }
 
 fn sanitize(name: &str) -> String {
-    let cleaned: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     cleaned.chars().take(40).collect()
 }
 

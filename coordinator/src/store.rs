@@ -20,15 +20,17 @@ pub struct StateStore {
 impl StateStore {
     /// Opens (or creates) `coordinator.redb` in `state_dir`.
     pub fn open(state_dir: &Path) -> CoordinatorResult<Self> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|error| CoordinatorError::Store(format!("creating {}: {error}", state_dir.display())))?;
+        std::fs::create_dir_all(state_dir).map_err(|error| {
+            CoordinatorError::Store(format!("creating {}: {error}", state_dir.display()))
+        })?;
         let database = Database::create(state_dir.join("coordinator.redb"))?;
         Self::with_database(database)
     }
 
     /// A store that lives in memory only (embedded defaults without a state directory).
     pub fn in_memory() -> CoordinatorResult<Self> {
-        let database = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        let database =
+            Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
         Self::with_database(database)
     }
 
@@ -56,8 +58,9 @@ impl StateStore {
         let mut jobs = Vec::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
-            let job = Job::decode(value.value())
-                .map_err(|error| CoordinatorError::Store(format!("job {}: undecodable record: {error}", key.value())))?;
+            let job = Job::decode(value.value()).map_err(|error| {
+                CoordinatorError::Store(format!("job {}: undecodable record: {error}", key.value()))
+            })?;
             jobs.push(job);
         }
         Ok(jobs)
@@ -80,8 +83,12 @@ impl StateStore {
         let mut models = Vec::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
-            let model = ModelVersion::decode(value.value())
-                .map_err(|error| CoordinatorError::Store(format!("model {}: undecodable record: {error}", key.value())))?;
+            let model = ModelVersion::decode(value.value()).map_err(|error| {
+                CoordinatorError::Store(format!(
+                    "model {}: undecodable record: {error}",
+                    key.value()
+                ))
+            })?;
             models.push(model);
         }
         Ok(models)

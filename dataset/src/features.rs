@@ -7,7 +7,7 @@ use crate::error::DatasetError;
 use crate::layout::{FEATURES_FILE, FEATURES_GZ_FILE, NATIVE_FEATURE_COLUMNS};
 use crate::meta::is_missing_cell;
 use crate::storage::StoreLocation;
-use crate::summary::{ReadSummary, next_well_formed_row};
+use crate::summary::{ReadSummary, next_well_formed_row, open_csv};
 
 /// Feature rows keyed by objid, values in `columns` order.
 #[derive(Debug, Clone, Default)]
@@ -77,21 +77,7 @@ pub async fn read_features(location: &StoreLocation) -> Result<FeatureTable, Dat
 
 /// Parses feature CSV bytes; `file_name` names it in locations (`features_native.csv:LINE`).
 pub fn parse_features_csv(file_name: &str, bytes: &[u8]) -> Result<FeatureTable, DatasetError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .has_headers(true)
-        .from_reader(bytes);
-    let header = reader
-        .byte_headers()
-        .map_err(|error| DatasetError::Csv {
-            object: file_name.to_string(),
-            reason: format!("bad header: {error}"),
-        })?
-        .clone();
-    let header_names: Vec<String> = header
-        .iter()
-        .map(|name| String::from_utf8_lossy(name).trim().to_string())
-        .collect();
+    let (mut reader, header_names) = open_csv(file_name, bytes)?;
     let objid_column = header_names
         .iter()
         .position(|name| name == "objid")
@@ -111,9 +97,13 @@ pub fn parse_features_csv(file_name: &str, bytes: &[u8]) -> Result<FeatureTable,
     };
     let mut seen_objids = HashSet::new();
     let mut record = csv::ByteRecord::new();
-    while let Some(location) =
-        next_well_formed_row(&mut reader, &mut record, file_name, header_names.len(), &mut table.summary)
-    {
+    while let Some(location) = next_well_formed_row(
+        &mut reader,
+        &mut record,
+        file_name,
+        header_names.len(),
+        &mut table.summary,
+    ) {
         let objid_text = String::from_utf8_lossy(&record[objid_column])
             .trim()
             .to_string();

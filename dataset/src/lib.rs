@@ -15,10 +15,16 @@ pub mod zip_index;
 
 pub use error::{DatasetError, ImageHeaderError};
 pub use features::{FeatureTable, read_features};
-pub use images::{ImageSource, check_image_header, fetch_image, fetch_images, image_path, list_image_objids, open_image_source};
+pub use images::{
+    ImageSource, check_image_header, fetch_image, fetch_images, image_path, list_image_objids,
+    open_image_source,
+};
 pub use labels::LabelEncoding;
 pub use meta::{MetaRecord, MetaTable, read_meta};
-pub use split::{ClassWeighting, class_weights, indices_by_label, stratified_shards, stratified_split, stratified_subsample};
+pub use split::{
+    ClassWeighting, class_weights, indices_by_label, stratified_shards, stratified_split,
+    stratified_subsample,
+};
 pub use stats::{DatasetStats, compute_stats, write_plots};
 pub use storage::{StoreLocation, open_location};
 pub use summary::{ReadSummary, SkippedItem};

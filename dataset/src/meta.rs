@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::DatasetError;
 use crate::layout::{META_FILE, REFERENCE_CLASS_COUNTS};
 use crate::storage::StoreLocation;
-use crate::summary::{ReadSummary, next_well_formed_row};
+use crate::summary::{ReadSummary, next_well_formed_row, open_csv};
 
 /// One row of `meta.csv`. Columns absent from the file read as empty strings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,21 +74,7 @@ pub(crate) fn is_missing_cell(cell: &str) -> bool {
 
 /// Parses the bytes of a `meta.csv`; `file_name` names it in skipped-row locations (`meta.csv:LINE`).
 pub fn parse_meta_csv(file_name: &str, bytes: &[u8]) -> Result<MetaTable, DatasetError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .has_headers(true)
-        .from_reader(bytes);
-    let header = reader
-        .byte_headers()
-        .map_err(|error| DatasetError::Csv {
-            object: file_name.to_string(),
-            reason: format!("bad header: {error}"),
-        })?
-        .clone();
-    let header_names: Vec<String> = header
-        .iter()
-        .map(|name| String::from_utf8_lossy(name).trim().to_string())
-        .collect();
+    let (mut reader, header_names) = open_csv(file_name, bytes)?;
     let column_index = |name: &str| {
         header_names
             .iter()
@@ -125,9 +111,13 @@ pub fn parse_meta_csv(file_name: &str, bytes: &[u8]) -> Result<MetaTable, Datase
     let mut table = MetaTable::default();
     let mut seen_objids = HashSet::new();
     let mut record = csv::ByteRecord::new();
-    while let Some(location) =
-        next_well_formed_row(&mut reader, &mut record, file_name, header_names.len(), &mut table.summary)
-    {
+    while let Some(location) = next_well_formed_row(
+        &mut reader,
+        &mut record,
+        file_name,
+        header_names.len(),
+        &mut table.summary,
+    ) {
         let fields: Vec<&str> = match record
             .iter()
             .map(std::str::from_utf8)

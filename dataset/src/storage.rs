@@ -80,48 +80,34 @@ pub fn open_location(url: &str) -> Result<StoreLocation, DatasetError> {
         }
         "s3" | "s3a" => {
             let bucket = bucket_of(url, &parsed)?;
-            let store = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|source| DatasetError::OpenStore {
-                    url: url.to_string(),
-                    source,
-                })?;
-            Ok(StoreLocation {
-                store: Arc::new(store),
+            cloud_location(
+                url,
+                AmazonS3Builder::from_env().with_bucket_name(bucket).build(),
                 prefix,
-                url: url_without_slash,
-            })
+                url_without_slash,
+            )
         }
         "gs" => {
             let bucket = bucket_of(url, &parsed)?;
-            let store = GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(bucket)
-                .build()
-                .map_err(|source| DatasetError::OpenStore {
-                    url: url.to_string(),
-                    source,
-                })?;
-            Ok(StoreLocation {
-                store: Arc::new(store),
+            cloud_location(
+                url,
+                GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .build(),
                 prefix,
-                url: url_without_slash,
-            })
+                url_without_slash,
+            )
         }
         "az" | "azure" | "abfs" | "abfss" => {
             let container = bucket_of(url, &parsed)?;
-            let store = MicrosoftAzureBuilder::from_env()
-                .with_container_name(container)
-                .build()
-                .map_err(|source| DatasetError::OpenStore {
-                    url: url.to_string(),
-                    source,
-                })?;
-            Ok(StoreLocation {
-                store: Arc::new(store),
+            cloud_location(
+                url,
+                MicrosoftAzureBuilder::from_env()
+                    .with_container_name(container)
+                    .build(),
                 prefix,
-                url: url_without_slash,
-            })
+                url_without_slash,
+            )
         }
         other => Err(invalid(
             url,
@@ -130,6 +116,24 @@ pub fn open_location(url: &str) -> Result<StoreLocation, DatasetError> {
             ),
         )),
     }
+}
+
+/// Wraps a cloud store built from the environment (or its build error, naming the URL).
+fn cloud_location<Store: ObjectStore>(
+    url: &str,
+    built: object_store::Result<Store>,
+    prefix: Path,
+    url_without_slash: String,
+) -> Result<StoreLocation, DatasetError> {
+    let store = built.map_err(|source| DatasetError::OpenStore {
+        url: url.to_string(),
+        source,
+    })?;
+    Ok(StoreLocation {
+        store: Arc::new(store),
+        prefix,
+        url: url_without_slash,
+    })
 }
 
 fn invalid(url: &str, reason: &str) -> DatasetError {

@@ -106,7 +106,10 @@ pub(crate) fn next_well_formed_row<R: std::io::Read>(
             Err(error) => {
                 summary.rows_read += 1;
                 let error_line = error.position().map_or(line, |position| position.line());
-                summary.skip(format!("{file_name}:{error_line}"), format!("unreadable row: {error}"));
+                summary.skip(
+                    format!("{file_name}:{error_line}"),
+                    format!("unreadable row: {error}"),
+                );
                 continue;
             }
         }
@@ -114,9 +117,35 @@ pub(crate) fn next_well_formed_row<R: std::io::Read>(
         let line = record.position().map_or(line, |position| position.line());
         let location = format!("{file_name}:{line}");
         if record.len() != expected_fields {
-            summary.skip(location, format!("expected {expected_fields} fields, found {}", record.len()));
+            summary.skip(
+                location,
+                format!("expected {expected_fields} fields, found {}", record.len()),
+            );
             continue;
         }
         return Some(location);
     }
+}
+
+/// A flexible CSV reader over `bytes` and its trimmed header names; a bad header is an error naming `file_name`.
+pub(crate) fn open_csv<'a>(
+    file_name: &str,
+    bytes: &'a [u8],
+) -> Result<(csv::Reader<&'a [u8]>, Vec<String>), crate::error::DatasetError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(true)
+        .from_reader(bytes);
+    let header = reader
+        .byte_headers()
+        .map_err(|error| crate::error::DatasetError::Csv {
+            object: file_name.to_string(),
+            reason: format!("bad header: {error}"),
+        })?
+        .clone();
+    let header_names = header
+        .iter()
+        .map(|name| String::from_utf8_lossy(name).trim().to_string())
+        .collect();
+    Ok((reader, header_names))
 }

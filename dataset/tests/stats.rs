@@ -170,10 +170,16 @@ async fn stats_of_an_empty_dataset_plot_without_failing() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
-async fn local_dataset_without_an_images_folder_reports_every_image_missing() -> anyhow::Result<()> {
+async fn local_dataset_without_an_images_folder_reports_every_image_missing() -> anyhow::Result<()>
+{
     let temporary = tempfile::tempdir()?;
     let location = open_location(temporary.path().to_str().unwrap())?;
-    write_directory_dataset(&location, &meta_csv(&[meta_line(1, "feces"), meta_line(2, "")]), &[]).await;
+    write_directory_dataset(
+        &location,
+        &meta_csv(&[meta_line(1, "feces"), meta_line(2, "")]),
+        &[],
+    )
+    .await;
     let stats = compute_stats(&location, 2).await?;
     assert_eq!(stats.missing_images, vec![1, 2]);
     assert_eq!(stats.images_present, 0);

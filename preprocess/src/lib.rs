@@ -34,7 +34,9 @@ mod resize;
 pub use cache::{CacheError, CachedShard, ShardCache};
 pub use channels::{morphological_open_4x4, threshold_below_mean};
 pub use decode::decode_grey;
-pub use pipeline::{preprocess_batch_into, preprocess_image, preprocess_image_into, preprocess_many, to_unit_f32};
+pub use pipeline::{
+    preprocess_batch_into, preprocess_image, preprocess_image_into, preprocess_many, to_unit_f32,
+};
 pub use resize::{pad_to_square, resize_bicubic};
 
 use serde::{Deserialize, Serialize};

@@ -87,7 +87,11 @@ pub fn preprocess_batch_into<Jpeg: AsRef<[u8]> + Sync>(
     cfg: &PreprocessConfig,
     out: &mut [u8],
 ) -> Vec<Result<(), PreprocessError>> {
-    assert_eq!(out.len(), jpegs.len() * IMAGE_LEN, "preprocess_batch_into: output buffer of the wrong size");
+    assert_eq!(
+        out.len(),
+        jpegs.len() * IMAGE_LEN,
+        "preprocess_batch_into: output buffer of the wrong size"
+    );
     jpegs
         .par_iter()
         .zip(out.par_chunks_mut(IMAGE_LEN))

@@ -270,8 +270,14 @@ fn batch_into_one_buffer_matches_single_images() {
     assert!(results[0].is_ok() && results[2].is_ok());
     assert!(matches!(results[1], Err(PreprocessError::NotJpeg { .. })));
     let config = PreprocessConfig::default();
-    assert_eq!(&batch[..IMAGE_LEN], preprocess_image(&first, &config).unwrap().as_slice());
-    assert_eq!(&batch[2 * IMAGE_LEN..], preprocess_image(&second, &config).unwrap().as_slice());
+    assert_eq!(
+        &batch[..IMAGE_LEN],
+        preprocess_image(&first, &config).unwrap().as_slice()
+    );
+    assert_eq!(
+        &batch[2 * IMAGE_LEN..],
+        preprocess_image(&second, &config).unwrap().as_slice()
+    );
 }
 
 #[test]

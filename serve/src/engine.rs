@@ -17,7 +17,9 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use std::time::{Duration, Instant};
 
 use plankton_trainer::{IMAGE_LEN, InferenceModel, TrainError};
@@ -40,7 +42,11 @@ pub struct BatchingConfig {
 
 impl Default for BatchingConfig {
     fn default() -> Self {
-        BatchingConfig { max_batch_size: 64, max_queue_delay: Duration::from_millis(5), queue_capacity: 4096 }
+        BatchingConfig {
+            max_batch_size: 64,
+            max_queue_delay: Duration::from_millis(5),
+            queue_capacity: 4096,
+        }
     }
 }
 
@@ -136,10 +142,22 @@ impl InferenceEngine {
         match loaded_receiver.await {
             Ok(Ok(())) => {
                 info!(model = %label, max_batch_size, "model loaded");
-                Ok(InferenceEngine { label, num_classes, queue_capacity, sender, arriving })
+                Ok(InferenceEngine {
+                    label,
+                    num_classes,
+                    queue_capacity,
+                    sender,
+                    arriving,
+                })
             }
-            Ok(Err(reason)) => Err(ServeError::ModelLoad { model: label, reason }),
-            Err(_) => Err(ServeError::ModelLoad { model: label, reason: "the inference thread ended".to_string() }),
+            Ok(Err(reason)) => Err(ServeError::ModelLoad {
+                model: label,
+                reason,
+            }),
+            Err(_) => Err(ServeError::ModelLoad {
+                model: label,
+                reason: "the inference thread ended".to_string(),
+            }),
         }
     }
 
@@ -151,12 +169,19 @@ impl InferenceEngine {
     /// so that the batcher waits for it (at most the queue delay).
     pub fn announce(&self) -> Arrival {
         self.arriving.fetch_add(1, Ordering::AcqRel);
-        Arrival { arriving: self.arriving.clone() }
+        Arrival {
+            arriving: self.arriving.clone(),
+        }
     }
 
     /// Softmax probabilities (`image_count * num_classes`) of `images` (`image_count * IMAGE_LEN` bytes),
     /// computed in whatever batch the queue forms. `arrival` is this request's announcement.
-    pub async fn predict(&self, images: Vec<u8>, image_count: usize, arrival: Arrival) -> ServeResult<Vec<f32>> {
+    pub async fn predict(
+        &self,
+        images: Vec<u8>,
+        image_count: usize,
+        arrival: Arrival,
+    ) -> ServeResult<Vec<f32>> {
         if image_count == 0 || images.len() != image_count * IMAGE_LEN {
             return Err(ServeError::Internal(format!(
                 "{} bytes for {image_count} images (expected {IMAGE_LEN} per image)",
@@ -164,22 +189,39 @@ impl InferenceEngine {
             )));
         }
         let (respond, response) = oneshot::channel();
-        let request = QueuedRequest { images, image_count, queued_at: Instant::now(), respond };
+        let request = QueuedRequest {
+            images,
+            image_count,
+            queued_at: Instant::now(),
+            respond,
+        };
         let sent = self.sender.try_send(request);
         drop(arrival);
         match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                return Err(ServeError::Overloaded { model: self.label.clone(), capacity: self.queue_capacity });
+                return Err(ServeError::Overloaded {
+                    model: self.label.clone(),
+                    capacity: self.queue_capacity,
+                });
             }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(ServeError::Internal(format!("the inference thread of {} has stopped", self.label)));
+                return Err(ServeError::Internal(format!(
+                    "the inference thread of {} has stopped",
+                    self.label
+                )));
             }
         }
         match response.await {
             Ok(Ok(probabilities)) => Ok(probabilities),
-            Ok(Err(reason)) => Err(ServeError::Inference { model: self.label.clone(), reason }),
-            Err(_) => Err(ServeError::Internal(format!("the inference thread of {} dropped a request", self.label))),
+            Ok(Err(reason)) => Err(ServeError::Inference {
+                model: self.label.clone(),
+                reason,
+            }),
+            Err(_) => Err(ServeError::Internal(format!(
+                "the inference thread of {} dropped a request",
+                self.label
+            ))),
         }
     }
 }
@@ -267,7 +309,12 @@ impl Batcher {
         debug!(model = %self.label, requests = batch.len(), images = image_total, elapsed = ?started.elapsed(), "batch done");
         let mut rows = probabilities.chunks_exact(num_classes);
         for request in batch {
-            let request_rows: Vec<f32> = rows.by_ref().take(request.image_count).flatten().copied().collect();
+            let request_rows: Vec<f32> = rows
+                .by_ref()
+                .take(request.image_count)
+                .flatten()
+                .copied()
+                .collect();
             // The client may have gone away (cancelled call): nothing to answer then.
             let _ = request.respond.send(Ok(request_rows));
         }

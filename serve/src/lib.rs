@@ -93,7 +93,11 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> anyhow::Re
 }
 
 /// Serves gRPC on an already bound listener (tests bind `127.0.0.1:0` first); binds the metrics address.
-pub async fn serve(config: ServeConfig, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let metrics_listener = match config.metrics_listen {
         Some(address) => Some(TcpListener::bind(address).await?),
         None => None,
@@ -142,7 +146,11 @@ pub async fn serve_with_metrics_listener(
     let metrics_task = metrics_listener.map(|metrics_listener| {
         let metrics_address = metrics_listener.local_addr().ok();
         info!(?metrics_address, "metrics listening");
-        tokio::spawn(metrics::serve_metrics(metrics.clone(), metrics_listener, shutdown.clone()))
+        tokio::spawn(metrics::serve_metrics(
+            metrics.clone(),
+            metrics_listener,
+            shutdown.clone(),
+        ))
     });
     let watcher_task = tokio::spawn(watch_default_model(
         store.clone(),
@@ -171,7 +179,10 @@ pub async fn serve_with_metrics_listener(
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(config.max_message_bytes),
         )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), drain_signal)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            drain_signal,
+        )
         .await;
     shutdown.cancel();
     let _ = watcher_task.await;
@@ -189,7 +200,9 @@ pub async fn serve_with_metrics_listener(
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
-    reporter.set_service_status(INFERENCE_SERVICE_NAME, status).await;
+    reporter
+        .set_service_status(INFERENCE_SERVICE_NAME, status)
+        .await;
 }
 
 /// Loads the default model, then re-resolves its reference every `refresh_interval` and swaps in new

@@ -6,7 +6,10 @@ use clap::Parser;
 use plankton_serve::{BatchingConfig, ServeConfig, run};
 
 #[derive(Parser, Debug)]
-#[command(name = "plankton-serve", about = "plankton-cluster inference service: gRPC predictions with dynamic batching")]
+#[command(
+    name = "plankton-serve",
+    about = "plankton-cluster inference service: gRPC predictions with dynamic batching"
+)]
 struct Options {
     /// gRPC listen address.
     #[arg(long, env = "PLANKTON_LISTEN", default_value = "127.0.0.1:7080")]
@@ -15,7 +18,11 @@ struct Options {
     #[arg(long, env = "PLANKTON_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     /// The coordinator whose model registry resolves model names.
-    #[arg(long, env = "PLANKTON_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "PLANKTON_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: String,
     /// Default model: "name", "name:3" or "name@production" (an alias is followed as it moves).
     #[arg(long, env = "PLANKTON_MODEL")]

@@ -51,16 +51,36 @@ impl ServeMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("plankton_serve");
         let requests = Family::<MethodLabels, Counter>::default();
-        registry.register("requests", "gRPC prediction requests received", requests.clone());
+        registry.register(
+            "requests",
+            "gRPC prediction requests received",
+            requests.clone(),
+        );
         let errors = Family::<ErrorLabels, Counter>::default();
-        registry.register("errors", "Requests answered with an error status, by gRPC code", errors.clone());
+        registry.register(
+            "errors",
+            "Requests answered with an error status, by gRPC code",
+            errors.clone(),
+        );
         let images = Counter::default();
-        registry.register("images", "Images received for classification", images.clone());
+        registry.register(
+            "images",
+            "Images received for classification",
+            images.clone(),
+        );
         let image_errors = Counter::default();
-        registry.register("image_errors", "Images refused (not decodable, too large, ...)", image_errors.clone());
+        registry.register(
+            "image_errors",
+            "Images refused (not decodable, too large, ...)",
+            image_errors.clone(),
+        );
         // 0.5 ms .. ~8 s.
         let latency_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 15));
-        registry.register("request_latency_seconds", "Time to answer one Predict request", latency_seconds.clone());
+        registry.register(
+            "request_latency_seconds",
+            "Time to answer one Predict request",
+            latency_seconds.clone(),
+        );
         // 1, 2, 4, ... 512 images.
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         registry.register("batch_size", "Images per forward pass", batch_size.clone());
@@ -92,18 +112,27 @@ impl ServeMetrics {
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` is cancelled.
-pub async fn serve_metrics(metrics: ServeMetrics, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve_metrics(
+    metrics: ServeMetrics,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let router = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let metrics = metrics.clone();
             async move {
                 (
-                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     metrics.encode_text(),
                 )
             }
         }),
     );
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }

@@ -41,7 +41,9 @@ impl FromStr for ModelReference {
             ))
         };
         let (name, selector) = if let Some((name, version_text)) = trimmed.split_once(':') {
-            let version: u32 = version_text.parse().map_err(|_| invalid("the version is not a positive integer"))?;
+            let version: u32 = version_text
+                .parse()
+                .map_err(|_| invalid("the version is not a positive integer"))?;
             if version == 0 {
                 return Err(invalid("versions start at 1"));
             }
@@ -60,7 +62,10 @@ impl FromStr for ModelReference {
         if name.contains(['@', ':']) || name.chars().any(char::is_whitespace) {
             return Err(invalid("the model name contains '@', ':' or whitespace"));
         }
-        Ok(ModelReference { name: name.to_string(), selector })
+        Ok(ModelReference {
+            name: name.to_string(),
+            selector,
+        })
     }
 }
 
@@ -83,7 +88,10 @@ mod tests {
         for (text, selector) in [
             ("plankton", VersionSelector::Latest),
             ("plankton:3", VersionSelector::Version(3)),
-            ("plankton@production", VersionSelector::Alias("production".to_string())),
+            (
+                "plankton@production",
+                VersionSelector::Alias("production".to_string()),
+            ),
         ] {
             let reference: ModelReference = text.parse().unwrap();
             assert_eq!(reference.name, "plankton");

@@ -59,7 +59,9 @@ pub struct ModelStore {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock means a thread panicked mid-update of a cache; the maps stay structurally valid.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ModelStore {
@@ -97,13 +99,18 @@ impl ModelStore {
 
     /// The default model, once loaded.
     pub fn default_model(&self) -> Option<Arc<LoadedModel>> {
-        self.default_model.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.default_model
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The model a request's `model` field names ("" = the default model).
     pub async fn model_for(&self, model_text: &str) -> ServeResult<Arc<LoadedModel>> {
         if model_text.trim().is_empty() {
-            return self.default_model().ok_or_else(|| ServeError::NotReady(self.default_reference.to_string()));
+            return self
+                .default_model()
+                .ok_or_else(|| ServeError::NotReady(self.default_reference.to_string()));
         }
         let reference: ModelReference = model_text.parse()?;
         if reference == self.default_reference
@@ -146,7 +153,14 @@ impl ModelStore {
         let key: ModelKey = (entry.name.clone(), entry.version);
         let cell = lock(&self.loaded).entry(key.clone()).or_default().clone();
         let model = cell
-            .get_or_try_init(|| load_model(entry, self.batching.clone(), self.image_limits.clone(), &self.metrics))
+            .get_or_try_init(|| {
+                load_model(
+                    entry,
+                    self.batching.clone(),
+                    self.image_limits.clone(),
+                    &self.metrics,
+                )
+            })
             .await?
             .clone();
         self.touch(&key);
@@ -163,11 +177,18 @@ impl ModelStore {
     /// Forgets the least recently used models beyond the capacity (never the default model). Requests
     /// holding one keep it alive until they finish.
     fn evict_beyond_capacity(&self) {
-        let default_key = self.default_model().map(|model| (model.entry.name.clone(), model.entry.version));
+        let default_key = self
+            .default_model()
+            .map(|model| (model.entry.name.clone(), model.entry.version));
         let mut recency = lock(&self.recency);
         let mut loaded = lock(&self.loaded);
         while recency.len() > self.cache_capacity {
-            let Some(position) = recency.iter().position(|key| Some(key) != default_key.as_ref()) else { break };
+            let Some(position) = recency
+                .iter()
+                .position(|key| Some(key) != default_key.as_ref())
+            else {
+                break;
+            };
             if let Some(evicted) = recency.remove(position) {
                 loaded.remove(&evicted);
                 info!(model = %format!("{}:{}", evicted.0, evicted.1), "model evicted from the cache");
@@ -191,8 +212,13 @@ impl ModelStore {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .replace(model.clone());
-        let model_labels = ModelLabels { model: model.entry.name.clone() };
-        self.metrics.loaded_model_version.get_or_create(&model_labels).set(i64::from(model.entry.version));
+        let model_labels = ModelLabels {
+            model: model.entry.name.clone(),
+        };
+        self.metrics
+            .loaded_model_version
+            .get_or_create(&model_labels)
+            .set(i64::from(model.entry.version));
         info!(
             reference = %self.default_reference,
             previous_version = previous.map(|old| old.entry.version),
@@ -204,18 +230,33 @@ impl ModelStore {
 }
 
 /// Splits `url` into its parent location and the file name.
-fn split_object_url<'url>(url: &'url str, what: &str, model: &str) -> ServeResult<(&'url str, &'url str)> {
+fn split_object_url<'url>(
+    url: &'url str,
+    what: &str,
+    model: &str,
+) -> ServeResult<(&'url str, &'url str)> {
     match url.trim().rsplit_once('/') {
-        Some((parent, file_name)) if !parent.is_empty() && !file_name.is_empty() => Ok((parent, file_name)),
-        _ => Err(ServeError::ModelLoad { model: model.to_string(), reason: format!("{what} URL {url:?} has no file name") }),
+        Some((parent, file_name)) if !parent.is_empty() && !file_name.is_empty() => {
+            Ok((parent, file_name))
+        }
+        _ => Err(ServeError::ModelLoad {
+            model: model.to_string(),
+            reason: format!("{what} URL {url:?} has no file name"),
+        }),
     }
 }
 
 async fn read_object(url: &str, what: &str, model: &str) -> ServeResult<bytes::Bytes> {
     let (parent, file_name) = split_object_url(url, what, model)?;
-    let load_error = |reason: String| ServeError::ModelLoad { model: model.to_string(), reason };
+    let load_error = |reason: String| ServeError::ModelLoad {
+        model: model.to_string(),
+        reason,
+    };
     let location = open_location(parent).map_err(|error| load_error(format!("{what}: {error}")))?;
-    location.get_bytes(file_name).await.map_err(|error| load_error(format!("{what}: {error}")))
+    location
+        .get_bytes(file_name)
+        .await
+        .map_err(|error| load_error(format!("{what}: {error}")))
 }
 
 /// The resize mode as the registry and the model card write it.
@@ -236,7 +277,10 @@ async fn load_model(
     metrics: &ServeMetrics,
 ) -> ServeResult<Arc<LoadedModel>> {
     let label = format!("{}:{}", entry.name, entry.version);
-    let load_error = |reason: String| ServeError::ModelLoad { model: label.clone(), reason };
+    let load_error = |reason: String| ServeError::ModelLoad {
+        model: label.clone(),
+        reason,
+    };
     let card: Option<ModelCard> = if entry.card_url.trim().is_empty() {
         None
     } else {
@@ -249,17 +293,26 @@ async fn load_model(
     let architecture_text = match (&card, entry.architecture.trim()) {
         (_, text) if !text.is_empty() => text.to_string(),
         (Some(card), _) => card.architecture.name().to_string(),
-        (None, _) => return Err(load_error("the registry entry names no architecture and no card".to_string())),
+        (None, _) => {
+            return Err(load_error(
+                "the registry entry names no architecture and no card".to_string(),
+            ));
+        }
     };
-    let architecture: Architecture =
-        architecture_text.parse().map_err(|error| load_error(format!("architecture: {error}")))?;
+    let architecture: Architecture = architecture_text
+        .parse()
+        .map_err(|error| load_error(format!("architecture: {error}")))?;
     let class_names = if entry.class_names.is_empty() {
-        card.as_ref().map(|card| card.classes.clone()).unwrap_or_default()
+        card.as_ref()
+            .map(|card| card.classes.clone())
+            .unwrap_or_default()
     } else {
         entry.class_names.clone()
     };
     let resize_text = if entry.resize_mode.trim().is_empty() {
-        card.as_ref().map(|card| card.input.resize_mode.clone()).unwrap_or_default()
+        card.as_ref()
+            .map(|card| card.input.resize_mode.clone())
+            .unwrap_or_default()
     } else {
         entry.resize_mode.clone()
     };
@@ -271,7 +324,9 @@ async fn load_model(
             )));
         }
         if card.classes != class_names {
-            return Err(load_error("the card's class names differ from the registry entry's".to_string()));
+            return Err(load_error(
+                "the card's class names differ from the registry entry's".to_string(),
+            ));
         }
         if card.input.resize_mode != resize_text {
             return Err(load_error(format!(
@@ -281,23 +336,35 @@ async fn load_model(
         }
     }
     if class_names.len() < 2 {
-        return Err(load_error(format!("{} class names, need at least 2", class_names.len())));
+        return Err(load_error(format!(
+            "{} class names, need at least 2",
+            class_names.len()
+        )));
     }
     let resize_mode = parse_resize_mode(&resize_text).ok_or_else(|| {
-        load_error(format!("unknown resize mode {resize_text:?} (expected stretch or pad_to_square)"))
+        load_error(format!(
+            "unknown resize mode {resize_text:?} (expected stretch or pad_to_square)"
+        ))
     })?;
     let weights = read_object(&entry.weights_url, "weights", &label).await?;
     let num_classes = class_names.len();
     let device = tch::Device::cuda_if_available();
-    let engine = InferenceEngine::start(label.clone(), num_classes, batching, metrics.batch_size.clone(), move || {
-        InferenceModel::from_safetensors(architecture, num_classes, &weights, device)
-    })
+    let engine = InferenceEngine::start(
+        label.clone(),
+        num_classes,
+        batching,
+        metrics.batch_size.clone(),
+        move || InferenceModel::from_safetensors(architecture, num_classes, &weights, device),
+    )
     .await?;
     Ok(Arc::new(LoadedModel {
         entry,
         architecture,
         class_names,
-        preprocess: PreprocessConfig { resize_mode, ..image_limits },
+        preprocess: PreprocessConfig {
+            resize_mode,
+            ..image_limits
+        },
         engine,
     }))
 }

@@ -18,11 +18,17 @@ impl RegistryClient {
     /// A client of the registry at `endpoint` (e.g. `http://coordinator:7070`); nothing is dialled yet.
     pub fn connect_lazy(endpoint: &str) -> ServeResult<Self> {
         let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|error| ServeError::Registry { endpoint: endpoint.to_string(), message: error.to_string() })?
+            .map_err(|error| ServeError::Registry {
+                endpoint: endpoint.to_string(),
+                message: error.to_string(),
+            })?
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(30))
             .connect_lazy();
-        Ok(RegistryClient { endpoint: endpoint.to_string(), client: ModelRegistryClient::new(channel) })
+        Ok(RegistryClient {
+            endpoint: endpoint.to_string(),
+            client: ModelRegistryClient::new(channel),
+        })
     }
 
     /// The registry entry `reference` points at now.
@@ -32,7 +38,11 @@ impl RegistryClient {
             VersionSelector::Version(version) => (*version, String::new()),
             VersionSelector::Alias(alias) => (0, alias.clone()),
         };
-        let request = GetModelRequest { name: reference.name.clone(), version, alias };
+        let request = GetModelRequest {
+            name: reference.name.clone(),
+            version,
+            alias,
+        };
         let mut client = self.client.clone();
         match client.get_model(request).await {
             Ok(response) => {
@@ -48,15 +58,19 @@ impl RegistryClient {
                 }
                 Ok(model_version)
             }
-            Err(status) if status.code() == tonic::Code::NotFound => {
-                Err(ServeError::ModelNotFound(format!("{reference}: {}", status.message())))
-            }
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
-                Err(ServeError::InvalidRequest(format!("model {reference}: {}", status.message())))
-            }
+            Err(status) if status.code() == tonic::Code::NotFound => Err(
+                ServeError::ModelNotFound(format!("{reference}: {}", status.message())),
+            ),
+            Err(status) if status.code() == tonic::Code::InvalidArgument => Err(
+                ServeError::InvalidRequest(format!("model {reference}: {}", status.message())),
+            ),
             Err(status) => Err(ServeError::Registry {
                 endpoint: self.endpoint.clone(),
-                message: format!("GetModel({reference}) failed: {:?}: {}", status.code(), status.message()),
+                message: format!(
+                    "GetModel({reference}) failed: {:?}: {}",
+                    status.code(),
+                    status.message()
+                ),
             }),
         }
     }

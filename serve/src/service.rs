@@ -8,7 +8,8 @@ use futures::{Stream, StreamExt};
 use plankton_preprocess::{PreprocessConfig, preprocess_image};
 use plankton_proto::v1::inference_server::Inference;
 use plankton_proto::v1::{
-    ClassScore, GetModelInfoRequest, ImageInput, ImagePrediction, ModelInfo, PredictRequest, PredictResponse,
+    ClassScore, GetModelInfoRequest, ImageInput, ImagePrediction, ModelInfo, PredictRequest,
+    PredictResponse,
 };
 use plankton_trainer::IMAGE_LEN;
 use rayon::prelude::*;
@@ -36,7 +37,10 @@ pub struct InferenceService {
 type PreprocessedImage = Result<Vec<u8>, String>;
 
 /// Decodes and preprocesses every image in parallel on the rayon pool (never on the async runtime).
-async fn preprocess_on_rayon(images: Vec<ImageInput>, config: PreprocessConfig) -> ServeResult<Vec<PreprocessedImage>> {
+async fn preprocess_on_rayon(
+    images: Vec<ImageInput>,
+    config: PreprocessConfig,
+) -> ServeResult<Vec<PreprocessedImage>> {
     let (sender, receiver) = oneshot::channel();
     rayon::spawn(move || {
         let preprocessed: Vec<PreprocessedImage> = images
@@ -45,13 +49,19 @@ async fn preprocess_on_rayon(images: Vec<ImageInput>, config: PreprocessConfig) 
             .collect();
         let _ = sender.send(preprocessed);
     });
-    receiver.await.map_err(|_| ServeError::Internal("image preprocessing ended without an answer".to_string()))
+    receiver.await.map_err(|_| {
+        ServeError::Internal("image preprocessing ended without an answer".to_string())
+    })
 }
 
 /// The `top_k` most probable classes of one probability row, most probable first.
 fn top_classes(probabilities: &[f32], class_names: &[String], top_k: usize) -> Vec<ClassScore> {
     let mut order: Vec<usize> = (0..probabilities.len()).collect();
-    order.sort_by(|left, right| probabilities[*right].total_cmp(&probabilities[*left]).then(left.cmp(right)));
+    order.sort_by(|left, right| {
+        probabilities[*right]
+            .total_cmp(&probabilities[*left])
+            .then(left.cmp(right))
+    });
     order
         .into_iter()
         .take(top_k)
@@ -72,7 +82,9 @@ impl InferenceService {
     /// the request is empty or its model cannot be found or loaded.
     pub async fn classify(&self, request: PredictRequest) -> ServeResult<PredictResponse> {
         if request.images.is_empty() {
-            return Err(ServeError::InvalidRequest("the request has no images".to_string()));
+            return Err(ServeError::InvalidRequest(
+                "the request has no images".to_string(),
+            ));
         }
         let model: Arc<LoadedModel> = self.store.model_for(&request.model).await?;
         let num_classes = model.class_names.len();
@@ -83,15 +95,26 @@ impl InferenceService {
         .min(num_classes);
         self.metrics.images.inc_by(request.images.len() as u64);
         let arrival = model.engine.announce();
-        let ids: Vec<String> = request.images.iter().map(|image| image.id.clone()).collect();
+        let ids: Vec<String> = request
+            .images
+            .iter()
+            .map(|image| image.id.clone())
+            .collect();
         let preprocessed = preprocess_on_rayon(request.images, model.preprocess.clone()).await?;
 
-        let valid_count = preprocessed.iter().filter(|outcome| outcome.is_ok()).count();
+        let valid_count = preprocessed
+            .iter()
+            .filter(|outcome| outcome.is_ok())
+            .count();
         let mut batch = Vec::with_capacity(valid_count * IMAGE_LEN);
         for channels in preprocessed.iter().flatten() {
             batch.extend_from_slice(channels);
         }
-        let probabilities = if valid_count > 0 { model.engine.predict(batch, valid_count, arrival).await? } else { Vec::new() };
+        let probabilities = if valid_count > 0 {
+            model.engine.predict(batch, valid_count, arrival).await?
+        } else {
+            Vec::new()
+        };
 
         let mut rows = probabilities.chunks_exact(num_classes);
         let mut predictions = Vec::with_capacity(ids.len());
@@ -99,62 +122,120 @@ impl InferenceService {
             let prediction = match outcome {
                 Ok(_) => {
                     let row = rows.next().ok_or_else(|| {
-                        ServeError::Internal(format!("the model answered fewer than {valid_count} rows"))
+                        ServeError::Internal(format!(
+                            "the model answered fewer than {valid_count} rows"
+                        ))
                     })?;
-                    ImagePrediction { id, top: top_classes(row, &model.class_names, top_k), error: String::new() }
+                    ImagePrediction {
+                        id,
+                        top: top_classes(row, &model.class_names, top_k),
+                        error: String::new(),
+                    }
                 }
                 Err(problem) => {
                     self.metrics.image_errors.inc();
-                    ImagePrediction { id, top: Vec::new(), error: problem }
+                    ImagePrediction {
+                        id,
+                        top: Vec::new(),
+                        error: problem,
+                    }
                 }
             };
             predictions.push(prediction);
         }
-        Ok(PredictResponse { predictions, model_name: model.entry.name.clone(), model_version: model.entry.version })
+        Ok(PredictResponse {
+            predictions,
+            model_name: model.entry.name.clone(),
+            model_version: model.entry.version,
+        })
     }
 
     fn record_error(&self, method: &'static str, error: &ServeError) -> Status {
         let status = Status::from(error);
-        self.metrics.errors.get_or_create(&ErrorLabels { method, code: format!("{:?}", status.code()) }).inc();
-        if !matches!(error, ServeError::InvalidRequest(_) | ServeError::ModelNotFound(_) | ServeError::NotReady(_)) {
+        self.metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                method,
+                code: format!("{:?}", status.code()),
+            })
+            .inc();
+        if !matches!(
+            error,
+            ServeError::InvalidRequest(_) | ServeError::ModelNotFound(_) | ServeError::NotReady(_)
+        ) {
             warn!(method, %error, "request failed");
         }
         status
     }
 
-    async fn predict_counted(&self, method: &'static str, request: PredictRequest) -> Result<PredictResponse, Status> {
+    async fn predict_counted(
+        &self,
+        method: &'static str,
+        request: PredictRequest,
+    ) -> Result<PredictResponse, Status> {
         let started = Instant::now();
-        self.metrics.requests.get_or_create(&MethodLabels { method }).inc();
+        self.metrics
+            .requests
+            .get_or_create(&MethodLabels { method })
+            .inc();
         let outcome = self.classify(request).await;
-        self.metrics.latency_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .latency_seconds
+            .observe(started.elapsed().as_secs_f64());
         outcome.map_err(|error| self.record_error(method, &error))
     }
 }
 
 #[tonic::async_trait]
 impl Inference for InferenceService {
-    async fn predict(&self, request: Request<PredictRequest>) -> Result<Response<PredictResponse>, Status> {
+    async fn predict(
+        &self,
+        request: Request<PredictRequest>,
+    ) -> Result<Response<PredictResponse>, Status> {
         const METHOD: &str = "Predict";
         let started = Instant::now();
-        self.metrics.requests.get_or_create(&MethodLabels { method: METHOD }).inc();
-        let outcome = self.classify(request.into_inner()).await.and_then(|response| {
-            // A unary request where no image could be used is an error of the request itself.
-            if response.predictions.iter().all(|prediction| !prediction.error.is_empty()) {
-                let problems: Vec<String> = response
+        self.metrics
+            .requests
+            .get_or_create(&MethodLabels { method: METHOD })
+            .inc();
+        let outcome = self
+            .classify(request.into_inner())
+            .await
+            .and_then(|response| {
+                // A unary request where no image could be used is an error of the request itself.
+                if response
                     .predictions
                     .iter()
-                    .enumerate()
-                    .map(|(index, prediction)| format!("image {index} (id {:?}): {}", prediction.id, prediction.error))
-                    .collect();
-                return Err(ServeError::InvalidRequest(format!("no usable image: {}", problems.join("; "))));
-            }
-            Ok(response)
-        });
-        self.metrics.latency_seconds.observe(started.elapsed().as_secs_f64());
-        outcome.map(Response::new).map_err(|error| self.record_error(METHOD, &error))
+                    .all(|prediction| !prediction.error.is_empty())
+                {
+                    let problems: Vec<String> = response
+                        .predictions
+                        .iter()
+                        .enumerate()
+                        .map(|(index, prediction)| {
+                            format!(
+                                "image {index} (id {:?}): {}",
+                                prediction.id, prediction.error
+                            )
+                        })
+                        .collect();
+                    return Err(ServeError::InvalidRequest(format!(
+                        "no usable image: {}",
+                        problems.join("; ")
+                    )));
+                }
+                Ok(response)
+            });
+        self.metrics
+            .latency_seconds
+            .observe(started.elapsed().as_secs_f64());
+        outcome
+            .map(Response::new)
+            .map_err(|error| self.record_error(METHOD, &error))
     }
 
-    type PredictStreamStream = Pin<Box<dyn Stream<Item = Result<PredictResponse, Status>> + Send + 'static>>;
+    type PredictStreamStream =
+        Pin<Box<dyn Stream<Item = Result<PredictResponse, Status>> + Send + 'static>>;
 
     async fn predict_stream(
         &self,
@@ -167,7 +248,11 @@ impl Inference for InferenceService {
                 let service = service.clone();
                 async move {
                     match message {
-                        Ok(predict_request) => service.predict_counted("PredictStream", predict_request).await,
+                        Ok(predict_request) => {
+                            service
+                                .predict_counted("PredictStream", predict_request)
+                                .await
+                        }
                         Err(status) => Err(status),
                     }
                 }
@@ -183,11 +268,20 @@ impl Inference for InferenceService {
         Ok(Response::new(Box::pin(until_first_error)))
     }
 
-    async fn get_model_info(&self, request: Request<GetModelInfoRequest>) -> Result<Response<ModelInfo>, Status> {
+    async fn get_model_info(
+        &self,
+        request: Request<GetModelInfoRequest>,
+    ) -> Result<Response<ModelInfo>, Status> {
         let model_text = request.into_inner().model;
-        let model =
-            self.store.model_for(&model_text).await.map_err(|error| self.record_error("GetModelInfo", &error))?;
-        let is_default = self.store.default_model().is_some_and(|default_model| Arc::ptr_eq(&default_model, &model));
+        let model = self
+            .store
+            .model_for(&model_text)
+            .await
+            .map_err(|error| self.record_error("GetModelInfo", &error))?;
+        let is_default = self
+            .store
+            .default_model()
+            .is_some_and(|default_model| Arc::ptr_eq(&default_model, &model));
         let entry = &model.entry;
         Ok(Response::new(ModelInfo {
             name: entry.name.clone(),

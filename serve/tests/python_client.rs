@@ -3,14 +3,19 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{CLASS_NAMES, MODEL_NAME, Sandbox, flowcam_jpeg, publish_model, train_weights, unique_store};
+use common::{
+    CLASS_NAMES, MODEL_NAME, Sandbox, flowcam_jpeg, publish_model, train_weights, unique_store,
+};
 use plankton_proto::v1::{ImageInput, PredictRequest};
 use plankton_serve::BatchingConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_python_grpcio_client_gets_the_same_predictions_and_health() -> anyhow::Result<()> {
     let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let workspace_dir = crate_dir.parent().expect("serve/ lives in the workspace").to_path_buf();
+    let workspace_dir = crate_dir
+        .parent()
+        .expect("serve/ lives in the workspace")
+        .to_path_buf();
     let python = workspace_dir.join(".venv-tools/bin/python");
     assert!(
         python.exists(),
@@ -18,7 +23,13 @@ async fn a_python_grpcio_client_gets_the_same_predictions_and_health() -> anyhow
         python.display()
     );
 
-    let entry = publish_model(&format!("{}/m", unique_store("serve-python")), 1, "stretch", &train_weights(5)?).await?;
+    let entry = publish_model(
+        &format!("{}/m", unique_store("serve-python")),
+        1,
+        "stretch",
+        &train_weights(5)?,
+    )
+    .await?;
     let sandbox = Sandbox::start("plankton@production", BatchingConfig::default()).await?;
     sandbox.registry.register(entry);
     sandbox.registry.promote(MODEL_NAME, 1, "production")?;
@@ -35,9 +46,21 @@ async fn a_python_grpcio_client_gets_the_same_predictions_and_health() -> anyhow
         let path = image_dir.path().join(file_name);
         std::fs::write(&path, &data)?;
         image_paths.push(path);
-        images.push(ImageInput { data, id: file_name.to_string() });
+        images.push(ImageInput {
+            data,
+            id: file_name.to_string(),
+        });
     }
-    let expected = sandbox.client().await?.predict(PredictRequest { images, top_k: 3, ..Default::default() }).await?.into_inner();
+    let expected = sandbox
+        .client()
+        .await?
+        .predict(PredictRequest {
+            images,
+            top_k: 3,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
 
     let script = crate_dir.join("tests/python/client.py");
     let address = sandbox.serve_address.to_string();
@@ -52,15 +75,22 @@ async fn a_python_grpcio_client_gets_the_same_predictions_and_health() -> anyhow
         .await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "python client failed ({}):\n{stdout}\n{stderr}", output.status);
-    let answer: serde_json::Value = serde_json::from_str(stdout.trim())
-        .map_err(|error| anyhow::anyhow!("python client printed no JSON ({error}):\n{stdout}\n{stderr}"))?;
+    assert!(
+        output.status.success(),
+        "python client failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).map_err(|error| {
+        anyhow::anyhow!("python client printed no JSON ({error}):\n{stdout}\n{stderr}")
+    })?;
 
     assert_eq!(answer["health"], "SERVING");
     assert_eq!(answer["model_name"], MODEL_NAME);
     assert_eq!(answer["model_version"], 1);
     assert_eq!(answer["empty_request_code"], "INVALID_ARGUMENT");
-    let predictions = answer["predictions"].as_array().expect("a predictions list");
+    let predictions = answer["predictions"]
+        .as_array()
+        .expect("a predictions list");
     assert_eq!(predictions.len(), 3);
     for (python_prediction, rust_prediction) in predictions.iter().zip(&expected.predictions) {
         assert_eq!(python_prediction["id"], rust_prediction.id.as_str());
@@ -75,6 +105,12 @@ async fn a_python_grpcio_client_gets_the_same_predictions_and_health() -> anyhow
             assert!((probability - f64::from(rust_score.probability)).abs() < 1e-5);
         }
     }
-    assert!(predictions[2]["error"].as_str().is_some_and(|error| error.contains("not a JPEG")), "{}", predictions[2]);
+    assert!(
+        predictions[2]["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("not a JPEG")),
+        "{}",
+        predictions[2]
+    );
     sandbox.shutdown().await
 }

@@ -28,13 +28,28 @@ pub fn test_timeouts() -> Timeouts {
 }
 
 pub fn test_ring_config() -> RingConfig {
-    RingConfig { connect_timeout: Duration::from_secs(30), io_timeout: Duration::from_secs(20), chunk_bytes: 256 * 1024 }
+    RingConfig {
+        connect_timeout: Duration::from_secs(30),
+        io_timeout: Duration::from_secs(20),
+        chunk_bytes: 256 * 1024,
+    }
 }
 
 /// Writes a synthetic dataset of `count` objects to `url`.
-pub async fn synth_dataset(url: &str, count: u64, seed: u64, images_as_zip: bool) -> anyhow::Result<()> {
+pub async fn synth_dataset(
+    url: &str,
+    count: u64,
+    seed: u64,
+    images_as_zip: bool,
+) -> anyhow::Result<()> {
     let location = plankton_dataset::open_location(url)?;
-    let config = plankton_synth::SynthConfig { count, seed, images_as_zip, gzip_features: false, concurrency: 16 };
+    let config = plankton_synth::SynthConfig {
+        count,
+        seed,
+        images_as_zip,
+        gzip_features: false,
+        concurrency: 16,
+    };
     plankton_synth::generate(location.store.clone(), location.prefix.clone(), &config).await?;
     Ok(())
 }
@@ -54,14 +69,31 @@ impl TestCluster {
         Self::start_with_state(workers, None).await
     }
 
-    pub async fn start_with_state(workers: usize, state_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub async fn start_with_state(
+        workers: usize,
+        state_dir: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         plankton_common::init_tracing_with_default("warn");
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let coordinator_url = format!("http://{}", listener.local_addr()?);
-        let config = CoordinatorConfig { listen_address: listener.local_addr()?, state_dir: state_dir.clone(), timeouts: test_timeouts() };
+        let config = CoordinatorConfig {
+            listen_address: listener.local_addr()?,
+            state_dir: state_dir.clone(),
+            timeouts: test_timeouts(),
+        };
         let coordinator_shutdown = CancellationToken::new();
-        let coordinator_task = tokio::spawn(plankton_coordinator::serve(config, listener, coordinator_shutdown.clone()));
-        let mut cluster = Self { coordinator_url, coordinator_shutdown, coordinator_task, workers: Vec::new(), state_dir };
+        let coordinator_task = tokio::spawn(plankton_coordinator::serve(
+            config,
+            listener,
+            coordinator_shutdown.clone(),
+        ));
+        let mut cluster = Self {
+            coordinator_url,
+            coordinator_shutdown,
+            coordinator_task,
+            workers: Vec::new(),
+            state_dir,
+        };
         for _ in 0..workers {
             cluster.add_worker();
         }
@@ -71,7 +103,8 @@ impl TestCluster {
 
     pub fn add_worker(&mut self) {
         let index = self.workers.len();
-        let mut config = WorkerConfig::new(self.coordinator_url.clone(), format!("test-worker-{index}"));
+        let mut config =
+            WorkerConfig::new(self.coordinator_url.clone(), format!("test-worker-{index}"));
         config.ring = test_ring_config();
         config.fetch_concurrency = 16;
         let shutdown = CancellationToken::new();
@@ -80,7 +113,9 @@ impl TestCluster {
     }
 
     pub async fn client(&self) -> anyhow::Result<JobServiceClient<Channel>> {
-        Ok(JobServiceClient::connect(self.coordinator_url.clone()).await?.max_decoding_message_size(256 << 20))
+        Ok(JobServiceClient::connect(self.coordinator_url.clone())
+            .await?
+            .max_decoding_message_size(256 << 20))
     }
 
     pub async fn wait_for_workers(&self, wanted: usize) -> anyhow::Result<()> {
@@ -88,8 +123,14 @@ impl TestCluster {
     }
 
     pub async fn submit(&self, spec: JobSpec) -> Result<Job, tonic::Status> {
-        let mut client = self.client().await.map_err(|error| tonic::Status::unavailable(error.to_string()))?;
-        Ok(client.submit_job(SubmitJobRequest { spec: Some(spec) }).await?.into_inner())
+        let mut client = self
+            .client()
+            .await
+            .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+        Ok(client
+            .submit_job(SubmitJobRequest { spec: Some(spec) })
+            .await?
+            .into_inner())
     }
 
     pub async fn wait_finished(&self, job_id: &str, timeout: Duration) -> anyhow::Result<Job> {
@@ -102,10 +143,14 @@ impl TestCluster {
             token.cancel();
         }
         for (_, task) in self.workers {
-            tokio::time::timeout(Duration::from_secs(60), task).await.context("worker did not stop")???;
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .context("worker did not stop")???;
         }
         self.coordinator_shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.coordinator_task).await.context("coordinator did not stop")???;
+        tokio::time::timeout(Duration::from_secs(10), self.coordinator_task)
+            .await
+            .context("coordinator did not stop")???;
         Ok(())
     }
 }
@@ -113,23 +158,36 @@ impl TestCluster {
 pub async fn wait_for_workers(coordinator_url: &str, wanted: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(mut client) = JobServiceClient::connect(coordinator_url.to_string()).await {
-            if let Ok(response) = client.list_workers(ListWorkersRequest {}).await {
-                if response.into_inner().workers.len() >= wanted {
-                    return Ok(());
-                }
-            }
+        if let Ok(mut client) = JobServiceClient::connect(coordinator_url.to_string()).await
+            && let Ok(response) = client.list_workers(ListWorkersRequest {}).await
+            && response.into_inner().workers.len() >= wanted
+        {
+            return Ok(());
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{wanted} workers did not register within 60s");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{wanted} workers did not register within 60s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-pub async fn wait_finished(coordinator_url: &str, job_id: &str, timeout: Duration) -> anyhow::Result<Job> {
+pub async fn wait_finished(
+    coordinator_url: &str,
+    job_id: &str,
+    timeout: Duration,
+) -> anyhow::Result<Job> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut client = JobServiceClient::connect(coordinator_url.to_string()).await?.max_decoding_message_size(256 << 20);
+    let mut client = JobServiceClient::connect(coordinator_url.to_string())
+        .await?
+        .max_decoding_message_size(256 << 20);
     loop {
-        let job = client.get_job(GetJobRequest { job_id: job_id.into() }).await?.into_inner();
+        let job = client
+            .get_job(GetJobRequest {
+                job_id: job_id.into(),
+            })
+            .await?
+            .into_inner();
         if plankton_coordinator::state::is_terminal(job.phase()) {
             return Ok(job);
         }
@@ -146,13 +204,20 @@ pub async fn wait_finished(coordinator_url: &str, job_id: &str, timeout: Duratio
 /// The folder holding the workspace's built binaries (next to the test executable's `deps/`).
 pub fn binaries_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps layout").to_path_buf()
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps layout")
+        .to_path_buf()
 }
 
 /// Path of a workspace binary; fails with the build command to run when it is missing.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = binaries_dir().join(name);
-    anyhow::ensure!(path.exists(), "{} is missing: run `cargo build --bins` before the tests (make test does)", path.display());
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` before the tests (make test does)",
+        path.display()
+    );
     Ok(path)
 }
 
@@ -166,7 +231,9 @@ pub struct ProcessCluster {
 
 impl ProcessCluster {
     pub async fn start(workers: usize, extra_worker_args: &[&str]) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let coordinator_url = format!("http://127.0.0.1:{port}");
         let log_dir = tempfile::tempdir()?;
         let timeouts = test_timeouts();
@@ -182,7 +249,12 @@ impl ProcessCluster {
             ],
             &log_dir.path().join("coordinator.log"),
         )?;
-        let mut cluster = Self { coordinator_url, coordinator, workers: Vec::new(), log_dir };
+        let mut cluster = Self {
+            coordinator_url,
+            coordinator,
+            workers: Vec::new(),
+            log_dir,
+        };
         for index in 0..workers {
             let mut arguments: Vec<String> = vec![
                 "--coordinator".into(),
@@ -194,8 +266,16 @@ impl ProcessCluster {
                 "--ring-connect-timeout".into(),
                 "30s".into(),
             ];
-            arguments.extend(extra_worker_args.iter().map(|argument| argument.to_string()));
-            let worker = spawn_logged(&binary("plankton-worker")?, &arguments, &cluster.log_dir.path().join(format!("worker-{index}.log")))?;
+            arguments.extend(
+                extra_worker_args
+                    .iter()
+                    .map(|argument| argument.to_string()),
+            );
+            let worker = spawn_logged(
+                &binary("plankton-worker")?,
+                &arguments,
+                &cluster.log_dir.path().join(format!("worker-{index}.log")),
+            )?;
             cluster.workers.push(worker);
         }
         wait_for_workers(&cluster.coordinator_url, workers).await?;
@@ -208,8 +288,19 @@ impl ProcessCluster {
         if let Ok(entries) = std::fs::read_dir(self.log_dir.path()) {
             for entry in entries.flatten() {
                 let content = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let tail: String = content.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                text.push_str(&format!("==== {}\n{tail}\n", entry.file_name().to_string_lossy()));
+                let tail: String = content
+                    .lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                text.push_str(&format!(
+                    "==== {}\n{tail}\n",
+                    entry.file_name().to_string_lossy()
+                ));
             }
         }
         text
@@ -222,7 +313,10 @@ impl ProcessCluster {
         let mut hung = Vec::new();
         for child in children {
             if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+                let _ = std::process::Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
                 match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
                     Ok(_) => {}
                     Err(_) => {
@@ -232,12 +326,19 @@ impl ProcessCluster {
                 }
             }
         }
-        anyhow::ensure!(hung.is_empty(), "processes {hung:?} did not exit within 20s of SIGTERM");
+        anyhow::ensure!(
+            hung.is_empty(),
+            "processes {hung:?} did not exit within 20s of SIGTERM"
+        );
         Ok(())
     }
 }
 
-fn spawn_logged(binary: &std::path::Path, arguments: &[String], log: &std::path::Path) -> anyhow::Result<tokio::process::Child> {
+fn spawn_logged(
+    binary: &std::path::Path,
+    arguments: &[String],
+    log: &std::path::Path,
+) -> anyhow::Result<tokio::process::Child> {
     let log_file = std::fs::File::create(log)?;
     Ok(tokio::process::Command::new(binary)
         .args(arguments)

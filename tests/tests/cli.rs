@@ -6,21 +6,40 @@ use plankton_tests::{TestCluster, synth_dataset};
 
 fn planktonctl(arguments: &[&str]) -> Output {
     let binary = plankton_tests::binary("planktonctl").expect("planktonctl built");
-    std::process::Command::new(binary).args(arguments).output().expect("running planktonctl")
+    std::process::Command::new(binary)
+        .args(arguments)
+        .output()
+        .expect("running planktonctl")
 }
 
 fn json_of(output: &Output) -> serde_json::Value {
-    assert!(output.status.success(), "planktonctl failed: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| panic!("not JSON ({error}): {}", String::from_utf8_lossy(&output.stdout)))
+    assert!(
+        output.status.success(),
+        "planktonctl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "not JSON ({error}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }
 
 #[test]
 fn an_unreachable_coordinator_is_a_clear_error_and_exit_code_3() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let output = planktonctl(&["--coordinator", &format!("http://127.0.0.1:{port}"), "list"]);
     assert_eq!(output.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("cannot reach the coordinator at http://127.0.0.1:"), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the coordinator at http://127.0.0.1:"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -43,32 +62,89 @@ async fn submit_watch_list_get_and_promote_through_the_cli() -> anyhow::Result<(
             .expect("planktonctl thread")
         }
     };
-    let strings = |items: &[&str]| items.iter().map(|item| item.to_string()).collect::<Vec<_>>();
+    let strings = |items: &[&str]| {
+        items
+            .iter()
+            .map(|item| item.to_string())
+            .collect::<Vec<_>>()
+    };
 
-    let refused = run(strings(&["submit", "--dataset", &dataset, "--world-size", "0"])).await;
+    let refused = run(strings(&[
+        "submit",
+        "--dataset",
+        &dataset,
+        "--world-size",
+        "0",
+    ]))
+    .await;
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("world_size must be at least 1"));
 
     let job_file = data.path().join("job.json");
-    std::fs::write(&job_file, serde_json::to_vec(&serde_json::json!({"dataset": dataset, "model": "lenet", "epochs": 1, "batch_size": 16}))?)?;
-    let watched = run(strings(&["-o", "json", "submit", "-f", &job_file.display().to_string(), "--world-size", "1", "--watch"])).await;
+    std::fs::write(
+        &job_file,
+        serde_json::to_vec(
+            &serde_json::json!({"dataset": dataset, "model": "lenet", "epochs": 1, "batch_size": 16}),
+        )?,
+    )?;
+    let watched = run(strings(&[
+        "-o",
+        "json",
+        "submit",
+        "-f",
+        &job_file.display().to_string(),
+        "--world-size",
+        "1",
+        "--watch",
+    ]))
+    .await;
     let job = json_of(&watched);
     assert_eq!(job["phase"], "succeeded", "{job}");
     assert_eq!(job["epochs"].as_array().map(Vec::len), Some(1));
     let job_id = job["id"].as_str().unwrap().to_string();
 
     let listed = json_of(&run(strings(&["-o", "json", "list"])).await);
-    assert!(listed.as_array().unwrap().iter().any(|listed_job| listed_job["id"] == job_id.as_str()));
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|listed_job| listed_job["id"] == job_id.as_str())
+    );
     let fetched = json_of(&run(strings(&["-o", "json", "get", &job_id])).await);
-    assert_eq!(fetched["epochs"][0]["per_class"].as_array().map(Vec::len), Some(40));
+    assert_eq!(
+        fetched["epochs"][0]["per_class"].as_array().map(Vec::len),
+        Some(40)
+    );
     let table = run(strings(&["get", &job_id])).await;
     assert!(String::from_utf8_lossy(&table.stdout).contains("macro-F1"));
 
     let models = json_of(&run(strings(&["-o", "json", "models", "list"])).await);
     assert_eq!(models[0]["name"], "flowcam-lenet");
     assert_eq!(models[0]["job_id"], job_id.as_str());
-    json_of(&run(strings(&["-o", "json", "models", "promote", "flowcam-lenet", "1", "--alias", "production"])).await);
-    let promoted = json_of(&run(strings(&["-o", "json", "models", "get", "flowcam-lenet@production"])).await);
+    json_of(
+        &run(strings(&[
+            "-o",
+            "json",
+            "models",
+            "promote",
+            "flowcam-lenet",
+            "1",
+            "--alias",
+            "production",
+        ]))
+        .await,
+    );
+    let promoted = json_of(
+        &run(strings(&[
+            "-o",
+            "json",
+            "models",
+            "get",
+            "flowcam-lenet@production",
+        ]))
+        .await,
+    );
     assert_eq!(promoted["version"], 1);
     let missing = run(strings(&["models", "get", "flowcam-lenet:7"])).await;
     assert_eq!(missing.status.code(), Some(1));

@@ -25,9 +25,18 @@ async fn two_workers_train_two_epochs_and_report_metrics() -> anyhow::Result<()>
     let cluster = TestCluster::start(2).await?;
 
     let job = cluster.submit(spec(dataset_url)).await?;
-    assert_eq!(job.class_names.len(), 40, "every class of the generated dataset is encoded");
+    assert_eq!(
+        job.class_names.len(),
+        40,
+        "every class of the generated dataset is encoded"
+    );
     let mut client = cluster.client().await?;
-    let mut events = client.watch_job(plankton_proto::v1::WatchJobRequest { job_id: job.id.clone() }).await?.into_inner();
+    let mut events = client
+        .watch_job(plankton_proto::v1::WatchJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await?
+        .into_inner();
     let mut saw_progress = false;
     let mut epoch_events = 0;
     let watched = tokio::time::timeout(Duration::from_secs(600), async {
@@ -43,24 +52,42 @@ async fn two_workers_train_two_epochs_and_report_metrics() -> anyhow::Result<()>
     })
     .await??;
     let finished = watched.expect("the watch stream ends with the finished job");
-    assert_eq!(finished.phase(), JobPhase::Succeeded, "{}", finished.message);
+    assert_eq!(
+        finished.phase(),
+        JobPhase::Succeeded,
+        "{}",
+        finished.message
+    );
     assert!(saw_progress, "progress events streamed");
     assert_eq!(epoch_events, 2);
     assert_eq!(finished.epochs.len(), 2);
     let last = finished.epochs.last().unwrap();
     let confusion_total: u64 = last.confusion.iter().sum();
-    assert_eq!(confusion_total, finished.test_objects, "both ranks' confusion matrices were summed");
+    assert_eq!(
+        confusion_total, finished.test_objects,
+        "both ranks' confusion matrices were summed"
+    );
     assert_eq!(last.per_class.len(), 40);
     // Chance macro-F1 over 40 imbalanced classes is ~0.01 (predicting detritus everywhere).
-    assert!(last.macro_f1 > 0.05, "macro-F1 {} not above chance", last.macro_f1);
+    assert!(
+        last.macro_f1 > 0.05,
+        "macro-F1 {} not above chance",
+        last.macro_f1
+    );
     assert!(last.accuracy > 0.3, "accuracy {}", last.accuracy);
-    assert!(finished.model_url.ends_with("model.safetensors"), "{}", finished.model_url);
+    assert!(
+        finished.model_url.ends_with("model.safetensors"),
+        "{}",
+        finished.model_url
+    );
 
     // The model and its card are in the object store.
-    let output = plankton_dataset::open_location(finished.model_url.trim_end_matches("/model.safetensors"))?;
+    let output =
+        plankton_dataset::open_location(finished.model_url.trim_end_matches("/model.safetensors"))?;
     let weights = output.get_bytes("model.safetensors").await?;
     assert!(weights.len() > 10_000);
-    let card: serde_json::Value = serde_json::from_slice(&output.get_bytes("model-card.json").await?)?;
+    let card: serde_json::Value =
+        serde_json::from_slice(&output.get_bytes("model-card.json").await?)?;
     assert_eq!(card["classes"].as_array().map(Vec::len), Some(40));
 
     cluster.shutdown().await
@@ -73,16 +100,54 @@ async fn bad_specs_are_refused_at_submit_with_reasons() -> anyhow::Result<()> {
     let cluster = TestCluster::start(0).await?;
 
     let cases: Vec<(JobSpec, &str)> = vec![
-        (JobSpec { world_size: 0, ..spec(dataset_url) }, "world_size"),
-        (JobSpec { model: "alexnet-9000".into(), ..spec(dataset_url) }, "unknown model"),
-        (JobSpec { dataset_url: "memory://no-such-dataset".into(), ..spec(dataset_url) }, "meta.csv"),
-        (JobSpec { dataset_url: "file:///nonexistent/plankton/data".into(), ..spec(dataset_url) }, "meta.csv"),
-        (JobSpec { batch_size: 5000, ..spec(dataset_url) }, "batch_size 5000 is larger"),
+        (
+            JobSpec {
+                world_size: 0,
+                ..spec(dataset_url)
+            },
+            "world_size",
+        ),
+        (
+            JobSpec {
+                model: "alexnet-9000".into(),
+                ..spec(dataset_url)
+            },
+            "unknown model",
+        ),
+        (
+            JobSpec {
+                dataset_url: "memory://no-such-dataset".into(),
+                ..spec(dataset_url)
+            },
+            "meta.csv",
+        ),
+        (
+            JobSpec {
+                dataset_url: "file:///nonexistent/plankton/data".into(),
+                ..spec(dataset_url)
+            },
+            "meta.csv",
+        ),
+        (
+            JobSpec {
+                batch_size: 5000,
+                ..spec(dataset_url)
+            },
+            "batch_size 5000 is larger",
+        ),
     ];
     for (bad_spec, expected) in cases {
         let status = cluster.submit(bad_spec.clone()).await.expect_err("refused");
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad_spec:?}: {status}");
-        assert!(status.message().contains(expected), "expected {expected:?} in {:?}", status.message());
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{bad_spec:?}: {status}"
+        );
+        assert!(
+            status.message().contains(expected),
+            "expected {expected:?} in {:?}",
+            status.message()
+        );
     }
     cluster.shutdown().await
 }
@@ -92,10 +157,21 @@ async fn a_job_without_enough_workers_fails_after_the_registration_timeout() -> 
     let dataset_url = "memory://cluster-no-workers";
     synth_dataset(dataset_url, 200, 5, false).await?;
     let cluster = TestCluster::start(1).await?;
-    let job = cluster.submit(JobSpec { world_size: 3, ..spec(dataset_url) }).await?;
-    let finished = cluster.wait_finished(&job.id, Duration::from_secs(60)).await?;
+    let job = cluster
+        .submit(JobSpec {
+            world_size: 3,
+            ..spec(dataset_url)
+        })
+        .await?;
+    let finished = cluster
+        .wait_finished(&job.id, Duration::from_secs(60))
+        .await?;
     assert_eq!(finished.phase(), JobPhase::Failed);
-    assert!(finished.message.contains("waiting for 3 free workers"), "{}", finished.message);
+    assert!(
+        finished.message.contains("waiting for 3 free workers"),
+        "{}",
+        finished.message
+    );
     cluster.shutdown().await
 }
 
@@ -105,21 +181,51 @@ async fn finished_jobs_survive_a_coordinator_restart() -> anyhow::Result<()> {
     synth_dataset(dataset_url, 300, 9, false).await?;
     let state = tempfile::tempdir()?;
     let cluster = TestCluster::start_with_state(1, Some(state.path().to_path_buf())).await?;
-    let job = cluster.submit(JobSpec { world_size: 1, epochs: 1, ..spec(dataset_url) }).await?;
-    let finished = cluster.wait_finished(&job.id, Duration::from_secs(300)).await?;
-    assert_eq!(finished.phase(), JobPhase::Succeeded, "{}", finished.message);
+    let job = cluster
+        .submit(JobSpec {
+            world_size: 1,
+            epochs: 1,
+            ..spec(dataset_url)
+        })
+        .await?;
+    let finished = cluster
+        .wait_finished(&job.id, Duration::from_secs(300))
+        .await?;
+    assert_eq!(
+        finished.phase(),
+        JobPhase::Succeeded,
+        "{}",
+        finished.message
+    );
     cluster.shutdown().await?;
 
     let restarted = TestCluster::start_with_state(0, Some(state.path().to_path_buf())).await?;
     let mut client = restarted.client().await?;
-    let reread = client.get_job(plankton_proto::v1::GetJobRequest { job_id: job.id.clone() }).await?.into_inner();
+    let reread = client
+        .get_job(plankton_proto::v1::GetJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await?
+        .into_inner();
     assert_eq!(reread.phase(), JobPhase::Succeeded);
-    assert_eq!(reread.epochs, finished.epochs, "metrics are read back unchanged");
+    assert_eq!(
+        reread.epochs, finished.epochs,
+        "metrics are read back unchanged"
+    );
     assert_eq!(reread.model_url, finished.model_url);
-    let listed = client.list_jobs(plankton_proto::v1::ListJobsRequest {}).await?.into_inner().jobs;
+    let listed = client
+        .list_jobs(plankton_proto::v1::ListJobsRequest {})
+        .await?
+        .into_inner()
+        .jobs;
     assert!(listed.iter().any(|listed_job| listed_job.id == job.id));
     // Watching a job finished before the restart ends at once with the final job.
-    let mut events = client.watch_job(plankton_proto::v1::WatchJobRequest { job_id: job.id.clone() }).await?.into_inner();
+    let mut events = client
+        .watch_job(plankton_proto::v1::WatchJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await?
+        .into_inner();
     let last = events.message().await?.expect("one event");
     assert!(matches!(last.event, Some(job_event::Event::Finished(_))));
     restarted.shutdown().await
@@ -132,23 +238,53 @@ async fn ranks_train_on_the_readable_rest_and_report_unreadable_images() -> anyh
     let location = plankton_dataset::open_location(dataset_url)?;
     let meta = plankton_dataset::read_meta(&location).await?;
     // Corrupt three images, empty one, and delete one.
-    let victims: Vec<i64> = meta.records.iter().step_by(50).take(5).map(|record| record.objid).collect();
+    let victims: Vec<i64> = meta
+        .records
+        .iter()
+        .step_by(50)
+        .take(5)
+        .map(|record| record.objid)
+        .collect();
     for (index, objid) in victims.iter().enumerate() {
         let path = plankton_dataset::image_path(*objid);
         match index {
-            0..=2 => location.put_bytes(&path, bytes::Bytes::from_static(b"\xff\xd8 not really a jpeg")).await?,
+            0..=2 => {
+                location
+                    .put_bytes(
+                        &path,
+                        bytes::Bytes::from_static(b"\xff\xd8 not really a jpeg"),
+                    )
+                    .await?
+            }
             3 => location.put_bytes(&path, bytes::Bytes::new()).await?,
             _ => location.store.delete(&location.child(&path)).await?,
         }
     }
     let cluster = TestCluster::start(2).await?;
-    let job = cluster.submit(JobSpec { epochs: 1, ..spec(dataset_url) }).await?;
-    let finished = cluster.wait_finished(&job.id, Duration::from_secs(300)).await?;
-    assert_eq!(finished.phase(), JobPhase::Succeeded, "{}", finished.message);
-    assert_eq!(finished.skipped_objects, victims.len() as u64, "every unreadable image is counted once");
+    let job = cluster
+        .submit(JobSpec {
+            epochs: 1,
+            ..spec(dataset_url)
+        })
+        .await?;
+    let finished = cluster
+        .wait_finished(&job.id, Duration::from_secs(300))
+        .await?;
+    assert_eq!(
+        finished.phase(),
+        JobPhase::Succeeded,
+        "{}",
+        finished.message
+    );
+    assert_eq!(
+        finished.skipped_objects,
+        victims.len() as u64,
+        "every unreadable image is counted once"
+    );
     let evaluated: u64 = finished.epochs[0].confusion.iter().sum();
     assert!(
-        evaluated <= finished.test_objects && evaluated + victims.len() as u64 >= finished.test_objects,
+        evaluated <= finished.test_objects
+            && evaluated + victims.len() as u64 >= finished.test_objects,
         "test images evaluated {evaluated} of {}: only the unreadable ones are left out",
         finished.test_objects
     );

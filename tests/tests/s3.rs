@@ -20,14 +20,25 @@ impl Drop for MotoServer {
 }
 
 fn tools_bin(name: &str) -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
     let path = root.join(".venv-tools/bin").join(name);
-    assert!(path.exists(), "{} is missing: run scripts/setup.sh (make test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup.sh (make test does)",
+        path.display()
+    );
     path
 }
 
 fn start_moto() -> MotoServer {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = std::process::Command::new(tools_bin("moto_server"))
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
@@ -50,7 +61,10 @@ fn create_bucket(endpoint: &str, bucket: &str) {
         "import boto3; boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1', \
          aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket='{bucket}')"
     );
-    let status = std::process::Command::new(tools_bin("python")).args(["-c", &script]).status().expect("python");
+    let status = std::process::Command::new(tools_bin("python"))
+        .args(["-c", &script])
+        .status()
+        .expect("python");
     assert!(status.success(), "creating bucket {bucket}");
 }
 
@@ -67,23 +81,40 @@ async fn datasets_round_trip_through_a_real_s3_server() -> anyhow::Result<()> {
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
         std::env::set_var("AWS_REGION", "us-east-1");
     }
-    for (url, as_zip) in [("s3://plankton/flowcam", false), ("s3://plankton/flowcam-zip", true)] {
+    for (url, as_zip) in [
+        ("s3://plankton/flowcam", false),
+        ("s3://plankton/flowcam-zip", true),
+    ] {
         synth_dataset(url, 240, 21, as_zip).await?;
         let location = plankton_dataset::open_location(url)?;
         let meta = plankton_dataset::read_meta(&location).await?;
         assert_eq!(meta.records.len(), 240, "{url}");
-        assert!(meta.summary.skipped.is_empty(), "{url}: {:?}", meta.summary.skipped);
+        assert!(
+            meta.summary.skipped.is_empty(),
+            "{url}: {:?}",
+            meta.summary.skipped
+        );
         let features = plankton_dataset::read_features(&location).await?;
         assert_eq!(features.rows.len(), 240, "{url}");
         let source = plankton_dataset::open_image_source(&location).await?;
-        assert_eq!(matches!(source, plankton_dataset::ImageSource::Zip(_)), as_zip, "{url}");
+        assert_eq!(
+            matches!(source, plankton_dataset::ImageSource::Zip(_)),
+            as_zip,
+            "{url}"
+        );
         let objids: Vec<i64> = meta.records.iter().map(|record| record.objid).collect();
-        let fetched: Vec<_> = plankton_dataset::fetch_images(&location, &source, objids, 8).collect().await;
+        let fetched: Vec<_> = plankton_dataset::fetch_images(&location, &source, objids, 8)
+            .collect()
+            .await;
         assert_eq!(fetched.len(), 240);
         for (objid, result) in fetched {
-            let bytes = result.map_err(|error| anyhow::anyhow!("{url}: object {objid}: {error}"))?;
-            plankton_preprocess::preprocess_image(&bytes, &plankton_preprocess::PreprocessConfig::default())
-                .map_err(|error| anyhow::anyhow!("{url}: object {objid} does not decode: {error}"))?;
+            let bytes =
+                result.map_err(|error| anyhow::anyhow!("{url}: object {objid}: {error}"))?;
+            plankton_preprocess::preprocess_image(
+                &bytes,
+                &plankton_preprocess::PreprocessConfig::default(),
+            )
+            .map_err(|error| anyhow::anyhow!("{url}: object {objid} does not decode: {error}"))?;
         }
         // The coordinator plans a job straight from S3.
         let spec = plankton_coordinator::planner::normalize_spec(plankton_proto::v1::JobSpec {

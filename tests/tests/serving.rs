@@ -8,7 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use plankton_proto::v1::inference_client::InferenceClient;
 use plankton_proto::v1::model_registry_client::ModelRegistryClient;
-use plankton_proto::v1::{ImageInput, JobPhase, JobSpec, ListModelsRequest, PredictRequest, PromoteModelRequest};
+use plankton_proto::v1::{
+    ImageInput, JobPhase, JobSpec, ListModelsRequest, PredictRequest, PromoteModelRequest,
+};
 use plankton_tests::{TestCluster, synth_dataset};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -26,15 +28,38 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
         ..Default::default()
     };
     let job = cluster.submit(spec).await?;
-    let finished = cluster.wait_finished(&job.id, Duration::from_secs(300)).await?;
-    assert_eq!(finished.phase(), JobPhase::Succeeded, "{}", finished.message);
+    let finished = cluster
+        .wait_finished(&job.id, Duration::from_secs(300))
+        .await?;
+    assert_eq!(
+        finished.phase(),
+        JobPhase::Succeeded,
+        "{}",
+        finished.message
+    );
 
     let mut registry = ModelRegistryClient::connect(cluster.coordinator_url.clone()).await?;
-    let models = registry.list_models(ListModelsRequest { name: "e2e-lenet".into() }).await?.into_inner().models;
-    assert_eq!(models.len(), 1, "the succeeded job registered one model version");
+    let models = registry
+        .list_models(ListModelsRequest {
+            name: "e2e-lenet".into(),
+        })
+        .await?
+        .into_inner()
+        .models;
+    assert_eq!(
+        models.len(),
+        1,
+        "the succeeded job registered one model version"
+    );
     assert_eq!(models[0].job_id, job.id);
     assert_eq!(models[0].class_names, finished.class_names);
-    registry.promote_model(PromoteModelRequest { name: "e2e-lenet".into(), version: 1, alias: "production".into() }).await?;
+    registry
+        .promote_model(PromoteModelRequest {
+            name: "e2e-lenet".into(),
+            version: 1,
+            alias: "production".into(),
+        })
+        .await?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server_url = format!("http://{}", listener.local_addr()?);
@@ -52,19 +77,29 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
     let location = plankton_dataset::open_location(dataset_url)?;
     let meta = plankton_dataset::read_meta(&location).await?;
     let source = plankton_dataset::open_image_source(&location).await?;
-    let objids: Vec<i64> = meta.records.iter().take(12).map(|record| record.objid).collect();
-    let images: Vec<(i64, bytes::Bytes)> = plankton_dataset::fetch_images(&location, &source, objids, 4)
-        .map(|(objid, result)| (objid, result.expect("image readable")))
-        .collect()
-        .await;
+    let objids: Vec<i64> = meta
+        .records
+        .iter()
+        .take(12)
+        .map(|record| record.objid)
+        .collect();
+    let images: Vec<(i64, bytes::Bytes)> =
+        plankton_dataset::fetch_images(&location, &source, objids, 4)
+            .map(|(objid, result)| (objid, result.expect("image readable")))
+            .collect()
+            .await;
 
     // Direct predictions from the same weights.
-    let output = plankton_dataset::open_location(finished.model_url.trim_end_matches("/model.safetensors"))?;
+    let output =
+        plankton_dataset::open_location(finished.model_url.trim_end_matches("/model.safetensors"))?;
     let weights = output.get_bytes("model.safetensors").await?;
     let num_classes = finished.class_names.len();
     let mut inputs = Vec::new();
     for (_, jpeg) in &images {
-        inputs.extend(plankton_preprocess::preprocess_image(jpeg, &plankton_preprocess::PreprocessConfig::default())?);
+        inputs.extend(plankton_preprocess::preprocess_image(
+            jpeg,
+            &plankton_preprocess::PreprocessConfig::default(),
+        )?);
     }
     let direct = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<f32>> {
         let model = plankton_trainer::InferenceModel::from_safetensors(
@@ -80,19 +115,36 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
     let mut client = wait_for_server(&server_url).await?;
     let request = PredictRequest {
         model: "e2e-lenet@production".into(),
-        images: images.iter().map(|(objid, jpeg)| ImageInput { data: jpeg.to_vec(), id: objid.to_string() }).collect(),
+        images: images
+            .iter()
+            .map(|(objid, jpeg)| ImageInput {
+                data: jpeg.to_vec(),
+                id: objid.to_string(),
+            })
+            .collect(),
         top_k: num_classes as u32,
     };
     let response = client.predict(request).await?.into_inner();
-    assert_eq!((response.model_name.as_str(), response.model_version), ("e2e-lenet", 1));
+    assert_eq!(
+        (response.model_name.as_str(), response.model_version),
+        ("e2e-lenet", 1)
+    );
     assert_eq!(response.predictions.len(), images.len());
     for (index, prediction) in response.predictions.iter().enumerate() {
         assert!(prediction.error.is_empty(), "{}", prediction.error);
         assert_eq!(prediction.top.len(), num_classes);
         for score in &prediction.top {
             let expected = direct[index * num_classes + score.class_index as usize];
-            assert!((score.probability - expected).abs() < 1e-5, "image {index} class {}: served {} direct {expected}", score.class_index, score.probability);
-            assert_eq!(score.class_name, finished.class_names[score.class_index as usize]);
+            assert!(
+                (score.probability - expected).abs() < 1e-5,
+                "image {index} class {}: served {} direct {expected}",
+                score.class_index,
+                score.probability
+            );
+            assert_eq!(
+                score.class_name,
+                finished.class_names[score.class_index as usize]
+            );
         }
     }
 
@@ -105,12 +157,19 @@ async fn wait_for_server(url: &str) -> anyhow::Result<InferenceClient<tonic::tra
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut client) = InferenceClient::connect(url.to_string()).await {
-            let probe = client.get_model_info(plankton_proto::v1::GetModelInfoRequest { model: String::new() }).await;
+            let probe = client
+                .get_model_info(plankton_proto::v1::GetModelInfoRequest {
+                    model: String::new(),
+                })
+                .await;
             if probe.is_ok() {
                 return Ok(client);
             }
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "inference server at {url} never loaded its model");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "inference server at {url} never loaded its model"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -47,10 +47,17 @@ impl ShardData {
                 ),
             });
         }
-        if let Some((row, label)) = self.labels.iter().enumerate().find(|(_, label)| **label as usize >= num_classes) {
+        if let Some((row, label)) = self
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, label)| **label as usize >= num_classes)
+        {
             return Err(TrainError::InvalidShard {
                 shard,
-                reason: format!("label {label} of image {row} is not below num_classes {num_classes}"),
+                reason: format!(
+                    "label {label} of image {row} is not below num_classes {num_classes}"
+                ),
             });
         }
         Ok(())
@@ -103,7 +110,10 @@ pub fn augmented_classes(mode: AugmentationMode, class_weights: &[f32]) -> Vec<b
             } else {
                 (sorted_weights[middle - 1] + sorted_weights[middle]) / 2.0
             };
-            class_weights.iter().map(|weight| *weight > median).collect()
+            class_weights
+                .iter()
+                .map(|weight| *weight > median)
+                .collect()
         }
     }
 }
@@ -147,7 +157,11 @@ impl EpochBatches {
             batch.images.extend_from_slice(shard.image(image_index));
             batch.labels.push(label);
             let augment = self.augmentation != AugmentationMode::None
-                && self.augmented_classes.get(label as usize).copied().unwrap_or(false);
+                && self
+                    .augmented_classes
+                    .get(label as usize)
+                    .copied()
+                    .unwrap_or(false);
             if augment {
                 let transform = RandomTransform::draw(&mut self.generator);
                 transform.apply(&mut batch.images[start..start + IMAGE_LEN]);
@@ -182,7 +196,10 @@ impl RandomTransform {
     /// Where output pixel (x, y) reads from in the source, edges replicated.
     fn source_of(&self, x: i64, y: i64) -> (usize, usize) {
         let last = IMAGE_SIZE as i64 - 1;
-        let (mut source_x, mut source_y) = ((x - self.shift_x).clamp(0, last), (y - self.shift_y).clamp(0, last));
+        let (mut source_x, mut source_y) = (
+            (x - self.shift_x).clamp(0, last),
+            (y - self.shift_y).clamp(0, last),
+        );
         for _ in 0..self.quarter_turns {
             (source_x, source_y) = (last - source_y, source_x);
         }
@@ -199,7 +216,13 @@ impl RandomTransform {
     pub fn apply(&self, image: &mut [u8]) {
         debug_assert_eq!(image.len(), IMAGE_LEN);
         let identity = *self
-            == RandomTransform { flip_horizontal: false, flip_vertical: false, quarter_turns: 0, shift_x: 0, shift_y: 0 };
+            == RandomTransform {
+                flip_horizontal: false,
+                flip_vertical: false,
+                quarter_turns: 0,
+                shift_x: 0,
+                shift_y: 0,
+            };
         if identity {
             return;
         }
@@ -207,7 +230,8 @@ impl RandomTransform {
         let mut source_plane = vec![0u8; plane_len];
         let source_index: Vec<usize> = (0..plane_len)
             .map(|pixel| {
-                let (source_x, source_y) = self.source_of((pixel % IMAGE_SIZE) as i64, (pixel / IMAGE_SIZE) as i64);
+                let (source_x, source_y) =
+                    self.source_of((pixel % IMAGE_SIZE) as i64, (pixel / IMAGE_SIZE) as i64);
                 source_y * IMAGE_SIZE + source_x
             })
             .collect();
@@ -230,7 +254,10 @@ mod tests {
         for index in 0..count {
             images.extend(std::iter::repeat_n(index as u8, IMAGE_LEN));
         }
-        ShardData { images, labels: (0..count as u32).map(|index| index % 2).collect() }
+        ShardData {
+            images,
+            labels: (0..count as u32).map(|index| index % 2).collect(),
+        }
     }
 
     #[test]
@@ -242,7 +269,12 @@ mod tests {
         for step in 0..3 {
             batches.assemble(&shard, step, &mut batch);
             assert_eq!(batch.labels.len(), 4);
-            seen.extend(batch.images.chunks(IMAGE_LEN).map(|image| image[0] as usize));
+            seen.extend(
+                batch
+                    .images
+                    .chunks(IMAGE_LEN)
+                    .map(|image| image[0] as usize),
+            );
         }
         let mut first_pass = seen[..10].to_vec();
         first_pass.sort();
@@ -252,7 +284,9 @@ mod tests {
 
     #[test]
     fn order_depends_on_rank_and_epoch() {
-        let order = |rank, epoch| EpochBatches::new(50, 1, 3, rank, epoch, AugmentationMode::None, &[]).order;
+        let order = |rank, epoch| {
+            EpochBatches::new(50, 1, 3, rank, epoch, AugmentationMode::None, &[]).order
+        };
         assert_eq!(order(0, 0), order(0, 0));
         assert_ne!(order(0, 0), order(1, 0));
         assert_ne!(order(0, 0), order(0, 1));
@@ -264,7 +298,10 @@ mod tests {
             augmented_classes(AugmentationMode::RareClasses, &[0.5, 4.0, 1.0, 8.0]),
             vec![false, true, false, true]
         );
-        assert_eq!(augmented_classes(AugmentationMode::All, &[0.5, 4.0]), vec![true, true]);
+        assert_eq!(
+            augmented_classes(AugmentationMode::All, &[0.5, 4.0]),
+            vec![true, true]
+        );
     }
 
     #[test]
@@ -272,21 +309,39 @@ mod tests {
         let mut image = vec![0u8; IMAGE_LEN];
         image[0] = 200; // channel 0, x 0, y 0
         let mut flipped = image.clone();
-        RandomTransform { flip_horizontal: true, flip_vertical: false, quarter_turns: 0, shift_x: 0, shift_y: 0 }
-            .apply(&mut flipped);
+        RandomTransform {
+            flip_horizontal: true,
+            flip_vertical: false,
+            quarter_turns: 0,
+            shift_x: 0,
+            shift_y: 0,
+        }
+        .apply(&mut flipped);
         assert_eq!(flipped[IMAGE_SIZE - 1], 200);
         assert_eq!(flipped.iter().filter(|value| **value == 200).count(), 1);
 
         let mut rotated = image.clone();
-        RandomTransform { flip_horizontal: false, flip_vertical: false, quarter_turns: 1, shift_x: 0, shift_y: 0 }
-            .apply(&mut rotated);
+        RandomTransform {
+            flip_horizontal: false,
+            flip_vertical: false,
+            quarter_turns: 1,
+            shift_x: 0,
+            shift_y: 0,
+        }
+        .apply(&mut rotated);
         assert_eq!(rotated.iter().filter(|value| **value == 200).count(), 1);
         assert_eq!(rotated[(IMAGE_SIZE - 1) * IMAGE_SIZE], 200);
 
         let mut centre = vec![0u8; IMAGE_LEN];
         centre[10 * IMAGE_SIZE + 10] = 99;
-        RandomTransform { flip_horizontal: false, flip_vertical: false, quarter_turns: 0, shift_x: 3, shift_y: -2 }
-            .apply(&mut centre);
+        RandomTransform {
+            flip_horizontal: false,
+            flip_vertical: false,
+            quarter_turns: 0,
+            shift_x: 3,
+            shift_y: -2,
+        }
+        .apply(&mut centre);
         assert_eq!(centre[8 * IMAGE_SIZE + 13], 99);
     }
 

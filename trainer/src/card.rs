@@ -19,7 +19,10 @@ impl ModelInput {
     pub fn standard(resize_mode: impl Into<String>) -> Self {
         ModelInput {
             size: IMAGE_SIZE as u32,
-            channels: ["grey", "threshold", "opening"].iter().map(|channel| channel.to_string()).collect(),
+            channels: ["grey", "threshold", "opening"]
+                .iter()
+                .map(|channel| channel.to_string())
+                .collect(),
             resize_mode: resize_mode.into(),
         }
     }

@@ -68,7 +68,9 @@ impl FromStr for OptimizerChoice {
         match text.trim().to_ascii_lowercase().as_str() {
             "adam" => Ok(OptimizerChoice::Adam),
             "sgd" | "sgd_momentum" | "sgd-momentum" => Ok(OptimizerChoice::SgdMomentum),
-            _ => Err(TrainError::InvalidConfig(format!("unknown optimizer {text:?} (expected adam or sgd)"))),
+            _ => Err(TrainError::InvalidConfig(format!(
+                "unknown optimizer {text:?} (expected adam or sgd)"
+            ))),
         }
     }
 }
@@ -107,7 +109,9 @@ impl LrSchedule {
         let epoch = epoch_index as f64;
         match self {
             LrSchedule::Constant => base_learning_rate,
-            LrSchedule::Cosine => base_learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * epoch / epochs).cos()),
+            LrSchedule::Cosine => {
+                base_learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * epoch / epochs).cos())
+            }
             LrSchedule::Step => {
                 let mut rate = base_learning_rate;
                 if epoch >= (epochs * 0.5).floor() && epochs >= 2.0 {
@@ -198,7 +202,10 @@ impl TrainConfig {
     /// Checks the values a rank cannot train with.
     pub fn validate(&self) -> Result<(), TrainError> {
         if self.num_classes < 2 {
-            return Err(TrainError::InvalidConfig(format!("num_classes is {}, need at least 2", self.num_classes)));
+            return Err(TrainError::InvalidConfig(format!(
+                "num_classes is {}, need at least 2",
+                self.num_classes
+            )));
         }
         if self.class_weights.len() != self.num_classes {
             return Err(TrainError::InvalidConfig(format!(
@@ -207,22 +214,35 @@ impl TrainConfig {
                 self.num_classes
             )));
         }
-        if let Some((class_index, weight)) =
-            self.class_weights.iter().enumerate().find(|(_, weight)| !weight.is_finite() || **weight < 0.0)
+        if let Some((class_index, weight)) = self
+            .class_weights
+            .iter()
+            .enumerate()
+            .find(|(_, weight)| !weight.is_finite() || **weight < 0.0)
         {
-            return Err(TrainError::InvalidConfig(format!("class weight {weight} of class {class_index} is not a finite non-negative number")));
+            return Err(TrainError::InvalidConfig(format!(
+                "class weight {weight} of class {class_index} is not a finite non-negative number"
+            )));
         }
         if self.batch_size == 0 {
             return Err(TrainError::InvalidConfig("batch_size is 0".to_string()));
         }
         if self.steps_per_epoch == 0 {
-            return Err(TrainError::InvalidConfig("steps_per_epoch is 0".to_string()));
+            return Err(TrainError::InvalidConfig(
+                "steps_per_epoch is 0".to_string(),
+            ));
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
-            return Err(TrainError::InvalidConfig(format!("learning_rate {} is not positive", self.learning_rate)));
+            return Err(TrainError::InvalidConfig(format!(
+                "learning_rate {} is not positive",
+                self.learning_rate
+            )));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(TrainError::InvalidConfig(format!("weight_decay {} is negative", self.weight_decay)));
+            return Err(TrainError::InvalidConfig(format!(
+                "weight_decay {} is negative",
+                self.weight_decay
+            )));
         }
         Ok(())
     }

@@ -17,9 +17,15 @@ pub enum TrainError {
     #[error("invalid input images: {0}")]
     InvalidInput(String),
     #[error("weights do not match the {architecture} model: {reason}")]
-    WeightsMismatch { architecture: String, reason: String },
+    WeightsMismatch {
+        architecture: String,
+        reason: String,
+    },
     #[error("temporary weights file {path}: {source}")]
-    TempFile { path: String, source: std::io::Error },
+    TempFile {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("unknown architecture {0:?} (expected \"lenet\" or \"resnet\")")]
     UnknownArchitecture(String),
 }

@@ -5,11 +5,11 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
+use crate::batch::ShardData;
 use crate::config::{Architecture, IMAGE_LEN};
 use crate::error::TrainError;
 use crate::model::{Network, sorted_variables};
 use crate::training::{EVALUATION_BATCH_SIZE, evaluate_network, images_to_tensor};
-use crate::batch::ShardData;
 
 /// Softmax probabilities (`count * num_classes`, row per image) of `network` in eval mode.
 fn predict_with(
@@ -49,36 +49,67 @@ fn weights_to_safetensors(var_store: &nn::VarStore) -> Result<Vec<u8>, TrainErro
     let variables = sorted_variables(var_store);
     let mut named_bytes = Vec::with_capacity(variables.len());
     for (name, tensor) in &variables {
-        let cpu_tensor = tensor.f_to_device(tch::Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
+        let cpu_tensor = tensor
+            .f_to_device(tch::Device::Cpu)?
+            .f_to_kind(Kind::Float)?
+            .f_contiguous()?;
         let numel = cpu_tensor.numel();
         let mut values = vec![0f32; numel];
         cpu_tensor.f_copy_data(&mut values, numel)?;
-        let bytes: Vec<u8> = values.iter().flat_map(|value| value.to_le_bytes()).collect();
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|value| value.to_le_bytes())
+            .collect();
         let shape: Vec<usize> = cpu_tensor.size().iter().map(|dim| *dim as usize).collect();
         named_bytes.push((name.clone(), shape, bytes));
     }
     let views = named_bytes
         .iter()
-        .map(|(name, shape, bytes)| Ok((name.as_str(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
+        .map(|(name, shape, bytes)| {
+            Ok((
+                name.as_str(),
+                TensorView::new(Dtype::F32, shape.clone(), bytes)?,
+            ))
+        })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(|error| TrainError::WeightsMismatch { architecture: "any".to_string(), reason: error.to_string() })?;
-    safetensors::tensor::serialize(views, &None)
-        .map_err(|error| TrainError::WeightsMismatch { architecture: "any".to_string(), reason: error.to_string() })
+        .map_err(|error| TrainError::WeightsMismatch {
+            architecture: "any".to_string(),
+            reason: error.to_string(),
+        })?;
+    safetensors::tensor::serialize(views, &None).map_err(|error| TrainError::WeightsMismatch {
+        architecture: "any".to_string(),
+        reason: error.to_string(),
+    })
 }
 
 /// Loads safetensors `bytes` into `var_store`: every variable must be present with its exact shape
 /// and f32 type, and no extra tensor may be present.
-fn load_safetensors_into(var_store: &nn::VarStore, architecture: Architecture, bytes: &[u8]) -> Result<(), TrainError> {
-    let mismatch = |reason: String| TrainError::WeightsMismatch { architecture: architecture.to_string(), reason };
-    let file = SafeTensors::deserialize(bytes).map_err(|error| mismatch(format!("not a safetensors file: {error}")))?;
+fn load_safetensors_into(
+    var_store: &nn::VarStore,
+    architecture: Architecture,
+    bytes: &[u8],
+) -> Result<(), TrainError> {
+    let mismatch = |reason: String| TrainError::WeightsMismatch {
+        architecture: architecture.to_string(),
+        reason,
+    };
+    let file = SafeTensors::deserialize(bytes)
+        .map_err(|error| mismatch(format!("not a safetensors file: {error}")))?;
     let variables: HashMap<String, Tensor> = var_store.variables();
-    if let Some(unknown) = file.names().into_iter().find(|name| !variables.contains_key(name.as_str())) {
+    if let Some(unknown) = file
+        .names()
+        .into_iter()
+        .find(|name| !variables.contains_key(name.as_str()))
+    {
         return Err(mismatch(format!("unexpected tensor {unknown:?}")));
     }
     tch::no_grad(|| -> Result<(), TrainError> {
         for (name, variable) in sorted_variables(var_store) {
-            let view = file.tensor(&name).map_err(|_| mismatch(format!("tensor {name:?} is missing")))?;
-            let expected_shape: Vec<usize> = variable.size().iter().map(|dim| *dim as usize).collect();
+            let view = file
+                .tensor(&name)
+                .map_err(|_| mismatch(format!("tensor {name:?} is missing")))?;
+            let expected_shape: Vec<usize> =
+                variable.size().iter().map(|dim| *dim as usize).collect();
             if view.shape() != expected_shape.as_slice() || view.dtype() != Dtype::F32 {
                 return Err(mismatch(format!(
                     "tensor {name:?} is {:?} {:?}, expected F32 {expected_shape:?}",
@@ -87,7 +118,8 @@ fn load_safetensors_into(var_store: &nn::VarStore, architecture: Architecture, b
                 )));
             }
             let dims: Vec<i64> = expected_shape.iter().map(|dim| *dim as i64).collect();
-            let source = Tensor::f_from_data_size(view.data(), &dims, Kind::Float)?.f_to_device(variable.device())?;
+            let source = Tensor::f_from_data_size(view.data(), &dims, Kind::Float)?
+                .f_to_device(variable.device())?;
             variable.shallow_clone().f_copy_(&source)?;
         }
         Ok(())
@@ -112,7 +144,13 @@ impl TrainedModel {
         var_store: nn::VarStore,
         network: Network,
     ) -> Self {
-        TrainedModel { architecture, num_classes, device, var_store, network }
+        TrainedModel {
+            architecture,
+            num_classes,
+            device,
+            var_store,
+            network,
+        }
     }
 
     pub fn architecture(&self) -> Architecture {
@@ -130,8 +168,18 @@ impl TrainedModel {
     }
 
     /// Softmax probabilities (`count * num_classes`) in eval mode.
-    pub fn predict_probabilities(&self, images_u8: &[u8], count: usize) -> Result<Vec<f32>, TrainError> {
-        predict_with(&self.network, self.num_classes, self.device, images_u8, count)
+    pub fn predict_probabilities(
+        &self,
+        images_u8: &[u8],
+        count: usize,
+    ) -> Result<Vec<f32>, TrainError> {
+        predict_with(
+            &self.network,
+            self.num_classes,
+            self.device,
+            images_u8,
+            count,
+        )
     }
 
     /// Confusion matrix (`[true][predicted]`) and summed unweighted cross-entropy over `test`.
@@ -142,7 +190,12 @@ impl TrainedModel {
 
     /// The model for inference (the same weights).
     pub fn into_inference_model(self) -> InferenceModel {
-        InferenceModel { num_classes: self.num_classes, device: self.device, _var_store: self.var_store, network: self.network }
+        InferenceModel {
+            num_classes: self.num_classes,
+            device: self.device,
+            _var_store: self.var_store,
+            network: self.network,
+        }
     }
 }
 
@@ -164,12 +217,19 @@ impl InferenceModel {
         device: tch::Device,
     ) -> Result<Self, TrainError> {
         if num_classes < 2 {
-            return Err(TrainError::InvalidConfig(format!("num_classes is {num_classes}, need at least 2")));
+            return Err(TrainError::InvalidConfig(format!(
+                "num_classes is {num_classes}, need at least 2"
+            )));
         }
         let var_store = nn::VarStore::new(device);
         let network = Network::new(&var_store, architecture, num_classes, 0)?;
         load_safetensors_into(&var_store, architecture, bytes)?;
-        Ok(InferenceModel { num_classes, device, _var_store: var_store, network })
+        Ok(InferenceModel {
+            num_classes,
+            device,
+            _var_store: var_store,
+            network,
+        })
     }
 
     pub fn num_classes(&self) -> usize {
@@ -177,7 +237,17 @@ impl InferenceModel {
     }
 
     /// Softmax probabilities (`count * num_classes`, one row per image) for u8 CHW images.
-    pub fn predict_probabilities(&self, images_u8: &[u8], count: usize) -> Result<Vec<f32>, TrainError> {
-        predict_with(&self.network, self.num_classes, self.device, images_u8, count)
+    pub fn predict_probabilities(
+        &self,
+        images_u8: &[u8],
+        count: usize,
+    ) -> Result<Vec<f32>, TrainError> {
+        predict_with(
+            &self.network,
+            self.num_classes,
+            self.device,
+            images_u8,
+            count,
+        )
     }
 }

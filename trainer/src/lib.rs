@@ -15,11 +15,13 @@ pub use plankton_collective::{Collective, CollectiveError, SingleProcess};
 pub use batch::{AssembledBatch, EpochBatches, RandomTransform, ShardData};
 pub use card::{ModelCard, ModelInput};
 pub use config::{
-    Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LrSchedule, OptimizerChoice, TrainConfig,
+    Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LrSchedule,
+    OptimizerChoice, TrainConfig,
 };
 pub use error::TrainError;
 pub use inference::{InferenceModel, TrainedModel};
 pub use model::Network;
 pub use training::{
-    DataParallelTrainer, EpochEvaluation, LoggingObserver, StepOutcome, StepProgress, TrainingObserver, run_training,
+    DataParallelTrainer, EpochEvaluation, LoggingObserver, StepOutcome, StepProgress,
+    TrainingObserver, run_training,
 };

@@ -21,7 +21,10 @@ pub struct LeNet {
 impl LeNet {
     /// Registers the layers under `root` (names match the PyTorch twin in bench/python/torch_train.py).
     pub fn new(root: &nn::Path, num_classes: usize) -> Self {
-        let padded = nn::ConvConfig { padding: 1, ..Default::default() };
+        let padded = nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        };
         let flattened_features = 128 * (IMAGE_SIZE as i64 / 8) * (IMAGE_SIZE as i64 / 8);
         LeNet {
             conv1: nn::conv2d(root / "conv1", 3, 32, 3, padded),
@@ -56,12 +59,27 @@ impl ModuleT for LeNet {
 }
 
 fn batch_norm(path: nn::Path, channels: i64) -> nn::BatchNorm {
-    let config = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), bs_init: nn::Init::Const(0.0), ..Default::default() };
+    let config = nn::BatchNormConfig {
+        ws_init: nn::Init::Const(1.0),
+        bs_init: nn::Init::Const(0.0),
+        ..Default::default()
+    };
     nn::batch_norm2d(path, channels, config)
 }
 
-fn conv_no_bias(path: nn::Path, in_channels: i64, out_channels: i64, kernel: i64, stride: i64) -> nn::Conv2D {
-    let config = nn::ConvConfig { stride, padding: kernel / 2, bias: false, ..Default::default() };
+fn conv_no_bias(
+    path: nn::Path,
+    in_channels: i64,
+    out_channels: i64,
+    kernel: i64,
+    stride: i64,
+) -> nn::Conv2D {
+    let config = nn::ConvConfig {
+        stride,
+        padding: kernel / 2,
+        bias: false,
+        ..Default::default()
+    };
     nn::conv2d(path, in_channels, out_channels, kernel, config)
 }
 
@@ -79,7 +97,13 @@ impl BasicBlock {
     fn new(path: nn::Path, in_channels: i64, out_channels: i64, stride: i64) -> Self {
         let downsample = (stride != 1 || in_channels != out_channels).then(|| {
             (
-                conv_no_bias(&path / "downsample" / "conv", in_channels, out_channels, 1, stride),
+                conv_no_bias(
+                    &path / "downsample" / "conv",
+                    in_channels,
+                    out_channels,
+                    1,
+                    stride,
+                ),
                 batch_norm(&path / "downsample" / "bn", out_channels),
             )
         });
@@ -192,7 +216,10 @@ impl ModuleT for Network {
 /// The same values with channels-last (NHWC) strides, still indexed as NCHW: libtorch's CPU
 /// convolutions (oneDNN) run markedly faster on this layout (about 1.5x here, see bench/train_bench).
 pub(crate) fn channels_last(tensor: &Tensor) -> Result<Tensor, TrainError> {
-    Ok(tensor.f_permute([0, 2, 3, 1])?.f_contiguous()?.f_permute([0, 3, 1, 2])?)
+    Ok(tensor
+        .f_permute([0, 2, 3, 1])?
+        .f_contiguous()?
+        .f_permute([0, 3, 1, 2])?)
 }
 
 /// Gives every 4-d (convolution) weight channels-last strides. Values and names are unchanged;
@@ -225,8 +252,10 @@ fn fan_in(dims: &[i64]) -> i64 {
 /// their biases U(+-1/sqrt(fan_in)), batch-norm weight 1 and bias 0, running stats 0 / 1.
 pub fn initialize_like_pytorch(var_store: &nn::VarStore, seed: u64) -> Result<(), TrainError> {
     let variables = sorted_variables(var_store);
-    let shapes: std::collections::HashMap<&str, Vec<i64>> =
-        variables.iter().map(|(name, tensor)| (name.as_str(), tensor.size())).collect();
+    let shapes: std::collections::HashMap<&str, Vec<i64>> = variables
+        .iter()
+        .map(|(name, tensor)| (name.as_str(), tensor.size()))
+        .collect();
     let mut generator = ChaCha8Rng::seed_from_u64(seed);
     tch::no_grad(|| -> Result<(), TrainError> {
         for (name, tensor) in &variables {
@@ -237,7 +266,9 @@ pub fn initialize_like_pytorch(var_store: &nn::VarStore, seed: u64) -> Result<()
                 Some(1.0 / (fan_in(&dims) as f64).sqrt())
             } else if let Some(prefix) = name.strip_suffix("bias") {
                 match shapes.get(format!("{prefix}weight").as_str()) {
-                    Some(weight_dims) if weight_dims.len() >= 2 => Some(1.0 / (fan_in(weight_dims) as f64).sqrt()),
+                    Some(weight_dims) if weight_dims.len() >= 2 => {
+                        Some(1.0 / (fan_in(weight_dims) as f64).sqrt())
+                    }
                     _ => None,
                 }
             } else {
@@ -246,8 +277,9 @@ pub fn initialize_like_pytorch(var_store: &nn::VarStore, seed: u64) -> Result<()
             let mut target = tensor.shallow_clone();
             match uniform_bound {
                 Some(bound) => {
-                    let values: Vec<f32> =
-                        (0..tensor.numel()).map(|_| generator.random_range(-bound..bound) as f32).collect();
+                    let values: Vec<f32> = (0..tensor.numel())
+                        .map(|_| generator.random_range(-bound..bound) as f32)
+                        .collect();
                     let source = Tensor::f_from_slice(&values)?.f_view(dims.as_slice())?;
                     target.f_copy_(&source)?;
                 }
@@ -261,6 +293,10 @@ pub fn initialize_like_pytorch(var_store: &nn::VarStore, seed: u64) -> Result<()
         }
         Ok(())
     })?;
-    debug_assert!(variables.iter().all(|(_, tensor)| tensor.kind() == Kind::Float));
+    debug_assert!(
+        variables
+            .iter()
+            .all(|(_, tensor)| tensor.kind() == Kind::Float)
+    );
     Ok(())
 }

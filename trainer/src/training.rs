@@ -7,11 +7,11 @@ use tch::{Kind, Reduction, Tensor};
 use tracing::{debug, info};
 
 use crate::batch::{AssembledBatch, EpochBatches, ShardData};
-use plankton_collective::Collective;
 use crate::config::{IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, OptimizerChoice, TrainConfig};
 use crate::error::TrainError;
 use crate::inference::TrainedModel;
 use crate::model::{Network, channels_last, sorted_variables};
+use plankton_collective::Collective;
 
 /// Images per forward pass during evaluation and inference.
 pub const EVALUATION_BATCH_SIZE: usize = 256;
@@ -54,11 +54,20 @@ pub struct LoggingObserver;
 
 impl TrainingObserver for LoggingObserver {
     fn on_step(&mut self, progress: &StepProgress) -> ControlFlow<()> {
-        debug!(epoch = progress.epoch, step = progress.step, loss = progress.loss, "training step");
+        debug!(
+            epoch = progress.epoch,
+            step = progress.step,
+            loss = progress.loss,
+            "training step"
+        );
         ControlFlow::Continue(())
     }
     fn on_epoch(&mut self, evaluation: &EpochEvaluation) -> ControlFlow<()> {
-        info!(epoch = evaluation.epoch, train_loss = evaluation.train_loss, "epoch evaluated");
+        info!(
+            epoch = evaluation.epoch,
+            train_loss = evaluation.train_loss,
+            "epoch evaluated"
+        );
         ControlFlow::Continue(())
     }
 }
@@ -92,7 +101,11 @@ pub struct DataParallelTrainer<'collective> {
 
 /// u8 CHW bytes of `count` images to a float tensor in [0, 1] on `device`, with channels-last strides
 /// (the layout the convolutions are fastest on; the shape stays NCHW).
-pub(crate) fn images_to_tensor(images: &[u8], count: usize, device: tch::Device) -> Result<Tensor, TrainError> {
+pub(crate) fn images_to_tensor(
+    images: &[u8],
+    count: usize,
+    device: tch::Device,
+) -> Result<Tensor, TrainError> {
     if images.len() != count * IMAGE_LEN {
         return Err(TrainError::InvalidInput(format!(
             "{} bytes for {count} images (expected {} bytes per image)",
@@ -100,17 +113,29 @@ pub(crate) fn images_to_tensor(images: &[u8], count: usize, device: tch::Device)
             IMAGE_LEN
         )));
     }
-    let shape = [count as i64, IMAGE_CHANNELS as i64, IMAGE_SIZE as i64, IMAGE_SIZE as i64];
-    let images_u8 = Tensor::f_from_slice(images)?.f_view(shape)?.f_to_device(device)?;
+    let shape = [
+        count as i64,
+        IMAGE_CHANNELS as i64,
+        IMAGE_SIZE as i64,
+        IMAGE_SIZE as i64,
+    ];
+    let images_u8 = Tensor::f_from_slice(images)?
+        .f_view(shape)?
+        .f_to_device(device)?;
     // The u8 -> f32 conversion preserves the channels-last strides.
-    Ok(channels_last(&images_u8)?.f_to_kind(Kind::Float)?.f_div_scalar(255.0)?)
+    Ok(channels_last(&images_u8)?
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(255.0)?)
 }
 
 fn flatten_into(tensors: &[Tensor], buffer: &mut [f32]) -> Result<(), TrainError> {
     let mut offset = 0;
     for tensor in tensors {
         let numel = tensor.numel();
-        tensor.f_to_device(tch::Device::Cpu)?.f_contiguous()?.f_copy_data(&mut buffer[offset..offset + numel], numel)?;
+        tensor
+            .f_to_device(tch::Device::Cpu)?
+            .f_contiguous()?
+            .f_copy_data(&mut buffer[offset..offset + numel], numel)?;
         offset += numel;
     }
     debug_assert_eq!(offset, buffer.len());
@@ -123,7 +148,9 @@ fn unflatten_from(buffer: &[f32], tensors: &[Tensor], scale: f64) -> Result<(), 
     tch::no_grad(|| -> Result<(), TrainError> {
         for tensor in tensors {
             let numel = tensor.numel() as i64;
-            let values = flat.f_narrow(0, offset, numel)?.f_view(tensor.size().as_slice())?;
+            let values = flat
+                .f_narrow(0, offset, numel)?
+                .f_view(tensor.size().as_slice())?;
             let mut target = tensor.shallow_clone();
             target.f_copy_(&values)?;
             if scale != 1.0 {
@@ -137,25 +164,42 @@ fn unflatten_from(buffer: &[f32], tensors: &[Tensor], scale: f64) -> Result<(), 
 
 impl<'collective> DataParallelTrainer<'collective> {
     /// Builds the model from `config.seed` and broadcasts every parameter and buffer from rank 0.
-    pub fn new(config: &TrainConfig, collective: &'collective mut dyn Collective) -> Result<Self, TrainError> {
+    pub fn new(
+        config: &TrainConfig,
+        collective: &'collective mut dyn Collective,
+    ) -> Result<Self, TrainError> {
         config.validate()?;
         if config.threads > 0 {
             tch::set_num_threads(config.threads as i32);
         }
         let var_store = nn::VarStore::new(config.device);
-        let network = Network::new(&var_store, config.architecture, config.num_classes, config.seed)?;
-        let (parameters, buffers): (Vec<_>, Vec<_>) =
-            sorted_variables(&var_store).into_iter().map(|(_, tensor)| tensor).partition(Tensor::requires_grad);
+        let network = Network::new(
+            &var_store,
+            config.architecture,
+            config.num_classes,
+            config.seed,
+        )?;
+        let (parameters, buffers): (Vec<_>, Vec<_>) = sorted_variables(&var_store)
+            .into_iter()
+            .map(|(_, tensor)| tensor)
+            .partition(Tensor::requires_grad);
         let parameter_count = parameters.iter().map(Tensor::numel).sum();
         let optimizer = match config.optimizer {
-            OptimizerChoice::Adam => nn::Adam { wd: config.weight_decay, ..Default::default() }
-                .build(&var_store, config.learning_rate)?,
-            OptimizerChoice::SgdMomentum => {
-                nn::Sgd { momentum: 0.9, dampening: 0.0, wd: config.weight_decay, nesterov: false }
-                    .build(&var_store, config.learning_rate)?
+            OptimizerChoice::Adam => nn::Adam {
+                wd: config.weight_decay,
+                ..Default::default()
             }
+            .build(&var_store, config.learning_rate)?,
+            OptimizerChoice::SgdMomentum => nn::Sgd {
+                momentum: 0.9,
+                dampening: 0.0,
+                wd: config.weight_decay,
+                nesterov: false,
+            }
+            .build(&var_store, config.learning_rate)?,
         };
-        let class_weights = Tensor::f_from_slice(&config.class_weights)?.f_to_device(config.device)?;
+        let class_weights =
+            Tensor::f_from_slice(&config.class_weights)?.f_to_device(config.device)?;
         let mut trainer = DataParallelTrainer {
             config: config.clone(),
             var_store,
@@ -186,7 +230,10 @@ impl<'collective> DataParallelTrainer<'collective> {
 
     /// Every parameter and buffer, sorted by name, flattened (to compare ranks).
     pub fn flat_weights(&self) -> Result<Vec<f32>, TrainError> {
-        let tensors: Vec<Tensor> = sorted_variables(&self.var_store).into_iter().map(|(_, tensor)| tensor).collect();
+        let tensors: Vec<Tensor> = sorted_variables(&self.var_store)
+            .into_iter()
+            .map(|(_, tensor)| tensor)
+            .collect();
         let mut weights = vec![0.0; tensors.iter().map(Tensor::numel).sum()];
         flatten_into(&tensors, &mut weights)?;
         Ok(weights)
@@ -196,7 +243,10 @@ impl<'collective> DataParallelTrainer<'collective> {
         if self.collective.world_size() == 1 {
             return Ok(());
         }
-        let tensors: Vec<Tensor> = sorted_variables(&self.var_store).into_iter().map(|(_, tensor)| tensor).collect();
+        let tensors: Vec<Tensor> = sorted_variables(&self.var_store)
+            .into_iter()
+            .map(|(_, tensor)| tensor)
+            .collect();
         let mut weights = self.flat_weights()?;
         self.collective.broadcast(&mut weights, 0)?;
         unflatten_from(&weights, &tensors, 1.0)
@@ -211,31 +261,56 @@ impl<'collective> DataParallelTrainer<'collective> {
     /// same number of times (an empty local batch still takes part in the all-reduce).
     pub fn train_step(&mut self, images: &[u8], labels: &[u32]) -> Result<StepOutcome, TrainError> {
         let count = labels.len();
-        if let Some(label) = labels.iter().find(|label| **label as usize >= self.config.num_classes) {
-            return Err(TrainError::InvalidInput(format!("label {label} is not below num_classes {}", self.config.num_classes)));
+        if let Some(label) = labels
+            .iter()
+            .find(|label| **label as usize >= self.config.num_classes)
+        {
+            return Err(TrainError::InvalidInput(format!(
+                "label {label} is not below num_classes {}",
+                self.config.num_classes
+            )));
         }
         self.optimizer.zero_grad();
-        let local_weight_sum: f64 = labels.iter().map(|label| self.config.class_weights[*label as usize] as f64).sum();
+        let local_weight_sum: f64 = labels
+            .iter()
+            .map(|label| self.config.class_weights[*label as usize] as f64)
+            .sum();
         let local_loss_sum = if count == 0 {
             // Defined zero gradients so the all-reduce and the optimizer see every parameter.
             let zero = self
                 .parameters
                 .iter()
-                .map(|parameter| parameter.f_sum(Kind::Float).and_then(|sum| sum.f_mul_scalar(0.0)))
+                .map(|parameter| {
+                    parameter
+                        .f_sum(Kind::Float)
+                        .and_then(|sum| sum.f_mul_scalar(0.0))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Tensor::f_stack(&zero, 0)?.f_sum(Kind::Float)?
         } else {
             let input = images_to_tensor(images, count, self.config.device)?;
-            let targets = Tensor::f_from_slice(&labels.iter().map(|label| *label as i64).collect::<Vec<_>>())?
-                .f_to_device(self.config.device)?;
+            let targets = Tensor::f_from_slice(
+                &labels.iter().map(|label| *label as i64).collect::<Vec<_>>(),
+            )?
+            .f_to_device(self.config.device)?;
             let logits = self.network.forward_t(&input, true);
-            logits.f_cross_entropy_loss(&targets, Some(&self.class_weights), Reduction::Sum, -100, 0.0)?
+            logits.f_cross_entropy_loss(
+                &targets,
+                Some(&self.class_weights),
+                Reduction::Sum,
+                -100,
+                0.0,
+            )?
         };
         local_loss_sum.f_backward()?;
         let local_loss_value = local_loss_sum.f_double_value(&[])?;
 
         let (global_weight_sum, global_loss_sum) = if self.collective.world_size() == 1 {
-            let scale = if local_weight_sum > 0.0 { 1.0 / local_weight_sum } else { 1.0 };
+            let scale = if local_weight_sum > 0.0 {
+                1.0 / local_weight_sum
+            } else {
+                1.0
+            };
             tch::no_grad(|| -> Result<(), TrainError> {
                 for parameter in &self.parameters {
                     let _ = parameter.grad().f_mul_scalar_(scale)?;
@@ -252,13 +327,24 @@ impl<'collective> DataParallelTrainer<'collective> {
             self.collective.all_reduce_sum(&mut self.gradient_buffer)?;
             let global_weight_sum = self.gradient_buffer[parameter_count] as f64;
             let global_loss_sum = self.gradient_buffer[parameter_count + 1] as f64;
-            let scale = if global_weight_sum > 0.0 { 1.0 / global_weight_sum } else { 1.0 };
+            let scale = if global_weight_sum > 0.0 {
+                1.0 / global_weight_sum
+            } else {
+                1.0
+            };
             unflatten_from(&self.gradient_buffer[..parameter_count], &gradients, scale)?;
             (global_weight_sum, global_loss_sum)
         };
         self.optimizer.step();
-        let loss = if global_weight_sum > 0.0 { global_loss_sum / global_weight_sum } else { 0.0 };
-        Ok(StepOutcome { loss, global_weight_sum })
+        let loss = if global_weight_sum > 0.0 {
+            global_loss_sum / global_weight_sum
+        } else {
+            0.0
+        };
+        Ok(StepOutcome {
+            loss,
+            global_weight_sum,
+        })
     }
 
     /// Replaces every rank's batch-norm running statistics by their mean over the ranks.
@@ -275,12 +361,23 @@ impl<'collective> DataParallelTrainer<'collective> {
 
     /// Evaluates (eval mode, no grad) on `test`: confusion matrix and summed unweighted loss.
     pub fn evaluate(&self, test: &ShardData) -> Result<(Vec<u64>, f64), TrainError> {
-        evaluate_network(&self.network, self.config.num_classes, self.config.device, test)
+        evaluate_network(
+            &self.network,
+            self.config.num_classes,
+            self.config.device,
+            test,
+        )
     }
 
     /// The trained model (ends the trainer).
     pub fn into_trained_model(self) -> TrainedModel {
-        TrainedModel::new(self.config.architecture, self.config.num_classes, self.config.device, self.var_store, self.network)
+        TrainedModel::new(
+            self.config.architecture,
+            self.config.num_classes,
+            self.config.device,
+            self.var_store,
+            self.network,
+        )
     }
 }
 
@@ -298,13 +395,16 @@ pub(crate) fn evaluate_network(
             let first = chunk_index * EVALUATION_BATCH_SIZE;
             let images = &test.images[first * IMAGE_LEN..(first + labels.len()) * IMAGE_LEN];
             let input = images_to_tensor(images, labels.len(), device)?;
-            let targets = Tensor::f_from_slice(&labels.iter().map(|label| *label as i64).collect::<Vec<_>>())?
-                .f_to_device(device)?;
+            let targets = Tensor::f_from_slice(
+                &labels.iter().map(|label| *label as i64).collect::<Vec<_>>(),
+            )?
+            .f_to_device(device)?;
             let logits = network.forward_t(&input, false);
             loss_sum += logits
                 .f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0)?
                 .f_double_value(&[])?;
-            let predictions = Vec::<i64>::try_from(logits.f_argmax(1, false)?.f_to_device(tch::Device::Cpu)?)?;
+            let predictions =
+                Vec::<i64>::try_from(logits.f_argmax(1, false)?.f_to_device(tch::Device::Cpu)?)?;
             for (label, prediction) in labels.iter().zip(predictions) {
                 confusion[*label as usize * num_classes + prediction as usize] += 1;
             }
@@ -332,7 +432,11 @@ pub fn run_training(
     let mut batch = AssembledBatch::default();
     for epoch_index in 0..config.epochs {
         let epoch = epoch_index + 1;
-        trainer.set_learning_rate(config.lr_schedule.learning_rate(config.learning_rate, epoch_index, config.epochs));
+        trainer.set_learning_rate(config.lr_schedule.learning_rate(
+            config.learning_rate,
+            epoch_index,
+            config.epochs,
+        ));
         let mut batches = EpochBatches::new(
             train.len(),
             config.batch_size,
@@ -372,7 +476,12 @@ pub fn run_training(
             test_loss_sum,
             test_count: test.len() as u64,
         };
-        info!(rank, epoch, train_loss = evaluation.train_loss, "epoch done");
+        info!(
+            rank,
+            epoch,
+            train_loss = evaluation.train_loss,
+            "epoch done"
+        );
         if observer.on_epoch(&evaluation).is_break() {
             info!(epoch, "training cancelled");
             return Err(TrainError::Cancelled);

@@ -2,16 +2,27 @@
 use std::time::Duration;
 
 use plankton_collective::{RingAllReduce, RingConfig, RingListener, SingleProcess};
-use plankton_trainer::{Architecture, DataParallelTrainer, IMAGE_LEN, OptimizerChoice, TrainConfig};
+use plankton_trainer::{
+    Architecture, DataParallelTrainer, IMAGE_LEN, OptimizerChoice, TrainConfig,
+};
 
 /// One ring of `world_size` ranks over 127.0.0.1 (each rank establishes inside its own thread).
 fn ring_collectives(world_size: usize) -> Vec<RingMember> {
-    let listeners: Vec<RingListener> = (0..world_size).map(|_| RingListener::bind("127.0.0.1:0").unwrap()).collect();
-    let addresses: Vec<String> = listeners.iter().map(|listener| listener.local_addr().to_string()).collect();
+    let listeners: Vec<RingListener> = (0..world_size)
+        .map(|_| RingListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addresses: Vec<String> = listeners
+        .iter()
+        .map(|listener| listener.local_addr().to_string())
+        .collect();
     listeners
         .into_iter()
         .enumerate()
-        .map(|(rank, listener)| RingMember { rank, listener, addresses: addresses.clone() })
+        .map(|(rank, listener)| RingMember {
+            rank,
+            listener,
+            addresses: addresses.clone(),
+        })
         .collect()
 }
 
@@ -23,15 +34,30 @@ struct RingMember {
 
 impl RingMember {
     fn establish(&self) -> RingAllReduce {
-        let config = RingConfig { connect_timeout: Duration::from_secs(20), io_timeout: Duration::from_secs(60), chunk_bytes: 64 * 1024 };
-        RingAllReduce::establish(&self.listener, "trainer-test", self.rank, &self.addresses, &config).unwrap()
+        let config = RingConfig {
+            connect_timeout: Duration::from_secs(20),
+            io_timeout: Duration::from_secs(60),
+            chunk_bytes: 64 * 1024,
+        };
+        RingAllReduce::establish(
+            &self.listener,
+            "trainer-test",
+            self.rank,
+            &self.addresses,
+            &config,
+        )
+        .unwrap()
     }
 }
 
 fn random_batch(count: usize, num_classes: usize, seed: u64) -> (Vec<u8>, Vec<u32>) {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) as u32
     };
     let images = (0..count * IMAGE_LEN).map(|_| next() as u8).collect();
@@ -39,7 +65,11 @@ fn random_batch(count: usize, num_classes: usize, seed: u64) -> (Vec<u8>, Vec<u3
     (images, labels)
 }
 
-fn config(architecture: Architecture, optimizer: OptimizerChoice, learning_rate: f64) -> TrainConfig {
+fn config(
+    architecture: Architecture,
+    optimizer: OptimizerChoice,
+    learning_rate: f64,
+) -> TrainConfig {
     let mut config = TrainConfig::new(3, vec![0.5, 1.0, 2.5]);
     config.architecture = architecture;
     config.optimizer = optimizer;
@@ -51,7 +81,10 @@ fn config(architecture: Architecture, optimizer: OptimizerChoice, learning_rate:
 
 fn max_abs_difference(left: &[f32], right: &[f32]) -> f32 {
     assert_eq!(left.len(), right.len());
-    left.iter().zip(right).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    left.iter()
+        .zip(right)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Weights after one step on the whole batch with one rank.
@@ -81,7 +114,10 @@ fn weights_after_ranks(config: &TrainConfig, splits: Vec<(Vec<u8>, Vec<u32>)>) -
             })
         })
         .collect();
-    handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+    handles
+        .into_iter()
+        .map(|handle| handle.join().unwrap())
+        .collect()
 }
 
 fn assert_two_halves_equal_whole(config: &TrainConfig) {
@@ -92,19 +128,36 @@ fn assert_two_halves_equal_whole(config: &TrainConfig) {
         (images[4 * IMAGE_LEN..].to_vec(), labels[4..].to_vec()),
     ];
     let ranks = weights_after_ranks(config, halves);
-    assert!(ranks[0] == ranks[1], "ranks diverged by {}", max_abs_difference(&ranks[0], &ranks[1]));
+    assert!(
+        ranks[0] == ranks[1],
+        "ranks diverged by {}",
+        max_abs_difference(&ranks[0], &ranks[1])
+    );
     let difference = max_abs_difference(&ranks[0], &whole);
-    assert!(difference < 1e-5, "2 ranks differ from 1 rank by {difference}");
+    assert!(
+        difference < 1e-5,
+        "2 ranks differ from 1 rank by {difference}"
+    );
     let initial = {
         let mut single = SingleProcess;
-        DataParallelTrainer::new(config, &mut single).unwrap().flat_weights().unwrap()
+        DataParallelTrainer::new(config, &mut single)
+            .unwrap()
+            .flat_weights()
+            .unwrap()
     };
-    assert!(max_abs_difference(&initial, &whole) > 1e-6, "the step changed nothing");
+    assert!(
+        max_abs_difference(&initial, &whole) > 1e-6,
+        "the step changed nothing"
+    );
 }
 
 #[test]
 fn lenet_sgd_two_ranks_on_halves_equal_one_rank_on_whole_batch() {
-    assert_two_halves_equal_whole(&config(Architecture::LeNet, OptimizerChoice::SgdMomentum, 0.05));
+    assert_two_halves_equal_whole(&config(
+        Architecture::LeNet,
+        OptimizerChoice::SgdMomentum,
+        0.05,
+    ));
 }
 
 #[test]
@@ -134,7 +187,11 @@ fn resnet_ranks_start_identical_and_stay_identical() {
         (images[4 * IMAGE_LEN..].to_vec(), labels[4..].to_vec()),
     ];
     let ranks = weights_after_ranks(&config, halves);
-    assert!(ranks[0] == ranks[1], "ranks diverged by {}", max_abs_difference(&ranks[0], &ranks[1]));
+    assert!(
+        ranks[0] == ranks[1],
+        "ranks diverged by {}",
+        max_abs_difference(&ranks[0], &ranks[1])
+    );
     assert!(max_abs_difference(&ranks[0], &whole) < 0.05);
 }
 
@@ -148,15 +205,31 @@ fn init_broadcast_gives_every_rank_rank_zeros_weights() {
             rank_config.seed = 100 + member.rank as u64;
             std::thread::spawn(move || {
                 let mut collective = member.establish();
-                DataParallelTrainer::new(&rank_config, &mut collective).unwrap().flat_weights().unwrap()
+                DataParallelTrainer::new(&rank_config, &mut collective)
+                    .unwrap()
+                    .flat_weights()
+                    .unwrap()
             })
         })
         .collect();
-    let weights: Vec<Vec<f32>> = handles.into_iter().map(|handle| handle.join().unwrap()).collect();
+    let weights: Vec<Vec<f32>> = handles
+        .into_iter()
+        .map(|handle| handle.join().unwrap())
+        .collect();
     let mut rank_one_alone_config = base.clone();
     rank_one_alone_config.seed = 101;
     let mut single = SingleProcess;
-    let rank_one_alone = DataParallelTrainer::new(&rank_one_alone_config, &mut single).unwrap().flat_weights().unwrap();
-    assert!(weights[0] == weights[1], "ranks differ by {}", max_abs_difference(&weights[0], &weights[1]));
-    assert!(weights[1] != rank_one_alone, "seeds 100 and 101 should draw different weights");
+    let rank_one_alone = DataParallelTrainer::new(&rank_one_alone_config, &mut single)
+        .unwrap()
+        .flat_weights()
+        .unwrap();
+    assert!(
+        weights[0] == weights[1],
+        "ranks differ by {}",
+        max_abs_difference(&weights[0], &weights[1])
+    );
+    assert!(
+        weights[1] != rank_one_alone,
+        "seeds 100 and 101 should draw different weights"
+    );
 }

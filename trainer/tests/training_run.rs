@@ -3,15 +3,17 @@ use std::ops::ControlFlow;
 
 use plankton_collective::SingleProcess;
 use plankton_trainer::{
-    Architecture, AugmentationMode, EpochEvaluation, IMAGE_LEN, IMAGE_SIZE, InferenceModel, LrSchedule, ShardData,
-    StepProgress, TrainConfig, TrainError, TrainingObserver, run_training,
+    Architecture, AugmentationMode, EpochEvaluation, IMAGE_LEN, IMAGE_SIZE, InferenceModel,
+    LrSchedule, ShardData, StepProgress, TrainConfig, TrainError, TrainingObserver, run_training,
 };
 
 /// Class 0: a bright vertical bar, class 1: a bright horizontal bar, at random positions, on noise.
 fn bar_images(count: usize, seed: u64) -> ShardData {
     let mut state = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut next = move |bound: u64| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) % bound
     };
     let mut shard = ShardData::default();
@@ -25,7 +27,11 @@ fn bar_images(count: usize, seed: u64) -> ShardData {
         for channel in 0..3 {
             for along in 0..IMAGE_SIZE {
                 for across in bar_start..bar_start + 6 {
-                    let (x, y) = if label == 0 { (across, along) } else { (along, across) };
+                    let (x, y) = if label == 0 {
+                        (across, along)
+                    } else {
+                        (along, across)
+                    };
                     image[channel * IMAGE_SIZE * IMAGE_SIZE + y * IMAGE_SIZE + x] = 230;
                 }
             }
@@ -86,35 +92,74 @@ fn a_tiny_resnet_run_learns_bars_and_round_trips_through_safetensors() {
 
     assert_eq!(recorder.steps.len(), 30);
     assert_eq!(recorder.epochs.len(), 3);
-    assert!(recorder.steps.iter().all(|step| step.loss.is_finite() && step.images_per_second > 0.0));
+    assert!(
+        recorder
+            .steps
+            .iter()
+            .all(|step| step.loss.is_finite() && step.images_per_second > 0.0)
+    );
     let first_epoch = &recorder.epochs[0];
     let last_epoch = &recorder.epochs[2];
     assert_eq!(last_epoch.test_count, 32);
     assert_eq!(last_epoch.confusion.iter().sum::<u64>(), 32);
-    assert!(last_epoch.train_loss < first_epoch.train_loss, "{recorder_losses:?}", recorder_losses = recorder.epochs.iter().map(|e| e.train_loss).collect::<Vec<_>>());
-    assert!(accuracy(&last_epoch.confusion) >= 0.9, "confusion {:?}", last_epoch.confusion);
-    assert!(last_epoch.test_loss_sum / 32.0 < std::f64::consts::LN_2, "test loss {}", last_epoch.test_loss_sum);
+    assert!(
+        last_epoch.train_loss < first_epoch.train_loss,
+        "{recorder_losses:?}",
+        recorder_losses = recorder
+            .epochs
+            .iter()
+            .map(|e| e.train_loss)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        accuracy(&last_epoch.confusion) >= 0.9,
+        "confusion {:?}",
+        last_epoch.confusion
+    );
+    assert!(
+        last_epoch.test_loss_sum / 32.0 < std::f64::consts::LN_2,
+        "test loss {}",
+        last_epoch.test_loss_sum
+    );
 
-    let trained_probabilities = model.predict_probabilities(&test.images, test.len()).unwrap();
+    let trained_probabilities = model
+        .predict_probabilities(&test.images, test.len())
+        .unwrap();
     assert_eq!(trained_probabilities.len(), 64);
     let (confusion, _) = model.evaluate(&test).unwrap();
     assert_eq!(confusion, last_epoch.confusion);
 
     let weights = model.to_safetensors().unwrap();
-    let loaded = InferenceModel::from_safetensors(Architecture::ResNet, 2, &weights, tch::Device::Cpu).unwrap();
-    let loaded_probabilities = loaded.predict_probabilities(&test.images, test.len()).unwrap();
+    let loaded =
+        InferenceModel::from_safetensors(Architecture::ResNet, 2, &weights, tch::Device::Cpu)
+            .unwrap();
+    let loaded_probabilities = loaded
+        .predict_probabilities(&test.images, test.len())
+        .unwrap();
     assert_eq!(loaded_probabilities, trained_probabilities);
     for row in loaded_probabilities.chunks(2) {
         assert!((row[0] + row[1] - 1.0).abs() < 1e-5);
     }
 
-    let wrong_architecture = InferenceModel::from_safetensors(Architecture::LeNet, 2, &weights, tch::Device::Cpu);
-    assert!(matches!(wrong_architecture, Err(TrainError::WeightsMismatch { .. })));
-    let wrong_classes = InferenceModel::from_safetensors(Architecture::ResNet, 5, &weights, tch::Device::Cpu);
-    assert!(matches!(wrong_classes, Err(TrainError::WeightsMismatch { .. })));
-    let garbage = InferenceModel::from_safetensors(Architecture::ResNet, 2, b"not weights", tch::Device::Cpu);
+    let wrong_architecture =
+        InferenceModel::from_safetensors(Architecture::LeNet, 2, &weights, tch::Device::Cpu);
+    assert!(matches!(
+        wrong_architecture,
+        Err(TrainError::WeightsMismatch { .. })
+    ));
+    let wrong_classes =
+        InferenceModel::from_safetensors(Architecture::ResNet, 5, &weights, tch::Device::Cpu);
+    assert!(matches!(
+        wrong_classes,
+        Err(TrainError::WeightsMismatch { .. })
+    ));
+    let garbage =
+        InferenceModel::from_safetensors(Architecture::ResNet, 2, b"not weights", tch::Device::Cpu);
     assert!(matches!(garbage, Err(TrainError::WeightsMismatch { .. })));
-    assert!(matches!(loaded.predict_probabilities(&test.images[..100], 1), Err(TrainError::InvalidInput(_))));
+    assert!(matches!(
+        loaded.predict_probabilities(&test.images[..100], 1),
+        Err(TrainError::InvalidInput(_))
+    ));
 }
 
 #[test]
@@ -126,7 +171,11 @@ fn lenet_learns_bars_too() {
     let mut recorder = Recorder::default();
     run_training(&config, &train, &test, &mut SingleProcess, &mut recorder).unwrap();
     let last_epoch = recorder.epochs.last().unwrap();
-    assert!(accuracy(&last_epoch.confusion) >= 0.9, "confusion {:?}", last_epoch.confusion);
+    assert!(
+        accuracy(&last_epoch.confusion) >= 0.9,
+        "confusion {:?}",
+        last_epoch.confusion
+    );
 }
 
 #[test]
@@ -135,7 +184,10 @@ fn the_observer_cancels_and_bad_input_is_an_error() {
     let test = bar_images(4, 6);
     let mut config = tiny_config(Architecture::LeNet);
     config.batch_size = 4;
-    let mut recorder = Recorder { cancel_after_steps: Some(2), ..Default::default() };
+    let mut recorder = Recorder {
+        cancel_after_steps: Some(2),
+        ..Default::default()
+    };
     let result = run_training(&config, &train, &test, &mut SingleProcess, &mut recorder);
     assert!(matches!(result, Err(TrainError::Cancelled)));
     assert_eq!(recorder.steps.len(), 2);
@@ -143,11 +195,25 @@ fn the_observer_cancels_and_bad_input_is_an_error() {
 
     let mut bad_labels = train.clone();
     bad_labels.labels[3] = 7;
-    let error = run_training(&config, &bad_labels, &test, &mut SingleProcess, &mut Recorder::default()).unwrap_err();
+    let error = run_training(
+        &config,
+        &bad_labels,
+        &test,
+        &mut SingleProcess,
+        &mut Recorder::default(),
+    )
+    .unwrap_err();
     assert!(error.to_string().contains("image 3"), "{error}");
 
     let mut bad_config = config.clone();
     bad_config.class_weights = vec![1.0];
-    let error = run_training(&bad_config, &train, &test, &mut SingleProcess, &mut Recorder::default()).unwrap_err();
+    let error = run_training(
+        &bad_config,
+        &train,
+        &test,
+        &mut SingleProcess,
+        &mut Recorder::default(),
+    )
+    .unwrap_err();
     assert!(matches!(error, TrainError::InvalidConfig(_)));
 }

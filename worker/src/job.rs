@@ -15,12 +15,12 @@ use plankton_dataset::{StoreLocation, open_image_source, open_location};
 use plankton_preprocess::{PreprocessConfig, ResizeMode, ShardCache};
 use plankton_proto::v1::worker_control_client::WorkerControlClient;
 use plankton_proto::v1::{
-    Augmentation, DoneReport, EpochReport, JobPhase, JobSpec, LrSchedule as ProtoLrSchedule, OptimizerKind,
-    ProgressReport, ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress,
+    Augmentation, DoneReport, EpochReport, JobPhase, JobSpec, LrSchedule as ProtoLrSchedule,
+    OptimizerKind, ProgressReport, ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress,
 };
 use plankton_trainer::{
-    Architecture, AugmentationMode, EpochEvaluation, LrSchedule, ModelCard, ModelInput, OptimizerChoice, StepProgress,
-    TrainConfig, TrainingObserver, run_training,
+    Architecture, AugmentationMode, EpochEvaluation, LrSchedule, ModelCard, ModelInput,
+    OptimizerChoice, StepProgress, TrainConfig, TrainingObserver, run_training,
 };
 
 use crate::loader::load_shard;
@@ -43,9 +43,28 @@ pub(crate) async fn run_assignment(
     let rank = assignment.rank;
     let cancel = session.child_token();
     current_job.set(&job_id, cancel.clone());
-    info!(job_id, rank, world_size = assignment.world_size, train = assignment.train.len(), test = assignment.test.len(), "assignment received");
-    let reporter = Reporter { client: client.clone(), job_id: job_id.clone(), rank, worker_id: worker_id.to_string() };
-    let outcome = execute(config, reporter.clone(), assignment, listener, cancel.clone()).await;
+    info!(
+        job_id,
+        rank,
+        world_size = assignment.world_size,
+        train = assignment.train.len(),
+        test = assignment.test.len(),
+        "assignment received"
+    );
+    let reporter = Reporter {
+        client: client.clone(),
+        job_id: job_id.clone(),
+        rank,
+        worker_id: worker_id.to_string(),
+    };
+    let outcome = execute(
+        config,
+        reporter.clone(),
+        assignment,
+        listener,
+        cancel.clone(),
+    )
+    .await;
     let done = match outcome {
         Ok(finished) => DoneReport {
             job_id: job_id.clone(),
@@ -56,9 +75,20 @@ pub(crate) async fn run_assignment(
             skipped_objects: finished.skipped_objects,
         },
         Err(failure) => {
-            let message = if cancel.is_cancelled() { format!("stopped: {failure:#}") } else { format!("{failure:#}") };
+            let message = if cancel.is_cancelled() {
+                format!("stopped: {failure:#}")
+            } else {
+                format!("{failure:#}")
+            };
             error!(job_id, rank, error = message, "assignment failed");
-            DoneReport { job_id: job_id.clone(), rank, ok: false, error: message, model_url: String::new(), skipped_objects: 0 }
+            DoneReport {
+                job_id: job_id.clone(),
+                rank,
+                ok: false,
+                error: message,
+                model_url: String::new(),
+                skipped_objects: 0,
+            }
         }
     };
     if let Err(status) = client.report_done(done).await {
@@ -82,14 +112,22 @@ struct Reporter {
 
 impl Reporter {
     async fn progress(&mut self, phase: JobPhase, progress: WorkerProgress) {
-        let report = ProgressReport { job_id: self.job_id.clone(), progress: Some(progress), phase: phase as i32 };
+        let report = ProgressReport {
+            job_id: self.job_id.clone(),
+            progress: Some(progress),
+            phase: phase as i32,
+        };
         if let Err(status) = self.client.report_progress(report).await {
             warn!(job_id = self.job_id, %status, "progress report failed");
         }
     }
 
     fn base_progress(&self) -> WorkerProgress {
-        WorkerProgress { rank: self.rank, worker_id: self.worker_id.clone(), ..Default::default() }
+        WorkerProgress {
+            rank: self.rank,
+            worker_id: self.worker_id.clone(),
+            ..Default::default()
+        }
     }
 }
 
@@ -124,7 +162,10 @@ async fn execute(
         while let Some(loaded) = progress_receiver.recv().await {
             if last_sent.elapsed() >= PROGRESS_INTERVAL || loaded == total {
                 last_sent = Instant::now();
-                let progress = WorkerProgress { loaded_objects: loaded as u64, ..loading_reporter.base_progress() };
+                let progress = WorkerProgress {
+                    loaded_objects: loaded as u64,
+                    ..loading_reporter.base_progress()
+                };
                 loading_reporter.progress(JobPhase::Loading, progress).await;
             }
         }
@@ -133,19 +174,45 @@ async fn execute(
     let mut report_train = |done: usize, _total: usize| {
         let _ = progress_sender.send(done);
     };
-    let train = load_shard(&location, &image_source, &assignment.train, &preprocess_config, cache.as_ref(), config.fetch_concurrency, &cancel, &mut report_train).await?;
+    let train = load_shard(
+        &location,
+        &image_source,
+        &assignment.train,
+        &preprocess_config,
+        cache.as_ref(),
+        config.fetch_concurrency,
+        &cancel,
+        &mut report_train,
+    )
+    .await?;
     let mut report_test = |done: usize, _total: usize| {
         let _ = progress_sender.send(train_count + done);
     };
-    let test = load_shard(&location, &image_source, &assignment.test, &preprocess_config, cache.as_ref(), config.fetch_concurrency, &cancel, &mut report_test).await?;
+    let test = load_shard(
+        &location,
+        &image_source,
+        &assignment.test,
+        &preprocess_config,
+        cache.as_ref(),
+        config.fetch_concurrency,
+        &cancel,
+        &mut report_test,
+    )
+    .await?;
     drop(progress_sender);
     let _ = progress_forwarder.await;
     let skipped_objects = (train.skipped.len() + test.skipped.len()) as u64;
     if train.data.labels.is_empty() {
-        anyhow::bail!("no readable training image in this rank's shard ({} skipped)", train.skipped.len());
+        anyhow::bail!(
+            "no readable training image in this rank's shard ({} skipped)",
+            train.skipped.len()
+        );
     }
     if skipped_objects > 0 {
-        warn!(job_id = reporter.job_id, skipped_objects, "training on the readable rest of the shard");
+        warn!(
+            job_id = reporter.job_id,
+            skipped_objects, "training on the readable rest of the shard"
+        );
     }
 
     // Train on the blocking pool; the observer forwards events to this task.
@@ -160,10 +227,32 @@ async fn execute(
     let device = train_config.device;
     let loaded_objects = (train.data.labels.len() + test.data.labels.len()) as u64;
     let training = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
-        let mut collective = join_collective(&listener, &job_id, rank, &peers, &ring_config, &nccl_unique_id, device)?;
-        let mut observer = ChannelObserver { sender: event_sender, cancel: training_cancel, last_progress: None };
-        let model = run_training(&train_config, &train.data, &test.data, collective.as_mut(), &mut observer)?;
-        Ok(if rank == 0 { model.to_safetensors()? } else { Vec::new() })
+        let mut collective = join_collective(
+            &listener,
+            &job_id,
+            rank,
+            &peers,
+            &ring_config,
+            &nccl_unique_id,
+            device,
+        )?;
+        let mut observer = ChannelObserver {
+            sender: event_sender,
+            cancel: training_cancel,
+            last_progress: None,
+        };
+        let model = run_training(
+            &train_config,
+            &train.data,
+            &test.data,
+            collective.as_mut(),
+            &mut observer,
+        )?;
+        Ok(if rank == 0 {
+            model.to_safetensors()?
+        } else {
+            Vec::new()
+        })
     });
 
     let steps_per_epoch = assignment.steps_per_epoch;
@@ -205,7 +294,10 @@ async fn execute(
     } else {
         String::new()
     };
-    Ok(Finished { model_url, skipped_objects })
+    Ok(Finished {
+        model_url,
+        skipped_objects,
+    })
 }
 
 /// NCCL when the coordinator handed out a unique id and this rank trains on a GPU, else the TCP ring.
@@ -224,10 +316,21 @@ fn join_collective(
     #[cfg(feature = "nccl")]
     if let (false, tch::Device::Cuda(ordinal)) = (nccl_unique_id.is_empty(), device) {
         info!(job_id, rank, "joining the NCCL communicator");
-        return Ok(Box::new(plankton_collective::nccl::NcclAllReduce::new(nccl_unique_id, rank, peers.len(), ordinal)?));
+        return Ok(Box::new(plankton_collective::nccl::NcclAllReduce::new(
+            nccl_unique_id,
+            rank,
+            peers.len(),
+            ordinal,
+        )?));
     }
     let _ = (nccl_unique_id, device);
-    Ok(Box::new(RingAllReduce::establish(listener, job_id, rank, peers, ring_config)?))
+    Ok(Box::new(RingAllReduce::establish(
+        listener,
+        job_id,
+        rank,
+        peers,
+        ring_config,
+    )?))
 }
 
 enum TrainingEvent {
@@ -247,7 +350,9 @@ impl TrainingObserver for ChannelObserver {
         if self.cancel.is_cancelled() {
             return ControlFlow::Break(());
         }
-        let due = self.last_progress.is_none_or(|last| last.elapsed() >= PROGRESS_INTERVAL)
+        let due = self
+            .last_progress
+            .is_none_or(|last| last.elapsed() >= PROGRESS_INTERVAL)
             || progress.step == progress.steps_per_epoch;
         if due {
             self.last_progress = Some(Instant::now());
@@ -258,16 +363,32 @@ impl TrainingObserver for ChannelObserver {
     }
 
     fn on_epoch(&mut self, evaluation: &EpochEvaluation) -> ControlFlow<()> {
-        if self.cancel.is_cancelled() || self.sender.blocking_send(TrainingEvent::Epoch(evaluation.clone())).is_err() {
+        if self.cancel.is_cancelled()
+            || self
+                .sender
+                .blocking_send(TrainingEvent::Epoch(evaluation.clone()))
+                .is_err()
+        {
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
     }
 }
 
-fn train_config(spec: &JobSpec, assignment: &ShardAssignment, threads: usize) -> anyhow::Result<TrainConfig> {
-    let architecture: Architecture = spec.model.parse().map_err(|error| anyhow::anyhow!("model {:?}: {error}", spec.model))?;
-    let threads = if spec.threads_per_worker > 0 { spec.threads_per_worker as usize } else { threads };
+fn train_config(
+    spec: &JobSpec,
+    assignment: &ShardAssignment,
+    threads: usize,
+) -> anyhow::Result<TrainConfig> {
+    let architecture: Architecture = spec
+        .model
+        .parse()
+        .map_err(|error| anyhow::anyhow!("model {:?}: {error}", spec.model))?;
+    let threads = if spec.threads_per_worker > 0 {
+        spec.threads_per_worker as usize
+    } else {
+        threads
+    };
     Ok(TrainConfig {
         architecture,
         num_classes: assignment.class_names.len(),
@@ -298,18 +419,27 @@ fn train_config(spec: &JobSpec, assignment: &ShardAssignment, threads: usize) ->
 }
 
 /// Writes `model.safetensors` and `model-card.json` under the job's output URL; returns the weights' URL.
-async fn write_model(assignment: &ShardAssignment, spec: &JobSpec, weights: Vec<u8>) -> anyhow::Result<String> {
+async fn write_model(
+    assignment: &ShardAssignment,
+    spec: &JobSpec,
+    weights: Vec<u8>,
+) -> anyhow::Result<String> {
     let output: StoreLocation = open_location(&assignment.output_url)?;
     let weights_file = "model.safetensors";
     output.put_bytes(weights_file, Bytes::from(weights)).await?;
     // The coordinator adds the job's final metrics to the card once every rank has finished.
     let card = ModelCard {
-        architecture: spec.model.parse().map_err(|error| anyhow::anyhow!("model {:?}: {error}", spec.model))?,
+        architecture: spec
+            .model
+            .parse()
+            .map_err(|error| anyhow::anyhow!("model {:?}: {error}", spec.model))?,
         classes: assignment.class_names.clone(),
-        input: ModelInput::standard(match ProtoResizeMode::try_from(spec.resize_mode).unwrap_or_default() {
-            ProtoResizeMode::ResizeStretch => "stretch",
-            ProtoResizeMode::ResizePadToSquare => "pad_to_square",
-        }),
+        input: ModelInput::standard(
+            match ProtoResizeMode::try_from(spec.resize_mode).unwrap_or_default() {
+                ProtoResizeMode::ResizeStretch => "stretch",
+                ProtoResizeMode::ResizePadToSquare => "pad_to_square",
+            },
+        ),
         metrics: serde_json::Value::Null,
         job_id: assignment.job_id.clone(),
         created_unix_ms: std::time::SystemTime::now()
@@ -318,8 +448,16 @@ async fn write_model(assignment: &ShardAssignment, spec: &JobSpec, weights: Vec<
             .unwrap_or(0),
         weights_file: weights_file.to_string(),
     };
-    output.put_bytes("model-card.json", Bytes::from(serde_json::to_vec_pretty(&card)?)).await?;
-    let model_url = format!("{}/{weights_file}", assignment.output_url.trim_end_matches('/'));
+    output
+        .put_bytes(
+            "model-card.json",
+            Bytes::from(serde_json::to_vec_pretty(&card)?),
+        )
+        .await?;
+    let model_url = format!(
+        "{}/{weights_file}",
+        assignment.output_url.trim_end_matches('/')
+    );
     info!(model_url, "model written");
     Ok(model_url)
 }

@@ -68,13 +68,22 @@ pub(crate) struct CurrentJob {
 
 impl CurrentJob {
     fn set(&self, job_id: &str, cancel: CancellationToken) {
-        *self.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((job_id.to_string(), cancel));
+        *self
+            .slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((job_id.to_string(), cancel));
     }
     fn clear(&self) {
-        *self.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        *self
+            .slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
     }
     fn get(&self) -> Option<(String, CancellationToken)> {
-        self.slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -87,11 +96,17 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         Some(host) => format!("{host}:{}", listen_address.port()),
         None => listen_address.to_string(),
     };
-    info!(peer_address, coordinator = config.coordinator_url, "worker starting");
+    info!(
+        peer_address,
+        coordinator = config.coordinator_url,
+        "worker starting"
+    );
     let current_job = CurrentJob::default();
 
     while !shutdown.is_cancelled() {
-        let Some(mut client) = connect(&config.coordinator_url, &shutdown).await else { break };
+        let Some(mut client) = connect(&config.coordinator_url, &shutdown).await else {
+            break;
+        };
         let registration = client
             .register(RegisterRequest {
                 worker_name: config.name.clone(),
@@ -120,7 +135,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             session.clone(),
         ));
         while !session.is_cancelled() {
-            let request = NextAssignmentRequest { worker_id: worker_id.clone() };
+            let request = NextAssignmentRequest {
+                worker_id: worker_id.clone(),
+            };
             let response = tokio::select! {
                 _ = session.cancelled() => break,
                 response = client.next_assignment(request) => response,
@@ -128,8 +145,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             match response {
                 Ok(response) => {
                     if let Some(assignment) = response.into_inner().assignment {
-                        job::run_assignment(&config, &mut client, &worker_id, assignment, listener.clone(), &current_job, &session)
-                            .await;
+                        job::run_assignment(
+                            &config,
+                            &mut client,
+                            &worker_id,
+                            assignment,
+                            listener.clone(),
+                            &current_job,
+                            &session,
+                        )
+                        .await;
                     }
                 }
                 Err(status) if status.code() == Code::NotFound => {
@@ -155,7 +180,11 @@ async fn connect(url: &str, shutdown: &CancellationToken) -> Option<WorkerContro
     loop {
         match WorkerControlClient::connect(url.to_string()).await {
             Ok(client) => {
-                return Some(client.max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES));
+                return Some(
+                    client
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                );
             }
             Err(error) => warn!(url, %error, "coordinator unreachable; retrying"),
         }
@@ -192,18 +221,20 @@ async fn heartbeat_loop(
         let running = current_job.get();
         let request = HeartbeatRequest {
             worker_id: worker_id.clone(),
-            job_id: running.as_ref().map(|(job_id, _)| job_id.clone()).unwrap_or_default(),
+            job_id: running
+                .as_ref()
+                .map(|(job_id, _)| job_id.clone())
+                .unwrap_or_default(),
         };
         match client.heartbeat(request).await {
             Ok(response) => {
                 let response = response.into_inner();
-                if response.cancel_current_job {
-                    if let Some((job_id, cancel)) = running {
-                        if !cancel.is_cancelled() {
-                            info!(job_id, "coordinator ended the job; stopping it");
-                            cancel.cancel();
-                        }
-                    }
+                if response.cancel_current_job
+                    && let Some((job_id, cancel)) = running
+                    && !cancel.is_cancelled()
+                {
+                    info!(job_id, "coordinator ended the job; stopping it");
+                    cancel.cancel();
                 }
                 if response.unknown_worker && current_job.get().is_none() {
                     session.cancel();

@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use plankton_dataset::{ImageSource, StoreLocation, fetch_images};
-use plankton_preprocess::{CachedShard, IMAGE_LEN, PreprocessConfig, ShardCache, preprocess_batch_into};
+use plankton_preprocess::{
+    CachedShard, IMAGE_LEN, PreprocessConfig, ShardCache, preprocess_batch_into,
+};
 use plankton_proto::v1::ShardObject;
 use plankton_trainer::ShardData;
 
@@ -41,7 +43,11 @@ pub async fn load_shard(
     if let Some(cache) = cache {
         match cache.load(&cache_key) {
             Ok(Some(cached)) => {
-                info!(objects = cached.objids.len(), skipped = cached.skipped.len(), "shard loaded from the local cache");
+                info!(
+                    objects = cached.objids.len(),
+                    skipped = cached.skipped.len(),
+                    "shard loaded from the local cache"
+                );
                 progress(objects.len(), objects.len());
                 return Ok(from_cached(cached, objects));
             }
@@ -50,8 +56,13 @@ pub async fn load_shard(
         }
     }
     let started = Instant::now();
-    let mut loaded = CachedShard { objids: Vec::with_capacity(objects.len()), images: Vec::with_capacity(objects.len() * IMAGE_LEN), skipped: Vec::new() };
-    let mut fetched = fetch_images(location, image_source, objids.clone(), fetch_concurrency).chunks(PREPROCESS_CHUNK);
+    let mut loaded = CachedShard {
+        objids: Vec::with_capacity(objects.len()),
+        images: Vec::with_capacity(objects.len() * IMAGE_LEN),
+        skipped: Vec::new(),
+    };
+    let mut fetched = fetch_images(location, image_source, objids.clone(), fetch_concurrency)
+        .chunks(PREPROCESS_CHUNK);
     let mut done = 0usize;
     while let Some(chunk) = fetched.next().await {
         if cancel.is_cancelled() {
@@ -74,7 +85,9 @@ pub async fn load_shard(
         let config = preprocess_config.clone();
         // Preprocess straight into the shard's buffer, then drop the slots of images that failed.
         let first_slot = loaded.images.len();
-        loaded.images.resize(first_slot + chunk_bytes.len() * IMAGE_LEN, 0);
+        loaded
+            .images
+            .resize(first_slot + chunk_bytes.len() * IMAGE_LEN, 0);
         let mut images = std::mem::take(&mut loaded.images);
         let (mut images, results) = tokio::task::spawn_blocking(move || {
             let results = preprocess_batch_into(&chunk_bytes, &config, &mut images[first_slot..]);
@@ -92,7 +105,9 @@ pub async fn load_shard(
                 }
                 Err(error) => {
                     warn!(objid, %error, "image skipped");
-                    loaded.skipped.push((objid, format!("imgs/{objid}.jpg: {error}")));
+                    loaded
+                        .skipped
+                        .push((objid, format!("imgs/{objid}.jpg: {error}")));
                 }
             }
         }
@@ -108,17 +123,20 @@ pub async fn load_shard(
         "shard fetched and preprocessed"
     );
     debug_assert_eq!(done, objects.len());
-    if let Some(cache) = cache {
-        if let Err(error) = cache.store(&cache_key, &loaded) {
-            warn!(%error, "could not write the shard cache");
-        }
+    if let Some(cache) = cache
+        && let Err(error) = cache.store(&cache_key, &loaded)
+    {
+        warn!(%error, "could not write the shard cache");
     }
     Ok(from_cached(loaded, objects))
 }
 
 /// Joins preprocessed images with their labels from the assignment.
 fn from_cached(cached: CachedShard, objects: &[ShardObject]) -> LoadedShard {
-    let label_of: std::collections::HashMap<i64, u32> = objects.iter().map(|object| (object.objid, object.label)).collect();
+    let label_of: std::collections::HashMap<i64, u32> = objects
+        .iter()
+        .map(|object| (object.objid, object.label))
+        .collect();
     let mut labels = Vec::with_capacity(cached.objids.len());
     let mut images = Vec::with_capacity(cached.images.len());
     let mut skipped = cached.skipped;
@@ -126,10 +144,14 @@ fn from_cached(cached: CachedShard, objects: &[ShardObject]) -> LoadedShard {
         match label_of.get(objid) {
             Some(&label) => {
                 labels.push(label);
-                images.extend_from_slice(&cached.images[index * IMAGE_LEN..(index + 1) * IMAGE_LEN]);
+                images
+                    .extend_from_slice(&cached.images[index * IMAGE_LEN..(index + 1) * IMAGE_LEN]);
             }
             None => skipped.push((*objid, "not part of this shard".into())),
         }
     }
-    LoadedShard { data: ShardData { images, labels }, skipped }
+    LoadedShard {
+        data: ShardData { images, labels },
+        skipped,
+    }
 }

@@ -7,10 +7,17 @@ use plankton_collective::RingConfig;
 use plankton_worker::{WorkerConfig, run};
 
 #[derive(Parser, Debug)]
-#[command(name = "plankton-worker", about = "plankton-cluster worker: fetch a shard, preprocess, train data-parallel")]
+#[command(
+    name = "plankton-worker",
+    about = "plankton-cluster worker: fetch a shard, preprocess, train data-parallel"
+)]
 struct Options {
     /// Coordinator gRPC endpoint.
-    #[arg(long, env = "PLANKTON_COORDINATOR", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "PLANKTON_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
     coordinator: String,
     /// Address ring peers connect to.
     #[arg(long, env = "PLANKTON_PEER_LISTEN", default_value = "127.0.0.1:0")]
@@ -49,12 +56,18 @@ async fn main() -> anyhow::Result<()> {
     config.threads = options.threads;
     config.cache_dir = options.cache_dir;
     config.fetch_concurrency = options.fetch_concurrency;
-    config.ring = RingConfig { connect_timeout: options.ring_connect_timeout, io_timeout: options.ring_io_timeout, ..config.ring };
+    config.ring = RingConfig {
+        connect_timeout: options.ring_connect_timeout,
+        io_timeout: options.ring_io_timeout,
+        ..config.ring
+    };
     let shutdown = plankton_common::shutdown_on_signals();
     run(config, shutdown).await
 }
 
 fn default_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "worker".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".into());
     format!("{host}-{}", std::process::id())
 }

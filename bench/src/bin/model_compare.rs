@@ -14,8 +14,8 @@ use plankton_coordinator::planner::{normalize_spec, plan_job};
 use plankton_preprocess::{IMAGE_LEN, PreprocessConfig, preprocess_many};
 use plankton_proto::v1::{JobSpec, ShardObject};
 use plankton_trainer::{
-    Architecture, EpochEvaluation, LrSchedule, ShardData, SingleProcess, StepProgress, TrainConfig, TrainingObserver,
-    run_training,
+    Architecture, EpochEvaluation, LrSchedule, ShardData, SingleProcess, StepProgress, TrainConfig,
+    TrainingObserver, run_training,
 };
 
 #[derive(Parser, Debug)]
@@ -53,7 +53,8 @@ impl TrainingObserver for EpochLog {
         let mut matrix = ConfusionMatrix::zeros(self.class_names.len());
         matrix.add(&evaluation.confusion);
         let metrics = matrix.metrics(evaluation.epoch, &self.class_names, 0.0);
-        self.rows.push((evaluation.epoch, metrics.accuracy, metrics.macro_f1));
+        self.rows
+            .push((evaluation.epoch, metrics.accuracy, metrics.macro_f1));
         ControlFlow::Continue(())
     }
 }
@@ -62,14 +63,21 @@ async fn load(dataset: &str, objects: &[ShardObject]) -> anyhow::Result<ShardDat
     let location = plankton_dataset::open_location(dataset)?;
     let source = plankton_dataset::open_image_source(&location).await?;
     let objids: Vec<i64> = objects.iter().map(|object| object.objid).collect();
-    let fetched: Vec<(i64, bytes::Bytes)> = plankton_dataset::fetch_images(&location, &source, objids, 32)
-        .filter_map(|(objid, result)| async move { result.ok().map(|bytes| (objid, bytes)) })
-        .collect()
-        .await;
-    let labels: std::collections::HashMap<i64, u32> = objects.iter().map(|object| (object.objid, object.label)).collect();
+    let fetched: Vec<(i64, bytes::Bytes)> =
+        plankton_dataset::fetch_images(&location, &source, objids, 32)
+            .filter_map(|(objid, result)| async move { result.ok().map(|bytes| (objid, bytes)) })
+            .collect()
+            .await;
+    let labels: std::collections::HashMap<i64, u32> = objects
+        .iter()
+        .map(|object| (object.objid, object.label))
+        .collect();
     let jpegs: Vec<&[u8]> = fetched.iter().map(|(_, bytes)| bytes.as_ref()).collect();
     let processed = preprocess_many(&jpegs, &PreprocessConfig::default());
-    let mut data = ShardData { images: Vec::with_capacity(fetched.len() * IMAGE_LEN), labels: Vec::new() };
+    let mut data = ShardData {
+        images: Vec::with_capacity(fetched.len() * IMAGE_LEN),
+        labels: Vec::new(),
+    };
     for ((objid, _), channels) in fetched.iter().zip(processed) {
         if let Ok(channels) = channels {
             data.images.extend_from_slice(&channels);
@@ -105,23 +113,36 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut results = Vec::new();
     for model in &options.models {
-        let architecture: Architecture = model.parse().map_err(|error| anyhow::anyhow!("{model}: {error}"))?;
+        let architecture: Architecture = model
+            .parse()
+            .map_err(|error| anyhow::anyhow!("{model}: {error}"))?;
         let mut config = TrainConfig::new(plan.class_names.len(), plan.class_weights.clone());
         config.architecture = architecture;
         config.epochs = options.epochs;
         config.batch_size = options.batch_size as usize;
         config.steps_per_epoch = train.labels.len() / options.batch_size as usize;
         config.learning_rate = options.lr;
-        config.lr_schedule = options.lr_schedule.parse::<LrSchedule>().map_err(|error| anyhow::anyhow!("{error}"))?;
+        config.lr_schedule = options
+            .lr_schedule
+            .parse::<LrSchedule>()
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
         config.threads = options.threads;
-        let mut log = EpochLog { class_names: plan.class_names.clone(), rows: Vec::new() };
+        let mut log = EpochLog {
+            class_names: plan.class_names.clone(),
+            rows: Vec::new(),
+        };
         let started = Instant::now();
         let (train_ref, test_ref) = (&train, &test);
-        tokio::task::block_in_place(|| run_training(&config, train_ref, test_ref, &mut SingleProcess, &mut log))?;
+        tokio::task::block_in_place(|| {
+            run_training(&config, train_ref, test_ref, &mut SingleProcess, &mut log)
+        })?;
         println!("{model}: {:.0}s", started.elapsed().as_secs_f64());
         results.push((model.clone(), log.rows));
     }
-    println!("\n{:<8} {:>6} {:>9} {:>9}", "model", "epoch", "accuracy", "macro-F1");
+    println!(
+        "\n{:<8} {:>6} {:>9} {:>9}",
+        "model", "epoch", "accuracy", "macro-F1"
+    );
     for (model, rows) in &results {
         for (epoch, accuracy, macro_f1) in rows {
             println!("{model:<8} {epoch:>6} {accuracy:>9.4} {macro_f1:>9.4}");

@@ -17,13 +17,18 @@ use plankton_dataset::open_location;
 use plankton_proto::v1::inference_client::InferenceClient;
 use plankton_proto::v1::{GetModelInfoRequest, ImageInput, ModelVersion, PredictRequest};
 use plankton_serve::{BatchingConfig, InMemoryRegistry, ServeConfig, serve_with_metrics_listener};
-use plankton_trainer::{Architecture, IMAGE_LEN, LoggingObserver, ModelCard, ModelInput, ShardData, TrainConfig, run_training};
+use plankton_trainer::{
+    Architecture, IMAGE_LEN, LoggingObserver, ModelCard, ModelInput, ShardData, TrainConfig,
+    run_training,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 #[derive(Parser, Debug)]
-#[command(about = "Load test of plankton-serve: throughput and p50/p99 latency, dynamic batching on vs off")]
+#[command(
+    about = "Load test of plankton-serve: throughput and p50/p99 latency, dynamic batching on vs off"
+)]
 struct Options {
     /// Timed seconds per measurement (after the warm-up).
     #[arg(long, default_value_t = 5.0)]
@@ -62,13 +67,21 @@ fn briefly_trained_resnet() -> anyhow::Result<Vec<u8>> {
     config.epochs = 1;
     config.batch_size = 16;
     config.steps_per_epoch = 1;
-    let trained = run_training(&config, &shard, &shard, &mut SingleProcess, &mut LoggingObserver)?;
+    let trained = run_training(
+        &config,
+        &shard,
+        &shard,
+        &mut SingleProcess,
+        &mut LoggingObserver,
+    )?;
     Ok(trained.to_safetensors()?)
 }
 
 async fn publish(weights: Vec<u8>) -> anyhow::Result<ModelVersion> {
     let location = open_location("memory://serve-bench/models/plankton/1")?;
-    let class_names: Vec<String> = (0..CLASS_COUNT).map(|index| format!("class {index}")).collect();
+    let class_names: Vec<String> = (0..CLASS_COUNT)
+        .map(|index| format!("class {index}"))
+        .collect();
     let card = ModelCard {
         architecture: Architecture::ResNet,
         classes: class_names.clone(),
@@ -78,8 +91,12 @@ async fn publish(weights: Vec<u8>) -> anyhow::Result<ModelVersion> {
         created_unix_ms: 0,
         weights_file: "model.safetensors".to_string(),
     };
-    location.put_bytes("model.safetensors", Bytes::from(weights)).await?;
-    location.put_bytes("model-card.json", Bytes::from(serde_json::to_vec(&card)?)).await?;
+    location
+        .put_bytes("model.safetensors", Bytes::from(weights))
+        .await?;
+    location
+        .put_bytes("model-card.json", Bytes::from(serde_json::to_vec(&card)?))
+        .await?;
     Ok(ModelVersion {
         name: "plankton".to_string(),
         version: 1,
@@ -105,7 +122,12 @@ fn request_images() -> anyhow::Result<Vec<Vec<u8>>> {
 
 /// Milliseconds per forward pass (and per image) of the model alone, by batch size: what batching can gain.
 fn print_forward_pass_costs(weights: &[u8]) -> anyhow::Result<()> {
-    let model = plankton_trainer::InferenceModel::from_safetensors(Architecture::ResNet, CLASS_COUNT, weights, tch::Device::Cpu)?;
+    let model = plankton_trainer::InferenceModel::from_safetensors(
+        Architecture::ResNet,
+        CLASS_COUNT,
+        weights,
+        tch::Device::Cpu,
+    )?;
     for batch_size in [1usize, 8, 64] {
         let images = vec![128u8; batch_size * IMAGE_LEN];
         model.predict_probabilities(&images, batch_size)?;
@@ -115,7 +137,10 @@ fn print_forward_pass_costs(weights: &[u8]) -> anyhow::Result<()> {
             model.predict_probabilities(&images, batch_size)?;
         }
         let per_pass = started.elapsed().as_secs_f64() * 1e3 / repetitions as f64;
-        println!("forward pass alone, batch {batch_size:>3}: {per_pass:8.2} ms per pass, {:6.3} ms per image", per_pass / batch_size as f64);
+        println!(
+            "forward pass alone, batch {batch_size:>3}: {per_pass:8.2} ms per pass, {:6.3} ms per image",
+            per_pass / batch_size as f64
+        );
     }
     Ok(())
 }
@@ -168,7 +193,10 @@ async fn measure(
                 let image = images[sent % images.len()].clone();
                 sent += 1;
                 let request = PredictRequest {
-                    images: vec![ImageInput { data: image, id: sent.to_string() }],
+                    images: vec![ImageInput {
+                        data: image,
+                        id: sent.to_string(),
+                    }],
                     top_k: 1,
                     ..Default::default()
                 };
@@ -192,7 +220,12 @@ async fn measure(
         failures += client_failures;
     }
     latencies.sort();
-    Ok(Measurement { requests: latencies.len(), failures, elapsed: timed, latencies })
+    Ok(Measurement {
+        requests: latencies.len(),
+        failures,
+        elapsed: timed,
+        latencies,
+    })
 }
 
 async fn start_server(
@@ -209,12 +242,23 @@ async fn start_server(
         batching,
         ..ServeConfig::default()
     };
-    let task = tokio::spawn(serve_with_metrics_listener(config, listener, None, shutdown));
-    let channel = Channel::from_shared(format!("http://{address}"))?.connect().await?;
+    let task = tokio::spawn(serve_with_metrics_listener(
+        config, listener, None, shutdown,
+    ));
+    let channel = Channel::from_shared(format!("http://{address}"))?
+        .connect()
+        .await?;
     let mut client = InferenceClient::new(channel.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
-    while client.get_model_info(GetModelInfoRequest::default()).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "the server never loaded its model");
+    while client
+        .get_model_info(GetModelInfoRequest::default())
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the server never loaded its model"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok((channel, task))
@@ -229,7 +273,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || print_forward_pass_costs(&forward_weights)).await??;
     let registry = InMemoryRegistry::new();
     registry.register(publish(weights).await?);
-    registry.promote("plankton", 1, "production").map_err(|status| anyhow::anyhow!("{status}"))?;
+    registry
+        .promote("plankton", 1, "production")
+        .map_err(|status| anyhow::anyhow!("{status}"))?;
     let registry_listener = TcpListener::bind("127.0.0.1:0").await?;
     let registry_url = format!("http://{}", registry_listener.local_addr()?);
     let shutdown = CancellationToken::new();
@@ -241,22 +287,42 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "plankton-serve load test: resnet, {CLASS_COUNT} classes, 1 image per request, {:.0} s per point, {} cores",
         options.seconds,
-        std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
     );
-    println!("{:<34} {:>8} {:>12} {:>10} {:>10} {:>9}", "server", "clients", "requests/s", "p50 ms", "p99 ms", "failures");
+    println!(
+        "{:<34} {:>8} {:>12} {:>10} {:>10} {:>9}",
+        "server", "clients", "requests/s", "p50 ms", "p99 ms", "failures"
+    );
     let modes = [
         (
-            format!("batching on (max {}, {:?})", options.max_batch_size, options.max_queue_delay),
-            BatchingConfig { max_batch_size: options.max_batch_size, max_queue_delay: options.max_queue_delay, ..BatchingConfig::default() },
+            format!(
+                "batching on (max {}, {:?})",
+                options.max_batch_size, options.max_queue_delay
+            ),
+            BatchingConfig {
+                max_batch_size: options.max_batch_size,
+                max_queue_delay: options.max_queue_delay,
+                ..BatchingConfig::default()
+            },
         ),
-        ("batching off (max batch size 1)".to_string(), BatchingConfig { max_batch_size: 1, ..BatchingConfig::default() }),
+        (
+            "batching off (max batch size 1)".to_string(),
+            BatchingConfig {
+                max_batch_size: 1,
+                ..BatchingConfig::default()
+            },
+        ),
     ];
     let mut throughputs: Vec<(String, usize, f64)> = Vec::new();
     for (mode_name, batching) in modes {
         let server_shutdown = shutdown.child_token();
-        let (channel, server_task) = start_server(&registry_url, batching, server_shutdown.clone()).await?;
+        let (channel, server_task) =
+            start_server(&registry_url, batching, server_shutdown.clone()).await?;
         for &client_count in &options.clients {
-            let measurement = measure(channel.clone(), images.clone(), client_count, warmup, timed).await?;
+            let measurement =
+                measure(channel.clone(), images.clone(), client_count, warmup, timed).await?;
             println!(
                 "{:<34} {:>8} {:>12.1} {:>10.2} {:>10.2} {:>9}",
                 mode_name,
@@ -275,12 +341,17 @@ async fn main() -> anyhow::Result<()> {
         let at = |on: bool| {
             throughputs
                 .iter()
-                .find(|(mode, clients, _)| *clients == client_count && mode.starts_with("batching on") == on)
+                .find(|(mode, clients, _)| {
+                    *clients == client_count && mode.starts_with("batching on") == on
+                })
                 .map(|(_, _, throughput)| *throughput)
                 .unwrap_or(0.0)
         };
         let (on, off) = (at(true), at(false));
-        println!("{client_count} clients: batching on / off throughput = {:.2}x", if off > 0.0 { on / off } else { 0.0 });
+        println!(
+            "{client_count} clients: batching on / off throughput = {:.2}x",
+            if off > 0.0 { on / off } else { 0.0 }
+        );
     }
     shutdown.cancel();
     registry_task.await??;

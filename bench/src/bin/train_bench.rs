@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use plankton_collective::{RingAllReduce, RingConfig, RingListener, SingleProcess};
-use plankton_trainer::{Architecture, DataParallelTrainer, IMAGE_LEN, OptimizerChoice, TrainConfig};
+use plankton_trainer::{
+    Architecture, DataParallelTrainer, IMAGE_LEN, OptimizerChoice, TrainConfig,
+};
 
 const NUM_CLASSES: usize = 40;
 /// Every benchmark process runs with this glibc setting (huge pages for malloc), ours and PyTorch's alike.
@@ -83,12 +85,16 @@ impl BenchData {
         self.directory.path().join("class_weights.f32")
     }
     fn initial_weights(&self, architecture: Architecture) -> PathBuf {
-        self.directory.path().join(format!("init_{architecture}.safetensors"))
+        self.directory
+            .path()
+            .join(format!("init_{architecture}.safetensors"))
     }
 }
 
 fn bench_config(architecture: Architecture, batch: usize) -> TrainConfig {
-    let class_weights = (0..NUM_CLASSES).map(|class_index| 0.5 + class_index as f32 / NUM_CLASSES as f32).collect();
+    let class_weights = (0..NUM_CLASSES)
+        .map(|class_index| 0.5 + class_index as f32 / NUM_CLASSES as f32)
+        .collect();
     let mut config = TrainConfig::new(NUM_CLASSES, class_weights);
     config.architecture = architecture;
     config.batch_size = batch;
@@ -100,7 +106,9 @@ fn bench_config(architecture: Architecture, batch: usize) -> TrainConfig {
 }
 
 fn write_bench_data(batch: usize, architectures: &[Architecture]) -> Result<BenchData> {
-    let data = BenchData { directory: tempfile::tempdir()? };
+    let data = BenchData {
+        directory: tempfile::tempdir()?,
+    };
     let image_count = 2 * batch;
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = move || {
@@ -110,16 +118,24 @@ fn write_bench_data(batch: usize, architectures: &[Architecture]) -> Result<Benc
         state
     };
     let images: Vec<u8> = (0..image_count * IMAGE_LEN).map(|_| next() as u8).collect();
-    let labels: Vec<u8> = (0..image_count).flat_map(|_| ((next() % NUM_CLASSES as u64) as u32).to_le_bytes()).collect();
+    let labels: Vec<u8> = (0..image_count)
+        .flat_map(|_| ((next() % NUM_CLASSES as u64) as u32).to_le_bytes())
+        .collect();
     let config = bench_config(Architecture::LeNet, batch);
-    let class_weights: Vec<u8> = config.class_weights.iter().flat_map(|weight| weight.to_le_bytes()).collect();
+    let class_weights: Vec<u8> = config
+        .class_weights
+        .iter()
+        .flat_map(|weight| weight.to_le_bytes())
+        .collect();
     std::fs::write(data.images(), images)?;
     std::fs::write(data.labels(), labels)?;
     std::fs::write(data.class_weights(), class_weights)?;
     for architecture in architectures {
         let config = bench_config(*architecture, batch);
         let mut single = SingleProcess;
-        let weights = DataParallelTrainer::new(&config, &mut single)?.into_trained_model().to_safetensors()?;
+        let weights = DataParallelTrainer::new(&config, &mut single)?
+            .into_trained_model()
+            .to_safetensors()?;
         std::fs::write(data.initial_weights(*architecture), weights)?;
     }
     Ok(data)
@@ -152,8 +168,17 @@ fn run_worker(
     if peer_addresses.len() != world_size {
         bail!("expected {world_size} peer addresses, got {peers_line:?}");
     }
-    let ring_config = RingConfig { connect_timeout: Duration::from_secs(30), ..Default::default() };
-    let mut ring = RingAllReduce::establish(&listener, "train-bench", rank, &peer_addresses, &ring_config)?;
+    let ring_config = RingConfig {
+        connect_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let mut ring = RingAllReduce::establish(
+        &listener,
+        "train-bench",
+        rank,
+        &peer_addresses,
+        &ring_config,
+    )?;
     let mut trainer = DataParallelTrainer::new(&config, &mut ring)?;
     for _ in 0..warmup {
         trainer.train_step(batch_images, batch_labels)?;
@@ -164,21 +189,39 @@ fn run_worker(
     for _ in 0..steps {
         trainer.train_step(batch_images, batch_labels)?;
     }
-    println!("{}", serde_json::json!({ "seconds": start.elapsed().as_secs_f64() }));
+    println!(
+        "{}",
+        serde_json::json!({ "seconds": start.elapsed().as_secs_f64() })
+    );
     Ok(())
 }
 
 /// Our side: `world_size` worker processes; images/s of the whole group.
-fn measure_ours(options: &Options, data: &BenchData, architecture: Architecture, world_size: usize) -> Result<f64> {
+fn measure_ours(
+    options: &Options,
+    data: &BenchData,
+    architecture: Architecture,
+    world_size: usize,
+) -> Result<f64> {
     let executable = std::env::current_exe()?;
     let mut children = Vec::new();
     for rank in 0..world_size {
         let child = Command::new(&executable)
             .args(["worker", "--architecture", architecture.name()])
-            .args(["--rank", &rank.to_string(), "--world-size", &world_size.to_string()])
+            .args([
+                "--rank",
+                &rank.to_string(),
+                "--world-size",
+                &world_size.to_string(),
+            ])
             .arg("--data-dir")
             .arg(data.directory.path())
-            .args(["--batch", &options.batch.to_string(), "--steps", &options.steps.to_string()])
+            .args([
+                "--batch",
+                &options.batch.to_string(),
+                "--steps",
+                &options.steps.to_string(),
+            ])
             .args(["--warmup", &options.warmup.to_string()])
             .env("GLIBC_TUNABLES", GLIBC_TUNABLES)
             .env("OMP_NUM_THREADS", "1")
@@ -194,13 +237,20 @@ fn measure_ours(options: &Options, data: &BenchData, architecture: Architecture,
         let mut reader = BufReader::new(child.stdout.take().context("worker stdout")?);
         let mut line = String::new();
         reader.read_line(&mut line)?;
-        let address = line.trim().strip_prefix("listen ").with_context(|| format!("worker said {line:?}"))?;
+        let address = line
+            .trim()
+            .strip_prefix("listen ")
+            .with_context(|| format!("worker said {line:?}"))?;
         addresses.push(address.to_string());
         readers.push(reader);
     }
     let peers_line = format!("{}\n", addresses.join(","));
     for child in &mut children {
-        child.stdin.take().context("worker stdin")?.write_all(peers_line.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("worker stdin")?
+            .write_all(peers_line.as_bytes())?;
     }
     let mut slowest_seconds: f64 = 0.0;
     for (child, mut reader) in children.iter_mut().zip(readers) {
@@ -210,7 +260,8 @@ fn measure_ours(options: &Options, data: &BenchData, architecture: Architecture,
         if !status.success() {
             bail!("worker exited with {status}");
         }
-        let report: serde_json::Value = serde_json::from_str(line.trim()).with_context(|| format!("worker said {line:?}"))?;
+        let report: serde_json::Value =
+            serde_json::from_str(line.trim()).with_context(|| format!("worker said {line:?}"))?;
         slowest_seconds = slowest_seconds.max(report["seconds"].as_f64().context("seconds")?);
     }
     Ok((world_size * options.batch * options.steps) as f64 / slowest_seconds)
@@ -236,8 +287,18 @@ fn measure_pytorch(
         .arg(data.class_weights())
         .arg("--weights")
         .arg(data.initial_weights(architecture))
-        .args(["--num-classes", &NUM_CLASSES.to_string(), "--batch", &options.batch.to_string()])
-        .args(["--steps", &options.steps.to_string(), "--warmup", &options.warmup.to_string()])
+        .args([
+            "--num-classes",
+            &NUM_CLASSES.to_string(),
+            "--batch",
+            &options.batch.to_string(),
+        ])
+        .args([
+            "--steps",
+            &options.steps.to_string(),
+            "--warmup",
+            &options.warmup.to_string(),
+        ])
         .args(["--world", &world_size.to_string()])
         .env("GLIBC_TUNABLES", GLIBC_TUNABLES)
         .env("OMP_NUM_THREADS", "1")
@@ -250,23 +311,48 @@ fn measure_pytorch(
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last_line = stdout.lines().last().context("pytorch printed nothing")?;
     let report: serde_json::Value = serde_json::from_str(last_line)?;
-    report["images_per_second"].as_f64().context("images_per_second")
+    report["images_per_second"]
+        .as_f64()
+        .context("images_per_second")
 }
 
 fn main() -> Result<()> {
     let options = Options::parse();
-    if let Some(Role::Worker { architecture, rank, world_size, data_dir, batch, steps, warmup }) = &options.role {
+    if let Some(Role::Worker {
+        architecture,
+        rank,
+        world_size,
+        data_dir,
+        batch,
+        steps,
+        warmup,
+    }) = &options.role
+    {
         let architecture: Architecture = architecture.parse()?;
-        return run_worker(architecture, *rank, *world_size, data_dir, *batch, *steps, *warmup);
+        return run_worker(
+            architecture,
+            *rank,
+            *world_size,
+            data_dir,
+            *batch,
+            *steps,
+            *warmup,
+        );
     }
-    let architectures =
-        options.architectures.iter().map(|name| name.parse()).collect::<Result<Vec<Architecture>, _>>()?;
+    let architectures = options
+        .architectures
+        .iter()
+        .map(|name| name.parse())
+        .collect::<Result<Vec<Architecture>, _>>()?;
     let data = write_bench_data(options.batch, &architectures)?;
     println!(
         "training throughput, batch {} per worker, {} timed steps after {} warm-up, best of {}, GLIBC_TUNABLES={GLIBC_TUNABLES}",
         options.batch, options.steps, options.warmup, options.repeats
     );
-    println!("{:<8} {:<22} {:>12} {:>14} {:>7}", "model", "setting", "ours img/s", "pytorch img/s", "ratio");
+    println!(
+        "{:<8} {:<22} {:>12} {:>14} {:>7}",
+        "model", "setting", "ours img/s", "pytorch img/s", "ratio"
+    );
     for architecture in architectures {
         for (world_size, setting) in [(1, "1 worker x 1 thread"), (2, "2 workers x 1 thread")] {
             let mut ours: f64 = 0.0;
@@ -274,9 +360,21 @@ fn main() -> Result<()> {
             let mut pytorch_nhwc: f64 = 0.0;
             for _ in 0..options.repeats.max(1) {
                 ours = ours.max(measure_ours(&options, &data, architecture, world_size)?);
-                pytorch = pytorch.max(measure_pytorch(&options, &data, architecture, world_size, false)?);
+                pytorch = pytorch.max(measure_pytorch(
+                    &options,
+                    &data,
+                    architecture,
+                    world_size,
+                    false,
+                )?);
                 if options.pytorch_channels_last {
-                    pytorch_nhwc = pytorch_nhwc.max(measure_pytorch(&options, &data, architecture, world_size, true)?);
+                    pytorch_nhwc = pytorch_nhwc.max(measure_pytorch(
+                        &options,
+                        &data,
+                        architecture,
+                        world_size,
+                        true,
+                    )?);
                 }
             }
             let pytorch_setting = if world_size == 1 { "eager" } else { "DDP gloo" };
@@ -291,7 +389,11 @@ fn main() -> Result<()> {
             if options.pytorch_channels_last {
                 println!(
                     "{:<8} {:<22} {:>12} {:>14.1} {:>6.2}x  (pytorch {pytorch_setting}, channels-last)",
-                    "", "", "", pytorch_nhwc, ours / pytorch_nhwc
+                    "",
+                    "",
+                    "",
+                    pytorch_nhwc,
+                    ours / pytorch_nhwc
                 );
             }
         }

@@ -11,7 +11,10 @@ use plankton_dataset::open_location;
 use plankton_proto::v1::inference_client::InferenceClient;
 use plankton_proto::v1::{EvalMetrics, ModelVersion};
 use plankton_serve::{BatchingConfig, InMemoryRegistry, ServeConfig, serve_with_metrics_listener};
-use plankton_trainer::{Architecture, IMAGE_LEN, LoggingObserver, ModelCard, ModelInput, ShardData, TrainConfig, run_training};
+use plankton_trainer::{
+    Architecture, IMAGE_LEN, LoggingObserver, ModelCard, ModelInput, ShardData, TrainConfig,
+    run_training,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +27,11 @@ pub const CLASS_NAMES: [&str; 3] = ["detritus", "nauplii (Crustacea)", "Neocerat
 /// A memory store name no other test of this process uses.
 pub fn unique_store(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("memory://{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "memory://{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Safetensors weights of a LeNet briefly trained (one step) on random images; `seed` varies the weights.
@@ -34,7 +41,9 @@ pub fn train_weights(seed: u64) -> anyhow::Result<Vec<u8>> {
     let mut shard = ShardData::default();
     for index in 0..8 {
         for _ in 0..IMAGE_LEN {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             shard.images.push((state >> 56) as u8);
         }
         shard.labels.push((index % num_classes) as u32);
@@ -46,7 +55,13 @@ pub fn train_weights(seed: u64) -> anyhow::Result<Vec<u8>> {
     config.steps_per_epoch = 1;
     config.learning_rate = 1e-2;
     config.seed = seed;
-    let trained = run_training(&config, &shard, &shard, &mut SingleProcess, &mut LoggingObserver)?;
+    let trained = run_training(
+        &config,
+        &shard,
+        &shard,
+        &mut SingleProcess,
+        &mut LoggingObserver,
+    )?;
     Ok(trained.to_safetensors()?)
 }
 
@@ -67,8 +82,12 @@ pub async fn publish_model(
         created_unix_ms: 1_700_000_000_000,
         weights_file: "model.safetensors".to_string(),
     };
-    location.put_bytes("model.safetensors", Bytes::copy_from_slice(weights)).await?;
-    location.put_bytes("model-card.json", Bytes::from(serde_json::to_vec(&card)?)).await?;
+    location
+        .put_bytes("model.safetensors", Bytes::copy_from_slice(weights))
+        .await?;
+    location
+        .put_bytes("model-card.json", Bytes::from(serde_json::to_vec(&card)?))
+        .await?;
     Ok(ModelVersion {
         name: MODEL_NAME.to_string(),
         version,
@@ -76,7 +95,10 @@ pub async fn publish_model(
         architecture: "resnet".to_string(),
         class_names: card.classes.clone(),
         resize_mode: resize_mode.to_string(),
-        test_metrics: Some(EvalMetrics { macro_f1: 0.5, ..Default::default() }),
+        test_metrics: Some(EvalMetrics {
+            macro_f1: 0.5,
+            ..Default::default()
+        }),
         weights_url: location.object_url("model.safetensors"),
         card_url: location.object_url("model-card.json"),
         aliases: Vec::new(),
@@ -126,9 +148,20 @@ impl Sandbox {
             torch_threads: 1,
             ..ServeConfig::default()
         };
-        let serve_task =
-            tokio::spawn(serve_with_metrics_listener(config, listener, Some(metrics_listener), shutdown.clone()));
-        Ok(Sandbox { registry, serve_address, metrics_address, shutdown, registry_task, serve_task })
+        let serve_task = tokio::spawn(serve_with_metrics_listener(
+            config,
+            listener,
+            Some(metrics_listener),
+            shutdown.clone(),
+        ));
+        Ok(Sandbox {
+            registry,
+            serve_address,
+            metrics_address,
+            shutdown,
+            registry_task,
+            serve_task,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -148,7 +181,9 @@ impl Sandbox {
         let mut client = self.client().await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let info = client.get_model_info(plankton_proto::v1::GetModelInfoRequest::default()).await;
+            let info = client
+                .get_model_info(plankton_proto::v1::GetModelInfoRequest::default())
+                .await;
             match info {
                 Ok(_) => return Ok(()),
                 Err(status) if tokio::time::Instant::now() < deadline => {
@@ -164,10 +199,15 @@ impl Sandbox {
     pub async fn metrics_text(&self) -> anyhow::Result<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(self.metrics_address).await?;
-        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
         let mut response = String::new();
         stream.read_to_string(&mut response).await?;
-        anyhow::ensure!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
+        anyhow::ensure!(
+            response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+            "{response}"
+        );
         Ok(response)
     }
 
@@ -181,7 +221,9 @@ impl Sandbox {
 
 /// A synthetic FlowCam JPEG of `class_index` (dark object on a light background).
 pub fn flowcam_jpeg(class_index: usize, objid: u64) -> Vec<u8> {
-    plankton_synth::render_object(class_index, objid, 7).encode_jpeg(90).expect("synthetic images encode")
+    plankton_synth::render_object(class_index, objid, 7)
+        .encode_jpeg(90)
+        .expect("synthetic images encode")
 }
 
 /// `jpeg` with the width and height of its frame header replaced (a header-only size change).
