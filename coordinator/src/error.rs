@@ -20,6 +20,8 @@ pub enum CoordinatorError {
     JobFinished { job_id: String, phase: String },
     #[error("state store: {0}")]
     Store(String),
+    #[error("state store {0} is held by another coordinator")]
+    StoreLocked(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -35,9 +37,9 @@ impl From<CoordinatorError> for tonic::Status {
             | CoordinatorError::ModelNotFound(_)
             | CoordinatorError::UnknownWorker(_) => tonic::Status::not_found(message),
             CoordinatorError::JobFinished { .. } => tonic::Status::failed_precondition(message),
-            CoordinatorError::Store(_) | CoordinatorError::Internal(_) => {
-                tonic::Status::internal(message)
-            }
+            CoordinatorError::Store(_)
+            | CoordinatorError::StoreLocked(_)
+            | CoordinatorError::Internal(_) => tonic::Status::internal(message),
         }
     }
 }

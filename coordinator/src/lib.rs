@@ -54,6 +54,32 @@ impl Default for CoordinatorConfig {
     }
 }
 
+/// How long a starting coordinator waits for a previous one (shutting down) to release the state store.
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Opens the state store, waiting (bounded) while a previous coordinator still holds its lock.
+async fn open_state_store(
+    state_dir: &std::path::Path,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<StateStore> {
+    let deadline = tokio::time::Instant::now() + STORE_LOCK_WAIT;
+    loop {
+        match StateStore::open(state_dir) {
+            Err(CoordinatorError::StoreLocked(path)) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(
+                    path,
+                    "state store still held by a previous coordinator; waiting"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("shut down while waiting for the state store {path}"),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
 /// Binds the configured address and serves until `shutdown` is cancelled.
 pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen_address).await?;
@@ -67,7 +93,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let store = match &config.state_dir {
-        Some(state_dir) => StateStore::open(state_dir)?,
+        Some(state_dir) => open_state_store(state_dir, &shutdown).await?,
         None => StateStore::in_memory()?,
     };
     let state = ClusterState::new(store, config.timeouts.clone())?;

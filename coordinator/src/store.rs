@@ -23,7 +23,13 @@ impl StateStore {
         std::fs::create_dir_all(state_dir).map_err(|error| {
             CoordinatorError::Store(format!("creating {}: {error}", state_dir.display()))
         })?;
-        let database = Database::create(state_dir.join("coordinator.redb"))?;
+        let path = state_dir.join("coordinator.redb");
+        let database = Database::create(&path).map_err(|error| match error {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                CoordinatorError::StoreLocked(path.display().to_string())
+            }
+            other => other.into(),
+        })?;
         Self::with_database(database)
     }
 
