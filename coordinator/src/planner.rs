@@ -3,7 +3,8 @@
 use plankton_dataset::layout::IMAGES_ZIP;
 use plankton_dataset::{
     ClassWeighting as DatasetClassWeighting, ImageSource, LabelEncoding, class_weights,
-    open_image_source, open_location, read_meta, stratified_split, stratified_subsample,
+    indices_by_label, open_image_source, open_location, read_meta, stratified_shards,
+    stratified_split, stratified_subsample,
 };
 use plankton_proto::v1::{ClassWeighting, JobSpec, ShardObject};
 
@@ -198,19 +199,11 @@ pub fn deal_stratified(
     num_classes: usize,
     world_size: usize,
 ) -> Vec<Vec<ShardObject>> {
-    let mut by_class: Vec<Vec<ShardObject>> = vec![Vec::new(); num_classes];
-    for object in objects {
-        by_class[object.label as usize].push(*object);
-    }
-    let mut shards: Vec<Vec<ShardObject>> = vec![Vec::new(); world_size];
-    let mut next_rank = 0;
-    for class_objects in by_class {
-        for object in class_objects {
-            shards[next_rank].push(object);
-            next_rank = (next_rank + 1) % world_size;
-        }
-    }
-    shards
+    let labels: Vec<u32> = objects.iter().map(|object| object.label).collect();
+    stratified_shards(&indices_by_label(&labels, num_classes), world_size)
+        .into_iter()
+        .map(|shard| shard.into_iter().map(|index| objects[index]).collect())
+        .collect()
 }
 
 #[cfg(test)]

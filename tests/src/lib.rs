@@ -133,6 +133,22 @@ impl TestCluster {
             .into_inner())
     }
 
+    /// Submits `spec`, waits for the job's end and fails unless it succeeded.
+    pub async fn run_job(&self, spec: JobSpec) -> anyhow::Result<Job> {
+        let job = self.submit(spec).await?;
+        let finished = self
+            .wait_finished(&job.id, Duration::from_secs(300))
+            .await?;
+        anyhow::ensure!(
+            finished.phase() == plankton_proto::v1::JobPhase::Succeeded,
+            "job {} ended {:?}: {}",
+            job.id,
+            finished.phase(),
+            finished.message
+        );
+        Ok(finished)
+    }
+
     pub async fn wait_finished(&self, job_id: &str, timeout: Duration) -> anyhow::Result<Job> {
         wait_finished(&self.coordinator_url, job_id, timeout).await
     }

@@ -181,22 +181,14 @@ async fn finished_jobs_survive_a_coordinator_restart() -> anyhow::Result<()> {
     synth_dataset(dataset_url, 300, 9, false).await?;
     let state = tempfile::tempdir()?;
     let cluster = TestCluster::start_with_state(1, Some(state.path().to_path_buf())).await?;
-    let job = cluster
-        .submit(JobSpec {
+    let finished = cluster
+        .run_job(JobSpec {
             world_size: 1,
             epochs: 1,
             ..spec(dataset_url)
         })
         .await?;
-    let finished = cluster
-        .wait_finished(&job.id, Duration::from_secs(300))
-        .await?;
-    assert_eq!(
-        finished.phase(),
-        JobPhase::Succeeded,
-        "{}",
-        finished.message
-    );
+    let job = &finished;
     cluster.shutdown().await?;
 
     let restarted = TestCluster::start_with_state(0, Some(state.path().to_path_buf())).await?;
@@ -261,21 +253,12 @@ async fn ranks_train_on_the_readable_rest_and_report_unreadable_images() -> anyh
         }
     }
     let cluster = TestCluster::start(2).await?;
-    let job = cluster
-        .submit(JobSpec {
+    let finished = cluster
+        .run_job(JobSpec {
             epochs: 1,
             ..spec(dataset_url)
         })
         .await?;
-    let finished = cluster
-        .wait_finished(&job.id, Duration::from_secs(300))
-        .await?;
-    assert_eq!(
-        finished.phase(),
-        JobPhase::Succeeded,
-        "{}",
-        finished.message
-    );
     assert_eq!(
         finished.skipped_objects,
         victims.len() as u64,

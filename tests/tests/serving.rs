@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use plankton_proto::v1::inference_client::InferenceClient;
 use plankton_proto::v1::model_registry_client::ModelRegistryClient;
 use plankton_proto::v1::{
-    ImageInput, JobPhase, JobSpec, ListModelsRequest, PredictRequest, PromoteModelRequest,
+    ImageInput, JobSpec, ListModelsRequest, PredictRequest, PromoteModelRequest,
 };
 use plankton_tests::{TestCluster, synth_dataset};
 
@@ -27,16 +27,8 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
         name: "e2e-lenet".into(),
         ..Default::default()
     };
-    let job = cluster.submit(spec).await?;
-    let finished = cluster
-        .wait_finished(&job.id, Duration::from_secs(300))
-        .await?;
-    assert_eq!(
-        finished.phase(),
-        JobPhase::Succeeded,
-        "{}",
-        finished.message
-    );
+    let finished = cluster.run_job(spec).await?;
+    let job = &finished;
 
     let mut registry = ModelRegistryClient::connect(cluster.coordinator_url.clone()).await?;
     let models = registry

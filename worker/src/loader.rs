@@ -123,8 +123,6 @@ pub async fn load_shard(
         "shard fetched and preprocessed"
     );
     debug_assert_eq!(done, objects.len());
-    // Fetches complete in any order: sort by objid so a shard (and so training) is the same on every run.
-    sort_by_objid(&mut loaded);
     if let Some(cache) = cache
         && let Err(error) = cache.store(&cache_key, &loaded)
     {
@@ -142,7 +140,12 @@ fn from_cached(cached: CachedShard, objects: &[ShardObject]) -> LoadedShard {
     let mut labels = Vec::with_capacity(cached.objids.len());
     let mut images = Vec::with_capacity(cached.images.len());
     let mut skipped = cached.skipped;
-    for (index, objid) in cached.objids.iter().enumerate() {
+    // Fetches complete in any order: take images by objid so a shard (and so training) is the same on every
+    // run, whether it was just fetched or read from a cache written in fetch order.
+    let mut order: Vec<usize> = (0..cached.objids.len()).collect();
+    order.sort_by_key(|&index| cached.objids[index]);
+    for index in order {
+        let objid = &cached.objids[index];
         match label_of.get(objid) {
             Some(&label) => {
                 labels.push(label);
@@ -156,17 +159,4 @@ fn from_cached(cached: CachedShard, objects: &[ShardObject]) -> LoadedShard {
         data: ShardData { images, labels },
         skipped,
     }
-}
-
-/// Orders a shard's images (and skipped list) by objid.
-fn sort_by_objid(shard: &mut CachedShard) {
-    let mut order: Vec<usize> = (0..shard.objids.len()).collect();
-    order.sort_by_key(|&index| shard.objids[index]);
-    let mut images = Vec::with_capacity(shard.images.len());
-    for &index in &order {
-        images.extend_from_slice(&shard.images[index * IMAGE_LEN..(index + 1) * IMAGE_LEN]);
-    }
-    shard.objids = order.iter().map(|&index| shard.objids[index]).collect();
-    shard.images = images;
-    shard.skipped.sort_by_key(|(objid, _)| *objid);
 }
