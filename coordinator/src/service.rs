@@ -1,10 +1,11 @@
 //! gRPC front of the coordinator: `JobService` for operators and `WorkerControl` for workers.
 
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -12,7 +13,7 @@ use plankton_proto::v1::job_service_server::JobService;
 use plankton_proto::v1::model_registry_server::ModelRegistry as ModelRegistryService;
 use plankton_proto::v1::worker_control_server::WorkerControl;
 use plankton_proto::v1::{
-    Ack, CancelJobRequest, DoneReport, EpochReport, GetJobRequest, HeartbeatRequest,
+    Ack, CancelJobRequest, CheckpointReport, DoneReport, GenerationEndReport, ResumeJobRequest, EpochReport, GetJobRequest, HeartbeatRequest,
     HeartbeatResponse, Job, JobEvent, JobPhase, ListJobsRequest, ListJobsResponse,
     ListWorkersRequest, ListWorkersResponse, NextAssignmentRequest, NextAssignmentResponse,
     ProgressReport, RegisterRequest, RegisterResponse, SubmitJobRequest, WatchJobRequest,
@@ -22,6 +23,7 @@ use plankton_proto::v1::{
     GetModelRequest, ListModelsRequest, ListModelsResponse, ModelVersion, PromoteModelRequest,
 };
 
+use crate::driver::spawn_job_driver;
 use crate::error::CoordinatorError;
 use crate::planner::{normalize_spec, plan_job};
 use crate::state::{ClusterState, unix_ms_now};
@@ -32,61 +34,17 @@ const ASSIGNMENT_POLL: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct CoordinatorService {
     state: ClusterState,
+    /// Ends the job drivers with the coordinator.
+    shutdown: CancellationToken,
 }
 
 impl CoordinatorService {
-    pub fn new(state: ClusterState) -> Self {
-        Self { state }
-    }
-
-    /// Waits (bounded) until enough workers are free, then assigns the job's shards.
-    fn spawn_job_driver(&self, job_id: String) {
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let timeout = state.timeouts.registration_timeout;
-            loop {
-                match state.try_assign(&job_id) {
-                    Ok(true) => return,
-                    Ok(false) => {}
-                    Err(error) => {
-                        warn!(job_id, %error, "assigning job failed");
-                        let _ = state.finish_job(
-                            &job_id,
-                            JobPhase::Failed,
-                            format!("assigning shards: {error}"),
-                        );
-                        return;
-                    }
-                }
-                if state
-                    .job_phase(&job_id)
-                    .is_none_or(crate::state::is_terminal)
-                {
-                    return;
-                }
-                if started.elapsed() > timeout {
-                    let free = state
-                        .list_workers()
-                        .iter()
-                        .filter(|worker| worker.current_job.is_empty())
-                        .count();
-                    let wanted = state
-                        .get_job(&job_id)
-                        .ok()
-                        .and_then(|job| job.spec)
-                        .map_or(0, |spec| spec.world_size);
-                    let message = format!(
-                        "timed out after {:.0}s waiting for {wanted} free workers ({free} free, {} registered)",
-                        timeout.as_secs_f64(),
-                        state.list_workers().len()
-                    );
-                    let _ = state.finish_job(&job_id, JobPhase::Failed, message);
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
+    /// The service over `state`; starts a driver for every job that has not ended (a restart resumes them).
+    pub fn new(state: ClusterState, shutdown: CancellationToken) -> Self {
+        for job_id in state.unfinished_jobs() {
+            spawn_job_driver(state.clone(), job_id, shutdown.clone());
+        }
+        Self { state, shutdown }
     }
 }
 
@@ -106,7 +64,7 @@ impl JobService for CoordinatorService {
         let plan = plan_job(&spec).await?;
         let job = self.state.create_job(spec, plan)?;
         info!(job_id = job.id, "job submitted");
-        self.spawn_job_driver(job.id.clone());
+        spawn_job_driver(self.state.clone(), job.id.clone(), self.shutdown.clone());
         Ok(Response::new(job))
     }
 
@@ -132,6 +90,17 @@ impl JobService for CoordinatorService {
         Ok(Response::new(
             self.state.cancel_job(&request.into_inner().job_id)?,
         ))
+    }
+
+    async fn resume_job(
+        &self,
+        request: Request<ResumeJobRequest>,
+    ) -> Result<Response<Job>, Status> {
+        let job_id = request.into_inner().job_id;
+        let job = self.state.resume_job(&job_id)?;
+        info!(job_id, "job resumed by the operator");
+        spawn_job_driver(self.state.clone(), job_id, self.shutdown.clone());
+        Ok(Response::new(job))
     }
 
     type WatchJobStream = EventStream;
@@ -214,12 +183,7 @@ impl WorkerControl for CoordinatorService {
         if request.peer_address.is_empty() {
             return Err(Status::invalid_argument("register: peer_address is empty"));
         }
-        let worker_id = self.state.register_worker(
-            &request.worker_name,
-            &request.peer_address,
-            request.threads,
-            request.has_gpu,
-        );
+        let worker_id = self.state.register_worker(&request);
         Ok(Response::new(RegisterResponse {
             worker_id,
             heartbeat_interval_ms: self.state.timeouts.heartbeat_interval.as_millis() as u64,
@@ -231,19 +195,26 @@ impl WorkerControl for CoordinatorService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let request = request.into_inner();
-        Ok(Response::new(
-            match self.state.heartbeat(&request.worker_id) {
-                Ok(cancel_current_job) => HeartbeatResponse {
-                    cancel_current_job,
-                    unknown_worker: false,
-                },
-                Err(CoordinatorError::UnknownWorker(_)) => HeartbeatResponse {
-                    cancel_current_job: true,
-                    unknown_worker: true,
-                },
-                Err(other) => return Err(other.into()),
+        let answer = self.state.heartbeat(
+            &request.worker_id,
+            &request.job_id,
+            request.generation,
+            request.global_step,
+        );
+        Ok(Response::new(match answer {
+            Ok(answer) => HeartbeatResponse {
+                cancel_current_job: answer.cancel_current_job,
+                unknown_worker: false,
+                abort_generation: answer.abort_generation,
+                reform_at_step: answer.reform_at_step,
             },
-        ))
+            // A worker the coordinator does not know (it restarted) registers again and keeps its job.
+            Err(CoordinatorError::UnknownWorker(_)) => HeartbeatResponse {
+                unknown_worker: true,
+                ..Default::default()
+            },
+            Err(other) => return Err(other.into()),
+        }))
     }
 
     async fn next_assignment(
@@ -283,6 +254,26 @@ impl WorkerControl for CoordinatorService {
 
     async fn report_epoch(&self, request: Request<EpochReport>) -> Result<Response<Ack>, Status> {
         self.state.record_epoch(request.into_inner())?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn report_generation_end(
+        &self,
+        request: Request<GenerationEndReport>,
+    ) -> Result<Response<Ack>, Status> {
+        self.state.record_generation_end(request.into_inner())?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn report_checkpoint(
+        &self,
+        request: Request<CheckpointReport>,
+    ) -> Result<Response<Ack>, Status> {
+        let report = request.into_inner();
+        if let Some(checkpoint) = report.checkpoint {
+            self.state
+                .record_checkpoint(&report.job_id, report.generation, checkpoint)?;
+        }
         Ok(Response::new(Ack {}))
     }
 
