@@ -1,160 +1,475 @@
-//! One assignment from start to end: load the shard, join the ring, train, report, write the model.
+//! One job on this worker, across ring generations: load the virtual shards of the generation, join its ring,
+//! start from the generation's state source, train until the job ends or the generation breaks, report, and
+//! wait for the next generation with the training state kept in memory.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tonic::Request;
 use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
-use plankton_collective::{Collective, RingAllReduce, RingListener, SingleProcess};
+use plankton_collective::{Collective, RingAbort, RingAllReduce, RingListener, SingleProcess};
 use plankton_dataset::{StoreLocation, open_image_source, open_location};
 use plankton_preprocess::{PreprocessConfig, ResizeMode, ShardCache};
 use plankton_proto::v1::worker_control_client::WorkerControlClient;
 use plankton_proto::v1::{
-    Augmentation, DoneReport, EpochReport, JobPhase, JobSpec, LrSchedule as ProtoLrSchedule,
-    OptimizerKind, ProgressReport, ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress,
+    Augmentation, DoneReport, EpochReport, GenerationEndReport, JobPhase, JobSpec,
+    LrSchedule as ProtoLrSchedule, NextAssignmentRequest, OptimizerKind, ProgressReport,
+    ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress, state_source,
 };
 use plankton_trainer::{
-    Architecture, AugmentationMode, EpochEvaluation, LrSchedule, ModelCard, ModelInput,
-    OptimizerChoice, StepProgress, TrainConfig, TrainingObserver, run_training,
+    Architecture, AugmentationMode, DataParallelTrainer, EpochEvaluation, GenerationOutcome,
+    LrSchedule, ModelCard, ModelInput, OptimizerChoice, StepProgress, TrainConfig, TrainError,
+    TrainingObserver, TrainingProgress, VirtualShardData, run_generation,
 };
 
+use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
+use crate::fault_injection::{FaultInjectingCollective, INJECTED_CRASH};
 use crate::loader::load_shard;
-use crate::{CurrentJob, WorkerConfig};
+use crate::outbox::{Outbox, Report};
+use crate::{CurrentJob, JobHandle, WorkerConfig, with_deadline};
 
 /// Progress reports sent to the coordinator at most this often (epoch ends always go out).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
+/// Deadline of a `NextAssignment` long poll (the coordinator answers empty after 10 s).
+pub(crate) const ASSIGNMENT_POLL_DEADLINE: Duration = Duration::from_secs(30);
+/// Default number of complete checkpoints kept per job.
+const DEFAULT_KEEP_CHECKPOINTS: usize = 2;
 
-/// Runs an assignment and always ends with a `ReportDone`, success or not.
+/// How an assignment ended for this worker.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AssignmentEnd {
+    /// Reported (success, failure, or leaving the job); the worker is idle again.
+    Reported,
+    /// An injected crash: the worker must vanish without reporting.
+    Crashed,
+}
+
+/// The training state and data this worker keeps between generations of one job.
+#[derive(Default)]
+struct JobMemory {
+    trainer: Option<DataParallelTrainer>,
+    shards: HashMap<u32, VirtualShardData>,
+    skipped_objects: u64,
+}
+
+/// How one generation ended on this worker.
+enum GenerationEnd {
+    /// The job is done: report it (rank 0 wrote the model).
+    Finished { model_url: String, weights_digest: String },
+    /// This generation is over; the worker waits for the next one.
+    Left(GenerationEndReport),
+    /// The job was stopped here (cancelled, or this worker was dropped from it).
+    Stopped(String),
+    /// A failure that ends the job (writing the model failed, ...).
+    Failed(String),
+    Crashed,
+}
+
+/// Runs an assignment through as many generations as the job needs; always ends with a report.
 pub(crate) async fn run_assignment(
     config: &WorkerConfig,
     client: &mut WorkerControlClient<Channel>,
     worker_id: &str,
-    assignment: ShardAssignment,
+    first_assignment: ShardAssignment,
     listener: Arc<RingListener>,
     current_job: &CurrentJob,
     session: &CancellationToken,
-) {
-    let job_id = assignment.job_id.clone();
-    let rank = assignment.rank;
-    let cancel = session.child_token();
-    current_job.set(&job_id, cancel.clone());
-    info!(
-        job_id,
-        rank,
-        world_size = assignment.world_size,
-        train = assignment.train.len(),
-        test = assignment.test.len(),
-        "assignment received"
-    );
-    let reporter = Reporter {
-        client: client.clone(),
+) -> AssignmentEnd {
+    let job_id = first_assignment.job_id.clone();
+    let handle = Arc::new(JobHandle::new(&job_id, session.child_token()));
+    current_job.set(handle.clone());
+    let outbox = Outbox::spawn(client.clone(), session.clone());
+    let mut memory = JobMemory::default();
+    let mut assignment = first_assignment;
+    let end = loop {
+        let abort = handle.begin_generation(assignment.generation, assignment.rank);
+        info!(
+            job_id,
+            generation = assignment.generation,
+            rank = assignment.rank,
+            world_size = assignment.world_size,
+            virtual_shards = ?assignment.virtual_shards.iter().map(|shard| shard.index).collect::<Vec<_>>(),
+            "generation assigned"
+        );
+        let end = run_one_generation(
+            config,
+            client,
+            worker_id,
+            &assignment,
+            &listener,
+            &handle,
+            abort,
+            &outbox,
+            &mut memory,
+        )
+        .await;
+        match end {
+            GenerationEnd::Left(report) => {
+                let holds_state = report.holds_state;
+                handle.set_pending_end(Some(report.clone()));
+                outbox.send(Report::GenerationEnd(report));
+                if !holds_state {
+                    break GenerationEnd::Stopped("this worker cannot continue the job".into());
+                }
+                match wait_for_next_generation(client, worker_id, &handle, assignment.generation).await {
+                    Some(next) => assignment = next,
+                    None => break GenerationEnd::Stopped("the job ended while waiting for the next generation".into()),
+                }
+            }
+            other => break other,
+        }
+    };
+    let generation = handle.generation.load(Ordering::SeqCst);
+    let rank = handle.rank.load(Ordering::SeqCst);
+    let done = |ok: bool, error: String, model_url: String, weights_digest: String| DoneReport {
         job_id: job_id.clone(),
         rank,
+        ok,
+        error,
+        model_url,
+        skipped_objects: memory.skipped_objects,
+        generation,
         worker_id: worker_id.to_string(),
+        weights_digest,
     };
-    let outcome = execute(
-        config,
-        reporter.clone(),
-        assignment,
-        listener,
-        cancel.clone(),
-    )
-    .await;
-    let done = match outcome {
-        Ok(finished) => DoneReport {
-            job_id: job_id.clone(),
-            rank,
-            ok: true,
-            error: String::new(),
-            model_url: finished.model_url,
-            skipped_objects: finished.skipped_objects,
-        },
-        Err(failure) => {
-            let message = if cancel.is_cancelled() {
-                format!("stopped: {failure:#}")
-            } else {
-                format!("{failure:#}")
-            };
+    match end {
+        GenerationEnd::Crashed => {
+            outbox.abandon();
+            current_job.clear();
+            return AssignmentEnd::Crashed;
+        }
+        GenerationEnd::Finished { model_url, weights_digest } => {
+            outbox.send(Report::Done(done(true, String::new(), model_url, weights_digest)));
+        }
+        GenerationEnd::Failed(message) => {
             error!(job_id, rank, error = message, "assignment failed");
-            DoneReport {
-                job_id: job_id.clone(),
-                rank,
-                ok: false,
-                error: message,
-                model_url: String::new(),
-                skipped_objects: 0,
+            outbox.send(Report::Done(done(false, message, String::new(), String::new())));
+        }
+        GenerationEnd::Stopped(message) => {
+            info!(job_id, rank, message, "left the job");
+        }
+        GenerationEnd::Left(_) => unreachable!("handled in the loop"),
+    }
+    outbox.flush().await;
+    current_job.clear();
+    AssignmentEnd::Reported
+}
+
+/// Long-polls the coordinator for this job's next generation; `None` when the job ended for this worker.
+async fn wait_for_next_generation(
+    client: &mut WorkerControlClient<Channel>,
+    worker_id: &str,
+    handle: &JobHandle,
+    generation: u32,
+) -> Option<ShardAssignment> {
+    loop {
+        let mut request = Request::new(NextAssignmentRequest {
+            worker_id: worker_id.to_string(),
+        });
+        request.set_timeout(ASSIGNMENT_POLL_DEADLINE);
+        let response = tokio::select! {
+            _ = handle.cancel.cancelled() => return None,
+            response = client.next_assignment(request) => response,
+        };
+        match response {
+            Ok(response) => match response.into_inner().assignment {
+                Some(next) if next.job_id == handle.job_id && next.generation > generation => {
+                    return Some(next);
+                }
+                Some(other) => {
+                    warn!(job_id = other.job_id, generation = other.generation, "ignored an assignment while waiting for the next generation");
+                }
+                None => {}
+            },
+            Err(status) => {
+                // The coordinator may be restarting: the heartbeat loop registers again meanwhile.
+                warn!(%status, "waiting for the next generation");
+                tokio::select! {
+                    _ = handle.cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
             }
         }
-    };
-    if let Err(status) = client.report_done(done).await {
-        warn!(job_id, %status, "could not report the end of the assignment");
-    }
-    current_job.clear();
-}
-
-struct Finished {
-    model_url: String,
-    skipped_objects: u64,
-}
-
-#[derive(Clone)]
-struct Reporter {
-    client: WorkerControlClient<Channel>,
-    job_id: String,
-    rank: u32,
-    worker_id: String,
-}
-
-impl Reporter {
-    async fn progress(&mut self, phase: JobPhase, progress: WorkerProgress) {
-        let report = ProgressReport {
-            job_id: self.job_id.clone(),
-            progress: Some(progress),
-            phase: phase as i32,
-        };
-        if let Err(status) = self.client.report_progress(report).await {
-            warn!(job_id = self.job_id, %status, "progress report failed");
-        }
-    }
-
-    fn base_progress(&self) -> WorkerProgress {
-        WorkerProgress {
-            rank: self.rank,
-            worker_id: self.worker_id.clone(),
-            ..Default::default()
-        }
     }
 }
 
-async fn execute(
+#[allow(clippy::too_many_arguments)]
+async fn run_one_generation(
     config: &WorkerConfig,
-    mut reporter: Reporter,
-    assignment: ShardAssignment,
-    listener: Arc<RingListener>,
-    cancel: CancellationToken,
-) -> anyhow::Result<Finished> {
+    client: &mut WorkerControlClient<Channel>,
+    worker_id: &str,
+    assignment: &ShardAssignment,
+    listener: &Arc<RingListener>,
+    handle: &Arc<JobHandle>,
+    abort: RingAbort,
+    outbox: &Outbox,
+    memory: &mut JobMemory,
+) -> GenerationEnd {
     let spec = assignment.spec.clone().unwrap_or_default();
+    let leave = |memory: &JobMemory, holds_state: bool, reason: String| {
+        let progress = memory.trainer.as_ref().map(DataParallelTrainer::progress).unwrap_or_default();
+        GenerationEnd::Left(GenerationEndReport {
+            job_id: assignment.job_id.clone(),
+            worker_id: worker_id.to_string(),
+            generation: assignment.generation,
+            rank: assignment.rank,
+            completed_steps: progress.global_step,
+            evaluated_epochs: progress.evaluated_epochs,
+            holds_state,
+            reason,
+            clean: false,
+        })
+    };
+
+    // 1. Load the virtual shards of this generation (keeping those already in memory).
+    let reporter = Reporter {
+        client: client.clone(),
+        job_id: assignment.job_id.clone(),
+        rank: assignment.rank,
+        generation: assignment.generation,
+        worker_id: worker_id.to_string(),
+    };
+    if let Err(load_error) = load_virtual_shards(config, assignment, &spec, &reporter, handle, memory).await {
+        if handle.cancel.is_cancelled() {
+            return GenerationEnd::Stopped(format!("stopped while loading: {load_error:#}"));
+        }
+        warn!(job_id = assignment.job_id, error = format!("{load_error:#}"), "loading the shards failed");
+        return leave(memory, false, format!("loading its shards failed: {load_error:#}"));
+    }
+
+    // 2. Fetch what the generation starts from, when it is not in a peer's memory.
+    let source = assignment.state_source.clone().unwrap_or_default();
+    let rank = assignment.rank as usize;
+    let state_to_load = match (&source.source, rank) {
+        (Some(state_source::Source::CheckpointUrl(url)), 0) => {
+            match plankton_checkpoint::read_checkpoint(url).await {
+                Ok((_, state)) => Some(StartState::Checkpoint(state)),
+                Err(read_error) => return leave(memory, false, format!("reading checkpoint {url}: {read_error}")),
+            }
+        }
+        (Some(state_source::Source::Fresh(_)), 0) if !source.init_weights_url.is_empty() => {
+            match plankton_checkpoint::read_checkpoint(&source.init_weights_url).await {
+                Ok((_, state)) => Some(StartState::Weights(state)),
+                Err(read_error) => {
+                    return GenerationEnd::Failed(format!("init_from {}: {read_error}", source.init_weights_url));
+                }
+            }
+        }
+        _ => None,
+    };
+    let start = match &source.source {
+        Some(state_source::Source::PeerRank(source_rank)) => Start::FromPeer(*source_rank as usize),
+        Some(state_source::Source::CheckpointUrl(_)) | Some(state_source::Source::Fresh(_)) | None => {
+            // Rank 0 builds (or loads) the state; everyone takes it from rank 0.
+            memory.trainer = None;
+            Start::FromRankZero(state_to_load)
+        }
+    };
+
+    // 3. Train on the blocking pool; the observer forwards events to this task.
+    let train_config = match train_config(&spec, assignment, config.threads) {
+        Ok(train_config) => train_config,
+        Err(config_error) => return GenerationEnd::Failed(format!("{config_error:#}")),
+    };
+    let checkpoints = (rank == 0).then(|| {
+        CheckpointWriter::spawn(
+            CheckpointTarget {
+                job_id: assignment.job_id.clone(),
+                worker_id: worker_id.to_string(),
+                generation: assignment.generation,
+                output_url: assignment.output_url.clone(),
+                steps_per_epoch: assignment.steps_per_epoch,
+                architecture: spec.model.clone(),
+                class_names: assignment.class_names.clone(),
+                keep: if spec.keep_checkpoints == 0 { DEFAULT_KEEP_CHECKPOINTS } else { spec.keep_checkpoints as usize },
+            },
+            outbox.sender(),
+        )
+    });
+    let (event_sender, mut event_receiver) = mpsc::channel::<TrainingEvent>(64);
+    let mut owned_indices: Vec<u32> = assignment.virtual_shards.iter().map(|shard| shard.index).collect();
+    owned_indices.sort_unstable();
+    let shards: Vec<VirtualShardData> = owned_indices
+        .iter()
+        .filter_map(|index| memory.shards.remove(index))
+        .collect();
+    let trainer = memory.trainer.take();
+    let fault = config
+        .fault
+        .filter(|fault| assignment.generation == 0 && fault.rank == assignment.rank);
+    let session = TrainingSession {
+        listener: listener.clone(),
+        job_id: assignment.job_id.clone(),
+        generation: assignment.generation,
+        rank,
+        peers: assignment.ring_peer_addresses.clone(),
+        ring_config: config.ring.clone(),
+        nccl_unique_id: assignment.nccl_unique_id.clone(),
+        abort: abort.clone(),
+        fault,
+        train_config,
+        start,
+        trainer,
+        shards,
+        observer: ChannelObserver {
+            sender: event_sender,
+            handle: handle.clone(),
+            last_progress: None,
+            checkpoints: checkpoints.as_ref().map(CheckpointWriter::sender),
+        },
+    };
+    let training = tokio::task::spawn_blocking(move || session.run());
+
+    let loaded_objects: u64 = memory
+        .shards
+        .values()
+        .map(|shard| (shard.train.len() + shard.test.len()) as u64)
+        .sum();
+    let mut reporter = reporter;
+    while let Some(event) = event_receiver.recv().await {
+        match event {
+            TrainingEvent::Step(step) => {
+                handle.global_step.store(step.global_step, Ordering::SeqCst);
+                let progress = WorkerProgress {
+                    epoch: step.epoch,
+                    step: step.step as u64,
+                    steps_per_epoch: assignment.steps_per_epoch,
+                    loss: step.loss,
+                    images_per_second: step.images_per_second,
+                    loaded_objects,
+                    skipped_objects: memory.skipped_objects,
+                    global_step: step.global_step,
+                    virtual_shards: owned_indices.clone(),
+                    ..reporter.base_progress()
+                };
+                reporter.progress(JobPhase::Training, progress).await;
+            }
+            TrainingEvent::Epoch(evaluation) => {
+                outbox.send(Report::Epoch(EpochReport {
+                    job_id: assignment.job_id.clone(),
+                    rank: assignment.rank,
+                    epoch: evaluation.epoch,
+                    num_classes: assignment.class_names.len() as u32,
+                    confusion: evaluation.confusion,
+                    test_loss_sum: evaluation.test_loss_sum,
+                    test_count: evaluation.test_count,
+                    train_loss: evaluation.train_loss,
+                    virtual_shard: evaluation.virtual_shard,
+                    generation: assignment.generation,
+                    worker_id: worker_id.to_string(),
+                }));
+            }
+        }
+    }
+    let finished = match training.await {
+        Ok(finished) => finished,
+        Err(join_error) => return GenerationEnd::Failed(format!("the training thread panicked: {join_error}")),
+    };
+    if let Some(checkpoints) = checkpoints {
+        checkpoints.finish().await;
+    }
+    for shard in finished.shards {
+        memory.shards.insert(shard.index, shard);
+    }
+    memory.trainer = finished.trainer;
+    if let Some(trainer) = &memory.trainer {
+        handle.global_step.store(trainer.progress().global_step, Ordering::SeqCst);
+    }
+    match finished.result {
+        Ok(GenerationOutcome::Finished) => {
+            let Some(trainer) = memory.trainer.take() else {
+                return GenerationEnd::Failed("training finished without a model".into());
+            };
+            finish_job(assignment, &spec, trainer).await
+        }
+        Ok(GenerationOutcome::Reformed) => {
+            let GenerationEnd::Left(mut report) = leave(memory, true, "re-forming to add workers".into()) else {
+                unreachable!("leave builds Left")
+            };
+            report.clean = true;
+            GenerationEnd::Left(report)
+        }
+        Err(failure) if failure.to_string().contains(INJECTED_CRASH) => GenerationEnd::Crashed,
+        Err(_) if handle.cancel.is_cancelled() => GenerationEnd::Stopped("the job was stopped".into()),
+        Err(TrainError::Cancelled) => GenerationEnd::Stopped("the job was stopped".into()),
+        Err(failure) if failure.is_collective_failure() => {
+            // A ring fault: this worker is healthy and keeps its state for the next generation. A worker with
+            // no state yet is still fit to join, unless its first state had to come from init_from weights.
+            let holds_state = memory.trainer.is_some() || source.init_weights_url.is_empty();
+            warn!(job_id = assignment.job_id, generation = assignment.generation, error = %failure, "the ring broke; waiting for the next generation");
+            leave(memory, holds_state, failure.to_string())
+        }
+        Err(failure) => {
+            error!(job_id = assignment.job_id, error = %failure, "training failed on this worker");
+            memory.trainer = None;
+            leave(memory, false, failure.to_string())
+        }
+    }
+}
+
+/// Rank 0 writes the model; every rank reports its weights' digest.
+async fn finish_job(assignment: &ShardAssignment, spec: &JobSpec, trainer: DataParallelTrainer) -> GenerationEnd {
+    let rank = assignment.rank;
+    let exported = tokio::task::spawn_blocking(move || -> Result<(String, Vec<u8>), TrainError> {
+        let digest = trainer.weights_digest()?;
+        let weights = if rank == 0 { trainer.into_trained_model().to_safetensors()? } else { Vec::new() };
+        Ok((digest, weights))
+    })
+    .await;
+    let (weights_digest, weights) = match exported {
+        Ok(Ok(exported)) => exported,
+        Ok(Err(export_error)) => return GenerationEnd::Failed(format!("exporting the model: {export_error}")),
+        Err(join_error) => return GenerationEnd::Failed(format!("exporting the model panicked: {join_error}")),
+    };
+    let model_url = if rank == 0 {
+        match write_model(assignment, spec, weights).await {
+            Ok(model_url) => model_url,
+            Err(write_error) => return GenerationEnd::Failed(format!("writing the model: {write_error:#}")),
+        }
+    } else {
+        String::new()
+    };
+    GenerationEnd::Finished { model_url, weights_digest }
+}
+
+/// Loads the generation's virtual shards that are not in memory yet and drops those it no longer owns.
+async fn load_virtual_shards(
+    config: &WorkerConfig,
+    assignment: &ShardAssignment,
+    spec: &JobSpec,
+    reporter: &Reporter,
+    handle: &JobHandle,
+    memory: &mut JobMemory,
+) -> anyhow::Result<()> {
+    let owned: Vec<u32> = assignment.virtual_shards.iter().map(|shard| shard.index).collect();
+    memory.shards.retain(|index, _| owned.contains(index));
+    let missing: Vec<_> = assignment
+        .virtual_shards
+        .iter()
+        .filter(|shard| !memory.shards.contains_key(&shard.index))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
     let location = open_location(&spec.dataset_url)?;
     let image_source = Arc::new(open_image_source(&location).await?);
     let preprocess_config = PreprocessConfig {
-        resize_mode: match ProtoResizeMode::try_from(spec.resize_mode).unwrap_or_default() {
-            ProtoResizeMode::ResizeStretch => ResizeMode::Stretch,
-            ProtoResizeMode::ResizePadToSquare => ResizeMode::PadToSquare,
-        },
+        resize_mode: resize_mode(spec),
         ..PreprocessConfig::default()
     };
     let cache = match &config.cache_dir {
         Some(dir) => Some(ShardCache::open(dir.clone())?),
         None => None,
     };
-
-    // Load train and test shards, reporting progress as objects arrive.
-    let total = assignment.train.len() + assignment.test.len();
+    let total: usize = missing.iter().map(|shard| shard.train.len() + shard.test.len()).sum();
     let (progress_sender, mut progress_receiver) = mpsc::unbounded_channel::<usize>();
     let mut loading_reporter = reporter.clone();
     let progress_forwarder = tokio::spawn(async move {
@@ -170,152 +485,161 @@ async fn execute(
             }
         }
     });
-    let train_count = assignment.train.len();
-    let mut report_train = |done: usize, _total: usize| {
-        let _ = progress_sender.send(done);
-    };
-    let train = load_shard(
-        &location,
-        &image_source,
-        &assignment.train,
-        &preprocess_config,
-        cache.as_ref(),
-        config.fetch_concurrency,
-        &cancel,
-        &mut report_train,
-    )
-    .await?;
-    let mut report_test = |done: usize, _total: usize| {
-        let _ = progress_sender.send(train_count + done);
-    };
-    let test = load_shard(
-        &location,
-        &image_source,
-        &assignment.test,
-        &preprocess_config,
-        cache.as_ref(),
-        config.fetch_concurrency,
-        &cancel,
-        &mut report_test,
-    )
-    .await?;
+    let mut done_before = 0usize;
+    for shard in missing {
+        let mut parts = Vec::with_capacity(2);
+        for objects in [&shard.train, &shard.test] {
+            let offset = done_before;
+            let sender = progress_sender.clone();
+            let mut report = move |done: usize, _total: usize| {
+                let _ = sender.send(offset + done);
+            };
+            let loaded = load_shard(
+                &location,
+                &image_source,
+                objects,
+                &preprocess_config,
+                cache.as_ref(),
+                config.fetch_concurrency,
+                &handle.cancel,
+                &mut report,
+            )
+            .await?;
+            done_before += objects.len();
+            memory.skipped_objects += loaded.skipped.len() as u64;
+            parts.push(loaded.data);
+        }
+        let test = parts.pop().expect("two parts");
+        let train = parts.pop().expect("two parts");
+        if train.labels.is_empty() {
+            anyhow::bail!("virtual shard {} has no readable training image", shard.index);
+        }
+        memory.shards.insert(shard.index, VirtualShardData { index: shard.index, train, test });
+    }
     drop(progress_sender);
     let _ = progress_forwarder.await;
-    let skipped_objects = (train.skipped.len() + test.skipped.len()) as u64;
-    if train.data.labels.is_empty() {
-        anyhow::bail!(
-            "no readable training image in this rank's shard ({} skipped)",
-            train.skipped.len()
-        );
-    }
-    if skipped_objects > 0 {
-        warn!(
-            job_id = reporter.job_id,
-            skipped_objects, "training on the readable rest of the shard"
-        );
-    }
+    Ok(())
+}
 
-    // Train on the blocking pool; the observer forwards events to this task.
-    let train_config = train_config(&spec, &assignment, config.threads)?;
-    let (event_sender, mut event_receiver) = mpsc::channel::<TrainingEvent>(64);
-    let ring_config = config.ring.clone();
-    let training_cancel = cancel.clone();
-    let job_id = assignment.job_id.clone();
-    let rank = assignment.rank as usize;
-    let peers = assignment.ring_peer_addresses.clone();
-    let nccl_unique_id = assignment.nccl_unique_id.clone();
-    let device = train_config.device;
-    let loaded_objects = (train.data.labels.len() + test.data.labels.len()) as u64;
-    let training = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
-        let mut collective = join_collective(
-            &listener,
-            &job_id,
-            rank,
-            &peers,
-            &ring_config,
-            &nccl_unique_id,
-            device,
-        )?;
-        let mut observer = ChannelObserver {
-            sender: event_sender,
-            cancel: training_cancel,
-            last_progress: None,
-        };
-        let model = run_training(
-            &train_config,
-            &train.data,
-            &test.data,
-            collective.as_mut(),
-            &mut observer,
-        )?;
-        Ok(if rank == 0 {
-            model.to_safetensors()?
-        } else {
-            Vec::new()
-        })
-    });
+/// What rank 0 loads before broadcasting the generation's starting state.
+enum StartState {
+    Checkpoint(Bytes),
+    Weights(Bytes),
+}
 
-    let steps_per_epoch = assignment.steps_per_epoch;
-    while let Some(event) = event_receiver.recv().await {
-        match event {
-            TrainingEvent::Step(step) => {
-                let progress = WorkerProgress {
-                    epoch: step.epoch,
-                    step: step.step as u64,
-                    steps_per_epoch,
-                    loss: step.loss,
-                    images_per_second: step.images_per_second,
-                    loaded_objects,
-                    skipped_objects,
-                    ..reporter.base_progress()
-                };
-                reporter.progress(JobPhase::Training, progress).await;
-            }
-            TrainingEvent::Epoch(evaluation) => {
-                let report = EpochReport {
-                    job_id: reporter.job_id.clone(),
-                    rank: reporter.rank,
-                    epoch: evaluation.epoch,
-                    num_classes: assignment.class_names.len() as u32,
-                    confusion: evaluation.confusion,
-                    test_loss_sum: evaluation.test_loss_sum,
-                    test_count: evaluation.test_count,
-                    train_loss: evaluation.train_loss,
-                };
-                if let Err(status) = reporter.client.report_epoch(report).await {
-                    warn!(job_id = reporter.job_id, %status, "epoch report failed");
-                }
-            }
+enum Start {
+    /// The state lives in this rank of the new generation (a survivor); it broadcasts it.
+    FromPeer(usize),
+    /// Rank 0 starts fresh (from the seed, optionally with loaded weights) or from a checkpoint.
+    FromRankZero(Option<StartState>),
+}
+
+/// Everything the training thread needs for one generation, and gives back.
+struct TrainingSession {
+    listener: Arc<RingListener>,
+    job_id: String,
+    generation: u32,
+    rank: usize,
+    peers: Vec<String>,
+    ring_config: plankton_collective::RingConfig,
+    nccl_unique_id: Vec<u8>,
+    abort: RingAbort,
+    fault: Option<crate::InjectedFault>,
+    train_config: TrainConfig,
+    start: Start,
+    trainer: Option<DataParallelTrainer>,
+    shards: Vec<VirtualShardData>,
+    observer: ChannelObserver,
+}
+
+struct FinishedSession {
+    trainer: Option<DataParallelTrainer>,
+    shards: Vec<VirtualShardData>,
+    result: Result<GenerationOutcome, TrainError>,
+}
+
+impl TrainingSession {
+    fn run(mut self) -> FinishedSession {
+        let mut trainer = self.trainer.take();
+        let result = self.train(&mut trainer);
+        FinishedSession {
+            trainer,
+            shards: self.shards,
+            result,
         }
     }
-    let weights = training.await??;
-    let model_url = if assignment.rank == 0 {
-        write_model(&assignment, &spec, weights).await?
-    } else {
-        String::new()
-    };
-    Ok(Finished {
-        model_url,
-        skipped_objects,
-    })
+
+    fn train(&mut self, slot: &mut Option<DataParallelTrainer>) -> Result<GenerationOutcome, TrainError> {
+        let mut collective = join_collective(
+            &self.listener,
+            &self.job_id,
+            self.generation,
+            self.rank,
+            &self.peers,
+            &self.ring_config,
+            &self.nccl_unique_id,
+            self.train_config.device,
+            &self.abort,
+        )?;
+        if let Some(fault) = self.fault {
+            collective = Box::new(FaultInjectingCollective::new(collective, fault, self.abort.clone()));
+        }
+        let source_rank = match &mut self.start {
+            Start::FromPeer(source_rank) => *source_rank,
+            Start::FromRankZero(state) => {
+                let mut fresh = DataParallelTrainer::new(&self.train_config)?;
+                match state.take() {
+                    Some(StartState::Checkpoint(bytes)) => fresh.load_state_bytes(&bytes)?,
+                    Some(StartState::Weights(bytes)) => fresh.load_weights(&bytes)?,
+                    None => {}
+                }
+                *slot = Some(fresh);
+                0
+            }
+        };
+        if slot.is_none() {
+            // A joiner: any state will do, the source's broadcast replaces it.
+            *slot = Some(DataParallelTrainer::new(&self.train_config)?);
+        }
+        let trainer = slot.as_mut().expect("set above");
+        trainer.synchronize_from(collective.as_mut(), source_rank)?;
+        info!(
+            job_id = self.job_id,
+            generation = self.generation,
+            rank = self.rank,
+            source_rank,
+            global_step = trainer.progress().global_step,
+            "generation state synchronized"
+        );
+        run_generation(
+            trainer,
+            &self.train_config,
+            &self.shards,
+            collective.as_mut(),
+            &mut self.observer,
+        )
+    }
 }
 
 /// NCCL when the coordinator handed out a unique id and this rank trains on a GPU, else the TCP ring.
+#[allow(clippy::too_many_arguments)]
 fn join_collective(
     listener: &RingListener,
     job_id: &str,
+    generation: u32,
     rank: usize,
     peers: &[String],
     ring_config: &plankton_collective::RingConfig,
     nccl_unique_id: &[u8],
     device: tch::Device,
-) -> anyhow::Result<Box<dyn Collective>> {
+    abort: &RingAbort,
+) -> Result<Box<dyn Collective>, TrainError> {
     if peers.len() <= 1 {
         return Ok(Box::new(SingleProcess));
     }
     #[cfg(feature = "nccl")]
     if let (false, tch::Device::Cuda(ordinal)) = (nccl_unique_id.is_empty(), device) {
-        info!(job_id, rank, "joining the NCCL communicator");
+        info!(job_id, generation, rank, "joining the NCCL communicator");
         return Ok(Box::new(plankton_collective::nccl::NcclAllReduce::new(
             nccl_unique_id,
             rank,
@@ -327,10 +651,46 @@ fn join_collective(
     Ok(Box::new(RingAllReduce::establish(
         listener,
         job_id,
+        generation,
         rank,
         peers,
         ring_config,
+        abort,
     )?))
+}
+
+#[derive(Clone)]
+struct Reporter {
+    client: WorkerControlClient<Channel>,
+    job_id: String,
+    rank: u32,
+    generation: u32,
+    worker_id: String,
+}
+
+impl Reporter {
+    /// Progress is best effort: a report that fails is not retried (the next one supersedes it).
+    async fn progress(&mut self, phase: JobPhase, progress: WorkerProgress) {
+        let report = ProgressReport {
+            job_id: self.job_id.clone(),
+            progress: Some(progress),
+            phase: phase as i32,
+        };
+        let mut request = with_deadline(report);
+        request.set_timeout(Duration::from_secs(2));
+        if let Err(status) = self.client.report_progress(request).await {
+            tracing::debug!(job_id = self.job_id, %status, "progress report failed");
+        }
+    }
+
+    fn base_progress(&self) -> WorkerProgress {
+        WorkerProgress {
+            rank: self.rank,
+            worker_id: self.worker_id.clone(),
+            generation: self.generation,
+            ..Default::default()
+        }
+    }
 }
 
 enum TrainingEvent {
@@ -338,18 +698,21 @@ enum TrainingEvent {
     Epoch(EpochEvaluation),
 }
 
-/// Bridges the training thread to the async side; stops training when the job is cancelled.
+/// Bridges the training thread to the async side; stops training when the job is cancelled and asks for a
+/// re-formation when the coordinator wants one.
 struct ChannelObserver {
     sender: mpsc::Sender<TrainingEvent>,
-    cancel: CancellationToken,
+    handle: Arc<JobHandle>,
     last_progress: Option<Instant>,
+    checkpoints: Option<mpsc::Sender<CheckpointJob>>,
 }
 
 impl TrainingObserver for ChannelObserver {
     fn on_step(&mut self, progress: &StepProgress) -> ControlFlow<()> {
-        if self.cancel.is_cancelled() {
+        if self.handle.cancel.is_cancelled() {
             return ControlFlow::Break(());
         }
+        self.handle.global_step.store(progress.global_step, Ordering::SeqCst);
         let due = self
             .last_progress
             .is_none_or(|last| last.elapsed() >= PROGRESS_INTERVAL)
@@ -363,7 +726,7 @@ impl TrainingObserver for ChannelObserver {
     }
 
     fn on_epoch(&mut self, evaluation: &EpochEvaluation) -> ControlFlow<()> {
-        if self.cancel.is_cancelled()
+        if self.handle.cancel.is_cancelled()
             || self
                 .sender
                 .blocking_send(TrainingEvent::Epoch(evaluation.clone()))
@@ -373,13 +736,31 @@ impl TrainingObserver for ChannelObserver {
         }
         ControlFlow::Continue(())
     }
+
+    fn reform_requested(&mut self) -> bool {
+        self.handle.reform_requested.load(Ordering::SeqCst)
+    }
+
+    fn on_checkpoint(&mut self, state: &[u8], progress: TrainingProgress) -> ControlFlow<()> {
+        if let Some(checkpoints) = &self.checkpoints
+            && checkpoints
+                .try_send(CheckpointJob { state: state.to_vec(), progress })
+                .is_err()
+        {
+            warn!(global_step = progress.global_step, "checkpoint uploads are behind; this checkpoint is skipped");
+        }
+        ControlFlow::Continue(())
+    }
 }
 
-fn train_config(
-    spec: &JobSpec,
-    assignment: &ShardAssignment,
-    threads: usize,
-) -> anyhow::Result<TrainConfig> {
+fn resize_mode(spec: &JobSpec) -> ResizeMode {
+    match ProtoResizeMode::try_from(spec.resize_mode).unwrap_or_default() {
+        ProtoResizeMode::ResizeStretch => ResizeMode::Stretch,
+        ProtoResizeMode::ResizePadToSquare => ResizeMode::PadToSquare,
+    }
+}
+
+fn train_config(spec: &JobSpec, assignment: &ShardAssignment, threads: usize) -> anyhow::Result<TrainConfig> {
     let architecture: Architecture = spec
         .model
         .parse()
@@ -415,15 +796,12 @@ fn train_config(
         seed: spec.seed,
         threads: threads.max(1),
         device: tch::Device::cuda_if_available(),
+        checkpoint_every_steps: u64::from(spec.checkpoint_every_steps),
     })
 }
 
 /// Writes `model.safetensors` and `model-card.json` under the job's output URL; returns the weights' URL.
-async fn write_model(
-    assignment: &ShardAssignment,
-    spec: &JobSpec,
-    weights: Vec<u8>,
-) -> anyhow::Result<String> {
+async fn write_model(assignment: &ShardAssignment, spec: &JobSpec, weights: Vec<u8>) -> anyhow::Result<String> {
     let output: StoreLocation = open_location(&assignment.output_url)?;
     let weights_file = "model.safetensors";
     output.put_bytes(weights_file, Bytes::from(weights)).await?;
@@ -434,12 +812,10 @@ async fn write_model(
             .parse()
             .map_err(|error| anyhow::anyhow!("model {:?}: {error}", spec.model))?,
         classes: assignment.class_names.clone(),
-        input: ModelInput::standard(
-            match ProtoResizeMode::try_from(spec.resize_mode).unwrap_or_default() {
-                ProtoResizeMode::ResizeStretch => "stretch",
-                ProtoResizeMode::ResizePadToSquare => "pad_to_square",
-            },
-        ),
+        input: ModelInput::standard(match resize_mode(spec) {
+            ResizeMode::Stretch => "stretch",
+            ResizeMode::PadToSquare => "pad_to_square",
+        }),
         metrics: serde_json::Value::Null,
         job_id: assignment.job_id.clone(),
         created_unix_ms: std::time::SystemTime::now()
@@ -449,15 +825,9 @@ async fn write_model(
         weights_file: weights_file.to_string(),
     };
     output
-        .put_bytes(
-            "model-card.json",
-            Bytes::from(serde_json::to_vec_pretty(&card)?),
-        )
+        .put_bytes("model-card.json", Bytes::from(serde_json::to_vec_pretty(&card)?))
         .await?;
-    let model_url = format!(
-        "{}/{weights_file}",
-        assignment.output_url.trim_end_matches('/')
-    );
+    let model_url = format!("{}/{weights_file}", assignment.output_url.trim_end_matches('/'));
     info!(model_url, "model written");
     Ok(model_url)
 }

@@ -2,21 +2,30 @@
 //! with its ring peers, reports progress and metrics, and writes the trained model to the object store.
 #![forbid(unsafe_code)]
 
+mod checkpointing;
+mod fault_injection;
 mod job;
 mod loader;
+mod outbox;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tonic::Code;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request};
 use tracing::{info, warn};
 
-use plankton_collective::{RingConfig, RingListener};
+use plankton_collective::{RingAbort, RingConfig, RingListener};
 use plankton_proto::v1::worker_control_client::WorkerControlClient;
-use plankton_proto::v1::{HeartbeatRequest, NextAssignmentRequest, RegisterRequest};
+use plankton_proto::v1::{
+    GenerationEndReport, HeartbeatRequest, NextAssignmentRequest, RegisterRequest,
+};
+
+pub use fault_injection::{FaultPoint, InjectedFault};
+pub use loader::{LoadedShard, load_shard};
 
 /// Largest gRPC message accepted from the coordinator (a full-dataset shard assignment is a few MB).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -39,6 +48,8 @@ pub struct WorkerConfig {
     /// Concurrent image fetches from the object store.
     pub fetch_concurrency: usize,
     pub ring: RingConfig,
+    /// A fault to inject (tests and the recovery benchmark); `None` in production.
+    pub fault: Option<InjectedFault>,
 }
 
 impl WorkerConfig {
@@ -52,38 +63,118 @@ impl WorkerConfig {
             cache_dir: None,
             fetch_concurrency: 32,
             ring: RingConfig {
-                connect_timeout: Duration::from_secs(120),
+                // Peers may still be loading their shards: the coordinator aborts the formation when one is
+                // lost, so this long bound only catches a coordinator that is gone for good.
+                connect_timeout: Duration::from_secs(600),
                 io_timeout: Duration::from_secs(60),
-                chunk_bytes: 256 * 1024,
+                ..RingConfig::default()
             },
+            fault: None,
         }
     }
 }
 
-/// The job this worker is running, shared with the heartbeat loop so the coordinator can stop it.
+/// The job a worker runs, shared between the job's task, its training thread and the heartbeat loop.
+pub(crate) struct JobHandle {
+    pub job_id: String,
+    /// Ends the job on this worker (cancelled or failed elsewhere).
+    pub cancel: CancellationToken,
+    pub generation: AtomicU32,
+    pub rank: AtomicU32,
+    pub global_step: AtomicU64,
+    /// Set when the coordinator asks the ring to end at the next step boundary.
+    pub reform_requested: AtomicBool,
+    /// Aborts the current generation's ring.
+    abort: Mutex<RingAbort>,
+    /// The end of the last generation, while waiting for the next one (re-sent after a coordinator restart).
+    pending_end: Mutex<Option<GenerationEndReport>>,
+}
+
+impl JobHandle {
+    fn new(job_id: &str, cancel: CancellationToken) -> Self {
+        JobHandle {
+            job_id: job_id.to_string(),
+            cancel,
+            generation: AtomicU32::new(0),
+            rank: AtomicU32::new(0),
+            global_step: AtomicU64::new(0),
+            reform_requested: AtomicBool::new(false),
+            abort: Mutex::new(RingAbort::new()),
+            pending_end: Mutex::new(None),
+        }
+    }
+
+    /// Starts a generation: a fresh abort switch, no re-formation requested.
+    pub fn begin_generation(&self, generation: u32, rank: u32) -> RingAbort {
+        self.generation.store(generation, Ordering::SeqCst);
+        self.rank.store(rank, Ordering::SeqCst);
+        self.reform_requested.store(false, Ordering::SeqCst);
+        *lock(&self.pending_end) = None;
+        let abort = RingAbort::new();
+        *lock(&self.abort) = abort.clone();
+        abort
+    }
+
+    pub fn abort_ring(&self, reason: &str) {
+        let abort = lock(&self.abort).clone();
+        if !abort.is_aborted() {
+            abort.abort(reason);
+        }
+    }
+
+    pub fn set_pending_end(&self, report: Option<GenerationEndReport>) {
+        *lock(&self.pending_end) = report;
+    }
+
+    fn pending_end(&self) -> Option<GenerationEndReport> {
+        lock(&self.pending_end).clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The job this worker is running, if any.
 #[derive(Clone, Default)]
 pub(crate) struct CurrentJob {
-    slot: Arc<Mutex<Option<(String, CancellationToken)>>>,
+    slot: Arc<Mutex<Option<Arc<JobHandle>>>>,
 }
 
 impl CurrentJob {
-    fn set(&self, job_id: &str, cancel: CancellationToken) {
-        *self
-            .slot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((job_id.to_string(), cancel));
+    fn set(&self, handle: Arc<JobHandle>) {
+        *lock(&self.slot) = Some(handle);
     }
     fn clear(&self) {
-        *self
-            .slot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        *lock(&self.slot) = None;
     }
-    fn get(&self) -> Option<(String, CancellationToken)> {
-        self.slot
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    fn get(&self) -> Option<Arc<JobHandle>> {
+        lock(&self.slot).clone()
+    }
+}
+
+/// What identifies this worker to the coordinator.
+#[derive(Clone)]
+pub(crate) struct Identity {
+    name: String,
+    peer_address: String,
+    threads: u32,
+    has_gpu: bool,
+}
+
+impl Identity {
+    fn registration(&self, previous_worker_id: &str, running: Option<&JobHandle>) -> RegisterRequest {
+        RegisterRequest {
+            worker_name: self.name.clone(),
+            peer_address: self.peer_address.clone(),
+            threads: self.threads,
+            has_gpu: self.has_gpu,
+            previous_worker_id: previous_worker_id.to_string(),
+            running_job_id: running.map(|job| job.job_id.clone()).unwrap_or_default(),
+            generation: running.map_or(0, |job| job.generation.load(Ordering::SeqCst)),
+            rank: running.map_or(0, |job| job.rank.load(Ordering::SeqCst)),
+            pending_generation_end: running.and_then(JobHandle::pending_end),
+        }
     }
 }
 
@@ -102,18 +193,20 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         "worker starting"
     );
     let current_job = CurrentJob::default();
+    let identity = Identity {
+        name: config.name.clone(),
+        peer_address: peer_address.clone(),
+        threads: config.threads as u32,
+        has_gpu: tch::Cuda::is_available(),
+    };
+    let mut previous_worker_id = String::new();
 
     while !shutdown.is_cancelled() {
         let Some(mut client) = connect(&config.coordinator_url, &shutdown).await else {
             break;
         };
         let registration = client
-            .register(RegisterRequest {
-                worker_name: config.name.clone(),
-                peer_address: peer_address.clone(),
-                threads: config.threads as u32,
-                has_gpu: tch::Cuda::is_available(),
-            })
+            .register(with_deadline(identity.registration(&previous_worker_id, None)))
             .await;
         let registration = match registration {
             Ok(response) => response.into_inner(),
@@ -124,20 +217,23 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             }
         };
         let worker_id = registration.worker_id;
+        previous_worker_id = worker_id.clone();
         let heartbeat_interval = Duration::from_millis(registration.heartbeat_interval_ms.max(100));
         info!(worker_id, "registered with the coordinator");
         let session = shutdown.child_token();
         let heartbeats = tokio::spawn(heartbeat_loop(
             client.clone(),
             worker_id.clone(),
+            identity.clone(),
             heartbeat_interval,
             current_job.clone(),
             session.clone(),
         ));
         while !session.is_cancelled() {
-            let request = NextAssignmentRequest {
+            let mut request = Request::new(NextAssignmentRequest {
                 worker_id: worker_id.clone(),
-            };
+            });
+            request.set_timeout(job::ASSIGNMENT_POLL_DEADLINE);
             let response = tokio::select! {
                 _ = session.cancelled() => break,
                 response = client.next_assignment(request) => response,
@@ -145,7 +241,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             match response {
                 Ok(response) => {
                     if let Some(assignment) = response.into_inner().assignment {
-                        job::run_assignment(
+                        let end = job::run_assignment(
                             &config,
                             &mut client,
                             &worker_id,
@@ -155,6 +251,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                             &session,
                         )
                         .await;
+                        if end == job::AssignmentEnd::Crashed {
+                            warn!(worker_id, "injected crash: the worker stops without a word");
+                            session.cancel();
+                            let _ = heartbeats.await;
+                            return Ok(());
+                        }
                     }
                 }
                 Err(status) if status.code() == Code::NotFound => {
@@ -177,9 +279,21 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
 
 async fn connect(url: &str, shutdown: &CancellationToken) -> Option<WorkerControlClient<Channel>> {
     let mut delay = Duration::from_millis(100);
+    let endpoint = match Endpoint::from_shared(url.to_string()) {
+        Ok(endpoint) => endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true),
+        Err(error) => {
+            warn!(url, %error, "invalid coordinator URL");
+            return None;
+        }
+    };
     loop {
-        match WorkerControlClient::connect(url.to_string()).await {
-            Ok(client) => {
+        match endpoint.connect().await {
+            Ok(channel) => {
+                let client = WorkerControlClient::new(channel);
                 return Some(
                     client
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -203,16 +317,26 @@ async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> 
     }
 }
 
-/// Heartbeats for the worker's whole registration; cancels the running job when the coordinator says so and
-/// ends the session when the coordinator forgot this worker.
+/// A request with the deadline every call to the coordinator carries.
+pub(crate) fn with_deadline<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(outbox::CALL_DEADLINE);
+    request
+}
+
+/// Heartbeats for the worker's whole registration. Relays the coordinator's orders to the running job (stop,
+/// abort the ring, re-form at the next step) and, when a restarted coordinator no longer knows this worker,
+/// registers again under the same id so the running job carries on.
 async fn heartbeat_loop(
     mut client: WorkerControlClient<Channel>,
-    worker_id: String,
+    mut worker_id: String,
+    identity: Identity,
     interval: Duration,
     current_job: CurrentJob,
     session: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = session.cancelled() => return,
@@ -221,27 +345,51 @@ async fn heartbeat_loop(
         let running = current_job.get();
         let request = HeartbeatRequest {
             worker_id: worker_id.clone(),
-            job_id: running
-                .as_ref()
-                .map(|(job_id, _)| job_id.clone())
-                .unwrap_or_default(),
+            job_id: running.as_ref().map(|job| job.job_id.clone()).unwrap_or_default(),
+            generation: running.as_ref().map_or(0, |job| job.generation.load(Ordering::SeqCst)),
+            global_step: running.as_ref().map_or(0, |job| job.global_step.load(Ordering::SeqCst)),
         };
-        match client.heartbeat(request).await {
-            Ok(response) => {
-                let response = response.into_inner();
-                if response.cancel_current_job
-                    && let Some((job_id, cancel)) = running
-                    && !cancel.is_cancelled()
-                {
-                    info!(job_id, "coordinator ended the job; stopping it");
-                    cancel.cancel();
-                }
-                if response.unknown_worker && current_job.get().is_none() {
-                    session.cancel();
-                    return;
-                }
+        let response = match client.heartbeat(with_deadline(request)).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                warn!(%status, "heartbeat failed");
+                continue;
             }
-            Err(status) => warn!(%status, "heartbeat failed"),
+        };
+        if response.unknown_worker {
+            let Some(job) = running else {
+                // Idle: start a fresh session (the main loop registers again).
+                session.cancel();
+                return;
+            };
+            let registration = identity.registration(&worker_id, Some(&job));
+            match client.register(with_deadline(registration)).await {
+                Ok(granted) if granted.get_ref().worker_id == worker_id => {
+                    info!(worker_id, job_id = job.job_id, "registered again after a coordinator restart; the job continues");
+                }
+                Ok(granted) => {
+                    warn!(worker_id, new_id = granted.get_ref().worker_id, job_id = job.job_id, "the coordinator gave this worker a new identity; stopping the job");
+                    worker_id = granted.into_inner().worker_id;
+                    job.cancel.cancel();
+                    job.abort_ring("the coordinator no longer counts this worker in the job");
+                }
+                Err(status) => warn!(%status, "registering again failed"),
+            }
+            continue;
+        }
+        let Some(job) = running else {
+            continue;
+        };
+        if response.cancel_current_job && !job.cancel.is_cancelled() {
+            info!(job_id = job.job_id, "coordinator ended the job (or dropped this worker from it); stopping");
+            job.cancel.cancel();
+            job.abort_ring("the job ended on the coordinator");
+        }
+        if response.abort_generation {
+            job.abort_ring("the coordinator lost a member of this generation");
+        }
+        if response.reform_at_step {
+            job.reform_requested.store(true, Ordering::SeqCst);
         }
     }
 }

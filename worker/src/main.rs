@@ -37,8 +37,9 @@ struct Options {
     /// Concurrent image fetches from the object store.
     #[arg(long, env = "PLANKTON_FETCH_CONCURRENCY", default_value_t = 32)]
     fetch_concurrency: usize,
-    /// How long to wait for ring peers to connect.
-    #[arg(long, env = "PLANKTON_RING_CONNECT_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    /// Longest wait for ring peers to connect (peers may still be loading; the coordinator aborts the wait
+    /// early when one of them is lost).
+    #[arg(long, env = "PLANKTON_RING_CONNECT_TIMEOUT", default_value = "600s", value_parser = humantime::parse_duration)]
     ring_connect_timeout: Duration,
     /// A ring peer silent for this long fails the step.
     #[arg(long, env = "PLANKTON_RING_IO_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]

@@ -1,0 +1,109 @@
+//! Faults injected on purpose, for tests and the recovery benchmark: a worker that dies (or hangs) at a chosen
+//! step of its first generation, before, during or after the step's all-reduce.
+
+use std::time::{Duration, Instant};
+
+use plankton_collective::{Collective, CollectiveError, RingAbort};
+
+/// Where in the step the fault strikes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultPoint {
+    /// The rank dies before it sends anything of the step's all-reduce.
+    BeforeAllReduce,
+    /// The rank dies in the middle of the all-reduce (its peers are mid-exchange).
+    DuringAllReduce,
+    /// The all-reduce completes everywhere, then the rank dies before applying the step.
+    AfterAllReduce,
+    /// The rank hangs inside the all-reduce (alive, heart-beating, but never finishing) until aborted.
+    Stall,
+}
+
+/// "Rank `rank` of generation 0 fails at global step `global_step` (0-based all-reduce count) at `point`."
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InjectedFault {
+    pub rank: u32,
+    pub global_step: u64,
+    pub point: FaultPoint,
+}
+
+/// The message of the error an injected crash unwinds with; the worker then vanishes without reporting.
+pub const INJECTED_CRASH: &str = "injected crash";
+
+/// Longest an injected stall hangs when nobody aborts it.
+const MAX_STALL: Duration = Duration::from_secs(600);
+
+/// Wraps a collective and fires `fault` at its all-reduce number `fault.global_step`.
+pub struct FaultInjectingCollective {
+    inner: Box<dyn Collective>,
+    fault: InjectedFault,
+    all_reduces: u64,
+    abort: RingAbort,
+}
+
+impl FaultInjectingCollective {
+    pub fn new(inner: Box<dyn Collective>, fault: InjectedFault, abort: RingAbort) -> Self {
+        FaultInjectingCollective {
+            inner,
+            fault,
+            all_reduces: 0,
+            abort,
+        }
+    }
+
+    fn crash() -> CollectiveError {
+        CollectiveError::InvalidSetup {
+            reason: INJECTED_CRASH.to_string(),
+        }
+    }
+}
+
+impl Collective for FaultInjectingCollective {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.inner.world_size()
+    }
+
+    fn all_reduce_sum(&mut self, buffer: &mut [f32]) -> Result<(), CollectiveError> {
+        let index = self.all_reduces;
+        self.all_reduces += 1;
+        if index != self.fault.global_step {
+            return self.inner.all_reduce_sum(buffer);
+        }
+        match self.fault.point {
+            FaultPoint::BeforeAllReduce => Err(Self::crash()),
+            FaultPoint::DuringAllReduce => {
+                // Half a buffer: the peers start exchanging, then see a broken operation.
+                let half = buffer.len() / 2;
+                let _ = self.inner.all_reduce_sum(&mut buffer[..half]);
+                Err(Self::crash())
+            }
+            FaultPoint::AfterAllReduce => {
+                self.inner.all_reduce_sum(buffer)?;
+                Err(Self::crash())
+            }
+            FaultPoint::Stall => {
+                let started = Instant::now();
+                while !self.abort.is_aborted() && started.elapsed() < MAX_STALL {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(CollectiveError::Aborted {
+                    reason: self
+                        .abort
+                        .reason()
+                        .unwrap_or_else(|| "injected stall ended".into()),
+                })
+            }
+        }
+    }
+
+    fn broadcast(&mut self, buffer: &mut [f32], root: usize) -> Result<(), CollectiveError> {
+        self.inner.broadcast(buffer, root)
+    }
+
+    fn barrier(&mut self) -> Result<(), CollectiveError> {
+        self.inner.barrier()
+    }
+}
