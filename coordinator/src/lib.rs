@@ -2,13 +2,16 @@
 //! keeps every job in an embedded store.
 #![forbid(unsafe_code)]
 
+pub mod driver;
 pub mod error;
+pub mod generation;
 pub mod metrics;
 pub mod planner;
 pub mod registry;
 pub mod service;
 pub mod state;
 pub mod store;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +38,8 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 pub struct CoordinatorConfig {
     /// gRPC listen address (operators and workers).
     pub listen_address: SocketAddr,
-    /// Folder of the embedded job store; `None` keeps jobs in memory only.
+    /// Folder of the embedded job and model store; `None` keeps them in memory only (in-process tests). The
+    /// binary defaults to [`default_state_dir`] and keeps state in memory only when told `--in-memory`.
     pub state_dir: Option<PathBuf>,
     pub timeouts: Timeouts,
 }
@@ -49,9 +53,30 @@ impl Default for CoordinatorConfig {
                 worker_timeout: Duration::from_secs(15),
                 registration_timeout: Duration::from_secs(120),
                 heartbeat_interval: Duration::from_secs(2),
+                replacement_wait: Duration::from_secs(10),
             },
         }
     }
+}
+
+/// Where the coordinator binary keeps its state unless told otherwise: `$XDG_STATE_HOME/plankton/coordinator`,
+/// else `$HOME/.local/state/plankton/coordinator`; `None` when neither variable gives an absolute path.
+pub fn default_state_dir() -> Option<PathBuf> {
+    default_state_dir_from(std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
+}
+
+/// [`default_state_dir`] from given values of `XDG_STATE_HOME` and `HOME`. Per the XDG base directory
+/// specification, an empty or relative `XDG_STATE_HOME` is ignored.
+pub fn default_state_dir_from(
+    xdg_state_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    let absolute = |value: Option<std::ffi::OsString>| {
+        value.map(PathBuf::from).filter(|path| path.is_absolute())
+    };
+    let state_home = absolute(xdg_state_home)
+        .or_else(|| absolute(home).map(|home| home.join(".local").join("state")))?;
+    Some(state_home.join("plankton").join("coordinator"))
 }
 
 /// How long a starting coordinator waits for a previous one (shutting down) to release the state store.
@@ -110,7 +135,7 @@ pub async fn serve(
         }
     });
 
-    let service = CoordinatorService::new(state);
+    let service = CoordinatorService::new(state, shutdown.clone());
     let local_address = listener.local_addr()?;
     info!(%local_address, state_dir = ?config.state_dir, "coordinator listening");
     tonic::transport::Server::builder()
@@ -132,4 +157,35 @@ pub async fn serve(
         .await?;
     info!("coordinator stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_state_dir_prefers_an_absolute_xdg_state_home_then_home() {
+        let xdg = Some("/xdg/state".into());
+        let home = Some("/home/ada".into());
+        assert_eq!(
+            default_state_dir_from(xdg, home.clone()),
+            Some(PathBuf::from("/xdg/state/plankton/coordinator"))
+        );
+        let expected_under_home =
+            Some(PathBuf::from("/home/ada/.local/state/plankton/coordinator"));
+        assert_eq!(
+            default_state_dir_from(None, home.clone()),
+            expected_under_home
+        );
+        assert_eq!(
+            default_state_dir_from(Some("".into()), home.clone()),
+            expected_under_home
+        );
+        assert_eq!(
+            default_state_dir_from(Some("relative/state".into()), home),
+            expected_under_home
+        );
+        assert_eq!(default_state_dir_from(None, None), None);
+        assert_eq!(default_state_dir_from(None, Some("".into())), None);
+    }
 }

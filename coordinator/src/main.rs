@@ -3,9 +3,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::builder::FalseyValueParser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use plankton_coordinator::state::Timeouts;
-use plankton_coordinator::{CoordinatorConfig, run};
+use plankton_coordinator::{CoordinatorConfig, default_state_dir, run};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -16,9 +18,13 @@ struct Options {
     /// gRPC listen address.
     #[arg(long, env = "PLANKTON_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// Folder of the embedded job store; jobs survive restarts. Omit to keep jobs in memory.
+    /// Folder of the embedded job and model store; jobs and models survive restarts. Default:
+    /// $XDG_STATE_HOME/plankton/coordinator, else ~/.local/state/plankton/coordinator (created if missing).
     #[arg(long, env = "PLANKTON_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Keep jobs and models in memory only: all of them are lost when the coordinator stops. Not with --state-dir.
+    #[arg(long, env = "PLANKTON_IN_MEMORY", value_parser = FalseyValueParser::new())]
+    in_memory: bool,
     /// A worker silent for this long fails its job.
     #[arg(long, env = "PLANKTON_WORKER_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     worker_timeout: Duration,
@@ -28,21 +34,63 @@ struct Options {
     /// Heartbeat interval asked of workers.
     #[arg(long, env = "PLANKTON_HEARTBEAT_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
+    /// After a fault, how long the surviving workers of a job wait for a replacement before going on with fewer.
+    #[arg(long, env = "PLANKTON_REPLACEMENT_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    replacement_wait: Duration,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     plankton_common::init_tracing();
     let options = Options::parse();
+    let state_dir = state_dir_of(&options);
+    if state_dir.is_none() {
+        tracing::warn!(
+            "state kept in memory only (--in-memory): jobs and models are lost at shutdown"
+        );
+    }
     let config = CoordinatorConfig {
         listen_address: options.listen,
-        state_dir: options.state_dir,
+        state_dir,
         timeouts: Timeouts {
             worker_timeout: options.worker_timeout,
             registration_timeout: options.registration_timeout,
             heartbeat_interval: options.heartbeat_interval,
+            replacement_wait: options.replacement_wait,
         },
     };
     let shutdown = plankton_common::shutdown_on_signals();
     run(config, shutdown).await
+}
+
+/// The state folder to use (`None`: memory only). Exits with a usage error for `--in-memory` together with
+/// `--state-dir` (from flags or environment), or when no default folder can be derived.
+fn state_dir_of(options: &Options) -> Option<PathBuf> {
+    let explicit_state_dir = options
+        .state_dir
+        .clone()
+        .filter(|state_dir| !state_dir.as_os_str().is_empty());
+    match (options.in_memory, explicit_state_dir) {
+        (true, Some(state_dir)) => Options::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "--in-memory (PLANKTON_IN_MEMORY) and --state-dir {} (PLANKTON_STATE_DIR) contradict each other: give one",
+                    state_dir.display()
+                ),
+            )
+            .exit(),
+        (true, None) => None,
+        (false, Some(state_dir)) => Some(state_dir),
+        (false, None) => match default_state_dir() {
+            Some(state_dir) => Some(state_dir),
+            None => Options::command()
+                .error(
+                    ErrorKind::MissingRequiredArgument,
+                    "neither XDG_STATE_HOME nor HOME is an absolute path, so there is no default state folder: \
+                     give --state-dir DIR (or --in-memory)",
+                )
+                .exit(),
+        },
+    }
 }

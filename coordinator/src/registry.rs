@@ -1,11 +1,11 @@
 //! The model registry: every succeeded job's model as a numbered version of a name, with movable aliases.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use tracing::info;
 
-use plankton_proto::v1::{Job, ModelVersion, ResizeMode};
+use plankton_proto::v1::{Job, JobPhase, ModelVersion, ResizeMode};
 
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::state::unix_ms_now;
@@ -48,9 +48,52 @@ impl ModelRegistry {
 
     /// Registers a succeeded job's model as the next version of its name.
     pub fn register_job_model(&self, job: &Job) -> CoordinatorResult<ModelVersion> {
+        let mut versions = self.lock();
+        self.register_locked(&mut versions, job)
+    }
+
+    /// Registers the model of every succeeded job with a model URL that has no version yet: the jobs whose
+    /// coordinator stopped between recording the success and registering the model. Jobs are taken in the
+    /// order they finished, so versions number as they would have. Idempotent: a second call registers nothing.
+    pub fn repair_missing(&self, jobs: &[Job]) -> CoordinatorResult<Vec<ModelVersion>> {
+        let mut versions = self.lock();
+        let mut registered_job_ids: HashSet<String> = versions
+            .values()
+            .map(|model| model.job_id.clone())
+            .collect();
+        let mut succeeded_with_model: Vec<&Job> = jobs
+            .iter()
+            .filter(|job| job.phase() == JobPhase::Succeeded && !job.model_url.is_empty())
+            .collect();
+        succeeded_with_model.sort_by(|first, second| {
+            (first.finished_unix_ms, &first.id).cmp(&(second.finished_unix_ms, &second.id))
+        });
+        let mut repaired = Vec::new();
+        for job in succeeded_with_model {
+            // `insert` is false for a job already registered (or listed twice in `jobs`).
+            if !registered_job_ids.insert(job.id.clone()) {
+                continue;
+            }
+            let model = self.register_locked(&mut versions, job)?;
+            info!(
+                name = model.name,
+                version = model.version,
+                job_id = job.id,
+                "model of a succeeded job registered on repair"
+            );
+            repaired.push(model);
+        }
+        Ok(repaired)
+    }
+
+    /// Saves the next version of the job's model name, then adds it to `versions` (the held lock).
+    fn register_locked(
+        &self,
+        versions: &mut BTreeMap<(String, u32), ModelVersion>,
+        job: &Job,
+    ) -> CoordinatorResult<ModelVersion> {
         let spec = job.spec.clone().unwrap_or_default();
         let name = model_name_for(job);
-        let mut versions = self.lock();
         let version = versions
             .keys()
             .filter(|(existing, _)| *existing == name)
@@ -143,22 +186,27 @@ impl ModelRegistry {
                 "model {name:?} has no version {version}"
             )));
         }
+        // The versions the alias joins or leaves, as they will be: stored in one transaction, so the alias
+        // never points at two versions or at none; the in-memory map follows only once that committed.
         let mut changed = Vec::new();
-        for ((model_name, model_version), model) in versions.iter_mut() {
+        for ((model_name, model_version), model) in versions.iter() {
             if model_name != name {
                 continue;
             }
             let had_alias = model.aliases.iter().any(|existing| existing == alias);
             if *model_version == version && !had_alias {
-                model.aliases.push(alias.to_string());
-                changed.push(model.clone());
+                let mut gaining = model.clone();
+                gaining.aliases.push(alias.to_string());
+                changed.push(gaining);
             } else if *model_version != version && had_alias {
-                model.aliases.retain(|existing| existing != alias);
-                changed.push(model.clone());
+                let mut losing = model.clone();
+                losing.aliases.retain(|existing| existing != alias);
+                changed.push(losing);
             }
         }
-        for model in &changed {
-            self.store.save_model(model)?;
+        self.store.save_models(&changed)?;
+        for model in changed {
+            versions.insert((model.name.clone(), model.version), model);
         }
         info!(name, version, alias, "alias moved");
         Ok(versions[&(name.to_string(), version)].clone())
@@ -178,10 +226,54 @@ mod tests {
                 model: "lenet".into(),
                 ..Default::default()
             }),
+            phase: JobPhase::Succeeded as i32,
             model_url: format!("memory://models/{id}/model.safetensors"),
             class_names: vec!["a".into(), "b".into()],
             ..Default::default()
         }
+    }
+
+    fn finished_job(id: &str, phase: JobPhase, finished_unix_ms: i64) -> Job {
+        let mut job = succeeded_job(id, "");
+        job.set_phase(phase);
+        job.finished_unix_ms = finished_unix_ms;
+        job
+    }
+
+    #[test]
+    fn repair_registers_each_succeeded_job_without_a_version_once_in_finish_order() {
+        let store = Arc::new(StateStore::in_memory().unwrap());
+        let registry = ModelRegistry::load(store.clone()).unwrap();
+        let registered = finished_job("job-1", JobPhase::Succeeded, 100);
+        registry.register_job_model(&registered).unwrap();
+        let failed = finished_job("job-failed", JobPhase::Failed, 150);
+        let mut without_model = finished_job("job-without-model", JobPhase::Succeeded, 160);
+        without_model.model_url.clear();
+        let finished_last = finished_job("job-3", JobPhase::Succeeded, 300);
+        let finished_first = finished_job("job-2", JobPhase::Succeeded, 200);
+        let jobs = vec![
+            registered,
+            failed,
+            without_model,
+            finished_last.clone(),
+            finished_first,
+            finished_last,
+        ];
+
+        let repaired = registry.repair_missing(&jobs).unwrap();
+        let repaired_versions: Vec<(&str, u32)> = repaired
+            .iter()
+            .map(|model| (model.job_id.as_str(), model.version))
+            .collect();
+        assert_eq!(repaired_versions, [("job-2", 2), ("job-3", 3)]);
+        assert!(
+            registry.repair_missing(&jobs).unwrap().is_empty(),
+            "idempotent"
+        );
+
+        let reloaded = ModelRegistry::load(store).unwrap();
+        assert_eq!(reloaded.list("flowcam-lenet").len(), 3, "repairs persisted");
+        assert!(reloaded.repair_missing(&jobs).unwrap().is_empty());
     }
 
     #[test]

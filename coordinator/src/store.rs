@@ -73,12 +73,23 @@ impl StateStore {
     }
 
     pub fn save_model(&self, model: &ModelVersion) -> CoordinatorResult<()> {
-        let key = model_key(&model.name, model.version);
+        self.save_models(std::slice::from_ref(model))
+    }
+
+    /// Saves `models` in one transaction: all of them or, on any error, none.
+    pub fn save_models(&self, models: &[ModelVersion]) -> CoordinatorResult<()> {
+        if models.is_empty() {
+            return Ok(());
+        }
         let write = self.database.begin_write()?;
         {
             let mut table = write.open_table(MODELS)?;
-            table.insert(key.as_str(), model.encode_to_vec().as_slice())?;
+            for model in models {
+                let key = model_key(&model.name, model.version);
+                table.insert(key.as_str(), model.encode_to_vec().as_slice())?;
+            }
         }
+        // Dropping `write` without committing (an early return above) aborts the transaction.
         write.commit()?;
         Ok(())
     }
