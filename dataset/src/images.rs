@@ -1,9 +1,11 @@
-//! Object images: `imgs/<objid>.jpg` files or members of `imgs.zip`, fetched concurrently; JPEG header checks.
+//! Object images: `imgs/<objid>.jpg` files or members of `imgs.zip`, fetched concurrently (transient store
+//! errors retried by the [`StoreLocation`]); the identity of a set of images, for caches; JPEG header checks.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 
 use crate::error::{DatasetError, ImageHeaderError};
 use crate::layout::{IMAGES_DIR, IMAGES_ZIP};
@@ -48,7 +50,8 @@ pub async fn open_image_source(location: &StoreLocation) -> Result<ImageSource, 
     Ok(ImageSource::Directory)
 }
 
-/// Fetches the JPEG bytes of `objid`; a missing image is [`DatasetError::ImageNotFound`].
+/// Fetches the JPEG bytes of `objid`; a missing image is [`DatasetError::ImageNotFound`]. Transient store
+/// errors are retried as `location.retry` says; see [`is_bad_image`] for which errors condemn the image.
 pub async fn fetch_image(
     location: &StoreLocation,
     source: &ImageSource,
@@ -68,7 +71,8 @@ pub async fn fetch_image(
     }
 }
 
-/// Fetches many images with up to `concurrency` requests in flight; yields in completion order.
+/// Fetches many images with up to `concurrency` requests in flight; yields in completion order. Each fetch
+/// retries transient store errors as `location.retry` says.
 pub fn fetch_images(
     location: &StoreLocation,
     source: &ImageSource,
@@ -86,6 +90,115 @@ pub fn fetch_images(
         .buffer_unordered(concurrency.max(1))
 }
 
+/// True when `error`, from [`fetch_image`], means the image itself is bad: missing from the store
+/// ([`DatasetError::ImageNotFound`]), or a zip member that is corrupt, encrypted or too large
+/// ([`DatasetError::Zip`]); [`DatasetError::BadImage`] too, for callers that check headers. Such an image may
+/// be skipped and counted. Any other error says nothing about the image (the store still unavailable after
+/// retries, permissions, `imgs.zip` itself gone, ...) and must fail the read instead of skipping the image.
+pub fn is_bad_image(error: &DatasetError) -> bool {
+    matches!(
+        error,
+        DatasetError::ImageNotFound { .. }
+            | DatasetError::BadImage { .. }
+            | DatasetError::Zip { .. }
+    )
+}
+
+/// A digest of the identity of the images of `objids` as they are in the store now, for cache keys: it
+/// changes when any of them is rewritten, added or removed. For `imgs.zip` it is the archive's size and
+/// e-tag / last-modified time (one HEAD), and an error if the archive is no longer the one `source` indexed
+/// (its size changed). For `imgs/` it digests the size and e-tag / last-modified time of each image (one
+/// listing of `imgs/`, paginated by the store; no request per image).
+pub async fn image_source_version(
+    location: &StoreLocation,
+    source: &ImageSource,
+    objids: &[i64],
+) -> Result<String, DatasetError> {
+    match source {
+        ImageSource::Zip(index) => {
+            let archive = location.head(&index.relative_path).await?;
+            if archive.size != index.archive_size {
+                return Err(DatasetError::Zip {
+                    object: index.archive_url.clone(),
+                    reason: format!(
+                        "archive changed since it was indexed ({} bytes then, {} now); open the image source again",
+                        index.archive_size, archive.size
+                    ),
+                });
+            }
+            let mut digest = Fnv1a::new();
+            digest.update_object(&archive);
+            Ok(format!("zip-{:016x}-{}", digest.finish(), archive.size))
+        }
+        ImageSource::Directory => {
+            let wanted: HashMap<object_store::path::Path, usize> = objids
+                .iter()
+                .enumerate()
+                .map(|(position, objid)| (location.child(&image_path(*objid)), position))
+                .collect();
+            let mut found: Vec<Option<object_store::ObjectMeta>> = vec![None; objids.len()];
+            location
+                .for_each_object(IMAGES_DIR, |object| {
+                    if let Some(&position) = wanted.get(&object.location) {
+                        found[position] = Some(object);
+                    }
+                })
+                .await?;
+            let mut digest = Fnv1a::new();
+            let mut missing = 0usize;
+            for (objid, object) in objids.iter().zip(&found) {
+                digest.update(&objid.to_le_bytes());
+                match object {
+                    Some(object) => digest.update_object(object),
+                    None => {
+                        missing += 1;
+                        digest.update(b"missing");
+                    }
+                }
+            }
+            Ok(format!(
+                "dir-{:016x}-{}-{missing}",
+                digest.finish(),
+                objids.len()
+            ))
+        }
+    }
+}
+
+/// 64-bit FNV-1a: stable across builds and platforms (unlike `DefaultHasher`).
+struct Fnv1a(u64);
+
+impl Fnv1a {
+    fn new() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    /// Size, e-tag (or none) and last-modified time of an object, each length- or tag-prefixed.
+    fn update_object(&mut self, object: &object_store::ObjectMeta) {
+        self.update(&object.size.to_le_bytes());
+        match &object.e_tag {
+            Some(e_tag) => {
+                self.update(&(e_tag.len() as u64).to_le_bytes());
+                self.update(e_tag.as_bytes());
+            }
+            None => self.update(&u64::MAX.to_le_bytes()),
+        }
+        self.update(&object.last_modified.timestamp().to_le_bytes());
+        self.update(&object.last_modified.timestamp_subsec_nanos().to_le_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Objids of every image present (sorted), to find images present but not listed in `meta.csv`.
 pub async fn list_image_objids(
     location: &StoreLocation,
@@ -94,24 +207,17 @@ pub async fn list_image_objids(
     match source {
         ImageSource::Zip(index) => Ok(index.objids()),
         ImageSource::Directory => {
-            let images_prefix = location.child(IMAGES_DIR);
-            let objects: Vec<object_store::ObjectMeta> = location
-                .store
-                .list(Some(&images_prefix))
-                .try_collect()
-                .await
-                .map_err(|source| {
-                    DatasetError::from_store(location.object_url(IMAGES_DIR), source)
-                })?;
-            let mut objids = Vec::with_capacity(objects.len());
-            for object in objects {
-                match object.location.filename().and_then(objid_of_image_name) {
-                    Some(objid) => objids.push(objid),
-                    None => {
-                        tracing::debug!(object = %object.location, "ignoring non-image object in imgs/")
+            let mut objids = Vec::new();
+            location
+                .for_each_object(IMAGES_DIR, |object| {
+                    match object.location.filename().and_then(objid_of_image_name) {
+                        Some(objid) => objids.push(objid),
+                        None => {
+                            tracing::debug!(object = %object.location, "ignoring non-image object in imgs/")
+                        }
                     }
-                }
-            }
+                })
+                .await?;
             objids.sort_unstable();
             objids.dedup();
             Ok(objids)

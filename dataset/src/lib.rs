@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod faults;
 pub mod features;
 pub mod images;
 pub mod labels;
@@ -16,8 +17,8 @@ pub mod zip_index;
 pub use error::{DatasetError, ImageHeaderError};
 pub use features::{FeatureTable, read_features};
 pub use images::{
-    ImageSource, check_image_header, fetch_image, fetch_images, image_path, list_image_objids,
-    open_image_source,
+    ImageSource, check_image_header, fetch_image, fetch_images, image_path, image_source_version,
+    is_bad_image, list_image_objids, open_image_source,
 };
 pub use labels::LabelEncoding;
 pub use meta::{MetaRecord, MetaTable, read_meta};
@@ -26,6 +27,6 @@ pub use split::{
     stratified_subsample,
 };
 pub use stats::{DatasetStats, compute_stats, write_plots};
-pub use storage::{StoreLocation, open_location};
+pub use storage::{FetchRetry, RetriesExhausted, StoreLocation, is_transient, open_location};
 pub use summary::{ReadSummary, SkippedItem};
 pub use zip_index::ZipIndex;

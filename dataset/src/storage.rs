@@ -1,21 +1,28 @@
-//! Opens a dataset root or output location given as a path or URL (file, s3, gs, az, memory).
+//! Opens a dataset root or output location given as a path or URL (file, s3, gs, az, memory), and reads
+//! and writes its objects, retrying transient store errors ([`FetchRetry`], [`is_transient`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use object_store::ObjectStore;
+use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
+use object_store::client::{HttpError, HttpErrorKind};
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore};
 
 use crate::error::DatasetError;
 
 /// An object store and a prefix inside it: the root of a dataset or of an output location.
+///
+/// Every read and write through its methods retries transient store errors as `retry` says.
 #[derive(Debug, Clone)]
 pub struct StoreLocation {
     pub store: Arc<dyn ObjectStore>,
@@ -23,6 +30,248 @@ pub struct StoreLocation {
     pub prefix: Path,
     /// The location as a URL, used in messages (`file:///data/flowcam`, `s3://bucket/flowcam`, ...).
     pub url: String,
+    /// How reads and writes retry transient store errors.
+    pub retry: FetchRetry,
+}
+
+/// How a read (or write) of one object retries transient store errors: exponential backoff with jitter,
+/// bounded in attempts and in total time. Errors that are not transient ([`is_transient`]) are never retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchRetry {
+    /// Attempts in all, the first one included (1 means no retry).
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled before each next one.
+    pub initial_backoff: Duration,
+    /// Longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// No retry starts once this much time has passed since the first attempt (or would pass while waiting).
+    pub max_elapsed: Duration,
+}
+
+impl Default for FetchRetry {
+    /// 6 attempts, waits of 100 ms doubling up to 3 s (about 3 s of waiting in all), at most 30 s in all.
+    fn default() -> Self {
+        FetchRetry {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(3),
+            max_elapsed: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The last error of an operation that kept failing transiently until [`FetchRetry`] gave up. Carried as the
+/// source of an [`object_store::Error::Generic`] (store `retry`) so that callers keep one error type.
+#[derive(Debug)]
+pub struct RetriesExhausted {
+    pub attempts: u32,
+    pub elapsed: Duration,
+    pub last_error: object_store::Error,
+}
+
+impl std::fmt::Display for RetriesExhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "gave up after {} attempts in {:.1} s, last error: {}",
+            self.attempts,
+            self.elapsed.as_secs_f64(),
+            self.last_error
+        )
+    }
+}
+
+impl std::error::Error for RetriesExhausted {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.last_error)
+    }
+}
+
+impl FetchRetry {
+    /// One attempt, no retry.
+    pub fn none() -> Self {
+        FetchRetry {
+            max_attempts: 1,
+            ..FetchRetry::default()
+        }
+    }
+
+    /// Runs `operation` until it succeeds, fails with an error that is not transient (returned as is), or
+    /// the attempts or the time run out (the last error is returned inside [`RetriesExhausted`]).
+    /// `object` names what is read, for logs.
+    pub async fn run<T, Operation, Attempt>(
+        &self,
+        object: &str,
+        mut operation: Operation,
+    ) -> object_store::Result<T>
+    where
+        Operation: FnMut() -> Attempt,
+        Attempt: Future<Output = object_store::Result<T>>,
+    {
+        let mut attempts = RetryAttempts::new(*self);
+        loop {
+            match operation().await {
+                Ok(value) => return Ok(value),
+                Err(error) => attempts.wait_before_retry(object, error).await?,
+            }
+        }
+    }
+}
+
+/// The attempts of one retried operation so far.
+struct RetryAttempts {
+    policy: FetchRetry,
+    started: Instant,
+    attempts_failed: u32,
+    backoff: Duration,
+}
+
+impl RetryAttempts {
+    fn new(policy: FetchRetry) -> Self {
+        RetryAttempts {
+            policy,
+            started: Instant::now(),
+            attempts_failed: 0,
+            backoff: policy.initial_backoff,
+        }
+    }
+
+    /// After an attempt failed with `error`: waits and returns `Ok` when another attempt should be made,
+    /// else returns the error to give up with.
+    async fn wait_before_retry(
+        &mut self,
+        object: &str,
+        error: object_store::Error,
+    ) -> object_store::Result<()> {
+        if !is_transient(&error) {
+            return Err(error);
+        }
+        self.attempts_failed += 1;
+        let remaining_attempts = self
+            .policy
+            .max_attempts
+            .max(1)
+            .saturating_sub(self.attempts_failed);
+        let delay = jittered(self.backoff);
+        let elapsed = self.started.elapsed();
+        if remaining_attempts == 0 || elapsed + delay > self.policy.max_elapsed {
+            tracing::warn!(object, attempts = self.attempts_failed, seconds = elapsed.as_secs_f64(), %error, "giving up on a transiently failing store request");
+            return Err(object_store::Error::Generic {
+                store: "retry",
+                source: Box::new(RetriesExhausted {
+                    attempts: self.attempts_failed,
+                    elapsed,
+                    last_error: error,
+                }),
+            });
+        }
+        tracing::debug!(object, remaining_attempts, delay_ms = delay.as_millis() as u64, %error, "retrying a store request after a transient error");
+        tokio::time::sleep(delay).await;
+        self.backoff = self.backoff.saturating_mul(2).min(self.policy.max_backoff);
+        Ok(())
+    }
+}
+
+/// A wait between half of `backoff` and all of it, so that many clients throttled together spread out.
+fn jittered(backoff: Duration) -> Duration {
+    use rand::Rng;
+    let half = backoff / 2;
+    let jitter_nanos =
+        rand::rng().random_range(0..=half.as_nanos().min(u128::from(u64::MAX)) as u64);
+    half + Duration::from_nanos(jitter_nanos)
+}
+
+/// Markers (lowercase) of transient failures in error messages, for errors that carry no typed cause:
+/// throttling and server errors (S3 `SlowDown`, HTTP 429/5xx), dropped connections, timeouts, and failures
+/// to refresh credentials.
+const TRANSIENT_MESSAGE_MARKERS: &[&str] = &[
+    "status code: 429",
+    "status code: 5",
+    "too many requests",
+    "service unavailable",
+    "serviceunavailable",
+    "slow down",
+    "slowdown",
+    "throttl",
+    "internal error",
+    "internalerror",
+    "bad gateway",
+    "gateway timeout",
+    "requesttimeout",
+    "timed out",
+    "timeout",
+    "connection reset",
+    "connection closed",
+    "connection aborted",
+    "connection refused",
+    "broken pipe",
+    "temporarily unavailable",
+    "unexpected eof",
+    "incomplete message",
+    "error sending request",
+    "credential",
+    "token request",
+];
+
+/// True when `error` may go away if the request is simply made again: a network error, a dropped
+/// connection, a timeout, throttling or a server error (HTTP 429, 5xx), a failure to obtain or refresh
+/// credentials. "Not found", "permission denied", bad paths and the like are not transient, nor is an error
+/// that already went through a [`FetchRetry`].
+pub fn is_transient(error: &object_store::Error) -> bool {
+    match error {
+        object_store::Error::Generic { source, .. } => is_transient_cause(source.as_ref()),
+        // Expired or refreshing credentials show as 401 until the refresh lands.
+        object_store::Error::Unauthenticated { .. } => true,
+        _ => false,
+    }
+}
+
+fn is_transient_cause(cause: &(dyn std::error::Error + 'static)) -> bool {
+    let mut messages = String::new();
+    let mut current = Some(cause);
+    while let Some(error) = current {
+        if error.downcast_ref::<RetriesExhausted>().is_some() {
+            return false;
+        }
+        if let Some(io_error) = error.downcast_ref::<std::io::Error>()
+            && is_transient_io(io_error.kind())
+        {
+            return true;
+        }
+        if let Some(http_error) = error.downcast_ref::<HttpError>()
+            && matches!(
+                http_error.kind(),
+                HttpErrorKind::Connect
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted
+            )
+        {
+            return true;
+        }
+        messages.push_str(&error.to_string().to_lowercase());
+        messages.push('\n');
+        current = error.source();
+    }
+    TRANSIENT_MESSAGE_MARKERS
+        .iter()
+        .any(|marker| messages.contains(marker))
+}
+
+fn is_transient_io(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        kind,
+        ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::NotConnected
+            | ErrorKind::BrokenPipe
+            | ErrorKind::TimedOut
+            | ErrorKind::Interrupted
+            | ErrorKind::UnexpectedEof
+            | ErrorKind::WouldBlock
+    )
 }
 
 /// In-memory stores shared process-wide by name, so that a writer and a reader of `memory://name` meet.
@@ -72,11 +321,11 @@ pub fn open_location(url: &str) -> Result<StoreLocation, DatasetError> {
                     "memory URL needs a store name: memory://name/prefix",
                 ));
             }
-            Ok(StoreLocation {
-                store: shared_memory_store(name),
+            Ok(StoreLocation::new(
+                shared_memory_store(name),
                 prefix,
-                url: url_without_slash,
-            })
+                url_without_slash,
+            ))
         }
         "s3" | "s3a" => {
             let bucket = bucket_of(url, &parsed)?;
@@ -129,11 +378,11 @@ fn cloud_location<Store: ObjectStore>(
         url: url.to_string(),
         source,
     })?;
-    Ok(StoreLocation {
-        store: Arc::new(store),
+    Ok(StoreLocation::new(
+        Arc::new(store),
         prefix,
-        url: url_without_slash,
-    })
+        url_without_slash,
+    ))
 }
 
 fn invalid(url: &str, reason: &str) -> DatasetError {
@@ -170,14 +419,39 @@ fn open_local_directory(url: &str, directory: PathBuf) -> Result<StoreLocation, 
     let file_url = url::Url::from_directory_path(&canonical_directory)
         .map(|file_url| file_url.to_string().trim_end_matches('/').to_string())
         .unwrap_or_else(|()| url.to_string());
-    Ok(StoreLocation {
-        store: Arc::new(store),
-        prefix: Path::default(),
-        url: file_url,
-    })
+    Ok(StoreLocation::new(
+        Arc::new(store),
+        Path::default(),
+        file_url,
+    ))
 }
 
 impl StoreLocation {
+    /// The location `prefix` of `store`, named `url` in messages, with the default [`FetchRetry`].
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: Path, url: impl Into<String>) -> Self {
+        StoreLocation {
+            store,
+            prefix,
+            url: url.into(),
+            retry: FetchRetry::default(),
+        }
+    }
+
+    /// This location with reads and writes retried as `retry` says.
+    pub fn with_retry(mut self, retry: FetchRetry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The same prefix, URL and retry policy over another store, e.g. a wrapper of this one
+    /// ([`crate::faults::FaultInjectingStore`]).
+    pub fn with_store(&self, store: Arc<dyn ObjectStore>) -> Self {
+        StoreLocation {
+            store,
+            ..self.clone()
+        }
+    }
+
     /// The object path of `relative` (`/`-separated, e.g. `imgs/123.jpg`) under this location.
     pub fn child(&self, relative: &str) -> Path {
         relative
@@ -201,21 +475,34 @@ impl StoreLocation {
             store: self.store.clone(),
             prefix: self.child(relative),
             url: self.object_url(relative),
+            retry: self.retry,
         }
     }
 
-    /// Reads the whole object `relative`.
+    /// Runs one store request on the object `relative` under [`Self::retry`], mapping its error.
+    async fn retrying<T, Operation, Attempt>(
+        &self,
+        relative: &str,
+        operation: Operation,
+    ) -> Result<T, DatasetError>
+    where
+        Operation: FnMut() -> Attempt,
+        Attempt: Future<Output = object_store::Result<T>>,
+    {
+        let object_url = self.object_url(relative);
+        self.retry
+            .run(&object_url, operation)
+            .await
+            .map_err(|source| DatasetError::from_store(object_url, source))
+    }
+
+    /// Reads the whole object `relative` (a connection dropped while the body streams is retried too).
     pub async fn get_bytes(&self, relative: &str) -> Result<Bytes, DatasetError> {
         let path = self.child(relative);
-        let result = self
-            .store
-            .get(&path)
-            .await
-            .map_err(|source| DatasetError::from_store(self.object_url(relative), source))?;
-        result
-            .bytes()
-            .await
-            .map_err(|source| DatasetError::from_store(self.object_url(relative), source))
+        self.retrying(relative, || async {
+            self.store.get(&path).await?.bytes().await
+        })
+        .await
     }
 
     /// Reads bytes `range` of the object `relative`.
@@ -224,20 +511,20 @@ impl StoreLocation {
         relative: &str,
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, DatasetError> {
-        self.store
-            .get_range(&self.child(relative), range)
+        let path = self.child(relative);
+        self.retrying(relative, || self.store.get_range(&path, range.clone()))
             .await
-            .map_err(|source| DatasetError::from_store(self.object_url(relative), source))
+    }
+
+    /// Metadata of the object `relative` (size, e-tag, last modified), with one HEAD request.
+    pub async fn head(&self, relative: &str) -> Result<ObjectMeta, DatasetError> {
+        let path = self.child(relative);
+        self.retrying(relative, || self.store.head(&path)).await
     }
 
     /// Size in bytes of the object `relative`.
     pub async fn size_of(&self, relative: &str) -> Result<u64, DatasetError> {
-        let meta = self
-            .store
-            .head(&self.child(relative))
-            .await
-            .map_err(|source| DatasetError::from_store(self.object_url(relative), source))?;
-        Ok(meta.size)
+        Ok(self.head(relative).await?.size)
     }
 
     /// True when the object `relative` exists.
@@ -249,12 +536,48 @@ impl StoreLocation {
         }
     }
 
+    /// Calls `visit` with every object under the folder `relative`, in the store's listing order. A listing
+    /// interrupted by a transient error resumes after the last object seen (each resume is one attempt).
+    pub async fn for_each_object(
+        &self,
+        relative: &str,
+        mut visit: impl FnMut(ObjectMeta),
+    ) -> Result<(), DatasetError> {
+        let folder = self.child(relative);
+        let object_url = self.object_url(relative);
+        let mut attempts = RetryAttempts::new(self.retry);
+        let mut last_seen: Option<Path> = None;
+        'listing: loop {
+            let mut listing = match &last_seen {
+                Some(offset) => self.store.list_with_offset(Some(&folder), offset),
+                None => self.store.list(Some(&folder)),
+            };
+            while let Some(listed) = listing.next().await {
+                match listed {
+                    Ok(object) => {
+                        last_seen = Some(object.location.clone());
+                        visit(object);
+                    }
+                    Err(error) => {
+                        attempts
+                            .wait_before_retry(&object_url, error)
+                            .await
+                            .map_err(|source| {
+                                DatasetError::from_store(object_url.clone(), source)
+                            })?;
+                        continue 'listing;
+                    }
+                }
+            }
+            return Ok(());
+        }
+    }
+
     /// Writes (or replaces) the object `relative`.
     pub async fn put_bytes(&self, relative: &str, bytes: Bytes) -> Result<(), DatasetError> {
-        self.store
-            .put(&self.child(relative), bytes.into())
-            .await
-            .map_err(|source| DatasetError::from_store(self.object_url(relative), source))?;
+        let path = self.child(relative);
+        self.retrying(relative, || self.store.put(&path, bytes.clone().into()))
+            .await?;
         Ok(())
     }
 }

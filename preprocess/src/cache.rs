@@ -19,7 +19,8 @@ pub struct CachedShard {
     pub objids: Vec<i64>,
     /// `objids.len() * IMAGE_LEN` bytes, image `i` at `i * IMAGE_LEN`.
     pub images: Vec<u8>,
-    /// Objects left out, with the reason (the preprocessing error message).
+    /// Objects left out because they are bad (missing or undecodable), with the reason. Never an object
+    /// that failed for a transient reason: a shard that could not be fully read is not cached at all.
     pub skipped: Vec<(i64, String)>,
 }
 
@@ -56,8 +57,23 @@ impl ShardCache {
         &self.dir
     }
 
-    /// A file-name-safe key naming the preprocessed form of these objects of this dataset.
+    /// A file-name-safe key naming the preprocessed form of these objects of this dataset, whatever their
+    /// bytes in the store. Prefer [`ShardCache::key_with_source_version`], which stops matching when an
+    /// image is rewritten.
     pub fn key(dataset_url: &str, resize_mode: ResizeMode, objids: &[i64]) -> String {
+        Self::key_with_source_version(dataset_url, resize_mode, objids, "")
+    }
+
+    /// A file-name-safe key naming the preprocessed form of these objects of this dataset as they are in the
+    /// store now: `source_version` identifies the source objects (e.g. sizes and e-tags, as
+    /// `plankton_dataset::image_source_version` gives them), so a rewritten image changes the key and is
+    /// fetched again instead of being served stale. An empty `source_version` gives [`ShardCache::key`].
+    pub fn key_with_source_version(
+        dataset_url: &str,
+        resize_mode: ResizeMode,
+        objids: &[i64],
+        source_version: &str,
+    ) -> String {
         let mut hash = Fnv1a::new();
         hash.update(&PIPELINE_VERSION.to_le_bytes());
         hash.update(&(dataset_url.len() as u64).to_le_bytes());
@@ -69,6 +85,10 @@ impl ShardCache {
         hash.update(&[mode_tag]);
         for objid in objids {
             hash.update(&objid.to_le_bytes());
+        }
+        if !source_version.is_empty() {
+            hash.update(&(source_version.len() as u64).to_le_bytes());
+            hash.update(source_version.as_bytes());
         }
         format!("shard-{:016x}-{}", hash.finish(), objids.len())
     }

@@ -1,5 +1,9 @@
-//! Loads a rank's shard: fetches images from the object store with bounded concurrency, preprocesses them on
-//! the blocking pool, skips (and counts) unreadable ones, and caches the result on local disk.
+//! Loads a rank's shard: fetches images from the object store with bounded concurrency (transient store errors
+//! retried by the location), preprocesses them on the blocking pool, skips (and counts) images that are
+//! really bad (missing or undecodable), fails on any other fetch error, and caches a complete result on local
+//! disk under a key that includes the identity of the source objects.
+//!
+//! Self-contained on purpose (no `crate::` paths): `tests/transient_faults.rs` compiles this file directly.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,7 +12,9 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use plankton_dataset::{ImageSource, StoreLocation, fetch_images};
+use plankton_dataset::{
+    DatasetError, ImageSource, StoreLocation, fetch_images, image_source_version, is_bad_image,
+};
 use plankton_preprocess::{
     CachedShard, IMAGE_LEN, PreprocessConfig, ShardCache, preprocess_batch_into,
 };
@@ -21,12 +27,18 @@ const PREPROCESS_CHUNK: usize = 256;
 /// A loaded shard and what could not be loaded.
 pub struct LoadedShard {
     pub data: ShardData,
+    /// Objects left out because they are missing from the store or undecodable, with the reason.
     pub skipped: Vec<(i64, String)>,
 }
 
 /// Progress callback: (objects done, objects total).
 pub type LoadProgress<'a> = &'a mut (dyn FnMut(usize, usize) + Send);
 
+/// Loads `objects` from `location`, from `cache` when it holds them as they are in the store now.
+///
+/// An image missing from the store or undecodable is skipped and listed in [`LoadedShard::skipped`]. Any other
+/// fetch error (the store still failing after `location.retry`, permissions, ...) fails the whole load with an
+/// error naming the object, and nothing is cached: no image is ever lost to a transient fault.
 #[allow(clippy::too_many_arguments)]
 pub async fn load_shard(
     location: &StoreLocation,
@@ -39,9 +51,12 @@ pub async fn load_shard(
     progress: LoadProgress<'_>,
 ) -> anyhow::Result<LoadedShard> {
     let objids: Vec<i64> = objects.iter().map(|object| object.objid).collect();
-    let cache_key = ShardCache::key(&location.url, preprocess_config.resize_mode, &objids);
-    if let Some(cache) = cache {
-        match cache.load(&cache_key) {
+    let cache_key = match cache {
+        Some(_) => shard_cache_key(location, image_source, preprocess_config, &objids).await?,
+        None => None,
+    };
+    if let (Some(cache), Some(cache_key)) = (cache, &cache_key) {
+        match cache.load(cache_key) {
             Ok(Some(cached)) => {
                 info!(
                     objects = cached.objids.len(),
@@ -76,9 +91,15 @@ pub async fn load_shard(
                     chunk_objids.push(objid);
                     chunk_bytes.push(bytes);
                 }
-                Err(error) => {
+                Err(error) if is_bad_image(&error) => {
                     warn!(objid, %error, "image skipped");
                     loaded.skipped.push((objid, error.to_string()));
+                }
+                Err(error) => {
+                    anyhow::bail!(
+                        "cannot load the shard: the image of objid {objid} could not be fetched, \
+                         nothing was skipped or cached: {error}"
+                    );
                 }
             }
         }
@@ -123,12 +144,36 @@ pub async fn load_shard(
         "shard fetched and preprocessed"
     );
     debug_assert_eq!(done, objects.len());
-    if let Some(cache) = cache
-        && let Err(error) = cache.store(&cache_key, &loaded)
+    if let (Some(cache), Some(cache_key)) = (cache, &cache_key)
+        && let Err(error) = cache.store(cache_key, &loaded)
     {
         warn!(%error, "could not write the shard cache");
     }
     Ok(from_cached(loaded, objects))
+}
+
+/// The cache key of these objects as they are in the store now, or `None` (load without the cache) when
+/// their identity cannot be read, e.g. a store that allows GET but not LIST. Fails when `imgs.zip` was
+/// replaced since `image_source` indexed it: reading members at stale offsets would condemn good images.
+async fn shard_cache_key(
+    location: &StoreLocation,
+    image_source: &ImageSource,
+    preprocess_config: &PreprocessConfig,
+    objids: &[i64],
+) -> anyhow::Result<Option<String>> {
+    match image_source_version(location, image_source, objids).await {
+        Ok(source_version) => Ok(Some(ShardCache::key_with_source_version(
+            &location.url,
+            preprocess_config.resize_mode,
+            objids,
+            &source_version,
+        ))),
+        Err(error @ DatasetError::Zip { .. }) => Err(error.into()),
+        Err(error) => {
+            warn!(%error, "cannot read the identity of the shard's images; loading without the shard cache");
+            Ok(None)
+        }
+    }
 }
 
 /// Joins preprocessed images with their labels from the assignment.
