@@ -9,7 +9,7 @@ use crate::error::TrainError;
 /// Largest random shift of an augmented image, in pixels.
 pub const MAX_SHIFT_PIXELS: i64 = 4;
 
-/// The preprocessed images of one rank's part of a split: `images` holds `labels.len()` u8 CHW images.
+/// The preprocessed images of one virtual shard of a split: `images` holds `labels.len()` u8 CHW images.
 #[derive(Debug, Clone, Default)]
 pub struct ShardData {
     /// `labels.len() * IMAGE_LEN` bytes.
@@ -71,27 +71,44 @@ pub struct AssembledBatch {
     pub labels: Vec<u32>,
 }
 
-/// The order in which one rank visits its shard during one epoch: a permutation seeded by
-/// (seed, rank, epoch), read `batch_size` at a time and wrapping around when the shard is shorter
-/// than `steps_per_epoch * batch_size`.
+impl AssembledBatch {
+    /// Empties the batch, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.images.clear();
+        self.labels.clear();
+    }
+}
+
+/// The order in which one virtual shard is visited during one epoch: a permutation seeded by
+/// (seed, virtual shard, epoch), read `batch_size` at a time and wrapping around when the shard is
+/// shorter than `steps_per_epoch * batch_size`. Each step's augmentation draws from its own generator
+/// seeded by (seed, virtual shard, epoch, step), so any step can be assembled on its own (a rank that
+/// takes a shard over mid-epoch assembles exactly what its previous owner would have).
 #[derive(Debug)]
 pub struct EpochBatches {
     order: Vec<usize>,
-    generator: ChaCha8Rng,
+    epoch_seed: u64,
     batch_size: usize,
     augmentation: AugmentationMode,
     augmented_classes: Vec<bool>,
 }
 
-/// Mixes seed, rank and epoch into one generator seed (splitmix64 finalizer over each word).
-fn mix_seed(seed: u64, rank: usize, epoch: u32) -> u64 {
-    fn splitmix(mut value: u64) -> u64 {
-        value = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        value ^ (value >> 31)
-    }
-    splitmix(splitmix(splitmix(seed) ^ rank as u64) ^ epoch as u64)
+fn splitmix(mut value: u64) -> u64 {
+    value = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    value = (value ^ (value >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    value = (value ^ (value >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    value ^ (value >> 31)
+}
+
+/// Mixes seed, virtual shard and epoch into one generator seed (splitmix64 finalizer over each word).
+fn mix_seed(seed: u64, virtual_shard: usize, epoch: u32) -> u64 {
+    splitmix(splitmix(splitmix(seed) ^ virtual_shard as u64) ^ epoch as u64)
+}
+
+/// The augmentation seed of one step, distinct from the epoch's shuffle seed.
+fn step_seed(epoch_seed: u64, step: usize) -> u64 {
+    const STEP_DOMAIN: u64 = 0x5354_4550_5345_4544; // "STEPSEED"
+    splitmix(splitmix(epoch_seed ^ STEP_DOMAIN) ^ step as u64)
 }
 
 /// Which classes are augmented: all, none, or those whose weight is above the median weight.
@@ -119,37 +136,45 @@ pub fn augmented_classes(mode: AugmentationMode, class_weights: &[f32]) -> Vec<b
 }
 
 impl EpochBatches {
-    /// The batches of `epoch` for `rank` over a shard of `shard_len` images.
+    /// The batches of `epoch` (0-based) for `virtual_shard` over a shard of `shard_len` images.
     pub fn new(
         shard_len: usize,
         batch_size: usize,
         seed: u64,
-        rank: usize,
+        virtual_shard: usize,
         epoch: u32,
         augmentation: AugmentationMode,
         class_weights: &[f32],
     ) -> Self {
-        let mut generator = ChaCha8Rng::seed_from_u64(mix_seed(seed, rank, epoch));
+        let epoch_seed = mix_seed(seed, virtual_shard, epoch);
+        let mut shuffle_generator = ChaCha8Rng::seed_from_u64(epoch_seed);
         let mut order: Vec<usize> = (0..shard_len).collect();
-        order.shuffle(&mut generator);
+        order.shuffle(&mut shuffle_generator);
         EpochBatches {
             order,
-            generator,
+            epoch_seed,
             batch_size,
             augmentation,
             augmented_classes: augmented_classes(augmentation, class_weights),
         }
     }
 
-    /// Fills `batch` with step `step`'s images (called with steps 0, 1, 2, ... in order: the
-    /// augmentation draws from the epoch's generator).
-    pub fn assemble(&mut self, shard: &ShardData, step: usize, batch: &mut AssembledBatch) {
-        batch.images.clear();
-        batch.labels.clear();
+    /// Replaces `batch` by step `step`'s images (a pure function of seed, shard, epoch and step).
+    pub fn assemble(&self, shard: &ShardData, step: usize, batch: &mut AssembledBatch) {
+        batch.clear();
+        self.append(shard, step, batch);
+    }
+
+    /// Appends step `step`'s images to `batch`: a rank owning several virtual shards appends each
+    /// shard's batch in ascending shard index to form its local batch.
+    pub fn append(&self, shard: &ShardData, step: usize, batch: &mut AssembledBatch) {
         if self.order.is_empty() {
             return;
         }
+        debug_assert_eq!(shard.len(), self.order.len());
+        let mut generator = ChaCha8Rng::seed_from_u64(step_seed(self.epoch_seed, step));
         batch.images.reserve(self.batch_size * IMAGE_LEN);
+        batch.labels.reserve(self.batch_size);
         for position in step * self.batch_size..(step + 1) * self.batch_size {
             let image_index = self.order[position % self.order.len()];
             let label = shard.labels[image_index];
@@ -163,7 +188,7 @@ impl EpochBatches {
                     .copied()
                     .unwrap_or(false);
             if augment {
-                let transform = RandomTransform::draw(&mut self.generator);
+                let transform = RandomTransform::draw(&mut generator);
                 transform.apply(&mut batch.images[start..start + IMAGE_LEN]);
             }
         }
@@ -263,7 +288,7 @@ mod tests {
     #[test]
     fn an_epoch_visits_every_image_once_then_wraps() {
         let shard = shard_with_ids(10);
-        let mut batches = EpochBatches::new(10, 4, 7, 0, 0, AugmentationMode::None, &[1.0, 1.0]);
+        let batches = EpochBatches::new(10, 4, 7, 0, 0, AugmentationMode::None, &[1.0, 1.0]);
         let mut batch = AssembledBatch::default();
         let mut seen = Vec::new();
         for step in 0..3 {
@@ -283,13 +308,41 @@ mod tests {
     }
 
     #[test]
-    fn order_depends_on_rank_and_epoch() {
-        let order = |rank, epoch| {
-            EpochBatches::new(50, 1, 3, rank, epoch, AugmentationMode::None, &[]).order
+    fn order_depends_on_virtual_shard_and_epoch() {
+        let order = |virtual_shard, epoch| {
+            EpochBatches::new(50, 1, 3, virtual_shard, epoch, AugmentationMode::None, &[]).order
         };
         assert_eq!(order(0, 0), order(0, 0));
         assert_ne!(order(0, 0), order(1, 0));
         assert_ne!(order(0, 0), order(0, 1));
+    }
+
+    #[test]
+    fn any_step_assembles_alone_and_shards_append_in_order() {
+        let shard = shard_with_ids(12);
+        let weights = [1.0, 1.0];
+        let in_order = EpochBatches::new(12, 3, 5, 1, 2, AugmentationMode::All, &weights);
+        let mut batch = AssembledBatch::default();
+        let mut replayed = Vec::new();
+        for step in 0..4 {
+            in_order.assemble(&shard, step, &mut batch);
+            replayed.push(batch.clone());
+        }
+        let fresh = EpochBatches::new(12, 3, 5, 1, 2, AugmentationMode::All, &weights);
+        fresh.assemble(&shard, 3, &mut batch);
+        assert_eq!(batch.images, replayed[3].images);
+        assert_eq!(batch.labels, replayed[3].labels);
+        assert_ne!(replayed[2].images, replayed[3].images);
+
+        let other_shard = EpochBatches::new(12, 3, 5, 0, 2, AugmentationMode::All, &weights);
+        let mut combined = AssembledBatch::default();
+        other_shard.append(&shard, 3, &mut combined);
+        fresh.append(&shard, 3, &mut combined);
+        let mut alone = AssembledBatch::default();
+        other_shard.assemble(&shard, 3, &mut alone);
+        assert_eq!(combined.labels.len(), 6);
+        assert_eq!(combined.images[..3 * IMAGE_LEN], alone.images[..]);
+        assert_eq!(combined.images[3 * IMAGE_LEN..], replayed[3].images[..]);
     }
 
     #[test]

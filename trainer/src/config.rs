@@ -161,7 +161,7 @@ pub struct TrainConfig {
     /// One weight per class for the weighted cross-entropy (e.g. sklearn "balanced").
     pub class_weights: Vec<f32>,
     pub epochs: u32,
-    /// Images per step on THIS rank; the global batch is `batch_size * world_size`.
+    /// Images per step of ONE virtual shard; the global batch is `batch_size * virtual shards`.
     pub batch_size: usize,
     /// Identical on every rank; given by the coordinator.
     pub steps_per_epoch: usize,
@@ -171,11 +171,13 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     pub lr_schedule: LrSchedule,
     pub augmentation: AugmentationMode,
-    /// Seeds the initial weights (identical on every rank) and the per-rank batch order.
+    /// Seeds the initial weights and each virtual shard's batch order and augmentation.
     pub seed: u64,
     /// libtorch intra-op threads (`tch::set_num_threads`), 0 leaves libtorch's default.
     pub threads: usize,
     pub device: tch::Device,
+    /// Rank 0 hands the observer a training state every this many optimizer steps (0: only at epoch ends).
+    pub checkpoint_every_steps: u64,
 }
 
 impl TrainConfig {
@@ -196,6 +198,7 @@ impl TrainConfig {
             seed: 42,
             threads: 1,
             device: tch::Device::Cpu,
+            checkpoint_every_steps: 0,
         }
     }
 

@@ -29,3 +29,11 @@ pub enum TrainError {
     #[error("unknown architecture {0:?} (expected \"lenet\" or \"resnet\")")]
     UnknownArchitecture(String),
 }
+
+impl TrainError {
+    /// Whether the ring failed (a peer died, timed out or fell out of step) rather than this rank:
+    /// the survivors can form a new generation and carry on.
+    pub fn is_collective_failure(&self) -> bool {
+        matches!(self, TrainError::Collective(_))
+    }
+}

@@ -1,15 +1,13 @@
 //! Trained models: safetensors export/import and softmax predictions.
-use std::collections::HashMap;
-
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
 use crate::batch::ShardData;
 use crate::config::{Architecture, IMAGE_LEN};
+use crate::data_parallel::{EVALUATION_BATCH_SIZE, evaluate_network, images_to_tensor};
 use crate::error::TrainError;
 use crate::model::{Network, sorted_variables};
-use crate::training::{EVALUATION_BATCH_SIZE, evaluate_network, images_to_tensor};
+use crate::safetensors_io::{self, TensorFile};
 
 /// Softmax probabilities (`count * num_classes`, row per image) of `network` in eval mode.
 fn predict_with(
@@ -45,85 +43,29 @@ fn predict_with(
     Ok(probabilities)
 }
 
-fn weights_to_safetensors(var_store: &nn::VarStore) -> Result<Vec<u8>, TrainError> {
-    let variables = sorted_variables(var_store);
-    let mut named_bytes = Vec::with_capacity(variables.len());
-    for (name, tensor) in &variables {
-        let cpu_tensor = tensor
-            .f_to_device(tch::Device::Cpu)?
-            .f_to_kind(Kind::Float)?
-            .f_contiguous()?;
-        let numel = cpu_tensor.numel();
-        let mut values = vec![0f32; numel];
-        cpu_tensor.f_copy_data(&mut values, numel)?;
-        let bytes: Vec<u8> = values
-            .iter()
-            .flat_map(|value| value.to_le_bytes())
-            .collect();
-        let shape: Vec<usize> = cpu_tensor.size().iter().map(|dim| *dim as usize).collect();
-        named_bytes.push((name.clone(), shape, bytes));
-    }
-    let views = named_bytes
-        .iter()
-        .map(|(name, shape, bytes)| {
-            Ok((
-                name.as_str(),
-                TensorView::new(Dtype::F32, shape.clone(), bytes)?,
-            ))
-        })
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(|error| TrainError::WeightsMismatch {
-            architecture: "any".to_string(),
-            reason: error.to_string(),
-        })?;
-    safetensors::tensor::serialize(views, &None).map_err(|error| TrainError::WeightsMismatch {
-        architecture: "any".to_string(),
-        reason: error.to_string(),
-    })
+/// Every variable of `var_store` (sorted by name) as a safetensors model file.
+pub(crate) fn weights_to_safetensors(var_store: &nn::VarStore) -> Result<Vec<u8>, TrainError> {
+    safetensors_io::serialize(&sorted_variables(var_store), None)
 }
 
-/// Loads safetensors `bytes` into `var_store`: every variable must be present with its exact shape
-/// and f32 type, and no extra tensor may be present.
-fn load_safetensors_into(
-    var_store: &nn::VarStore,
+/// Loads the model variables of safetensors `bytes` into `variables` (sorted by name): every
+/// variable must be present with its exact shape and f32 type; any other tensor is refused unless
+/// `ignore` accepts its name (a training-state file's optimizer tensors).
+pub(crate) fn load_weights_into(
+    variables: &[(String, Tensor)],
     architecture: Architecture,
     bytes: &[u8],
+    ignore: impl Fn(&str) -> bool,
 ) -> Result<(), TrainError> {
     let mismatch = |reason: String| TrainError::WeightsMismatch {
         architecture: architecture.to_string(),
         reason,
     };
-    let file = SafeTensors::deserialize(bytes)
-        .map_err(|error| mismatch(format!("not a safetensors file: {error}")))?;
-    let variables: HashMap<String, Tensor> = var_store.variables();
-    if let Some(unknown) = file
-        .names()
-        .into_iter()
-        .find(|name| !variables.contains_key(name.as_str()))
-    {
+    let file = TensorFile::parse(bytes, &mismatch)?;
+    if let Some(unknown) = file.unexpected_name(variables, ignore) {
         return Err(mismatch(format!("unexpected tensor {unknown:?}")));
     }
-    tch::no_grad(|| -> Result<(), TrainError> {
-        for (name, variable) in sorted_variables(var_store) {
-            let view = file
-                .tensor(&name)
-                .map_err(|_| mismatch(format!("tensor {name:?} is missing")))?;
-            let expected_shape: Vec<usize> =
-                variable.size().iter().map(|dim| *dim as usize).collect();
-            if view.shape() != expected_shape.as_slice() || view.dtype() != Dtype::F32 {
-                return Err(mismatch(format!(
-                    "tensor {name:?} is {:?} {:?}, expected F32 {expected_shape:?}",
-                    view.dtype(),
-                    view.shape()
-                )));
-            }
-            let dims: Vec<i64> = expected_shape.iter().map(|dim| *dim as i64).collect();
-            let source = Tensor::f_from_data_size(view.data(), &dims, Kind::Float)?
-                .f_to_device(variable.device())?;
-            variable.shallow_clone().f_copy_(&source)?;
-        }
-        Ok(())
-    })
+    file.copy_into(variables, &mismatch)
 }
 
 /// The result of a training run: the network with its final weights (identical on every rank).
@@ -223,7 +165,9 @@ impl InferenceModel {
         }
         let var_store = nn::VarStore::new(device);
         let network = Network::new(&var_store, architecture, num_classes, 0)?;
-        load_safetensors_into(&var_store, architecture, bytes)?;
+        load_weights_into(&sorted_variables(&var_store), architecture, bytes, |_| {
+            false
+        })?;
         Ok(InferenceModel {
             num_classes,
             device,

@@ -4,9 +4,12 @@
 pub mod batch;
 pub mod card;
 pub mod config;
+pub mod data_parallel;
 pub mod error;
 pub mod inference;
 pub mod model;
+pub mod optimizer;
+mod safetensors_io;
 pub mod training;
 
 /// The collective API the trainer runs on, re-exported for callers.
@@ -18,10 +21,12 @@ pub use config::{
     Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LrSchedule,
     OptimizerChoice, TrainConfig,
 };
+pub use data_parallel::{DataParallelTrainer, StepOutcome, TrainingProgress};
 pub use error::TrainError;
 pub use inference::{InferenceModel, TrainedModel};
 pub use model::Network;
+pub use optimizer::Optimizer;
 pub use training::{
-    DataParallelTrainer, EpochEvaluation, LoggingObserver, StepOutcome, StepProgress,
-    TrainingObserver, run_training,
+    EpochEvaluation, GenerationOutcome, LoggingObserver, StepProgress, TrainingObserver,
+    VirtualShardData, run_generation, run_training,
 };

@@ -1,69 +1,11 @@
-//! Data-parallel semantics: init broadcast, and 2 ranks on half batches == 1 rank on the whole batch.
-use std::time::Duration;
+//! Data-parallel semantics: state sync from rank 0, and 2 ranks on half batches == 1 rank on the whole batch.
+mod common;
 
-use plankton_collective::{RingAllReduce, RingConfig, RingListener, SingleProcess};
+use common::{max_abs_difference, random_batch, ring_members};
+use plankton_collective::SingleProcess;
 use plankton_trainer::{
     Architecture, DataParallelTrainer, IMAGE_LEN, OptimizerChoice, TrainConfig,
 };
-
-/// One ring of `world_size` ranks over 127.0.0.1 (each rank establishes inside its own thread).
-fn ring_collectives(world_size: usize) -> Vec<RingMember> {
-    let listeners: Vec<RingListener> = (0..world_size)
-        .map(|_| RingListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    let addresses: Vec<String> = listeners
-        .iter()
-        .map(|listener| listener.local_addr().to_string())
-        .collect();
-    listeners
-        .into_iter()
-        .enumerate()
-        .map(|(rank, listener)| RingMember {
-            rank,
-            listener,
-            addresses: addresses.clone(),
-        })
-        .collect()
-}
-
-struct RingMember {
-    rank: usize,
-    listener: RingListener,
-    addresses: Vec<String>,
-}
-
-impl RingMember {
-    fn establish(&self) -> RingAllReduce {
-        let config = RingConfig {
-            connect_timeout: Duration::from_secs(20),
-            io_timeout: Duration::from_secs(60),
-            chunk_bytes: 64 * 1024,
-        };
-        RingAllReduce::establish(
-            &self.listener,
-            "trainer-test",
-            self.rank,
-            &self.addresses,
-            &config,
-        )
-        .unwrap()
-    }
-}
-
-fn random_batch(count: usize, num_classes: usize, seed: u64) -> (Vec<u8>, Vec<u32>) {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) as u32
-    };
-    let images = (0..count * IMAGE_LEN).map(|_| next() as u8).collect();
-    let labels = (0..count).map(|_| next() % num_classes as u32).collect();
-    (images, labels)
-}
 
 fn config(
     architecture: Architecture,
@@ -79,37 +21,35 @@ fn config(
     config
 }
 
-fn max_abs_difference(left: &[f32], right: &[f32]) -> f32 {
-    assert_eq!(left.len(), right.len());
-    left.iter()
-        .zip(right)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
-}
-
 /// Weights after one step on the whole batch with one rank.
 fn weights_after_one_rank(config: &TrainConfig, images: &[u8], labels: &[u32]) -> Vec<f32> {
-    let mut single = SingleProcess;
-    let mut trainer = DataParallelTrainer::new(config, &mut single).unwrap();
-    trainer.train_step(images, labels).unwrap();
+    let mut trainer = DataParallelTrainer::new(config).unwrap();
+    trainer
+        .train_step(&mut SingleProcess, images, labels, false)
+        .unwrap();
     trainer.flat_weights().unwrap()
 }
 
 /// Weights of each rank after one step, rank r training on `splits[r]`.
 fn weights_after_ranks(config: &TrainConfig, splits: Vec<(Vec<u8>, Vec<u32>)>) -> Vec<Vec<f32>> {
-    let handles: Vec<_> = ring_collectives(splits.len())
+    let handles: Vec<_> = ring_members(splits.len(), 0)
         .into_iter()
         .zip(splits)
         .map(|(member, (images, labels))| {
             let mut rank_config = config.clone();
-            // A different seed on rank 1: the broadcast from rank 0 must make the weights identical anyway.
+            // A different seed on rank 1: synchronizing from rank 0 must make the weights identical anyway.
             rank_config.seed += member.rank as u64;
             std::thread::spawn(move || {
                 let mut collective = member.establish();
-                let mut trainer = DataParallelTrainer::new(&rank_config, &mut collective).unwrap();
-                trainer.train_step(&images, &labels).unwrap();
+                let mut trainer = DataParallelTrainer::new(&rank_config).unwrap();
+                trainer.synchronize_from(&mut collective, 0).unwrap();
+                trainer
+                    .train_step(&mut collective, &images, &labels, false)
+                    .unwrap();
                 // Batch-norm running statistics are per rank until synchronized (before each evaluation).
-                trainer.synchronize_batch_norm_statistics().unwrap();
+                trainer
+                    .synchronize_batch_norm_statistics(&mut collective)
+                    .unwrap();
                 trainer.flat_weights().unwrap()
             })
         })
@@ -138,13 +78,10 @@ fn assert_two_halves_equal_whole(config: &TrainConfig) {
         difference < 1e-5,
         "2 ranks differ from 1 rank by {difference}"
     );
-    let initial = {
-        let mut single = SingleProcess;
-        DataParallelTrainer::new(config, &mut single)
-            .unwrap()
-            .flat_weights()
-            .unwrap()
-    };
+    let initial = DataParallelTrainer::new(config)
+        .unwrap()
+        .flat_weights()
+        .unwrap();
     assert!(
         max_abs_difference(&initial, &whole) > 1e-6,
         "the step changed nothing"
@@ -196,19 +133,18 @@ fn resnet_ranks_start_identical_and_stay_identical() {
 }
 
 #[test]
-fn init_broadcast_gives_every_rank_rank_zeros_weights() {
+fn synchronize_from_gives_every_rank_rank_zeros_weights() {
     let base = config(Architecture::ResNet, OptimizerChoice::Adam, 1e-3);
-    let handles: Vec<_> = ring_collectives(2)
+    let handles: Vec<_> = ring_members(2, 0)
         .into_iter()
         .map(|member| {
             let mut rank_config = base.clone();
             rank_config.seed = 100 + member.rank as u64;
             std::thread::spawn(move || {
                 let mut collective = member.establish();
-                DataParallelTrainer::new(&rank_config, &mut collective)
-                    .unwrap()
-                    .flat_weights()
-                    .unwrap()
+                let mut trainer = DataParallelTrainer::new(&rank_config).unwrap();
+                trainer.synchronize_from(&mut collective, 0).unwrap();
+                trainer.flat_weights().unwrap()
             })
         })
         .collect();
@@ -218,8 +154,7 @@ fn init_broadcast_gives_every_rank_rank_zeros_weights() {
         .collect();
     let mut rank_one_alone_config = base.clone();
     rank_one_alone_config.seed = 101;
-    let mut single = SingleProcess;
-    let rank_one_alone = DataParallelTrainer::new(&rank_one_alone_config, &mut single)
+    let rank_one_alone = DataParallelTrainer::new(&rank_one_alone_config)
         .unwrap()
         .flat_weights()
         .unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use plankton_collective::{RingAllReduce, RingConfig, RingListener, SingleProcess};
+use plankton_collective::{RingAbort, RingAllReduce, RingConfig, RingListener};
 use plankton_trainer::{
     Architecture, DataParallelTrainer, IMAGE_LEN, OptimizerChoice, TrainConfig,
 };
@@ -132,8 +132,7 @@ fn write_bench_data(batch: usize, architectures: &[Architecture]) -> Result<Benc
     std::fs::write(data.class_weights(), class_weights)?;
     for architecture in architectures {
         let config = bench_config(*architecture, batch);
-        let mut single = SingleProcess;
-        let weights = DataParallelTrainer::new(&config, &mut single)?
+        let weights = DataParallelTrainer::new(&config)?
             .into_trained_model()
             .to_safetensors()?;
         std::fs::write(data.initial_weights(*architecture), weights)?;
@@ -175,19 +174,22 @@ fn run_worker(
     let mut ring = RingAllReduce::establish(
         &listener,
         "train-bench",
+        0,
         rank,
         &peer_addresses,
         &ring_config,
+        &RingAbort::new(),
     )?;
-    let mut trainer = DataParallelTrainer::new(&config, &mut ring)?;
+    let mut trainer = DataParallelTrainer::new(&config)?;
+    trainer.synchronize_from(&mut ring, 0)?;
     for _ in 0..warmup {
-        trainer.train_step(batch_images, batch_labels)?;
+        trainer.train_step(&mut ring, batch_images, batch_labels, false)?;
     }
     // Same start on every rank: an all-reduce is a barrier.
-    trainer.synchronize_batch_norm_statistics()?;
+    trainer.synchronize_batch_norm_statistics(&mut ring)?;
     let start = Instant::now();
     for _ in 0..steps {
-        trainer.train_step(batch_images, batch_labels)?;
+        trainer.train_step(&mut ring, batch_images, batch_labels, false)?;
     }
     println!(
         "{}",

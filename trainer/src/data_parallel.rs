@@ -1,0 +1,692 @@
+//! One rank's model and optimizer: a step applies the gradient of the global batch (one flat
+//! all-reduce), and the whole training state can be copied from a live rank (broadcast) or to and
+//! from a checkpoint file.
+use std::collections::HashMap;
+
+use tch::nn::{self, ModuleT};
+use tch::{Kind, Reduction, Tensor};
+use tracing::info;
+
+use crate::batch::ShardData;
+use crate::config::{
+    Architecture, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, OptimizerChoice, TrainConfig,
+};
+use crate::error::TrainError;
+use crate::inference::{TrainedModel, load_weights_into};
+use crate::model::{Network, channels_last, sorted_variables};
+use crate::optimizer::{Optimizer, STATE_TENSOR_PREFIX};
+use crate::safetensors_io::{self, TensorFile};
+use plankton_collective::Collective;
+
+/// Images per forward pass during evaluation and inference.
+pub const EVALUATION_BATCH_SIZE: usize = 256;
+
+/// Metadata `format` of a training-state file.
+pub const TRAINING_STATE_FORMAT: &str = "plankton-training-state/1";
+
+/// Where a trainer is in the job; identical on every rank of a generation.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct TrainingProgress {
+    /// Optimizer steps applied since the job began.
+    pub global_step: u64,
+    /// Epochs whose end (batch-norm sync + evaluation) is done.
+    pub evaluated_epochs: u32,
+    /// Sum of the step losses of the epoch of the last applied step (kept after the epoch's end,
+    /// so a rank resuming at an epoch boundary can still report its mean; reset by the first step
+    /// of the next epoch).
+    pub epoch_loss_sum: f64,
+    /// Steps summed in `epoch_loss_sum`.
+    pub epoch_loss_steps: u64,
+}
+
+impl TrainingProgress {
+    /// Mean step loss of the current (or just finished) epoch, 0 before its first step.
+    pub fn epoch_mean_loss(&self) -> f64 {
+        if self.epoch_loss_steps == 0 {
+            0.0
+        } else {
+            self.epoch_loss_sum / self.epoch_loss_steps as f64
+        }
+    }
+}
+
+/// What one optimizer step reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepOutcome {
+    /// Class-weighted mean cross-entropy over the global batch.
+    pub loss: f64,
+    /// Sum of the class weights of the global batch (the loss denominator).
+    pub global_weight_sum: f64,
+    /// Whether any rank asked to end the generation after this step.
+    pub reform_requested: bool,
+}
+
+/// One rank's model and optimizer. Ranks agree after [`DataParallelTrainer::synchronize_from`],
+/// and every [`DataParallelTrainer::train_step`] applies the gradient of the global batch.
+pub struct DataParallelTrainer {
+    config: TrainConfig,
+    var_store: nn::VarStore,
+    network: Network,
+    optimizer: Optimizer,
+    /// Every variable sorted by name: the layout of broadcasts, digests and files.
+    variables: Vec<(String, Tensor)>,
+    /// Trainable parameters sorted by name: the layout of the flat gradient buffer.
+    parameters: Vec<Tensor>,
+    /// Non-trainable buffers (batch-norm running statistics) sorted by name.
+    buffers: Vec<Tensor>,
+    parameter_count: usize,
+    class_weights: Tensor,
+    /// Flat gradients + [local weight sum, local loss sum, re-formation request], reused every step.
+    gradient_buffer: Vec<f32>,
+    progress: TrainingProgress,
+}
+
+/// Slots after the flat gradient in the all-reduced buffer.
+const WEIGHT_SUM_SLOT: usize = 0;
+const LOSS_SUM_SLOT: usize = 1;
+const REFORM_SLOT: usize = 2;
+const EXTRA_SLOTS: usize = 3;
+
+/// f32 slots carrying one u64 exactly: four 16-bit pieces, each an integer-valued f32.
+const SLOTS_PER_U64: usize = 4;
+
+fn push_u64(buffer: &mut Vec<f32>, value: u64) {
+    for piece in 0..SLOTS_PER_U64 {
+        buffer.push(((value >> (16 * piece)) & 0xFFFF) as f32);
+    }
+}
+
+fn read_u64(slots: &[f32]) -> u64 {
+    slots
+        .iter()
+        .enumerate()
+        .map(|(piece, value)| (*value as u64 & 0xFFFF) << (16 * piece))
+        .sum()
+}
+
+/// u8 CHW bytes of `count` images to a float tensor in [0, 1] on `device`, with channels-last strides
+/// (the layout the convolutions are fastest on; the shape stays NCHW).
+pub(crate) fn images_to_tensor(
+    images: &[u8],
+    count: usize,
+    device: tch::Device,
+) -> Result<Tensor, TrainError> {
+    if images.len() != count * IMAGE_LEN {
+        return Err(TrainError::InvalidInput(format!(
+            "{} bytes for {count} images (expected {} bytes per image)",
+            images.len(),
+            IMAGE_LEN
+        )));
+    }
+    let shape = [
+        count as i64,
+        IMAGE_CHANNELS as i64,
+        IMAGE_SIZE as i64,
+        IMAGE_SIZE as i64,
+    ];
+    let images_u8 = Tensor::f_from_slice(images)?
+        .f_view(shape)?
+        .f_to_device(device)?;
+    // The u8 -> f32 conversion preserves the channels-last strides.
+    Ok(channels_last(&images_u8)?
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(255.0)?)
+}
+
+fn flatten_into(tensors: &[Tensor], buffer: &mut [f32]) -> Result<(), TrainError> {
+    let mut offset = 0;
+    for tensor in tensors {
+        let numel = tensor.numel();
+        tensor
+            .f_detach()?
+            .f_to_device(tch::Device::Cpu)?
+            .f_contiguous()?
+            .f_copy_data(&mut buffer[offset..offset + numel], numel)?;
+        offset += numel;
+    }
+    debug_assert_eq!(offset, buffer.len());
+    Ok(())
+}
+
+fn unflatten_from(buffer: &[f32], tensors: &[Tensor], scale: f64) -> Result<(), TrainError> {
+    let flat = Tensor::f_from_slice(buffer)?;
+    let mut offset = 0i64;
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for tensor in tensors {
+            let numel = tensor.numel() as i64;
+            let values = flat
+                .f_narrow(0, offset, numel)?
+                .f_view(tensor.size().as_slice())?;
+            let mut target = tensor.shallow_clone();
+            target.f_copy_(&values)?;
+            if scale != 1.0 {
+                let _ = target.f_mul_scalar_(scale)?;
+            }
+            offset += numel;
+        }
+        Ok(())
+    })
+}
+
+fn element_count(tensors: &[Tensor]) -> usize {
+    tensors.iter().map(Tensor::numel).sum()
+}
+
+/// 64-bit FNV-1a.
+fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, byte| {
+        (hash ^ *byte as u64).wrapping_mul(0x0000_0100_0000_01B3)
+    })
+}
+
+impl DataParallelTrainer {
+    /// Builds the model from `config.seed` (step 0, fresh optimizer). Ranks of one job start from
+    /// one rank's state with [`DataParallelTrainer::synchronize_from`].
+    pub fn new(config: &TrainConfig) -> Result<Self, TrainError> {
+        config.validate()?;
+        if config.threads > 0 {
+            tch::set_num_threads(config.threads as i32);
+        }
+        let var_store = nn::VarStore::new(config.device);
+        let network = Network::new(
+            &var_store,
+            config.architecture,
+            config.num_classes,
+            config.seed,
+        )?;
+        let variables = sorted_variables(&var_store);
+        let (named_parameters, named_buffers): (Vec<_>, Vec<_>) = variables
+            .iter()
+            .map(|(name, tensor)| (name.clone(), tensor.shallow_clone()))
+            .partition(|(_, tensor)| tensor.requires_grad());
+        let parameters: Vec<Tensor> = named_parameters
+            .iter()
+            .map(|(_, tensor)| tensor.shallow_clone())
+            .collect();
+        let buffers: Vec<Tensor> = named_buffers
+            .into_iter()
+            .map(|(_, tensor)| tensor)
+            .collect();
+        let parameter_count = element_count(&parameters);
+        let optimizer = Optimizer::new(
+            config.optimizer,
+            named_parameters,
+            config.learning_rate,
+            config.weight_decay,
+        )?;
+        let class_weights =
+            Tensor::f_from_slice(&config.class_weights)?.f_to_device(config.device)?;
+        info!(
+            architecture = %config.architecture,
+            parameters = parameter_count,
+            "model ready"
+        );
+        Ok(DataParallelTrainer {
+            config: config.clone(),
+            var_store,
+            network,
+            optimizer,
+            variables,
+            parameters,
+            buffers,
+            parameter_count,
+            class_weights,
+            gradient_buffer: vec![0.0; parameter_count + EXTRA_SLOTS],
+            progress: TrainingProgress::default(),
+        })
+    }
+
+    /// The configuration the trainer was built with.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Where the trainer is in the job.
+    pub fn progress(&self) -> TrainingProgress {
+        self.progress
+    }
+
+    /// Records that the end of `epoch` (1-based) is done.
+    pub(crate) fn mark_epoch_evaluated(&mut self, epoch: u32) {
+        self.progress.evaluated_epochs = epoch;
+    }
+
+    /// Optimizer steps applied by this trainer's optimizer (differs from `global_step` after
+    /// [`DataParallelTrainer::load_weights`]).
+    pub fn optimizer_step_count(&self) -> u64 {
+        self.optimizer.step_count()
+    }
+
+    fn variable_tensors(&self) -> Vec<Tensor> {
+        self.variables
+            .iter()
+            .map(|(_, tensor)| tensor.shallow_clone())
+            .collect()
+    }
+
+    /// Every parameter and buffer, sorted by name, flattened (to compare ranks).
+    pub fn flat_weights(&self) -> Result<Vec<f32>, TrainError> {
+        let tensors = self.variable_tensors();
+        let mut weights = vec![0.0; element_count(&tensors)];
+        flatten_into(&tensors, &mut weights)?;
+        Ok(weights)
+    }
+
+    /// Hex 64-bit FNV-1a of every variable's little-endian f32 values in sorted-name order:
+    /// ranks with identical weights report identical digests.
+    pub fn weights_digest(&self) -> Result<String, TrainError> {
+        let mut hash = 0xCBF2_9CE4_8422_2325u64;
+        for (_, tensor) in &self.variables {
+            hash = fnv1a(hash, &safetensors_io::f32_le_bytes(tensor)?);
+        }
+        Ok(format!("{hash:016x}"))
+    }
+
+    /// Makes every rank's weights, buffers, optimizer state (with its step counter) and progress
+    /// exactly those of `source_rank` (one broadcast). All ranks must call it; world size 1 is a no-op.
+    pub fn synchronize_from(
+        &mut self,
+        collective: &mut dyn Collective,
+        source_rank: usize,
+    ) -> Result<(), TrainError> {
+        let world_size = collective.world_size();
+        if source_rank >= world_size {
+            return Err(TrainError::InvalidConfig(format!(
+                "state source rank {source_rank} is not below world size {world_size}"
+            )));
+        }
+        if world_size == 1 {
+            return Ok(());
+        }
+        let variables = self.variable_tensors();
+        let optimizer_state: Vec<Tensor> = self
+            .optimizer
+            .state_tensors()
+            .iter()
+            .map(Tensor::shallow_clone)
+            .collect();
+        let variable_len = element_count(&variables);
+        let state_len = element_count(&optimizer_state);
+        let mut buffer = vec![0.0f32; variable_len + state_len];
+        flatten_into(&variables, &mut buffer[..variable_len])?;
+        flatten_into(&optimizer_state, &mut buffer[variable_len..])?;
+        push_u64(&mut buffer, self.progress.global_step);
+        push_u64(&mut buffer, self.progress.evaluated_epochs as u64);
+        push_u64(&mut buffer, self.progress.epoch_loss_sum.to_bits());
+        push_u64(&mut buffer, self.progress.epoch_loss_steps);
+        push_u64(&mut buffer, self.optimizer.step_count());
+        collective.broadcast(&mut buffer, source_rank)?;
+        if collective.rank() == source_rank {
+            return Ok(());
+        }
+        unflatten_from(&buffer[..variable_len], &variables, 1.0)?;
+        unflatten_from(
+            &buffer[variable_len..variable_len + state_len],
+            &optimizer_state,
+            1.0,
+        )?;
+        let mut scalars = buffer[variable_len + state_len..].chunks_exact(SLOTS_PER_U64);
+        let mut next_u64 = || scalars.next().map(read_u64).unwrap_or_default();
+        self.progress = TrainingProgress {
+            global_step: next_u64(),
+            evaluated_epochs: next_u64() as u32,
+            epoch_loss_sum: f64::from_bits(next_u64()),
+            epoch_loss_steps: next_u64(),
+        };
+        self.optimizer.set_step_count(next_u64());
+        info!(
+            source_rank,
+            global_step = self.progress.global_step,
+            "training state received"
+        );
+        Ok(())
+    }
+
+    /// Sets the optimizer's learning rate.
+    pub fn set_learning_rate(&mut self, learning_rate: f64) {
+        self.optimizer.set_learning_rate(learning_rate);
+    }
+
+    /// One optimizer step on this rank's part of the global batch. Every rank must call it the
+    /// same number of times (an empty local batch still takes part in the all-reduce).
+    /// `request_reform` asks every rank to end the generation after this step. If the all-reduce
+    /// fails, the weights, buffers, optimizer and progress stay at the previous step.
+    pub fn train_step(
+        &mut self,
+        collective: &mut dyn Collective,
+        images: &[u8],
+        labels: &[u32],
+        request_reform: bool,
+    ) -> Result<StepOutcome, TrainError> {
+        let count = labels.len();
+        if let Some(label) = labels
+            .iter()
+            .find(|label| **label as usize >= self.config.num_classes)
+        {
+            return Err(TrainError::InvalidInput(format!(
+                "label {label} is not below num_classes {}",
+                self.config.num_classes
+            )));
+        }
+        self.optimizer.zero_grad()?;
+        let local_weight_sum: f64 = labels
+            .iter()
+            .map(|label| self.config.class_weights[*label as usize] as f64)
+            .sum();
+        let world_size = collective.world_size();
+        // A train-mode forward updates the running statistics: kept to undo a failed step.
+        let buffers_before_step = if world_size > 1 && !self.buffers.is_empty() {
+            let mut saved = vec![0.0f32; element_count(&self.buffers)];
+            flatten_into(&self.buffers, &mut saved)?;
+            Some(saved)
+        } else {
+            None
+        };
+        let local_loss_sum = if count == 0 {
+            // Defined zero gradients so the all-reduce and the optimizer see every parameter.
+            let zero = self
+                .parameters
+                .iter()
+                .map(|parameter| {
+                    parameter
+                        .f_sum(Kind::Float)
+                        .and_then(|sum| sum.f_mul_scalar(0.0))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Tensor::f_stack(&zero, 0)?.f_sum(Kind::Float)?
+        } else {
+            let input = images_to_tensor(images, count, self.config.device)?;
+            let targets = Tensor::f_from_slice(
+                &labels.iter().map(|label| *label as i64).collect::<Vec<_>>(),
+            )?
+            .f_to_device(self.config.device)?;
+            let logits = self.network.forward_t(&input, true);
+            logits.f_cross_entropy_loss(
+                &targets,
+                Some(&self.class_weights),
+                Reduction::Sum,
+                -100,
+                0.0,
+            )?
+        };
+        local_loss_sum.f_backward()?;
+        let local_loss_value = local_loss_sum.f_double_value(&[])?;
+
+        let (global_weight_sum, global_loss_sum, reform_requested) = if world_size == 1 {
+            let scale = if local_weight_sum > 0.0 {
+                1.0 / local_weight_sum
+            } else {
+                1.0
+            };
+            tch::no_grad(|| -> Result<(), TrainError> {
+                for parameter in &self.parameters {
+                    let _ = parameter.grad().f_mul_scalar_(scale)?;
+                }
+                Ok(())
+            })?;
+            (local_weight_sum, local_loss_value, request_reform)
+        } else {
+            let parameter_count = self.parameter_count;
+            let gradients: Vec<Tensor> = self.parameters.iter().map(Tensor::grad).collect();
+            flatten_into(&gradients, &mut self.gradient_buffer[..parameter_count])?;
+            let extra = &mut self.gradient_buffer[parameter_count..];
+            extra[WEIGHT_SUM_SLOT] = local_weight_sum as f32;
+            extra[LOSS_SUM_SLOT] = local_loss_value as f32;
+            extra[REFORM_SLOT] = if request_reform { 1.0 } else { 0.0 };
+            if let Err(error) = collective.all_reduce_sum(&mut self.gradient_buffer) {
+                if let Some(saved) = &buffers_before_step {
+                    unflatten_from(saved, &self.buffers, 1.0)?;
+                }
+                return Err(error.into());
+            }
+            let extra = &self.gradient_buffer[parameter_count..];
+            let global_weight_sum = extra[WEIGHT_SUM_SLOT] as f64;
+            let global_loss_sum = extra[LOSS_SUM_SLOT] as f64;
+            let reform_requested = extra[REFORM_SLOT] > 0.0;
+            let scale = if global_weight_sum > 0.0 {
+                1.0 / global_weight_sum
+            } else {
+                1.0
+            };
+            unflatten_from(&self.gradient_buffer[..parameter_count], &gradients, scale)?;
+            (global_weight_sum, global_loss_sum, reform_requested)
+        };
+        self.optimizer.step()?;
+        let loss = if global_weight_sum > 0.0 {
+            global_loss_sum / global_weight_sum
+        } else {
+            0.0
+        };
+        let starts_epoch = self
+            .progress
+            .global_step
+            .is_multiple_of(self.config.steps_per_epoch as u64);
+        if starts_epoch {
+            self.progress.epoch_loss_sum = 0.0;
+            self.progress.epoch_loss_steps = 0;
+        }
+        self.progress.epoch_loss_sum += loss;
+        self.progress.epoch_loss_steps += 1;
+        self.progress.global_step += 1;
+        Ok(StepOutcome {
+            loss,
+            global_weight_sum,
+            reform_requested,
+        })
+    }
+
+    /// Replaces every rank's batch-norm running statistics by their mean over the ranks.
+    pub fn synchronize_batch_norm_statistics(
+        &mut self,
+        collective: &mut dyn Collective,
+    ) -> Result<(), TrainError> {
+        let world_size = collective.world_size();
+        if world_size == 1 || self.buffers.is_empty() {
+            return Ok(());
+        }
+        let mut statistics = vec![0.0f32; element_count(&self.buffers)];
+        flatten_into(&self.buffers, &mut statistics)?;
+        collective.all_reduce_sum(&mut statistics)?;
+        unflatten_from(&statistics, &self.buffers, 1.0 / world_size as f64)
+    }
+
+    /// Evaluates (eval mode, no grad) on `test`: confusion matrix and summed unweighted loss.
+    pub fn evaluate(&self, test: &ShardData) -> Result<(Vec<u64>, f64), TrainError> {
+        evaluate_network(
+            &self.network,
+            self.config.num_classes,
+            self.config.device,
+            test,
+        )
+    }
+
+    /// Builds the error naming what in a file does not match this trainer's model.
+    fn weights_mismatch(&self) -> impl Fn(String) -> TrainError + use<> {
+        let architecture = self.config.architecture.to_string();
+        move |reason| TrainError::WeightsMismatch {
+            architecture: architecture.clone(),
+            reason,
+        }
+    }
+
+    /// The whole training state as safetensors: every model variable (the model file's names),
+    /// every optimizer tensor (`optimizer.<kind>.<parameter>`), and metadata (format, architecture,
+    /// optimizer, progress, optimizer step count).
+    pub fn state_bytes(&self) -> Result<Vec<u8>, TrainError> {
+        let mut tensors: Vec<(String, Tensor)> = self
+            .variables
+            .iter()
+            .map(|(name, tensor)| (name.clone(), tensor.shallow_clone()))
+            .collect();
+        tensors.extend(self.optimizer.named_state());
+        let progress = self.progress;
+        let metadata: HashMap<String, String> = [
+            ("format", TRAINING_STATE_FORMAT.to_string()),
+            ("architecture", self.config.architecture.name().to_string()),
+            (
+                "optimizer",
+                optimizer_name(self.config.optimizer).to_string(),
+            ),
+            ("global_step", progress.global_step.to_string()),
+            ("evaluated_epochs", progress.evaluated_epochs.to_string()),
+            // Bits, so the running loss comes back exactly.
+            (
+                "epoch_loss_sum_bits",
+                progress.epoch_loss_sum.to_bits().to_string(),
+            ),
+            ("epoch_loss_steps", progress.epoch_loss_steps.to_string()),
+            ("optimizer_step", self.optimizer.step_count().to_string()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect();
+        safetensors_io::serialize(&tensors, Some(metadata))
+    }
+
+    /// Restores a [`DataParallelTrainer::state_bytes`] file: refused (nothing changed) unless its
+    /// architecture, optimizer, tensor names and shapes are this trainer's.
+    pub fn load_state_bytes(&mut self, bytes: &[u8]) -> Result<(), TrainError> {
+        let mismatch = self.weights_mismatch();
+        let file = TensorFile::parse(bytes, &mismatch)?;
+        let metadata_value = |key: &str| -> Result<&str, TrainError> {
+            file.metadata
+                .get(key)
+                .map(String::as_str)
+                .ok_or_else(|| mismatch(format!("the training state has no {key:?} metadata")))
+        };
+        let format = file.metadata.get("format").map(String::as_str);
+        if format != Some(TRAINING_STATE_FORMAT) {
+            return Err(mismatch(format!(
+                "not a training state (format {format:?}, expected {TRAINING_STATE_FORMAT:?}); \
+                 load_weights reads model files"
+            )));
+        }
+        let architecture = metadata_value("architecture")?;
+        if architecture.parse::<Architecture>().ok() != Some(self.config.architecture) {
+            return Err(mismatch(format!(
+                "the training state is of architecture {architecture:?}"
+            )));
+        }
+        let optimizer = metadata_value("optimizer")?;
+        if optimizer != optimizer_name(self.config.optimizer) {
+            return Err(mismatch(format!(
+                "the training state's optimizer is {optimizer:?}, expected {:?}",
+                optimizer_name(self.config.optimizer)
+            )));
+        }
+        let number = |key: &str| -> Result<u64, TrainError> {
+            let text = metadata_value(key)?;
+            text.parse::<u64>()
+                .map_err(|_| mismatch(format!("metadata {key:?} is {text:?}, not a count")))
+        };
+        let progress = TrainingProgress {
+            global_step: number("global_step")?,
+            evaluated_epochs: u32::try_from(number("evaluated_epochs")?)
+                .map_err(|_| mismatch("metadata \"evaluated_epochs\" is too large".to_string()))?,
+            epoch_loss_sum: f64::from_bits(number("epoch_loss_sum_bits")?),
+            epoch_loss_steps: number("epoch_loss_steps")?,
+        };
+        let optimizer_step = number("optimizer_step")?;
+        let mut targets: Vec<(String, Tensor)> = self
+            .variables
+            .iter()
+            .map(|(name, tensor)| (name.clone(), tensor.shallow_clone()))
+            .collect();
+        targets.extend(self.optimizer.named_state());
+        if let Some(unknown) = file.unexpected_name(&targets, |_| false) {
+            return Err(mismatch(format!("unexpected tensor {unknown:?}")));
+        }
+        file.copy_into(&targets, &mismatch)?;
+        self.progress = progress;
+        self.optimizer.set_step_count(optimizer_step);
+        Ok(())
+    }
+
+    /// Loads only the model variables from a model file or a training-state file (fine-tuning:
+    /// progress and optimizer stay as they are).
+    pub fn load_weights(&mut self, bytes: &[u8]) -> Result<(), TrainError> {
+        load_weights_into(&self.variables, self.config.architecture, bytes, |name| {
+            name.starts_with(STATE_TENSOR_PREFIX)
+        })
+    }
+
+    /// The trained model (ends the trainer).
+    pub fn into_trained_model(self) -> TrainedModel {
+        TrainedModel::new(
+            self.config.architecture,
+            self.config.num_classes,
+            self.config.device,
+            self.var_store,
+            self.network,
+        )
+    }
+}
+
+/// The optimizer's name in training-state files.
+fn optimizer_name(choice: OptimizerChoice) -> &'static str {
+    match choice {
+        OptimizerChoice::Adam => "adam",
+        OptimizerChoice::SgdMomentum => "sgd_momentum",
+    }
+}
+
+/// Confusion matrix (`[true][predicted]`) and summed unweighted cross-entropy of `network` over `test`.
+pub(crate) fn evaluate_network(
+    network: &Network,
+    num_classes: usize,
+    device: tch::Device,
+    test: &ShardData,
+) -> Result<(Vec<u64>, f64), TrainError> {
+    let mut confusion = vec![0u64; num_classes * num_classes];
+    let mut loss_sum = 0.0;
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for (chunk_index, labels) in test.labels.chunks(EVALUATION_BATCH_SIZE).enumerate() {
+            let first = chunk_index * EVALUATION_BATCH_SIZE;
+            let images = &test.images[first * IMAGE_LEN..(first + labels.len()) * IMAGE_LEN];
+            let input = images_to_tensor(images, labels.len(), device)?;
+            let targets = Tensor::f_from_slice(
+                &labels.iter().map(|label| *label as i64).collect::<Vec<_>>(),
+            )?
+            .f_to_device(device)?;
+            let logits = network.forward_t(&input, false);
+            loss_sum += logits
+                .f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0)?
+                .f_double_value(&[])?;
+            let predictions =
+                Vec::<i64>::try_from(logits.f_argmax(1, false)?.f_to_device(tch::Device::Cpu)?)?;
+            for (label, prediction) in labels.iter().zip(predictions) {
+                confusion[*label as usize * num_classes + prediction as usize] += 1;
+            }
+        }
+        Ok(())
+    })?;
+    Ok((confusion, loss_sum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn u64_slots_round_trip_through_f32() {
+        for value in [
+            0,
+            1,
+            65_535,
+            65_536,
+            u64::MAX,
+            0.1f64.to_bits(),
+            f64::NAN.to_bits(),
+        ] {
+            let mut buffer = Vec::new();
+            push_u64(&mut buffer, value);
+            assert_eq!(buffer.len(), SLOTS_PER_U64);
+            assert!(
+                buffer
+                    .iter()
+                    .all(|slot| slot.fract() == 0.0 && *slot < 65_536.0)
+            );
+            assert_eq!(read_u64(&buffer), value);
+        }
+    }
+}
