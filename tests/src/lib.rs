@@ -24,6 +24,7 @@ pub fn test_timeouts() -> Timeouts {
         worker_timeout: Duration::from_secs(4),
         registration_timeout: Duration::from_secs(8),
         heartbeat_interval: Duration::from_millis(500),
+        replacement_wait: Duration::from_secs(2),
     }
 }
 
@@ -32,6 +33,7 @@ pub fn test_ring_config() -> RingConfig {
         connect_timeout: Duration::from_secs(30),
         io_timeout: Duration::from_secs(20),
         chunk_bytes: 256 * 1024,
+        ..RingConfig::default()
     }
 }
 
@@ -73,6 +75,17 @@ impl TestCluster {
         workers: usize,
         state_dir: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
+        Self::start_with(workers, state_dir, |_, _| {}).await
+    }
+
+    /// Coordinator (state in `state_dir`, or in memory) and `workers` workers, each configured by `adjust`
+    /// (called with the worker's index), e.g. to inject the same fault into every worker:
+    /// `TestCluster::start_with(3, None, |_, config| config.fault = Some(fault))`.
+    pub async fn start_with(
+        workers: usize,
+        state_dir: Option<PathBuf>,
+        adjust: impl Fn(usize, &mut WorkerConfig),
+    ) -> anyhow::Result<Self> {
         plankton_common::init_tracing_with_default("warn");
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let coordinator_url = format!("http://{}", listener.local_addr()?);
@@ -94,19 +107,25 @@ impl TestCluster {
             workers: Vec::new(),
             state_dir,
         };
-        for _ in 0..workers {
-            cluster.add_worker();
+        for index in 0..workers {
+            cluster.add_worker_with(|config| adjust(index, config));
         }
         cluster.wait_for_workers(workers).await?;
         Ok(cluster)
     }
 
     pub fn add_worker(&mut self) {
+        self.add_worker_with(|_| {});
+    }
+
+    /// Adds a worker whose configuration `adjust` changes first (e.g. to inject a fault).
+    pub fn add_worker_with(&mut self, adjust: impl FnOnce(&mut WorkerConfig)) {
         let index = self.workers.len();
         let mut config =
             WorkerConfig::new(self.coordinator_url.clone(), format!("test-worker-{index}"));
         config.ring = test_ring_config();
         config.fetch_concurrency = 16;
+        adjust(&mut config);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(plankton_worker::run(config, shutdown.clone()));
         self.workers.push((shutdown, task));
@@ -147,6 +166,17 @@ impl TestCluster {
             finished.message
         );
         Ok(finished)
+    }
+
+    pub async fn get(&self, job_id: &str) -> anyhow::Result<Job> {
+        Ok(self
+            .client()
+            .await?
+            .get_job(GetJobRequest {
+                job_id: job_id.into(),
+            })
+            .await?
+            .into_inner())
     }
 
     pub async fn wait_finished(&self, job_id: &str, timeout: Duration) -> anyhow::Result<Job> {
@@ -243,6 +273,9 @@ pub struct ProcessCluster {
     pub coordinator: tokio::process::Child,
     pub workers: Vec<tokio::process::Child>,
     pub log_dir: tempfile::TempDir,
+    coordinator_arguments: Vec<String>,
+    worker_arguments: Vec<String>,
+    coordinator_starts: usize,
 }
 
 impl ProcessCluster {
@@ -253,49 +286,79 @@ impl ProcessCluster {
         let coordinator_url = format!("http://127.0.0.1:{port}");
         let log_dir = tempfile::tempdir()?;
         let timeouts = test_timeouts();
+        let coordinator_arguments: Vec<String> = vec![
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--state-dir".into(),
+            log_dir.path().join("coordinator-state").display().to_string(),
+            "--worker-timeout".into(),
+            format!("{}ms", timeouts.worker_timeout.as_millis()),
+            "--heartbeat-interval".into(),
+            format!("{}ms", timeouts.heartbeat_interval.as_millis()),
+            "--replacement-wait".into(),
+            format!("{}ms", timeouts.replacement_wait.as_millis()),
+        ];
         let coordinator = spawn_logged(
             &binary("plankton-coordinator")?,
-            &[
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--worker-timeout".into(),
-                format!("{}ms", timeouts.worker_timeout.as_millis()),
-                "--heartbeat-interval".into(),
-                format!("{}ms", timeouts.heartbeat_interval.as_millis()),
-            ],
-            &log_dir.path().join("coordinator.log"),
+            &coordinator_arguments,
+            &log_dir.path().join("coordinator-0.log"),
         )?;
+        let mut worker_arguments: Vec<String> = vec![
+            "--coordinator".into(),
+            coordinator_url.clone(),
+            "--ring-io-timeout".into(),
+            "20s".into(),
+        ];
+        worker_arguments.extend(extra_worker_args.iter().map(|argument| argument.to_string()));
         let mut cluster = Self {
             coordinator_url,
             coordinator,
             workers: Vec::new(),
             log_dir,
+            coordinator_arguments,
+            worker_arguments,
+            coordinator_starts: 1,
         };
-        for index in 0..workers {
-            let mut arguments: Vec<String> = vec![
-                "--coordinator".into(),
-                cluster.coordinator_url.clone(),
-                "--name".into(),
-                format!("proc-worker-{index}"),
-                "--ring-io-timeout".into(),
-                "20s".into(),
-                "--ring-connect-timeout".into(),
-                "30s".into(),
-            ];
-            arguments.extend(
-                extra_worker_args
-                    .iter()
-                    .map(|argument| argument.to_string()),
-            );
-            let worker = spawn_logged(
-                &binary("plankton-worker")?,
-                &arguments,
-                &cluster.log_dir.path().join(format!("worker-{index}.log")),
-            )?;
-            cluster.workers.push(worker);
+        for _ in 0..workers {
+            cluster.add_worker()?;
         }
         wait_for_workers(&cluster.coordinator_url, workers).await?;
         Ok(cluster)
+    }
+
+    /// Starts one more worker process (e.g. a replacement after a kill); returns its index.
+    pub fn add_worker(&mut self) -> anyhow::Result<usize> {
+        let index = self.workers.len();
+        let mut arguments = self.worker_arguments.clone();
+        arguments.extend(["--name".to_string(), format!("proc-worker-{index}")]);
+        let worker = spawn_logged(
+            &binary("plankton-worker")?,
+            &arguments,
+            &self.log_dir.path().join(format!("worker-{index}.log")),
+        )?;
+        self.workers.push(worker);
+        Ok(index)
+    }
+
+    /// `kill -9` of worker `index`.
+    pub async fn kill_worker(&mut self, index: usize) -> anyhow::Result<()> {
+        kill_hard(&mut self.workers[index]).await
+    }
+
+    /// `kill -9` of the coordinator.
+    pub async fn kill_coordinator(&mut self) -> anyhow::Result<()> {
+        kill_hard(&mut self.coordinator).await
+    }
+
+    /// Starts the coordinator again on the same address and state folder.
+    pub fn restart_coordinator(&mut self) -> anyhow::Result<()> {
+        let log = self
+            .log_dir
+            .path()
+            .join(format!("coordinator-{}.log", self.coordinator_starts));
+        self.coordinator_starts += 1;
+        self.coordinator = spawn_logged(&binary("plankton-coordinator")?, &self.coordinator_arguments, &log)?;
+        Ok(())
     }
 
     /// The logs of every process, for assertion messages.
@@ -328,6 +391,9 @@ impl ProcessCluster {
         children.push(&mut self.coordinator);
         let mut hung = Vec::new();
         for child in children {
+            if let Ok(Some(_)) = child.try_wait() {
+                continue;
+            }
             if let Some(pid) = child.id() {
                 let _ = std::process::Command::new("kill")
                     .arg("-TERM")
@@ -348,6 +414,14 @@ impl ProcessCluster {
         );
         Ok(())
     }
+}
+
+async fn kill_hard(child: &mut tokio::process::Child) -> anyhow::Result<()> {
+    child.start_kill()?;
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .context("a killed process did not exit")??;
+    Ok(())
 }
 
 fn spawn_logged(

@@ -180,7 +180,7 @@ impl Identity {
 
 /// Runs the worker until `shutdown` is cancelled: registers (again after a coordinator restart), takes
 /// assignments one at a time and runs them.
-pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = Arc::new(RingListener::bind(&config.peer_listen)?);
     let listen_address = listener.local_addr();
     let peer_address = match &config.advertise_host {
@@ -251,6 +251,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
                             &session,
                         )
                         .await;
+                        // An injected fault fires in the first job only.
+                        config.fault = None;
                         if end == job::AssignmentEnd::Crashed {
                             warn!(worker_id, "injected crash: the worker stops without a word");
                             session.cancel();
