@@ -92,6 +92,10 @@ pub enum CollectiveError {
     #[error("broadcast root {root} is out of range for world size {world_size}")]
     InvalidRoot { root: usize, world_size: usize },
 
+    /// A [`RingAbort`](crate::RingAbort) (or an NCCL abort handle) ended the formation or the operation.
+    #[error("aborted: {reason}")]
+    Aborted { reason: String },
+
     #[error("the ring of job {job_id} (rank {rank}) is unusable after an earlier failure: {cause}")]
     Poisoned {
         job_id: String,
@@ -107,6 +111,27 @@ pub enum CollectiveError {
         world_size: usize,
         detail: String,
     },
+}
+
+impl CollectiveError {
+    /// Whether an abort (not a failure of a peer) ended the operation or the formation.
+    pub fn is_aborted(&self) -> bool {
+        matches!(self, CollectiveError::Aborted { .. })
+    }
+
+    /// The rank of the peer this error is about, when it is about one (who to report as failed).
+    pub fn peer_rank(&self) -> Option<usize> {
+        match self {
+            CollectiveError::ResolvePeer { peer_rank, .. }
+            | CollectiveError::ConnectTimeout { peer_rank, .. }
+            | CollectiveError::AcceptTimeout { peer_rank, .. }
+            | CollectiveError::PeerTimeout { peer_rank, .. }
+            | CollectiveError::PeerClosed { peer_rank, .. }
+            | CollectiveError::PeerIo { peer_rank, .. }
+            | CollectiveError::ProtocolMismatch { peer_rank, .. } => Some(*peer_rank),
+            _ => None,
+        }
+    }
 }
 
 /// The end of a ring connection an i/o error happened on; turns `io::Error`s into errors naming the peer.

@@ -3,9 +3,16 @@
 //! Every collective is synchronous and blocking (the trainer calls it from a libtorch thread). All ranks must
 //! call the same operations in the same order with buffers of the same length; a mismatch is detected and
 //! reported. After any failure a ring is poisoned: every later operation fails at once.
+//!
+//! Fault tolerance builds on three things: a ring belongs to one *generation* of a job (re-forming after a
+//! member is lost starts the next one, and leftovers of the old ring are rejected); a [`RingAbort`] ends a
+//! formation or a blocked operation from another thread (the watchdog's and the coordinator's lever when a
+//! peer is stalled or lost) with [`CollectiveError::Aborted`]; and an error about a peer names it
+//! ([`CollectiveError::peer_rank`]).
 #![cfg_attr(not(feature = "nccl"), forbid(unsafe_code))]
 #![cfg_attr(feature = "nccl", deny(unsafe_code))]
 
+mod abort;
 mod error;
 mod listener;
 mod ring;
@@ -15,6 +22,7 @@ mod wire;
 #[allow(unsafe_code)]
 pub mod nccl;
 
+pub use abort::RingAbort;
 pub use error::{CollectiveError, Result};
 pub use listener::RingListener;
 pub use ring::{RingAllReduce, RingConfig};

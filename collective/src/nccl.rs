@@ -2,17 +2,25 @@
 //!
 //! CUDA and NCCL are loaded at run time (cudarc `dynamic-loading`), so this builds on machines without CUDA;
 //! a missing library surfaces as [`CollectiveError::Nccl`] when a communicator is created, not as a panic.
-//! NCCL has no per-operation timeout: a dead peer blocks the GPU stream (NCCL's own watchdog or the
-//! coordinator's job timeout must end such a job).
+//! NCCL has no per-operation timeout: a dead or stalled peer blocks the GPU stream. A watchdog ends that with
+//! [`NcclAllReduce::abort_handle`]: [`NcclAbortHandle::abort`] calls `ncclCommAbort` from its own thread, the
+//! kernels in flight stop, and the blocked call returns [`CollectiveError::Aborted`].
+//!
+//! `ncclCommAbort` also frees the communicator, so the handle lives behind a mutex ([`SharedCommunicator`]):
+//! every NCCL call holds it while it enqueues (not while the stream runs), and the abort swaps the handle out
+//! under it, so no call can reach a freed communicator. An abort therefore waits for an enqueue in progress;
+//! enqueueing on a blocking communicator returns once the work is queued, which the operations here (one
+//! collective per synchronised call) never make wait on the GPU.
 
 use std::ffi::{c_char, c_void};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtrMut};
 use cudarc::nccl::{result as nccl_result, sys as nccl_sys};
 
 use crate::Collective;
+use crate::abort::lock;
 use crate::error::{CollectiveError, Result};
 
 /// Size of an NCCL unique id: rank 0 (or the coordinator) creates it, every rank needs the same bytes.
@@ -31,7 +39,7 @@ pub fn new_unique_id() -> Result<Vec<u8>> {
 /// One rank of an NCCL communicator on one GPU.
 #[derive(Debug)]
 pub struct NcclAllReduce {
-    communicator: nccl_sys::ncclComm_t,
+    communicator: Arc<SharedCommunicator>,
     stream: Arc<CudaStream>,
     rank: usize,
     world_size: usize,
@@ -39,9 +47,89 @@ pub struct NcclAllReduce {
     staging: Option<CudaSlice<f32>>,
 }
 
-// SAFETY: an NCCL communicator may be used from any thread provided calls on it are not concurrent. The type is
-// `Send` but not `Sync`, so only the one thread owning it can call it; the CUDA stream is itself `Send + Sync`.
-unsafe impl Send for NcclAllReduce {}
+/// Aborts an [`NcclAllReduce`] from another thread: a watchdog's lever on a rank stuck in a collective (a peer
+/// stalled or lost). Cheap to clone; outliving the communicator is fine (the abort is then a no-op).
+#[derive(Debug, Clone)]
+pub struct NcclAbortHandle {
+    communicator: Arc<SharedCommunicator>,
+}
+
+impl NcclAbortHandle {
+    /// Calls `ncclCommAbort`: collectives in flight stop, the call blocked in one returns
+    /// [`CollectiveError::Aborted`] with `reason`, and so does every later call. Only the first abort acts.
+    pub fn abort(&self, reason: impl Into<String>) -> Result<()> {
+        self.communicator.abort(reason.into())
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.communicator.aborted_reason().is_some()
+    }
+}
+
+/// The communicator of one rank, shared by the rank and its abort handles.
+#[derive(Debug)]
+struct SharedCommunicator {
+    state: Mutex<CommunicatorState>,
+    rank: usize,
+    world_size: usize,
+}
+
+#[derive(Debug)]
+enum CommunicatorState {
+    Live(LiveCommunicator),
+    /// Released by `ncclCommAbort` (an abort handle, or the drop of the rank).
+    Aborted {
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct LiveCommunicator(nccl_sys::ncclComm_t);
+
+// SAFETY: an NCCL communicator may be used from any thread provided calls on it are not concurrent. It is only
+// reached through `SharedCommunicator::state`, whose mutex serialises every call, `ncclCommAbort` included.
+unsafe impl Send for LiveCommunicator {}
+
+impl SharedCommunicator {
+    /// Runs `call` on the live communicator while holding the lock, so an abort cannot free it meanwhile.
+    fn with_live<T>(&self, call: impl FnOnce(nccl_sys::ncclComm_t) -> Result<T>) -> Result<T> {
+        let state = lock(&self.state);
+        match &*state {
+            CommunicatorState::Live(live) => call(live.0),
+            CommunicatorState::Aborted { reason } => Err(CollectiveError::Aborted {
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    fn aborted_reason(&self) -> Option<String> {
+        match &*lock(&self.state) {
+            CommunicatorState::Live(_) => None,
+            CommunicatorState::Aborted { reason } => Some(reason.clone()),
+        }
+    }
+
+    /// Releases the communicator with `ncclCommAbort` unless that already happened.
+    fn abort(&self, reason: String) -> Result<()> {
+        let mut state = lock(&self.state);
+        let CommunicatorState::Live(live) = &*state else {
+            return Ok(());
+        };
+        let communicator = live.0;
+        *state = CommunicatorState::Aborted { reason };
+        with_library_guard("abort", self.rank, self.world_size, || {
+            // SAFETY: the handle was created by `comm_init_rank` and was still live (state `Live`); the state
+            // now says `Aborted` and the lock is held, so this is its only release and no later call can reach
+            // it. NCCL allows aborting a communicator while another thread waits on a stream running its
+            // kernels.
+            unsafe { nccl_result::comm_abort(communicator) }
+                .map(|_| ())
+                .map_err(|nccl_error| {
+                    nccl_failure("abort", self.rank, self.world_size, &nccl_error)
+                })
+        })
+    }
+}
 
 impl NcclAllReduce {
     /// Joins the NCCL clique of `unique_id` as `rank` of `world_size` on GPU `device_ordinal`. Blocks until
@@ -97,13 +185,24 @@ impl NcclAllReduce {
             }
             .map_err(|nccl_error| nccl_failure("init", rank, world_size, &nccl_error))?;
             Ok(NcclAllReduce {
-                communicator,
+                communicator: Arc::new(SharedCommunicator {
+                    state: Mutex::new(CommunicatorState::Live(LiveCommunicator(communicator))),
+                    rank,
+                    world_size,
+                }),
                 stream,
                 rank,
                 world_size,
                 staging: None,
             })
         })
+    }
+
+    /// A handle that aborts this communicator from another thread.
+    pub fn abort_handle(&self) -> NcclAbortHandle {
+        NcclAbortHandle {
+            communicator: Arc::clone(&self.communicator),
+        }
     }
 
     /// Sums `len` f32 at `device_ptr` across ranks, in place, enqueued on `cuda_stream` (a raw `cudaStream_t`,
@@ -122,29 +221,54 @@ impl NcclAllReduce {
         if len == 0 {
             return Ok(());
         }
-        // SAFETY: per this method's contract the pointer covers `len` f32 on this device and the stream is
-        // live; in-place reduction (send == receive buffer) is supported by NCCL; the communicator is live
-        // until `Drop`.
-        unsafe {
-            nccl_result::all_reduce(
-                device_ptr as *const c_void,
-                device_ptr as *mut c_void,
-                len,
-                nccl_sys::ncclDataType_t::ncclFloat32,
-                nccl_sys::ncclRedOp_t::ncclSum,
-                self.communicator,
-                cuda_stream as nccl_sys::cudaStream_t,
-            )
-        }
-        .map_err(|nccl_error| {
-            nccl_failure("all_reduce", self.rank, self.world_size, &nccl_error)
-        })?;
-        Ok(())
+        self.communicator.with_live(|communicator| {
+            // SAFETY: per this method's contract the pointer covers `len` f32 on this device and the stream is
+            // live; in-place reduction (send == receive buffer) is supported by NCCL; `with_live` holds the
+            // communicator live for the call.
+            unsafe {
+                nccl_result::all_reduce(
+                    device_ptr as *const c_void,
+                    device_ptr as *mut c_void,
+                    len,
+                    nccl_sys::ncclDataType_t::ncclFloat32,
+                    nccl_sys::ncclRedOp_t::ncclSum,
+                    communicator,
+                    cuda_stream as nccl_sys::cudaStream_t,
+                )
+            }
+            .map(|_| ())
+            .map_err(|nccl_error| {
+                nccl_failure("all_reduce", self.rank, self.world_size, &nccl_error)
+            })
+        })
     }
 
-    /// Copies `buffer` to the device, runs `device_operation` on the copy (device pointer, stream), copies the
-    /// result back and waits for it.
+    /// [`Self::copy_through_device`], reporting an abort (before or during the call) as
+    /// [`CollectiveError::Aborted`] rather than as whatever error the aborted stream produced.
     fn through_device(
+        &mut self,
+        operation: &'static str,
+        buffer: &mut [f32],
+        device_operation: impl FnOnce(
+            nccl_sys::ncclComm_t,
+            u64,
+            usize,
+            nccl_sys::cudaStream_t,
+        ) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(reason) = self.communicator.aborted_reason() {
+            return Err(CollectiveError::Aborted { reason });
+        }
+        let outcome = self.copy_through_device(operation, buffer, device_operation);
+        match self.communicator.aborted_reason() {
+            Some(reason) => Err(CollectiveError::Aborted { reason }),
+            None => outcome,
+        }
+    }
+
+    /// Copies `buffer` to the device, runs `device_operation` on the copy (communicator, device pointer,
+    /// stream) holding the communicator live, copies the result back and waits for it.
+    fn copy_through_device(
         &mut self,
         operation: &'static str,
         buffer: &mut [f32],
@@ -190,12 +314,15 @@ impl NcclAllReduce {
         {
             // The guard records the reduction's use of `staging` on the stream when dropped.
             let (device_ptr, _use_record) = staging.device_ptr_mut(&stream);
-            device_operation(
-                self.communicator,
-                device_ptr,
-                buffer.len(),
-                stream.cu_stream() as nccl_sys::cudaStream_t,
-            )?;
+            // Only the enqueue holds the communicator's lock; an abort can come while the stream runs.
+            self.communicator.with_live(|communicator| {
+                device_operation(
+                    communicator,
+                    device_ptr,
+                    buffer.len(),
+                    stream.cu_stream() as nccl_sys::cudaStream_t,
+                )
+            })?;
         }
         stream
             .memcpy_dtoh(staging, buffer)
@@ -283,10 +410,12 @@ impl Collective for NcclAllReduce {
 
 impl Drop for NcclAllReduce {
     fn drop(&mut self) {
-        // SAFETY: the communicator was created by `comm_init_rank` and is released exactly once, here. Abort
-        // rather than destroy: destroy waits for peers, which may be dead.
-        if let Err(nccl_error) = unsafe { nccl_result::comm_abort(self.communicator) } {
-            tracing::warn!(rank = self.rank, error = ?nccl_error.0, "aborting the nccl communicator failed");
+        // Abort rather than destroy: destroy waits for peers, which may be dead. A no-op after an abort handle.
+        if let Err(abort_error) = self
+            .communicator
+            .abort("the communicator was dropped".to_string())
+        {
+            tracing::warn!(rank = self.rank, %abort_error, "aborting the nccl communicator failed");
         }
     }
 }

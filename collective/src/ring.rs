@@ -1,4 +1,8 @@
 //! Ring all-reduce over TCP: reduce-scatter then all-gather, each segment chunked and pipelined.
+//!
+//! A ring belongs to one generation of a job: when the coordinator re-forms a job's ring (a member was lost),
+//! the survivors establish a new ring with the next generation, and connections left over from the old one are
+//! rejected in the handshake. A [`RingAbort`] ends a formation or a blocked operation from another thread.
 
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::ops::Range;
@@ -9,15 +13,20 @@ use std::time::{Duration, Instant};
 use tracing::{error, info};
 
 use crate::Collective;
+use crate::abort::{AbortRegistration, RingAbort};
 use crate::error::{CollectiveError, PeerEndpoint, Result};
-use crate::listener::{RingIdentity, RingListener, connect_next_rank};
+use crate::listener::{FormationWatch, RingIdentity, RingListener, connect_next_rank};
 use crate::wire::{OperationHeader, OperationKind, add_into, read_f32s, write_f32s};
 
 /// Timeouts and chunking of a ring.
 #[derive(Debug, Clone)]
 pub struct RingConfig {
-    /// How long establishing the ring may take (peers still starting are retried until then).
+    /// How long establishing the ring may take (peers still starting are retried until then). May be long
+    /// (minutes, while peers load data): a [`RingAbort`] ends the wait early.
     pub connect_timeout: Duration,
+    /// An accepted connection that has not sent a complete hello after this long is dropped. Hellos are
+    /// answered concurrently, so a silent connection never delays the real peer; this only bounds what it holds.
+    pub handshake_timeout: Duration,
     /// A peer that sends or accepts nothing for this long fails the operation.
     pub io_timeout: Duration,
     /// Size of the pipelined chunks each segment is cut into.
@@ -28,10 +37,17 @@ impl Default for RingConfig {
     fn default() -> Self {
         RingConfig {
             connect_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(120),
             chunk_bytes: 256 * 1024,
         }
     }
+}
+
+/// How one half of establishing the ring (connecting or accepting) ended; `primary` when it failed first.
+struct FormationHalf {
+    outcome: Result<TcpStream>,
+    primary: bool,
 }
 
 /// One TCP connection of the ring and the peer at its other end.
@@ -54,9 +70,13 @@ struct RingLinks {
 #[derive(Debug)]
 pub struct RingAllReduce {
     job_id: String,
+    generation: u32,
     rank: usize,
     world_size: usize,
     config: RingConfig,
+    abort: RingAbort,
+    /// Clones of the streams held by `abort` so it can shut them down; released when the ring is dropped.
+    _abort_registration: Option<AbortRegistration>,
     /// `None` for a ring of one.
     links: Option<RingLinks>,
     /// Number of operations started, carried in operation headers.
@@ -68,22 +88,35 @@ pub struct RingAllReduce {
 }
 
 impl RingAllReduce {
-    /// Joins the ring of `job_id` as `rank`: connects to rank+1 and accepts rank-1 on `listener`.
-    /// `peer_addresses[i]` is the listen address of rank i (its length is the world size).
+    /// Joins generation `generation` of the ring of `job_id` as `rank`: connects to rank+1 and accepts rank-1
+    /// on `listener`. `peer_addresses[i]` is the listen address of rank i (its length is the world size).
+    ///
+    /// Waits for the peers until `config.connect_timeout`; `abort` ends the wait at once with
+    /// [`CollectiveError::Aborted`], and once the ring is established it aborts a blocked operation.
     pub fn establish(
         listener: &RingListener,
         job_id: &str,
+        generation: u32,
         rank: usize,
         peer_addresses: &[String],
         config: &RingConfig,
+        abort: &RingAbort,
     ) -> Result<Self, CollectiveError> {
         let world_size = peer_addresses.len();
         validate_setup(rank, world_size, config)?;
+        if abort.is_aborted() {
+            return Err(CollectiveError::Aborted {
+                reason: abort.reason_or_unknown(),
+            });
+        }
         let mut ring = RingAllReduce {
             job_id: job_id.to_string(),
+            generation,
             rank,
             world_size,
             config: config.clone(),
+            abort: abort.clone(),
+            _abort_registration: None,
             links: None,
             sequence: 0,
             poisoned: None,
@@ -110,36 +143,77 @@ impl RingAllReduce {
             })?;
         let identity = RingIdentity {
             job_id,
+            generation,
             rank,
             world_size,
         };
         let deadline = Instant::now() + config.connect_timeout;
+        // Set by whichever half fails first, so the other stops waiting instead of running to the deadline.
+        let half_failed = AtomicBool::new(false);
+        let watch = FormationWatch {
+            abort,
+            other_half_failed: &half_failed,
+        };
+        let report = |outcome: Result<TcpStream>| -> FormationHalf {
+            let primary = outcome.is_err() && !half_failed.swap(true, Ordering::SeqCst);
+            FormationHalf { outcome, primary }
+        };
         // Connect and accept at the same time: every rank does both, so doing them in turn would deadlock.
         let (connected, accepted) = std::thread::scope(|scope| {
             let connector = scope.spawn(|| {
-                connect_next_rank(
+                report(connect_next_rank(
                     &identity,
                     next_rank,
                     next_address,
                     deadline,
-                    config.io_timeout,
-                )
+                    &watch,
+                ))
             });
-            let accepted = listener.accept_previous_rank(
+            let accepted = report(listener.accept_previous_rank(
                 &identity,
                 previous_rank,
                 deadline,
-                config.io_timeout,
-            );
-            let connected = connector.join().unwrap_or_else(|_| {
-                Err(CollectiveError::InvalidSetup {
+                config.handshake_timeout,
+                &watch,
+            ));
+            let connected = connector.join().unwrap_or_else(|_| FormationHalf {
+                outcome: Err(CollectiveError::InvalidSetup {
                     reason: "the thread connecting to the next rank panicked".to_string(),
-                })
+                }),
+                primary: true,
             });
             (connected, accepted)
         });
-        let to_next_stream = connected?;
-        let from_previous_stream = accepted?;
+        if abort.is_aborted() {
+            return Err(CollectiveError::Aborted {
+                reason: abort.reason_or_unknown(),
+            });
+        }
+        let (to_next_stream, from_previous_stream) = match (connected, accepted) {
+            (
+                FormationHalf {
+                    outcome: Ok(to_next_stream),
+                    ..
+                },
+                FormationHalf {
+                    outcome: Ok(from_previous_stream),
+                    ..
+                },
+            ) => (to_next_stream, from_previous_stream),
+            // The half that failed first says why; the other only stopped because of it.
+            (connected, accepted) => {
+                let failed_first = if accepted.primary {
+                    accepted
+                } else {
+                    connected
+                };
+                return Err(failed_first.outcome.err().unwrap_or_else(|| {
+                    CollectiveError::InvalidSetup {
+                        reason: "establishing the ring failed without an error".to_string(),
+                    }
+                }));
+            }
+        };
         let to_next = PeerLink {
             peer: PeerEndpoint {
                 rank: next_rank,
@@ -154,24 +228,38 @@ impl RingAllReduce {
             },
             stream: from_previous_stream,
         };
+        let mut abort_streams = Vec::with_capacity(2);
         for link in [&to_next, &from_previous] {
             link.stream
                 .set_read_timeout(Some(config.io_timeout))
                 .and_then(|()| link.stream.set_write_timeout(Some(config.io_timeout)))
+                .and_then(|()| link.stream.try_clone())
+                .map(|clone| abort_streams.push(clone))
                 .map_err(|source| {
                     link.peer
-                        .io_error("configuring timeouts", config.io_timeout, source)
+                        .io_error("configuring the connection", config.io_timeout, source)
                 })?;
+        }
+        ring._abort_registration = Some(abort.register(abort_streams));
+        if abort.is_aborted() {
+            return Err(CollectiveError::Aborted {
+                reason: abort.reason_or_unknown(),
+            });
         }
         info!(
             job_id,
-            rank, world_size, next_rank, previous_rank, "ring established"
+            generation, rank, world_size, next_rank, previous_rank, "ring established"
         );
         ring.links = Some(RingLinks {
             to_next,
             from_previous,
         });
         Ok(ring)
+    }
+
+    /// The generation of the job's ring this rank joined.
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     /// Whether an earlier failure made the ring unusable.
@@ -195,6 +283,13 @@ impl RingAllReduce {
                 cause: cause.clone(),
             });
         }
+        if self.abort.is_aborted() {
+            let aborted = CollectiveError::Aborted {
+                reason: self.abort.reason_or_unknown(),
+            };
+            self.poisoned = Some(aborted.to_string());
+            return Err(aborted);
+        }
         let Some(links) = &self.links else {
             return Ok(());
         };
@@ -214,8 +309,18 @@ impl RingAllReduce {
                 self.world_size,
             )
         });
+        // An abort shuts the connections down under the operation: report the abort, not the broken pipe.
+        let outcome = outcome.map_err(|failure| {
+            if self.abort.is_aborted() {
+                CollectiveError::Aborted {
+                    reason: self.abort.reason_or_unknown(),
+                }
+            } else {
+                failure
+            }
+        });
         if let Err(failure) = &outcome {
-            error!(job_id = %self.job_id, rank = self.rank, %failure, "ring operation failed, ring poisoned");
+            error!(job_id = %self.job_id, generation = self.generation, rank = self.rank, %failure, "ring operation failed, ring poisoned");
             self.poisoned = Some(failure.to_string());
             for link in [&links.to_next, &links.from_previous] {
                 let _ = link.stream.shutdown(Shutdown::Both);
@@ -239,8 +344,11 @@ fn validate_setup(rank: usize, world_size: usize, config: &RingConfig) -> Result
             "chunk_bytes {} is smaller than one f32",
             config.chunk_bytes
         ))
-    } else if config.io_timeout.is_zero() || config.connect_timeout.is_zero() {
-        Some("connect_timeout and io_timeout must be positive".to_string())
+    } else if config.io_timeout.is_zero()
+        || config.connect_timeout.is_zero()
+        || config.handshake_timeout.is_zero()
+    {
+        Some("connect_timeout, handshake_timeout and io_timeout must be positive".to_string())
     } else {
         None
     };

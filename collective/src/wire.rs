@@ -21,21 +21,70 @@ pub(crate) fn write_frame<M: prost::Message>(
     stream.flush()
 }
 
-/// Reads one frame written by [`write_frame`].
-pub(crate) fn read_frame<M: prost::Message + Default>(mut stream: &TcpStream) -> io::Result<M> {
-    let mut length_bytes = [0u8; 4];
-    stream.read_exact(&mut length_bytes)?;
-    let length = u32::from_le_bytes(length_bytes) as usize;
-    if length > MAX_HANDSHAKE_FRAME_BYTES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("handshake frame of {length} bytes exceeds {MAX_HANDSHAKE_FRAME_BYTES}"),
-        ));
+/// Reads one frame written by [`write_frame`] in pieces, so the caller can poll several connections or check
+/// for an abort between reads: each [`FrameReader::poll`] takes what the socket has (a non-blocking socket, or
+/// a blocking one up to its read timeout) and never reads past the end of the frame.
+#[derive(Debug, Default)]
+pub(crate) struct FrameReader {
+    received: Vec<u8>,
+}
+
+impl FrameReader {
+    /// The decoded frame once it is complete, `None` while bytes are still missing.
+    pub(crate) fn poll<M: prost::Message + Default>(
+        &mut self,
+        mut stream: &TcpStream,
+    ) -> io::Result<Option<M>> {
+        let mut piece = [0u8; 1024];
+        loop {
+            let frame_bytes = self.frame_bytes()?;
+            if self.received.len() == frame_bytes {
+                let decoded = M::decode(&self.received[4..]).map_err(|decode_error| {
+                    io::Error::new(io::ErrorKind::InvalidData, decode_error)
+                });
+                self.received.clear();
+                return decoded.map(Some);
+            }
+            let missing = (frame_bytes - self.received.len()).min(piece.len());
+            match stream.read(&mut piece[..missing]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "connection closed after {} bytes of a handshake frame",
+                            self.received.len()
+                        ),
+                    ));
+                }
+                Ok(read) => self.received.extend_from_slice(&piece[..read]),
+                Err(read_error)
+                    if matches!(
+                        read_error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None);
+                }
+                Err(read_error) if read_error.kind() == io::ErrorKind::Interrupted => {}
+                Err(read_error) => return Err(read_error),
+            }
+        }
     }
-    let mut encoded = vec![0u8; length];
-    stream.read_exact(&mut encoded)?;
-    M::decode(encoded.as_slice())
-        .map_err(|decode_error| io::Error::new(io::ErrorKind::InvalidData, decode_error))
+
+    /// Size of the whole frame (length prefix included) as far as it is known.
+    fn frame_bytes(&self) -> io::Result<usize> {
+        let Some(length_bytes) = self.received.first_chunk::<4>() else {
+            return Ok(4);
+        };
+        let length = u32::from_le_bytes(*length_bytes) as usize;
+        if length > MAX_HANDSHAKE_FRAME_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("handshake frame of {length} bytes exceeds {MAX_HANDSHAKE_FRAME_BYTES}"),
+            ));
+        }
+        Ok(4 + length)
+    }
 }
 
 /// Which collective an operation header announces.
@@ -172,6 +221,54 @@ pub(crate) fn add_into(accumulator: &mut [f32], addend: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn frame_reader_assembles_a_frame_sent_in_pieces_and_rejects_oversized_ones() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut sender = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (receiver, _) = listener.accept().expect("accept");
+        receiver.set_nonblocking(true).expect("nonblocking");
+        let hello = plankton_proto::v1::PeerHello {
+            protocol_version: 2,
+            job_id: "pieces".to_string(),
+            rank: 1,
+            world_size: 3,
+            generation: 4,
+        };
+        let encoded = prost::Message::encode_to_vec(&hello);
+        let mut frame = (encoded.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&encoded);
+        let mut reader = FrameReader::default();
+        let (head, tail) = frame.split_at(3);
+        sender.write_all(head).expect("write");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            reader
+                .poll::<plankton_proto::v1::PeerHello>(&receiver)
+                .expect("poll"),
+            None
+        );
+        sender.write_all(tail).expect("write");
+        sender.write_all(b"next").expect("write");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(reader.poll(&receiver).expect("poll"), Some(hello));
+        // The bytes after the frame are left in the socket.
+        let mut after = [0u8; 4];
+        receiver.peek(&mut after).expect("peek");
+        assert_eq!(&after, b"next");
+
+        let mut oversized = FrameReader::default();
+        let mut foreign =
+            TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (foreign_receiver, _) = listener.accept().expect("accept");
+        foreign.write_all(b"GET / HTTP/1.1\r\n").expect("write");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let error = oversized
+            .poll::<plankton_proto::v1::PeerHello>(&foreign_receiver)
+            .expect_err("oversized");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
 
     #[test]
     fn operation_header_round_trips_and_rejects_garbage() {

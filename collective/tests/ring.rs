@@ -2,11 +2,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Barrier;
+use std::sync::{Barrier, mpsc};
 use std::time::{Duration, Instant};
 
 use plankton_collective::{
-    Collective, CollectiveError, RingAllReduce, RingConfig, RingListener, SingleProcess,
+    Collective, CollectiveError, RingAbort, RingAllReduce, RingConfig, RingListener, SingleProcess,
 };
 use plankton_proto::v1::{PeerHello, PeerHelloAck};
 use prost::Message;
@@ -14,9 +14,29 @@ use prost::Message;
 fn test_config() -> RingConfig {
     RingConfig {
         connect_timeout: Duration::from_secs(10),
+        handshake_timeout: Duration::from_secs(5),
         io_timeout: Duration::from_secs(10),
         chunk_bytes: 4096,
     }
+}
+
+fn send_hello(stream: &mut TcpStream, hello: &PeerHello) {
+    let encoded = hello.encode_to_vec();
+    stream
+        .write_all(&(encoded.len() as u32).to_le_bytes())
+        .expect("write");
+    stream.write_all(&encoded).expect("write");
+}
+
+fn read_ack(stream: &mut TcpStream) -> PeerHelloAck {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut length_bytes = [0u8; 4];
+    stream.read_exact(&mut length_bytes).expect("ack length");
+    let mut ack_bytes = vec![0u8; u32::from_le_bytes(length_bytes) as usize];
+    stream.read_exact(&mut ack_bytes).expect("ack");
+    PeerHelloAck::decode(ack_bytes.as_slice()).expect("decode ack")
 }
 
 fn bind_listeners(world_size: usize) -> (Vec<RingListener>, Vec<String>) {
@@ -30,7 +50,8 @@ fn bind_listeners(world_size: usize) -> (Vec<RingListener>, Vec<String>) {
     (listeners, addresses)
 }
 
-/// Establishes the ring of `job_id` with one thread per rank and runs `per_rank` on each rank's ring.
+/// Establishes generation 0 of the ring of `job_id` with one thread per rank and runs `per_rank` on each
+/// rank's ring.
 fn with_ring<T: Send>(
     listeners: &[RingListener],
     addresses: &[String],
@@ -38,14 +59,36 @@ fn with_ring<T: Send>(
     config: &RingConfig,
     per_rank: impl Fn(usize, RingAllReduce) -> T + Sync,
 ) -> Vec<T> {
+    // Held for the whole run, as a watchdog would: a ring's registration must not keep its sockets open.
+    let aborts: Vec<RingAbort> = (0..listeners.len()).map(|_| RingAbort::new()).collect();
+    with_ring_aborts(listeners, addresses, job_id, 0, config, &aborts, per_rank)
+}
+
+/// [`with_ring`] for generation `generation`, rank r watched by `aborts[r]`.
+fn with_ring_aborts<T: Send>(
+    listeners: &[RingListener],
+    addresses: &[String],
+    job_id: &str,
+    generation: u32,
+    config: &RingConfig,
+    aborts: &[RingAbort],
+    per_rank: impl Fn(usize, RingAllReduce) -> T + Sync,
+) -> Vec<T> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..listeners.len())
             .map(|rank| {
                 let per_rank = &per_rank;
                 scope.spawn(move || {
-                    let ring =
-                        RingAllReduce::establish(&listeners[rank], job_id, rank, addresses, config)
-                            .unwrap_or_else(|error| panic!("rank {rank} establish: {error}"));
+                    let ring = RingAllReduce::establish(
+                        &listeners[rank],
+                        job_id,
+                        generation,
+                        rank,
+                        addresses,
+                        config,
+                        &aborts[rank],
+                    )
+                    .unwrap_or_else(|error| panic!("rank {rank} establish: {error}"));
                     per_rank(rank, ring)
                 })
             })
@@ -232,17 +275,22 @@ fn single_process_and_ring_of_one_are_no_ops() {
     assert_eq!(buffer, vec![1.0, 2.0]);
     assert!(single.broadcast(&mut buffer, 1).is_err());
     let listener = RingListener::bind("127.0.0.1:0").expect("bind");
+    let abort = RingAbort::new();
     let mut ring = RingAllReduce::establish(
         &listener,
         "solo",
         0,
+        0,
         &["unused:1".to_string()],
         &test_config(),
+        &abort,
     )
     .expect("ring of one");
     ring.all_reduce_sum(&mut buffer).expect("no-op");
     ring.barrier().expect("no-op");
     assert_eq!(buffer, vec![1.0, 2.0]);
+    abort.abort("job cancelled");
+    assert!(ring.all_reduce_sum(&mut buffer).unwrap_err().is_aborted());
 }
 
 #[test]
@@ -251,17 +299,16 @@ fn stale_and_foreign_connections_are_rejected_and_the_ring_still_forms() {
     let (listeners, addresses) = bind_listeners(world_size);
     // Left in rank 1's backlog before the job starts: a hello from an earlier job, and a non-ring client.
     let mut stale = TcpStream::connect(listeners[1].local_addr()).expect("connect stale");
-    let hello = PeerHello {
-        protocol_version: 1,
-        job_id: "old-job".to_string(),
-        rank: 0,
-        world_size: 2,
-    };
-    let encoded = hello.encode_to_vec();
-    stale
-        .write_all(&(encoded.len() as u32).to_le_bytes())
-        .expect("write");
-    stale.write_all(&encoded).expect("write");
+    send_hello(
+        &mut stale,
+        &PeerHello {
+            protocol_version: 2,
+            job_id: "old-job".to_string(),
+            rank: 0,
+            world_size: 2,
+            generation: 0,
+        },
+    );
     let mut foreign = TcpStream::connect(listeners[1].local_addr()).expect("connect foreign");
     foreign.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
 
@@ -278,14 +325,7 @@ fn stale_and_foreign_connections_are_rejected_and_the_ring_still_forms() {
     );
     assert!(sums.iter().all(|sum| *sum == expected_sum(world_size, 13)));
 
-    stale
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let mut length_bytes = [0u8; 4];
-    stale.read_exact(&mut length_bytes).expect("ack length");
-    let mut ack_bytes = vec![0u8; u32::from_le_bytes(length_bytes) as usize];
-    stale.read_exact(&mut ack_bytes).expect("ack");
-    let ack = PeerHelloAck::decode(ack_bytes.as_slice()).expect("decode ack");
+    let ack = read_ack(&mut stale);
     assert!(!ack.accepted);
     assert!(
         ack.reason.contains("old-job") && ack.reason.contains("new-job"),
@@ -336,7 +376,9 @@ fn a_peer_that_dies_mid_operation_fails_the_others_fast_and_poisons_the_ring() {
         if rank == 0 {
             // Rank 0 reads from rank 2.
             assert!(message.contains("peer rank 2"), "{message}");
+            assert_eq!(error.peer_rank(), Some(2), "{message}");
         }
+        assert!(!error.is_aborted(), "rank {rank}: {message}");
         assert!(
             matches!(after, CollectiveError::Poisoned { .. }),
             "rank {rank}: {after}"
@@ -416,12 +458,229 @@ fn establishing_without_the_peers_times_out_naming_them() {
         ..test_config()
     };
     let started = Instant::now();
-    let error = RingAllReduce::establish(&listeners[0], "lonely", 0, &addresses, &config)
-        .expect_err("no peer");
+    let error = RingAllReduce::establish(
+        &listeners[0],
+        "lonely",
+        0,
+        0,
+        &addresses,
+        &config,
+        &RingAbort::new(),
+    )
+    .expect_err("no peer");
     assert!(started.elapsed() < Duration::from_secs(3));
     let message = error.to_string();
     assert!(
         message.contains("peer rank 1") && message.contains("lonely"),
         "{message}"
     );
+}
+
+#[test]
+fn a_hello_of_another_generation_is_rejected_and_the_right_generation_still_forms() {
+    let world_size = 2;
+    let (listeners, addresses) = bind_listeners(world_size);
+    // A connection left over from generation 0 of the job, which has since been re-formed as generation 1.
+    let mut leftover = TcpStream::connect(listeners[1].local_addr()).expect("connect leftover");
+    send_hello(
+        &mut leftover,
+        &PeerHello {
+            protocol_version: 2,
+            job_id: "reformed".to_string(),
+            rank: 0,
+            world_size: 2,
+            generation: 0,
+        },
+    );
+    let quick = RingConfig {
+        connect_timeout: Duration::from_millis(400),
+        ..test_config()
+    };
+    std::thread::scope(|scope| {
+        let rank_one = scope.spawn(|| {
+            let mut ring = RingAllReduce::establish(
+                &listeners[1],
+                "reformed",
+                1,
+                1,
+                &addresses,
+                &test_config(),
+                &RingAbort::new(),
+            )
+            .expect("rank 1 establishes generation 1");
+            let mut buffer = rank_values(1, 13);
+            ring.all_reduce_sum(&mut buffer).expect("all_reduce_sum");
+            buffer
+        });
+        // Rank 0 lags behind: it still tries generation 0, which rank 1 refuses.
+        let stale_attempt = RingAllReduce::establish(
+            &listeners[0],
+            "reformed",
+            0,
+            0,
+            &addresses,
+            &quick,
+            &RingAbort::new(),
+        )
+        .expect_err("generation 0 is over");
+        assert!(
+            matches!(
+                stale_attempt,
+                CollectiveError::ConnectTimeout { peer_rank: 1, .. }
+                    | CollectiveError::AcceptTimeout { peer_rank: 1, .. }
+            ),
+            "{stale_attempt}"
+        );
+        let mut ring = RingAllReduce::establish(
+            &listeners[0],
+            "reformed",
+            1,
+            0,
+            &addresses,
+            &test_config(),
+            &RingAbort::new(),
+        )
+        .expect("rank 0 establishes generation 1");
+        assert_eq!(ring.generation(), 1);
+        let mut buffer = rank_values(0, 13);
+        ring.all_reduce_sum(&mut buffer).expect("all_reduce_sum");
+        assert_eq!(buffer, expected_sum(world_size, 13));
+        assert_eq!(
+            rank_one.join().expect("rank 1"),
+            expected_sum(world_size, 13)
+        );
+    });
+    let ack = read_ack(&mut leftover);
+    assert!(!ack.accepted);
+    assert_eq!(ack.generation, 1);
+    assert!(ack.reason.contains("generation 0"), "{}", ack.reason);
+}
+
+#[test]
+fn an_abort_ends_establishing_at_once() {
+    let (listeners, addresses) = bind_listeners(2);
+    // Rank 1 is alive (its listener queues the connection) but busy elsewhere: a long formation wait.
+    let config = RingConfig {
+        connect_timeout: Duration::from_secs(60),
+        ..test_config()
+    };
+    let abort = RingAbort::new();
+    let (aborted_at_sender, aborted_at) = mpsc::channel();
+    let watchdog = {
+        let abort = abort.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            aborted_at_sender.send(Instant::now()).expect("send");
+            abort.abort("member 1 lost");
+        })
+    };
+    let error =
+        RingAllReduce::establish(&listeners[0], "waiting", 0, 0, &addresses, &config, &abort)
+            .expect_err("aborted");
+    let returned_at = Instant::now();
+    watchdog.join().expect("watchdog");
+    let latency = returned_at - aborted_at.recv().expect("abort time");
+    eprintln!("establish returned {latency:?} after the abort");
+    assert!(latency < Duration::from_millis(300), "{latency:?}");
+    assert!(error.is_aborted(), "{error}");
+    assert!(error.to_string().contains("member 1 lost"), "{error}");
+}
+
+#[test]
+fn an_abort_ends_an_all_reduce_blocked_on_a_stalled_peer() {
+    let world_size = 2;
+    let (listeners, addresses) = bind_listeners(world_size);
+    let aborts = [RingAbort::new(), RingAbort::new()];
+    let (rank_zero_done_sender, rank_zero_done) = mpsc::channel::<()>();
+    let rank_zero_done = std::sync::Mutex::new(rank_zero_done);
+    let outcomes = with_ring_aborts(
+        &listeners,
+        &addresses,
+        "stalled-peer",
+        0,
+        &test_config(),
+        &aborts,
+        |rank, mut ring| {
+            let mut buffer = rank_values(rank, 100_000);
+            if rank == 1 {
+                // Alive but stalled: joins the all-reduce only after rank 0 has given up.
+                rank_zero_done
+                    .lock()
+                    .expect("lock")
+                    .recv()
+                    .expect("rank 0 done");
+                return (
+                    ring.all_reduce_sum(&mut buffer)
+                        .expect_err("rank 0 aborted"),
+                    None,
+                );
+            }
+            let (aborted_at_sender, aborted_at) = mpsc::channel();
+            let watchdog = {
+                let abort = aborts[0].clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(200));
+                    aborted_at_sender.send(Instant::now()).expect("send");
+                    abort.abort("step watchdog: peer stalled");
+                })
+            };
+            let error = ring.all_reduce_sum(&mut buffer).expect_err("aborted");
+            let latency = Instant::now() - aborted_at.recv().expect("abort time");
+            watchdog.join().expect("watchdog");
+            let after = ring.barrier().expect_err("poisoned");
+            assert!(matches!(after, CollectiveError::Poisoned { .. }), "{after}");
+            rank_zero_done_sender.send(()).expect("send");
+            (error, Some(latency))
+        },
+    );
+    let (error, latency) = &outcomes[0];
+    let latency = latency.expect("rank 0 latency");
+    eprintln!("all_reduce_sum returned {latency:?} after the abort");
+    assert!(latency < Duration::from_millis(300), "{latency:?}");
+    assert!(
+        matches!(error, CollectiveError::Aborted { reason } if reason.contains("peer stalled")),
+        "{error}"
+    );
+    // The stalled rank finds its neighbour gone, named.
+    let (peer_error, _) = &outcomes[1];
+    assert_eq!(peer_error.peer_rank(), Some(0), "{peer_error}");
+    assert!(!peer_error.is_aborted(), "{peer_error}");
+}
+
+#[test]
+fn a_silent_connection_does_not_delay_the_ring() {
+    let world_size = 2;
+    let (listeners, addresses) = bind_listeners(world_size);
+    let handshake_timeout = Duration::from_millis(500);
+    let config = RingConfig {
+        handshake_timeout,
+        ..test_config()
+    };
+    // Queued before the real peer on both listeners: one says nothing, one sends half a frame.
+    let mut silent = TcpStream::connect(listeners[1].local_addr()).expect("connect silent");
+    let mut half_frame = TcpStream::connect(listeners[0].local_addr()).expect("connect half");
+    half_frame.write_all(&[40, 0]).expect("write");
+    let started = Instant::now();
+    let formed_after = with_ring(
+        &listeners,
+        &addresses,
+        "silent-connection",
+        &config,
+        |rank, mut ring| {
+            let formed_after = started.elapsed();
+            let mut buffer = rank_values(rank, 13);
+            ring.all_reduce_sum(&mut buffer).expect("all_reduce_sum");
+            assert_eq!(buffer, expected_sum(world_size, 13));
+            formed_after
+        },
+    );
+    let slowest = formed_after.iter().max().copied().expect("ranks");
+    eprintln!("ring formed in {slowest:?} with a silent connection queued");
+    assert!(slowest < handshake_timeout, "{slowest:?}");
+    // The silent connection was closed when the ring formed, without an answer.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    assert_eq!(silent.read(&mut byte).unwrap_or(0), 0);
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use plankton_collective::{Collective, RingAllReduce, RingConfig, RingListener};
+use plankton_collective::{Collective, RingAbort, RingAllReduce, RingConfig, RingListener};
 
 #[derive(Debug, Parser)]
 #[command(about = "Ring all-reduce vs gloo, 2 processes on 127.0.0.1")]
@@ -77,8 +77,15 @@ fn run_rank(options: &Options, rank: usize) -> anyhow::Result<()> {
         chunk_bytes: options.chunk_bytes,
         ..RingConfig::default()
     };
-    let mut ring =
-        RingAllReduce::establish(&listener, "allreduce-bench", rank, &options.peers, &config)?;
+    let mut ring = RingAllReduce::establish(
+        &listener,
+        "allreduce-bench",
+        0,
+        rank,
+        &options.peers,
+        &config,
+        &RingAbort::new(),
+    )?;
     for &size_mib in &options.sizes_mib {
         let element_count = size_mib * 1024 * 1024 / std::mem::size_of::<f32>();
         let mut buffer = vec![1.0f32; element_count];
