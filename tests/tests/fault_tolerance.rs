@@ -121,9 +121,10 @@ async fn a_stalled_rank_is_aborted_and_its_worker_takes_the_next_job() -> anyhow
     let job = cluster.run_job(spec(dataset_url)).await?;
     assert_eq!(job.recoveries.len(), 1, "{:?}", job.recoveries);
     let recovery = &job.recoveries[0];
-    assert!(recovery.reason.contains("rank"), "the reason names the ranks: {}", recovery.reason);
-    assert_eq!(recovery.world_size, 2);
-    let stalled_worker = recovery.lost_workers.first().expect("the stalled worker is excluded").clone();
+    // The peers' ring timeout names the stalled rank; the coordinator's abort frees the stalled worker, which
+    // is healthy again and may rejoin.
+    assert!(recovery.reason.contains("rank 1"), "the reason names the stalled rank: {}", recovery.reason);
+    assert!(recovery.steps_lost <= 1, "{recovery:?}");
     assert!(started.elapsed() < Duration::from_secs(120));
 
     // The stalled worker was aborted and is idle again: a job for all three workers runs.
@@ -138,7 +139,7 @@ async fn a_stalled_rank_is_aborted_and_its_worker_takes_the_next_job() -> anyhow
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let next = cluster.run_job(JobSpec { epochs: 1, ..spec(dataset_url) }).await?;
-    assert!(next.workers.iter().any(|worker| worker.worker_id == stalled_worker));
+    assert_eq!(next.workers.len(), 3);
     cluster.shutdown().await
 }
 
