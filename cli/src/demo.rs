@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use tokio::process::{Child, Command};
 
-use plankton_proto::v1::{JobPhase, JobSpec};
+use plankton_proto::v1::{CancelJobRequest, JobPhase, JobSpec, ListJobsRequest};
 
 use crate::OutputFormat;
 use crate::job_commands::{self, JobFields};
@@ -91,6 +91,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ],
         &dir.join("logs/coordinator.log"),
     )?);
+    // The coordinator keeps jobs in the state folder and carries on with unfinished ones after a restart: a
+    // demo interrupted earlier would take this demo's workers. End those before any worker registers.
+    cancel_unfinished_jobs(&coordinator_url).await?;
     for index in 0..args.workers {
         processes.0.push(spawn(
             &binaries.join("plankton-worker"),
@@ -142,6 +145,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "model weights and card written under {}",
         finished.model_url.trim_end_matches("model.safetensors")
     );
+    Ok(())
+}
+
+/// Cancels the jobs an earlier, interrupted demo left unfinished in the state folder (waits for the coordinator).
+async fn cancel_unfinished_jobs(coordinator_url: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        match job_commands::connect(coordinator_url).await {
+            Ok(client) => break client,
+            Err(error) if tokio::time::Instant::now() > deadline => {
+                return Err(
+                    error.context("the coordinator did not start; see logs/coordinator.log")
+                );
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let jobs = client
+        .list_jobs(ListJobsRequest {})
+        .await
+        .map_err(|status| job_commands::call_error("list", status))?
+        .into_inner()
+        .jobs;
+    for job in jobs {
+        if matches!(
+            job.phase(),
+            JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled
+        ) {
+            continue;
+        }
+        client
+            .cancel_job(CancelJobRequest {
+                job_id: job.id.clone(),
+            })
+            .await
+            .map_err(|status| job_commands::call_error("cancel", status))?;
+        println!(
+            "state: cancelled job {} ({}), left unfinished by an earlier demo",
+            job.id,
+            crate::render::phase_name(job.phase())
+        );
+    }
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! Job commands: submit, watch, list, get, cancel, workers.
+//! Job commands: submit, watch, list, get, cancel, resume, workers.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,8 +13,8 @@ use tonic::transport::Channel;
 use plankton_proto::v1::job_service_client::JobServiceClient;
 use plankton_proto::v1::{
     Augmentation, CancelJobRequest, ClassWeighting, GetJobRequest, Job, JobPhase, JobSpec,
-    ListJobsRequest, ListWorkersRequest, LrSchedule, OptimizerKind, ResizeMode, SubmitJobRequest,
-    WatchJobRequest, job_event,
+    ListJobsRequest, ListWorkersRequest, LrSchedule, OptimizerKind, ResizeMode, ResumeJobRequest,
+    SubmitJobRequest, WatchJobRequest, job_event,
 };
 
 use crate::OutputFormat;
@@ -140,6 +140,23 @@ pub struct JobFields {
     /// libtorch threads per worker (default: the worker's own setting).
     #[arg(long)]
     pub threads_per_worker: Option<u32>,
+    /// Fewest workers the job goes on with after losing some (0 = 1). Their virtual shards move to the
+    /// survivors, so the global batch stays the same.
+    #[arg(long)]
+    pub min_workers: Option<u32>,
+    /// Ring re-formations after faults allowed before the job fails (0 = 10).
+    #[arg(long)]
+    pub max_recoveries: Option<u32>,
+    /// Also checkpoint every N optimizer steps (0 = only at epoch ends).
+    #[arg(long)]
+    pub checkpoint_every_steps: Option<u32>,
+    /// Complete checkpoints kept under <output>/checkpoints/ (0 = 2).
+    #[arg(long)]
+    pub keep_checkpoints: Option<u32>,
+    /// Initialise the model from the weights of this checkpoint folder URL (fine-tuning); training starts at
+    /// step 0 with a fresh optimizer.
+    #[arg(long = "init-from", value_name = "URL")]
+    pub init_from: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -173,6 +190,11 @@ impl JobFields {
             seed: self.seed.or(file.seed),
             name: self.name.or(file.name),
             threads_per_worker: self.threads_per_worker.or(file.threads_per_worker),
+            min_workers: self.min_workers.or(file.min_workers),
+            max_recoveries: self.max_recoveries.or(file.max_recoveries),
+            checkpoint_every_steps: self.checkpoint_every_steps.or(file.checkpoint_every_steps),
+            keep_checkpoints: self.keep_checkpoints.or(file.keep_checkpoints),
+            init_from: self.init_from.or(file.init_from),
         }
     }
 
@@ -216,6 +238,11 @@ impl JobFields {
             max_objects: self.max_objects.unwrap_or(0),
             test_fraction: 0.0,
             threads_per_worker: self.threads_per_worker.unwrap_or(0),
+            min_workers: self.min_workers.unwrap_or(0),
+            max_recoveries: self.max_recoveries.unwrap_or(0),
+            checkpoint_every_steps: self.checkpoint_every_steps.unwrap_or(0),
+            keep_checkpoints: self.keep_checkpoints.unwrap_or(0),
+            init_from: self.init_from.unwrap_or_default(),
         })
     }
 }
@@ -299,6 +326,10 @@ pub async fn watch(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Res
             Some(job_event::Event::Progress(progress)) => display.progress(&progress),
             Some(job_event::Event::EpochMetrics(metrics)) => display.epoch(&metrics),
             Some(job_event::Event::Log(line)) => display.line(&line),
+            Some(job_event::Event::Recovery(recovery)) => display.recovery(&recovery),
+            Some(job_event::Event::Checkpoint(checkpoint)) => {
+                display.line(&render::checkpoint_line(&checkpoint))
+            }
             Some(job_event::Event::Finished(job)) => {
                 finished = Some(job);
                 break;
@@ -375,6 +406,22 @@ impl WatchDisplay {
         self.line(&format!("phase: {}", render::phase_name(phase)));
     }
 
+    /// A generation formed or resumed: a line, and the bars of ranks it no longer has go away.
+    fn recovery(&mut self, recovery: &plankton_proto::v1::Recovery) {
+        self.line(&render::recovery_line(recovery));
+        let gone: Vec<u32> = self
+            .rank_bars
+            .range(recovery.world_size..)
+            .map(|(rank, _)| *rank)
+            .collect();
+        for rank in gone {
+            if let Some(bar) = self.rank_bars.remove(&rank) {
+                bar.finish_and_clear();
+                self.bars.remove(&bar);
+            }
+        }
+    }
+
     fn progress(&mut self, progress: &plankton_proto::v1::WorkerProgress) {
         if !self.enabled {
             return;
@@ -393,8 +440,13 @@ impl WatchDisplay {
             } else {
                 progress.epoch.to_string()
             };
+            let generation_text = if progress.generation > 0 {
+                format!("gen {} ", progress.generation)
+            } else {
+                String::new()
+            };
             bar.set_message(format!(
-                "epoch {epoch_text} loss {:.3} {:.0} img/s",
+                "{generation_text}epoch {epoch_text} loss {:.3} {:.0} img/s",
                 progress.loss, progress.images_per_second
             ));
         }
@@ -469,6 +521,46 @@ pub async fn cancel(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Re
             println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?)
         }
         OutputFormat::Table => println!("{} {}", job.id, render::phase_name(job.phase())),
+    }
+    Ok(())
+}
+
+/// Restarts a failed or cancelled job from its latest complete checkpoint; prints it as `get` does, or follows
+/// it to its end with `watch` (then a job that does not succeed is an error).
+pub async fn resume(
+    url: &str,
+    job_id: &str,
+    watch_after: bool,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    let mut client = connect(url).await?;
+    let job = client
+        .resume_job(ResumeJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .map_err(|status| call_error("resume", status))?
+        .into_inner();
+    if watch_after {
+        if output == OutputFormat::Table {
+            println!("resuming {}", job.id);
+        }
+        let finished = watch(url, &job.id, output).await?;
+        if finished.phase() != JobPhase::Succeeded {
+            anyhow::bail!(
+                "job {} ended {}: {}",
+                finished.id,
+                render::phase_name(finished.phase()),
+                finished.message
+            );
+        }
+        return Ok(());
+    }
+    match output {
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&render::job_json(&job))?)
+        }
+        OutputFormat::Table => print!("{}", render::job_report(&job, false)),
     }
     Ok(())
 }

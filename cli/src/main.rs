@@ -53,6 +53,13 @@ enum Command {
     Get { job_id: String },
     /// Cancel a pending or running job.
     Cancel { job_id: String },
+    /// Restart a failed or cancelled job from its latest complete checkpoint.
+    Resume {
+        job_id: String,
+        /// Follow the job after resuming it.
+        #[arg(long)]
+        watch: bool,
+    },
     /// List registered workers.
     Workers,
     /// The model registry: trained models, versions and aliases.
@@ -150,6 +157,9 @@ async fn main() -> ExitCode {
         Command::Get { job_id } => job_commands::get(&cli.coordinator, &job_id, cli.output).await,
         Command::Cancel { job_id } => {
             job_commands::cancel(&cli.coordinator, &job_id, cli.output).await
+        }
+        Command::Resume { job_id, watch } => {
+            job_commands::resume(&cli.coordinator, &job_id, watch, cli.output).await
         }
         Command::Workers => job_commands::workers(&cli.coordinator, cli.output).await,
         Command::Models(ModelsCommand::List { name }) => {

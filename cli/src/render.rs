@@ -1,9 +1,13 @@
-//! Tables and JSON for jobs, metrics, confusion matrices and workers.
+//! Tables and JSON for jobs, metrics, recoveries, checkpoints, confusion matrices and workers.
+
+use std::time::{Duration, SystemTime};
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde_json::{Value, json};
 
-use plankton_proto::v1::{EvalMetrics, Job, JobPhase, WorkerInfo};
+use plankton_proto::v1::{
+    Checkpoint, EvalMetrics, Job, JobPhase, Recovery, WorkerInfo, WorkerProgress,
+};
 
 pub fn phase_name(phase: JobPhase) -> &'static str {
     match phase {
@@ -14,6 +18,7 @@ pub fn phase_name(phase: JobPhase) -> &'static str {
         JobPhase::Succeeded => "succeeded",
         JobPhase::Failed => "failed",
         JobPhase::Cancelled => "cancelled",
+        JobPhase::Recovering => "recovering",
     }
 }
 
@@ -47,7 +52,9 @@ pub fn job_json(job: &Job) -> Value {
             "class_weighting": spec.class_weighting().as_str_name(), "optimizer": spec.optimizer().as_str_name(),
             "lr_schedule": spec.lr_schedule().as_str_name(), "augmentation": spec.augmentation().as_str_name(),
             "resize_mode": spec.resize_mode().as_str_name(), "output_url": spec.output_url, "seed": spec.seed,
-            "max_objects": spec.max_objects,
+            "max_objects": spec.max_objects, "min_workers": spec.min_workers,
+            "max_recoveries": spec.max_recoveries, "checkpoint_every_steps": spec.checkpoint_every_steps,
+            "keep_checkpoints": spec.keep_checkpoints, "init_from": spec.init_from,
         },
         "classes": job.class_names,
         "class_weights": job.class_weights,
@@ -55,9 +62,28 @@ pub fn job_json(job: &Job) -> Value {
         "test_objects": job.test_objects,
         "skipped_objects": job.skipped_objects,
         "model_url": job.model_url,
+        "weights_digest": job.weights_digest,
+        "generation": job.generation,
+        "global_step": job.global_step,
+        "steps_per_epoch": job.steps_per_epoch,
+        "total_steps": total_steps(job),
+        "virtual_shard_count": job.virtual_shard_count,
         "workers": job.workers.iter().map(|worker| json!({
-            "rank": worker.rank, "worker_id": worker.worker_id, "epoch": worker.epoch, "step": worker.step,
-            "loss": worker.loss, "images_per_second": worker.images_per_second,
+            "rank": worker.rank, "worker_id": worker.worker_id, "generation": worker.generation,
+            "virtual_shards": worker.virtual_shards, "epoch": worker.epoch, "step": worker.step,
+            "global_step": worker.global_step, "loss": worker.loss, "images_per_second": worker.images_per_second,
+        })).collect::<Vec<_>>(),
+        "recoveries": job.recoveries.iter().map(|recovery| json!({
+            "generation": recovery.generation, "reason": recovery.reason, "fault": recovery.fault,
+            "lost_workers": recovery.lost_workers, "joined_workers": recovery.joined_workers,
+            "detected_unix_ms": recovery.detected_unix_ms, "formed_unix_ms": recovery.formed_unix_ms,
+            "resumed_unix_ms": recovery.resumed_unix_ms, "resumed_from_step": recovery.resumed_from_step,
+            "steps_lost": recovery.steps_lost, "world_size": recovery.world_size,
+            "state_source": recovery.state_source,
+        })).collect::<Vec<_>>(),
+        "checkpoints": job.checkpoints.iter().map(|checkpoint| json!({
+            "url": checkpoint.url, "global_step": checkpoint.global_step, "epoch": checkpoint.epoch,
+            "unix_ms": checkpoint.unix_ms,
         })).collect::<Vec<_>>(),
         "epochs": job.epochs.iter().map(metrics_json).collect::<Vec<_>>(),
     })
@@ -117,8 +143,33 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
         job.class_names.len(),
         job.skipped_objects
     ));
+    out.push_str(&format!("tolerance  {}\n", tolerance_summary(&spec)));
+    if !spec.init_from.is_empty() {
+        out.push_str(&format!("init from  {}\n", spec.init_from));
+    }
+    let recoveries = match job.recoveries.len() {
+        1 => "1 recovery".to_string(),
+        count => format!("{count} recoveries"),
+    };
+    out.push_str(&format!("generation {} ({recoveries})\n", job.generation));
+    out.push_str(&format!("steps      {}\n", step_summary(job, spec.epochs)));
     if !job.model_url.is_empty() {
         out.push_str(&format!("model      {}\n", job.model_url));
+    }
+    if !job.weights_digest.is_empty() {
+        out.push_str(&format!("digest     {}\n", job.weights_digest));
+    }
+    if !job.workers.is_empty() {
+        out.push_str("Members\n");
+        out.push_str(&member_table(&job.workers));
+    }
+    if !job.recoveries.is_empty() {
+        out.push_str("Recoveries\n");
+        out.push_str(&recovery_table(&job.recoveries));
+    }
+    if !job.checkpoints.is_empty() {
+        out.push_str("Checkpoints\n");
+        out.push_str(&checkpoint_table(&job.checkpoints));
     }
     if job.epochs.is_empty() {
         return out;
@@ -165,6 +216,236 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
     out
 }
 
+/// Optimizer steps of the whole job (epochs x steps per epoch); 0 until the coordinator knows the shards.
+fn total_steps(job: &Job) -> u64 {
+    let epochs = job.spec.as_ref().map_or(0, |spec| spec.epochs);
+    u64::from(epochs) * job.steps_per_epoch
+}
+
+fn step_summary(job: &Job, epochs: u32) -> String {
+    if job.steps_per_epoch == 0 {
+        return format!(
+            "global step {} (steps per epoch not known yet)",
+            job.global_step
+        );
+    }
+    format!(
+        "global step {} / {} ({} steps per epoch x {} epochs, {} virtual shards)",
+        job.global_step,
+        total_steps(job),
+        job.steps_per_epoch,
+        epochs,
+        job.virtual_shard_count
+    )
+}
+
+/// The fault-tolerance settings with the coordinator's defaults spelled out (0 means "default" in the spec).
+fn tolerance_summary(spec: &plankton_proto::v1::JobSpec) -> String {
+    let min_workers = spec.min_workers.max(1);
+    let max_recoveries = if spec.max_recoveries == 0 {
+        10
+    } else {
+        spec.max_recoveries
+    };
+    let keep = if spec.keep_checkpoints == 0 {
+        2
+    } else {
+        spec.keep_checkpoints
+    };
+    let cadence = if spec.checkpoint_every_steps == 0 {
+        "at epoch ends".to_string()
+    } else {
+        format!(
+            "at epoch ends and every {} steps",
+            spec.checkpoint_every_steps
+        )
+    };
+    format!(
+        "goes on with at least {min_workers} worker(s), up to {max_recoveries} recoveries; checkpoints {cadence}, {keep} kept"
+    )
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time to the second; "-" for 0 (not happened yet).
+fn time_of(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "-".into();
+    }
+    let time = SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// Virtual shard indices as ranges: `[0, 1, 2, 5]` -> "0-2, 5".
+pub fn shard_ranges(shards: &[u32]) -> String {
+    let mut sorted = shards.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut ranges: Vec<String> = Vec::new();
+    let mut index = 0;
+    while index < sorted.len() {
+        let first = sorted[index];
+        let mut last = first;
+        while index + 1 < sorted.len() && sorted[index + 1] == last + 1 {
+            index += 1;
+            last = sorted[index];
+        }
+        ranges.push(if first == last {
+            first.to_string()
+        } else {
+            format!("{first}-{last}")
+        });
+        index += 1;
+    }
+    if ranges.is_empty() {
+        return "-".into();
+    }
+    ranges.join(", ")
+}
+
+fn names_or_dash(names: &[String]) -> String {
+    if names.is_empty() {
+        return "-".into();
+    }
+    names.join(", ")
+}
+
+fn steps_text(steps: u64) -> String {
+    if steps == 1 {
+        "1 step".into()
+    } else {
+        format!("{steps} steps")
+    }
+}
+
+/// Seconds from the fault's detection to the new generation's first completed step; None until it resumed.
+fn time_to_resume(recovery: &Recovery) -> Option<f64> {
+    if recovery.resumed_unix_ms <= 0 || recovery.detected_unix_ms <= 0 {
+        return None;
+    }
+    Some((recovery.resumed_unix_ms - recovery.detected_unix_ms) as f64 / 1000.0)
+}
+
+fn member_table(workers: &[WorkerProgress]) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header([
+        "rank",
+        "worker",
+        "generation",
+        "virtual shards",
+        "epoch",
+        "step",
+        "global step",
+        "loss",
+        "img/s",
+    ]);
+    for worker in workers {
+        table.add_row([
+            worker.rank.to_string(),
+            worker.worker_id.clone(),
+            worker.generation.to_string(),
+            shard_ranges(&worker.virtual_shards),
+            worker.epoch.to_string(),
+            format!("{}/{}", worker.step, worker.steps_per_epoch),
+            worker.global_step.to_string(),
+            format!("{:.3}", worker.loss),
+            format!("{:.0}", worker.images_per_second),
+        ]);
+    }
+    format!("{table}\n")
+}
+
+/// One row per re-formation: what happened, when, what it cost.
+pub fn recovery_table(recoveries: &[Recovery]) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header([
+        "generation",
+        "detected",
+        "reason",
+        "lost",
+        "joined",
+        "resumed from step",
+        "steps lost",
+        "time to resume",
+        "world size",
+        "state source",
+    ]);
+    for recovery in recoveries {
+        table.add_row([
+            recovery.generation.to_string(),
+            time_of(recovery.detected_unix_ms),
+            truncate(&recovery.reason, 60),
+            names_or_dash(&recovery.lost_workers),
+            names_or_dash(&recovery.joined_workers),
+            recovery.resumed_from_step.to_string(),
+            recovery.steps_lost.to_string(),
+            time_to_resume(recovery).map_or("-".into(), |seconds| format!("{seconds:.1} s")),
+            recovery.world_size.to_string(),
+            recovery.state_source.clone(),
+        ]);
+    }
+    format!("{table}\n")
+}
+
+pub fn checkpoint_table(checkpoints: &[Checkpoint]) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header(["step", "epoch", "written", "url"]);
+    for checkpoint in checkpoints {
+        table.add_row([
+            checkpoint.global_step.to_string(),
+            checkpoint.epoch.to_string(),
+            time_of(checkpoint.unix_ms),
+            checkpoint.url.clone(),
+        ]);
+    }
+    format!("{table}\n")
+}
+
+/// The watch line for a recovery event. The coordinator sends one when a generation forms (resumed_unix_ms 0)
+/// and again when it completes its first step.
+pub fn recovery_line(recovery: &Recovery) -> String {
+    let cause = match (
+        recovery.lost_workers.is_empty(),
+        recovery.joined_workers.is_empty(),
+    ) {
+        (false, true) => format!("after losing {}", recovery.lost_workers.join(", ")),
+        (false, false) => format!(
+            "after losing {} (joined by {})",
+            recovery.lost_workers.join(", "),
+            recovery.joined_workers.join(", ")
+        ),
+        (true, false) if !recovery.fault => {
+            format!("to add {}", recovery.joined_workers.join(", "))
+        }
+        _ => format!("({})", recovery.reason),
+    };
+    let workers = if recovery.world_size == 1 {
+        "1 worker".to_string()
+    } else {
+        format!("{} workers", recovery.world_size)
+    };
+    match time_to_resume(recovery) {
+        Some(seconds) => format!(
+            "generation {} formed on {workers} {cause}: resumed from step {}, {} lost, {seconds:.1} s",
+            recovery.generation,
+            recovery.resumed_from_step,
+            steps_text(recovery.steps_lost)
+        ),
+        None => format!(
+            "generation {} forming on {workers} {cause}: resuming from step {} with the state of {}",
+            recovery.generation, recovery.resumed_from_step, recovery.state_source
+        ),
+    }
+}
+
+pub fn checkpoint_line(checkpoint: &Checkpoint) -> String {
+    format!(
+        "checkpoint at step {} (epoch {}): {}",
+        checkpoint.global_step, checkpoint.epoch, checkpoint.url
+    )
+}
+
 /// The confusion matrix with class numbers as headers (rows: true class, columns: predicted).
 pub fn confusion_matrix(metrics: &EvalMetrics) -> String {
     let n = metrics.num_classes as usize;
@@ -204,24 +485,174 @@ pub fn worker_json(worker: &WorkerInfo) -> Value {
     json!({
         "worker_id": worker.worker_id, "peer_address": worker.peer_address, "current_job": worker.current_job,
         "last_heartbeat_unix_ms": worker.last_heartbeat_unix_ms, "threads": worker.threads,
+        "generation": worker.generation, "rank": worker.rank,
     })
 }
 
 pub fn worker_table(workers: &[WorkerInfo]) -> String {
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY);
-    table.set_header(["worker", "peer address", "threads", "current job"]);
+    table.set_header([
+        "worker",
+        "peer address",
+        "threads",
+        "current job",
+        "generation",
+        "rank",
+    ]);
     for worker in workers {
+        let idle = worker.current_job.is_empty();
+        let while_busy = |value: u32| {
+            if idle {
+                "-".to_string()
+            } else {
+                value.to_string()
+            }
+        };
         table.add_row([
             worker.worker_id.clone(),
             worker.peer_address.clone(),
             worker.threads.to_string(),
-            if worker.current_job.is_empty() {
+            if idle {
                 "-".into()
             } else {
                 worker.current_job.clone()
             },
+            while_busy(worker.generation),
+            while_busy(worker.rank),
         ]);
     }
     format!("{table}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use plankton_proto::v1::JobSpec;
+
+    use super::*;
+
+    fn recovered_job() -> Job {
+        let mut job = Job {
+            id: "job-7".into(),
+            spec: Some(JobSpec {
+                model: "lenet".into(),
+                world_size: 3,
+                epochs: 4,
+                checkpoint_every_steps: 20,
+                ..JobSpec::default()
+            }),
+            generation: 1,
+            global_step: 61,
+            steps_per_epoch: 30,
+            virtual_shard_count: 3,
+            workers: vec![
+                WorkerProgress {
+                    rank: 0,
+                    worker_id: "w-1".into(),
+                    generation: 1,
+                    virtual_shards: vec![0, 2],
+                    epoch: 3,
+                    step: 1,
+                    steps_per_epoch: 30,
+                    global_step: 61,
+                    ..WorkerProgress::default()
+                },
+                WorkerProgress {
+                    rank: 1,
+                    worker_id: "w-3".into(),
+                    generation: 1,
+                    virtual_shards: vec![1],
+                    ..WorkerProgress::default()
+                },
+            ],
+            recoveries: vec![Recovery {
+                generation: 1,
+                reason: "worker w-2 missed heartbeats for 15s".into(),
+                lost_workers: vec!["w-2".into()],
+                joined_workers: vec![],
+                detected_unix_ms: 1_700_000_000_000,
+                formed_unix_ms: 1_700_000_001_000,
+                resumed_unix_ms: 1_700_000_004_100,
+                resumed_from_step: 57,
+                steps_lost: 1,
+                world_size: 2,
+                state_source: "worker w-1 (rank 0)".into(),
+                fault: true,
+            }],
+            checkpoints: vec![Checkpoint {
+                url: "file:///models/job-7/checkpoints/step-40".into(),
+                global_step: 40,
+                epoch: 1,
+                unix_ms: 1_699_999_990_000,
+            }],
+            ..Job::default()
+        };
+        job.set_phase(JobPhase::Recovering);
+        job
+    }
+
+    #[test]
+    fn shard_ranges_are_compact() {
+        assert_eq!(shard_ranges(&[5, 0, 1, 2, 7, 8]), "0-2, 5, 7-8");
+        assert_eq!(shard_ranges(&[3]), "3");
+        assert_eq!(shard_ranges(&[]), "-");
+    }
+
+    #[test]
+    fn a_recovered_job_shows_generation_steps_members_recoveries_and_checkpoints() {
+        let job = recovered_job();
+        let report = job_report(&job, false);
+        println!("{report}");
+        assert!(report.contains("phase      recovering"), "{report}");
+        assert!(report.contains("generation 1 (1 recovery)"), "{report}");
+        assert!(report.contains("global step 61 / 120"), "{report}");
+        assert!(report.contains("every 20 steps, 2 kept"), "{report}");
+        assert!(report.contains("0, 2"), "{report}");
+        assert!(report.contains("Recoveries"), "{report}");
+        assert!(report.contains("4.1 s"), "{report}");
+        assert!(report.contains("2023-11-14T22:13:20Z"), "{report}");
+        assert!(report.contains("worker w-1 (rank 0)"), "{report}");
+        assert!(report.contains("Checkpoints"), "{report}");
+        assert!(report.contains("checkpoints/step-40"), "{report}");
+
+        let value = job_json(&job);
+        assert_eq!(value["total_steps"], 120);
+        assert_eq!(value["recoveries"][0]["resumed_from_step"], 57);
+        assert_eq!(value["checkpoints"][0]["global_step"], 40);
+        assert_eq!(value["workers"][0]["virtual_shards"], json!([0, 2]));
+    }
+
+    #[test]
+    fn watch_lines_for_recoveries_and_checkpoints() {
+        let job = recovered_job();
+        let mut recovery = job.recoveries[0].clone();
+        assert_eq!(
+            recovery_line(&recovery),
+            "generation 1 formed on 2 workers after losing w-2: resumed from step 57, 1 step lost, 4.1 s"
+        );
+        recovery.resumed_unix_ms = 0;
+        assert_eq!(
+            recovery_line(&recovery),
+            "generation 1 forming on 2 workers after losing w-2: resuming from step 57 with the state of worker w-1 (rank 0)"
+        );
+        let growth = Recovery {
+            generation: 2,
+            reason: "a free worker can join".into(),
+            joined_workers: vec!["w-4".into()],
+            world_size: 3,
+            ..recovery.clone()
+        };
+        let growth = Recovery {
+            lost_workers: vec![],
+            fault: false,
+            ..growth
+        };
+        assert!(
+            recovery_line(&growth).starts_with("generation 2 forming on 3 workers to add w-4:")
+        );
+        assert_eq!(
+            checkpoint_line(&job.checkpoints[0]),
+            "checkpoint at step 40 (epoch 1): file:///models/job-7/checkpoints/step-40"
+        );
+    }
 }

@@ -118,6 +118,12 @@ async fn submit_watch_list_get_and_promote_through_the_cli() -> anyhow::Result<(
     );
     let table = run(strings(&["get", &job_id])).await;
     assert!(String::from_utf8_lossy(&table.stdout).contains("macro-F1"));
+    let not_resumable = run(strings(&["resume", &job_id])).await;
+    assert_eq!(not_resumable.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&not_resumable.stderr)
+            .contains("only a failed or cancelled job can be resumed")
+    );
 
     let models = json_of(&run(strings(&["-o", "json", "models", "list"])).await);
     assert_eq!(models[0]["name"], "flowcam-lenet");
