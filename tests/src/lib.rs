@@ -224,24 +224,33 @@ pub async fn wait_finished(
     timeout: Duration,
 ) -> anyhow::Result<Job> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut client = JobServiceClient::connect(coordinator_url.to_string())
-        .await?
-        .max_decoding_message_size(256 << 20);
+    let mut last_state = String::from("coordinator not reached yet");
     loop {
-        let job = client
-            .get_job(GetJobRequest {
-                job_id: job_id.into(),
-            })
-            .await?
-            .into_inner();
-        if plankton_coordinator::state::is_terminal(job.phase()) {
-            return Ok(job);
+        // The coordinator may be restarting: connection errors are retried until the deadline.
+        if let Ok(client) = JobServiceClient::connect(coordinator_url.to_string()).await {
+            let mut client = client.max_decoding_message_size(256 << 20);
+            match client
+                .get_job(GetJobRequest {
+                    job_id: job_id.into(),
+                })
+                .await
+            {
+                Ok(response) => {
+                    let job = response.into_inner();
+                    if plankton_coordinator::state::is_terminal(job.phase()) {
+                        return Ok(job);
+                    }
+                    last_state = format!("{:?}: {}", job.phase(), job.message);
+                }
+                Err(status) if status.code() == tonic::Code::NotFound => {
+                    anyhow::bail!("job {job_id}: {}", status.message())
+                }
+                Err(status) => last_state = status.to_string(),
+            }
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "job {job_id} still {:?} after {timeout:?}: {}",
-            job.phase(),
-            job.message
+            "job {job_id} not finished after {timeout:?}: {last_state}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

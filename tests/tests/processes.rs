@@ -46,6 +46,9 @@ async fn separate_processes_train_a_job() -> anyhow::Result<()> {
         cluster.logs()
     );
     assert_eq!(finished.epochs.len(), 1);
+    if std::env::var("PLANKTON_TEST_SHOW_LOGS").is_ok() {
+        eprintln!("{}", cluster.logs());
+    }
     assert!(
         data.path()
             .join("models")
@@ -113,7 +116,8 @@ fn long_spec(dataset_url: &str) -> JobSpec {
 async fn killed_workers_are_survived_with_or_without_a_replacement() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let dataset_url = format!("file://{}", data.path().display());
-    synth_dataset(&dataset_url, 3000, 17, true).await?;
+    synth_dataset(&dataset_url, 1500, 17, true).await?;
+    let started = Instant::now();
     let mut cluster = ProcessCluster::start(3, &[]).await?;
     let mut client = JobServiceClient::connect(cluster.coordinator_url.clone()).await?;
     let submit = |spec: JobSpec| {
@@ -128,6 +132,7 @@ async fn killed_workers_are_survived_with_or_without_a_replacement() -> anyhow::
     let reference = wait_finished(&cluster.coordinator_url, &reference.id, Duration::from_secs(600)).await?;
     assert_eq!(reference.phase(), JobPhase::Succeeded, "{}\n{}", reference.message, cluster.logs());
     let reference_f1 = reference.epochs.last().expect("epochs").macro_f1;
+    eprintln!("undisturbed job done at {:?}", started.elapsed());
 
     // kill -9 a worker mid-epoch 2 and start a replacement at once: it joins, the job ends on 3 workers.
     let job = submit(long_spec(&dataset_url)).await?;
@@ -141,6 +146,7 @@ async fn killed_workers_are_survived_with_or_without_a_replacement() -> anyhow::
     let first = &replaced.recoveries[0];
     assert!(first.fault && first.steps_lost <= 1, "{first:?}");
     assert_eq!(first.lost_workers, vec![running.workers[1].worker_id.clone()]);
+    eprintln!("replaced job done at {:?}: {:?}", started.elapsed(), replaced.recoveries);
     let macro_f1 = replaced.epochs.last().expect("epochs").macro_f1;
     assert!((macro_f1 - reference_f1).abs() <= 0.02, "macro-F1 {macro_f1} vs undisturbed {reference_f1}");
 
@@ -152,6 +158,7 @@ async fn killed_workers_are_survived_with_or_without_a_replacement() -> anyhow::
     let shrunk = wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
     assert_eq!(shrunk.phase(), JobPhase::Succeeded, "{}\n{}", shrunk.message, cluster.logs());
     assert_eq!(shrunk.workers.len(), 2, "{:?}", shrunk.recoveries);
+    eprintln!("shrunk job done at {:?}: {:?}", started.elapsed(), shrunk.recoveries);
     let recovery = &shrunk.recoveries[0];
     assert!(recovery.steps_lost <= 1 && recovery.world_size == 2, "{recovery:?}");
     assert_eq!(shrunk.epochs.len(), 4);
