@@ -314,6 +314,7 @@ async fn run_one_generation(
         ring_config: config.ring.clone(),
         nccl_unique_id: assignment.nccl_unique_id.clone(),
         abort: abort.clone(),
+        generation_over: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         fault,
         train_config,
         start,
@@ -544,6 +545,8 @@ struct TrainingSession {
     ring_config: plankton_collective::RingConfig,
     nccl_unique_id: Vec<u8>,
     abort: RingAbort,
+    /// Set when the generation's training ends (stops the NCCL abort watchdog).
+    generation_over: Arc<std::sync::atomic::AtomicBool>,
     fault: Option<crate::InjectedFault>,
     train_config: TrainConfig,
     start: Start,
@@ -562,6 +565,7 @@ impl TrainingSession {
     fn run(mut self) -> FinishedSession {
         let mut trainer = self.trainer.take();
         let result = self.train(&mut trainer);
+        self.generation_over.store(true, Ordering::SeqCst);
         FinishedSession {
             trainer,
             shards: self.shards,
@@ -580,6 +584,7 @@ impl TrainingSession {
             &self.nccl_unique_id,
             self.train_config.device,
             &self.abort,
+            &self.generation_over,
         )?;
         if let Some(fault) = self.fault {
             collective = Box::new(FaultInjectingCollective::new(collective, fault, self.abort.clone()));
@@ -633,6 +638,7 @@ fn join_collective(
     nccl_unique_id: &[u8],
     device: tch::Device,
     abort: &RingAbort,
+    generation_over: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Box<dyn Collective>, TrainError> {
     if peers.len() <= 1 {
         return Ok(Box::new(SingleProcess));
@@ -640,14 +646,12 @@ fn join_collective(
     #[cfg(feature = "nccl")]
     if let (false, tch::Device::Cuda(ordinal)) = (nccl_unique_id.is_empty(), device) {
         info!(job_id, generation, rank, "joining the NCCL communicator");
-        return Ok(Box::new(plankton_collective::nccl::NcclAllReduce::new(
-            nccl_unique_id,
-            rank,
-            peers.len(),
-            ordinal,
-        )?));
+        let communicator =
+            plankton_collective::nccl::NcclAllReduce::new(nccl_unique_id, rank, peers.len(), ordinal)?;
+        watch_nccl_abort(communicator.abort_handle(), abort.clone(), generation_over.clone());
+        return Ok(Box::new(communicator));
     }
-    let _ = (nccl_unique_id, device);
+    let _ = (nccl_unique_id, device, generation_over);
     Ok(Box::new(RingAllReduce::establish(
         listener,
         job_id,
@@ -657,6 +661,31 @@ fn join_collective(
         ring_config,
         abort,
     )?))
+}
+
+/// NCCL has no timeout of its own: a watchdog thread turns the generation's abort into `ncclCommAbort`, which
+/// frees a rank stuck in a collective. It ends with the generation.
+#[cfg(feature = "nccl")]
+fn watch_nccl_abort(
+    handle: plankton_collective::nccl::NcclAbortHandle,
+    abort: RingAbort,
+    generation_over: Arc<std::sync::atomic::AtomicBool>,
+) {
+    std::thread::spawn(move || {
+        while !handle.is_aborted() {
+            if abort.is_aborted() {
+                let reason = abort.reason().unwrap_or_default();
+                if let Err(abort_error) = handle.abort(reason) {
+                    warn!(%abort_error, "aborting the NCCL communicator failed");
+                }
+                return;
+            }
+            if generation_over.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
 }
 
 #[derive(Clone)]
