@@ -330,9 +330,22 @@ pub async fn watch(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Res
             Some(job_event::Event::Checkpoint(checkpoint)) => {
                 display.line(&render::checkpoint_line(&checkpoint))
             }
-            Some(job_event::Event::Finished(job)) => {
-                finished = Some(job);
-                break;
+            Some(job_event::Event::Finished(ended)) => {
+                // A resumed job's replay still holds the end of its earlier run: an end is the end only when
+                // the job is still finished now, at that same time (else a later end follows in the stream).
+                let current = client
+                    .get_job(GetJobRequest {
+                        job_id: job_id.into(),
+                    })
+                    .await
+                    .map_err(|status| call_error("get", status))?
+                    .into_inner();
+                if is_terminal(current.phase())
+                    && current.finished_unix_ms == ended.finished_unix_ms
+                {
+                    finished = Some(current);
+                    break;
+                }
             }
             None => {}
         }
@@ -355,6 +368,13 @@ pub async fn watch(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Res
         OutputFormat::Table => print!("{}", render::job_report(&job, true)),
     }
     Ok(job)
+}
+
+fn is_terminal(phase: JobPhase) -> bool {
+    matches!(
+        phase,
+        JobPhase::Succeeded | JobPhase::Failed | JobPhase::Cancelled
+    )
 }
 
 /// Live bars: one per rank plus a line per evaluated epoch.

@@ -354,6 +354,9 @@ fn member_table(workers: &[WorkerProgress]) -> String {
     format!("{table}\n")
 }
 
+/// Widest reason shown in the recoveries table; longer ones are written out in full below it.
+const REASON_COLUMN_CHARS: usize = 48;
+
 /// One row per re-formation: what happened, when, what it cost.
 pub fn recovery_table(recoveries: &[Recovery]) -> String {
     let mut table = Table::new();
@@ -374,7 +377,7 @@ pub fn recovery_table(recoveries: &[Recovery]) -> String {
         table.add_row([
             recovery.generation.to_string(),
             time_of(recovery.detected_unix_ms),
-            truncate(&recovery.reason, 60),
+            truncate(&recovery.reason, REASON_COLUMN_CHARS),
             names_or_dash(&recovery.lost_workers),
             names_or_dash(&recovery.joined_workers),
             recovery.resumed_from_step.to_string(),
@@ -384,13 +387,22 @@ pub fn recovery_table(recoveries: &[Recovery]) -> String {
             recovery.state_source.clone(),
         ]);
     }
-    format!("{table}\n")
+    let mut out = format!("{table}\n");
+    for recovery in recoveries {
+        if recovery.reason.chars().count() > REASON_COLUMN_CHARS {
+            out.push_str(&format!(
+                "generation {} reason: {}\n",
+                recovery.generation, recovery.reason
+            ));
+        }
+    }
+    out
 }
 
 pub fn checkpoint_table(checkpoints: &[Checkpoint]) -> String {
     let mut table = Table::new();
     table.load_preset(UTF8_BORDERS_ONLY);
-    table.set_header(["step", "epoch", "written", "url"]);
+    table.set_header(["step", "epochs done", "written", "url"]);
     for checkpoint in checkpoints {
         table.add_row([
             checkpoint.global_step.to_string(),
@@ -405,20 +417,21 @@ pub fn checkpoint_table(checkpoints: &[Checkpoint]) -> String {
 /// The watch line for a recovery event. The coordinator sends one when a generation forms (resumed_unix_ms 0)
 /// and again when it completes its first step.
 pub fn recovery_line(recovery: &Recovery) -> String {
-    let cause = match (
-        recovery.lost_workers.is_empty(),
-        recovery.joined_workers.is_empty(),
-    ) {
-        (false, true) => format!("after losing {}", recovery.lost_workers.join(", ")),
-        (false, false) => format!(
+    let lost = &recovery.lost_workers;
+    let joined = &recovery.joined_workers;
+    let cause = if !lost.is_empty() && joined.is_empty() {
+        format!("after losing {}", lost.join(", "))
+    } else if !lost.is_empty() {
+        format!(
             "after losing {} (joined by {})",
-            recovery.lost_workers.join(", "),
-            recovery.joined_workers.join(", ")
-        ),
-        (true, false) if !recovery.fault => {
-            format!("to add {}", recovery.joined_workers.join(", "))
-        }
-        _ => format!("({})", recovery.reason),
+            lost.join(", "),
+            joined.join(", ")
+        )
+    } else if !joined.is_empty() && (joined.len() as u32) < recovery.world_size {
+        format!("to add {}", joined.join(", "))
+    } else {
+        // Nobody lost, everyone new: a restart (a resume by the operator, a coordinator restart).
+        format!("({})", recovery.reason)
     };
     let workers = if recovery.world_size == 1 {
         "1 worker".to_string()
@@ -440,9 +453,14 @@ pub fn recovery_line(recovery: &Recovery) -> String {
 }
 
 pub fn checkpoint_line(checkpoint: &Checkpoint) -> String {
+    let epochs = if checkpoint.epoch == 1 {
+        "1 epoch done".to_string()
+    } else {
+        format!("{} epochs done", checkpoint.epoch)
+    };
     format!(
-        "checkpoint at step {} (epoch {}): {}",
-        checkpoint.global_step, checkpoint.epoch, checkpoint.url
+        "checkpoint at step {} ({epochs}): {}",
+        checkpoint.global_step, checkpoint.url
     )
 }
 
@@ -567,7 +585,7 @@ mod tests {
             ],
             recoveries: vec![Recovery {
                 generation: 1,
-                reason: "worker w-2 missed heartbeats for 15s".into(),
+                reason: "worker w-1 (rank 0): collective operation failed: all_reduce_sum: peer rank 1 closed the connection".into(),
                 lost_workers: vec!["w-2".into()],
                 joined_workers: vec![],
                 detected_unix_ms: 1_700_000_000_000,
@@ -610,6 +628,10 @@ mod tests {
         assert!(report.contains("0, 2"), "{report}");
         assert!(report.contains("Recoveries"), "{report}");
         assert!(report.contains("4.1 s"), "{report}");
+        assert!(
+            report.contains("generation 1 reason: worker w-1 (rank 0): collective operation failed: all_reduce_sum: peer rank 1 closed the connection\n"),
+            "{report}"
+        );
         assert!(report.contains("2023-11-14T22:13:20Z"), "{report}");
         assert!(report.contains("worker w-1 (rank 0)"), "{report}");
         assert!(report.contains("Checkpoints"), "{report}");
@@ -650,9 +672,24 @@ mod tests {
         assert!(
             recovery_line(&growth).starts_with("generation 2 forming on 3 workers to add w-4:")
         );
+        let resumed = Recovery {
+            generation: 3,
+            reason: "resumed by the operator".into(),
+            lost_workers: vec![],
+            joined_workers: vec!["w-1".into(), "w-4".into()],
+            world_size: 2,
+            resumed_from_step: 40,
+            state_source: "checkpoint file:///models/job-7/checkpoints/step-40".into(),
+            fault: false,
+            ..recovery.clone()
+        };
+        assert_eq!(
+            recovery_line(&resumed),
+            "generation 3 forming on 2 workers (resumed by the operator): resuming from step 40 with the state of checkpoint file:///models/job-7/checkpoints/step-40"
+        );
         assert_eq!(
             checkpoint_line(&job.checkpoints[0]),
-            "checkpoint at step 40 (epoch 1): file:///models/job-7/checkpoints/step-40"
+            "checkpoint at step 40 (1 epoch done): file:///models/job-7/checkpoints/step-40"
         );
     }
 }
