@@ -470,6 +470,10 @@ impl ClusterState {
             entry.ring = None;
             entry.done_reports.clear();
             entry.waiting_since = Instant::now();
+            // Watchers of the resumed job must not stop at the earlier run's end.
+            entry
+                .events
+                .retain(|event| !matches!(event.event, Some(job_event::Event::Finished(_))));
             entry.recovery = Some(PendingRecovery {
                 detected: Instant::now(),
                 detected_unix_ms: unix_ms_now(),
@@ -814,7 +818,11 @@ impl ClusterState {
         let lost_workers: Vec<String> = ring.map(|ring| ring.lost.keys().cloned().collect()).unwrap_or_default();
         let steps_lost = highest_completed.saturating_sub(resumed_from_step) + u64::from(fault);
         let record = Recovery {
-            generation: ring.map_or(entry.job.generation, |ring| ring.generation + 1),
+            // After a resume there is no ring, but the job's earlier generations are still numbered.
+            generation: ring.map_or(
+                if entry.job.workers.is_empty() { 0 } else { entry.job.generation + 1 },
+                |ring| ring.generation + 1,
+            ),
             reason: recovery.reasons.join("; "),
             lost_workers,
             joined_workers: joiners.clone(),
