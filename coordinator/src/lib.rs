@@ -5,6 +5,7 @@
 pub mod driver;
 pub mod error;
 pub mod generation;
+mod lifecycle;
 pub mod metrics;
 pub mod planner;
 pub mod registry;

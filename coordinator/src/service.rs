@@ -13,11 +13,11 @@ use plankton_proto::v1::job_service_server::JobService;
 use plankton_proto::v1::model_registry_server::ModelRegistry as ModelRegistryService;
 use plankton_proto::v1::worker_control_server::WorkerControl;
 use plankton_proto::v1::{
-    Ack, CancelJobRequest, CheckpointReport, DoneReport, GenerationEndReport, ResumeJobRequest, EpochReport, GetJobRequest, HeartbeatRequest,
-    HeartbeatResponse, Job, JobEvent, JobPhase, ListJobsRequest, ListJobsResponse,
-    ListWorkersRequest, ListWorkersResponse, NextAssignmentRequest, NextAssignmentResponse,
-    ProgressReport, RegisterRequest, RegisterResponse, SubmitJobRequest, WatchJobRequest,
-    job_event,
+    Ack, CancelJobRequest, CheckpointReport, DoneReport, EpochReport, GenerationEndReport,
+    GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job, JobEvent, JobPhase, ListJobsRequest,
+    ListJobsResponse, ListWorkersRequest, ListWorkersResponse, NextAssignmentRequest,
+    NextAssignmentResponse, ProgressReport, RegisterRequest, RegisterResponse, ResumeJobRequest,
+    SubmitJobRequest, WatchJobRequest, job_event,
 };
 use plankton_proto::v1::{
     GetModelRequest, ListModelsRequest, ListModelsResponse, ModelVersion, PromoteModelRequest,

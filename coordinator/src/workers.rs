@@ -58,7 +58,9 @@ impl WorkerEntry {
     }
 
     pub fn is_idle(&self, worker_timeout: Duration) -> bool {
-        self.current_job.is_none() && self.pending_assignment.is_none() && self.is_alive(worker_timeout)
+        self.current_job.is_none()
+            && self.pending_assignment.is_none()
+            && self.is_alive(worker_timeout)
     }
 
     /// Hands `assignment` to the worker's next `NextAssignment` poll.
@@ -72,11 +74,19 @@ impl WorkerEntry {
 
     /// Applies a heartbeat's claim of what the worker runs: an idle worker is idle unless an assignment is on
     /// its way to it.
-    pub fn observe_heartbeat(&mut self, job_id: &str, generation: u32, global_step: u64, grace: Duration) {
+    pub fn observe_heartbeat(
+        &mut self,
+        job_id: &str,
+        generation: u32,
+        global_step: u64,
+        grace: Duration,
+    ) {
         self.touch();
         if job_id.is_empty() {
             let assignment_in_flight = self.pending_assignment.is_some()
-                || self.assignment_taken.is_some_and(|taken| taken.elapsed() < grace);
+                || self
+                    .assignment_taken
+                    .is_some_and(|taken| taken.elapsed() < grace);
             if !assignment_in_flight && self.current_job.is_some() {
                 info!(worker = self.name, "worker reports it is idle");
                 self.current_job = None;
@@ -124,7 +134,10 @@ impl WorkerPool {
             worker_id.clone(),
             WorkerEntry::new(name, peer_address, threads, has_gpu),
         );
-        info!(worker_id, peer_address, threads, has_gpu, "worker registered");
+        info!(
+            worker_id,
+            peer_address, threads, has_gpu, "worker registered"
+        );
         worker_id
     }
 
@@ -151,8 +164,18 @@ fn is_valid_worker_id(worker_id: &str) -> bool {
 fn sanitize(name: &str) -> String {
     let cleaned: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     let trimmed: String = cleaned.chars().take(40).collect();
-    if trimmed.is_empty() { "worker".into() } else { trimmed }
+    if trimmed.is_empty() {
+        "worker".into()
+    } else {
+        trimmed
+    }
 }

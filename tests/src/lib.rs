@@ -299,7 +299,11 @@ impl ProcessCluster {
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--state-dir".into(),
-            log_dir.path().join("coordinator-state").display().to_string(),
+            log_dir
+                .path()
+                .join("coordinator-state")
+                .display()
+                .to_string(),
             "--worker-timeout".into(),
             format!("{}ms", timeouts.worker_timeout.as_millis()),
             "--heartbeat-interval".into(),
@@ -318,7 +322,11 @@ impl ProcessCluster {
             "--ring-io-timeout".into(),
             "20s".into(),
         ];
-        worker_arguments.extend(extra_worker_args.iter().map(|argument| argument.to_string()));
+        worker_arguments.extend(
+            extra_worker_args
+                .iter()
+                .map(|argument| argument.to_string()),
+        );
         let mut cluster = Self {
             coordinator_url,
             coordinator,
@@ -366,7 +374,11 @@ impl ProcessCluster {
             .path()
             .join(format!("coordinator-{}.log", self.coordinator_starts));
         self.coordinator_starts += 1;
-        self.coordinator = spawn_logged(&binary("plankton-coordinator")?, &self.coordinator_arguments, &log)?;
+        self.coordinator = spawn_logged(
+            &binary("plankton-coordinator")?,
+            &self.coordinator_arguments,
+            &log,
+        )?;
         Ok(())
     }
 

@@ -44,8 +44,14 @@ async fn model_weights(job: &Job) -> anyhow::Result<BTreeMap<String, Vec<f32>>> 
         .collect())
 }
 
-fn max_abs_difference(left: &BTreeMap<String, Vec<f32>>, right: &BTreeMap<String, Vec<f32>>) -> f32 {
-    assert_eq!(left.keys().collect::<Vec<_>>(), right.keys().collect::<Vec<_>>());
+fn max_abs_difference(
+    left: &BTreeMap<String, Vec<f32>>,
+    right: &BTreeMap<String, Vec<f32>>,
+) -> f32 {
+    assert_eq!(
+        left.keys().collect::<Vec<_>>(),
+        right.keys().collect::<Vec<_>>()
+    );
     left.iter()
         .flat_map(|(name, values)| values.iter().zip(&right[name]).map(|(a, b)| (a - b).abs()))
         .fold(0.0, f32::max)
@@ -59,7 +65,8 @@ async fn run_with_fault(dataset_url: &str, fault: Option<InjectedFault>) -> anyh
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rank_dying_before_during_or_after_the_all_reduce_costs_at_most_one_step() -> anyhow::Result<()> {
+async fn a_rank_dying_before_during_or_after_the_all_reduce_costs_at_most_one_step()
+-> anyhow::Result<()> {
     let dataset_url = "memory://fault-points";
     synth_dataset(dataset_url, 500, 21, false).await?;
     let undisturbed = run_with_fault(dataset_url, None).await?;
@@ -69,7 +76,11 @@ async fn a_rank_dying_before_during_or_after_the_all_reduce_costs_at_most_one_st
     let steps_per_epoch = undisturbed.steps_per_epoch;
     assert!(steps_per_epoch >= 4, "{steps_per_epoch} steps per epoch");
 
-    for point in [FaultPoint::BeforeAllReduce, FaultPoint::DuringAllReduce, FaultPoint::AfterAllReduce] {
+    for point in [
+        FaultPoint::BeforeAllReduce,
+        FaultPoint::DuringAllReduce,
+        FaultPoint::AfterAllReduce,
+    ] {
         // Rank 1 dies in the middle of epoch 2.
         let fault = InjectedFault {
             rank: 1,
@@ -79,23 +90,41 @@ async fn a_rank_dying_before_during_or_after_the_all_reduce_costs_at_most_one_st
         let job = run_with_fault(dataset_url, Some(fault)).await?;
         assert_eq!(job.recoveries.len(), 1, "{point:?}: {:?}", job.recoveries);
         let recovery = &job.recoveries[0];
-        assert!(recovery.fault && recovery.lost_workers.len() == 1, "{point:?}: {recovery:?}");
-        assert_eq!(recovery.world_size, 2, "{point:?}: the survivors go on alone");
+        assert!(
+            recovery.fault && recovery.lost_workers.len() == 1,
+            "{point:?}: {recovery:?}"
+        );
+        assert_eq!(
+            recovery.world_size, 2,
+            "{point:?}: the survivors go on alone"
+        );
         assert!(recovery.steps_lost <= 1, "{point:?}: {recovery:?}");
         let expected_resume = if point == FaultPoint::AfterAllReduce {
             fault.global_step + 1
         } else {
             fault.global_step
         };
-        assert_eq!(recovery.resumed_from_step, expected_resume, "{point:?}: {recovery:?}");
-        assert!(recovery.resumed_unix_ms >= recovery.formed_unix_ms, "{point:?}: {recovery:?}");
+        assert_eq!(
+            recovery.resumed_from_step, expected_resume,
+            "{point:?}: {recovery:?}"
+        );
+        assert!(
+            recovery.resumed_unix_ms >= recovery.formed_unix_ms,
+            "{point:?}: {recovery:?}"
+        );
         assert_eq!(job.epochs.len(), 3, "{point:?}: every epoch was evaluated");
         // The coordinator only lets a job succeed when every rank's weights digest matches.
         assert!(!job.weights_digest.is_empty());
         let difference = max_abs_difference(&reference, &model_weights(&job).await?);
-        assert!(difference <= 1e-4, "{point:?}: weights differ from the undisturbed run by {difference}");
+        assert!(
+            difference <= 1e-4,
+            "{point:?}: weights differ from the undisturbed run by {difference}"
+        );
         let macro_f1 = job.epochs.last().expect("epochs").macro_f1;
-        assert!((macro_f1 - reference_f1).abs() <= 0.02, "{point:?}: macro-F1 {macro_f1} vs {reference_f1}");
+        assert!(
+            (macro_f1 - reference_f1).abs() <= 0.02,
+            "{point:?}: macro-F1 {macro_f1} vs {reference_f1}"
+        );
     }
     Ok(())
 }
@@ -123,7 +152,11 @@ async fn a_stalled_rank_is_aborted_and_its_worker_takes_the_next_job() -> anyhow
     let recovery = &job.recoveries[0];
     // The peers' ring timeout names the stalled rank; the coordinator's abort frees the stalled worker, which
     // is healthy again and may rejoin.
-    assert!(recovery.reason.contains("rank 1"), "the reason names the stalled rank: {}", recovery.reason);
+    assert!(
+        recovery.reason.contains("rank 1"),
+        "the reason names the stalled rank: {}",
+        recovery.reason
+    );
     assert!(recovery.steps_lost <= 1, "{recovery:?}");
     assert!(started.elapsed() < Duration::from_secs(120));
 
@@ -131,20 +164,33 @@ async fn a_stalled_rank_is_aborted_and_its_worker_takes_the_next_job() -> anyhow
     let mut client = cluster.client().await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let workers = client.list_workers(ListWorkersRequest {}).await?.into_inner().workers;
+        let workers = client
+            .list_workers(ListWorkersRequest {})
+            .await?
+            .into_inner()
+            .workers;
         if workers.len() == 3 && workers.iter().all(|worker| worker.current_job.is_empty()) {
             break;
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "workers not idle: {workers:?}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "workers not idle: {workers:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let next = cluster.run_job(JobSpec { epochs: 1, ..spec(dataset_url) }).await?;
+    let next = cluster
+        .run_job(JobSpec {
+            epochs: 1,
+            ..spec(dataset_url)
+        })
+        .await?;
     assert_eq!(next.workers.len(), 3);
     cluster.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cancelled_job_resumes_from_its_latest_checkpoint_and_seeds_a_fine_tuning_job() -> anyhow::Result<()> {
+async fn a_cancelled_job_resumes_from_its_latest_checkpoint_and_seeds_a_fine_tuning_job()
+-> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
     let dataset_url = format!("file://{}", data.path().display());
     synth_dataset(&dataset_url, 500, 23, false).await?;
@@ -163,26 +209,46 @@ async fn a_cancelled_job_resumes_from_its_latest_checkpoint_and_seeds_a_fine_tun
         if current.checkpoints.len() >= 2 {
             break current;
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no checkpoint: {current:?}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint: {current:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     client
-        .cancel_job(plankton_proto::v1::CancelJobRequest { job_id: job.id.clone() })
+        .cancel_job(plankton_proto::v1::CancelJobRequest {
+            job_id: job.id.clone(),
+        })
         .await?;
-    let cancelled = cluster.wait_finished(&job.id, Duration::from_secs(30)).await?;
+    let cancelled = cluster
+        .wait_finished(&job.id, Duration::from_secs(30))
+        .await?;
     assert_eq!(cancelled.phase(), JobPhase::Cancelled);
     let latest = cancelled.checkpoints.last().expect("checkpoints").clone();
     assert!(latest.global_step >= checkpointed.checkpoints.last().unwrap().global_step);
-    assert!(cancelled.checkpoints.len() <= 2, "keep_checkpoints defaults to 2");
+    assert!(
+        cancelled.checkpoints.len() <= 2,
+        "keep_checkpoints defaults to 2"
+    );
 
     client
-        .resume_job(ResumeJobRequest { job_id: job.id.clone() })
+        .resume_job(ResumeJobRequest {
+            job_id: job.id.clone(),
+        })
         .await?;
-    let resumed = cluster.wait_finished(&job.id, Duration::from_secs(300)).await?;
+    let resumed = cluster
+        .wait_finished(&job.id, Duration::from_secs(300))
+        .await?;
     assert_eq!(resumed.phase(), JobPhase::Succeeded, "{}", resumed.message);
     let recovery = resumed.recoveries.last().expect("the resume is recorded");
-    assert!(recovery.state_source.starts_with("checkpoint"), "{recovery:?}");
-    assert!(recovery.resumed_from_step >= latest.global_step, "{recovery:?} vs {latest:?}");
+    assert!(
+        recovery.state_source.starts_with("checkpoint"),
+        "{recovery:?}"
+    );
+    assert!(
+        recovery.resumed_from_step >= latest.global_step,
+        "{recovery:?} vs {latest:?}"
+    );
     assert_eq!(resumed.epochs.len(), 4, "the metrics history is complete");
 
     // Fine-tuning: a new job starts from the last checkpoint's weights.

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use plankton_proto::v1::job_service_client::JobServiceClient;
 use plankton_proto::v1::model_registry_client::ModelRegistryClient;
-use plankton_proto::v1::{GetJobRequest, Job, JobPhase, JobSpec, ListModelsRequest, SubmitJobRequest};
+use plankton_proto::v1::{
+    GetJobRequest, Job, JobPhase, JobSpec, ListModelsRequest, SubmitJobRequest,
+};
 use plankton_tests::{ProcessCluster, synth_dataset, wait_finished};
 
 fn spec(dataset_url: &str, epochs: u32) -> JobSpec {
@@ -69,7 +71,12 @@ async fn wait_until(
     let mut client = JobServiceClient::connect(cluster.coordinator_url.clone()).await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        if let Ok(response) = client.get_job(GetJobRequest { job_id: job_id.into() }).await {
+        if let Ok(response) = client
+            .get_job(GetJobRequest {
+                job_id: job_id.into(),
+            })
+            .await
+        {
             let job = response.into_inner();
             if ready(&job) {
                 return Ok(job);
@@ -82,7 +89,11 @@ async fn wait_until(
                 cluster.logs()
             );
         }
-        anyhow::ensure!(Instant::now() < deadline, "timed out waiting until {what}\n{}", cluster.logs());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}\n{}",
+            cluster.logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -119,18 +130,34 @@ async fn killed_workers_are_survived_with_or_without_a_replacement() -> anyhow::
     synth_dataset(&dataset_url, 1500, 17, true).await?;
     let started = Instant::now();
     let mut cluster = ProcessCluster::start(3, &[]).await?;
-    let mut client = JobServiceClient::connect(cluster.coordinator_url.clone()).await?;
+    let client = JobServiceClient::connect(cluster.coordinator_url.clone()).await?;
     let submit = |spec: JobSpec| {
         let mut client = client.clone();
         async move {
-            anyhow::Ok(client.submit_job(SubmitJobRequest { spec: Some(spec) }).await?.into_inner())
+            anyhow::Ok(
+                client
+                    .submit_job(SubmitJobRequest { spec: Some(spec) })
+                    .await?
+                    .into_inner(),
+            )
         }
     };
 
     // Undisturbed reference.
     let reference = submit(long_spec(&dataset_url)).await?;
-    let reference = wait_finished(&cluster.coordinator_url, &reference.id, Duration::from_secs(600)).await?;
-    assert_eq!(reference.phase(), JobPhase::Succeeded, "{}\n{}", reference.message, cluster.logs());
+    let reference = wait_finished(
+        &cluster.coordinator_url,
+        &reference.id,
+        Duration::from_secs(600),
+    )
+    .await?;
+    assert_eq!(
+        reference.phase(),
+        JobPhase::Succeeded,
+        "{}\n{}",
+        reference.message,
+        cluster.logs()
+    );
     let reference_f1 = reference.epochs.last().expect("epochs").macro_f1;
     eprintln!("undisturbed job done at {:?}", started.elapsed());
 
@@ -140,15 +167,37 @@ async fn killed_workers_are_survived_with_or_without_a_replacement() -> anyhow::
     let victim = process_of_rank(&running, 1);
     cluster.kill_worker(victim).await?;
     cluster.add_worker()?;
-    let replaced = wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
-    assert_eq!(replaced.phase(), JobPhase::Succeeded, "{}\n{}", replaced.message, cluster.logs());
-    assert_eq!(replaced.workers.len(), 3, "the replacement joined: {:?}", replaced.recoveries);
+    let replaced =
+        wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
+    assert_eq!(
+        replaced.phase(),
+        JobPhase::Succeeded,
+        "{}\n{}",
+        replaced.message,
+        cluster.logs()
+    );
+    assert_eq!(
+        replaced.workers.len(),
+        3,
+        "the replacement joined: {:?}",
+        replaced.recoveries
+    );
     let first = &replaced.recoveries[0];
     assert!(first.fault && first.steps_lost <= 1, "{first:?}");
-    assert_eq!(first.lost_workers, vec![running.workers[1].worker_id.clone()]);
-    eprintln!("replaced job done at {:?}: {:?}", started.elapsed(), replaced.recoveries);
+    assert_eq!(
+        first.lost_workers,
+        vec![running.workers[1].worker_id.clone()]
+    );
+    eprintln!(
+        "replaced job done at {:?}: {:?}",
+        started.elapsed(),
+        replaced.recoveries
+    );
     let macro_f1 = replaced.epochs.last().expect("epochs").macro_f1;
-    assert!((macro_f1 - reference_f1).abs() <= 0.02, "macro-F1 {macro_f1} vs undisturbed {reference_f1}");
+    assert!(
+        (macro_f1 - reference_f1).abs() <= 0.02,
+        "macro-F1 {macro_f1} vs undisturbed {reference_f1}"
+    );
 
     // kill -9 another worker mid-epoch 2 with no replacement: the job ends on the 2 survivors.
     let job = submit(long_spec(&dataset_url)).await?;
@@ -156,14 +205,30 @@ async fn killed_workers_are_survived_with_or_without_a_replacement() -> anyhow::
     let victim = process_of_rank(&running, 2);
     cluster.kill_worker(victim).await?;
     let shrunk = wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
-    assert_eq!(shrunk.phase(), JobPhase::Succeeded, "{}\n{}", shrunk.message, cluster.logs());
+    assert_eq!(
+        shrunk.phase(),
+        JobPhase::Succeeded,
+        "{}\n{}",
+        shrunk.message,
+        cluster.logs()
+    );
     assert_eq!(shrunk.workers.len(), 2, "{:?}", shrunk.recoveries);
-    eprintln!("shrunk job done at {:?}: {:?}", started.elapsed(), shrunk.recoveries);
+    eprintln!(
+        "shrunk job done at {:?}: {:?}",
+        started.elapsed(),
+        shrunk.recoveries
+    );
     let recovery = &shrunk.recoveries[0];
-    assert!(recovery.steps_lost <= 1 && recovery.world_size == 2, "{recovery:?}");
+    assert!(
+        recovery.steps_lost <= 1 && recovery.world_size == 2,
+        "{recovery:?}"
+    );
     assert_eq!(shrunk.epochs.len(), 4);
     let macro_f1 = shrunk.epochs.last().expect("epochs").macro_f1;
-    assert!((macro_f1 - reference_f1).abs() <= 0.02, "macro-F1 {macro_f1} vs undisturbed {reference_f1}");
+    assert!(
+        (macro_f1 - reference_f1).abs() <= 0.02,
+        "macro-F1 {macro_f1} vs undisturbed {reference_f1}"
+    );
     cluster.shutdown().await
 }
 
@@ -176,7 +241,13 @@ async fn training_goes_on_while_the_coordinator_is_killed_and_restarted() -> any
     let mut client = JobServiceClient::connect(cluster.coordinator_url.clone()).await?;
     let job = client
         .submit_job(SubmitJobRequest {
-            spec: Some(JobSpec { world_size: 2, epochs: 4, batch_size: 32, threads_per_worker: 1, ..spec(&dataset_url, 4) }),
+            spec: Some(JobSpec {
+                world_size: 2,
+                epochs: 4,
+                batch_size: 32,
+                threads_per_worker: 1,
+                ..spec(&dataset_url, 4)
+            }),
         })
         .await?
         .into_inner();
@@ -184,15 +255,33 @@ async fn training_goes_on_while_the_coordinator_is_killed_and_restarted() -> any
     cluster.kill_coordinator().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.restart_coordinator()?;
-    let finished = wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
-    assert_eq!(finished.phase(), JobPhase::Succeeded, "{}\n{}", finished.message, cluster.logs());
-    assert!(finished.recoveries.is_empty(), "the ring never stopped: {:?}", finished.recoveries);
+    let finished =
+        wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
+    assert_eq!(
+        finished.phase(),
+        JobPhase::Succeeded,
+        "{}\n{}",
+        finished.message,
+        cluster.logs()
+    );
+    assert!(
+        finished.recoveries.is_empty(),
+        "the ring never stopped: {:?}",
+        finished.recoveries
+    );
     assert_eq!(finished.generation, 0);
     assert_eq!(finished.epochs.len(), 4, "the metrics history is complete");
     assert!(finished.global_step > before.global_step);
     let mut registry = ModelRegistryClient::connect(cluster.coordinator_url.clone()).await?;
-    let models = registry.list_models(ListModelsRequest::default()).await?.into_inner().models;
-    assert!(models.iter().any(|model| model.job_id == job.id), "the model is registered: {models:?}");
+    let models = registry
+        .list_models(ListModelsRequest::default())
+        .await?
+        .into_inner()
+        .models;
+    assert!(
+        models.iter().any(|model| model.job_id == job.id),
+        "the model is registered: {models:?}"
+    );
     cluster.shutdown().await
 }
 
@@ -235,11 +324,24 @@ async fn a_lost_cluster_resumes_from_its_latest_complete_checkpoint() -> anyhow:
     cluster.restart_coordinator()?;
     cluster.add_worker()?;
     cluster.add_worker()?;
-    let resumed = wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
-    assert_eq!(resumed.phase(), JobPhase::Succeeded, "{}\n{}", resumed.message, cluster.logs());
+    let resumed =
+        wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
+    assert_eq!(
+        resumed.phase(),
+        JobPhase::Succeeded,
+        "{}\n{}",
+        resumed.message,
+        cluster.logs()
+    );
     let recovery = resumed.recoveries.last().expect("a recovery");
-    assert!(recovery.state_source.starts_with("checkpoint"), "{recovery:?}");
-    assert!(!recovery.state_source.contains("9999"), "the torn checkpoint was used: {recovery:?}");
+    assert!(
+        recovery.state_source.starts_with("checkpoint"),
+        "{recovery:?}"
+    );
+    assert!(
+        !recovery.state_source.contains("9999"),
+        "the torn checkpoint was used: {recovery:?}"
+    );
     assert!(recovery.resumed_from_step >= checkpointed.checkpoints.last().unwrap().global_step);
     assert_eq!(resumed.epochs.len(), 4);
     cluster.shutdown().await

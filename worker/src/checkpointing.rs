@@ -63,7 +63,11 @@ impl CheckpointWriter {
                 };
                 match write_checkpoint(&target.output_url, manifest, Bytes::from(job.state)).await {
                     Ok(written) => {
-                        info!(url = written.url, global_step = job.progress.global_step, "checkpoint written");
+                        info!(
+                            url = written.url,
+                            global_step = job.progress.global_step,
+                            "checkpoint written"
+                        );
                         let _ = outbox.send(Report::Checkpoint(CheckpointReport {
                             job_id: target.job_id.clone(),
                             worker_id: target.worker_id.clone(),
@@ -75,11 +79,14 @@ impl CheckpointWriter {
                                 unix_ms: written.manifest.created_unix_ms,
                             }),
                         }));
-                        if let Err(error) = prune_checkpoints(&target.output_url, target.keep).await {
+                        if let Err(error) = prune_checkpoints(&target.output_url, target.keep).await
+                        {
                             warn!(%error, "pruning old checkpoints failed");
                         }
                     }
-                    Err(error) => warn!(%error, global_step = job.progress.global_step, "writing a checkpoint failed; training goes on"),
+                    Err(error) => {
+                        warn!(%error, global_step = job.progress.global_step, "writing a checkpoint failed; training goes on")
+                    }
                 }
             }
         });

@@ -63,7 +63,10 @@ struct JobMemory {
 /// How one generation ended on this worker.
 enum GenerationEnd {
     /// The job is done: report it (rank 0 wrote the model).
-    Finished { model_url: String, weights_digest: String },
+    Finished {
+        model_url: String,
+        weights_digest: String,
+    },
     /// This generation is over; the worker waits for the next one.
     Left(GenerationEndReport),
     /// The job was stopped here (cancelled, or this worker was dropped from it).
@@ -119,9 +122,15 @@ pub(crate) async fn run_assignment(
                 if !holds_state {
                     break GenerationEnd::Stopped("this worker cannot continue the job".into());
                 }
-                match wait_for_next_generation(client, worker_id, &handle, assignment.generation).await {
+                match wait_for_next_generation(client, worker_id, &handle, assignment.generation)
+                    .await
+                {
                     Some(next) => assignment = next,
-                    None => break GenerationEnd::Stopped("the job ended while waiting for the next generation".into()),
+                    None => {
+                        break GenerationEnd::Stopped(
+                            "the job ended while waiting for the next generation".into(),
+                        );
+                    }
                 }
             }
             other => break other,
@@ -146,12 +155,25 @@ pub(crate) async fn run_assignment(
             current_job.clear();
             return AssignmentEnd::Crashed;
         }
-        GenerationEnd::Finished { model_url, weights_digest } => {
-            outbox.send(Report::Done(done(true, String::new(), model_url, weights_digest)));
+        GenerationEnd::Finished {
+            model_url,
+            weights_digest,
+        } => {
+            outbox.send(Report::Done(done(
+                true,
+                String::new(),
+                model_url,
+                weights_digest,
+            )));
         }
         GenerationEnd::Failed(message) => {
             error!(job_id, rank, error = message, "assignment failed");
-            outbox.send(Report::Done(done(false, message, String::new(), String::new())));
+            outbox.send(Report::Done(done(
+                false,
+                message,
+                String::new(),
+                String::new(),
+            )));
         }
         GenerationEnd::Stopped(message) => {
             info!(job_id, rank, message, "left the job");
@@ -185,7 +207,11 @@ async fn wait_for_next_generation(
                     return Some(next);
                 }
                 Some(other) => {
-                    warn!(job_id = other.job_id, generation = other.generation, "ignored an assignment while waiting for the next generation");
+                    warn!(
+                        job_id = other.job_id,
+                        generation = other.generation,
+                        "ignored an assignment while waiting for the next generation"
+                    );
                 }
                 None => {}
             },
@@ -215,7 +241,11 @@ async fn run_one_generation(
 ) -> GenerationEnd {
     let spec = assignment.spec.clone().unwrap_or_default();
     let leave = |memory: &JobMemory, holds_state: bool, reason: String| {
-        let progress = memory.trainer.as_ref().map(DataParallelTrainer::progress).unwrap_or_default();
+        let progress = memory
+            .trainer
+            .as_ref()
+            .map(DataParallelTrainer::progress)
+            .unwrap_or_default();
         GenerationEnd::Left(GenerationEndReport {
             job_id: assignment.job_id.clone(),
             worker_id: worker_id.to_string(),
@@ -237,12 +267,22 @@ async fn run_one_generation(
         generation: assignment.generation,
         worker_id: worker_id.to_string(),
     };
-    if let Err(load_error) = load_virtual_shards(config, assignment, &spec, &reporter, handle, memory).await {
+    if let Err(load_error) =
+        load_virtual_shards(config, assignment, &spec, &reporter, handle, memory).await
+    {
         if handle.cancel.is_cancelled() {
             return GenerationEnd::Stopped(format!("stopped while loading: {load_error:#}"));
         }
-        warn!(job_id = assignment.job_id, error = format!("{load_error:#}"), "loading the shards failed");
-        return leave(memory, false, format!("loading its shards failed: {load_error:#}"));
+        warn!(
+            job_id = assignment.job_id,
+            error = format!("{load_error:#}"),
+            "loading the shards failed"
+        );
+        return leave(
+            memory,
+            false,
+            format!("loading its shards failed: {load_error:#}"),
+        );
     }
 
     // 2. Fetch what the generation starts from, when it is not in a peer's memory.
@@ -252,14 +292,23 @@ async fn run_one_generation(
         (Some(state_source::Source::CheckpointUrl(url)), 0) => {
             match plankton_checkpoint::read_checkpoint(url).await {
                 Ok((_, state)) => Some(StartState::Checkpoint(state)),
-                Err(read_error) => return leave(memory, false, format!("reading checkpoint {url}: {read_error}")),
+                Err(read_error) => {
+                    return leave(
+                        memory,
+                        false,
+                        format!("reading checkpoint {url}: {read_error}"),
+                    );
+                }
             }
         }
         (Some(state_source::Source::Fresh(_)), 0) if !source.init_weights_url.is_empty() => {
             match plankton_checkpoint::read_checkpoint(&source.init_weights_url).await {
                 Ok((_, state)) => Some(StartState::Weights(state)),
                 Err(read_error) => {
-                    return GenerationEnd::Failed(format!("init_from {}: {read_error}", source.init_weights_url));
+                    return GenerationEnd::Failed(format!(
+                        "init_from {}: {read_error}",
+                        source.init_weights_url
+                    ));
                 }
             }
         }
@@ -267,7 +316,9 @@ async fn run_one_generation(
     };
     let start = match &source.source {
         Some(state_source::Source::PeerRank(source_rank)) => Start::FromPeer(*source_rank as usize),
-        Some(state_source::Source::CheckpointUrl(_)) | Some(state_source::Source::Fresh(_)) | None => {
+        Some(state_source::Source::CheckpointUrl(_))
+        | Some(state_source::Source::Fresh(_))
+        | None => {
             // Rank 0 builds (or loads) the state; everyone takes it from rank 0.
             memory.trainer = None;
             Start::FromRankZero(state_to_load)
@@ -289,13 +340,21 @@ async fn run_one_generation(
                 steps_per_epoch: assignment.steps_per_epoch,
                 architecture: spec.model.clone(),
                 class_names: assignment.class_names.clone(),
-                keep: if spec.keep_checkpoints == 0 { DEFAULT_KEEP_CHECKPOINTS } else { spec.keep_checkpoints as usize },
+                keep: if spec.keep_checkpoints == 0 {
+                    DEFAULT_KEEP_CHECKPOINTS
+                } else {
+                    spec.keep_checkpoints as usize
+                },
             },
             outbox.sender(),
         )
     });
     let (event_sender, mut event_receiver) = mpsc::channel::<TrainingEvent>(64);
-    let mut owned_indices: Vec<u32> = assignment.virtual_shards.iter().map(|shard| shard.index).collect();
+    let mut owned_indices: Vec<u32> = assignment
+        .virtual_shards
+        .iter()
+        .map(|shard| shard.index)
+        .collect();
     owned_indices.sort_unstable();
     let shards: Vec<VirtualShardData> = owned_indices
         .iter()
@@ -372,7 +431,9 @@ async fn run_one_generation(
     }
     let finished = match training.await {
         Ok(finished) => finished,
-        Err(join_error) => return GenerationEnd::Failed(format!("the training thread panicked: {join_error}")),
+        Err(join_error) => {
+            return GenerationEnd::Failed(format!("the training thread panicked: {join_error}"));
+        }
     };
     if let Some(checkpoints) = checkpoints {
         checkpoints.finish().await;
@@ -382,7 +443,9 @@ async fn run_one_generation(
     }
     memory.trainer = finished.trainer;
     if let Some(trainer) = &memory.trainer {
-        handle.global_step.store(trainer.progress().global_step, Ordering::SeqCst);
+        handle
+            .global_step
+            .store(trainer.progress().global_step, Ordering::SeqCst);
     }
     match finished.result {
         Ok(GenerationOutcome::Finished) => {
@@ -392,14 +455,18 @@ async fn run_one_generation(
             finish_job(assignment, &spec, trainer).await
         }
         Ok(GenerationOutcome::Reformed) => {
-            let GenerationEnd::Left(mut report) = leave(memory, true, "re-forming to add workers".into()) else {
+            let GenerationEnd::Left(mut report) =
+                leave(memory, true, "re-forming to add workers".into())
+            else {
                 unreachable!("leave builds Left")
             };
             report.clean = true;
             GenerationEnd::Left(report)
         }
         Err(failure) if failure.to_string().contains(INJECTED_CRASH) => GenerationEnd::Crashed,
-        Err(_) if handle.cancel.is_cancelled() => GenerationEnd::Stopped("the job was stopped".into()),
+        Err(_) if handle.cancel.is_cancelled() => {
+            GenerationEnd::Stopped("the job was stopped".into())
+        }
         Err(TrainError::Cancelled) => GenerationEnd::Stopped("the job was stopped".into()),
         Err(failure) if failure.is_collective_failure() => {
             // A ring fault: this worker is healthy and keeps its state for the next generation. A worker with
@@ -417,28 +484,45 @@ async fn run_one_generation(
 }
 
 /// Rank 0 writes the model; every rank reports its weights' digest.
-async fn finish_job(assignment: &ShardAssignment, spec: &JobSpec, trainer: DataParallelTrainer) -> GenerationEnd {
+async fn finish_job(
+    assignment: &ShardAssignment,
+    spec: &JobSpec,
+    trainer: DataParallelTrainer,
+) -> GenerationEnd {
     let rank = assignment.rank;
     let exported = tokio::task::spawn_blocking(move || -> Result<(String, Vec<u8>), TrainError> {
         let digest = trainer.weights_digest()?;
-        let weights = if rank == 0 { trainer.into_trained_model().to_safetensors()? } else { Vec::new() };
+        let weights = if rank == 0 {
+            trainer.into_trained_model().to_safetensors()?
+        } else {
+            Vec::new()
+        };
         Ok((digest, weights))
     })
     .await;
     let (weights_digest, weights) = match exported {
         Ok(Ok(exported)) => exported,
-        Ok(Err(export_error)) => return GenerationEnd::Failed(format!("exporting the model: {export_error}")),
-        Err(join_error) => return GenerationEnd::Failed(format!("exporting the model panicked: {join_error}")),
+        Ok(Err(export_error)) => {
+            return GenerationEnd::Failed(format!("exporting the model: {export_error}"));
+        }
+        Err(join_error) => {
+            return GenerationEnd::Failed(format!("exporting the model panicked: {join_error}"));
+        }
     };
     let model_url = if rank == 0 {
         match write_model(assignment, spec, weights).await {
             Ok(model_url) => model_url,
-            Err(write_error) => return GenerationEnd::Failed(format!("writing the model: {write_error:#}")),
+            Err(write_error) => {
+                return GenerationEnd::Failed(format!("writing the model: {write_error:#}"));
+            }
         }
     } else {
         String::new()
     };
-    GenerationEnd::Finished { model_url, weights_digest }
+    GenerationEnd::Finished {
+        model_url,
+        weights_digest,
+    }
 }
 
 /// Loads the generation's virtual shards that are not in memory yet and drops those it no longer owns.
@@ -450,7 +534,11 @@ async fn load_virtual_shards(
     handle: &JobHandle,
     memory: &mut JobMemory,
 ) -> anyhow::Result<()> {
-    let owned: Vec<u32> = assignment.virtual_shards.iter().map(|shard| shard.index).collect();
+    let owned: Vec<u32> = assignment
+        .virtual_shards
+        .iter()
+        .map(|shard| shard.index)
+        .collect();
     memory.shards.retain(|index, _| owned.contains(index));
     let missing: Vec<_> = assignment
         .virtual_shards
@@ -470,7 +558,10 @@ async fn load_virtual_shards(
         Some(dir) => Some(ShardCache::open(dir.clone())?),
         None => None,
     };
-    let total: usize = missing.iter().map(|shard| shard.train.len() + shard.test.len()).sum();
+    let total: usize = missing
+        .iter()
+        .map(|shard| shard.train.len() + shard.test.len())
+        .sum();
     let (progress_sender, mut progress_receiver) = mpsc::unbounded_channel::<usize>();
     let mut loading_reporter = reporter.clone();
     let progress_forwarder = tokio::spawn(async move {
@@ -513,9 +604,19 @@ async fn load_virtual_shards(
         let test = parts.pop().expect("two parts");
         let train = parts.pop().expect("two parts");
         if train.labels.is_empty() {
-            anyhow::bail!("virtual shard {} has no readable training image", shard.index);
+            anyhow::bail!(
+                "virtual shard {} has no readable training image",
+                shard.index
+            );
         }
-        memory.shards.insert(shard.index, VirtualShardData { index: shard.index, train, test });
+        memory.shards.insert(
+            shard.index,
+            VirtualShardData {
+                index: shard.index,
+                train,
+                test,
+            },
+        );
     }
     drop(progress_sender);
     let _ = progress_forwarder.await;
@@ -573,7 +674,10 @@ impl TrainingSession {
         }
     }
 
-    fn train(&mut self, slot: &mut Option<DataParallelTrainer>) -> Result<GenerationOutcome, TrainError> {
+    fn train(
+        &mut self,
+        slot: &mut Option<DataParallelTrainer>,
+    ) -> Result<GenerationOutcome, TrainError> {
         let mut collective = join_collective(
             &self.listener,
             &self.job_id,
@@ -587,7 +691,11 @@ impl TrainingSession {
             &self.generation_over,
         )?;
         if let Some(fault) = self.fault {
-            collective = Box::new(FaultInjectingCollective::new(collective, fault, self.abort.clone()));
+            collective = Box::new(FaultInjectingCollective::new(
+                collective,
+                fault,
+                self.abort.clone(),
+            ));
         }
         let source_rank = match &mut self.start {
             Start::FromPeer(source_rank) => *source_rank,
@@ -646,9 +754,17 @@ fn join_collective(
     #[cfg(feature = "nccl")]
     if let (false, tch::Device::Cuda(ordinal)) = (nccl_unique_id.is_empty(), device) {
         info!(job_id, generation, rank, "joining the NCCL communicator");
-        let communicator =
-            plankton_collective::nccl::NcclAllReduce::new(nccl_unique_id, rank, peers.len(), ordinal)?;
-        watch_nccl_abort(communicator.abort_handle(), abort.clone(), generation_over.clone());
+        let communicator = plankton_collective::nccl::NcclAllReduce::new(
+            nccl_unique_id,
+            rank,
+            peers.len(),
+            ordinal,
+        )?;
+        watch_nccl_abort(
+            communicator.abort_handle(),
+            abort.clone(),
+            generation_over.clone(),
+        );
         return Ok(Box::new(communicator));
     }
     let _ = (nccl_unique_id, device, generation_over);
@@ -741,7 +857,9 @@ impl TrainingObserver for ChannelObserver {
         if self.handle.cancel.is_cancelled() {
             return ControlFlow::Break(());
         }
-        self.handle.global_step.store(progress.global_step, Ordering::SeqCst);
+        self.handle
+            .global_step
+            .store(progress.global_step, Ordering::SeqCst);
         let due = self
             .last_progress
             .is_none_or(|last| last.elapsed() >= PROGRESS_INTERVAL)
@@ -773,10 +891,16 @@ impl TrainingObserver for ChannelObserver {
     fn on_checkpoint(&mut self, state: &[u8], progress: TrainingProgress) -> ControlFlow<()> {
         if let Some(checkpoints) = &self.checkpoints
             && checkpoints
-                .try_send(CheckpointJob { state: state.to_vec(), progress })
+                .try_send(CheckpointJob {
+                    state: state.to_vec(),
+                    progress,
+                })
                 .is_err()
         {
-            warn!(global_step = progress.global_step, "checkpoint uploads are behind; this checkpoint is skipped");
+            warn!(
+                global_step = progress.global_step,
+                "checkpoint uploads are behind; this checkpoint is skipped"
+            );
         }
         ControlFlow::Continue(())
     }
@@ -789,7 +913,11 @@ fn resize_mode(spec: &JobSpec) -> ResizeMode {
     }
 }
 
-fn train_config(spec: &JobSpec, assignment: &ShardAssignment, threads: usize) -> anyhow::Result<TrainConfig> {
+fn train_config(
+    spec: &JobSpec,
+    assignment: &ShardAssignment,
+    threads: usize,
+) -> anyhow::Result<TrainConfig> {
     let architecture: Architecture = spec
         .model
         .parse()
@@ -830,7 +958,11 @@ fn train_config(spec: &JobSpec, assignment: &ShardAssignment, threads: usize) ->
 }
 
 /// Writes `model.safetensors` and `model-card.json` under the job's output URL; returns the weights' URL.
-async fn write_model(assignment: &ShardAssignment, spec: &JobSpec, weights: Vec<u8>) -> anyhow::Result<String> {
+async fn write_model(
+    assignment: &ShardAssignment,
+    spec: &JobSpec,
+    weights: Vec<u8>,
+) -> anyhow::Result<String> {
     let output: StoreLocation = open_location(&assignment.output_url)?;
     let weights_file = "model.safetensors";
     output.put_bytes(weights_file, Bytes::from(weights)).await?;
@@ -854,9 +986,15 @@ async fn write_model(assignment: &ShardAssignment, spec: &JobSpec, weights: Vec<
         weights_file: weights_file.to_string(),
     };
     output
-        .put_bytes("model-card.json", Bytes::from(serde_json::to_vec_pretty(&card)?))
+        .put_bytes(
+            "model-card.json",
+            Bytes::from(serde_json::to_vec_pretty(&card)?),
+        )
         .await?;
-    let model_url = format!("{}/{weights_file}", assignment.output_url.trim_end_matches('/'));
+    let model_url = format!(
+        "{}/{weights_file}",
+        assignment.output_url.trim_end_matches('/')
+    );
     info!(model_url, "model written");
     Ok(model_url)
 }

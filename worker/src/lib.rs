@@ -132,7 +132,9 @@ impl JobHandle {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The job this worker is running, if any.
@@ -163,7 +165,11 @@ pub(crate) struct Identity {
 }
 
 impl Identity {
-    fn registration(&self, previous_worker_id: &str, running: Option<&JobHandle>) -> RegisterRequest {
+    fn registration(
+        &self,
+        previous_worker_id: &str,
+        running: Option<&JobHandle>,
+    ) -> RegisterRequest {
         RegisterRequest {
             worker_name: self.name.clone(),
             peer_address: self.peer_address.clone(),
@@ -206,7 +212,9 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
             break;
         };
         let registration = client
-            .register(with_deadline(identity.registration(&previous_worker_id, None)))
+            .register(with_deadline(
+                identity.registration(&previous_worker_id, None),
+            ))
             .await;
         let registration = match registration {
             Ok(response) => response.into_inner(),
@@ -347,9 +355,16 @@ async fn heartbeat_loop(
         let running = current_job.get();
         let request = HeartbeatRequest {
             worker_id: worker_id.clone(),
-            job_id: running.as_ref().map(|job| job.job_id.clone()).unwrap_or_default(),
-            generation: running.as_ref().map_or(0, |job| job.generation.load(Ordering::SeqCst)),
-            global_step: running.as_ref().map_or(0, |job| job.global_step.load(Ordering::SeqCst)),
+            job_id: running
+                .as_ref()
+                .map(|job| job.job_id.clone())
+                .unwrap_or_default(),
+            generation: running
+                .as_ref()
+                .map_or(0, |job| job.generation.load(Ordering::SeqCst)),
+            global_step: running
+                .as_ref()
+                .map_or(0, |job| job.global_step.load(Ordering::SeqCst)),
         };
         let response = match client.heartbeat(with_deadline(request)).await {
             Ok(response) => response.into_inner(),
@@ -367,10 +382,19 @@ async fn heartbeat_loop(
             let registration = identity.registration(&worker_id, Some(&job));
             match client.register(with_deadline(registration)).await {
                 Ok(granted) if granted.get_ref().worker_id == worker_id => {
-                    info!(worker_id, job_id = job.job_id, "registered again after a coordinator restart; the job continues");
+                    info!(
+                        worker_id,
+                        job_id = job.job_id,
+                        "registered again after a coordinator restart; the job continues"
+                    );
                 }
                 Ok(granted) => {
-                    warn!(worker_id, new_id = granted.get_ref().worker_id, job_id = job.job_id, "the coordinator gave this worker a new identity; stopping the job");
+                    warn!(
+                        worker_id,
+                        new_id = granted.get_ref().worker_id,
+                        job_id = job.job_id,
+                        "the coordinator gave this worker a new identity; stopping the job"
+                    );
                     worker_id = granted.into_inner().worker_id;
                     job.cancel.cancel();
                     job.abort_ring("the coordinator no longer counts this worker in the job");
@@ -383,7 +407,10 @@ async fn heartbeat_loop(
             continue;
         };
         if response.cancel_current_job && !job.cancel.is_cancelled() {
-            info!(job_id = job.job_id, "coordinator ended the job (or dropped this worker from it); stopping");
+            info!(
+                job_id = job.job_id,
+                "coordinator ended the job (or dropped this worker from it); stopping"
+            );
             job.cancel.cancel();
             job.abort_ring("the job ended on the coordinator");
         }

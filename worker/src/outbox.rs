@@ -90,7 +90,7 @@ async fn deliver(
             match result {
                 Ok(()) => break,
                 Err(status) if is_retryable(&status) => {
-                    if attempts == 1 || attempts % 20 == 0 {
+                    if attempts == 1 || attempts.is_multiple_of(20) {
                         warn!(report = report.name(), attempts, %status, "coordinator unreachable; will retry the report");
                     }
                 }
