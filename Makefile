@@ -1,7 +1,7 @@
 # plankton-cluster: the two commands a newcomer needs are `make demo` and `make test`.
 export GLIBC_TUNABLES := glibc.malloc.hugetlb=1
 
-.PHONY: setup demo test bench-preprocess bench-train bench-allreduce bench-serve gpu-check
+.PHONY: setup demo test bench-preprocess bench-train bench-allreduce bench-serve bench-recovery gpu-check
 
 setup:
 	scripts/setup.sh
@@ -30,6 +30,11 @@ bench-allreduce: setup
 
 bench-serve: setup
 	cargo run --release -p plankton-bench --bin serve_bench
+
+## Worker kill, coordinator kill and the restart-from-epoch-checkpoint anchor on 3 worker processes.
+bench-recovery: setup
+	cargo build --release --bins
+	cargo run --release -p plankton-bench --bin recovery_bench
 
 gpu-check:
 	scripts/gpu-check.sh
