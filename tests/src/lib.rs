@@ -256,13 +256,16 @@ pub async fn wait_finished(
     }
 }
 
-/// The folder holding the workspace's built binaries (next to the test executable's `deps/`).
+/// The folder holding the workspace's built binaries (`target/<profile>`).
 pub fn binaries_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps layout")
-        .to_path_buf()
+    let folder = exe.parent().expect("the executable has a folder");
+    // Tests run from target/<profile>/deps/; programs (benchmarks) from target/<profile>/ itself.
+    if folder.file_name().is_some_and(|name| name == "deps") {
+        folder.parent().expect("target/<profile>/deps layout").to_path_buf()
+    } else {
+        folder.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary; fails with the build command to run when it is missing.

@@ -8,9 +8,6 @@
 //! `cargo run --release -p plankton-bench --bin recovery_bench`).
 #![forbid(unsafe_code)]
 
-use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -58,7 +55,7 @@ struct Options {
 }
 
 fn main() -> Result<()> {
-    run_from_deps_folder_if_needed()?;
+    require_cluster_binaries()?;
     let options = Options::parse();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -67,55 +64,12 @@ fn main() -> Result<()> {
         .block_on(run(options))
 }
 
-/// `ProcessCluster` looks for the coordinator and worker binaries in `plankton_tests::binaries_dir()`, the
-/// parent of the running executable's folder: right for a test executable in `target/<profile>/deps/`, one
-/// level too high for `target/release/recovery_bench`, which `cargo run` starts. Cargo hard-links that file
-/// from `target/release/deps/recovery_bench-<hash>`; this program runs itself again through that link, so
-/// the release binaries next to it are the ones used.
-fn run_from_deps_folder_if_needed() -> Result<()> {
-    if plankton_tests::binary("plankton-coordinator").is_ok()
-        && plankton_tests::binary("plankton-worker").is_ok()
-    {
-        return Ok(());
+/// The coordinator and worker binaries `ProcessCluster` starts sit next to this program in `target/release`.
+fn require_cluster_binaries() -> Result<()> {
+    for name in ["plankton-coordinator", "plankton-worker"] {
+        plankton_tests::binary(name).context("build them: cargo build --release --bins")?;
     }
-    let executable = std::env::current_exe()?;
-    let executable_folder = executable.parent().context("executable has no folder")?;
-    let missing_binaries = || {
-        format!(
-            "plankton-coordinator and plankton-worker are not in {} (build them: cargo build --release --bins)",
-            executable_folder.display()
-        )
-    };
-    anyhow::ensure!(
-        executable_folder.join("plankton-coordinator").exists()
-            && executable_folder.join("plankton-worker").exists(),
-        missing_binaries()
-    );
-    let own_metadata = std::fs::metadata(&executable)?;
-    let deps_folder = executable_folder.join("deps");
-    let same_file_in_deps: Option<PathBuf> = std::fs::read_dir(&deps_folder)
-        .with_context(|| format!("reading {}", deps_folder.display()))?
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| {
-            std::fs::metadata(path).is_ok_and(|metadata| {
-                metadata.is_file()
-                    && metadata.ino() == own_metadata.ino()
-                    && metadata.dev() == own_metadata.dev()
-            })
-        });
-    let Some(deps_executable) = same_file_in_deps else {
-        bail!(
-            "{} has no hard link in {}, so the harness cannot find the release binaries; {}",
-            executable.display(),
-            deps_folder.display(),
-            missing_binaries()
-        );
-    };
-    let error = std::process::Command::new(&deps_executable)
-        .args(std::env::args_os().skip(1))
-        .exec();
-    Err(error).with_context(|| format!("running {}", deps_executable.display()))
+    Ok(())
 }
 
 fn unix_ms_now() -> i64 {
