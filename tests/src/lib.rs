@@ -262,7 +262,10 @@ pub fn binaries_dir() -> PathBuf {
     let folder = exe.parent().expect("the executable has a folder");
     // Tests run from target/<profile>/deps/; programs (benchmarks) from target/<profile>/ itself.
     if folder.file_name().is_some_and(|name| name == "deps") {
-        folder.parent().expect("target/<profile>/deps layout").to_path_buf()
+        folder
+            .parent()
+            .expect("target/<profile>/deps layout")
+            .to_path_buf()
     } else {
         folder.to_path_buf()
     }
