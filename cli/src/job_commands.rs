@@ -259,19 +259,7 @@ pub async fn submit(url: &str, args: SubmitArgs, output: OutputFormat) -> anyhow
     let spec = args.fields.overlay(file_fields).into_spec()?;
     let job = submit_spec(url, spec).await?;
     if args.watch {
-        if output == OutputFormat::Table {
-            println!("submitted {}", job.id);
-        }
-        let finished = watch(url, &job.id, output).await?;
-        if finished.phase() != JobPhase::Succeeded {
-            anyhow::bail!(
-                "job {} ended {}: {}",
-                finished.id,
-                render::phase_name(finished.phase()),
-                finished.message
-            );
-        }
-        return Ok(());
+        return watch_to_success(url, &job.id, "submitted", output).await;
     }
     match output {
         OutputFormat::Json => {
@@ -298,6 +286,28 @@ pub async fn submit_spec(url: &str, spec: JobSpec) -> anyhow::Result<Job> {
 }
 
 /// Follows a job to its end, drawing progress; returns the final job.
+/// Prints `"<verb> <job>"`, watches the job to its end, and fails unless it succeeded.
+async fn watch_to_success(
+    url: &str,
+    job_id: &str,
+    verb: &str,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    if output == OutputFormat::Table {
+        println!("{verb} {job_id}");
+    }
+    let finished = watch(url, job_id, output).await?;
+    if finished.phase() != JobPhase::Succeeded {
+        anyhow::bail!(
+            "job {} ended {}: {}",
+            finished.id,
+            render::phase_name(finished.phase()),
+            finished.message
+        );
+    }
+    Ok(())
+}
+
 pub async fn watch(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Result<Job> {
     let mut client = connect(url).await?;
     let mut events = client
@@ -562,19 +572,7 @@ pub async fn resume(
         .map_err(|status| call_error("resume", status))?
         .into_inner();
     if watch_after {
-        if output == OutputFormat::Table {
-            println!("resuming {}", job.id);
-        }
-        let finished = watch(url, &job.id, output).await?;
-        if finished.phase() != JobPhase::Succeeded {
-            anyhow::bail!(
-                "job {} ended {}: {}",
-                finished.id,
-                render::phase_name(finished.phase()),
-                finished.message
-            );
-        }
-        return Ok(());
+        return watch_to_success(url, &job.id, "resuming", output).await;
     }
     match output {
         OutputFormat::Json => {

@@ -232,12 +232,16 @@ async fn killed_workers_are_survived_with_or_without_a_replacement() -> anyhow::
     cluster.shutdown().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn training_goes_on_while_the_coordinator_is_killed_and_restarted() -> anyhow::Result<()> {
+/// Two worker processes on a 2,000-object dataset, training a 4-epoch job (checkpointing every
+/// `checkpoint_every_steps` too, when not 0); returns the dataset folder (kept alive), the cluster and the job.
+async fn two_workers_on_a_long_job(
+    seed: u64,
+    checkpoint_every_steps: u32,
+) -> anyhow::Result<(tempfile::TempDir, ProcessCluster, Job)> {
     let data = tempfile::tempdir()?;
     let dataset_url = format!("file://{}", data.path().display());
-    synth_dataset(&dataset_url, 2000, 19, false).await?;
-    let mut cluster = ProcessCluster::start(2, &[]).await?;
+    synth_dataset(&dataset_url, 2000, seed, false).await?;
+    let cluster = ProcessCluster::start(2, &[]).await?;
     let mut client = JobServiceClient::connect(cluster.coordinator_url.clone()).await?;
     let job = client
         .submit_job(SubmitJobRequest {
@@ -246,11 +250,18 @@ async fn training_goes_on_while_the_coordinator_is_killed_and_restarted() -> any
                 epochs: 4,
                 batch_size: 32,
                 threads_per_worker: 1,
+                checkpoint_every_steps,
                 ..spec(&dataset_url, 4)
             }),
         })
         .await?
         .into_inner();
+    Ok((data, cluster, job))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_goes_on_while_the_coordinator_is_killed_and_restarted() -> anyhow::Result<()> {
+    let (_data, mut cluster, job) = two_workers_on_a_long_job(19, 0).await?;
     let before = wait_until(&cluster, &job.id, "mid-epoch 2", |job| mid_epoch(job, 2)).await?;
     cluster.kill_coordinator().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -287,24 +298,7 @@ async fn training_goes_on_while_the_coordinator_is_killed_and_restarted() -> any
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_cluster_resumes_from_its_latest_complete_checkpoint() -> anyhow::Result<()> {
-    let data = tempfile::tempdir()?;
-    let dataset_url = format!("file://{}", data.path().display());
-    synth_dataset(&dataset_url, 2000, 27, false).await?;
-    let mut cluster = ProcessCluster::start(2, &[]).await?;
-    let mut client = JobServiceClient::connect(cluster.coordinator_url.clone()).await?;
-    let job = client
-        .submit_job(SubmitJobRequest {
-            spec: Some(JobSpec {
-                world_size: 2,
-                epochs: 4,
-                batch_size: 32,
-                threads_per_worker: 1,
-                checkpoint_every_steps: 5,
-                ..spec(&dataset_url, 4)
-            }),
-        })
-        .await?
-        .into_inner();
+    let (_data, mut cluster, job) = two_workers_on_a_long_job(27, 5).await?;
     let checkpointed = wait_until(&cluster, &job.id, "a checkpoint in epoch 2", |job| {
         mid_epoch(job, 2) && !job.checkpoints.is_empty()
     })
