@@ -7,7 +7,7 @@
 //! state. With no survivor the job restarts from its latest checkpoint. Every transition happens in [`tick`],
 //! called by one driver task per job (`driver.rs`) under the state lock; reports only record facts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -687,6 +687,72 @@ pub(crate) fn accept_epoch_report(
         .collect();
     push_event(entry, job_id, job_event::Event::EpochMetrics(metrics));
     Some(entry.job.clone())
+}
+
+/// What a rank's done report means for its job.
+pub(crate) enum DoneOutcome {
+    /// Other ranks have not reported yet (or the report is stale).
+    Wait,
+    /// Every rank succeeded with the same weights: the summary to finish the job with.
+    Succeeded(String),
+    /// The job fails with this message.
+    Failed(String),
+}
+
+/// Records a rank's end of the job's last generation; ignores reports of other generations or ranks.
+pub(crate) fn accept_done_report(entry: &mut JobEntry, report: DoneReport) -> DoneOutcome {
+    let Some(ring) = &entry.ring else {
+        return DoneOutcome::Wait;
+    };
+    let rank = report.rank as usize;
+    if entry.is_finished()
+        || report.generation != ring.generation
+        || ring.rank_of(&report.worker_id) != Some(rank)
+    {
+        return DoneOutcome::Wait;
+    }
+    let member_count = ring.members.len();
+    entry.job.skipped_objects += report.skipped_objects;
+    if !report.model_url.is_empty() {
+        entry.job.model_url = report.model_url.clone();
+    }
+    if !report.ok {
+        return DoneOutcome::Failed(format!(
+            "rank {rank} (worker {}) failed: {}",
+            report.worker_id, report.error
+        ));
+    }
+    entry.done_reports.insert(report.rank, report);
+    if entry.done_reports.len() < member_count {
+        return DoneOutcome::Wait;
+    }
+    let digests: BTreeSet<&str> = entry
+        .done_reports
+        .values()
+        .map(|done| done.weights_digest.as_str())
+        .collect();
+    if digests.len() > 1 {
+        let listed: Vec<String> = entry
+            .done_reports
+            .iter()
+            .map(|(rank, done)| format!("rank {rank}: {}", done.weights_digest))
+            .collect();
+        return DoneOutcome::Failed(format!(
+            "ranks ended with different weights ({})",
+            listed.join(", ")
+        ));
+    }
+    entry.job.weights_digest = digests.into_iter().next().unwrap_or_default().to_string();
+    DoneOutcome::Succeeded(match entry.job.epochs.last() {
+        Some(last) => format!(
+            "trained {} epochs on {member_count} worker(s), generation {}: accuracy {:.3}, macro-F1 {:.3}",
+            entry.job.epochs.len(),
+            entry.job.generation,
+            last.accuracy,
+            last.macro_f1
+        ),
+        None => "finished".to_string(),
+    })
 }
 
 /// Hands every member its assignment of a new generation and records it on the job.

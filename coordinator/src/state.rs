@@ -1,7 +1,7 @@
 //! The coordinator's live state: the worker pool and the jobs behind one lock, persisted to the store, and
 //! the calls RPC handlers make. The job state machine itself lives in `lifecycle.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,8 +15,8 @@ use plankton_proto::v1::{
 
 use crate::error::{CoordinatorError, CoordinatorResult};
 use crate::lifecycle::{
-    self, JobEntry, PendingRecovery, accept_epoch_report, finish_entry, public_job, push_event,
-    record_generation_end, restore_running_job,
+    self, DoneOutcome, JobEntry, PendingRecovery, accept_done_report, accept_epoch_report,
+    finish_entry, public_job, push_event, record_generation_end, restore_running_job,
 };
 use crate::planner::JobPlan;
 use crate::registry::ModelRegistry;
@@ -383,12 +383,7 @@ impl ClusterState {
 
     /// Restarts a failed or cancelled job from its latest complete checkpoint (looked up by its driver).
     pub fn resume_job(&self, job_id: &str) -> CoordinatorResult<Job> {
-        let snapshot = {
-            let mut inner = self.lock();
-            let entry = inner
-                .jobs
-                .get_mut(job_id)
-                .ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
+        let snapshot = self.with_job(job_id, |entry, _| {
             let phase = entry.job.phase();
             if !matches!(phase, JobPhase::Failed | JobPhase::Cancelled) {
                 return Err(CoordinatorError::InvalidSpec(format!(
@@ -417,8 +412,8 @@ impl ClusterState {
                 JobPhase::Recovering,
                 "resuming from the latest checkpoint".into(),
             );
-            entry.job.clone()
-        };
+            Ok(entry.job.clone())
+        })?;
         self.store.save(&snapshot)?;
         Ok(public_job(&snapshot))
     }
@@ -430,26 +425,35 @@ impl ClusterState {
         phase: JobPhase,
         message: String,
     ) -> CoordinatorResult<()> {
-        let finished_job = {
-            let mut inner = self.lock();
-            let Inner { pool, jobs } = &mut *inner;
-            let entry = jobs
-                .get_mut(job_id)
-                .ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
+        let finished_job = self.with_job(job_id, |entry, pool| {
             if entry.is_finished() {
                 return Err(CoordinatorError::JobFinished {
                     job_id: job_id.into(),
                     phase: entry.job.phase().as_str_name().to_string(),
                 });
             }
-            finish_entry(entry, pool, job_id, phase, message)
-        };
+            Ok(finish_entry(entry, pool, job_id, phase, message))
+        })?;
         self.store.save(&finished_job)?;
         if phase == JobPhase::Succeeded && !finished_job.model_url.is_empty() {
             self.registry.register_job_model(&finished_job)?;
         }
         self.changed.notify_waiters();
         Ok(())
+    }
+
+    /// Runs `change` on a job's entry and the worker pool under the state lock.
+    fn with_job<T>(
+        &self,
+        job_id: &str,
+        change: impl FnOnce(&mut JobEntry, &mut WorkerPool) -> CoordinatorResult<T>,
+    ) -> CoordinatorResult<T> {
+        let mut inner = self.lock();
+        let Inner { pool, jobs } = &mut *inner;
+        let entry = jobs
+            .get_mut(job_id)
+            .ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
+        change(entry, pool)
     }
 
     pub fn job_phase(&self, job_id: &str) -> Option<JobPhase> {
@@ -474,18 +478,19 @@ impl ClusterState {
 
     /// Advances a job's state machine by one step (see [`lifecycle::tick`]).
     pub fn tick_job(&self, job_id: &str) -> CoordinatorResult<Tick> {
-        let (tick, snapshot) = {
-            let mut inner = self.lock();
-            let Inner { pool, jobs } = &mut *inner;
-            let entry = jobs
-                .get_mut(job_id)
-                .ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
+        let restart_grace_over = self.started.elapsed() > self.timeouts.worker_timeout;
+        let (tick, snapshot) = self.with_job(job_id, |entry, pool| {
             if entry.is_finished() {
-                return Ok(Tick::Finished);
+                return Ok((Tick::Finished, None));
             }
-            let restart_grace_over = self.started.elapsed() > self.timeouts.worker_timeout;
-            lifecycle::tick(entry, pool, job_id, &self.timeouts, restart_grace_over)
-        };
+            Ok(lifecycle::tick(
+                entry,
+                pool,
+                job_id,
+                &self.timeouts,
+                restart_grace_over,
+            ))
+        })?;
         self.save(snapshot)?;
         Ok(tick)
     }
@@ -554,13 +559,10 @@ impl ClusterState {
 
     /// A member left its generation.
     pub fn record_generation_end(&self, report: GenerationEndReport) -> CoordinatorResult<()> {
-        let mut inner = self.lock();
-        let entry = inner
-            .jobs
-            .get_mut(&report.job_id)
-            .ok_or_else(|| CoordinatorError::JobNotFound(report.job_id.clone()))?;
-        record_generation_end(entry, report);
-        drop(inner);
+        self.with_job(&report.job_id.clone(), |entry, _| {
+            record_generation_end(entry, report);
+            Ok(())
+        })?;
         self.changed.notify_waiters();
         Ok(())
     }
@@ -568,14 +570,9 @@ impl ClusterState {
     /// Stores one virtual shard's evaluation; when every shard has reported the epoch, publishes its metrics.
     pub fn record_epoch(&self, report: EpochReport) -> CoordinatorResult<()> {
         let job_id = report.job_id.clone();
-        let snapshot = {
-            let mut inner = self.lock();
-            let entry = inner
-                .jobs
-                .get_mut(&job_id)
-                .ok_or_else(|| CoordinatorError::JobNotFound(job_id.clone()))?;
-            accept_epoch_report(entry, &job_id, report)
-        };
+        let snapshot = self.with_job(&job_id, |entry, _| {
+            Ok(accept_epoch_report(entry, &job_id, report))
+        })?;
         self.save(snapshot)
     }
 
@@ -583,74 +580,16 @@ impl ClusterState {
     /// identical weights, for the caller to complete the model card and then call [`Self::finish_job`].
     pub fn record_done(&self, report: DoneReport) -> CoordinatorResult<Option<String>> {
         let job_id = report.job_id.clone();
-        let failure = {
-            let mut inner = self.lock();
-            let entry = inner
-                .jobs
-                .get_mut(&job_id)
-                .ok_or_else(|| CoordinatorError::JobNotFound(job_id.clone()))?;
-            let Some(ring) = &entry.ring else {
-                return Ok(None);
-            };
-            let rank = report.rank as usize;
-            if entry.is_finished()
-                || report.generation != ring.generation
-                || ring.rank_of(&report.worker_id) != Some(rank)
-            {
-                return Ok(None);
+        let outcome = self.with_job(&job_id, |entry, _| Ok(accept_done_report(entry, report)))?;
+        match outcome {
+            DoneOutcome::Wait => Ok(None),
+            DoneOutcome::Succeeded(summary) => Ok(Some(summary)),
+            DoneOutcome::Failed(message) => {
+                self.finish_job(&job_id, JobPhase::Failed, message)
+                    .or_else(ignore_finished)?;
+                Ok(None)
             }
-            let member_count = ring.members.len();
-            entry.job.skipped_objects += report.skipped_objects;
-            if !report.model_url.is_empty() {
-                entry.job.model_url = report.model_url.clone();
-            }
-            if !report.ok {
-                Some(format!(
-                    "rank {rank} (worker {}) failed: {}",
-                    report.worker_id, report.error
-                ))
-            } else {
-                entry.done_reports.insert(report.rank, report);
-                if entry.done_reports.len() < member_count {
-                    return Ok(None);
-                }
-                let digests: BTreeSet<&str> = entry
-                    .done_reports
-                    .values()
-                    .map(|done| done.weights_digest.as_str())
-                    .collect();
-                if digests.len() > 1 {
-                    let listed: Vec<String> = entry
-                        .done_reports
-                        .iter()
-                        .map(|(rank, done)| format!("rank {rank}: {}", done.weights_digest))
-                        .collect();
-                    Some(format!(
-                        "ranks ended with different weights ({})",
-                        listed.join(", ")
-                    ))
-                } else {
-                    entry.job.weights_digest =
-                        digests.into_iter().next().unwrap_or_default().to_string();
-                    let summary = match entry.job.epochs.last() {
-                        Some(last) => format!(
-                            "trained {} epochs on {member_count} worker(s), generation {}: accuracy {:.3}, macro-F1 {:.3}",
-                            entry.job.epochs.len(),
-                            entry.job.generation,
-                            last.accuracy,
-                            last.macro_f1
-                        ),
-                        None => "finished".to_string(),
-                    };
-                    return Ok(Some(summary));
-                }
-            }
-        };
-        if let Some(message) = failure {
-            self.finish_job(&job_id, JobPhase::Failed, message)
-                .or_else(ignore_finished)?;
         }
-        Ok(None)
     }
 
     /// Rank 0 wrote a complete checkpoint.
@@ -660,41 +599,29 @@ impl ClusterState {
         generation: u32,
         checkpoint: Checkpoint,
     ) -> CoordinatorResult<()> {
-        let snapshot = {
-            let mut inner = self.lock();
-            let entry = inner
-                .jobs
-                .get_mut(job_id)
-                .ok_or_else(|| CoordinatorError::JobNotFound(job_id.into()))?;
+        let snapshot = self.with_job(job_id, |entry, _| {
             if entry.is_finished()
                 || entry
                     .ring
                     .as_ref()
                     .is_none_or(|ring| ring.generation != generation)
             {
-                return Ok(());
+                return Ok(None);
             }
-            let keep = entry.spec().keep_checkpoints;
-            let keep = if keep == 0 {
-                DEFAULT_KEEP_CHECKPOINTS
-            } else {
-                keep
+            let keep = match entry.spec().keep_checkpoints {
+                0 => DEFAULT_KEEP_CHECKPOINTS,
+                keep => keep,
             } as usize;
-            entry
-                .job
-                .checkpoints
-                .retain(|existing| existing.url != checkpoint.url);
-            entry.job.checkpoints.push(checkpoint.clone());
-            entry
-                .job
-                .checkpoints
-                .sort_by_key(|existing| existing.global_step);
-            let excess = entry.job.checkpoints.len().saturating_sub(keep);
-            entry.job.checkpoints.drain(..excess);
+            let checkpoints = &mut entry.job.checkpoints;
+            checkpoints.retain(|existing| existing.url != checkpoint.url);
+            checkpoints.push(checkpoint.clone());
+            checkpoints.sort_by_key(|existing| existing.global_step);
+            let excess = checkpoints.len().saturating_sub(keep);
+            checkpoints.drain(..excess);
             push_event(entry, job_id, job_event::Event::Checkpoint(checkpoint));
-            entry.job.clone()
-        };
-        self.store.save(&snapshot)
+            Ok(Some(entry.job.clone()))
+        })?;
+        self.save(snapshot)
     }
 }
 

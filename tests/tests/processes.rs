@@ -38,15 +38,7 @@ async fn separate_processes_train_a_job() -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    let finished =
-        wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
-    assert_eq!(
-        finished.phase(),
-        JobPhase::Succeeded,
-        "{}\n{}",
-        finished.message,
-        cluster.logs()
-    );
+    let finished = wait_succeeded(&cluster, &job.id).await?;
     assert_eq!(finished.epochs.len(), 1);
     if std::env::var("PLANKTON_TEST_SHOW_LOGS").is_ok() {
         eprintln!("{}", cluster.logs());
@@ -98,6 +90,20 @@ async fn wait_until(
     }
 }
 
+/// Waits for the job's end and fails (with every process's log) unless it succeeded.
+async fn wait_succeeded(cluster: &ProcessCluster, job_id: &str) -> anyhow::Result<Job> {
+    let finished =
+        wait_finished(&cluster.coordinator_url, job_id, Duration::from_secs(600)).await?;
+    anyhow::ensure!(
+        finished.phase() == JobPhase::Succeeded,
+        "job {job_id} ended {:?}: {}\n{}",
+        finished.phase(),
+        finished.message,
+        cluster.logs()
+    );
+    Ok(finished)
+}
+
 fn mid_epoch(job: &Job, epoch: u64) -> bool {
     let steps = job.steps_per_epoch.max(1);
     job.phase() == JobPhase::Training && job.global_step > (epoch - 1) * steps + steps / 3
@@ -145,19 +151,7 @@ async fn killed_workers_are_survived_with_or_without_a_replacement() -> anyhow::
 
     // Undisturbed reference.
     let reference = submit(long_spec(&dataset_url)).await?;
-    let reference = wait_finished(
-        &cluster.coordinator_url,
-        &reference.id,
-        Duration::from_secs(600),
-    )
-    .await?;
-    assert_eq!(
-        reference.phase(),
-        JobPhase::Succeeded,
-        "{}\n{}",
-        reference.message,
-        cluster.logs()
-    );
+    let reference = wait_succeeded(&cluster, &reference.id).await?;
     let reference_f1 = reference.epochs.last().expect("epochs").macro_f1;
     eprintln!("undisturbed job done at {:?}", started.elapsed());
 
@@ -167,15 +161,7 @@ async fn killed_workers_are_survived_with_or_without_a_replacement() -> anyhow::
     let victim = process_of_rank(&running, 1);
     cluster.kill_worker(victim).await?;
     cluster.add_worker()?;
-    let replaced =
-        wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
-    assert_eq!(
-        replaced.phase(),
-        JobPhase::Succeeded,
-        "{}\n{}",
-        replaced.message,
-        cluster.logs()
-    );
+    let replaced = wait_succeeded(&cluster, &job.id).await?;
     assert_eq!(
         replaced.workers.len(),
         3,
@@ -204,14 +190,7 @@ async fn killed_workers_are_survived_with_or_without_a_replacement() -> anyhow::
     let running = wait_until(&cluster, &job.id, "mid-epoch 2", |job| mid_epoch(job, 2)).await?;
     let victim = process_of_rank(&running, 2);
     cluster.kill_worker(victim).await?;
-    let shrunk = wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
-    assert_eq!(
-        shrunk.phase(),
-        JobPhase::Succeeded,
-        "{}\n{}",
-        shrunk.message,
-        cluster.logs()
-    );
+    let shrunk = wait_succeeded(&cluster, &job.id).await?;
     assert_eq!(shrunk.workers.len(), 2, "{:?}", shrunk.recoveries);
     eprintln!(
         "shrunk job done at {:?}: {:?}",
@@ -266,15 +245,7 @@ async fn training_goes_on_while_the_coordinator_is_killed_and_restarted() -> any
     cluster.kill_coordinator().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     cluster.restart_coordinator()?;
-    let finished =
-        wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
-    assert_eq!(
-        finished.phase(),
-        JobPhase::Succeeded,
-        "{}\n{}",
-        finished.message,
-        cluster.logs()
-    );
+    let finished = wait_succeeded(&cluster, &job.id).await?;
     assert!(
         finished.recoveries.is_empty(),
         "the ring never stopped: {:?}",
@@ -318,15 +289,7 @@ async fn a_lost_cluster_resumes_from_its_latest_complete_checkpoint() -> anyhow:
     cluster.restart_coordinator()?;
     cluster.add_worker()?;
     cluster.add_worker()?;
-    let resumed =
-        wait_finished(&cluster.coordinator_url, &job.id, Duration::from_secs(600)).await?;
-    assert_eq!(
-        resumed.phase(),
-        JobPhase::Succeeded,
-        "{}\n{}",
-        resumed.message,
-        cluster.logs()
-    );
+    let resumed = wait_succeeded(&cluster, &job.id).await?;
     let recovery = resumed.recoveries.last().expect("a recovery");
     assert!(
         recovery.state_source.starts_with("checkpoint"),
