@@ -922,3 +922,137 @@ fn nccl_unique_id(job_id: &str) -> Vec<u8> {
 fn nccl_unique_id(_job_id: &str) -> Vec<u8> {
     Vec::new()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use plankton_proto::v1::ShardObject;
+
+    use super::*;
+    use crate::planner::RankShard;
+    use crate::workers::WorkerEntry;
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            worker_timeout: Duration::from_secs(60),
+            registration_timeout: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_millis(100),
+            replacement_wait: Duration::ZERO,
+        }
+    }
+
+    /// A 3-shard job and a pool of `workers` idle, live workers named w0, w1, ...
+    fn job_and_pool(workers: usize, min_workers: u32) -> (JobEntry, WorkerPool) {
+        let shard = |first: i64| RankShard {
+            train: (first..first + 4)
+                .map(|objid| ShardObject { objid, label: 0 })
+                .collect(),
+            test: vec![ShardObject {
+                objid: first + 100,
+                label: 0,
+            }],
+        };
+        let plan = JobPlan {
+            class_names: vec!["a".into()],
+            class_weights: vec![1.0],
+            shards: vec![shard(0), shard(10), shard(20)],
+            steps_per_epoch: 2,
+            train_objects: 12,
+            test_objects: 3,
+            image_source: "imgs/".into(),
+            skipped_meta_rows: 0,
+        };
+        let job = Job {
+            id: "job-1".into(),
+            spec: Some(JobSpec {
+                world_size: 3,
+                min_workers,
+                ..Default::default()
+            }),
+            virtual_shard_count: 3,
+            ..Default::default()
+        };
+        let mut pool = WorkerPool::default();
+        for index in 0..workers {
+            let worker_id = format!("w{index}");
+            pool.workers.insert(
+                worker_id,
+                WorkerEntry::new("test", &format!("127.0.0.1:{}", 7000 + index), 1, false),
+            );
+        }
+        (JobEntry::new(job, Some(Arc::new(plan))), pool)
+    }
+
+    fn end(worker_id: &str, rank: u32, completed_steps: u64) -> GenerationEndReport {
+        GenerationEndReport {
+            job_id: "job-1".into(),
+            worker_id: worker_id.into(),
+            generation: 0,
+            rank,
+            completed_steps,
+            holds_state: true,
+            reason: "peer closed the connection".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_silent_member_is_replaced_by_the_survivors_from_the_newest_state() {
+        let (mut entry, mut pool) = job_and_pool(3, 0);
+        let timeouts = timeouts();
+        assert_eq!(
+            tick(&mut entry, &mut pool, "job-1", &timeouts, true).0,
+            Tick::Wait
+        );
+        assert_eq!(entry.ring.as_ref().unwrap().members, vec!["w0", "w1", "w2"]);
+        for worker in pool.workers.values_mut() {
+            worker.pending_assignment = None;
+        }
+        // w1 goes silent; w0 and w2 report that the ring broke, w2 one step ahead of w0.
+        pool.workers.get_mut("w1").unwrap().last_seen = Instant::now() - Duration::from_secs(1);
+        record_generation_end(&mut entry, end("w0", 0, 7));
+        record_generation_end(&mut entry, end("w2", 2, 8));
+        tick(&mut entry, &mut pool, "job-1", &timeouts, true);
+        assert_eq!(entry.job.phase(), JobPhase::Recovering);
+        tick(&mut entry, &mut pool, "job-1", &timeouts, true);
+        let ring = entry.ring.as_ref().unwrap();
+        assert_eq!(
+            (ring.generation, ring.members.clone()),
+            (1, vec!["w0".to_string(), "w2".to_string()])
+        );
+        assert_eq!(ring.shards_of_rank, vec![vec![0, 1], vec![2]]);
+        let recovery = entry.job.recoveries.last().unwrap();
+        assert_eq!((recovery.resumed_from_step, recovery.steps_lost), (8, 1));
+        assert_eq!(recovery.lost_workers, vec!["w1"]);
+        let assignment = pool.workers["w0"].pending_assignment.as_ref().unwrap();
+        assert_eq!(
+            assignment.state_source.as_ref().unwrap().source,
+            Some(state_source::Source::PeerRank(1)),
+            "w2 (rank 1 now) holds the newest state"
+        );
+    }
+
+    #[test]
+    fn too_few_survivors_fail_the_job_naming_the_fault() {
+        let (mut entry, mut pool) = job_and_pool(3, 3);
+        let timeouts = timeouts();
+        tick(&mut entry, &mut pool, "job-1", &timeouts, true);
+        for worker in pool.workers.values_mut() {
+            worker.pending_assignment = None;
+        }
+        pool.workers.remove("w1");
+        record_generation_end(&mut entry, end("w0", 0, 3));
+        record_generation_end(&mut entry, end("w2", 2, 3));
+        tick(&mut entry, &mut pool, "job-1", &timeouts, true);
+        let (last_tick, _) = tick(&mut entry, &mut pool, "job-1", &timeouts, true);
+        assert_eq!(last_tick, Tick::Finished);
+        assert_eq!(entry.job.phase(), JobPhase::Failed);
+        assert!(
+            entry.job.message.contains("min_workers is 3"),
+            "{}",
+            entry.job.message
+        );
+        assert!(entry.job.message.contains("w1"), "{}", entry.job.message);
+    }
+}
