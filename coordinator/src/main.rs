@@ -25,10 +25,11 @@ struct Options {
     /// Keep jobs and models in memory only: all of them are lost when the coordinator stops. Not with --state-dir.
     #[arg(long, env = "PLANKTON_IN_MEMORY", value_parser = FalseyValueParser::new())]
     in_memory: bool,
-    /// A worker silent for this long fails its job.
+    /// A worker silent for this long is lost: its job re-forms its ring without it (3 heartbeat intervals suffice
+    /// once the ring is known broken).
     #[arg(long, env = "PLANKTON_WORKER_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     worker_timeout: Duration,
-    /// How long a job waits for enough free workers.
+    /// How long a job waits for enough free workers (to start, or to resume from a checkpoint).
     #[arg(long, env = "PLANKTON_REGISTRATION_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     registration_timeout: Duration,
     /// Heartbeat interval asked of workers.
