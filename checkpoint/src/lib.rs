@@ -11,7 +11,6 @@ pub mod error;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
@@ -391,12 +390,10 @@ async fn delete_if_exists(folder: &StoreLocation, relative: &str) -> CheckpointR
 
 /// Deletes every object under `folder`; returns how many there were.
 async fn delete_folder_contents(folder: &StoreLocation) -> CheckpointResult<usize> {
-    let objects: Vec<object_store::ObjectMeta> = folder
-        .store
-        .list(Some(&folder.prefix))
-        .try_collect()
-        .await
-        .map_err(|source| DatasetError::from_store(folder.url.clone(), source))?;
+    let mut objects: Vec<object_store::ObjectMeta> = Vec::new();
+    folder
+        .for_each_object("", |object| objects.push(object))
+        .await?;
     for object in &objects {
         match folder.store.delete(&object.location).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}

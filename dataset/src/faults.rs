@@ -115,23 +115,20 @@ impl FaultInjectingStore {
     }
 
     fn injected_error(&self, location: &Path) -> object_store::Error {
-        injected_error(self.fault, location)
-    }
-}
-
-fn injected_error(fault: InjectedFault, location: &Path) -> object_store::Error {
-    let source: Box<dyn std::error::Error + Send + Sync> = match fault {
-        InjectedFault::ServiceUnavailable => {
-            format!("503 Service Unavailable: SlowDown (injected fault reading {location})").into()
+        let source: Box<dyn std::error::Error + Send + Sync> = match self.fault {
+            InjectedFault::ServiceUnavailable => {
+                format!("503 Service Unavailable: SlowDown (injected fault reading {location})")
+                    .into()
+            }
+            InjectedFault::ConnectionReset => Box::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                format!("connection reset by peer (injected fault reading {location})"),
+            )),
+        };
+        object_store::Error::Generic {
+            store: STORE_NAME,
+            source,
         }
-        InjectedFault::ConnectionReset => Box::new(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            format!("connection reset by peer (injected fault reading {location})"),
-        )),
-    };
-    object_store::Error::Generic {
-        store: STORE_NAME,
-        source,
     }
 }
 
