@@ -66,10 +66,13 @@ impl RingAbort {
         lock(&self.shared.reason).clone()
     }
 
-    /// The reason to report in [`CollectiveError::Aborted`](crate::CollectiveError::Aborted).
-    pub(crate) fn reason_or_unknown(&self) -> String {
-        self.reason()
-            .unwrap_or_else(|| "aborted without a reason".to_string())
+    /// The [`CollectiveError::Aborted`](crate::CollectiveError::Aborted) to report, with the abort's reason.
+    pub(crate) fn error(&self) -> crate::CollectiveError {
+        crate::CollectiveError::Aborted {
+            reason: self
+                .reason()
+                .unwrap_or_else(|| "aborted without a reason".to_string()),
+        }
     }
 
     /// Registers clones of an established ring's streams, shut down by a later `abort` (at once if the ring

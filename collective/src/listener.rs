@@ -206,9 +206,7 @@ pub(crate) struct FormationWatch<'a> {
 impl FormationWatch<'_> {
     fn check(&self) -> Result<()> {
         if self.abort.is_aborted() {
-            return Err(CollectiveError::Aborted {
-                reason: self.abort.reason_or_unknown(),
-            });
+            return Err(self.abort.error());
         }
         if self.other_half_failed.load(Ordering::SeqCst) {
             return Err(CollectiveError::InvalidSetup {

@@ -105,9 +105,7 @@ impl RingAllReduce {
         let world_size = peer_addresses.len();
         validate_setup(rank, world_size, config)?;
         if abort.is_aborted() {
-            return Err(CollectiveError::Aborted {
-                reason: abort.reason_or_unknown(),
-            });
+            return Err(abort.error());
         }
         let mut ring = RingAllReduce {
             job_id: job_id.to_string(),
@@ -185,9 +183,7 @@ impl RingAllReduce {
             (connected, accepted)
         });
         if abort.is_aborted() {
-            return Err(CollectiveError::Aborted {
-                reason: abort.reason_or_unknown(),
-            });
+            return Err(abort.error());
         }
         let (to_next_stream, from_previous_stream) = match (connected, accepted) {
             (
@@ -242,9 +238,7 @@ impl RingAllReduce {
         }
         ring._abort_registration = Some(abort.register(abort_streams));
         if abort.is_aborted() {
-            return Err(CollectiveError::Aborted {
-                reason: abort.reason_or_unknown(),
-            });
+            return Err(abort.error());
         }
         info!(
             job_id,
@@ -284,9 +278,7 @@ impl RingAllReduce {
             });
         }
         if self.abort.is_aborted() {
-            let aborted = CollectiveError::Aborted {
-                reason: self.abort.reason_or_unknown(),
-            };
+            let aborted = self.abort.error();
             self.poisoned = Some(aborted.to_string());
             return Err(aborted);
         }
@@ -312,9 +304,7 @@ impl RingAllReduce {
         // An abort shuts the connections down under the operation: report the abort, not the broken pipe.
         let outcome = outcome.map_err(|failure| {
             if self.abort.is_aborted() {
-                CollectiveError::Aborted {
-                    reason: self.abort.reason_or_unknown(),
-                }
+                self.abort.error()
             } else {
                 failure
             }
