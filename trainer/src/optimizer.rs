@@ -139,7 +139,10 @@ impl Optimizer {
                     continue;
                 }
                 let gradient = if self.weight_decay != 0.0 {
-                    raw_gradient.f_add(&parameter.f_mul_scalar(self.weight_decay)?)?
+                    // gradient + decay * parameter, summed into the one temporary.
+                    let mut decayed = parameter.f_mul_scalar(self.weight_decay)?;
+                    let _ = decayed.f_add_(&raw_gradient)?;
+                    decayed
                 } else {
                     raw_gradient
                 };
@@ -189,14 +192,18 @@ fn adam_update(
     let bias_correction2 = 1.0 - ADAM_BETA2.powf(step_power);
     let _ = exp_avg.f_mul_scalar_(ADAM_BETA1)?;
     let _ = exp_avg.f_add_(&gradient.f_mul_scalar(1.0 - ADAM_BETA1)?)?;
+    // The temporaries are updated in place: one allocation each instead of one per operation.
+    let mut squared_gradient = gradient.f_mul(gradient)?;
+    let _ = squared_gradient.f_mul_scalar_(1.0 - ADAM_BETA2)?;
     let _ = exp_avg_sq.f_mul_scalar_(ADAM_BETA2)?;
-    let _ = exp_avg_sq.f_add_(&gradient.f_mul(gradient)?.f_mul_scalar(1.0 - ADAM_BETA2)?)?;
-    let denominator = exp_avg_sq
-        .f_sqrt()?
-        .f_div_scalar(bias_correction2.sqrt())?
-        .f_add_scalar(ADAM_EPSILON)?;
+    let _ = exp_avg_sq.f_add_(&squared_gradient)?;
+    let mut denominator = exp_avg_sq.f_sqrt()?;
+    let _ = denominator.f_div_scalar_(bias_correction2.sqrt())?;
+    let _ = denominator.f_add_scalar_(ADAM_EPSILON)?;
     let step_size = learning_rate / bias_correction1;
-    let _ = parameter.f_sub_(&exp_avg.f_div(&denominator)?.f_mul_scalar(step_size)?)?;
+    let mut update = exp_avg.f_div(&denominator)?;
+    let _ = update.f_mul_scalar_(step_size)?;
+    let _ = parameter.f_sub_(&update)?;
     Ok(())
 }
 
