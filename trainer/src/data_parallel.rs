@@ -78,6 +78,8 @@ pub struct DataParallelTrainer {
     class_weights: Tensor,
     /// Flat gradients + [local weight sum, local loss sum, re-formation request], reused every step.
     gradient_buffer: Vec<f32>,
+    /// The buffers before the current step's forward pass (to undo a failed step), reused every step.
+    saved_buffers: Vec<f32>,
     progress: TrainingProgress,
 }
 
@@ -221,6 +223,7 @@ impl DataParallelTrainer {
             parameters = parameter_count,
             "model ready"
         );
+        let saved_buffers = vec![0.0; element_count(&buffers)];
         Ok(DataParallelTrainer {
             config: config.clone(),
             var_store,
@@ -232,6 +235,7 @@ impl DataParallelTrainer {
             parameter_count,
             class_weights,
             gradient_buffer: vec![0.0; parameter_count + EXTRA_SLOTS],
+            saved_buffers,
             progress: TrainingProgress::default(),
         })
     }
@@ -375,13 +379,10 @@ impl DataParallelTrainer {
             .sum();
         let world_size = collective.world_size();
         // A train-mode forward updates the running statistics: kept to undo a failed step.
-        let buffers_before_step = if world_size > 1 && !self.buffers.is_empty() {
-            let mut saved = vec![0.0f32; element_count(&self.buffers)];
-            flatten_into(&self.buffers, &mut saved)?;
-            Some(saved)
-        } else {
-            None
-        };
+        let buffers_saved = world_size > 1 && !self.buffers.is_empty();
+        if buffers_saved {
+            flatten_into(&self.buffers, &mut self.saved_buffers)?;
+        }
         let local_loss_sum = if count == 0 {
             // Defined zero gradients so the all-reduce and the optimizer see every parameter.
             let zero = self
@@ -434,8 +435,8 @@ impl DataParallelTrainer {
             extra[LOSS_SUM_SLOT] = local_loss_value as f32;
             extra[REFORM_SLOT] = if request_reform { 1.0 } else { 0.0 };
             if let Err(error) = collective.all_reduce_sum(&mut self.gradient_buffer) {
-                if let Some(saved) = &buffers_before_step {
-                    unflatten_from(saved, &self.buffers, 1.0)?;
+                if buffers_saved {
+                    unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;
                 }
                 return Err(error.into());
             }
@@ -509,16 +510,22 @@ impl DataParallelTrainer {
         }
     }
 
-    /// The whole training state as safetensors: every model variable (the model file's names),
-    /// every optimizer tensor (`optimizer.<kind>.<parameter>`), and metadata (format, architecture,
-    /// optimizer, progress, optimizer step count).
-    pub fn state_bytes(&self) -> Result<Vec<u8>, TrainError> {
+    /// Every model variable, then every optimizer tensor, with their training-state file names.
+    fn named_state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut tensors: Vec<(String, Tensor)> = self
             .variables
             .iter()
             .map(|(name, tensor)| (name.clone(), tensor.shallow_clone()))
             .collect();
         tensors.extend(self.optimizer.named_state());
+        tensors
+    }
+
+    /// The whole training state as safetensors: every model variable (the model file's names),
+    /// every optimizer tensor (`optimizer.<kind>.<parameter>`), and metadata (format, architecture,
+    /// optimizer, progress, optimizer step count).
+    pub fn state_bytes(&self) -> Result<Vec<u8>, TrainError> {
+        let tensors = self.named_state_tensors();
         let progress = self.progress;
         let metadata: HashMap<String, String> = [
             ("format", TRAINING_STATE_FORMAT.to_string()),
@@ -587,12 +594,7 @@ impl DataParallelTrainer {
             epoch_loss_steps: number("epoch_loss_steps")?,
         };
         let optimizer_step = number("optimizer_step")?;
-        let mut targets: Vec<(String, Tensor)> = self
-            .variables
-            .iter()
-            .map(|(name, tensor)| (name.clone(), tensor.shallow_clone()))
-            .collect();
-        targets.extend(self.optimizer.named_state());
+        let targets = self.named_state_tensors();
         if let Some(unknown) = file.unexpected_name(&targets, |_| false) {
             return Err(mismatch(format!("unexpected tensor {unknown:?}")));
         }
