@@ -38,9 +38,12 @@ pub(crate) fn serialize(
     }
     let views = named_bytes
         .iter()
-        .map(|(name, shape, bytes)| Ok((*name, TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
-        .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(|error| serialization_error(error.to_string()))?;
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|view| (*name, view))
+                .map_err(|error| serialization_error(format!("tensor {name:?}: {error}")))
+        })
+        .collect::<Result<Vec<_>, TrainError>>()?;
     safetensors::tensor::serialize(views, &metadata)
         .map_err(|error| serialization_error(error.to_string()))
 }

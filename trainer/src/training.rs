@@ -163,8 +163,25 @@ fn validate_generation(
         )));
     }
     for shard in owned.iter() {
-        shard.train.validate("train", config.num_classes)?;
-        shard.test.validate("test", config.num_classes)?;
+        // Names the virtual shard: a rank may be given several.
+        let naming_shard = |error| match error {
+            TrainError::InvalidShard {
+                shard: split,
+                reason,
+            } => TrainError::InvalidShard {
+                shard: split,
+                reason: format!("virtual shard {}: {reason}", shard.index),
+            },
+            other => other,
+        };
+        shard
+            .train
+            .validate("train", config.num_classes)
+            .map_err(naming_shard)?;
+        shard
+            .test
+            .validate("test", config.num_classes)
+            .map_err(naming_shard)?;
     }
     let total_steps = config.epochs as u64 * config.steps_per_epoch as u64;
     let global_step = trainer.progress().global_step;
