@@ -239,19 +239,10 @@ fn step_summary(job: &Job, epochs: u32) -> String {
     )
 }
 
-/// The fault-tolerance settings with the coordinator's defaults spelled out (0 means "default" in the spec).
+/// The fault-tolerance settings (the coordinator fills their defaults into every job's spec).
 fn tolerance_summary(spec: &plankton_proto::v1::JobSpec) -> String {
-    let min_workers = spec.min_workers.max(1);
-    let max_recoveries = if spec.max_recoveries == 0 {
-        10
-    } else {
-        spec.max_recoveries
-    };
-    let keep = if spec.keep_checkpoints == 0 {
-        2
-    } else {
-        spec.keep_checkpoints
-    };
+    let (min_workers, max_recoveries, keep) =
+        (spec.min_workers, spec.max_recoveries, spec.keep_checkpoints);
     let cadence = if spec.checkpoint_every_steps == 0 {
         "at epoch ends".to_string()
     } else {
@@ -557,6 +548,10 @@ mod tests {
                 world_size: 3,
                 epochs: 4,
                 checkpoint_every_steps: 20,
+                // As the coordinator serves it: defaults filled in.
+                min_workers: 1,
+                max_recoveries: 10,
+                keep_checkpoints: 2,
                 ..JobSpec::default()
             }),
             generation: 1,

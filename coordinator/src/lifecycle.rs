@@ -22,7 +22,7 @@ use plankton_proto::v1::{
 use crate::generation::{GenerationLayout, SurvivorState, layout_generation};
 use crate::metrics::ConfusionMatrix;
 use crate::planner::JobPlan;
-use crate::state::{DEFAULT_MAX_RECOVERIES, Tick, Timeouts, is_terminal, unix_ms_now};
+use crate::state::{Tick, Timeouts, is_terminal, unix_ms_now};
 use crate::workers::WorkerPool;
 
 /// Events kept per job for late watchers; progress events beyond this are dropped from the replay log.
@@ -44,6 +44,12 @@ pub(crate) struct Ring {
 }
 
 impl Ring {
+    /// Whether a fault (a lost member, or a member's own failure) ended this generation, not only a
+    /// requested re-formation.
+    fn broken_by_fault(&self) -> bool {
+        !self.lost.is_empty() || self.ended.values().any(|report| !report.clean)
+    }
+
     pub(crate) fn rank_of(&self, worker_id: &str) -> Option<usize> {
         self.members.iter().position(|member| member == worker_id)
     }
@@ -191,9 +197,7 @@ fn mark_lost_members(
         .recovery
         .as_ref()
         .is_some_and(|recovery| recovery.fault)
-        || entry.ring.as_ref().is_some_and(|ring| {
-            ring.ended.values().any(|report| !report.clean) || !ring.lost.is_empty()
-        });
+        || entry.ring.as_ref().is_some_and(Ring::broken_by_fault);
     let mut newly_lost = Vec::new();
     if let Some(ring) = &mut entry.ring {
         for member in &ring.members {
@@ -264,7 +268,7 @@ fn watch_generation(
     let ended_any = ring.is_some_and(|ring| !ring.ended.is_empty() || !ring.lost.is_empty());
     if ended_any {
         let ring = ring.expect("ended_any implies a ring");
-        let fault = !ring.lost.is_empty() || ring.ended.values().any(|report| !report.clean);
+        let fault = ring.broken_by_fault();
         let reasons = generation_end_reasons(ring);
         info!(job_id, generation = ring.generation, fault, reasons = ?reasons, "generation ended; re-forming");
         entry.recovery = Some(PendingRecovery {
@@ -387,6 +391,7 @@ fn re_form(
         return (Tick::Wait, None);
     }
     let min_workers = (spec.min_workers.max(1) as usize).min(world_size);
+    let max_recoveries = spec.max_recoveries;
     if members < min_workers {
         let message = format!(
             "only {members} worker(s) available after losing members ({}); min_workers is {min_workers}",
@@ -395,11 +400,6 @@ fn re_form(
         let snapshot = finish_entry(entry, pool, job_id, JobPhase::Failed, message);
         return (Tick::Finished, Some(snapshot));
     }
-    let max_recoveries = if spec.max_recoveries == 0 {
-        DEFAULT_MAX_RECOVERIES
-    } else {
-        spec.max_recoveries
-    };
     let fault_recoveries = entry
         .job
         .recoveries
@@ -417,40 +417,6 @@ fn re_form(
     if entry.plan.is_none() {
         return (Tick::NeedsPlan(spec), None);
     }
-    let (source, resumed_from_step, source_name) = if survivors.is_empty() {
-        match &recovery.checkpoint_lookup {
-            None => return (Tick::NeedsCheckpoint(spec.output_url.clone()), None),
-            Some(Some(checkpoint)) => (
-                StateSource {
-                    source: Some(state_source::Source::CheckpointUrl(checkpoint.url.clone())),
-                    init_weights_url: String::new(),
-                },
-                checkpoint.global_step,
-                format!("checkpoint {}", checkpoint.url),
-            ),
-            Some(None) => {
-                if recovery.resume {
-                    let message = format!(
-                        "cannot resume: no complete checkpoint under {}/checkpoints",
-                        spec.output_url.trim_end_matches('/')
-                    );
-                    let snapshot = finish_entry(entry, pool, job_id, JobPhase::Failed, message);
-                    return (Tick::Finished, Some(snapshot));
-                }
-                (
-                    StateSource {
-                        source: Some(state_source::Source::Fresh(true)),
-                        init_weights_url: spec.init_from.clone(),
-                    },
-                    0,
-                    "a fresh start (no member held the state and there is no checkpoint)"
-                        .to_string(),
-                )
-            }
-        }
-    } else {
-        (StateSource::default(), 0, String::new())
-    };
     let previous_shards: BTreeMap<String, Vec<u32>> = entry
         .ring
         .as_ref()
@@ -463,16 +429,40 @@ fn re_form(
         })
         .unwrap_or_default();
     let layout = layout_generation(entry.shard_count(), &survivors, &joiners, &previous_shards);
-    let (source, resumed_from_step, source_name) = match layout.source_rank {
-        Some(rank) => (
-            StateSource {
-                source: Some(state_source::Source::PeerRank(rank as u32)),
-                init_weights_url: String::new(),
-            },
-            survivors[rank].completed_steps,
-            format!("worker {} (rank {rank})", survivors[rank].worker_id),
-        ),
-        None => (source, resumed_from_step, source_name),
+    // The newest survivor's state; with none, the latest checkpoint; with none either, a fresh start.
+    let (source, resumed_from_step, source_name) =
+        match (layout.source_rank, &recovery.checkpoint_lookup) {
+            (Some(rank), _) => (
+                state_source::Source::PeerRank(rank as u32),
+                survivors[rank].completed_steps,
+                format!("worker {} (rank {rank})", survivors[rank].worker_id),
+            ),
+            (None, None) => return (Tick::NeedsCheckpoint(spec.output_url.clone()), None),
+            (None, Some(Some(checkpoint))) => (
+                state_source::Source::CheckpointUrl(checkpoint.url.clone()),
+                checkpoint.global_step,
+                format!("checkpoint {}", checkpoint.url),
+            ),
+            (None, Some(None)) if recovery.resume => {
+                let message = format!(
+                    "cannot resume: no complete checkpoint under {}/checkpoints",
+                    spec.output_url.trim_end_matches('/')
+                );
+                let snapshot = finish_entry(entry, pool, job_id, JobPhase::Failed, message);
+                return (Tick::Finished, Some(snapshot));
+            }
+            (None, Some(None)) => (
+                state_source::Source::Fresh(true),
+                0,
+                "a fresh start (no member held the state and there is no checkpoint)".to_string(),
+            ),
+        };
+    let source = StateSource {
+        init_weights_url: match source {
+            state_source::Source::Fresh(_) => spec.init_from.clone(),
+            _ => String::new(),
+        },
+        source: Some(source),
     };
     let ring = entry.ring.as_ref();
     let highest_completed = ring
@@ -965,10 +955,15 @@ mod tests {
         };
         let job = Job {
             id: "job-1".into(),
-            spec: Some(JobSpec {
-                world_size: 3,
-                min_workers,
-                ..Default::default()
+            // As submitted: defaults filled in.
+            spec: Some({
+                let mut spec = JobSpec {
+                    world_size: 3,
+                    min_workers,
+                    ..Default::default()
+                };
+                crate::planner::fill_fault_tolerance_defaults(&mut spec);
+                spec
             }),
             virtual_shard_count: 3,
             ..Default::default()

@@ -17,6 +17,9 @@ pub const DEFAULT_BATCH_SIZE: u32 = 64;
 pub const DEFAULT_LEARNING_RATE: f32 = 1e-3;
 pub const DEFAULT_TEST_FRACTION: f32 = 0.2;
 pub const DEFAULT_SEED: u64 = 42;
+pub const DEFAULT_MIN_WORKERS: u32 = 1;
+pub const DEFAULT_MAX_RECOVERIES: u32 = 10;
+pub const DEFAULT_KEEP_CHECKPOINTS: u32 = 2;
 pub const KNOWN_MODELS: [&str; 2] = ["resnet", "lenet"];
 
 /// The train and test objects one rank works on.
@@ -87,7 +90,22 @@ pub fn normalize_spec(mut spec: JobSpec) -> CoordinatorResult<JobSpec> {
     if spec.seed == 0 {
         spec.seed = DEFAULT_SEED;
     }
+    fill_fault_tolerance_defaults(&mut spec);
     Ok(spec)
+}
+
+/// Gives the fault-tolerance fields left at 0 their defaults (also applied to jobs read back from the store),
+/// so every consumer reads the spec as it is.
+pub fn fill_fault_tolerance_defaults(spec: &mut JobSpec) {
+    if spec.min_workers == 0 {
+        spec.min_workers = DEFAULT_MIN_WORKERS;
+    }
+    if spec.max_recoveries == 0 {
+        spec.max_recoveries = DEFAULT_MAX_RECOVERIES;
+    }
+    if spec.keep_checkpoints == 0 {
+        spec.keep_checkpoints = DEFAULT_KEEP_CHECKPOINTS;
+    }
 }
 
 /// Reads `meta.csv`, encodes labels, splits, weights and shards. Fails when the dataset is unreadable or a

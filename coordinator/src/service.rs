@@ -195,12 +195,9 @@ impl WorkerControl for CoordinatorService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let request = request.into_inner();
-        let answer = self.state.heartbeat(
-            &request.worker_id,
-            &request.job_id,
-            request.generation,
-            request.global_step,
-        );
+        let answer = self
+            .state
+            .heartbeat(&request.worker_id, &request.job_id, request.generation);
         Ok(Response::new(match answer {
             Ok(answer) => HeartbeatResponse {
                 cancel_current_job: answer.cancel_current_job,

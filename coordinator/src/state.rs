@@ -23,9 +23,6 @@ use crate::registry::ModelRegistry;
 use crate::store::StateStore;
 use crate::workers::WorkerPool;
 
-pub const DEFAULT_MAX_RECOVERIES: u32 = 10;
-pub const DEFAULT_KEEP_CHECKPOINTS: u32 = 2;
-
 pub fn unix_ms_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -99,7 +96,10 @@ impl ClusterState {
     pub fn new(store: StateStore, timeouts: Timeouts) -> CoordinatorResult<Self> {
         let mut inner = Inner::default();
         let mut jobs = Vec::new();
-        for job in store.load_all()? {
+        for mut job in store.load_all()? {
+            if let Some(spec) = &mut job.spec {
+                crate::planner::fill_fault_tolerance_defaults(spec);
+            }
             jobs.push(job.clone());
             let job_id = job.id.clone();
             let mut entry = JobEntry::new(job, None);
@@ -204,7 +204,6 @@ impl ClusterState {
         worker_id: &str,
         job_id: &str,
         generation: u32,
-        global_step: u64,
     ) -> CoordinatorResult<HeartbeatAnswer> {
         let grace = self.timeouts.heartbeat_interval * 2 + Duration::from_secs(1);
         let mut inner = self.lock();
@@ -213,7 +212,7 @@ impl ClusterState {
             .workers
             .get_mut(worker_id)
             .ok_or_else(|| CoordinatorError::UnknownWorker(worker_id.into()))?;
-        worker.observe_heartbeat(job_id, generation, global_step, grace);
+        worker.observe_heartbeat(job_id, generation, grace);
         let mut answer = HeartbeatAnswer::default();
         if job_id.is_empty() {
             return Ok(answer);
@@ -507,7 +506,6 @@ impl ClusterState {
         let Inner { pool, jobs } = &mut *inner;
         if let Some(worker) = pool.workers.get_mut(&progress.worker_id) {
             worker.touch();
-            worker.global_step = worker.global_step.max(progress.global_step);
         }
         let entry = jobs
             .get_mut(job_id)
@@ -608,10 +606,7 @@ impl ClusterState {
             {
                 return Ok(None);
             }
-            let keep = match entry.spec().keep_checkpoints {
-                0 => DEFAULT_KEEP_CHECKPOINTS,
-                keep => keep,
-            } as usize;
+            let keep = entry.spec().keep_checkpoints.max(1) as usize;
             let checkpoints = &mut entry.job.checkpoints;
             checkpoints.retain(|existing| existing.url != checkpoint.url);
             checkpoints.push(checkpoint.clone());

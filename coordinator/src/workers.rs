@@ -23,9 +23,8 @@ pub(crate) struct WorkerEntry {
     pub assignment_ready: Arc<Notify>,
     /// When the worker last took an assignment (its idle heartbeats right after are in flight, not news).
     pub assignment_taken: Option<Instant>,
-    /// Generation and global step from the worker's last heartbeat or progress report.
+    /// Generation from the worker's last heartbeat.
     pub generation: u32,
-    pub global_step: u64,
     pub rank: Option<u32>,
 }
 
@@ -43,7 +42,6 @@ impl WorkerEntry {
             assignment_ready: Arc::new(Notify::new()),
             assignment_taken: None,
             generation: 0,
-            global_step: 0,
             rank: None,
         }
     }
@@ -74,13 +72,7 @@ impl WorkerEntry {
 
     /// Applies a heartbeat's claim of what the worker runs: an idle worker is idle unless an assignment is on
     /// its way to it.
-    pub fn observe_heartbeat(
-        &mut self,
-        job_id: &str,
-        generation: u32,
-        global_step: u64,
-        grace: Duration,
-    ) {
+    pub fn observe_heartbeat(&mut self, job_id: &str, generation: u32, grace: Duration) {
         self.touch();
         if job_id.is_empty() {
             let assignment_in_flight = self.pending_assignment.is_some()
@@ -94,7 +86,6 @@ impl WorkerEntry {
             }
         } else {
             self.generation = generation;
-            self.global_step = self.global_step.max(global_step);
         }
     }
 }

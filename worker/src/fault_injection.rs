@@ -1,6 +1,8 @@
 //! Faults injected on purpose, for tests and the recovery benchmark: a worker that dies (or hangs) at a chosen
 //! step of its first generation, before, during or after the step's all-reduce.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use plankton_collective::{Collective, CollectiveError, RingAbort};
@@ -26,8 +28,8 @@ pub struct InjectedFault {
     pub point: FaultPoint,
 }
 
-/// The message of the error an injected crash unwinds with; the worker then vanishes without reporting.
-pub const INJECTED_CRASH: &str = "injected crash";
+/// The message of the error an injected crash unwinds with (the worker then vanishes without reporting).
+const INJECTED_CRASH: &str = "injected crash";
 
 /// Longest an injected stall hangs when nobody aborts it.
 const MAX_STALL: Duration = Duration::from_secs(600);
@@ -38,19 +40,28 @@ pub struct FaultInjectingCollective {
     fault: InjectedFault,
     all_reduces: u64,
     abort: RingAbort,
+    /// Set when the injected crash fired: the worker must vanish, not report a ring fault.
+    crashed: Arc<AtomicBool>,
 }
 
 impl FaultInjectingCollective {
-    pub fn new(inner: Box<dyn Collective>, fault: InjectedFault, abort: RingAbort) -> Self {
+    pub fn new(
+        inner: Box<dyn Collective>,
+        fault: InjectedFault,
+        abort: RingAbort,
+        crashed: Arc<AtomicBool>,
+    ) -> Self {
         FaultInjectingCollective {
             inner,
             fault,
             all_reduces: 0,
             abort,
+            crashed,
         }
     }
 
-    fn crash() -> CollectiveError {
+    fn crash(&self) -> CollectiveError {
+        self.crashed.store(true, Ordering::SeqCst);
         CollectiveError::InvalidSetup {
             reason: INJECTED_CRASH.to_string(),
         }
@@ -73,16 +84,16 @@ impl Collective for FaultInjectingCollective {
             return self.inner.all_reduce_sum(buffer);
         }
         match self.fault.point {
-            FaultPoint::BeforeAllReduce => Err(Self::crash()),
+            FaultPoint::BeforeAllReduce => Err(self.crash()),
             FaultPoint::DuringAllReduce => {
                 // Half a buffer: the peers start exchanging, then see a broken operation.
                 let half = buffer.len() / 2;
                 let _ = self.inner.all_reduce_sum(&mut buffer[..half]);
-                Err(Self::crash())
+                Err(self.crash())
             }
             FaultPoint::AfterAllReduce => {
                 self.inner.all_reduce_sum(buffer)?;
-                Err(Self::crash())
+                Err(self.crash())
             }
             FaultPoint::Stall => {
                 let started = Instant::now();

@@ -31,7 +31,7 @@ use plankton_trainer::{
 };
 
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
-use crate::fault_injection::{FaultInjectingCollective, INJECTED_CRASH};
+use crate::fault_injection::FaultInjectingCollective;
 use crate::loader::load_shard;
 use crate::outbox::{Outbox, Report};
 use crate::{CurrentJob, JobHandle, WorkerConfig, with_deadline};
@@ -40,8 +40,6 @@ use crate::{CurrentJob, JobHandle, WorkerConfig, with_deadline};
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 /// Deadline of a `NextAssignment` long poll (the coordinator answers empty after 10 s).
 pub(crate) const ASSIGNMENT_POLL_DEADLINE: Duration = Duration::from_secs(30);
-/// Default number of complete checkpoints kept per job.
-const DEFAULT_KEEP_CHECKPOINTS: usize = 2;
 
 /// How an assignment ended for this worker.
 #[derive(Debug, PartialEq, Eq)]
@@ -340,11 +338,8 @@ async fn run_one_generation(
                 steps_per_epoch: assignment.steps_per_epoch,
                 architecture: spec.model.clone(),
                 class_names: assignment.class_names.clone(),
-                keep: if spec.keep_checkpoints == 0 {
-                    DEFAULT_KEEP_CHECKPOINTS
-                } else {
-                    spec.keep_checkpoints as usize
-                },
+                // The coordinator fills the default; never prune to nothing.
+                keep: spec.keep_checkpoints.max(1) as usize,
             },
             outbox.sender(),
         )
@@ -375,6 +370,7 @@ async fn run_one_generation(
         abort: abort.clone(),
         generation_over: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         fault,
+        crashed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         train_config,
         start,
         trainer,
@@ -397,7 +393,6 @@ async fn run_one_generation(
     while let Some(event) = event_receiver.recv().await {
         match event {
             TrainingEvent::Step(step) => {
-                handle.global_step.store(step.global_step, Ordering::SeqCst);
                 let progress = WorkerProgress {
                     epoch: step.epoch,
                     step: step.step as u64,
@@ -442,11 +437,6 @@ async fn run_one_generation(
         memory.shards.insert(shard.index, shard);
     }
     memory.trainer = finished.trainer;
-    if let Some(trainer) = &memory.trainer {
-        handle
-            .global_step
-            .store(trainer.progress().global_step, Ordering::SeqCst);
-    }
     match finished.result {
         Ok(GenerationOutcome::Finished) => {
             let Some(trainer) = memory.trainer.take() else {
@@ -463,7 +453,7 @@ async fn run_one_generation(
             report.clean = true;
             GenerationEnd::Left(report)
         }
-        Err(failure) if failure.to_string().contains(INJECTED_CRASH) => GenerationEnd::Crashed,
+        Err(_) if finished.crashed => GenerationEnd::Crashed,
         Err(_) if handle.cancel.is_cancelled() => {
             GenerationEnd::Stopped("the job was stopped".into())
         }
@@ -649,6 +639,8 @@ struct TrainingSession {
     /// Set when the generation's training ends (stops the NCCL abort watchdog).
     generation_over: Arc<std::sync::atomic::AtomicBool>,
     fault: Option<crate::InjectedFault>,
+    /// Set by the fault injector when its crash fires.
+    crashed: Arc<std::sync::atomic::AtomicBool>,
     train_config: TrainConfig,
     start: Start,
     trainer: Option<DataParallelTrainer>,
@@ -660,6 +652,8 @@ struct FinishedSession {
     trainer: Option<DataParallelTrainer>,
     shards: Vec<VirtualShardData>,
     result: Result<GenerationOutcome, TrainError>,
+    /// An injected crash fired.
+    crashed: bool,
 }
 
 impl TrainingSession {
@@ -671,6 +665,7 @@ impl TrainingSession {
             trainer,
             shards: self.shards,
             result,
+            crashed: self.crashed.load(Ordering::SeqCst),
         }
     }
 
@@ -695,6 +690,7 @@ impl TrainingSession {
                 collective,
                 fault,
                 self.abort.clone(),
+                self.crashed.clone(),
             ));
         }
         let source_rank = match &mut self.start {
@@ -857,9 +853,6 @@ impl TrainingObserver for ChannelObserver {
         if self.handle.cancel.is_cancelled() {
             return ControlFlow::Break(());
         }
-        self.handle
-            .global_step
-            .store(progress.global_step, Ordering::SeqCst);
         let due = self
             .last_progress
             .is_none_or(|last| last.elapsed() >= PROGRESS_INTERVAL)

@@ -9,7 +9,7 @@ mod loader;
 mod outbox;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -81,7 +81,6 @@ pub(crate) struct JobHandle {
     pub cancel: CancellationToken,
     pub generation: AtomicU32,
     pub rank: AtomicU32,
-    pub global_step: AtomicU64,
     /// Set when the coordinator asks the ring to end at the next step boundary.
     pub reform_requested: AtomicBool,
     /// Aborts the current generation's ring.
@@ -97,7 +96,6 @@ impl JobHandle {
             cancel,
             generation: AtomicU32::new(0),
             rank: AtomicU32::new(0),
-            global_step: AtomicU64::new(0),
             reform_requested: AtomicBool::new(false),
             abort: Mutex::new(RingAbort::new()),
             pending_end: Mutex::new(None),
@@ -362,9 +360,6 @@ async fn heartbeat_loop(
             generation: running
                 .as_ref()
                 .map_or(0, |job| job.generation.load(Ordering::SeqCst)),
-            global_step: running
-                .as_ref()
-                .map_or(0, |job| job.global_step.load(Ordering::SeqCst)),
         };
         let response = match client.heartbeat(with_deadline(request)).await {
             Ok(response) => response.into_inner(),
