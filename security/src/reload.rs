@@ -1,0 +1,120 @@
+//! Reload on change: a background task that re-reads a few files every poll interval and hands their new
+//! contents to a reload function when any of them changed.
+//!
+//! Changes are detected by content digest rather than mtime: a certificate rewritten within the same
+//! timestamp tick, or a Kubernetes Secret whose symlinks are swapped to files with old mtimes, is still seen.
+//! The files are small (PEM, tokens), so reading them once a second costs nothing.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::SecurityError;
+
+/// How often reloading stores and certificates look at their files unless told otherwise.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Digest of the contents of a list of files, to tell whether any of them changed.
+pub(crate) type ContentsDigest = [u8; 32];
+
+pub(crate) fn digest_contents(contents: &[Vec<u8>]) -> ContentsDigest {
+    let mut hasher = Sha256::new();
+    for file_contents in contents {
+        hasher.update((file_contents.len() as u64).to_le_bytes());
+        hasher.update(file_contents);
+    }
+    hasher.finalize().into()
+}
+
+/// Reads every file, naming the first that cannot be read.
+pub(crate) fn read_files(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, SecurityError> {
+    paths
+        .iter()
+        .map(|path| std::fs::read(path).map_err(|source| SecurityError::read_file(path, source)))
+        .collect()
+}
+
+/// The tokio runtime a reload task is spawned on; an error naming `what` outside of one.
+pub(crate) fn current_runtime(what: &'static str) -> Result<tokio::runtime::Handle, SecurityError> {
+    tokio::runtime::Handle::try_current().map_err(|_| SecurityError::NoRuntime { what })
+}
+
+/// Spawns the task that polls `paths` every `poll_interval` and calls `reload(target, contents)` when their
+/// contents differ from those last seen (initially `loaded_digest`, the digest of what `target` was built from).
+///
+/// The task holds only a weak reference: it ends at its next poll once every strong reference is dropped.
+/// A file that cannot be read, or contents that `reload` rejects, are logged once per change and the target
+/// keeps what it has.
+pub(crate) fn spawn_reload_task<T, F>(
+    runtime: &tokio::runtime::Handle,
+    target: &Arc<T>,
+    paths: Vec<PathBuf>,
+    loaded_digest: ContentsDigest,
+    poll_interval: Duration,
+    reload: F,
+) where
+    T: Send + Sync + 'static,
+    F: Fn(&T, &[Vec<u8>]) -> Result<(), SecurityError> + Send + Sync + 'static,
+{
+    let weak_target: Weak<T> = Arc::downgrade(target);
+    let reload = Arc::new(reload);
+    runtime.spawn(async move {
+        let mut last_seen = Some(loaded_digest);
+        let mut ticker = tokio::time::interval(poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let Some(target) = weak_target.upgrade() else {
+                return;
+            };
+            let paths = paths.clone();
+            let reload = reload.clone();
+            let previously_seen = last_seen;
+            let poll = tokio::task::spawn_blocking(move || {
+                poll_files_once(target.as_ref(), &paths, previously_seen, reload.as_ref())
+            });
+            match poll.await {
+                Ok(seen) => last_seen = seen,
+                Err(join_error) => tracing::error!(%join_error, "file reload task failed"),
+            }
+        }
+    });
+}
+
+/// One poll: returns the digest now seen (None when a file cannot be read).
+fn poll_files_once<T>(
+    target: &T,
+    paths: &[PathBuf],
+    previously_seen: Option<ContentsDigest>,
+    reload: &(dyn Fn(&T, &[Vec<u8>]) -> Result<(), SecurityError> + Send + Sync),
+) -> Option<ContentsDigest> {
+    let contents = match read_files(paths) {
+        Ok(contents) => contents,
+        Err(error) => {
+            // Logged once, when a file goes missing; a rotation that replaces files may race with this read.
+            if previously_seen.is_some() {
+                tracing::warn!(%error, "cannot read a watched file; keeping the loaded contents");
+            }
+            return None;
+        }
+    };
+    let digest = digest_contents(&contents);
+    if previously_seen == Some(digest) {
+        return previously_seen;
+    }
+    let files = paths
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match reload(target, &contents) {
+        Ok(()) => tracing::info!(%files, "reloaded changed files"),
+        Err(error) => {
+            tracing::error!(%files, %error, "changed files are invalid; keeping the previous ones")
+        }
+    }
+    Some(digest)
+}
