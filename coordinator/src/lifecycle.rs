@@ -82,6 +82,8 @@ pub(crate) struct JobEntry {
     pub(crate) done_reports: BTreeMap<u32, DoneReport>,
     /// When the job started waiting for workers (submit, resume, or the coordinator's start).
     pub(crate) waiting_since: Instant,
+    /// Encrypt the ring's traffic (the coordinator's `--ring-tls`).
+    pub(crate) ring_tls: bool,
 }
 
 impl JobEntry {
@@ -97,6 +99,7 @@ impl JobEntry {
             epoch_reports: BTreeMap::new(),
             done_reports: BTreeMap::new(),
             waiting_since: Instant::now(),
+            ring_tls: false,
         }
     }
 
@@ -778,6 +781,9 @@ pub(crate) fn form_generation(
     } else {
         Vec::new()
     };
+    // A fresh key per generation: a ring handshake proves knowledge of it, so only this generation's members
+    // (who got it with their assignment) can join.
+    let ring_secret = rand::random::<[u8; 32]>().to_vec();
     for (rank, worker_id) in layout.members.iter().enumerate() {
         let virtual_shards = layout.shards_of_rank[rank]
             .iter()
@@ -804,6 +810,8 @@ pub(crate) fn form_generation(
             virtual_shards,
             virtual_shard_count: plan.shards.len() as u32,
             state_source: Some(source.clone()),
+            ring_secret: ring_secret.clone(),
+            ring_tls: entry.ring_tls,
         };
         if let Some(worker) = pool.workers.get_mut(worker_id) {
             worker.assign(assignment);

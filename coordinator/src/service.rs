@@ -1,7 +1,7 @@
-//! gRPC front of the coordinator: `JobService` for operators and `WorkerControl` for workers.
+//! gRPC front of the coordinator for operators: `JobService` and `ModelRegistry` (`WorkerControl`, for workers,
+//! is in [`crate::worker_service`]).
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
@@ -11,13 +11,10 @@ use tracing::{info, warn};
 
 use plankton_proto::v1::job_service_server::JobService;
 use plankton_proto::v1::model_registry_server::ModelRegistry as ModelRegistryService;
-use plankton_proto::v1::worker_control_server::WorkerControl;
 use plankton_proto::v1::{
-    Ack, CancelJobRequest, CheckpointReport, DoneReport, EpochReport, GenerationEndReport,
-    GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job, JobEvent, JobPhase, ListJobsRequest,
-    ListJobsResponse, ListWorkersRequest, ListWorkersResponse, NextAssignmentRequest,
-    NextAssignmentResponse, ProgressReport, RegisterRequest, RegisterResponse, ResumeJobRequest,
-    SubmitJobRequest, WatchJobRequest, job_event,
+    CancelJobRequest, GetJobRequest, Job, JobEvent, ListJobsRequest, ListJobsResponse,
+    ListWorkersRequest, ListWorkersResponse, ResumeJobRequest, SubmitJobRequest, WatchJobRequest,
+    job_event,
 };
 use plankton_proto::v1::{
     GetModelRequest, ListModelsRequest, ListModelsResponse, ModelVersion, PromoteModelRequest,
@@ -28,12 +25,9 @@ use crate::error::CoordinatorError;
 use crate::planner::{normalize_spec, plan_job};
 use crate::state::{ClusterState, unix_ms_now};
 
-/// How long a `NextAssignment` long poll waits before answering empty.
-const ASSIGNMENT_POLL: Duration = Duration::from_secs(10);
-
 #[derive(Clone)]
 pub struct CoordinatorService {
-    state: ClusterState,
+    pub(crate) state: ClusterState,
     /// Ends the job drivers with the coordinator.
     shutdown: CancellationToken,
 }
@@ -174,122 +168,6 @@ fn async_stream_events(
 }
 
 #[tonic::async_trait]
-impl WorkerControl for CoordinatorService {
-    async fn register(
-        &self,
-        request: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterResponse>, Status> {
-        let request = request.into_inner();
-        if request.peer_address.is_empty() {
-            return Err(Status::invalid_argument("register: peer_address is empty"));
-        }
-        let worker_id = self.state.register_worker(&request);
-        Ok(Response::new(RegisterResponse {
-            worker_id,
-            heartbeat_interval_ms: self.state.timeouts.heartbeat_interval.as_millis() as u64,
-        }))
-    }
-
-    async fn heartbeat(
-        &self,
-        request: Request<HeartbeatRequest>,
-    ) -> Result<Response<HeartbeatResponse>, Status> {
-        let request = request.into_inner();
-        let answer = self
-            .state
-            .heartbeat(&request.worker_id, &request.job_id, request.generation);
-        Ok(Response::new(match answer {
-            Ok(answer) => HeartbeatResponse {
-                cancel_current_job: answer.cancel_current_job,
-                unknown_worker: false,
-                abort_generation: answer.abort_generation,
-                reform_at_step: answer.reform_at_step,
-            },
-            // A worker the coordinator does not know (it restarted) registers again and keeps its job.
-            Err(CoordinatorError::UnknownWorker(_)) => HeartbeatResponse {
-                unknown_worker: true,
-                ..Default::default()
-            },
-            Err(other) => return Err(other.into()),
-        }))
-    }
-
-    async fn next_assignment(
-        &self,
-        request: Request<NextAssignmentRequest>,
-    ) -> Result<Response<NextAssignmentResponse>, Status> {
-        let worker_id = request.into_inner().worker_id;
-        let deadline = tokio::time::Instant::now() + ASSIGNMENT_POLL;
-        loop {
-            match self.state.take_assignment(&worker_id)? {
-                Ok(assignment) => {
-                    return Ok(Response::new(NextAssignmentResponse {
-                        assignment: Some(assignment),
-                    }));
-                }
-                Err(notify) => {
-                    let woken = tokio::time::timeout_at(deadline, notify.notified()).await;
-                    if woken.is_err() {
-                        return Ok(Response::new(NextAssignmentResponse { assignment: None }));
-                    }
-                }
-            }
-        }
-    }
-
-    async fn report_progress(
-        &self,
-        request: Request<ProgressReport>,
-    ) -> Result<Response<Ack>, Status> {
-        let report = request.into_inner();
-        let progress = report.progress.unwrap_or_default();
-        let phase = JobPhase::try_from(report.phase).unwrap_or(JobPhase::Unspecified);
-        self.state
-            .record_progress(&report.job_id, progress, phase)?;
-        Ok(Response::new(Ack {}))
-    }
-
-    async fn report_epoch(&self, request: Request<EpochReport>) -> Result<Response<Ack>, Status> {
-        self.state.record_epoch(request.into_inner())?;
-        Ok(Response::new(Ack {}))
-    }
-
-    async fn report_generation_end(
-        &self,
-        request: Request<GenerationEndReport>,
-    ) -> Result<Response<Ack>, Status> {
-        self.state.record_generation_end(request.into_inner())?;
-        Ok(Response::new(Ack {}))
-    }
-
-    async fn report_checkpoint(
-        &self,
-        request: Request<CheckpointReport>,
-    ) -> Result<Response<Ack>, Status> {
-        let report = request.into_inner();
-        if let Some(checkpoint) = report.checkpoint {
-            self.state
-                .record_checkpoint(&report.job_id, report.generation, checkpoint)?;
-        }
-        Ok(Response::new(Ack {}))
-    }
-
-    async fn report_done(&self, request: Request<DoneReport>) -> Result<Response<Ack>, Status> {
-        let job_id = request.get_ref().job_id.clone();
-        if let Some(summary) = self.state.record_done(request.into_inner())? {
-            let job = self.state.get_job(&job_id)?;
-            if let Err(error) = complete_model_card(&job).await {
-                warn!(job_id, %error, "could not add the final metrics to the model card");
-            }
-            self.state
-                .finish_job(&job_id, JobPhase::Succeeded, summary)
-                .or_else(crate::state::ignore_finished)?;
-        }
-        Ok(Response::new(Ack {}))
-    }
-}
-
-#[tonic::async_trait]
 impl ModelRegistryService for CoordinatorService {
     async fn list_models(
         &self,
@@ -326,7 +204,7 @@ impl ModelRegistryService for CoordinatorService {
 }
 
 /// Writes the job's final metrics into `model-card.json` next to the weights (rank 0 wrote it without them).
-async fn complete_model_card(job: &Job) -> anyhow::Result<()> {
+pub(crate) async fn complete_model_card(job: &Job) -> anyhow::Result<()> {
     let Some((folder, _weights_file)) = job.model_url.rsplit_once('/') else {
         return Ok(());
     };

@@ -88,12 +88,14 @@ pub struct ClusterState {
     started: Instant,
     /// Woken when something a driver waits on changes.
     pub changed: Arc<Notify>,
+    /// Encrypt every job's ring traffic.
+    ring_tls: bool,
 }
 
 impl ClusterState {
     /// Loads persisted jobs. Jobs that were running keep running: their generation is rebuilt from the store
     /// and their members re-register (the ring trains on while the coordinator is away).
-    pub fn new(store: StateStore, timeouts: Timeouts) -> CoordinatorResult<Self> {
+    pub fn new(store: StateStore, timeouts: Timeouts, ring_tls: bool) -> CoordinatorResult<Self> {
         let mut inner = Inner::default();
         let mut jobs = Vec::new();
         for mut job in store.load_all()? {
@@ -103,6 +105,7 @@ impl ClusterState {
             jobs.push(job.clone());
             let job_id = job.id.clone();
             let mut entry = JobEntry::new(job, None);
+            entry.ring_tls = ring_tls;
             if !entry.is_finished() {
                 restore_running_job(&mut entry);
                 info!(
@@ -131,6 +134,7 @@ impl ClusterState {
             timeouts,
             started: Instant::now(),
             changed: Arc::new(Notify::new()),
+            ring_tls,
         })
     }
 
@@ -160,7 +164,8 @@ impl ClusterState {
     // ------------------------------------------------------------------ workers
 
     /// Registers a worker (again, after a coordinator restart, with its previous id and running job).
-    pub fn register_worker(&self, request: &RegisterRequest) -> String {
+    /// Registers a worker; returns its id and the session token its later calls must carry.
+    pub fn register_worker(&self, request: &RegisterRequest) -> (String, String) {
         let mut inner = self.lock();
         let Inner { pool, jobs } = &mut *inner;
         let worker_id = pool.register(
@@ -180,6 +185,14 @@ impl ClusterState {
             worker.current_job = Some(request.running_job_id.clone());
             worker.generation = request.generation;
             worker.rank = Some(request.rank);
+            // The place is the one the job's restored ring records, not what the request claims.
+            let ring_place = jobs[&request.running_job_id]
+                .ring
+                .as_ref()
+                .and_then(|ring| Some((ring.generation, ring.rank_of(&worker_id)? as u32)));
+            if let Some((generation, rank)) = ring_place {
+                worker.add_membership(&request.running_job_id, generation, rank);
+            }
             info!(
                 worker_id,
                 job_id = request.running_job_id,
@@ -193,9 +206,33 @@ impl ClusterState {
                 record_generation_end(entry, report.clone());
             }
         }
+        let session_token = pool.workers[&worker_id].session_token().to_string();
         drop(inner);
         self.changed.notify_waiters();
-        worker_id
+        (worker_id, session_token)
+    }
+
+    /// The registered worker a WorkerControl call's session token belongs to.
+    pub fn worker_of_session(&self, session_token: &str) -> Option<String> {
+        self.lock().pool.worker_of_session(session_token)
+    }
+
+    /// Whether `worker_id` was given `rank` in `generation` of `job_id` (a report may name only such a place).
+    pub fn worker_holds(&self, worker_id: &str, job_id: &str, generation: u32, rank: u32) -> bool {
+        self.lock()
+            .pool
+            .workers
+            .get(worker_id)
+            .is_some_and(|worker| worker.holds(job_id, generation, rank))
+    }
+
+    /// Whether `worker_id` was given any place in `job_id`.
+    pub fn worker_holds_job(&self, worker_id: &str, job_id: &str) -> bool {
+        self.lock()
+            .pool
+            .workers
+            .get(worker_id)
+            .is_some_and(|worker| worker.holds_job(job_id))
     }
 
     /// Records a heartbeat; answers what the worker must do about its job.
@@ -324,6 +361,7 @@ impl ClusterState {
         job.set_phase(JobPhase::Pending);
         self.store.save(&job)?;
         let mut entry = JobEntry::new(job.clone(), Some(Arc::new(plan)));
+        entry.ring_tls = self.ring_tls;
         push_event(
             &mut entry,
             &job_id,

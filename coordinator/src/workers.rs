@@ -26,6 +26,18 @@ pub(crate) struct WorkerEntry {
     /// Generation from the worker's last heartbeat.
     pub generation: u32,
     pub rank: Option<u32>,
+    /// Secret of this registration (see [`WorkerPool::worker_of_session`]).
+    session_token: String,
+    /// Every (generation, rank) the worker was given in its current job: its reports must name one of them.
+    memberships: Vec<Membership>,
+}
+
+/// A place a worker was given in a job's ring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Membership {
+    pub job_id: String,
+    pub generation: u32,
+    pub rank: u32,
 }
 
 impl WorkerEntry {
@@ -43,7 +55,42 @@ impl WorkerEntry {
             assignment_taken: None,
             generation: 0,
             rank: None,
+            session_token: new_session_token(),
+            memberships: Vec::new(),
         }
+    }
+
+    pub fn session_token(&self) -> &str {
+        &self.session_token
+    }
+
+    /// Records a place in a job's ring; places in other jobs are forgotten.
+    pub fn add_membership(&mut self, job_id: &str, generation: u32, rank: u32) {
+        self.memberships.retain(|membership| membership.job_id == job_id);
+        let membership = Membership {
+            job_id: job_id.to_string(),
+            generation,
+            rank,
+        };
+        if !self.memberships.contains(&membership) {
+            self.memberships.push(membership);
+        }
+    }
+
+    /// Whether the worker was given `rank` in `generation` of `job_id`.
+    pub fn holds(&self, job_id: &str, generation: u32, rank: u32) -> bool {
+        self.memberships.iter().any(|membership| {
+            membership.job_id == job_id
+                && membership.generation == generation
+                && membership.rank == rank
+        })
+    }
+
+    /// Whether the worker was given any place in `job_id`.
+    pub fn holds_job(&self, job_id: &str) -> bool {
+        self.memberships
+            .iter()
+            .any(|membership| membership.job_id == job_id)
     }
 
     pub fn touch(&mut self) {
@@ -66,6 +113,7 @@ impl WorkerEntry {
         self.current_job = Some(assignment.job_id.clone());
         self.rank = Some(assignment.rank);
         self.generation = assignment.generation;
+        self.add_membership(&assignment.job_id, assignment.generation, assignment.rank);
         self.pending_assignment = Some(assignment);
         self.assignment_ready.notify_one();
     }
@@ -132,6 +180,21 @@ impl WorkerPool {
         worker_id
     }
 
+    /// The worker whose registration `session_token` belongs to. Every registration is compared, in constant
+    /// time, so the answer's timing says nothing about the token.
+    pub fn worker_of_session(&self, session_token: &str) -> Option<String> {
+        use subtle::ConstantTimeEq;
+        let mut found = None;
+        for (worker_id, worker) in &self.workers {
+            let equal = worker.session_token.len() == session_token.len()
+                && bool::from(worker.session_token.as_bytes().ct_eq(session_token.as_bytes()));
+            if equal {
+                found = Some(worker_id.clone());
+            }
+        }
+        found
+    }
+
     /// Idle live workers, sorted by id.
     pub fn idle(&self, worker_timeout: Duration) -> Vec<String> {
         let mut idle: Vec<String> = self
@@ -143,6 +206,12 @@ impl WorkerPool {
         idle.sort();
         idle
     }
+}
+
+/// 256 random bits, hex.
+fn new_session_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn is_valid_worker_id(worker_id: &str) -> bool {

@@ -7,3 +7,10 @@ pub mod v1 {
 
 /// Encoded `FileDescriptorSet` of every plankton proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("plankton_descriptor");
+
+/// Metadata key of the session token a worker's registration returns (`RegisterResponse.session_token`); every
+/// later `WorkerControl` call carries it.
+pub const WORKER_SESSION_METADATA: &str = "plankton-worker-session";
+
+/// File name of a job's final weights under its output location; `DoneReport.model_url` must name it there.
+pub const MODEL_WEIGHTS_FILE: &str = "model.safetensors";

@@ -12,13 +12,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
-use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
 use plankton_collective::{Collective, RingAbort, RingAllReduce, RingListener, SingleProcess};
 use plankton_dataset::{StoreLocation, open_image_source, open_location};
 use plankton_preprocess::{PreprocessConfig, ResizeMode, ShardCache};
-use plankton_proto::v1::worker_control_client::WorkerControlClient;
 use plankton_proto::v1::{
     Augmentation, DoneReport, EpochReport, GenerationEndReport, JobPhase, JobSpec,
     LrSchedule as ProtoLrSchedule, NextAssignmentRequest, OptimizerKind, ProgressReport,
@@ -30,6 +28,7 @@ use plankton_trainer::{
     TrainingObserver, TrainingProgress, VirtualShardData, run_generation,
 };
 
+use crate::credentials::CoordinatorClient;
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
 use crate::fault_injection::FaultInjectingCollective;
 use crate::loader::load_shard;
@@ -77,7 +76,7 @@ enum GenerationEnd {
 /// Runs an assignment through as many generations as the job needs; always ends with a report.
 pub(crate) async fn run_assignment(
     config: &WorkerConfig,
-    client: &mut WorkerControlClient<Channel>,
+    client: &mut CoordinatorClient,
     worker_id: &str,
     first_assignment: ShardAssignment,
     listener: Arc<RingListener>,
@@ -185,7 +184,7 @@ pub(crate) async fn run_assignment(
 
 /// Long-polls the coordinator for this job's next generation; `None` when the job ended for this worker.
 async fn wait_for_next_generation(
-    client: &mut WorkerControlClient<Channel>,
+    client: &mut CoordinatorClient,
     worker_id: &str,
     handle: &JobHandle,
     generation: u32,
@@ -228,7 +227,7 @@ async fn wait_for_next_generation(
 #[allow(clippy::too_many_arguments)]
 async fn run_one_generation(
     config: &WorkerConfig,
-    client: &mut WorkerControlClient<Channel>,
+    client: &mut CoordinatorClient,
     worker_id: &str,
     assignment: &ShardAssignment,
     listener: &Arc<RingListener>,
@@ -802,7 +801,7 @@ fn watch_nccl_abort(
 
 #[derive(Clone)]
 struct Reporter {
-    client: WorkerControlClient<Channel>,
+    client: CoordinatorClient,
     job_id: String,
     rank: u32,
     generation: u32,
@@ -957,7 +956,7 @@ async fn write_model(
     weights: Vec<u8>,
 ) -> anyhow::Result<String> {
     let output: StoreLocation = open_location(&assignment.output_url)?;
-    let weights_file = "model.safetensors";
+    let weights_file = plankton_proto::MODEL_WEIGHTS_FILE;
     output.put_bytes(weights_file, Bytes::from(weights)).await?;
     // The coordinator adds the job's final metrics to the card once every rank has finished.
     let card = ModelCard {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod checkpointing;
+mod credentials;
 mod fault_injection;
 mod job;
 mod loader;
@@ -14,16 +15,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Request};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use plankton_collective::{RingAbort, RingConfig, RingListener};
 use plankton_proto::v1::worker_control_client::WorkerControlClient;
+use plankton_security::ClientSecurity;
 use plankton_proto::v1::{
     GenerationEndReport, HeartbeatRequest, NextAssignmentRequest, RegisterRequest,
 };
 
+use credentials::{CoordinatorClient, WorkerCredentials};
 pub use fault_injection::{FaultPoint, InjectedFault};
 pub use loader::{LoadedShard, load_shard};
 
@@ -33,8 +36,10 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// How a worker runs.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// Coordinator gRPC endpoint, e.g. `http://127.0.0.1:7070`.
+    /// Coordinator gRPC endpoint, e.g. `https://coordinator:7070` (or `http://127.0.0.1:7070`, plaintext).
     pub coordinator_url: String,
+    /// How to reach the coordinator: its CA (https), an optional client certificate, the `worker` token.
+    pub security: ClientSecurity,
     /// Where ring peers connect, e.g. `0.0.0.0:7071` or `127.0.0.1:0`.
     pub peer_listen: String,
     /// Host peers should dial (a pod IP); defaults to the listen address's host.
@@ -56,6 +61,7 @@ impl WorkerConfig {
     pub fn new(coordinator_url: impl Into<String>, name: impl Into<String>) -> Self {
         Self {
             coordinator_url: coordinator_url.into(),
+            security: ClientSecurity::default(),
             peer_listen: "127.0.0.1:0".into(),
             advertise_host: None,
             name: name.into(),
@@ -204,9 +210,17 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
         has_gpu: tch::Cuda::is_available(),
     };
     let mut previous_worker_id = String::new();
+    let credentials = WorkerCredentials::new(config.security.token.as_deref())?;
 
     while !shutdown.is_cancelled() {
-        let Some(mut client) = connect(&config.coordinator_url, &shutdown).await else {
+        let Some(mut client) = connect(
+            &config.coordinator_url,
+            &config.security,
+            &credentials,
+            &shutdown,
+        )
+        .await
+        else {
             break;
         };
         let registration = client
@@ -223,12 +237,14 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
             }
         };
         let worker_id = registration.worker_id;
+        credentials.set_session(&registration.session_token);
         previous_worker_id = worker_id.clone();
         let heartbeat_interval = Duration::from_millis(registration.heartbeat_interval_ms.max(100));
         info!(worker_id, "registered with the coordinator");
         let session = shutdown.child_token();
         let heartbeats = tokio::spawn(heartbeat_loop(
             client.clone(),
+            credentials.clone(),
             worker_id.clone(),
             identity.clone(),
             heartbeat_interval,
@@ -285,23 +301,33 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
     Ok(())
 }
 
-async fn connect(url: &str, shutdown: &CancellationToken) -> Option<WorkerControlClient<Channel>> {
+/// Connects to the coordinator, retrying (with backoff) until it answers or shutdown. `None` at shutdown, or
+/// when the URL or the TLS files are unusable (logged).
+async fn connect(
+    url: &str,
+    security: &ClientSecurity,
+    credentials: &WorkerCredentials,
+    shutdown: &CancellationToken,
+) -> Option<CoordinatorClient> {
     let mut delay = Duration::from_millis(100);
-    let endpoint = match Endpoint::from_shared(url.to_string()) {
+    let endpoint = match plankton_security::endpoint(url, security) {
         Ok(endpoint) => endpoint
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true),
         Err(error) => {
-            warn!(url, %error, "invalid coordinator URL");
+            error!(url, %error, "cannot reach the coordinator with this configuration");
             return None;
         }
     };
     loop {
         match endpoint.connect().await {
             Ok(channel) => {
-                let client = WorkerControlClient::new(channel);
+                let client = WorkerControlClient::new(InterceptedService::new(
+                    channel,
+                    credentials.clone(),
+                ));
                 return Some(
                     client
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -336,7 +362,8 @@ pub(crate) fn with_deadline<T>(message: T) -> Request<T> {
 /// abort the ring, re-form at the next step) and, when a restarted coordinator no longer knows this worker,
 /// registers again under the same id so the running job carries on.
 async fn heartbeat_loop(
-    mut client: WorkerControlClient<Channel>,
+    mut client: CoordinatorClient,
+    credentials: WorkerCredentials,
     mut worker_id: String,
     identity: Identity,
     interval: Duration,
@@ -375,7 +402,11 @@ async fn heartbeat_loop(
                 return;
             };
             let registration = identity.registration(&worker_id, Some(&job));
-            match client.register(with_deadline(registration)).await {
+            let granted = client.register(with_deadline(registration)).await;
+            if let Ok(granted) = &granted {
+                credentials.set_session(&granted.get_ref().session_token);
+            }
+            match granted {
                 Ok(granted) if granted.get_ref().worker_id == worker_id => {
                     info!(
                         worker_id,

@@ -7,12 +7,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tracing::warn;
 
-use plankton_proto::v1::worker_control_client::WorkerControlClient;
 use plankton_proto::v1::{CheckpointReport, DoneReport, EpochReport, GenerationEndReport};
+
+use crate::credentials::CoordinatorClient;
 
 /// Deadline of every call to the coordinator.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(10);
@@ -48,7 +48,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// Starts delivering through `client`; gives up on undelivered reports only when `stop` is cancelled.
-    pub fn spawn(client: WorkerControlClient<Channel>, stop: CancellationToken) -> Self {
+    pub fn spawn(client: CoordinatorClient, stop: CancellationToken) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         let task = tokio::spawn(deliver(client, receiver, stop));
         Outbox { sender, task }
@@ -77,7 +77,7 @@ impl Outbox {
 }
 
 async fn deliver(
-    mut client: WorkerControlClient<Channel>,
+    mut client: CoordinatorClient,
     mut receiver: mpsc::UnboundedReceiver<Report>,
     stop: CancellationToken,
 ) {
@@ -113,6 +113,8 @@ fn is_retryable(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable
+            // An unknown session: the coordinator restarted and this worker is registering again.
+            | Code::NotFound
             | Code::Unknown
             | Code::DeadlineExceeded
             | Code::Cancelled
@@ -123,7 +125,7 @@ fn is_retryable(status: &tonic::Status) -> bool {
 }
 
 async fn send_once(
-    client: &mut WorkerControlClient<Channel>,
+    client: &mut CoordinatorClient,
     report: &Report,
 ) -> Result<(), tonic::Status> {
     fn with_deadline<T>(message: T) -> Request<T> {
