@@ -39,13 +39,15 @@ pub enum CollectiveError {
     },
 
     #[error(
-        "peer rank {peer_rank} did not connect for job {job_id} within {waited:?} (listening on {listen_address})"
+        "peer rank {peer_rank} did not connect for job {job_id} within {waited:?} (listening on {listen_address}; {last_refusal})"
     )]
     AcceptTimeout {
         peer_rank: usize,
         listen_address: SocketAddr,
         job_id: String,
         waited: Duration,
+        /// The last connection refused while waiting (wrong job, generation, rank, proof), or that none was.
+        last_refusal: String,
     },
 
     #[error("accepting a connection on {listen_address}: {source}")]

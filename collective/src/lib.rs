@@ -1,5 +1,8 @@
 //! Collectives between workers: ring all-reduce over TCP on CPU, NCCL behind a feature.
 //!
+//! A ring's connections are authenticated with the job's ring secret and optionally encrypted with TLS
+//! ([`RingSecurity`], [`RingAllReduce::establish_secured`]).
+//!
 //! Every collective is synchronous and blocking (the trainer calls it from a libtorch thread). All ranks must
 //! call the same operations in the same order with buffers of the same length; a mismatch is detected and
 //! reported. After any failure a ring is poisoned: every later operation fails at once.
@@ -16,6 +19,9 @@ mod abort;
 mod error;
 mod listener;
 mod ring;
+mod security;
+mod tls;
+mod transport;
 mod wire;
 
 #[cfg(feature = "nccl")]
@@ -26,6 +32,7 @@ pub use abort::RingAbort;
 pub use error::{CollectiveError, Result};
 pub use listener::RingListener;
 pub use ring::{RingAllReduce, RingConfig};
+pub use security::RingSecurity;
 
 /// A group of data-parallel ranks that reduce gradients together.
 pub trait Collective: Send {

@@ -2,9 +2,11 @@
 //!
 //! A ring belongs to one generation of a job: when the coordinator re-forms a job's ring (a member was lost),
 //! the survivors establish a new ring with the next generation, and connections left over from the old one are
-//! rejected in the handshake. A [`RingAbort`] ends a formation or a blocked operation from another thread.
+//! rejected in the handshake. With the job's ring secret ([`RingSecurity`]) only ranks that prove they hold it
+//! join, and with ring TLS the data runs encrypted. A [`RingAbort`] ends a formation or a blocked operation
+//! from another thread.
 
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -16,6 +18,9 @@ use crate::Collective;
 use crate::abort::{AbortRegistration, RingAbort};
 use crate::error::{CollectiveError, PeerEndpoint, Result};
 use crate::listener::{FormationWatch, RingIdentity, RingListener, connect_next_rank};
+use crate::security::RingSecurity;
+use crate::tls;
+use crate::transport::LinkStream;
 use crate::wire::{OperationHeader, OperationKind, add_into, read_f32s, write_f32s};
 
 /// Timeouts and chunking of a ring.
@@ -24,8 +29,9 @@ pub struct RingConfig {
     /// How long establishing the ring may take (peers still starting are retried until then). May be long
     /// (minutes, while peers load data): a [`RingAbort`] ends the wait early.
     pub connect_timeout: Duration,
-    /// An accepted connection that has not sent a complete hello after this long is dropped. Hellos are
-    /// answered concurrently, so a silent connection never delays the real peer; this only bounds what it holds.
+    /// An accepted connection that has not completed its handshake (TLS, hello and proof) after this long is
+    /// dropped. Handshakes run concurrently, so a silent or rogue connection never delays the real peer; this
+    /// only bounds what it holds.
     pub handshake_timeout: Duration,
     /// A peer that sends or accepts nothing for this long fails the operation.
     pub io_timeout: Duration,
@@ -46,15 +52,15 @@ impl Default for RingConfig {
 
 /// How one half of establishing the ring (connecting or accepting) ended; `primary` when it failed first.
 struct FormationHalf {
-    outcome: Result<TcpStream>,
+    outcome: Result<LinkStream>,
     primary: bool,
 }
 
-/// One TCP connection of the ring and the peer at its other end.
+/// One connection of the ring (TCP, or TLS over TCP) and the peer at its other end.
 #[derive(Debug)]
 struct PeerLink {
     peer: PeerEndpoint,
-    stream: TcpStream,
+    stream: LinkStream,
 }
 
 #[derive(Debug)]
@@ -88,11 +94,8 @@ pub struct RingAllReduce {
 }
 
 impl RingAllReduce {
-    /// Joins generation `generation` of the ring of `job_id` as `rank`: connects to rank+1 and accepts rank-1
-    /// on `listener`. `peer_addresses[i]` is the listen address of rank i (its length is the world size).
-    ///
-    /// Waits for the peers until `config.connect_timeout`; `abort` ends the wait at once with
-    /// [`CollectiveError::Aborted`], and once the ring is established it aborts a blocked operation.
+    /// [`RingAllReduce::establish_secured`] without a ring secret or TLS: any peer naming the right job,
+    /// generation and rank joins (benchmarks, tests, jobs of a coordinator that hands out no secret).
     pub fn establish(
         listener: &RingListener,
         job_id: &str,
@@ -102,8 +105,44 @@ impl RingAllReduce {
         config: &RingConfig,
         abort: &RingAbort,
     ) -> Result<Self, CollectiveError> {
+        Self::establish_secured(
+            listener,
+            job_id,
+            generation,
+            rank,
+            peer_addresses,
+            config,
+            &RingSecurity::unauthenticated(),
+            abort,
+        )
+    }
+
+    /// Joins generation `generation` of the ring of `job_id` as `rank`: connects to rank+1 and accepts rank-1
+    /// on `listener`. `peer_addresses[i]` is the listen address of rank i (its length is the world size).
+    ///
+    /// With a secret in `security`, both connections are mutually authenticated (HMAC proofs of the secret,
+    /// bound to the connection); a connection that fails to prove it is refused and the wait goes on, so a
+    /// rogue peer can delay nothing but its own connection. With `security.tls` the handshake and all data
+    /// run over TLS 1.3. Every rank of the ring must be given the same `security`.
+    ///
+    /// Waits for the peers until `config.connect_timeout`; `abort` ends the wait at once with
+    /// [`CollectiveError::Aborted`], and once the ring is established it aborts a blocked operation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn establish_secured(
+        listener: &RingListener,
+        job_id: &str,
+        generation: u32,
+        rank: usize,
+        peer_addresses: &[String],
+        config: &RingConfig,
+        security: &RingSecurity,
+        abort: &RingAbort,
+    ) -> Result<Self, CollectiveError> {
         let world_size = peer_addresses.len();
         validate_setup(rank, world_size, config)?;
+        if let Some(reason) = security.problem() {
+            return Err(CollectiveError::InvalidSetup { reason });
+        }
         if abort.is_aborted() {
             return Err(abort.error());
         }
@@ -144,6 +183,12 @@ impl RingAllReduce {
             generation,
             rank,
             world_size,
+            security,
+        };
+        let tls_client = if security.tls {
+            Some(tls::client_config().map_err(|reason| CollectiveError::InvalidSetup { reason })?)
+        } else {
+            None
         };
         let deadline = Instant::now() + config.connect_timeout;
         // Set by whichever half fails first, so the other stops waiting instead of running to the deadline.
@@ -152,7 +197,7 @@ impl RingAllReduce {
             abort,
             other_half_failed: &half_failed,
         };
-        let report = |outcome: Result<TcpStream>| -> FormationHalf {
+        let report = |outcome: Result<LinkStream>| -> FormationHalf {
             let primary = outcome.is_err() && !half_failed.swap(true, Ordering::SeqCst);
             FormationHalf { outcome, primary }
         };
@@ -163,6 +208,7 @@ impl RingAllReduce {
                     &identity,
                     next_rank,
                     next_address,
+                    tls_client.as_ref(),
                     deadline,
                     &watch,
                 ))
@@ -226,10 +272,11 @@ impl RingAllReduce {
         };
         let mut abort_streams = Vec::with_capacity(2);
         for link in [&to_next, &from_previous] {
-            link.stream
+            let socket = link.stream.socket();
+            socket
                 .set_read_timeout(Some(config.io_timeout))
-                .and_then(|()| link.stream.set_write_timeout(Some(config.io_timeout)))
-                .and_then(|()| link.stream.try_clone())
+                .and_then(|()| socket.set_write_timeout(Some(config.io_timeout)))
+                .and_then(|()| socket.try_clone())
                 .map(|clone| abort_streams.push(clone))
                 .map_err(|source| {
                     link.peer
@@ -242,7 +289,14 @@ impl RingAllReduce {
         }
         info!(
             job_id,
-            generation, rank, world_size, next_rank, previous_rank, "ring established"
+            generation,
+            rank,
+            world_size,
+            next_rank,
+            previous_rank,
+            authenticated = security.is_authenticated(),
+            tls = security.tls,
+            "ring established"
         );
         ring.links = Some(RingLinks {
             to_next,
@@ -313,7 +367,7 @@ impl RingAllReduce {
             error!(job_id = %self.job_id, generation = self.generation, rank = self.rank, %failure, "ring operation failed, ring poisoned");
             self.poisoned = Some(failure.to_string());
             for link in [&links.to_next, &links.from_previous] {
-                let _ = link.stream.shutdown(Shutdown::Both);
+                link.stream.shutdown();
             }
         }
         outcome
@@ -356,10 +410,13 @@ fn exchange_headers(
 ) -> Result<()> {
     let operation = header.kind.name();
     let encoded = header.encode();
-    std::io::Write::write_all(&mut &links.to_next.stream, &encoded)
+    links
+        .to_next
+        .stream
+        .write_all(&encoded)
         .map_err(|source| links.to_next.peer.io_error(operation, io_timeout, source))?;
     let mut received = [0u8; OperationHeader::ENCODED_BYTES];
-    std::io::Read::read_exact(&mut &links.from_previous.stream, &mut received).map_err(
+    links.from_previous.stream.read_exact(&mut received).map_err(
         |source| {
             links
                 .from_previous
@@ -433,11 +490,11 @@ struct SideFailure {
     primary: bool,
 }
 
-fn fail_side(aborted: &AtomicBool, error: CollectiveError, other_side: &TcpStream) -> SideFailure {
+fn fail_side(aborted: &AtomicBool, error: CollectiveError, other_side: &LinkStream) -> SideFailure {
     let primary = !aborted.swap(true, Ordering::SeqCst);
     if primary {
         // Unblocks the other side at once instead of after its timeout.
-        let _ = other_side.shutdown(Shutdown::Both);
+        other_side.shutdown();
     }
     SideFailure { error, primary }
 }
@@ -631,10 +688,13 @@ fn ring_barrier(
     let io_timeout = config.io_timeout;
     for round in 1..world_size - 1 {
         let token = sequence.wrapping_add(round as u64).to_le_bytes();
-        std::io::Write::write_all(&mut &links.to_next.stream, &token)
+        links
+            .to_next
+            .stream
+            .write_all(&token)
             .map_err(|source| links.to_next.peer.io_error("barrier", io_timeout, source))?;
         let mut received = [0u8; 8];
-        std::io::Read::read_exact(&mut &links.from_previous.stream, &mut received).map_err(
+        links.from_previous.stream.read_exact(&mut received).map_err(
             |source| {
                 links
                     .from_previous

@@ -1,29 +1,30 @@
 //! Bytes on a ring connection: length-prefixed protobuf handshake frames, operation headers, raw LE f32 chunks.
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::io::{self, Read};
+
+use crate::transport::LinkStream;
 
 /// Largest handshake frame accepted; a bigger length prefix means a foreign or corrupt connection.
 const MAX_HANDSHAKE_FRAME_BYTES: usize = 64 * 1024;
 
-/// Writes `message` as a 4-byte little-endian length followed by its protobuf encoding.
-pub(crate) fn write_frame<M: prost::Message>(
-    mut stream: &TcpStream,
-    message: &M,
-) -> io::Result<()> {
-    let encoded = message.encode_to_vec();
-    let length = u32::try_from(encoded.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "handshake frame too large"))?;
-    let mut frame = Vec::with_capacity(4 + encoded.len());
+/// `message` as a frame: a 4-byte little-endian length followed by its protobuf encoding.
+pub(crate) fn encode_frame<M: prost::Message>(message: &M) -> io::Result<Vec<u8>> {
+    let encoded_length = message.encoded_len();
+    let length = u32::try_from(encoded_length)
+        .ok()
+        .filter(|&length| length as usize <= MAX_HANDSHAKE_FRAME_BYTES)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "handshake frame too large"))?;
+    let mut frame = Vec::with_capacity(4 + encoded_length);
     frame.extend_from_slice(&length.to_le_bytes());
-    frame.extend_from_slice(&encoded);
-    stream.write_all(&frame)?;
-    stream.flush()
+    message
+        .encode(&mut frame)
+        .map_err(|encode_error| io::Error::new(io::ErrorKind::InvalidInput, encode_error))?;
+    Ok(frame)
 }
 
-/// Reads one frame written by [`write_frame`] in pieces, so the caller can poll several connections or check
-/// for an abort between reads: each [`FrameReader::poll`] takes what the socket has (a non-blocking socket, or
-/// a blocking one up to its read timeout) and never reads past the end of the frame.
+/// Reads one frame made by [`encode_frame`] in pieces, so the caller can poll several connections or check
+/// for an abort between reads: each [`FrameReader::poll`] takes what the source has (a non-blocking socket, a
+/// blocking one up to its read timeout, a TLS session's plaintext) and never reads past the end of the frame.
 #[derive(Debug, Default)]
 pub(crate) struct FrameReader {
     received: Vec<u8>,
@@ -33,7 +34,7 @@ impl FrameReader {
     /// The decoded frame once it is complete, `None` while bytes are still missing.
     pub(crate) fn poll<M: prost::Message + Default>(
         &mut self,
-        mut stream: &TcpStream,
+        source: &mut impl Read,
     ) -> io::Result<Option<M>> {
         let mut piece = [0u8; 1024];
         loop {
@@ -46,7 +47,7 @@ impl FrameReader {
                 return decoded.map(Some);
             }
             let missing = (frame_bytes - self.received.len()).min(piece.len());
-            match stream.read(&mut piece[..missing]) {
+            match source.read(&mut piece[..missing]) {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -78,9 +79,18 @@ impl FrameReader {
         };
         let length = u32::from_le_bytes(*length_bytes) as usize;
         if length > MAX_HANDSHAKE_FRAME_BYTES {
+            // A TLS record (handshake 0x16 or alert 0x15, version 3.x) read as a length is always too large.
+            let speaks_tls = matches!(length_bytes, [0x15 | 0x16, 0x03, ..]);
+            let hint = if speaks_tls {
+                ": the other side speaks TLS (is ring TLS on at one end only?)"
+            } else {
+                ""
+            };
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("handshake frame of {length} bytes exceeds {MAX_HANDSHAKE_FRAME_BYTES}"),
+                format!(
+                    "handshake frame of {length} bytes exceeds {MAX_HANDSHAKE_FRAME_BYTES}{hint}"
+                ),
             ));
         }
         Ok(4 + length)
@@ -184,8 +194,8 @@ impl OperationHeader {
     }
 }
 
-/// Writes `values` as little-endian f32 (no copy on little-endian targets).
-pub(crate) fn write_f32s(mut stream: &TcpStream, values: &[f32]) -> io::Result<()> {
+/// Writes `values` as little-endian f32 (no copy on little-endian targets, besides TLS encryption).
+pub(crate) fn write_f32s(stream: &LinkStream, values: &[f32]) -> io::Result<()> {
     #[cfg(target_endian = "little")]
     {
         stream.write_all(bytemuck::cast_slice(values))
@@ -201,7 +211,7 @@ pub(crate) fn write_f32s(mut stream: &TcpStream, values: &[f32]) -> io::Result<(
 }
 
 /// Reads exactly `destination.len()` little-endian f32 into `destination`.
-pub(crate) fn read_f32s(mut stream: &TcpStream, destination: &mut [f32]) -> io::Result<()> {
+pub(crate) fn read_f32s(stream: &LinkStream, destination: &mut [f32]) -> io::Result<()> {
     stream.read_exact(bytemuck::cast_slice_mut(destination))?;
     #[cfg(not(target_endian = "little"))]
     for value in destination.iter_mut() {
@@ -221,7 +231,8 @@ pub(crate) fn add_into(accumulator: &mut [f32], addend: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
 
     #[test]
     fn frame_reader_assembles_a_frame_sent_in_pieces_and_rejects_oversized_ones() {
@@ -230,29 +241,29 @@ mod tests {
         let (receiver, _) = listener.accept().expect("accept");
         receiver.set_nonblocking(true).expect("nonblocking");
         let hello = plankton_proto::v1::PeerHello {
-            protocol_version: 2,
+            protocol_version: 3,
             job_id: "pieces".to_string(),
             rank: 1,
             world_size: 3,
             generation: 4,
+            nonce: vec![7; 32],
+            authenticated: true,
         };
-        let encoded = prost::Message::encode_to_vec(&hello);
-        let mut frame = (encoded.len() as u32).to_le_bytes().to_vec();
-        frame.extend_from_slice(&encoded);
+        let frame = encode_frame(&hello).expect("encode");
         let mut reader = FrameReader::default();
         let (head, tail) = frame.split_at(3);
         sender.write_all(head).expect("write");
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(
             reader
-                .poll::<plankton_proto::v1::PeerHello>(&receiver)
+                .poll::<plankton_proto::v1::PeerHello>(&mut &receiver)
                 .expect("poll"),
             None
         );
         sender.write_all(tail).expect("write");
         sender.write_all(b"next").expect("write");
         std::thread::sleep(std::time::Duration::from_millis(20));
-        assert_eq!(reader.poll(&receiver).expect("poll"), Some(hello));
+        assert_eq!(reader.poll(&mut &receiver).expect("poll"), Some(hello));
         // The bytes after the frame are left in the socket.
         let mut after = [0u8; 4];
         receiver.peek(&mut after).expect("peek");
@@ -265,9 +276,24 @@ mod tests {
         foreign.write_all(b"GET / HTTP/1.1\r\n").expect("write");
         std::thread::sleep(std::time::Duration::from_millis(20));
         let error = oversized
-            .poll::<plankton_proto::v1::PeerHello>(&foreign_receiver)
+            .poll::<plankton_proto::v1::PeerHello>(&mut &foreign_receiver)
             .expect_err("oversized");
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(!error.to_string().contains("TLS"), "{error}");
+
+        // A TLS ClientHello sent to a side without ring TLS says so.
+        let mut tls_reader = FrameReader::default();
+        let mut tls_client =
+            TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (tls_receiver, _) = listener.accept().expect("accept");
+        tls_client
+            .write_all(&[0x16, 0x03, 0x01, 0x00, 0xc0])
+            .expect("write");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let error = tls_reader
+            .poll::<plankton_proto::v1::PeerHello>(&mut &tls_receiver)
+            .expect_err("tls");
+        assert!(error.to_string().contains("speaks TLS"), "{error}");
     }
 
     #[test]

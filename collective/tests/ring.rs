@@ -302,11 +302,12 @@ fn stale_and_foreign_connections_are_rejected_and_the_ring_still_forms() {
     send_hello(
         &mut stale,
         &PeerHello {
-            protocol_version: 2,
+            protocol_version: 3,
             job_id: "old-job".to_string(),
             rank: 0,
             world_size: 2,
             generation: 0,
+            ..PeerHello::default()
         },
     );
     let mut foreign = TcpStream::connect(listeners[1].local_addr()).expect("connect foreign");
@@ -485,11 +486,12 @@ fn a_hello_of_another_generation_is_rejected_and_the_right_generation_still_form
     send_hello(
         &mut leftover,
         &PeerHello {
-            protocol_version: 2,
+            protocol_version: 3,
             job_id: "reformed".to_string(),
             rank: 0,
             world_size: 2,
             generation: 0,
+            ..PeerHello::default()
         },
     );
     let quick = RingConfig {
