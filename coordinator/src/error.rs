@@ -8,6 +8,9 @@ pub type CoordinatorResult<T> = Result<T, CoordinatorError>;
 pub enum CoordinatorError {
     #[error("invalid job spec: {0}")]
     InvalidSpec(String),
+    /// One field of a request is refused; the message starts with the field's path (`spec.output_url: ...`).
+    #[error("{field}: {message}")]
+    InvalidField { field: String, message: String },
     #[error("dataset {url}: {message}")]
     Dataset { url: String, message: String },
     #[error("job {0} not found")]
@@ -30,9 +33,9 @@ impl From<CoordinatorError> for tonic::Status {
     fn from(error: CoordinatorError) -> Self {
         let message = error.to_string();
         match error {
-            CoordinatorError::InvalidSpec(_) | CoordinatorError::Dataset { .. } => {
-                tonic::Status::invalid_argument(message)
-            }
+            CoordinatorError::InvalidSpec(_)
+            | CoordinatorError::InvalidField { .. }
+            | CoordinatorError::Dataset { .. } => tonic::Status::invalid_argument(message),
             CoordinatorError::JobNotFound(_)
             | CoordinatorError::ModelNotFound(_)
             | CoordinatorError::UnknownWorker(_) => tonic::Status::not_found(message),

@@ -12,6 +12,7 @@ pub mod registry;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod validation;
 mod workers;
 
 use std::net::SocketAddr;
