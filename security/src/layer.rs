@@ -59,6 +59,10 @@ pub struct AuthService<S> {
     service_name_for_logs: &'static str,
 }
 
+/// The future of [`AuthService`]: the inner service's response, or a refusal.
+pub type ResponseFuture<Response, Error> =
+    Pin<Box<dyn Future<Output = Result<Response, Error>> + Send + 'static>>;
+
 /// The principal [`AuthLayer`] authenticated for this request; None on public methods and without the layer.
 pub fn principal<T>(request: &tonic::Request<T>) -> Option<&Principal> {
     request.extensions().get::<Principal>()
@@ -149,11 +153,11 @@ where
     }
 }
 
-fn refuse<ResponseBody: Default, Error>(
+fn refuse<ResponseBody, Error>(
     status: tonic::Status,
-) -> Pin<Box<dyn Future<Output = Result<http::Response<ResponseBody>, Error>> + Send + 'static>>
+) -> ResponseFuture<http::Response<ResponseBody>, Error>
 where
-    ResponseBody: Send + 'static,
+    ResponseBody: Default + Send + 'static,
     Error: Send + 'static,
 {
     let response = status.into_http();

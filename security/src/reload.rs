@@ -85,12 +85,15 @@ pub(crate) fn spawn_reload_task<T, F>(
 }
 
 /// One poll: returns the digest now seen (None when a file cannot be read).
-fn poll_files_once<T>(
+fn poll_files_once<T, F>(
     target: &T,
     paths: &[PathBuf],
     previously_seen: Option<ContentsDigest>,
-    reload: &(dyn Fn(&T, &[Vec<u8>]) -> Result<(), SecurityError> + Send + Sync),
-) -> Option<ContentsDigest> {
+    reload: &F,
+) -> Option<ContentsDigest>
+where
+    F: Fn(&T, &[Vec<u8>]) -> Result<(), SecurityError>,
+{
     let contents = match read_files(paths) {
         Ok(contents) => contents,
         Err(error) => {
