@@ -55,12 +55,16 @@ pub fn job_json(job: &Job) -> Value {
             "max_objects": spec.max_objects, "min_workers": spec.min_workers,
             "max_recoveries": spec.max_recoveries, "checkpoint_every_steps": spec.checkpoint_every_steps,
             "keep_checkpoints": spec.keep_checkpoints, "init_from": spec.init_from,
+            "non_finite_policy": spec.non_finite_policy().as_str_name(),
         },
         "classes": job.class_names,
         "class_weights": job.class_weights,
         "train_objects": job.train_objects,
         "test_objects": job.test_objects,
         "skipped_objects": job.skipped_objects,
+        "skipped_meta_rows": job.skipped_meta_rows,
+        "skipped_meta_row_examples": job.skipped_meta_row_examples,
+        "skipped_steps": job.skipped_steps,
         "model_url": job.model_url,
         "weights_digest": job.weights_digest,
         "generation": job.generation,
@@ -143,6 +147,7 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
         job.class_names.len(),
         job.skipped_objects
     ));
+    out.push_str(&skipped_meta_rows_report(job));
     out.push_str(&format!("tolerance  {}\n", tolerance_summary(&spec)));
     if !spec.init_from.is_empty() {
         out.push_str(&format!("init from  {}\n", spec.init_from));
@@ -153,6 +158,12 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
     };
     out.push_str(&format!("generation {} ({recoveries})\n", job.generation));
     out.push_str(&format!("steps      {}\n", step_summary(job, spec.epochs)));
+    if job.skipped_steps > 0 {
+        out.push_str(&format!(
+            "skipped    {} (non-finite loss or gradients)\n",
+            steps_text(job.skipped_steps)
+        ));
+    }
     if !job.model_url.is_empty() {
         out.push_str(&format!("model      {}\n", job.model_url));
     }
@@ -212,6 +223,30 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
     out.push_str(&format!("{classes}\n"));
     if with_confusion {
         out.push_str(&confusion_matrix(last));
+    }
+    out
+}
+
+/// The `meta.csv` rows the coordinator left out while planning: a count, then the examples it kept, one a
+/// line ("meta.csv:17: <reason>"); empty when none was skipped.
+pub fn skipped_meta_rows_report(job: &Job) -> String {
+    if job.skipped_meta_rows == 0 {
+        return String::new();
+    }
+    let rows = if job.skipped_meta_rows == 1 {
+        "1 row".to_string()
+    } else {
+        format!("{} rows", job.skipped_meta_rows)
+    };
+    let mut out = format!("meta.csv   {rows} skipped\n");
+    for example in &job.skipped_meta_row_examples {
+        out.push_str(&format!("           {example}\n"));
+    }
+    let unnamed = job
+        .skipped_meta_rows
+        .saturating_sub(job.skipped_meta_row_examples.len() as u64);
+    if unnamed > 0 && !job.skipped_meta_row_examples.is_empty() {
+        out.push_str(&format!("           ... and {unnamed} more\n"));
     }
     out
 }
@@ -637,6 +672,43 @@ mod tests {
         assert_eq!(value["recoveries"][0]["resumed_from_step"], 57);
         assert_eq!(value["checkpoints"][0]["global_step"], 40);
         assert_eq!(value["workers"][0]["virtual_shards"], json!([0, 2]));
+    }
+
+    #[test]
+    fn skipped_meta_rows_and_steps_are_shown_when_there_are_some() {
+        let clean = job_report(&recovered_job(), false);
+        assert!(!clean.contains("meta.csv"), "{clean}");
+        assert!(!clean.contains("skipped    "), "{clean}");
+
+        let job = Job {
+            skipped_meta_rows: 7,
+            skipped_meta_row_examples: vec![
+                "meta.csv:17: objid 'x' is not an integer".into(),
+                "meta.csv:20: duplicate objid 5".into(),
+            ],
+            skipped_steps: 3,
+            ..recovered_job()
+        };
+        let report = job_report(&job, false);
+        assert!(
+            report.contains(
+                "meta.csv   7 rows skipped\n           meta.csv:17: objid 'x' is not an integer\n           \
+                 meta.csv:20: duplicate objid 5\n           ... and 5 more\n"
+            ),
+            "{report}"
+        );
+        assert!(
+            report.contains("skipped    3 steps (non-finite loss or gradients)\n"),
+            "{report}"
+        );
+        let value = job_json(&job);
+        assert_eq!(value["skipped_meta_rows"], 7);
+        assert_eq!(
+            value["skipped_meta_row_examples"][1],
+            "meta.csv:20: duplicate objid 5"
+        );
+        assert_eq!(value["skipped_steps"], 3);
+        assert_eq!(value["spec"]["non_finite_policy"], "NON_FINITE_POLICY_FAIL");
     }
 
     #[test]
