@@ -1,6 +1,6 @@
 //! The tower layer that authenticates and authorizes every request of a tonic server, and writes the audit log.
 //!
-//! ```ignore
+//! ```text
 //! tonic::transport::Server::builder()
 //!     .layer(AuthLayer::new(authenticator, "coordinator"))
 //!     .add_service(JobServiceServer::new(jobs))

@@ -8,6 +8,44 @@
 //! - [`tls`]: [`ReloadingServerTls`] and [`serve_incoming`] for servers; [`connect`] and [`AuthChannel`] for
 //!   clients; [`check_insecure_allowed`], the loopback-only rule for plaintext.
 //! - [`demo_pki`]: a CA, certificates and a token per role for a secure demo cluster on one machine.
+//!
+//! A server and a client:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use plankton_proto::v1::ListModelsRequest;
+//! use plankton_proto::v1::model_registry_client::ModelRegistryClient;
+//! use plankton_proto::v1::model_registry_server::{ModelRegistry, ModelRegistryServer};
+//! use plankton_security::{
+//!     AuthLayer, Authenticator, ClientSecurity, ReloadingServerTls, ServerTlsFiles, connect, serve_incoming,
+//! };
+//! use tokio_util::sync::CancellationToken;
+//!
+//! async fn serve(registry: impl ModelRegistry, shutdown: CancellationToken) -> Result<(), Box<dyn std::error::Error>> {
+//!     let listener = tokio::net::TcpListener::bind("0.0.0.0:50051").await?;
+//!     let files = ServerTlsFiles { cert: "tls.crt".into(), key: "tls.key".into(), client_ca: None };
+//!     let incoming = serve_incoming(listener, Some(ReloadingServerTls::load(files)?), shutdown.clone()).await;
+//!     tonic::transport::Server::builder()
+//!         .layer(AuthLayer::new(Authenticator::from_tokens_file("/etc/plankton/tokens")?, "coordinator"))
+//!         .add_service(ModelRegistryServer::new(registry))
+//!         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+//!         .await?;
+//!     Ok(())
+//! }
+//!
+//! async fn list_models() -> Result<(), Box<dyn std::error::Error>> {
+//!     let security = ClientSecurity {
+//!         ca_cert: Some("ca.crt".into()),
+//!         token: Some(plankton_security::read_token_file("token")?),
+//!         ..ClientSecurity::default()
+//!     };
+//!     let channel = connect("https://coordinator:50051", &security, Duration::from_secs(10)).await?;
+//!     let models = ModelRegistryClient::new(channel).list_models(ListModelsRequest::default()).await?;
+//!     println!("{:?}", models.into_inner());
+//!     Ok(())
+//! }
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod demo_pki;
