@@ -111,7 +111,8 @@ impl RingListener {
         // Non-blocking so the accept loop can honour the deadline and the abort.
         listener.set_nonblocking(true).map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
-        let tls_server = tls::server_config().map_err(|reason| bind_error(io::Error::other(reason)))?;
+        let tls_server =
+            tls::server_config().map_err(|reason| bind_error(io::Error::other(reason)))?;
         Ok(RingListener {
             listener,
             local_addr,
@@ -373,16 +374,22 @@ fn advance_handshake(
                         }
                     }
                 }
-                Ok(None) if expired => Progress::Refused(if handshake.transport.is_tls_handshaking() {
-                    format!("no TLS handshake within the handshake timeout of {timeout:?}")
-                } else {
-                    format!("no hello within the handshake timeout of {timeout:?}")
-                }),
+                Ok(None) if expired => {
+                    Progress::Refused(if handshake.transport.is_tls_handshaking() {
+                        format!("no TLS handshake within the handshake timeout of {timeout:?}")
+                    } else {
+                        format!("no hello within the handshake timeout of {timeout:?}")
+                    })
+                }
                 Ok(None) => Progress::Waiting,
-                Err(read_error) if handshake.transport.is_tls_handshaking() => Progress::Refused(
-                    format!("TLS handshake failed: {read_error} (does the connecting side use ring TLS?)"),
-                ),
-                Err(read_error) => Progress::Refused(format!("reading its hello failed: {read_error}")),
+                Err(read_error) if handshake.transport.is_tls_handshaking() => {
+                    Progress::Refused(format!(
+                        "TLS handshake failed: {read_error} (does the connecting side use ring TLS?)"
+                    ))
+                }
+                Err(read_error) => {
+                    Progress::Refused(format!("reading its hello failed: {read_error}"))
+                }
             }
         }
         AcceptStage::AwaitingProof(expected_proof) => {

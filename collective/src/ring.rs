@@ -416,14 +416,16 @@ fn exchange_headers(
         .write_all(&encoded)
         .map_err(|source| links.to_next.peer.io_error(operation, io_timeout, source))?;
     let mut received = [0u8; OperationHeader::ENCODED_BYTES];
-    links.from_previous.stream.read_exact(&mut received).map_err(
-        |source| {
+    links
+        .from_previous
+        .stream
+        .read_exact(&mut received)
+        .map_err(|source| {
             links
                 .from_previous
                 .peer
                 .io_error(operation, io_timeout, source)
-        },
-    )?;
+        })?;
     let previous_header = OperationHeader::decode(&received)
         .map_err(|detail| links.from_previous.peer.mismatch(operation, detail))?;
     if previous_header != *header {
@@ -694,14 +696,16 @@ fn ring_barrier(
             .write_all(&token)
             .map_err(|source| links.to_next.peer.io_error("barrier", io_timeout, source))?;
         let mut received = [0u8; 8];
-        links.from_previous.stream.read_exact(&mut received).map_err(
-            |source| {
+        links
+            .from_previous
+            .stream
+            .read_exact(&mut received)
+            .map_err(|source| {
                 links
                     .from_previous
                     .peer
                     .io_error("barrier", io_timeout, source)
-            },
-        )?;
+            })?;
         if received != token {
             return Err(links.from_previous.peer.mismatch(
                 "barrier",

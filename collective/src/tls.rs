@@ -11,7 +11,9 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, ServerConnection};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, ServerConnection,
+};
 
 use crate::wire::FrameReader;
 
@@ -40,8 +42,9 @@ fn tls_setup_error(context: &str, error: impl std::fmt::Display) -> String {
 pub(crate) fn server_config() -> Result<Arc<ServerConfig>, String> {
     let certified = rcgen::generate_simple_self_signed(vec![RING_SERVER_NAME.to_string()])
         .map_err(|error| tls_setup_error("generating the ring listener's certificate", error))?;
-    let private_key =
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()));
+    let private_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        certified.signing_key.serialize_der(),
+    ));
     let mut config = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|error| tls_setup_error("configuring ring TLS", error))?

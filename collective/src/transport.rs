@@ -72,7 +72,9 @@ impl Transport {
     /// Whether the socket blocks (the accepting side's sockets do not until they join the ring). std has no
     /// getter for `O_NONBLOCK`; socket2 does.
     fn socket_is_blocking(&self) -> io::Result<bool> {
-        socket2::SockRef::from(self.socket()).nonblocking().map(|nonblocking| !nonblocking)
+        socket2::SockRef::from(self.socket())
+            .nonblocking()
+            .map(|nonblocking| !nonblocking)
     }
 
     /// 32 bytes identifying this TLS session on both of its ends; empty on plain TCP.
@@ -90,7 +92,7 @@ impl Transport {
             Transport::Plain(stream) => Ok(LinkStream::Plain(stream)),
             Transport::Tls(session) => Ok(LinkStream::Tls {
                 socket: session.socket().try_clone()?,
-                session: Mutex::new(*session),
+                session: Box::new(Mutex::new(*session)),
             }),
         }
     }
@@ -106,7 +108,7 @@ pub(crate) enum LinkStream {
     Tls {
         /// A clone of the session's socket, for timeouts and shutdown without taking the lock.
         socket: TcpStream,
-        session: Mutex<TlsSession>,
+        session: Box<Mutex<TlsSession>>,
     },
 }
 
