@@ -178,6 +178,21 @@ pub struct TrainConfig {
     pub device: tch::Device,
     /// Rank 0 hands the observer a training state every this many optimizer steps (0: only at epoch ends).
     pub checkpoint_every_steps: u64,
+    /// What a step whose loss or gradients are not finite on some rank does.
+    pub non_finite_policy: NonFinitePolicy,
+    /// Fault injection (tests): this rank's loss becomes NaN at this global step.
+    pub inject_non_finite_at_step: Option<u64>,
+}
+
+/// What a step whose loss or gradients are NaN or infinite on some rank does. Ranks check their own before the
+/// all-reduce, so every rank knows which ranks were at fault and all of them decide alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NonFinitePolicy {
+    /// Fail with [`crate::TrainError::NonFinite`]; no weight changes.
+    #[default]
+    Fail,
+    /// Skip the step on every rank (the batch is consumed, the weights and optimizer do not change).
+    SkipStep,
 }
 
 impl TrainConfig {
@@ -199,6 +214,8 @@ impl TrainConfig {
             threads: 1,
             device: tch::Device::Cpu,
             checkpoint_every_steps: 0,
+            non_finite_policy: NonFinitePolicy::Fail,
+            inject_non_finite_at_step: None,
         }
     }
 

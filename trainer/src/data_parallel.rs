@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::batch::ShardData;
 use crate::config::{
-    Architecture, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, OptimizerChoice, TrainConfig,
+    Architecture, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, NonFinitePolicy, OptimizerChoice, TrainConfig,
 };
 use crate::error::TrainError;
 use crate::inference::{TrainedModel, load_weights_into};
@@ -51,7 +51,7 @@ impl TrainingProgress {
 }
 
 /// What one optimizer step reports.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
     /// Class-weighted mean cross-entropy over the global batch.
     pub loss: f64,
@@ -59,6 +59,9 @@ pub struct StepOutcome {
     pub global_weight_sum: f64,
     /// Whether any rank asked to end the generation after this step.
     pub reform_requested: bool,
+    /// Ranks whose loss or gradients were not finite: the step was skipped (policy
+    /// [`NonFinitePolicy::SkipStep`]); empty when it was applied.
+    pub skipped_for_ranks: Vec<usize>,
 }
 
 /// One rank's model and optimizer. Ranks agree after [`DataParallelTrainer::synchronize_from`],
@@ -78,6 +81,8 @@ pub struct DataParallelTrainer {
     class_weights: Tensor,
     /// Flat gradients + [local weight sum, local loss sum, re-formation request], reused every step.
     gradient_buffer: Vec<f32>,
+    /// Steps skipped for non-finite values (policy [`NonFinitePolicy::SkipStep`]) by this trainer.
+    skipped_steps: u64,
     /// The buffers before the current step's forward pass (to undo a failed step), reused every step.
     saved_buffers: Vec<f32>,
     progress: TrainingProgress,
@@ -88,6 +93,7 @@ const WEIGHT_SUM_SLOT: usize = 0;
 const LOSS_SUM_SLOT: usize = 1;
 const REFORM_SLOT: usize = 2;
 const EXTRA_SLOTS: usize = 3;
+// After the extra slots, one per rank: 1 when that rank's loss or gradients are not finite.
 
 /// f32 slots carrying one u64 exactly: four 16-bit pieces, each an integer-valued f32.
 const SLOTS_PER_U64: usize = 4;
@@ -235,6 +241,7 @@ impl DataParallelTrainer {
             parameter_count,
             class_weights,
             gradient_buffer: vec![0.0; parameter_count + EXTRA_SLOTS],
+            skipped_steps: 0,
             saved_buffers,
             progress: TrainingProgress::default(),
         })
@@ -410,10 +417,21 @@ impl DataParallelTrainer {
                 0.0,
             )?
         };
+        let local_loss_sum =
+            if self.config.inject_non_finite_at_step == Some(self.progress.global_step) {
+                local_loss_sum.f_mul_scalar(f64::NAN)?
+            } else {
+                local_loss_sum
+            };
         local_loss_sum.f_backward()?;
         let local_loss_value = local_loss_sum.f_double_value(&[])?;
+        let rank = collective.rank();
 
-        let (global_weight_sum, global_loss_sum, reform_requested) = if world_size == 1 {
+        let (global_weight_sum, global_loss_sum, reform_requested, non_finite_ranks) = if world_size
+            == 1
+        {
+            let finite = local_loss_value.is_finite() && gradients_are_finite(&self.parameters)?;
+            let non_finite_ranks = if finite { Vec::new() } else { vec![rank] };
             let scale = if local_weight_sum > 0.0 {
                 1.0 / local_weight_sum
             } else {
@@ -425,15 +443,29 @@ impl DataParallelTrainer {
                 }
                 Ok(())
             })?;
-            (local_weight_sum, local_loss_value, request_reform)
+            (
+                local_weight_sum,
+                local_loss_value,
+                request_reform,
+                non_finite_ranks,
+            )
         } else {
             let parameter_count = self.parameter_count;
+            self.gradient_buffer
+                .resize(parameter_count + EXTRA_SLOTS + world_size, 0.0);
             let gradients: Vec<Tensor> = self.parameters.iter().map(Tensor::grad).collect();
             flatten_into(&gradients, &mut self.gradient_buffer[..parameter_count])?;
+            let finite = local_loss_value.is_finite()
+                && self.gradient_buffer[..parameter_count]
+                    .iter()
+                    .all(|value| value.is_finite());
             let extra = &mut self.gradient_buffer[parameter_count..];
             extra[WEIGHT_SUM_SLOT] = local_weight_sum as f32;
-            extra[LOSS_SUM_SLOT] = local_loss_value as f32;
+            extra[LOSS_SUM_SLOT] = if finite { local_loss_value as f32 } else { 0.0 };
             extra[REFORM_SLOT] = if request_reform { 1.0 } else { 0.0 };
+            let flags = &mut extra[EXTRA_SLOTS..];
+            flags.fill(0.0);
+            flags[rank] = if finite { 0.0 } else { 1.0 };
             if let Err(error) = collective.all_reduce_sum(&mut self.gradient_buffer) {
                 if buffers_saved {
                     unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;
@@ -444,14 +476,61 @@ impl DataParallelTrainer {
             let global_weight_sum = extra[WEIGHT_SUM_SLOT] as f64;
             let global_loss_sum = extra[LOSS_SUM_SLOT] as f64;
             let reform_requested = extra[REFORM_SLOT] > 0.0;
-            let scale = if global_weight_sum > 0.0 {
-                1.0 / global_weight_sum
-            } else {
-                1.0
-            };
-            unflatten_from(&self.gradient_buffer[..parameter_count], &gradients, scale)?;
-            (global_weight_sum, global_loss_sum, reform_requested)
+            let non_finite_ranks: Vec<usize> = extra[EXTRA_SLOTS..]
+                .iter()
+                .enumerate()
+                .filter(|(_, flag)| **flag > 0.0)
+                .map(|(flagged_rank, _)| flagged_rank)
+                .collect();
+            if non_finite_ranks.is_empty() {
+                let scale = if global_weight_sum > 0.0 {
+                    1.0 / global_weight_sum
+                } else {
+                    1.0
+                };
+                unflatten_from(&self.gradient_buffer[..parameter_count], &gradients, scale)?;
+            } else if buffers_saved {
+                unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;
+            }
+            (
+                global_weight_sum,
+                global_loss_sum,
+                reform_requested,
+                non_finite_ranks,
+            )
         };
+        if !non_finite_ranks.is_empty() {
+            self.optimizer.zero_grad()?;
+            let local_loss = non_finite_ranks
+                .contains(&rank)
+                .then_some(local_loss_value);
+            match self.config.non_finite_policy {
+                NonFinitePolicy::Fail => {
+                    return Err(TrainError::NonFinite {
+                        global_step: self.progress.global_step,
+                        ranks: non_finite_ranks,
+                        local_loss,
+                    });
+                }
+                NonFinitePolicy::SkipStep => {
+                    tracing::warn!(
+                        global_step = self.progress.global_step,
+                        ranks = ?non_finite_ranks,
+                        ?local_loss,
+                        "non-finite loss or gradients: step skipped on every rank"
+                    );
+                    self.skipped_steps += 1;
+                    // The batch is consumed (the next step trains the next batch); nothing else changes.
+                    self.progress.global_step += 1;
+                    return Ok(StepOutcome {
+                        loss: f64::NAN,
+                        global_weight_sum,
+                        reform_requested,
+                        skipped_for_ranks: non_finite_ranks,
+                    });
+                }
+            }
+        }
         self.optimizer.step()?;
         let loss = if global_weight_sum > 0.0 {
             global_loss_sum / global_weight_sum
@@ -473,7 +552,13 @@ impl DataParallelTrainer {
             loss,
             global_weight_sum,
             reform_requested,
+            skipped_for_ranks: Vec::new(),
         })
+    }
+
+    /// Steps this trainer skipped for non-finite loss or gradients.
+    pub fn skipped_steps(&self) -> u64 {
+        self.skipped_steps
     }
 
     /// Replaces every rank's batch-norm running statistics by their mean over the ranks.
@@ -691,4 +776,15 @@ mod tests {
             assert_eq!(read_u64(&buffer), value);
         }
     }
+}
+
+/// Whether every parameter's gradient is finite (no NaN, no infinity).
+fn gradients_are_finite(parameters: &[Tensor]) -> Result<bool, TrainError> {
+    for parameter in parameters {
+        let gradient = parameter.grad();
+        if gradient.defined() && gradient.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }

@@ -28,6 +28,16 @@ pub enum TrainError {
     },
     #[error("unknown architecture {0:?} (expected \"lenet\" or \"resnet\")")]
     UnknownArchitecture(String),
+    #[error(
+        "step {global_step}: the loss or gradients of rank(s) {ranks:?} are not finite (NaN or infinite){}; the step was not applied",
+        local_loss.map(|loss| format!(", this rank's loss {loss}")).unwrap_or_default()
+    )]
+    NonFinite {
+        global_step: u64,
+        ranks: Vec<usize>,
+        /// This rank's loss, when it is one of the ranks at fault.
+        local_loss: Option<f64>,
+    },
 }
 
 impl TrainError {

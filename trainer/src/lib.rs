@@ -19,7 +19,7 @@ pub use batch::{AssembledBatch, EpochBatches, RandomTransform, ShardData};
 pub use card::{ModelCard, ModelInput};
 pub use config::{
     Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LrSchedule,
-    OptimizerChoice, TrainConfig,
+    NonFinitePolicy, OptimizerChoice, TrainConfig,
 };
 pub use data_parallel::{DataParallelTrainer, StepOutcome, TrainingProgress};
 pub use error::TrainError;

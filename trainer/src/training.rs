@@ -25,6 +25,8 @@ pub struct StepProgress {
     pub loss: f64,
     /// Images this rank trained on per second since the epoch (or the generation) began.
     pub images_per_second: f64,
+    /// Steps this rank skipped for non-finite loss or gradients (policy skip-step).
+    pub skipped_steps: u64,
 }
 
 /// One virtual shard's evaluation at the end of an epoch (epochs numbered from 1).
@@ -272,6 +274,7 @@ fn run_owned_generation(
             loss: outcome.loss,
             images_per_second: epoch_clock.1 as f64
                 / epoch_clock.0.elapsed().as_secs_f64().max(1e-9),
+            skipped_steps: trainer.skipped_steps(),
         };
         if observer.on_step(&progress).is_break() {
             info!(global_step = progress.global_step, "training cancelled");

@@ -18,6 +18,8 @@ pub enum FaultPoint {
     AfterAllReduce,
     /// The rank hangs inside the all-reduce (alive, heart-beating, but never finishing) until aborted.
     Stall,
+    /// The rank's loss (and so its gradients) becomes NaN at optimizer step `global_step`; it stays alive.
+    NonFiniteLoss,
 }
 
 /// "Rank `rank` of generation 0 fails at global step `global_step` (0-based all-reduce count) at `point`."
@@ -95,6 +97,8 @@ impl Collective for FaultInjectingCollective {
                 self.inner.all_reduce_sum(buffer)?;
                 Err(self.crash())
             }
+            // Injected in the trainer (see `TrainConfig::inject_non_finite_at_step`).
+            FaultPoint::NonFiniteLoss => self.inner.all_reduce_sum(buffer),
             FaultPoint::Stall => {
                 let started = Instant::now();
                 while !self.abort.is_aborted() && started.elapsed() < MAX_STALL {

@@ -19,17 +19,18 @@ use plankton_dataset::{StoreLocation, open_image_source, open_location};
 use plankton_preprocess::{PreprocessConfig, ResizeMode, ShardCache};
 use plankton_proto::v1::{
     Augmentation, DoneReport, EpochReport, GenerationEndReport, JobPhase, JobSpec,
-    LrSchedule as ProtoLrSchedule, NextAssignmentRequest, OptimizerKind, ProgressReport,
+    LrSchedule as ProtoLrSchedule, NextAssignmentRequest, NonFinitePolicy as ProtoNonFinitePolicy,
+    OptimizerKind, ProgressReport,
     ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress, state_source,
 };
 use plankton_trainer::{
     Architecture, AugmentationMode, DataParallelTrainer, EpochEvaluation, GenerationOutcome,
-    LrSchedule, ModelCard, ModelInput, OptimizerChoice, StepProgress, TrainConfig, TrainError,
+    LrSchedule, ModelCard, ModelInput, NonFinitePolicy, OptimizerChoice, StepProgress, TrainConfig, TrainError,
     TrainingObserver, TrainingProgress, VirtualShardData, run_generation,
 };
 
-use crate::credentials::CoordinatorClient;
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
+use crate::credentials::CoordinatorClient;
 use crate::fault_injection::FaultInjectingCollective;
 use crate::loader::load_shard;
 use crate::outbox::{Outbox, Report};
@@ -358,6 +359,10 @@ async fn run_one_generation(
     let fault = config
         .fault
         .filter(|fault| assignment.generation == 0 && fault.rank == assignment.rank);
+    let mut train_config = train_config;
+    if let Some(fault) = fault.filter(|fault| fault.point == crate::FaultPoint::NonFiniteLoss) {
+        train_config.inject_non_finite_at_step = Some(fault.global_step);
+    }
     let session = TrainingSession {
         listener: listener.clone(),
         job_id: assignment.job_id.clone(),
@@ -402,6 +407,7 @@ async fn run_one_generation(
                     skipped_objects: memory.skipped_objects,
                     global_step: step.global_step,
                     virtual_shards: owned_indices.clone(),
+                    skipped_steps: step.skipped_steps,
                     ..reporter.base_progress()
                 };
                 reporter.progress(JobPhase::Training, progress).await;
@@ -946,6 +952,13 @@ fn train_config(
         threads: threads.max(1),
         device: tch::Device::cuda_if_available(),
         checkpoint_every_steps: u64::from(spec.checkpoint_every_steps),
+        non_finite_policy: match ProtoNonFinitePolicy::try_from(spec.non_finite_policy)
+            .unwrap_or_default()
+        {
+            ProtoNonFinitePolicy::Fail => NonFinitePolicy::Fail,
+            ProtoNonFinitePolicy::SkipStep => NonFinitePolicy::SkipStep,
+        },
+        inject_non_finite_at_step: None,
     })
 }
 
