@@ -13,6 +13,7 @@ pub mod service;
 pub mod state;
 pub mod store;
 pub mod validation;
+pub mod worker_service;
 mod workers;
 
 use std::net::SocketAddr;
@@ -26,11 +27,13 @@ use tracing::info;
 use plankton_proto::v1::job_service_server::JobServiceServer;
 use plankton_proto::v1::model_registry_server::ModelRegistryServer;
 use plankton_proto::v1::worker_control_server::WorkerControlServer;
+use plankton_security::{AuthLayer, Authenticator, ReloadingServerTls, ServerSecurity};
 
 pub use error::{CoordinatorError, CoordinatorResult};
 use service::CoordinatorService;
 use state::{ClusterState, Timeouts};
 use store::StateStore;
+use validation::JobPolicy;
 
 /// Largest gRPC message: an assignment of the full dataset's shard is a few MB.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -44,6 +47,14 @@ pub struct CoordinatorConfig {
     /// binary defaults to [`default_state_dir`] and keeps state in memory only when told `--in-memory`.
     pub state_dir: Option<PathBuf>,
     pub timeouts: Timeouts,
+    /// TLS of the gRPC port (reloaded when its files change) and the hashed bearer tokens of every caller.
+    /// Without TLS the port is plaintext, without tokens everyone may do everything: the binary allows either
+    /// only when told `--insecure`.
+    pub security: ServerSecurity,
+    /// Where jobs may read and write, and how large they may be.
+    pub job_policy: JobPolicy,
+    /// Encrypt ring traffic of every job (the ring handshake is authenticated either way).
+    pub ring_tls: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -57,6 +68,9 @@ impl Default for CoordinatorConfig {
                 heartbeat_interval: Duration::from_secs(2),
                 replacement_wait: Duration::from_secs(10),
             },
+            security: ServerSecurity::default(),
+            job_policy: JobPolicy::default(),
+            ring_tls: false,
         }
     }
 }
@@ -123,7 +137,7 @@ pub async fn serve(
         Some(state_dir) => open_state_store(state_dir, &shutdown).await?,
         None => StateStore::in_memory()?,
     };
-    let state = ClusterState::new(store, config.timeouts.clone())?;
+    let state = ClusterState::new(store, config.timeouts.clone(), config.ring_tls)?;
     let reaper_state = state.clone();
     let reaper_shutdown = shutdown.clone();
     let check_interval = (config.timeouts.worker_timeout / 4).max(Duration::from_millis(100));
@@ -137,10 +151,45 @@ pub async fn serve(
         }
     });
 
-    let service = CoordinatorService::new(state, shutdown.clone());
+    let authenticator = match &config.security.tokens_file {
+        Some(tokens_file) => Authenticator::from_tokens_file(tokens_file)?,
+        None => Authenticator::Disabled,
+    };
+    let tls = config
+        .security
+        .tls
+        .clone()
+        .map(ReloadingServerTls::load)
+        .transpose()?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let reflection_service = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(plankton_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl before 1.9 speaks only the v1alpha reflection protocol.
+    let reflection_v1alpha_service = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(plankton_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let service = CoordinatorService::new(state, config.job_policy.clone(), shutdown.clone());
     let local_address = listener.local_addr()?;
-    info!(%local_address, state_dir = ?config.state_dir, "coordinator listening");
+    info!(
+        %local_address,
+        state_dir = ?config.state_dir,
+        tls = tls.is_some(),
+        authentication = config.security.tokens_file.is_some(),
+        "coordinator listening"
+    );
+    let incoming = plankton_security::serve_incoming(listener, tls, shutdown.clone()).await;
     tonic::transport::Server::builder()
+        .layer(AuthLayer::new(authenticator, "coordinator"))
+        .add_service(health_service)
+        .add_service(reflection_service)
+        .add_service(reflection_v1alpha_service)
         .add_service(
             JobServiceServer::new(service.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -152,10 +201,7 @@ pub async fn serve(
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     info!("coordinator stopped");
     Ok(())

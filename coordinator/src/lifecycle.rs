@@ -959,7 +959,7 @@ mod tests {
             train_objects: 12,
             test_objects: 3,
             image_source: "imgs/".into(),
-            skipped_meta_rows: 0,
+            ..JobPlan::default()
         };
         let job = Job {
             id: "job-1".into(),

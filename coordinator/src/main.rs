@@ -7,7 +7,9 @@ use clap::builder::FalseyValueParser;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use plankton_coordinator::state::Timeouts;
+use plankton_coordinator::validation::JobPolicy;
 use plankton_coordinator::{CoordinatorConfig, default_state_dir, run};
+use plankton_security::{InsecureFlags, ServerSecurityFlags};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -18,6 +20,24 @@ struct Options {
     /// gRPC listen address.
     #[arg(long, env = "PLANKTON_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    #[command(flatten)]
+    security: ServerSecurityFlags,
+    #[command(flatten)]
+    insecure: InsecureFlags,
+    /// Jobs may read datasets only under these locations (repeatable; comma-separated in the environment),
+    /// e.g. file:///data/plankton or s3://lab-bucket/plankton. With none, every job is refused.
+    #[arg(long = "allow-dataset", env = "PLANKTON_ALLOW_DATASET", value_delimiter = ',')]
+    allow_datasets: Vec<String>,
+    /// Jobs may write models and checkpoints only under these locations (repeatable). With none, a job writes
+    /// only under its own dataset's folder.
+    #[arg(long = "allow-output", env = "PLANKTON_ALLOW_OUTPUT", value_delimiter = ',')]
+    allow_outputs: Vec<String>,
+    /// Largest world size a job may ask for.
+    #[arg(long, env = "PLANKTON_MAX_WORLD_SIZE", default_value_t = 256)]
+    max_world_size: u32,
+    /// Encrypt every job's ring traffic with TLS (the ring handshake is authenticated either way).
+    #[arg(long, env = "PLANKTON_RING_TLS", value_parser = FalseyValueParser::new())]
+    ring_tls: bool,
     /// Folder of the embedded job and model store; jobs and models survive restarts. Default:
     /// $XDG_STATE_HOME/plankton/coordinator, else ~/.local/state/plankton/coordinator (created if missing).
     #[arg(long, env = "PLANKTON_STATE_DIR")]
@@ -50,8 +70,28 @@ async fn main() -> anyhow::Result<()> {
             "state kept in memory only (--in-memory): jobs and models are lost at shutdown"
         );
     }
+    let security = options
+        .security
+        .resolve(options.listen, &options.insecure)
+        .unwrap_or_else(|error| Options::command().error(ErrorKind::ArgumentConflict, error).exit());
+    let job_policy = JobPolicy {
+        dataset_prefixes: options.allow_datasets.clone(),
+        output_prefixes: options.allow_outputs.clone(),
+        max_world_size: options.max_world_size,
+    };
+    if let Err(error) = job_policy.check() {
+        Options::command()
+            .error(ErrorKind::InvalidValue, error)
+            .exit();
+    }
+    if job_policy.dataset_prefixes.is_empty() {
+        tracing::warn!("no --allow-dataset: every job will be refused until one is given");
+    }
     let config = CoordinatorConfig {
         listen_address: options.listen,
+        security,
+        job_policy,
+        ring_tls: options.ring_tls,
         state_dir,
         timeouts: Timeouts {
             worker_timeout: options.worker_timeout,

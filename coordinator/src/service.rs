@@ -2,6 +2,7 @@
 //! is in [`crate::worker_service`]).
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
@@ -23,23 +24,38 @@ use plankton_proto::v1::{
 use crate::driver::spawn_job_driver;
 use crate::error::CoordinatorError;
 use crate::planner::{normalize_spec, plan_job};
+use crate::validation::{JobPolicy, validate_spec};
 use crate::state::{ClusterState, unix_ms_now};
 
 #[derive(Clone)]
 pub struct CoordinatorService {
     pub(crate) state: ClusterState,
+    /// Where jobs may read and write, and how large they may be.
+    policy: Arc<JobPolicy>,
     /// Ends the job drivers with the coordinator.
     shutdown: CancellationToken,
 }
 
 impl CoordinatorService {
     /// The service over `state`; starts a driver for every job that has not ended (a restart resumes them).
-    pub fn new(state: ClusterState, shutdown: CancellationToken) -> Self {
+    pub fn new(state: ClusterState, policy: JobPolicy, shutdown: CancellationToken) -> Self {
         for job_id in state.unfinished_jobs() {
             spawn_job_driver(state.clone(), job_id, shutdown.clone());
         }
-        Self { state, shutdown }
+        Self {
+            state,
+            policy: Arc::new(policy),
+            shutdown,
+        }
     }
+}
+
+/// Who made a call, for the audit log: the authenticated principal, or "anonymous" on an unauthenticated
+/// (explicitly insecure) server.
+fn caller<T>(request: &Request<T>) -> String {
+    plankton_security::principal(request)
+        .map(|principal| format!("{} ({})", principal.name, principal.role.as_str()))
+        .unwrap_or_else(|| "anonymous".into())
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send + 'static>>;
@@ -50,14 +66,19 @@ impl JobService for CoordinatorService {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<Job>, Status> {
+        let caller = caller(&request);
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| CoordinatorError::InvalidSpec("missing spec".into()))?;
+        if let Err(error) = validate_spec(&spec, &self.policy) {
+            info!(target: "audit", caller, %error, "job refused");
+            return Err(error.into());
+        }
         let spec = normalize_spec(spec)?;
         let plan = plan_job(&spec).await?;
         let job = self.state.create_job(spec, plan)?;
-        info!(job_id = job.id, "job submitted");
+        info!(target: "audit", caller, job_id = job.id, dataset_url = job.spec.as_ref().map(|spec| spec.dataset_url.as_str()), "job submitted");
         spawn_job_driver(self.state.clone(), job.id.clone(), self.shutdown.clone());
         Ok(Response::new(job))
     }
@@ -81,18 +102,21 @@ impl JobService for CoordinatorService {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<Job>, Status> {
-        Ok(Response::new(
-            self.state.cancel_job(&request.into_inner().job_id)?,
-        ))
+        let caller = caller(&request);
+        let job_id = request.into_inner().job_id;
+        let job = self.state.cancel_job(&job_id)?;
+        info!(target: "audit", caller, job_id, "job cancelled");
+        Ok(Response::new(job))
     }
 
     async fn resume_job(
         &self,
         request: Request<ResumeJobRequest>,
     ) -> Result<Response<Job>, Status> {
+        let caller = caller(&request);
         let job_id = request.into_inner().job_id;
         let job = self.state.resume_job(&job_id)?;
-        info!(job_id, "job resumed by the operator");
+        info!(target: "audit", caller, job_id, "job resumed");
         spawn_job_driver(self.state.clone(), job_id, self.shutdown.clone());
         Ok(Response::new(job))
     }
@@ -194,12 +218,14 @@ impl ModelRegistryService for CoordinatorService {
         &self,
         request: Request<PromoteModelRequest>,
     ) -> Result<Response<ModelVersion>, Status> {
+        let caller = caller(&request);
         let request = request.into_inner();
-        Ok(Response::new(self.state.registry.promote(
-            &request.name,
-            request.version,
-            &request.alias,
-        )?))
+        let promoted = self
+            .state
+            .registry
+            .promote(&request.name, request.version, &request.alias)?;
+        info!(target: "audit", caller, name = promoted.name, version = promoted.version, alias = request.alias, "model promoted");
+        Ok(Response::new(promoted))
     }
 }
 

@@ -353,6 +353,8 @@ impl ClusterState {
             test_objects: plan.test_objects,
             steps_per_epoch: plan.steps_per_epoch,
             virtual_shard_count: plan.shards.len() as u32,
+            skipped_meta_rows: plan.skipped_meta_rows,
+            skipped_meta_row_examples: plan.skipped_meta_row_examples.clone(),
             spec: Some(spec),
             created_unix_ms: unix_ms_now(),
             message: "waiting for workers".into(),
@@ -561,6 +563,7 @@ impl ClusterState {
         let training = phase == JobPhase::Training;
         if training {
             entry.job.global_step = entry.job.global_step.max(progress.global_step);
+            entry.job.skipped_steps = entry.job.skipped_steps.max(progress.skipped_steps);
             if entry.recovery.is_none()
                 && matches!(entry.job.phase(), JobPhase::Loading | JobPhase::Recovering)
             {

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 /// An error of loading credentials, building TLS configurations or connecting.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
+    #[error("{message}")]
+    Flags { message: String },
+
     #[error("cannot read {}: {source}", path.display())]
     ReadFile {
         path: PathBuf,

@@ -7,6 +7,7 @@
 //! - [`layer`]: [`AuthLayer`], the tower layer enforcing both on a tonic server and writing the audit log.
 //! - [`tls`]: [`ReloadingServerTls`] and [`serve_incoming`] for servers; [`connect`] and [`AuthChannel`] for
 //!   clients; [`check_insecure_allowed`], the loopback-only rule for plaintext.
+//! - [`flags`]: the security flags every binary shares and their rules (TLS and tokens unless `--insecure`).
 //! - [`demo_pki`]: a CA, certificates and a token per role for a secure demo cluster on one machine.
 //!
 //! A server and a client:
@@ -50,6 +51,7 @@
 
 pub mod demo_pki;
 mod error;
+pub mod flags;
 pub mod layer;
 pub mod policy;
 mod reload;
@@ -59,6 +61,7 @@ pub mod tokens;
 
 pub use demo_pki::{DemoCredentials, ensure_demo_credentials};
 pub use error::SecurityError;
+pub use flags::{ClientSecurityFlags, InsecureFlags, ServerSecurity, ServerSecurityFlags};
 pub use layer::{AuthLayer, principal};
 pub use policy::{AccessRule, all_rules, rule_for};
 pub use reload::DEFAULT_POLL_INTERVAL;

@@ -24,6 +24,9 @@ use std::time::Duration;
 
 use plankton_preprocess::PreprocessConfig;
 use plankton_proto::v1::inference_server::InferenceServer;
+use plankton_security::{
+    AuthLayer, Authenticator, ClientSecurity, ReloadingServerTls, ServerSecurity,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -49,8 +52,12 @@ pub struct ServeConfig {
     pub listen_address: SocketAddr,
     /// Prometheus `/metrics` listen address; `None` serves no metrics.
     pub metrics_listen: Option<SocketAddr>,
-    /// The coordinator serving the model registry, e.g. `http://127.0.0.1:7070`.
+    /// The coordinator serving the model registry, e.g. `https://127.0.0.1:7070`.
     pub coordinator_url: String,
+    /// How to reach the coordinator: its CA and a `viewer` token.
+    pub coordinator_security: ClientSecurity,
+    /// TLS of the gRPC port and the tokens of its callers (role `client`); see the coordinator's.
+    pub security: ServerSecurity,
     /// The default model reference (`name@production` follows the alias).
     pub model: String,
     pub batching: BatchingConfig,
@@ -74,6 +81,8 @@ impl Default for ServeConfig {
             listen_address: ([127, 0, 0, 1], 7080).into(),
             metrics_listen: None,
             coordinator_url: "http://127.0.0.1:7070".to_string(),
+            coordinator_security: ClientSecurity::default(),
+            security: ServerSecurity::default(),
             model: String::new(),
             batching: BatchingConfig::default(),
             refresh_interval: Duration::from_secs(2),
@@ -120,7 +129,18 @@ pub async fn serve_with_metrics_listener(
         tch::set_num_threads(config.torch_threads as i32);
     }
     let metrics = ServeMetrics::new();
-    let registry = RegistryClient::connect_lazy(&config.coordinator_url)?;
+    let registry =
+        RegistryClient::connect_lazy(&config.coordinator_url, &config.coordinator_security)?;
+    let authenticator = match &config.security.tokens_file {
+        Some(tokens_file) => Authenticator::from_tokens_file(tokens_file)?,
+        None => Authenticator::Disabled,
+    };
+    let tls = config
+        .security
+        .tls
+        .clone()
+        .map(ReloadingServerTls::load)
+        .transpose()?;
     let image_limits = PreprocessConfig {
         max_side: config.max_image_side,
         max_pixels: config.max_image_pixels,
@@ -142,6 +162,11 @@ pub async fn serve_with_metrics_listener(
         .register_encoded_file_descriptor_set(plankton_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // grpcurl before 1.9 speaks only the v1alpha reflection protocol.
+    let reflection_v1alpha_service = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(plankton_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
 
     let metrics_task = metrics_listener.map(|metrics_listener| {
         let metrics_address = metrics_listener.local_addr().ok();
@@ -171,18 +196,18 @@ pub async fn serve_with_metrics_listener(
             set_health(&health_reporter, ServingStatus::NotServing).await;
         }
     };
+    let incoming = plankton_security::serve_incoming(listener, tls, shutdown.clone()).await;
     let served = tonic::transport::Server::builder()
+        .layer(AuthLayer::new(authenticator, "inference"))
         .add_service(health_service)
         .add_service(reflection_service)
+        .add_service(reflection_v1alpha_service)
         .add_service(
             InferenceServer::new(inference_service)
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(config.max_message_bytes),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            drain_signal,
-        )
+        .serve_with_incoming_shutdown(incoming, drain_signal)
         .await;
     shutdown.cancel();
     let _ = watcher_task.await;

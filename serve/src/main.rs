@@ -2,7 +2,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+use plankton_security::{ClientSecurityFlags, InsecureFlags, ServerSecurityFlags};
 use plankton_serve::{BatchingConfig, ServeConfig, run};
 
 #[derive(Parser, Debug)]
@@ -14,6 +16,14 @@ struct Options {
     /// gRPC listen address.
     #[arg(long, env = "PLANKTON_LISTEN", default_value = "127.0.0.1:7080")]
     listen: SocketAddr,
+    /// This server's TLS and the tokens of its callers (role `client` predicts).
+    #[command(flatten)]
+    security: ServerSecurityFlags,
+    /// The coordinator's CA and a token with role `viewer`, to read the model registry.
+    #[command(flatten)]
+    coordinator_security: ClientSecurityFlags,
+    #[command(flatten)]
+    insecure: InsecureFlags,
     /// Prometheus /metrics listen address (omit to serve no metrics).
     #[arg(long, env = "PLANKTON_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -21,7 +31,7 @@ struct Options {
     #[arg(
         long,
         env = "PLANKTON_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
+        default_value = "https://127.0.0.1:7070"
     )]
     coordinator: String,
     /// Default model: "name", "name:3" or "name@production" (an alias is followed as it moves).
@@ -60,8 +70,20 @@ struct Options {
 async fn main() -> anyhow::Result<()> {
     plankton_common::init_tracing();
     let options = Options::parse();
+    let usage_error =
+        |error: plankton_security::SecurityError| -> ! { Options::command().error(ErrorKind::ArgumentConflict, error).exit() };
+    let security = options
+        .security
+        .resolve(options.listen, &options.insecure)
+        .unwrap_or_else(|error| usage_error(error));
+    let coordinator_security = options
+        .coordinator_security
+        .resolve(&options.coordinator, &options.insecure)
+        .unwrap_or_else(|error| usage_error(error));
     let config = ServeConfig {
         listen_address: options.listen,
+        security,
+        coordinator_security,
         metrics_listen: options.metrics_listen,
         coordinator_url: options.coordinator,
         model: options.model,

@@ -2,7 +2,7 @@
 
 use plankton_proto::v1::model_registry_client::ModelRegistryClient;
 use plankton_proto::v1::{GetModelRequest, ModelVersion};
-use tonic::transport::{Channel, Endpoint};
+use plankton_security::{AuthChannel, ClientSecurity};
 
 use crate::error::{ServeError, ServeResult};
 use crate::model_ref::{ModelReference, VersionSelector};
@@ -11,20 +11,25 @@ use crate::model_ref::{ModelReference, VersionSelector};
 #[derive(Clone, Debug)]
 pub struct RegistryClient {
     endpoint: String,
-    client: ModelRegistryClient<Channel>,
+    client: ModelRegistryClient<AuthChannel>,
 }
 
 impl RegistryClient {
-    /// A client of the registry at `endpoint` (e.g. `http://coordinator:7070`); nothing is dialled yet.
-    pub fn connect_lazy(endpoint: &str) -> ServeResult<Self> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|error| ServeError::Registry {
-                endpoint: endpoint.to_string(),
-                message: error.to_string(),
-            })?
+    /// A client of the registry at `endpoint` (e.g. `https://coordinator:7070`, with `security`'s CA and a
+    /// `viewer` token); nothing is dialled yet.
+    pub fn connect_lazy(endpoint: &str, security: &ClientSecurity) -> ServeResult<Self> {
+        let registry_error = |message: String| ServeError::Registry {
+            endpoint: endpoint.to_string(),
+            message,
+        };
+        let channel = plankton_security::endpoint(endpoint, security)
+            .map_err(|error| registry_error(error.to_string()))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(30))
             .connect_lazy();
+        let channel =
+            plankton_security::tls::auth_channel(channel, security.token.as_deref())
+                .map_err(|error| registry_error(error.to_string()))?;
         Ok(RegistryClient {
             endpoint: endpoint.to_string(),
             client: ModelRegistryClient::new(channel),

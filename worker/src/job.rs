@@ -370,6 +370,10 @@ async fn run_one_generation(
         rank,
         peers: assignment.ring_peer_addresses.clone(),
         ring_config: config.ring.clone(),
+        ring_security: plankton_collective::RingSecurity::new(
+            assignment.ring_secret.clone(),
+            assignment.ring_tls,
+        ),
         nccl_unique_id: assignment.nccl_unique_id.clone(),
         abort: abort.clone(),
         generation_over: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -639,6 +643,8 @@ struct TrainingSession {
     rank: usize,
     peers: Vec<String>,
     ring_config: plankton_collective::RingConfig,
+    /// The generation's ring key and whether ring traffic is encrypted, from the assignment.
+    ring_security: plankton_collective::RingSecurity,
     nccl_unique_id: Vec<u8>,
     abort: RingAbort,
     /// Set when the generation's training ends (stops the NCCL abort watchdog).
@@ -685,6 +691,7 @@ impl TrainingSession {
             self.rank,
             &self.peers,
             &self.ring_config,
+            &self.ring_security,
             &self.nccl_unique_id,
             self.train_config.device,
             &self.abort,
@@ -744,6 +751,7 @@ fn join_collective(
     rank: usize,
     peers: &[String],
     ring_config: &plankton_collective::RingConfig,
+    ring_security: &plankton_collective::RingSecurity,
     nccl_unique_id: &[u8],
     device: tch::Device,
     abort: &RingAbort,
@@ -769,13 +777,14 @@ fn join_collective(
         return Ok(Box::new(communicator));
     }
     let _ = (nccl_unique_id, device, generation_over);
-    Ok(Box::new(RingAllReduce::establish(
+    Ok(Box::new(RingAllReduce::establish_secured(
         listener,
         job_id,
         generation,
         rank,
         peers,
         ring_config,
+        ring_security,
         abort,
     )?))
 }

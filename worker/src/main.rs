@@ -2,7 +2,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+use plankton_security::{ClientSecurityFlags, InsecureFlags};
 use plankton_collective::RingConfig;
 use plankton_worker::{WorkerConfig, run};
 
@@ -16,9 +18,14 @@ struct Options {
     #[arg(
         long,
         env = "PLANKTON_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
+        default_value = "https://127.0.0.1:7070"
     )]
     coordinator: String,
+    /// The coordinator's CA, this worker's token (role `worker`) and an optional client certificate.
+    #[command(flatten)]
+    security: ClientSecurityFlags,
+    #[command(flatten)]
+    insecure: InsecureFlags,
     /// Address ring peers connect to.
     #[arg(long, env = "PLANKTON_PEER_LISTEN", default_value = "127.0.0.1:0")]
     peer_listen: String,
@@ -51,7 +58,12 @@ async fn main() -> anyhow::Result<()> {
     plankton_common::init_tracing();
     let options = Options::parse();
     let name = options.name.unwrap_or_else(default_name);
+    let security = options
+        .security
+        .resolve(&options.coordinator, &options.insecure)
+        .unwrap_or_else(|error| Options::command().error(ErrorKind::ArgumentConflict, error).exit());
     let mut config = WorkerConfig::new(options.coordinator, name);
+    config.security = security;
     config.peer_listen = options.peer_listen;
     config.advertise_host = options.advertise_host;
     config.threads = options.threads;
