@@ -67,11 +67,19 @@ const MAX_PENDING_HANDSHAKES: usize = 64;
 
 /// The TCP listener a worker binds before it knows its rank; reused by every ring it joins, one at a time.
 /// It holds a self-signed TLS certificate made at bind, used by the rings that ask for TLS.
-#[derive(Debug)]
 pub struct RingListener {
     listener: TcpListener,
     local_addr: SocketAddr,
     tls_server: Arc<ServerConfig>,
+}
+
+impl std::fmt::Debug for RingListener {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("RingListener")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RingListener {
