@@ -1,5 +1,6 @@
 //! `planktonctl demo`: the main job on embedded defaults. Generates a synthetic dataset in a local folder,
-//! starts a coordinator and workers as processes on 127.0.0.1, submits a job, watches it, prints the results.
+//! starts a coordinator and workers as processes on 127.0.0.1 with TLS and tokens (a local CA and a token per role,
+//! generated once under the demo folder), submits a job, watches it, prints the results.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -11,8 +12,10 @@ use clap::Args;
 use tokio::process::{Child, Command};
 
 use plankton_proto::v1::{CancelJobRequest, JobPhase, JobSpec, ListJobsRequest};
+use plankton_security::Role;
 
 use crate::OutputFormat;
+use crate::connection::Server;
 use crate::job_commands::{self, JobFields};
 
 #[derive(Args, Debug)]
@@ -74,8 +77,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         std::fs::write(&marker, b"")?;
     }
 
+    // Secure like any deployment: TLS from a local CA and a bearer token per role, made once under demo-data/.
+    let security_dir = dir.join("security");
+    let credentials = plankton_security::ensure_demo_credentials(&security_dir)?;
+    println!(
+        "security: TLS with the CA {} and a token per role in {}",
+        credentials.ca_cert.display(),
+        security_dir.display()
+    );
+    let path_text = |path: &Path| path.display().to_string();
     let port = free_port()?;
-    let coordinator_url = format!("http://127.0.0.1:{port}");
+    let coordinator_url = format!("https://127.0.0.1:{port}");
+    let coordinator = Server {
+        url: coordinator_url.clone(),
+        security: credentials.client_security(Role::Operator),
+    };
     let binaries = std::env::current_exe()?
         .parent()
         .context("locating the planktonctl folder")?
@@ -88,18 +104,30 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             &format!("127.0.0.1:{port}"),
             "--state-dir",
             &dir.join("state").display().to_string(),
+            "--tls-cert",
+            &path_text(&credentials.server_cert),
+            "--tls-key",
+            &path_text(&credentials.server_key),
+            "--tokens-file",
+            &path_text(&credentials.tokens_file),
+            "--allow-dataset",
+            &dataset_url,
         ],
         &dir.join("logs/coordinator.log"),
     )?);
     // The coordinator keeps jobs in the state folder and carries on with unfinished ones after a restart: a
     // demo interrupted earlier would take this demo's workers. End those before any worker registers.
-    cancel_unfinished_jobs(&coordinator_url).await?;
+    cancel_unfinished_jobs(&coordinator).await?;
     for index in 0..args.workers {
         processes.0.push(spawn(
             &binaries.join("plankton-worker"),
             &[
                 "--coordinator",
                 &coordinator_url,
+                "--ca-cert",
+                &path_text(&credentials.ca_cert),
+                "--token-file",
+                &path_text(&credentials.token_file(Role::Worker)),
                 "--threads",
                 &args.threads.to_string(),
                 "--cache-dir",
@@ -115,7 +143,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.workers,
         dir.join("logs").display()
     );
-    wait_for_workers(&coordinator_url, args.workers as usize).await?;
+    wait_for_workers(&coordinator, args.workers as usize).await?;
 
     let mut fields = args.job;
     fields.dataset.get_or_insert(dataset_url);
@@ -124,7 +152,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     fields.batch_size.get_or_insert(32);
     fields.name.get_or_insert_with(|| "demo".into());
     let spec: JobSpec = fields.into_spec()?;
-    let job = job_commands::submit_spec(&coordinator_url, spec).await?;
+    let job = job_commands::submit_spec(&coordinator, spec).await?;
     println!(
         "job {} submitted: {} train / {} test objects, {} classes",
         job.id,
@@ -132,7 +160,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         job.test_objects,
         job.class_names.len()
     );
-    let finished = job_commands::watch(&coordinator_url, &job.id, OutputFormat::Table).await?;
+    let finished = job_commands::watch(&coordinator, &job.id, OutputFormat::Table).await?;
     drop(processes);
     if finished.phase() != JobPhase::Succeeded {
         anyhow::bail!(
@@ -145,14 +173,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "model weights and card written under {}",
         finished.model_url.trim_end_matches("model.safetensors")
     );
+    println!(
+        "to call this cluster yourself: planktonctl --ca-cert {} --token-file {} ... (tokens for other roles beside it)",
+        credentials.ca_cert.display(),
+        credentials.token_file(Role::Operator).display()
+    );
     Ok(())
 }
 
 /// Cancels the jobs an earlier, interrupted demo left unfinished in the state folder (waits for the coordinator).
-async fn cancel_unfinished_jobs(coordinator_url: &str) -> anyhow::Result<()> {
+async fn cancel_unfinished_jobs(coordinator: &Server) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut client = loop {
-        match job_commands::connect(coordinator_url).await {
+        match job_commands::connect(coordinator).await {
             Ok(client) => break client,
             Err(error) if tokio::time::Instant::now() > deadline => {
                 return Err(
@@ -212,10 +245,10 @@ fn spawn(binary: &Path, arguments: &[&str], log: &Path) -> anyhow::Result<Child>
         })
 }
 
-async fn wait_for_workers(coordinator_url: &str, wanted: usize) -> anyhow::Result<()> {
+async fn wait_for_workers(coordinator: &Server, wanted: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(mut client) = job_commands::connect(coordinator_url).await
+        if let Ok(mut client) = job_commands::connect(coordinator).await
             && let Ok(response) = client
                 .list_workers(plankton_proto::v1::ListWorkersRequest {})
                 .await

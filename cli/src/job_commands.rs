@@ -7,49 +7,24 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use plankton_security::AuthChannel;
 use serde::Deserialize;
-use tonic::transport::Channel;
+
+use crate::connection::Server;
 
 use plankton_proto::v1::job_service_client::JobServiceClient;
 use plankton_proto::v1::{
     Augmentation, CancelJobRequest, ClassWeighting, GetJobRequest, Job, JobPhase, JobSpec,
-    ListJobsRequest, ListWorkersRequest, LrSchedule, OptimizerKind, ResizeMode, ResumeJobRequest,
-    SubmitJobRequest, WatchJobRequest, job_event,
+    ListJobsRequest, ListWorkersRequest, LrSchedule, NonFinitePolicy, OptimizerKind, ResizeMode,
+    ResumeJobRequest, SubmitJobRequest, WatchJobRequest, job_event,
 };
 
 use crate::OutputFormat;
 use crate::render;
 
-/// The coordinator could not be reached (exit code 3).
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot reach the coordinator at {url}: {reason} (is it running? set --coordinator or PLANKTON_COORDINATOR)"
-)]
-pub struct Unreachable {
-    pub url: String,
-    pub reason: String,
-}
-
-pub async fn connect(url: &str) -> anyhow::Result<JobServiceClient<Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .with_context(|| format!("invalid coordinator URL {url:?}"))?
-        .connect_timeout(std::time::Duration::from_secs(5));
-    let channel = endpoint.connect().await.map_err(|error| Unreachable {
-        url: url.into(),
-        reason: source_chain(&error),
-    })?;
+pub async fn connect(coordinator: &Server) -> anyhow::Result<JobServiceClient<AuthChannel>> {
+    let channel = coordinator.coordinator_channel().await?;
     Ok(JobServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024))
-}
-
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Turns a gRPC status into an error that says which call failed.
@@ -86,6 +61,16 @@ pub enum AugmentationArg {
     None,
     All,
     Rare,
+}
+
+/// What a step with a NaN or infinite loss or gradient on some rank does.
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NonFiniteArg {
+    /// The job fails, naming the rank(s) and the step.
+    Fail,
+    /// The step is skipped on every rank and counted.
+    SkipStep,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
@@ -157,6 +142,9 @@ pub struct JobFields {
     /// step 0 with a fresh optimizer.
     #[arg(long = "init-from", value_name = "URL")]
     pub init_from: Option<String>,
+    /// A step whose loss or gradients are not finite on some rank: fail the job (default) or skip the step.
+    #[arg(long, value_enum)]
+    pub non_finite: Option<NonFiniteArg>,
 }
 
 #[derive(Args, Debug)]
@@ -195,6 +183,7 @@ impl JobFields {
             checkpoint_every_steps: self.checkpoint_every_steps.or(file.checkpoint_every_steps),
             keep_checkpoints: self.keep_checkpoints.or(file.keep_checkpoints),
             init_from: self.init_from.or(file.init_from),
+            non_finite: self.non_finite.or(file.non_finite),
         }
     }
 
@@ -243,11 +232,19 @@ impl JobFields {
             checkpoint_every_steps: self.checkpoint_every_steps.unwrap_or(0),
             keep_checkpoints: self.keep_checkpoints.unwrap_or(0),
             init_from: self.init_from.unwrap_or_default(),
+            non_finite_policy: match self.non_finite.unwrap_or(NonFiniteArg::Fail) {
+                NonFiniteArg::Fail => NonFinitePolicy::Fail,
+                NonFiniteArg::SkipStep => NonFinitePolicy::SkipStep,
+            } as i32,
         })
     }
 }
 
-pub async fn submit(url: &str, args: SubmitArgs, output: OutputFormat) -> anyhow::Result<()> {
+pub async fn submit(
+    coordinator: &Server,
+    args: SubmitArgs,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
     let file_fields = match &args.job_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -257,9 +254,9 @@ pub async fn submit(url: &str, args: SubmitArgs, output: OutputFormat) -> anyhow
         None => JobFields::default(),
     };
     let spec = args.fields.overlay(file_fields).into_spec()?;
-    let job = submit_spec(url, spec).await?;
+    let job = submit_spec(coordinator, spec).await?;
     if args.watch {
-        return watch_to_success(url, &job.id, "submitted", output).await;
+        return watch_to_success(coordinator, &job.id, "submitted", output).await;
     }
     match output {
         OutputFormat::Json => {
@@ -276,8 +273,8 @@ pub async fn submit(url: &str, args: SubmitArgs, output: OutputFormat) -> anyhow
     Ok(())
 }
 
-pub async fn submit_spec(url: &str, spec: JobSpec) -> anyhow::Result<Job> {
-    let mut client = connect(url).await?;
+pub async fn submit_spec(coordinator: &Server, spec: JobSpec) -> anyhow::Result<Job> {
+    let mut client = connect(coordinator).await?;
     let job = client
         .submit_job(SubmitJobRequest { spec: Some(spec) })
         .await
@@ -288,7 +285,7 @@ pub async fn submit_spec(url: &str, spec: JobSpec) -> anyhow::Result<Job> {
 /// Follows a job to its end, drawing progress; returns the final job.
 /// Prints `"<verb> <job>"`, watches the job to its end, and fails unless it succeeded.
 async fn watch_to_success(
-    url: &str,
+    coordinator: &Server,
     job_id: &str,
     verb: &str,
     output: OutputFormat,
@@ -296,7 +293,7 @@ async fn watch_to_success(
     if output == OutputFormat::Table {
         println!("{verb} {job_id}");
     }
-    let finished = watch(url, job_id, output).await?;
+    let finished = watch(coordinator, job_id, output).await?;
     if finished.phase() != JobPhase::Succeeded {
         anyhow::bail!(
             "job {} ended {}: {}",
@@ -308,8 +305,12 @@ async fn watch_to_success(
     Ok(())
 }
 
-pub async fn watch(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Result<Job> {
-    let mut client = connect(url).await?;
+pub async fn watch(
+    coordinator: &Server,
+    job_id: &str,
+    output: OutputFormat,
+) -> anyhow::Result<Job> {
+    let mut client = connect(coordinator).await?;
     let mut events = client
         .watch_job(WatchJobRequest {
             job_id: job_id.into(),
@@ -501,8 +502,8 @@ impl WatchDisplay {
     }
 }
 
-pub async fn list(url: &str, output: OutputFormat) -> anyhow::Result<()> {
-    let mut client = connect(url).await?;
+pub async fn list(coordinator: &Server, output: OutputFormat) -> anyhow::Result<()> {
+    let mut client = connect(coordinator).await?;
     let jobs = client
         .list_jobs(ListJobsRequest {})
         .await
@@ -519,8 +520,8 @@ pub async fn list(url: &str, output: OutputFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn get(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Result<()> {
-    let mut client = connect(url).await?;
+pub async fn get(coordinator: &Server, job_id: &str, output: OutputFormat) -> anyhow::Result<()> {
+    let mut client = connect(coordinator).await?;
     let job = client
         .get_job(GetJobRequest {
             job_id: job_id.into(),
@@ -537,8 +538,12 @@ pub async fn get(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Resul
     Ok(())
 }
 
-pub async fn cancel(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Result<()> {
-    let mut client = connect(url).await?;
+pub async fn cancel(
+    coordinator: &Server,
+    job_id: &str,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    let mut client = connect(coordinator).await?;
     let job = client
         .cancel_job(CancelJobRequest {
             job_id: job_id.into(),
@@ -558,12 +563,12 @@ pub async fn cancel(url: &str, job_id: &str, output: OutputFormat) -> anyhow::Re
 /// Restarts a failed or cancelled job from its latest complete checkpoint; prints it as `get` does, or follows
 /// it to its end with `watch` (then a job that does not succeed is an error).
 pub async fn resume(
-    url: &str,
+    coordinator: &Server,
     job_id: &str,
     watch_after: bool,
     output: OutputFormat,
 ) -> anyhow::Result<()> {
-    let mut client = connect(url).await?;
+    let mut client = connect(coordinator).await?;
     let job = client
         .resume_job(ResumeJobRequest {
             job_id: job_id.into(),
@@ -572,7 +577,7 @@ pub async fn resume(
         .map_err(|status| call_error("resume", status))?
         .into_inner();
     if watch_after {
-        return watch_to_success(url, &job.id, "resuming", output).await;
+        return watch_to_success(coordinator, &job.id, "resuming", output).await;
     }
     match output {
         OutputFormat::Json => {
@@ -583,8 +588,8 @@ pub async fn resume(
     Ok(())
 }
 
-pub async fn workers(url: &str, output: OutputFormat) -> anyhow::Result<()> {
-    let mut client = connect(url).await?;
+pub async fn workers(coordinator: &Server, output: OutputFormat) -> anyhow::Result<()> {
+    let mut client = connect(coordinator).await?;
     let workers = client
         .list_workers(ListWorkersRequest {})
         .await

@@ -1,6 +1,7 @@
 //! `planktonctl`: the operator CLI of plankton-cluster.
 #![forbid(unsafe_code)]
 
+mod connection;
 mod dataset_commands;
 mod demo;
 mod job_commands;
@@ -12,6 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use plankton_security::{ClientSecurityFlags, InsecureFlags};
+
+use connection::Server;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,9 +29,15 @@ struct Cli {
         long,
         global = true,
         env = "PLANKTON_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
+        default_value = "https://127.0.0.1:7070"
     )]
     coordinator: String,
+    /// The CA of the servers' certificates, a bearer token (role operator to submit, viewer to look) and an
+    /// optional client certificate.
+    #[command(flatten)]
+    security: ClientSecurityFlags,
+    #[command(flatten)]
+    insecure: InsecureFlags,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
@@ -76,7 +86,11 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         top_k: u32,
         /// Inference server endpoint.
-        #[arg(long, env = "PLANKTON_SERVER", default_value = "http://127.0.0.1:7080")]
+        #[arg(
+            long,
+            env = "PLANKTON_SERVER",
+            default_value = "https://127.0.0.1:7080"
+        )]
         server: String,
     },
     /// Generate or inspect datasets.
@@ -148,37 +162,59 @@ pub struct StatsArgs {
 async fn main() -> ExitCode {
     plankton_common::init_tracing_with_default("warn");
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Submit(args) => job_commands::submit(&cli.coordinator, args, cli.output).await,
-        Command::Watch { job_id } => job_commands::watch(&cli.coordinator, &job_id, cli.output)
+    let result = run(cli).await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            match error.downcast_ref::<connection::Unreachable>() {
+                Some(_) => ExitCode::from(3),
+                None => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let server_at = |url: &str| -> anyhow::Result<Server> {
+        Ok(Server {
+            url: url.to_string(),
+            security: cli.security.resolve(url, &cli.insecure)?,
+        })
+    };
+    // Commands that do not call the coordinator (dataset, demo) need no credentials for it.
+    let coordinator = || server_at(&cli.coordinator);
+    match cli.command {
+        Command::Submit(args) => job_commands::submit(&coordinator()?, args, cli.output).await,
+        Command::Watch { job_id } => job_commands::watch(&coordinator()?, &job_id, cli.output)
             .await
             .map(|_| ()),
-        Command::List => job_commands::list(&cli.coordinator, cli.output).await,
-        Command::Get { job_id } => job_commands::get(&cli.coordinator, &job_id, cli.output).await,
+        Command::List => job_commands::list(&coordinator()?, cli.output).await,
+        Command::Get { job_id } => job_commands::get(&coordinator()?, &job_id, cli.output).await,
         Command::Cancel { job_id } => {
-            job_commands::cancel(&cli.coordinator, &job_id, cli.output).await
+            job_commands::cancel(&coordinator()?, &job_id, cli.output).await
         }
         Command::Resume { job_id, watch } => {
-            job_commands::resume(&cli.coordinator, &job_id, watch, cli.output).await
+            job_commands::resume(&coordinator()?, &job_id, watch, cli.output).await
         }
-        Command::Workers => job_commands::workers(&cli.coordinator, cli.output).await,
+        Command::Workers => job_commands::workers(&coordinator()?, cli.output).await,
         Command::Models(ModelsCommand::List { name }) => {
-            model_commands::list(&cli.coordinator, name, cli.output).await
+            model_commands::list(&coordinator()?, name, cli.output).await
         }
         Command::Models(ModelsCommand::Get { model }) => {
-            model_commands::get(&cli.coordinator, model, cli.output).await
+            model_commands::get(&coordinator()?, model, cli.output).await
         }
         Command::Models(ModelsCommand::Promote {
             name,
             version,
             alias,
-        }) => model_commands::promote(&cli.coordinator, name, version, alias, cli.output).await,
+        }) => model_commands::promote(&coordinator()?, name, version, alias, cli.output).await,
         Command::Predict {
             images,
             model,
             top_k,
             server,
-        } => predict_command::predict(&server, images, model, top_k, cli.output).await,
+        } => predict_command::predict(&server_at(&server)?, images, model, top_k, cli.output).await,
         Command::Dataset(DatasetCommand::Synth(args)) => {
             dataset_commands::synth(args, cli.output).await
         }
@@ -186,15 +222,5 @@ async fn main() -> ExitCode {
             dataset_commands::stats(args, cli.output).await
         }
         Command::Demo(args) => demo::run(args).await,
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            match error.downcast_ref::<job_commands::Unreachable>() {
-                Some(_) => ExitCode::from(3),
-                None => ExitCode::from(1),
-            }
-        }
     }
 }

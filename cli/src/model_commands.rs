@@ -1,14 +1,16 @@
 //! Model registry commands: `models list|get|promote`.
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use plankton_security::AuthChannel;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
+
+use crate::connection::Server;
 
 use plankton_proto::v1::model_registry_client::ModelRegistryClient;
 use plankton_proto::v1::{GetModelRequest, ListModelsRequest, ModelVersion, PromoteModelRequest};
 
 use crate::OutputFormat;
-use crate::job_commands::{Unreachable, call_error};
+use crate::job_commands::call_error;
 
 /// A model reference: `name`, `name:VERSION` or `name@ALIAS`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,16 +49,10 @@ impl std::str::FromStr for ModelReference {
     }
 }
 
-async fn connect(url: &str) -> anyhow::Result<ModelRegistryClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|error| Unreachable {
-            url: url.into(),
-            reason: error.to_string(),
-        })?;
-    Ok(ModelRegistryClient::new(channel))
+async fn connect(coordinator: &Server) -> anyhow::Result<ModelRegistryClient<AuthChannel>> {
+    Ok(ModelRegistryClient::new(
+        coordinator.coordinator_channel().await?,
+    ))
 }
 
 pub fn model_json(model: &ModelVersion) -> Value {
@@ -69,8 +65,12 @@ pub fn model_json(model: &ModelVersion) -> Value {
     })
 }
 
-pub async fn list(url: &str, name: Option<String>, output: OutputFormat) -> anyhow::Result<()> {
-    let mut client = connect(url).await?;
+pub async fn list(
+    coordinator: &Server,
+    name: Option<String>,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    let mut client = connect(coordinator).await?;
     let models = client
         .list_models(ListModelsRequest {
             name: name.unwrap_or_default(),
@@ -114,8 +114,12 @@ pub async fn list(url: &str, name: Option<String>, output: OutputFormat) -> anyh
     Ok(())
 }
 
-pub async fn get(url: &str, reference: ModelReference, output: OutputFormat) -> anyhow::Result<()> {
-    let mut client = connect(url).await?;
+pub async fn get(
+    coordinator: &Server,
+    reference: ModelReference,
+    output: OutputFormat,
+) -> anyhow::Result<()> {
+    let mut client = connect(coordinator).await?;
     let model = client
         .get_model(GetModelRequest {
             name: reference.name,
@@ -155,13 +159,13 @@ pub async fn get(url: &str, reference: ModelReference, output: OutputFormat) -> 
 }
 
 pub async fn promote(
-    url: &str,
+    coordinator: &Server,
     name: String,
     version: u32,
     alias: String,
     output: OutputFormat,
 ) -> anyhow::Result<()> {
-    let mut client = connect(url).await?;
+    let mut client = connect(coordinator).await?;
     let model = client
         .promote_model(PromoteModelRequest {
             name,

@@ -10,10 +10,11 @@ use plankton_proto::v1::inference_client::InferenceClient;
 use plankton_proto::v1::{ImageInput, PredictRequest};
 
 use crate::OutputFormat;
-use crate::job_commands::{Unreachable, call_error};
+use crate::connection::Server;
+use crate::job_commands::call_error;
 
 pub async fn predict(
-    server: &str,
+    server: &Server,
     images: Vec<PathBuf>,
     model: String,
     top_k: u32,
@@ -28,14 +29,12 @@ pub async fn predict(
             id: path.display().to_string(),
         });
     }
-    let channel = tonic::transport::Endpoint::from_shared(server.to_string())?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|error| Unreachable {
-            url: server.into(),
-            reason: error.to_string(),
-        })?;
+    let channel = server
+        .channel(
+            "inference server",
+            "is plankton-serve running? set --server or PLANKTON_SERVER",
+        )
+        .await?;
     let mut client = InferenceClient::new(channel).max_encoding_message_size(64 << 20);
     let response = client
         .predict(PredictRequest {

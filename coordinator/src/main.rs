@@ -26,11 +26,19 @@ struct Options {
     insecure: InsecureFlags,
     /// Jobs may read datasets only under these locations (repeatable; comma-separated in the environment),
     /// e.g. file:///data/plankton or s3://lab-bucket/plankton. With none, every job is refused.
-    #[arg(long = "allow-dataset", env = "PLANKTON_ALLOW_DATASET", value_delimiter = ',')]
+    #[arg(
+        long = "allow-dataset",
+        env = "PLANKTON_ALLOW_DATASET",
+        value_delimiter = ','
+    )]
     allow_datasets: Vec<String>,
     /// Jobs may write models and checkpoints only under these locations (repeatable). With none, a job writes
     /// only under its own dataset's folder.
-    #[arg(long = "allow-output", env = "PLANKTON_ALLOW_OUTPUT", value_delimiter = ',')]
+    #[arg(
+        long = "allow-output",
+        env = "PLANKTON_ALLOW_OUTPUT",
+        value_delimiter = ','
+    )]
     allow_outputs: Vec<String>,
     /// Largest world size a job may ask for.
     #[arg(long, env = "PLANKTON_MAX_WORLD_SIZE", default_value_t = 256)]
@@ -73,7 +81,11 @@ async fn main() -> anyhow::Result<()> {
     let security = options
         .security
         .resolve(options.listen, &options.insecure)
-        .unwrap_or_else(|error| Options::command().error(ErrorKind::ArgumentConflict, error).exit());
+        .unwrap_or_else(|error| {
+            Options::command()
+                .error(ErrorKind::ArgumentConflict, error)
+                .exit()
+        });
     let job_policy = JobPolicy {
         dataset_prefixes: options.allow_datasets.clone(),
         output_prefixes: options.allow_outputs.clone(),

@@ -24,8 +24,8 @@ use plankton_proto::v1::{
 use crate::driver::spawn_job_driver;
 use crate::error::CoordinatorError;
 use crate::planner::{normalize_spec, plan_job};
-use crate::validation::{JobPolicy, validate_spec};
 use crate::state::{ClusterState, unix_ms_now};
+use crate::validation::{JobPolicy, validate_spec};
 
 #[derive(Clone)]
 pub struct CoordinatorService {
@@ -220,10 +220,10 @@ impl ModelRegistryService for CoordinatorService {
     ) -> Result<Response<ModelVersion>, Status> {
         let caller = caller(&request);
         let request = request.into_inner();
-        let promoted = self
-            .state
-            .registry
-            .promote(&request.name, request.version, &request.alias)?;
+        let promoted =
+            self.state
+                .registry
+                .promote(&request.name, request.version, &request.alias)?;
         info!(target: "audit", caller, name = promoted.name, version = promoted.version, alias = request.alias, "model promoted");
         Ok(Response::new(promoted))
     }

@@ -66,7 +66,9 @@ impl CoordinatorService {
             return Err(refused(
                 caller,
                 method,
-                format!("the caller holds no rank {rank} of generation {generation} of job {job_id}"),
+                format!(
+                    "the caller holds no rank {rank} of generation {generation} of job {job_id}"
+                ),
             ));
         }
         Ok(())
@@ -147,7 +149,12 @@ impl WorkerControl for CoordinatorService {
         request: Request<NextAssignmentRequest>,
     ) -> Result<Response<NextAssignmentResponse>, Status> {
         let caller = self.calling_worker(&request, "NextAssignment")?;
-        self.check_place(&caller, "NextAssignment", &request.get_ref().worker_id, None)?;
+        self.check_place(
+            &caller,
+            "NextAssignment",
+            &request.get_ref().worker_id,
+            None,
+        )?;
         let deadline = tokio::time::Instant::now() + ASSIGNMENT_POLL;
         loop {
             match self.state.take_assignment(&caller)? {
@@ -237,7 +244,10 @@ impl WorkerControl for CoordinatorService {
                 return Err(refused(
                     &caller,
                     "ReportCheckpoint",
-                    format!("checkpoint {} is not a folder under {checkpoints}", checkpoint.url),
+                    format!(
+                        "checkpoint {} is not a folder under {checkpoints}",
+                        checkpoint.url
+                    ),
                 ));
             }
             self.state
@@ -256,7 +266,10 @@ impl WorkerControl for CoordinatorService {
             Some((&report.job_id, report.generation, report.rank)),
         )?;
         if !report.model_url.is_empty() {
-            let expected = format!("{}/{MODEL_WEIGHTS_FILE}", self.output_url_of(&report.job_id)?);
+            let expected = format!(
+                "{}/{MODEL_WEIGHTS_FILE}",
+                self.output_url_of(&report.job_id)?
+            );
             if report.rank != 0 || report.model_url != expected {
                 return Err(refused(
                     &caller,

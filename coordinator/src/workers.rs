@@ -66,7 +66,8 @@ impl WorkerEntry {
 
     /// Records a place in a job's ring; places in other jobs are forgotten.
     pub fn add_membership(&mut self, job_id: &str, generation: u32, rank: u32) {
-        self.memberships.retain(|membership| membership.job_id == job_id);
+        self.memberships
+            .retain(|membership| membership.job_id == job_id);
         let membership = Membership {
             job_id: job_id.to_string(),
             generation,
@@ -187,7 +188,12 @@ impl WorkerPool {
         let mut found = None;
         for (worker_id, worker) in &self.workers {
             let equal = worker.session_token.len() == session_token.len()
-                && bool::from(worker.session_token.as_bytes().ct_eq(session_token.as_bytes()));
+                && bool::from(
+                    worker
+                        .session_token
+                        .as_bytes()
+                        .ct_eq(session_token.as_bytes()),
+                );
             if equal {
                 found = Some(worker_id.clone());
             }

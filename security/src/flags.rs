@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use clap::builder::FalseyValueParser;
 
-use crate::tls::{ClientSecurity, ServerTlsFiles, check_insecure_allowed, read_token_file};
 use crate::SecurityError;
+use crate::tls::{ClientSecurity, ServerTlsFiles, check_insecure_allowed, read_token_file};
 
 /// `--insecure` and `--allow-insecure-remote`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -174,17 +174,41 @@ mod tests {
         let loopback: SocketAddr = "127.0.0.1:7070".parse().unwrap();
         let everywhere: SocketAddr = "0.0.0.0:7070".parse().unwrap();
         let secure = InsecureFlags::default();
-        assert!(tls_flags().resolve(everywhere, &secure).unwrap().tls.is_some());
+        assert!(
+            tls_flags()
+                .resolve(everywhere, &secure)
+                .unwrap()
+                .tls
+                .is_some()
+        );
         let plaintext = ServerSecurityFlags::default();
-        assert!(plaintext.resolve(loopback, &secure).unwrap_err().to_string().contains("--tls-cert"));
+        assert!(
+            plaintext
+                .resolve(loopback, &secure)
+                .unwrap_err()
+                .to_string()
+                .contains("--tls-cert")
+        );
         let no_tokens = ServerSecurityFlags {
             tokens_file: None,
             ..tls_flags()
         };
-        assert!(no_tokens.resolve(loopback, &secure).unwrap_err().to_string().contains("--tokens-file"));
-        assert_eq!(plaintext.resolve(loopback, &insecure(false)).unwrap(), ServerSecurity::default());
+        assert!(
+            no_tokens
+                .resolve(loopback, &secure)
+                .unwrap_err()
+                .to_string()
+                .contains("--tokens-file")
+        );
+        assert_eq!(
+            plaintext.resolve(loopback, &insecure(false)).unwrap(),
+            ServerSecurity::default()
+        );
         let refused = plaintext.resolve(everywhere, &insecure(false)).unwrap_err();
-        assert!(refused.to_string().contains("--allow-insecure-remote"), "{refused}");
+        assert!(
+            refused.to_string().contains("--allow-insecure-remote"),
+            "{refused}"
+        );
         assert!(plaintext.resolve(everywhere, &insecure(true)).is_ok());
         let half = ServerSecurityFlags {
             tls_key: None,
@@ -201,13 +225,35 @@ mod tests {
         };
         let secure = InsecureFlags::default();
         assert_eq!(
-            flags.resolve("https://coordinator:7070", &secure).unwrap().token.as_deref(),
+            flags
+                .resolve("https://coordinator:7070", &secure)
+                .unwrap()
+                .token
+                .as_deref(),
             Some("secret")
         );
-        assert!(flags.resolve("http://127.0.0.1:7070", &secure).unwrap_err().to_string().contains("--insecure"));
-        assert!(flags.resolve("http://127.0.0.1:7070", &insecure(false)).is_ok());
-        assert!(flags.resolve("http://10.0.0.5:7070", &insecure(false)).is_err());
-        assert!(flags.resolve("http://10.0.0.5:7070", &insecure(true)).is_ok());
+        assert!(
+            flags
+                .resolve("http://127.0.0.1:7070", &secure)
+                .unwrap_err()
+                .to_string()
+                .contains("--insecure")
+        );
+        assert!(
+            flags
+                .resolve("http://127.0.0.1:7070", &insecure(false))
+                .is_ok()
+        );
+        assert!(
+            flags
+                .resolve("http://10.0.0.5:7070", &insecure(false))
+                .is_err()
+        );
+        assert!(
+            flags
+                .resolve("http://10.0.0.5:7070", &insecure(true))
+                .is_ok()
+        );
         let both = ClientSecurityFlags {
             token_file: Some("token".into()),
             ..flags

@@ -70,8 +70,11 @@ struct Options {
 async fn main() -> anyhow::Result<()> {
     plankton_common::init_tracing();
     let options = Options::parse();
-    let usage_error =
-        |error: plankton_security::SecurityError| -> ! { Options::command().error(ErrorKind::ArgumentConflict, error).exit() };
+    let usage_error = |error: plankton_security::SecurityError| -> ! {
+        Options::command()
+            .error(ErrorKind::ArgumentConflict, error)
+            .exit()
+    };
     let security = options
         .security
         .resolve(options.listen, &options.insecure)

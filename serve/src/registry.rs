@@ -27,9 +27,8 @@ impl RegistryClient {
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(30))
             .connect_lazy();
-        let channel =
-            plankton_security::tls::auth_channel(channel, security.token.as_deref())
-                .map_err(|error| registry_error(error.to_string()))?;
+        let channel = plankton_security::tls::auth_channel(channel, security.token.as_deref())
+            .map_err(|error| registry_error(error.to_string()))?;
         Ok(RegistryClient {
             endpoint: endpoint.to_string(),
             client: ModelRegistryClient::new(channel),

@@ -20,13 +20,13 @@ use plankton_preprocess::{PreprocessConfig, ResizeMode, ShardCache};
 use plankton_proto::v1::{
     Augmentation, DoneReport, EpochReport, GenerationEndReport, JobPhase, JobSpec,
     LrSchedule as ProtoLrSchedule, NextAssignmentRequest, NonFinitePolicy as ProtoNonFinitePolicy,
-    OptimizerKind, ProgressReport,
-    ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress, state_source,
+    OptimizerKind, ProgressReport, ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress,
+    state_source,
 };
 use plankton_trainer::{
     Architecture, AugmentationMode, DataParallelTrainer, EpochEvaluation, GenerationOutcome,
-    LrSchedule, ModelCard, ModelInput, NonFinitePolicy, OptimizerChoice, StepProgress, TrainConfig, TrainError,
-    TrainingObserver, TrainingProgress, VirtualShardData, run_generation,
+    LrSchedule, ModelCard, ModelInput, NonFinitePolicy, OptimizerChoice, StepProgress, TrainConfig,
+    TrainError, TrainingObserver, TrainingProgress, VirtualShardData, run_generation,
 };
 
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};

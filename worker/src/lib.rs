@@ -21,10 +21,10 @@ use tracing::{error, info, warn};
 
 use plankton_collective::{RingAbort, RingConfig, RingListener};
 use plankton_proto::v1::worker_control_client::WorkerControlClient;
-use plankton_security::ClientSecurity;
 use plankton_proto::v1::{
     GenerationEndReport, HeartbeatRequest, NextAssignmentRequest, RegisterRequest,
 };
+use plankton_security::ClientSecurity;
 
 use credentials::{CoordinatorClient, WorkerCredentials};
 pub use fault_injection::{FaultPoint, InjectedFault};
@@ -324,10 +324,8 @@ async fn connect(
     loop {
         match endpoint.connect().await {
             Ok(channel) => {
-                let client = WorkerControlClient::new(InterceptedService::new(
-                    channel,
-                    credentials.clone(),
-                ));
+                let client =
+                    WorkerControlClient::new(InterceptedService::new(channel, credentials.clone()));
                 return Some(
                     client
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)

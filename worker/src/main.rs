@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
-use plankton_security::{ClientSecurityFlags, InsecureFlags};
 use plankton_collective::RingConfig;
+use plankton_security::{ClientSecurityFlags, InsecureFlags};
 use plankton_worker::{WorkerConfig, run};
 
 #[derive(Parser, Debug)]
@@ -61,7 +61,11 @@ async fn main() -> anyhow::Result<()> {
     let security = options
         .security
         .resolve(&options.coordinator, &options.insecure)
-        .unwrap_or_else(|error| Options::command().error(ErrorKind::ArgumentConflict, error).exit());
+        .unwrap_or_else(|error| {
+            Options::command()
+                .error(ErrorKind::ArgumentConflict, error)
+                .exit()
+        });
     let mut config = WorkerConfig::new(options.coordinator, name);
     config.security = security;
     config.peer_listen = options.peer_listen;

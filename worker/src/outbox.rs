@@ -124,10 +124,7 @@ fn is_retryable(status: &tonic::Status) -> bool {
     )
 }
 
-async fn send_once(
-    client: &mut CoordinatorClient,
-    report: &Report,
-) -> Result<(), tonic::Status> {
+async fn send_once(client: &mut CoordinatorClient, report: &Report) -> Result<(), tonic::Status> {
     fn with_deadline<T>(message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(CALL_DEADLINE);
