@@ -1,22 +1,27 @@
 //! Test harness: boots a whole cluster (coordinator + N workers + object store) in one line, in one process
-//! or as separate OS processes, and tears it down in one line.
+//! or as separate OS processes, and tears it down in one line. Clusters are secure like a deployment: TLS
+//! from a test CA, a token per role ([`access`]).
+
+pub mod access;
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
-
 use plankton_collective::RingConfig;
 use plankton_coordinator::CoordinatorConfig;
 use plankton_coordinator::state::Timeouts;
+use plankton_coordinator::validation::JobPolicy;
 use plankton_proto::v1::job_service_client::JobServiceClient;
 use plankton_proto::v1::{GetJobRequest, Job, JobSpec, ListWorkersRequest, SubmitJobRequest};
+use plankton_security::{AuthChannel, Role};
 use plankton_worker::WorkerConfig;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use access::{Access, test_credentials};
 
 /// Timeouts short enough for tests to observe failures quickly.
 pub fn test_timeouts() -> Timeouts {
@@ -59,6 +64,8 @@ pub async fn synth_dataset(
 /// A coordinator and workers running as tasks of the test's process.
 pub struct TestCluster {
     pub coordinator_url: String,
+    /// The coordinator with the `operator` role's token.
+    pub access: Access,
     coordinator_shutdown: CancellationToken,
     coordinator_task: JoinHandle<anyhow::Result<()>>,
     workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
@@ -86,14 +93,37 @@ impl TestCluster {
         state_dir: Option<PathBuf>,
         adjust: impl Fn(usize, &mut WorkerConfig),
     ) -> anyhow::Result<Self> {
+        Self::start_configured(workers, state_dir, |_| {}, adjust).await
+    }
+
+    /// As [`TestCluster::start_with`], with the coordinator's configuration changed by `adjust_coordinator`
+    /// first (security, job policy, ring TLS).
+    pub async fn start_configured(
+        workers: usize,
+        state_dir: Option<PathBuf>,
+        adjust_coordinator: impl FnOnce(&mut CoordinatorConfig),
+        adjust: impl Fn(usize, &mut WorkerConfig),
+    ) -> anyhow::Result<Self> {
         plankton_common::init_tracing_with_default("warn");
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let coordinator_url = format!("http://{}", listener.local_addr()?);
-        let config = CoordinatorConfig {
+        let mut config = CoordinatorConfig {
             listen_address: listener.local_addr()?,
             state_dir: state_dir.clone(),
             timeouts: test_timeouts(),
+            security: access::test_server_security(),
+            job_policy: JobPolicy {
+                dataset_prefixes: access::test_dataset_prefixes(),
+                ..JobPolicy::default()
+            },
+            ring_tls: false,
         };
+        adjust_coordinator(&mut config);
+        let scheme = if config.security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let coordinator_url = format!("{scheme}://{}", listener.local_addr()?);
         let coordinator_shutdown = CancellationToken::new();
         let coordinator_task = tokio::spawn(plankton_coordinator::serve(
             config,
@@ -101,6 +131,7 @@ impl TestCluster {
             coordinator_shutdown.clone(),
         ));
         let mut cluster = Self {
+            access: Access::as_role(&coordinator_url, Role::Operator),
             coordinator_url,
             coordinator_shutdown,
             coordinator_task,
@@ -123,6 +154,7 @@ impl TestCluster {
         let index = self.workers.len();
         let mut config =
             WorkerConfig::new(self.coordinator_url.clone(), format!("test-worker-{index}"));
+        config.security = test_credentials().client_security(Role::Worker);
         config.ring = test_ring_config();
         config.fetch_concurrency = 16;
         adjust(&mut config);
@@ -131,14 +163,13 @@ impl TestCluster {
         self.workers.push((shutdown, task));
     }
 
-    pub async fn client(&self) -> anyhow::Result<JobServiceClient<Channel>> {
-        Ok(JobServiceClient::connect(self.coordinator_url.clone())
-            .await?
-            .max_decoding_message_size(256 << 20))
+    /// A client of the coordinator's jobs with the `operator` role.
+    pub async fn client(&self) -> anyhow::Result<JobServiceClient<AuthChannel>> {
+        self.access.jobs().await
     }
 
     pub async fn wait_for_workers(&self, wanted: usize) -> anyhow::Result<()> {
-        wait_for_workers(&self.coordinator_url, wanted).await
+        wait_for_workers(&self.access, wanted).await
     }
 
     pub async fn submit(&self, spec: JobSpec) -> Result<Job, tonic::Status> {
@@ -180,7 +211,7 @@ impl TestCluster {
     }
 
     pub async fn wait_finished(&self, job_id: &str, timeout: Duration) -> anyhow::Result<Job> {
-        wait_finished(&self.coordinator_url, job_id, timeout).await
+        wait_finished(&self.access, job_id, timeout).await
     }
 
     /// Stops the coordinator and every worker, waiting for each to return.
@@ -201,10 +232,10 @@ impl TestCluster {
     }
 }
 
-pub async fn wait_for_workers(coordinator_url: &str, wanted: usize) -> anyhow::Result<()> {
+pub async fn wait_for_workers(coordinator: &Access, wanted: usize) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(mut client) = JobServiceClient::connect(coordinator_url.to_string()).await
+        if let Ok(mut client) = coordinator.jobs().await
             && let Ok(response) = client.list_workers(ListWorkersRequest {}).await
             && response.into_inner().workers.len() >= wanted
         {
@@ -219,7 +250,7 @@ pub async fn wait_for_workers(coordinator_url: &str, wanted: usize) -> anyhow::R
 }
 
 pub async fn wait_finished(
-    coordinator_url: &str,
+    coordinator: &Access,
     job_id: &str,
     timeout: Duration,
 ) -> anyhow::Result<Job> {
@@ -227,8 +258,7 @@ pub async fn wait_finished(
     let mut last_state = String::from("coordinator not reached yet");
     loop {
         // The coordinator may be restarting: connection errors are retried until the deadline.
-        if let Ok(client) = JobServiceClient::connect(coordinator_url.to_string()).await {
-            let mut client = client.max_decoding_message_size(256 << 20);
+        if let Ok(mut client) = coordinator.jobs().await {
             match client
                 .get_job(GetJobRequest {
                     job_id: job_id.into(),
@@ -285,6 +315,8 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
 /// A cluster of OS processes: coordinator and workers started from the workspace binaries.
 pub struct ProcessCluster {
     pub coordinator_url: String,
+    /// The coordinator with the `operator` role's token.
+    pub access: Access,
     pub coordinator: tokio::process::Child,
     pub workers: Vec<tokio::process::Child>,
     pub log_dir: tempfile::TempDir,
@@ -298,10 +330,10 @@ impl ProcessCluster {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let coordinator_url = format!("http://127.0.0.1:{port}");
+        let coordinator_url = format!("https://127.0.0.1:{port}");
         let log_dir = tempfile::tempdir()?;
         let timeouts = test_timeouts();
-        let coordinator_arguments: Vec<String> = vec![
+        let mut coordinator_arguments: Vec<String> = vec![
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--state-dir".into(),
@@ -317,6 +349,7 @@ impl ProcessCluster {
             "--replacement-wait".into(),
             format!("{}ms", timeouts.replacement_wait.as_millis()),
         ];
+        coordinator_arguments.extend(access::test_coordinator_security_flags());
         let coordinator = spawn_logged(
             &binary("plankton-coordinator")?,
             &coordinator_arguments,
@@ -328,12 +361,14 @@ impl ProcessCluster {
             "--ring-io-timeout".into(),
             "20s".into(),
         ];
+        worker_arguments.extend(access::test_client_flags(Role::Worker));
         worker_arguments.extend(
             extra_worker_args
                 .iter()
                 .map(|argument| argument.to_string()),
         );
         let mut cluster = Self {
+            access: Access::as_role(&coordinator_url, Role::Operator),
             coordinator_url,
             coordinator,
             workers: Vec::new(),
@@ -345,7 +380,7 @@ impl ProcessCluster {
         for _ in 0..workers {
             cluster.add_worker()?;
         }
-        wait_for_workers(&cluster.coordinator_url, workers).await?;
+        wait_for_workers(&cluster.access, workers).await?;
         Ok(cluster)
     }
 

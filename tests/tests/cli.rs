@@ -33,7 +33,12 @@ fn an_unreachable_coordinator_is_a_clear_error_and_exit_code_3() {
         .local_addr()
         .unwrap()
         .port();
-    let output = planktonctl(&["--coordinator", &format!("http://127.0.0.1:{port}"), "list"]);
+    let output = planktonctl(&[
+        "--coordinator",
+        &format!("http://127.0.0.1:{port}"),
+        "--insecure",
+        "list",
+    ]);
     assert_eq!(output.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -54,6 +59,9 @@ async fn submit_watch_list_get_and_promote_through_the_cli() -> anyhow::Result<(
         async move {
             tokio::task::spawn_blocking(move || {
                 let mut all = vec!["--coordinator".to_string(), coordinator];
+                all.extend(plankton_tests::access::test_client_flags(
+                    plankton_security::Role::Operator,
+                ));
                 all.extend(arguments);
                 let borrowed: Vec<&str> = all.iter().map(String::as_str).collect();
                 planktonctl(&borrowed)

@@ -20,7 +20,7 @@ fn spec(dataset_url: &str) -> JobSpec {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_train_two_epochs_and_report_metrics() -> anyhow::Result<()> {
-    let dataset_url = "memory://cluster-train";
+    let dataset_url = "memory://tests/cluster-train";
     synth_dataset(dataset_url, 2400, 7, false).await?;
     let cluster = TestCluster::start(2).await?;
 
@@ -95,7 +95,7 @@ async fn two_workers_train_two_epochs_and_report_metrics() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_specs_are_refused_at_submit_with_reasons() -> anyhow::Result<()> {
-    let dataset_url = "memory://cluster-bad-specs";
+    let dataset_url = "memory://tests/cluster-bad-specs";
     synth_dataset(dataset_url, 200, 3, false).await?;
     let cluster = TestCluster::start(0).await?;
 
@@ -116,7 +116,7 @@ async fn bad_specs_are_refused_at_submit_with_reasons() -> anyhow::Result<()> {
         ),
         (
             JobSpec {
-                dataset_url: "memory://no-such-dataset".into(),
+                dataset_url: "memory://tests/no-such-dataset".into(),
                 ..spec(dataset_url)
             },
             "meta.csv",
@@ -154,7 +154,7 @@ async fn bad_specs_are_refused_at_submit_with_reasons() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_without_enough_workers_fails_after_the_registration_timeout() -> anyhow::Result<()> {
-    let dataset_url = "memory://cluster-no-workers";
+    let dataset_url = "memory://tests/cluster-no-workers";
     synth_dataset(dataset_url, 200, 5, false).await?;
     let cluster = TestCluster::start(1).await?;
     let job = cluster
@@ -177,7 +177,7 @@ async fn a_job_without_enough_workers_fails_after_the_registration_timeout() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn finished_jobs_survive_a_coordinator_restart() -> anyhow::Result<()> {
-    let dataset_url = "memory://cluster-restart";
+    let dataset_url = "memory://tests/cluster-restart";
     synth_dataset(dataset_url, 300, 9, false).await?;
     let state = tempfile::tempdir()?;
     let cluster = TestCluster::start_with_state(1, Some(state.path().to_path_buf())).await?;
@@ -225,7 +225,7 @@ async fn finished_jobs_survive_a_coordinator_restart() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ranks_train_on_the_readable_rest_and_report_unreadable_images() -> anyhow::Result<()> {
-    let dataset_url = "memory://cluster-unreadable";
+    let dataset_url = "memory://tests/cluster-unreadable";
     synth_dataset(dataset_url, 300, 29, false).await?;
     let location = plankton_dataset::open_location(dataset_url)?;
     let meta = plankton_dataset::read_meta(&location).await?;

@@ -67,7 +67,7 @@ async fn run_with_fault(dataset_url: &str, fault: Option<InjectedFault>) -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rank_dying_before_during_or_after_the_all_reduce_costs_at_most_one_step()
 -> anyhow::Result<()> {
-    let dataset_url = "memory://fault-points";
+    let dataset_url = "memory://tests/fault-points";
     synth_dataset(dataset_url, 500, 21, false).await?;
     let undisturbed = run_with_fault(dataset_url, None).await?;
     assert!(undisturbed.recoveries.is_empty());
@@ -131,7 +131,7 @@ async fn a_rank_dying_before_during_or_after_the_all_reduce_costs_at_most_one_st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_rank_is_aborted_and_its_worker_takes_the_next_job() -> anyhow::Result<()> {
-    let dataset_url = "memory://fault-stall";
+    let dataset_url = "memory://tests/fault-stall";
     synth_dataset(dataset_url, 500, 22, false).await?;
     let fault = InjectedFault {
         rank: 1,

@@ -4,8 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use plankton_proto::v1::job_service_client::JobServiceClient;
-use plankton_proto::v1::model_registry_client::ModelRegistryClient;
 use plankton_proto::v1::{
     GetJobRequest, Job, JobPhase, JobSpec, ListModelsRequest, SubmitJobRequest,
 };
@@ -28,10 +26,7 @@ async fn separate_processes_train_a_job() -> anyhow::Result<()> {
     let dataset_url = format!("file://{}", data.path().display());
     synth_dataset(&dataset_url, 600, 11, true).await?;
     let cluster = ProcessCluster::start(2, &[]).await?;
-    let mut client = plankton_proto::v1::job_service_client::JobServiceClient::connect(
-        cluster.coordinator_url.clone(),
-    )
-    .await?;
+    let mut client = cluster.access.jobs().await?;
     let job = client
         .submit_job(plankton_proto::v1::SubmitJobRequest {
             spec: Some(spec(&dataset_url, 1)),
@@ -57,7 +52,7 @@ async fn wait_until(
     what: &str,
     ready: impl Fn(&Job) -> bool,
 ) -> anyhow::Result<Job> {
-    let mut client = JobServiceClient::connect(cluster.coordinator_url.clone()).await?;
+    let mut client = cluster.access.jobs().await?;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if let Ok(response) = client
@@ -89,8 +84,7 @@ async fn wait_until(
 
 /// Waits for the job's end and fails (with every process's log) unless it succeeded.
 async fn wait_succeeded(cluster: &ProcessCluster, job_id: &str) -> anyhow::Result<Job> {
-    let finished =
-        wait_finished(&cluster.coordinator_url, job_id, Duration::from_secs(600)).await?;
+    let finished = wait_finished(&cluster.access, job_id, Duration::from_secs(600)).await?;
     anyhow::ensure!(
         finished.phase() == JobPhase::Succeeded,
         "job {job_id} ended {:?}: {}\n{}",
@@ -132,7 +126,7 @@ async fn killed_workers_are_survived_with_or_without_a_replacement() -> anyhow::
     let dataset_url = format!("file://{}", data.path().display());
     synth_dataset(&dataset_url, 1500, 17, true).await?;
     let mut cluster = ProcessCluster::start(3, &[]).await?;
-    let client = JobServiceClient::connect(cluster.coordinator_url.clone()).await?;
+    let client = cluster.access.jobs().await?;
     let submit = |spec: JobSpec| {
         let mut client = client.clone();
         async move {
@@ -206,7 +200,7 @@ async fn two_workers_on_a_long_job(
     let dataset_url = format!("file://{}", data.path().display());
     synth_dataset(&dataset_url, 2000, seed, false).await?;
     let cluster = ProcessCluster::start(2, &[]).await?;
-    let mut client = JobServiceClient::connect(cluster.coordinator_url.clone()).await?;
+    let mut client = cluster.access.jobs().await?;
     let job = client
         .submit_job(SubmitJobRequest {
             spec: Some(JobSpec {
@@ -239,7 +233,7 @@ async fn training_goes_on_while_the_coordinator_is_killed_and_restarted() -> any
     assert_eq!(finished.generation, 0);
     assert_eq!(finished.epochs.len(), 4, "the metrics history is complete");
     assert!(finished.global_step > before.global_step);
-    let mut registry = ModelRegistryClient::connect(cluster.coordinator_url.clone()).await?;
+    let mut registry = cluster.access.registry().await?;
     let models = registry
         .list_models(ListModelsRequest::default())
         .await?

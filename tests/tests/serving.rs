@@ -7,15 +7,16 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use plankton_proto::v1::inference_client::InferenceClient;
-use plankton_proto::v1::model_registry_client::ModelRegistryClient;
 use plankton_proto::v1::{
     ImageInput, JobSpec, ListModelsRequest, PredictRequest, PromoteModelRequest,
 };
-use plankton_tests::{TestCluster, synth_dataset};
+use plankton_security::{AuthChannel, Role};
+use plankton_tests::access::test_server_security;
+use plankton_tests::{Access, TestCluster, synth_dataset, test_credentials};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::Result<()> {
-    let dataset_url = "memory://serving-e2e";
+    let dataset_url = "memory://tests/serving-e2e";
     synth_dataset(dataset_url, 400, 23, false).await?;
     let cluster = TestCluster::start(2).await?;
     let spec = JobSpec {
@@ -30,7 +31,7 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
     let finished = cluster.run_job(spec).await?;
     let job = &finished;
 
-    let mut registry = ModelRegistryClient::connect(cluster.coordinator_url.clone()).await?;
+    let mut registry = cluster.access.registry().await?;
     let models = registry
         .list_models(ListModelsRequest {
             name: "e2e-lenet".into(),
@@ -54,16 +55,18 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
         .await?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server_url = format!("http://{}", listener.local_addr()?);
+    let server = Access::as_role(&format!("https://{}", listener.local_addr()?), Role::Client);
     let config = plankton_serve::ServeConfig {
         listen_address: listener.local_addr()?,
+        security: test_server_security(),
         coordinator_url: cluster.coordinator_url.clone(),
+        coordinator_security: test_credentials().client_security(Role::Viewer),
         model: "e2e-lenet@production".into(),
         refresh_interval: Duration::from_millis(300),
         ..Default::default()
     };
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(plankton_serve::serve(config, listener, shutdown.clone()));
+    let server_task = tokio::spawn(plankton_serve::serve(config, listener, shutdown.clone()));
 
     // Twelve images of the dataset, as raw JPEG bytes.
     let location = plankton_dataset::open_location(dataset_url)?;
@@ -104,7 +107,7 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
     })
     .await??;
 
-    let mut client = wait_for_server(&server_url).await?;
+    let mut client = wait_for_server(&server).await?;
     let request = PredictRequest {
         model: "e2e-lenet@production".into(),
         images: images
@@ -141,14 +144,15 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
     }
 
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), server).await???;
+    tokio::time::timeout(Duration::from_secs(20), server_task).await???;
     cluster.shutdown().await
 }
 
-async fn wait_for_server(url: &str) -> anyhow::Result<InferenceClient<tonic::transport::Channel>> {
+async fn wait_for_server(server: &Access) -> anyhow::Result<InferenceClient<AuthChannel>> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(mut client) = InferenceClient::connect(url.to_string()).await {
+        if let Ok(channel) = server.channel().await {
+            let mut client = InferenceClient::new(channel);
             let probe = client
                 .get_model_info(plankton_proto::v1::GetModelInfoRequest {
                     model: String::new(),
@@ -160,7 +164,8 @@ async fn wait_for_server(url: &str) -> anyhow::Result<InferenceClient<tonic::tra
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "inference server at {url} never loaded its model"
+            "inference server at {} never loaded its model",
+            server.url
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

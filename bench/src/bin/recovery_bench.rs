@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use tonic::transport::Channel;
+use plankton_security::AuthChannel;
 
 use plankton_proto::v1::job_service_client::JobServiceClient;
 use plankton_proto::v1::{
@@ -104,7 +104,7 @@ struct Bench {
     options: Options,
     dataset_url: String,
     cluster: ProcessCluster,
-    client: Option<JobServiceClient<Channel>>,
+    client: Option<JobServiceClient<AuthChannel>>,
 }
 
 impl Bench {
@@ -124,12 +124,14 @@ impl Bench {
     }
 
     /// A client of the coordinator, connecting again after a failed call (the coordinator may have restarted).
-    async fn client(&mut self) -> Result<&mut JobServiceClient<Channel>> {
+    async fn client(&mut self) -> Result<&mut JobServiceClient<AuthChannel>> {
         if self.client.is_none() {
-            let client = JobServiceClient::connect(self.cluster.coordinator_url.clone())
+            let client = self
+                .cluster
+                .access
+                .jobs()
                 .await
-                .context("connecting to the coordinator")?
-                .max_decoding_message_size(256 << 20);
+                .context("connecting to the coordinator")?;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("just set"))
