@@ -34,7 +34,7 @@ impl CoordinatorService {
             .unwrap_or_default();
         if token.is_empty() {
             warn!(target: "audit", method, "worker call without a session token refused");
-            return Err(Status::unauthenticated(format!(
+            return Err(Status::failed_precondition(format!(
                 "{method}: no {WORKER_SESSION_METADATA} metadata: register first"
             )));
         }

@@ -97,7 +97,11 @@ async fn two_workers_train_two_epochs_and_report_metrics() -> anyhow::Result<()>
 async fn bad_specs_are_refused_at_submit_with_reasons() -> anyhow::Result<()> {
     let dataset_url = "memory://tests/cluster-bad-specs";
     synth_dataset(dataset_url, 200, 3, false).await?;
+    let one_class_url = "memory://tests/cluster-one-class";
+    keep_one_class(one_class_url).await?;
     let cluster = TestCluster::start(0).await?;
+    let outside = std::path::PathBuf::from(format!("/var/tmp/plankton-outside-{}", std::process::id()));
+    let outside_dataset = outside.with_extension("dataset");
 
     let cases: Vec<(JobSpec, &str)> = vec![
         (
@@ -123,17 +127,52 @@ async fn bad_specs_are_refused_at_submit_with_reasons() -> anyhow::Result<()> {
         ),
         (
             JobSpec {
-                dataset_url: "file:///nonexistent/plankton/data".into(),
+                dataset_url: format!("file://{}", outside_dataset.display()),
                 ..spec(dataset_url)
             },
-            "meta.csv",
+            "is outside the allowed dataset locations",
+        ),
+        (
+            JobSpec {
+                output_url: outside.display().to_string(),
+                ..spec(dataset_url)
+            },
+            "spec.output_url",
+        ),
+        (
+            JobSpec {
+                dataset_url: format!("{dataset_url}/../../../nonexistent"),
+                ..spec(dataset_url)
+            },
+            "spec.dataset_url",
+        ),
+        (
+            JobSpec {
+                output_url: format!("{dataset_url}/models/%2e%2e/%2e%2e/escape"),
+                ..spec(dataset_url)
+            },
+            "spec.output_url",
+        ),
+        (
+            JobSpec {
+                world_size: 4_000_000_000,
+                ..spec(dataset_url)
+            },
+            "spec.world_size: 4000000000",
+        ),
+        (
+            JobSpec {
+                dataset_url: one_class_url.into(),
+                ..spec(dataset_url)
+            },
+            "only 1 class",
         ),
         (
             JobSpec {
                 batch_size: 5000,
                 ..spec(dataset_url)
             },
-            "batch_size 5000 is larger",
+            "spec.batch_size: 5000 is larger",
         ),
     ];
     for (bad_spec, expected) in cases {
@@ -149,7 +188,36 @@ async fn bad_specs_are_refused_at_submit_with_reasons() -> anyhow::Result<()> {
             status.message()
         );
     }
+    assert!(
+        !outside_dataset.exists() && !outside.exists(),
+        "a refused job created nothing on disk"
+    );
     cluster.shutdown().await
+}
+
+/// A dataset of one class: a synthetic one whose meta.csv keeps only the rows of its first labelled class.
+async fn keep_one_class(url: &str) -> anyhow::Result<()> {
+    synth_dataset(url, 200, 5, false).await?;
+    let location = plankton_dataset::open_location(url)?;
+    let meta = String::from_utf8(location.get_bytes("meta.csv").await?.to_vec())?;
+    let mut lines = meta.lines();
+    let header = lines.next().unwrap_or_default();
+    let rows: Vec<&str> = lines.collect();
+    let label_of = |row: &str| row.rsplit(',').next().unwrap_or_default().to_string();
+    let first_label = rows
+        .iter()
+        .map(|row| label_of(row))
+        .find(|label| !label.is_empty())
+        .unwrap_or_default();
+    let kept: Vec<&str> = rows
+        .iter()
+        .copied()
+        .filter(|row| label_of(row) == first_label)
+        .collect();
+    location
+        .put_bytes("meta.csv", format!("{header}\n{}\n", kept.join("\n")).into())
+        .await?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
