@@ -100,7 +100,8 @@ async fn bad_specs_are_refused_at_submit_with_reasons() -> anyhow::Result<()> {
     let one_class_url = "memory://tests/cluster-one-class";
     keep_one_class(one_class_url).await?;
     let cluster = TestCluster::start(0).await?;
-    let outside = std::path::PathBuf::from(format!("/var/tmp/plankton-outside-{}", std::process::id()));
+    let outside =
+        std::path::PathBuf::from(format!("/var/tmp/plankton-outside-{}", std::process::id()));
     let outside_dataset = outside.with_extension("dataset");
 
     let cases: Vec<(JobSpec, &str)> = vec![
@@ -215,7 +216,10 @@ async fn keep_one_class(url: &str) -> anyhow::Result<()> {
         .filter(|row| label_of(row) == first_label)
         .collect();
     location
-        .put_bytes("meta.csv", format!("{header}\n{}\n", kept.join("\n")).into())
+        .put_bytes(
+            "meta.csv",
+            format!("{header}\n{}\n", kept.join("\n")).into(),
+        )
         .await?;
     Ok(())
 }

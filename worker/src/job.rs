@@ -467,6 +467,11 @@ async fn run_one_generation(
             GenerationEnd::Stopped("the job was stopped".into())
         }
         Err(TrainError::Cancelled) => GenerationEnd::Stopped("the job was stopped".into()),
+        // Deterministic: the same state would produce the same values again, so the job ends here.
+        Err(failure @ TrainError::NonFinite { .. }) => {
+            error!(job_id = assignment.job_id, error = %failure, "non-finite loss or gradients");
+            GenerationEnd::Failed(failure.to_string())
+        }
         Err(failure) if failure.is_collective_failure() => {
             // A ring fault: this worker is healthy and keeps its state for the next generation. A worker with
             // no state yet is still fit to join, unless its first state had to come from init_from weights.
