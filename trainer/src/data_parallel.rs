@@ -9,7 +9,8 @@ use tracing::info;
 
 use crate::batch::ShardData;
 use crate::config::{
-    Architecture, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, NonFinitePolicy, OptimizerChoice, TrainConfig,
+    Architecture, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, NonFinitePolicy, OptimizerChoice,
+    TrainConfig,
 };
 use crate::error::TrainError;
 use crate::inference::{TrainedModel, load_weights_into};
@@ -501,9 +502,7 @@ impl DataParallelTrainer {
         };
         if !non_finite_ranks.is_empty() {
             self.optimizer.zero_grad()?;
-            let local_loss = non_finite_ranks
-                .contains(&rank)
-                .then_some(local_loss_value);
+            let local_loss = non_finite_ranks.contains(&rank).then_some(local_loss_value);
             match self.config.non_finite_policy {
                 NonFinitePolicy::Fail => {
                     return Err(TrainError::NonFinite {

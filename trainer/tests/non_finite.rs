@@ -66,12 +66,18 @@ fn a_nan_loss_fails_the_step_on_every_rank_naming_the_rank_and_keeps_the_weights
     {
         assert_eq!(results.len(), 2, "rank {rank}: {results:?}");
         let message = results[1].clone().unwrap_err();
-        assert!(message.contains("step 1") && message.contains("rank(s) [1]"), "{message}");
+        assert!(
+            message.contains("step 1") && message.contains("rank(s) [1]"),
+            "{message}"
+        );
         if rank == 1 {
             assert!(message.contains("this rank's loss NaN"), "{message}");
         }
         assert!(after.iter().all(|value| value.is_finite()));
-        assert_eq!(before, after, "rank {rank}: a refused step changed the weights");
+        assert_eq!(
+            before, after,
+            "rank {rank}: a refused step changed the weights"
+        );
     }
 }
 
@@ -86,7 +92,10 @@ fn a_nan_loss_skips_the_step_on_every_rank_by_policy_and_training_goes_on() {
         );
         assert!(after.iter().all(|value| value.is_finite()));
     }
-    assert_eq!(ranks[0].2, ranks[1].2, "ranks diverged after a skipped step");
+    assert_eq!(
+        ranks[0].2, ranks[1].2,
+        "ranks diverged after a skipped step"
+    );
 }
 
 #[test]
@@ -100,7 +109,10 @@ fn one_rank_refuses_its_own_non_finite_step() {
     let error = trainer
         .train_step(&mut SingleProcess, &images, &labels, false)
         .unwrap_err();
-    assert!(matches!(error, TrainError::NonFinite { ref ranks, .. } if ranks == &[0]), "{error}");
+    assert!(
+        matches!(error, TrainError::NonFinite { ref ranks, .. } if ranks == &[0]),
+        "{error}"
+    );
     assert_eq!(trainer.flat_weights().unwrap(), before);
     assert_eq!(trainer.progress().global_step, 0);
 }
