@@ -1,7 +1,11 @@
-//! All-reduce throughput: plankton-collective's TCP ring vs torch.distributed gloo, 2 processes on 127.0.0.1.
+//! All-reduce throughput: plankton-collective's TCP ring vs torch.distributed gloo, 2 processes on 127.0.0.1,
+//! and the ring's security modes against each other.
 //!
-//! `cargo run --release -p plankton-bench --bin allreduce_bench` spawns itself twice (`--rank 0/1`), runs
-//! the gloo script of `bench/python/gloo_allreduce.py` the same way, and prints both side by side.
+//! `cargo run --release -p plankton-bench --bin allreduce_bench` spawns itself twice (`--rank 0/1`) per ring
+//! mode (plaintext: no secret, no TLS; authenticated: HMAC-proof handshake with a ring secret; tls: the same
+//! inside TLS 1.3), runs the gloo script of `bench/python/gloo_allreduce.py` the same way, and prints the
+//! plaintext ring vs gloo, then the modes side by side: steady-state bandwidth with its ratio to plaintext,
+//! and the time to form the ring, measured apart.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -9,8 +13,10 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
-use clap::Parser;
-use plankton_collective::{Collective, RingAbort, RingAllReduce, RingConfig, RingListener};
+use clap::{Parser, ValueEnum};
+use plankton_collective::{
+    Collective, RingAbort, RingAllReduce, RingConfig, RingListener, RingSecurity,
+};
 
 #[derive(Debug, Parser)]
 #[command(about = "Ring all-reduce vs gloo, 2 processes on 127.0.0.1")]
@@ -33,6 +39,20 @@ struct Options {
     /// Skip the gloo comparison.
     #[arg(long)]
     skip_gloo: bool,
+    /// Ring modes to compare (the first table's ring is plaintext when it is among them, else the first).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "plaintext,authenticated,tls"
+    )]
+    modes: Vec<RingMode>,
+    /// Ring formations timed per mode (after one untimed formation that absorbs the processes' start).
+    #[arg(long, default_value_t = 5)]
+    formations: usize,
+    /// Internal: the ring mode of this rank (set by the parent process).
+    #[arg(long, hide = true, value_enum, default_value = "plaintext")]
+    mode: RingMode,
     /// Internal: run as this rank of the ring (set by the parent process).
     #[arg(long, hide = true)]
     rank: Option<usize>,
@@ -42,6 +62,47 @@ struct Options {
 }
 
 const WORLD_SIZE: usize = 2;
+
+/// The ring secret of the authenticated modes. A benchmark's secret guards nothing; a job's is random.
+const BENCH_RING_SECRET: [u8; 32] = *b"plankton-allreduce-bench-secret!";
+
+/// How the ring's connections are secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RingMode {
+    /// No ring secret, no TLS (`RingAllReduce::establish`).
+    Plaintext,
+    /// HMAC proofs of the ring secret in the handshake, data over plain TCP.
+    Authenticated,
+    /// HMAC proofs bound to a TLS 1.3 session, data inside TLS.
+    Tls,
+}
+
+impl RingMode {
+    fn name(self) -> &'static str {
+        match self {
+            RingMode::Plaintext => "plaintext",
+            RingMode::Authenticated => "authenticated",
+            RingMode::Tls => "tls",
+        }
+    }
+
+    fn security(self) -> RingSecurity {
+        match self {
+            RingMode::Plaintext => RingSecurity::unauthenticated(),
+            RingMode::Authenticated => RingSecurity::new(BENCH_RING_SECRET, false),
+            RingMode::Tls => RingSecurity::new(BENCH_RING_SECRET, true),
+        }
+    }
+}
+
+/// What rank 0 of one ring mode measured.
+#[derive(Debug, Clone)]
+struct ModeResult {
+    mode: RingMode,
+    /// Median time to establish the ring (both ranks ready, so no waiting for a late peer).
+    formation_seconds: f64,
+    measurements: Vec<Measurement>,
+}
 
 /// Seconds per iteration of one buffer size, as rank 0 measured it.
 #[derive(Debug, Clone)]
@@ -66,7 +127,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// One rank: joins the ring, times all-reduces, rank 0 prints one `size_mib seconds` line per size.
+/// One rank: joins the ring (re-forming it `--formations` times, timed), times all-reduces; rank 0 prints a
+/// `formation seconds` line, then one `size_mib seconds` line per size.
 fn run_rank(options: &Options, rank: usize) -> anyhow::Result<()> {
     ensure!(
         options.peers.len() == WORLD_SIZE,
@@ -77,15 +139,38 @@ fn run_rank(options: &Options, rank: usize) -> anyhow::Result<()> {
         chunk_bytes: options.chunk_bytes,
         ..RingConfig::default()
     };
-    let mut ring = RingAllReduce::establish(
-        &listener,
-        "allreduce-bench",
-        0,
-        rank,
-        &options.peers,
-        &config,
-        &RingAbort::new(),
-    )?;
+    let security = options.mode.security();
+    let establish = |generation: u32| {
+        RingAllReduce::establish_secured(
+            &listener,
+            "allreduce-bench",
+            generation,
+            rank,
+            &options.peers,
+            &config,
+            &security,
+            &RingAbort::new(),
+        )
+    };
+    // Generation 0 waits for the other process to start; the timed generations after it find it ready.
+    let mut ring = establish(0)?;
+    ring.barrier()?;
+    let mut formation_seconds = Vec::with_capacity(options.formations);
+    for generation in 1..=options.formations as u32 {
+        drop(ring);
+        let started = Instant::now();
+        ring = establish(generation)?;
+        formation_seconds.push(started.elapsed().as_secs_f64());
+        ring.barrier()?;
+    }
+    if rank == 0 {
+        formation_seconds.sort_by(f64::total_cmp);
+        let median = formation_seconds
+            .get(formation_seconds.len() / 2)
+            .copied()
+            .unwrap_or(f64::NAN);
+        println!("formation {median}");
+    }
     for &size_mib in &options.sizes_mib {
         let element_count = size_mib * 1024 * 1024 / std::mem::size_of::<f32>();
         let mut buffer = vec![1.0f32; element_count];
@@ -133,8 +218,8 @@ fn parse_measurements(stdout: &str) -> anyhow::Result<Vec<Measurement>> {
         .collect()
 }
 
-/// Spawns the 2 ranks of this program and collects rank 0's measurements.
-fn run_ring_processes(options: &Options) -> anyhow::Result<Vec<Measurement>> {
+/// Spawns the 2 ranks of this program in `mode` and collects rank 0's measurements.
+fn run_ring_processes(options: &Options, mode: RingMode) -> anyhow::Result<ModeResult> {
     let executable = std::env::current_exe()?;
     let peers: Vec<String> = (0..WORLD_SIZE)
         .map(|_| free_local_address())
@@ -148,6 +233,8 @@ fn run_ring_processes(options: &Options) -> anyhow::Result<Vec<Measurement>> {
                 .args(["--iterations", &options.iterations.to_string()])
                 .args(["--warmup", &options.warmup.to_string()])
                 .args(["--chunk-bytes", &options.chunk_bytes.to_string()])
+                .args(["--formations", &options.formations.to_string()])
+                .args(["--mode", mode.name()])
                 .stdout(Stdio::piped())
                 .spawn()
                 .with_context(|| format!("spawning rank {rank}"))
@@ -158,14 +245,27 @@ fn run_ring_processes(options: &Options) -> anyhow::Result<Vec<Measurement>> {
         let output = child.wait_with_output()?;
         ensure!(
             output.status.success(),
-            "ring rank {rank} failed: {}",
+            "ring rank {rank} ({}) failed: {}",
+            mode.name(),
             output.status
         );
         if rank == 0 {
             rank_zero_stdout = String::from_utf8(output.stdout)?;
         }
     }
-    parse_measurements(&rank_zero_stdout)
+    let (formation_line, size_lines) = rank_zero_stdout
+        .split_once('\n')
+        .context("rank 0 printed nothing")?;
+    let formation_seconds = formation_line
+        .strip_prefix("formation ")
+        .context("rank 0's first line is not the formation time")?
+        .trim()
+        .parse()?;
+    Ok(ModeResult {
+        mode,
+        formation_seconds,
+        measurements: parse_measurements(size_lines)?,
+    })
 }
 
 fn run_gloo(options: &Options) -> anyhow::Result<Vec<Measurement>> {
@@ -203,7 +303,17 @@ fn bandwidths(measurement: &Measurement) -> (f64, f64) {
 
 fn run_parent(options: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
-    let ring = run_ring_processes(options)?;
+    ensure!(!options.modes.is_empty(), "--modes names no ring mode");
+    let mode_results: Vec<ModeResult> = options
+        .modes
+        .iter()
+        .map(|&mode| run_ring_processes(options, mode))
+        .collect::<Result<_, _>>()?;
+    let reference = mode_results
+        .iter()
+        .find(|result| result.mode == RingMode::Plaintext)
+        .unwrap_or(&mode_results[0]);
+    let ring = &reference.measurements;
     let gloo = if options.skip_gloo {
         Vec::new()
     } else {
@@ -216,10 +326,11 @@ fn run_parent(options: &Options) -> anyhow::Result<()> {
         }
     };
     println!(
-        "all-reduce, {WORLD_SIZE} processes on 127.0.0.1, f32, ring chunk {} KiB, {} warmup + {} timed iterations (64 MiB+: a quarter)",
+        "all-reduce, {WORLD_SIZE} processes on 127.0.0.1, f32, ring chunk {} KiB, {} warmup + {} timed iterations (64 MiB+: a quarter); ring = {}",
         options.chunk_bytes / 1024,
         options.warmup,
-        options.iterations
+        options.iterations,
+        reference.mode.name()
     );
     println!(
         "{:>8} | {:>12} {:>12} {:>9} | {:>12} {:>12} {:>9} | {:>9}",
@@ -232,7 +343,7 @@ fn run_parent(options: &Options) -> anyhow::Result<()> {
         "gloo ms",
         "ring/gloo"
     );
-    for ring_measurement in &ring {
+    for ring_measurement in ring {
         let (ring_algorithm, ring_bus) = bandwidths(ring_measurement);
         let gloo_measurement = gloo
             .iter()
@@ -258,6 +369,51 @@ fn run_parent(options: &Options) -> anyhow::Result<()> {
             ring_measurement.seconds_per_iteration * 1e3,
         );
     }
+    print_modes(reference, &mode_results);
     println!("total {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The ring modes side by side: steady-state algorithm bandwidth per size with its ratio to `reference`,
+/// then the median formation time of each mode.
+fn print_modes(reference: &ModeResult, mode_results: &[ModeResult]) {
+    println!();
+    println!(
+        "ring modes, steady state (algbw; x = vs {}):",
+        reference.mode.name()
+    );
+    let mut header = format!("{:>8}", "size");
+    for result in mode_results {
+        header.push_str(&format!(" | {:>22}", result.mode.name()));
+    }
+    println!("{header}");
+    for reference_measurement in &reference.measurements {
+        let size_mib = reference_measurement.size_mib;
+        let (reference_gbps, _) = bandwidths(reference_measurement);
+        let mut row = format!("{size_mib:>5}MiB");
+        for result in mode_results {
+            let cell = match result.measurements.iter().find(|m| m.size_mib == size_mib) {
+                Some(measurement) => {
+                    let (gbps, _) = bandwidths(measurement);
+                    format!("{gbps:>8.2}GB/s {:>8.2}x", gbps / reference_gbps)
+                }
+                None => "-".to_string(),
+            };
+            row.push_str(&format!(" | {cell:>22}"));
+        }
+        println!("{row}");
+    }
+    let mut formation = format!("{:>8}", "formed");
+    for result in mode_results {
+        let cell = format!(
+            "{:>8.2}ms {:>8.2}x",
+            result.formation_seconds * 1e3,
+            result.formation_seconds / reference.formation_seconds
+        );
+        formation.push_str(&format!(" | {cell:>22}"));
+    }
+    println!("{formation}");
+    println!(
+        "(formed: median time to establish the {WORLD_SIZE}-rank ring with both ranks ready, handshake included)"
+    );
 }
