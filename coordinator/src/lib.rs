@@ -27,7 +27,7 @@ use tracing::info;
 use plankton_proto::v1::job_service_server::JobServiceServer;
 use plankton_proto::v1::model_registry_server::ModelRegistryServer;
 use plankton_proto::v1::worker_control_server::WorkerControlServer;
-use plankton_security::{AuthLayer, Authenticator, ReloadingServerTls, ServerSecurity};
+use plankton_security::ServerSecurity;
 
 pub use error::{CoordinatorError, CoordinatorResult};
 use service::CoordinatorService;
@@ -151,16 +151,6 @@ pub async fn serve(
         }
     });
 
-    let authenticator = match &config.security.tokens_file {
-        Some(tokens_file) => Authenticator::from_tokens_file(tokens_file)?,
-        None => Authenticator::Disabled,
-    };
-    let tls = config
-        .security
-        .tls
-        .clone()
-        .map(ReloadingServerTls::load)
-        .transpose()?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -180,13 +170,16 @@ pub async fn serve(
     info!(
         %local_address,
         state_dir = ?config.state_dir,
-        tls = tls.is_some(),
+        tls = config.security.tls.is_some(),
         authentication = config.security.tokens_file.is_some(),
         "coordinator listening"
     );
-    let incoming = plankton_security::serve_incoming(listener, tls, shutdown.clone()).await;
+    let (auth_layer, incoming) = config
+        .security
+        .serve(listener, "coordinator", shutdown.clone())
+        .await?;
     tonic::transport::Server::builder()
-        .layer(AuthLayer::new(authenticator, "coordinator"))
+        .layer(auth_layer)
         .add_service(health_service)
         .add_service(reflection_service)
         .add_service(reflection_v1alpha_service)

@@ -48,6 +48,39 @@ pub struct ServerSecurity {
     pub tokens_file: Option<PathBuf>,
 }
 
+impl ServerSecurity {
+    /// What a server on `listener` needs to enforce this: the layer authenticating and authorizing every call
+    /// (`service_name_for_logs` names the server in audit events) and the stream of its connections, TLS when
+    /// configured. Inside a tokio runtime: certificates and tokens are reloaded in the background.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        service_name_for_logs: &'static str,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<
+        (
+            crate::AuthLayer,
+            impl futures::Stream<Item = Result<crate::ServerIo, std::io::Error>> + Send + 'static,
+        ),
+        SecurityError,
+    > {
+        let authenticator = match &self.tokens_file {
+            Some(tokens_file) => crate::Authenticator::from_tokens_file(tokens_file)?,
+            None => crate::Authenticator::Disabled,
+        };
+        let tls = self
+            .tls
+            .clone()
+            .map(crate::ReloadingServerTls::load)
+            .transpose()?;
+        let incoming = crate::serve_incoming(listener, tls, shutdown).await;
+        Ok((
+            crate::AuthLayer::new(authenticator, service_name_for_logs),
+            incoming,
+        ))
+    }
+}
+
 impl ServerSecurityFlags {
     /// Checks the flags for a server listening on `listen`: TLS needs a certificate and its key; plaintext or
     /// no tokens file needs `--insecure`, which needs a loopback address or `--allow-insecure-remote`.

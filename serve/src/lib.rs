@@ -24,9 +24,7 @@ use std::time::Duration;
 
 use plankton_preprocess::PreprocessConfig;
 use plankton_proto::v1::inference_server::InferenceServer;
-use plankton_security::{
-    AuthLayer, Authenticator, ClientSecurity, ReloadingServerTls, ServerSecurity,
-};
+use plankton_security::{ClientSecurity, ServerSecurity};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -131,16 +129,7 @@ pub async fn serve_with_metrics_listener(
     let metrics = ServeMetrics::new();
     let registry =
         RegistryClient::connect_lazy(&config.coordinator_url, &config.coordinator_security)?;
-    let authenticator = match &config.security.tokens_file {
-        Some(tokens_file) => Authenticator::from_tokens_file(tokens_file)?,
-        None => Authenticator::Disabled,
-    };
-    let tls = config
-        .security
-        .tls
-        .clone()
-        .map(ReloadingServerTls::load)
-        .transpose()?;
+
     let image_limits = PreprocessConfig {
         max_side: config.max_image_side,
         max_pixels: config.max_image_pixels,
@@ -196,9 +185,12 @@ pub async fn serve_with_metrics_listener(
             set_health(&health_reporter, ServingStatus::NotServing).await;
         }
     };
-    let incoming = plankton_security::serve_incoming(listener, tls, shutdown.clone()).await;
+    let (auth_layer, incoming) = config
+        .security
+        .serve(listener, "inference", shutdown.clone())
+        .await?;
     let served = tonic::transport::Server::builder()
-        .layer(AuthLayer::new(authenticator, "inference"))
+        .layer(auth_layer)
         .add_service(health_service)
         .add_service(reflection_service)
         .add_service(reflection_v1alpha_service)
