@@ -47,6 +47,49 @@ fn an_unreachable_coordinator_is_a_clear_error_and_exit_code_3() {
     );
 }
 
+#[test]
+fn servers_refuse_plaintext_without_insecure_and_insecure_off_loopback() {
+    let run = |binary: &str, arguments: &[&str]| {
+        let path = plankton_tests::binary(binary).expect("binary built");
+        std::process::Command::new(path)
+            .args(arguments)
+            .output()
+            .expect("the binary runs")
+    };
+    for (binary, arguments, expected) in [
+        (
+            "plankton-coordinator",
+            &["--in-memory", "--listen", "127.0.0.1:0"][..],
+            "--tls-cert",
+        ),
+        (
+            "plankton-coordinator",
+            &["--in-memory", "--insecure", "--listen", "0.0.0.0:0"][..],
+            "--allow-insecure-remote",
+        ),
+        (
+            "plankton-serve",
+            &["--model", "m", "--insecure", "--listen", "0.0.0.0:0"][..],
+            "--allow-insecure-remote",
+        ),
+        (
+            "plankton-worker",
+            &["--coordinator", "http://10.1.2.3:7070"][..],
+            "--insecure",
+        ),
+        (
+            "plankton-worker",
+            &["--coordinator", "http://10.1.2.3:7070", "--insecure"][..],
+            "--allow-insecure-remote",
+        ),
+    ] {
+        let output = run(binary, arguments);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{binary} {arguments:?}: {stderr}");
+        assert!(stderr.contains(expected), "{binary} {arguments:?}: {stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn submit_watch_list_get_and_promote_through_the_cli() -> anyhow::Result<()> {
     let data = tempfile::tempdir()?;
@@ -86,7 +129,8 @@ async fn submit_watch_list_get_and_promote_through_the_cli() -> anyhow::Result<(
     ]))
     .await;
     assert_eq!(refused.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("world_size must be at least 1"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("spec.world_size: 0 is outside"), "{stderr}");
 
     let job_file = data.path().join("job.json");
     std::fs::write(
