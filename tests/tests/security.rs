@@ -494,3 +494,141 @@ async fn grpcurl_lists_and_calls_over_tls_with_a_token_and_plaintext_is_refused(
     assert!(!matches!(code, Ok(Code::Ok)), "{code:?}");
     cluster.shutdown().await
 }
+
+/// Writes one length-prefixed protobuf message of the ring handshake.
+async fn write_frame(
+    stream: &mut tokio::net::TcpStream,
+    message: &impl Message,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let body = message.encode_to_vec();
+    stream.write_all(&(body.len() as u32).to_le_bytes()).await?;
+    stream.write_all(&body).await
+}
+
+/// Pretends to be rank `claimed_rank` of `job_id` at a worker's ring port, with a made-up proof; true when the
+/// worker closed the connection (refused it).
+async fn forge_ring_hello(address: &str, job_id: &str, claimed_rank: u32) -> bool {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
+        return false;
+    };
+    let hello = plankton_proto::v1::PeerHello {
+        protocol_version: 3,
+        job_id: job_id.into(),
+        rank: claimed_rank,
+        world_size: 2,
+        generation: 0,
+        nonce: vec![7; 32],
+        authenticated: true,
+    };
+    if write_frame(&mut stream, &hello).await.is_err() {
+        return true;
+    }
+    // The worker answers with its ack (and its own proof) once its ring formation reads the hello; the forger,
+    // without the key, answers with a made-up proof.
+    let mut length = [0u8; 4];
+    if stream.read_exact(&mut length).await.is_err() {
+        return true;
+    }
+    let mut body = vec![0u8; u32::from_le_bytes(length) as usize];
+    if stream.read_exact(&mut body).await.is_err() {
+        return true;
+    }
+    let ack = plankton_proto::v1::PeerHelloAck::decode(body.as_slice()).expect("an ack");
+    if !ack.accepted {
+        return true;
+    }
+    let forged = plankton_proto::v1::PeerProof {
+        proof: vec![0xAB; 32],
+    };
+    let _ = write_frame(&mut stream, &forged).await;
+    // The worker must end the connection.
+    let mut sink = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    closed.unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rogue_and_silent_ring_peers_are_refused_and_the_real_ring_trains() -> anyhow::Result<()> {
+    let dataset_url = "memory://tests/security-rogue-ring";
+    synth_dataset(dataset_url, 600, 37, false).await?;
+    let cluster = TestCluster::start(2).await?;
+    let workers = cluster
+        .client()
+        .await?
+        .list_workers(plankton_proto::v1::ListWorkersRequest {})
+        .await?
+        .into_inner()
+        .workers;
+    let addresses: Vec<String> = workers
+        .iter()
+        .map(|worker| worker.peer_address.clone())
+        .collect();
+    // Silent connections, opened before the job and held through it.
+    let mut silent = Vec::new();
+    for address in &addresses {
+        silent.push(tokio::net::TcpStream::connect(address).await?);
+    }
+    let job = cluster.submit(small_job(dataset_url, 2)).await?;
+    // Forged hellos for every rank at every worker, sent while the workers load: the ring's formation reads
+    // them (with the silent ones) and must refuse every one without waiting on them.
+    let mut forgeries = Vec::new();
+    for address in &addresses {
+        for claimed_rank in 0..2 {
+            let (address, job_id) = (address.clone(), job.id.clone());
+            forgeries.push(tokio::spawn(async move {
+                forge_ring_hello(&address, &job_id, claimed_rank).await
+            }));
+        }
+    }
+    let finished = cluster
+        .wait_finished(&job.id, Duration::from_secs(300))
+        .await?;
+    assert_eq!(
+        finished.phase(),
+        JobPhase::Succeeded,
+        "{}",
+        finished.message
+    );
+    assert_eq!(
+        finished.generation, 0,
+        "the real ring formed once: {:?}",
+        finished.recoveries
+    );
+    let mut refused = 0;
+    for forgery in forgeries {
+        if forgery.is_finished() && forgery.await? {
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 1,
+        "the forged hellos reached the ring's formation and were refused"
+    );
+    drop(silent);
+    cluster.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_trains_over_a_tls_ring() -> anyhow::Result<()> {
+    let dataset_url = "memory://tests/security-tls-ring";
+    synth_dataset(dataset_url, 400, 41, false).await?;
+    let cluster =
+        TestCluster::start_configured(2, None, |config| config.ring_tls = true, |_, _| {}).await?;
+    let finished = cluster.run_job(small_job(dataset_url, 2)).await?;
+    assert_eq!(finished.generation, 0);
+    assert!(
+        !finished.weights_digest.is_empty(),
+        "both ranks ended with the same weights"
+    );
+    cluster.shutdown().await
+}
