@@ -155,15 +155,7 @@ pub async fn serve(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    let reflection_service = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(plankton_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    // grpcurl before 1.9 speaks only the v1alpha reflection protocol.
-    let reflection_v1alpha_service = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(plankton_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (reflection_service, reflection_v1alpha_service) = plankton_proto::reflection_services()?;
 
     let service = CoordinatorService::new(state, config.job_policy.clone(), shutdown.clone());
     let local_address = listener.local_addr()?;

@@ -147,15 +147,7 @@ pub async fn serve_with_metrics_listener(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::NotServing).await;
-    let reflection_service = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(plankton_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    // grpcurl before 1.9 speaks only the v1alpha reflection protocol.
-    let reflection_v1alpha_service = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(plankton_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (reflection_service, reflection_v1alpha_service) = plankton_proto::reflection_services()?;
 
     let metrics_task = metrics_listener.map(|metrics_listener| {
         let metrics_address = metrics_listener.local_addr().ok();
