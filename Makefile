@@ -1,7 +1,7 @@
 # plankton-cluster: the two commands a newcomer needs are `make demo` and `make test`.
 export GLIBC_TUNABLES := glibc.malloc.hugetlb=1
 
-.PHONY: setup demo test bench-preprocess bench-train bench-allreduce bench-serve bench-recovery gpu-check
+.PHONY: setup demo test bench-preprocess bench-train bench-allreduce bench-serve bench-recovery gpu-check image
 
 setup:
 	scripts/setup.sh
@@ -38,3 +38,7 @@ bench-recovery: setup
 
 gpu-check:
 	scripts/gpu-check.sh
+
+## Container image of every role (deploy/Containerfile) with podman or docker; TORCH_VARIANT=cu130 for GPU workers.
+image:
+	deploy/build-image.sh
