@@ -55,6 +55,8 @@ pub struct CoordinatorConfig {
     pub job_policy: JobPolicy,
     /// Encrypt ring traffic of every job (the ring handshake is authenticated either way).
     pub ring_tls: bool,
+    /// Plaintext probe port (`grpc.health.v1` and reflection only), for Kubernetes' gRPC probes.
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl Default for CoordinatorConfig {
@@ -71,6 +73,7 @@ impl Default for CoordinatorConfig {
             security: ServerSecurity::default(),
             job_policy: JobPolicy::default(),
             ring_tls: false,
+            health_listen: None,
         }
     }
 }
@@ -124,13 +127,27 @@ async fn open_state_store(
 /// Binds the configured address and serves until `shutdown` is cancelled.
 pub async fn run(config: CoordinatorConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen_address).await?;
-    serve(config, listener, shutdown).await
+    let probe_listener = match config.health_listen {
+        Some(address) => Some(TcpListener::bind(address).await?),
+        None => None,
+    };
+    serve_with_probe_port(config, listener, probe_listener, shutdown).await
 }
 
 /// Serves on an already bound listener (tests bind `127.0.0.1:0` first).
 pub async fn serve(
     config: CoordinatorConfig,
     listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_with_probe_port(config, listener, None, shutdown).await
+}
+
+/// As [`serve`], with the probe port's listener bound by the caller too.
+pub async fn serve_with_probe_port(
+    config: CoordinatorConfig,
+    listener: TcpListener,
+    probe_listener: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let store = match &config.state_dir {
@@ -155,6 +172,21 @@ pub async fn serve(
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    if let Some(probe_listener) = probe_listener {
+        let health_service = health_service.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = plankton_proto::serve_probe_port(
+                probe_listener,
+                health_service,
+                shutdown.cancelled_owned(),
+            )
+            .await
+            {
+                tracing::error!(%error, "probe port failed");
+            }
+        });
+    }
     let (reflection_service, reflection_v1alpha_service) = plankton_proto::reflection_services()?;
 
     let service = CoordinatorService::new(state, config.job_policy.clone(), shutdown.clone());

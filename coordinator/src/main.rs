@@ -43,6 +43,9 @@ struct Options {
     /// Largest world size a job may ask for.
     #[arg(long, env = "PLANKTON_MAX_WORLD_SIZE", default_value_t = 256)]
     max_world_size: u32,
+    /// Plaintext probe port: only grpc.health.v1 and reflection, for Kubernetes' native gRPC probes (no TLS).
+    #[arg(long, env = "PLANKTON_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
     /// Encrypt every job's ring traffic with TLS (the ring handshake is authenticated either way).
     #[arg(long, env = "PLANKTON_RING_TLS", value_parser = FalseyValueParser::new())]
     ring_tls: bool,
@@ -104,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         security,
         job_policy,
         ring_tls: options.ring_tls,
+        health_listen: options.health_listen,
         state_dir,
         timeouts: Timeouts {
             worker_timeout: options.worker_timeout,

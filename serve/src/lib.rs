@@ -50,6 +50,9 @@ pub struct ServeConfig {
     pub listen_address: SocketAddr,
     /// Prometheus `/metrics` listen address; `None` serves no metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// Plaintext probe port (`grpc.health.v1`: SERVING once the default model is loaded; reflection), for
+    /// Kubernetes' gRPC probes.
+    pub health_listen: Option<SocketAddr>,
     /// The coordinator serving the model registry, e.g. `https://127.0.0.1:7070`.
     pub coordinator_url: String,
     /// How to reach the coordinator: its CA and a `viewer` token.
@@ -78,6 +81,7 @@ impl Default for ServeConfig {
         ServeConfig {
             listen_address: ([127, 0, 0, 1], 7080).into(),
             metrics_listen: None,
+            health_listen: None,
             coordinator_url: "http://127.0.0.1:7070".to_string(),
             coordinator_security: ClientSecurity::default(),
             security: ServerSecurity::default(),
@@ -147,6 +151,22 @@ pub async fn serve_with_metrics_listener(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::NotServing).await;
+    if let Some(address) = config.health_listen {
+        let probe_listener = TcpListener::bind(address).await?;
+        let health_service = health_service.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = plankton_proto::serve_probe_port(
+                probe_listener,
+                health_service,
+                shutdown.cancelled_owned(),
+            )
+            .await
+            {
+                tracing::error!(%error, "probe port failed");
+            }
+        });
+    }
     let (reflection_service, reflection_v1alpha_service) = plankton_proto::reflection_services()?;
 
     let metrics_task = metrics_listener.map(|metrics_listener| {

@@ -27,6 +27,10 @@ struct Options {
     /// Prometheus /metrics listen address (omit to serve no metrics).
     #[arg(long, env = "PLANKTON_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Plaintext probe port: only grpc.health.v1 (SERVING once the model is loaded) and reflection, for
+    /// Kubernetes' native gRPC probes (no TLS).
+    #[arg(long, env = "PLANKTON_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
     /// The coordinator whose model registry resolves model names.
     #[arg(
         long,
@@ -88,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         security,
         coordinator_security,
         metrics_listen: options.metrics_listen,
+        health_listen: options.health_listen,
         coordinator_url: options.coordinator,
         model: options.model,
         batching: BatchingConfig {

@@ -116,6 +116,7 @@ impl TestCluster {
                 ..JobPolicy::default()
             },
             ring_tls: false,
+            health_listen: None,
         };
         adjust_coordinator(&mut config);
         let scheme = if config.security.tls.is_some() {

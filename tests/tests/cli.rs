@@ -85,8 +85,15 @@ fn servers_refuse_plaintext_without_insecure_and_insecure_off_loopback() {
     ] {
         let output = run(binary, arguments);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{binary} {arguments:?}: {stderr}");
-        assert!(stderr.contains(expected), "{binary} {arguments:?}: {stderr}");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{binary} {arguments:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "{binary} {arguments:?}: {stderr}"
+        );
     }
 }
 
@@ -208,4 +215,146 @@ async fn submit_watch_list_get_and_promote_through_the_cli() -> anyhow::Result<(
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("has no version 7"));
     cluster.shutdown().await
+}
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// grpcurl 1.8.6 (v1alpha reflection only) from the project's tools, in plaintext against a probe port.
+fn grpcurl_plaintext(port: u16, arguments: &[&str]) -> (bool, String) {
+    let grpcurl =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-tools/bin/grpcurl");
+    assert!(
+        grpcurl.exists(),
+        "{} is missing: run scripts/setup.sh",
+        grpcurl.display()
+    );
+    let output = std::process::Command::new(grpcurl)
+        .arg("-plaintext")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(arguments)
+        .output()
+        .expect("grpcurl runs");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// Polls the probe port's health until it says `wanted` (bounded).
+fn wait_for_health(port: u16, wanted: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, answer) = grpcurl_plaintext(port, &["grpc.health.v1.Health/Check"]);
+        if answer.contains(wanted) || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn every_role_answers_plaintext_health_probes_and_reflection_on_its_probe_port() {
+    let spawn = |binary: &str, arguments: Vec<String>| {
+        let path = plankton_tests::binary(binary).expect("binary built");
+        std::process::Command::new(path)
+            .args(arguments)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starts")
+    };
+    let coordinator_port = free_port();
+    let (coordinator_probe, worker_probe, serve_probe) = (free_port(), free_port(), free_port());
+    let coordinator_url = format!("http://127.0.0.1:{coordinator_port}");
+    let strings = |items: &[&str]| {
+        items
+            .iter()
+            .map(|item| item.to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut children = vec![
+        spawn(
+            "plankton-coordinator",
+            strings(&[
+                "--in-memory",
+                "--insecure",
+                "--listen",
+                &format!("127.0.0.1:{coordinator_port}"),
+                "--health-listen",
+                &format!("127.0.0.1:{coordinator_probe}"),
+            ]),
+        ),
+        spawn(
+            "plankton-worker",
+            strings(&[
+                "--insecure",
+                "--coordinator",
+                &coordinator_url,
+                "--health-listen",
+                &format!("127.0.0.1:{worker_probe}"),
+            ]),
+        ),
+        spawn(
+            "plankton-serve",
+            strings(&[
+                "--insecure",
+                "--coordinator",
+                &coordinator_url,
+                "--model",
+                "absent@production",
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+                "--health-listen",
+                &format!("127.0.0.1:{serve_probe}"),
+            ]),
+        ),
+    ];
+    let coordinator_health = wait_for_health(coordinator_probe, "\"SERVING\"");
+    let worker_health = wait_for_health(worker_probe, "\"SERVING\"");
+    // No model to load: up, but not ready.
+    let serve_health = wait_for_health(serve_probe, "NOT_SERVING");
+    let (listed, services) = grpcurl_plaintext(coordinator_probe, &["list"]);
+    let (described, description) =
+        grpcurl_plaintext(worker_probe, &["describe", "grpc.health.v1.Health"]);
+    let (refused, business) =
+        grpcurl_plaintext(coordinator_probe, &["plankton.v1.JobService/ListJobs"]);
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        coordinator_health.contains("\"SERVING\""),
+        "coordinator: {coordinator_health}"
+    );
+    assert!(
+        worker_health.contains("\"SERVING\""),
+        "worker: {worker_health}"
+    );
+    assert!(
+        serve_health.contains("NOT_SERVING"),
+        "serve: {serve_health}"
+    );
+    assert!(
+        listed && services.contains("grpc.health.v1.Health"),
+        "{services}"
+    );
+    assert!(
+        described && description.contains("rpc Check"),
+        "{description}"
+    );
+    assert!(
+        !refused,
+        "the probe port serves no business RPC: {business}"
+    );
 }

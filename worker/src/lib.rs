@@ -53,6 +53,9 @@ pub struct WorkerConfig {
     /// Concurrent image fetches from the object store.
     pub fetch_concurrency: usize,
     pub ring: RingConfig,
+    /// Plaintext probe port (`grpc.health.v1`: SERVING once registered with the coordinator; reflection), for
+    /// Kubernetes' gRPC probes; `None` opens none.
+    pub health_listen: Option<String>,
     /// A fault to inject (tests and the recovery benchmark); `None` in production.
     pub fault: Option<InjectedFault>,
 }
@@ -62,6 +65,7 @@ impl WorkerConfig {
         Self {
             coordinator_url: coordinator_url.into(),
             security: ClientSecurity::default(),
+            health_listen: None,
             peer_listen: "127.0.0.1:0".into(),
             advertise_host: None,
             name: name.into(),
@@ -209,6 +213,29 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
         threads: config.threads as u32,
         has_gpu: tch::Cuda::is_available(),
     };
+    let health = match &config.health_listen {
+        Some(address) => {
+            let probe_listener = tokio::net::TcpListener::bind(address).await?;
+            let (reporter, service) = tonic_health::server::health_reporter();
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(error) = plankton_proto::serve_probe_port(
+                    probe_listener,
+                    service,
+                    shutdown.cancelled_owned(),
+                )
+                .await
+                {
+                    error!(%error, "probe port failed");
+                }
+            });
+            Some(reporter)
+        }
+        None => None,
+    };
     let mut previous_worker_id = String::new();
     let credentials = WorkerCredentials::new(config.security.token.as_deref())?;
 
@@ -238,6 +265,11 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
         };
         let worker_id = registration.worker_id;
         credentials.set_session(&registration.session_token);
+        if let Some(health) = &health {
+            health
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+        }
         previous_worker_id = worker_id.clone();
         let heartbeat_interval = Duration::from_millis(registration.heartbeat_interval_ms.max(100));
         info!(worker_id, "registered with the coordinator");

@@ -48,6 +48,10 @@ struct Options {
     /// early when one of them is lost).
     #[arg(long, env = "PLANKTON_RING_CONNECT_TIMEOUT", default_value = "600s", value_parser = humantime::parse_duration)]
     ring_connect_timeout: Duration,
+    /// Plaintext probe port: only grpc.health.v1 (SERVING once registered) and reflection, for Kubernetes'
+    /// native gRPC probes (no TLS).
+    #[arg(long, env = "PLANKTON_HEALTH_LISTEN")]
+    health_listen: Option<String>,
     /// A ring peer silent for this long fails the step.
     #[arg(long, env = "PLANKTON_RING_IO_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     ring_io_timeout: Duration,
@@ -68,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         });
     let mut config = WorkerConfig::new(options.coordinator, name);
     config.security = security;
+    config.health_listen = options.health_listen;
     config.peer_listen = options.peer_listen;
     config.advertise_host = options.advertise_host;
     config.threads = options.threads;
