@@ -50,4 +50,4 @@ esac
 echo "image: $engine ${args[*]} ."
 "$engine" "${args[@]}" .
 echo "image: built $IMAGE:$TAG; push it where your cluster pulls from and set it in the overlay:"
-echo "  (cd deploy/k8s/overlays/cpu && kubectl kustomize edit set image plankton-cluster=REGISTRY/$IMAGE:$TAG)"
+echo "  images: in deploy/k8s/overlays/*/kustomization.yaml, or: kustomize edit set image plankton-cluster=REGISTRY/$IMAGE:$TAG"
