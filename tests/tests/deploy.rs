@@ -53,9 +53,11 @@ fn venv_tool(name: &str) -> PathBuf {
     path
 }
 
+/// kubectl from the project's .tools/bin, else from PATH.
 fn kubectl() -> PathBuf {
     let search_path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&search_path)
+    std::iter::once(workspace_root().join(".tools/bin"))
+        .chain(std::env::split_paths(&search_path))
         .map(|folder| folder.join("kubectl"))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
