@@ -30,3 +30,10 @@ if [ "${SETUP_PYTHON_TOOLS:-1}" = 1 ] && [ ! -f .venv-tools/.installed-v3 ]; the
     "kubernetes-validate==1.37.0" "prometheus-client==0.21.1"
   touch .venv-tools/.installed-v3
 fi
+
+# The deployment test renders deploy/k8s with kubectl's built-in kustomize.
+if ! command -v kubectl > /dev/null; then
+  echo "setup: kubectl is missing; trying the system package manager"
+  (apt-get install -y -qq kubectl > /dev/null 2>&1 || sudo -n apt-get install -y -qq kubectl > /dev/null 2>&1) \
+    || echo "setup: could not install kubectl: the deployment test (tests/tests/deploy.rs) will say so"
+fi
