@@ -1,4 +1,5 @@
-//! What every plankton-cluster process shares: tracing set-up and signal-driven shutdown.
+//! What every plankton-cluster process shares: tracing set-up, signal-driven shutdown, and the Prometheus
+//! `/metrics` endpoint.
 #![forbid(unsafe_code)]
 
 use tokio_util::sync::CancellationToken;
@@ -46,4 +47,38 @@ pub fn shutdown_on_signals() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+/// Serves `GET /metrics` on `listener` (the OpenMetrics text of `registry`, encoded at each scrape after
+/// `before_scrape` refreshed whatever is sampled rather than counted) until `shutdown` is cancelled.
+pub async fn serve_metrics(
+    registry: std::sync::Arc<prometheus_client::registry::Registry>,
+    before_scrape: impl Fn() + Clone + Send + Sync + 'static,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            let before_scrape = before_scrape.clone();
+            async move {
+                before_scrape();
+                let mut text = String::new();
+                // Writing into a String cannot fail.
+                let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    tracing::info!(address = ?listener.local_addr().ok(), "metrics listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
 }

@@ -12,6 +12,7 @@ pub mod registry;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod validation;
 pub mod worker_service;
 mod workers;
@@ -57,6 +58,8 @@ pub struct CoordinatorConfig {
     pub ring_tls: bool,
     /// Plaintext probe port (`grpc.health.v1` and reflection only), for Kubernetes' gRPC probes.
     pub health_listen: Option<SocketAddr>,
+    /// Prometheus `/metrics` listen address; `None` serves no metrics.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for CoordinatorConfig {
@@ -74,6 +77,7 @@ impl Default for CoordinatorConfig {
             job_policy: JobPolicy::default(),
             ring_tls: false,
             health_listen: None,
+            metrics_listen: None,
         }
     }
 }
@@ -189,7 +193,22 @@ pub async fn serve_with_probe_port(
     }
     let (reflection_service, reflection_v1alpha_service) = plankton_proto::reflection_services()?;
 
-    let service = CoordinatorService::new(state, config.job_policy.clone(), shutdown.clone());
+    let metrics = telemetry::CoordinatorMetrics::new();
+    if let Some(address) = config.metrics_listen {
+        let metrics_listener = TcpListener::bind(address).await?;
+        let (metrics, state, shutdown) = (metrics.clone(), state.clone(), shutdown.clone());
+        let registry = metrics.registry();
+        tokio::spawn(async move {
+            let sample = move || metrics.sample(&state);
+            if let Err(error) =
+                plankton_common::serve_metrics(registry, sample, metrics_listener, shutdown).await
+            {
+                tracing::error!(%error, "metrics endpoint failed");
+            }
+        });
+    }
+    let service =
+        CoordinatorService::new(state, config.job_policy.clone(), metrics, shutdown.clone());
     let local_address = listener.local_addr()?;
     info!(
         %local_address,

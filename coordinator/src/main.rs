@@ -43,6 +43,9 @@ struct Options {
     /// Largest world size a job may ask for.
     #[arg(long, env = "PLANKTON_MAX_WORLD_SIZE", default_value_t = 256)]
     max_world_size: u32,
+    /// Prometheus /metrics listen address (omit to serve no metrics).
+    #[arg(long, env = "PLANKTON_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Plaintext probe port: only grpc.health.v1 and reflection, for Kubernetes' native gRPC probes (no TLS).
     #[arg(long, env = "PLANKTON_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
@@ -108,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         job_policy,
         ring_tls: options.ring_tls,
         health_listen: options.health_listen,
+        metrics_listen: options.metrics_listen,
         state_dir,
         timeouts: Timeouts {
             worker_timeout: options.worker_timeout,

@@ -25,6 +25,7 @@ use crate::driver::spawn_job_driver;
 use crate::error::CoordinatorError;
 use crate::planner::{normalize_spec, plan_job};
 use crate::state::{ClusterState, unix_ms_now};
+use crate::telemetry::CoordinatorMetrics;
 use crate::validation::{JobPolicy, validate_spec};
 
 #[derive(Clone)]
@@ -32,19 +33,26 @@ pub struct CoordinatorService {
     pub(crate) state: ClusterState,
     /// Where jobs may read and write, and how large they may be.
     policy: Arc<JobPolicy>,
+    metrics: CoordinatorMetrics,
     /// Ends the job drivers with the coordinator.
     shutdown: CancellationToken,
 }
 
 impl CoordinatorService {
     /// The service over `state`; starts a driver for every job that has not ended (a restart resumes them).
-    pub fn new(state: ClusterState, policy: JobPolicy, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        state: ClusterState,
+        policy: JobPolicy,
+        metrics: CoordinatorMetrics,
+        shutdown: CancellationToken,
+    ) -> Self {
         for job_id in state.unfinished_jobs() {
             spawn_job_driver(state.clone(), job_id, shutdown.clone());
         }
         Self {
             state,
             policy: Arc::new(policy),
+            metrics,
             shutdown,
         }
     }
@@ -73,10 +81,17 @@ impl JobService for CoordinatorService {
             .ok_or_else(|| CoordinatorError::InvalidSpec("missing spec".into()))?;
         if let Err(error) = validate_spec(&spec, &self.policy) {
             info!(target: "audit", caller, %error, "job refused");
+            self.metrics.jobs_refused.inc();
             return Err(error.into());
         }
-        let spec = normalize_spec(spec)?;
-        let plan = plan_job(&spec).await?;
+        let planned = match normalize_spec(spec) {
+            Ok(spec) => plan_job(&spec).await.map(|plan| (spec, plan)),
+            Err(error) => Err(error),
+        };
+        let (spec, plan) = planned.inspect_err(|_| {
+            self.metrics.jobs_refused.inc();
+        })?;
+        self.metrics.jobs_submitted.inc();
         let job = self.state.create_job(spec, plan)?;
         info!(target: "audit", caller, job_id = job.id, dataset_url = job.spec.as_ref().map(|spec| spec.dataset_url.as_str()), "job submitted");
         spawn_job_driver(self.state.clone(), job.id.clone(), self.shutdown.clone());

@@ -2,6 +2,7 @@
 //! all-reduce), and the whole training state can be copied from a live rank (broadcast) or to and
 //! from a checkpoint file.
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Reduction, Tensor};
@@ -51,6 +52,18 @@ impl TrainingProgress {
     }
 }
 
+/// Where one step's time went on a rank, and what its all-reduce moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTimings {
+    /// Assembling the batch (filled in by the training loop).
+    pub data: Duration,
+    pub forward_backward: Duration,
+    pub all_reduce: Duration,
+    pub optimizer: Duration,
+    /// Bytes of the all-reduced buffer (0 on one rank).
+    pub all_reduce_bytes: u64,
+}
+
 /// What one optimizer step reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
@@ -63,6 +76,7 @@ pub struct StepOutcome {
     /// Ranks whose loss or gradients were not finite: the step was skipped (policy
     /// [`NonFinitePolicy::SkipStep`]); empty when it was applied.
     pub skipped_for_ranks: Vec<usize>,
+    pub timings: StepTimings,
 }
 
 /// One rank's model and optimizer. Ranks agree after [`DataParallelTrainer::synchronize_from`],
@@ -380,6 +394,8 @@ impl DataParallelTrainer {
                 self.config.num_classes
             )));
         }
+        let started = Instant::now();
+        let mut timings = StepTimings::default();
         self.optimizer.zero_grad()?;
         let local_weight_sum: f64 = labels
             .iter()
@@ -427,6 +443,7 @@ impl DataParallelTrainer {
         local_loss_sum.f_backward()?;
         let local_loss_value = local_loss_sum.f_double_value(&[])?;
         let rank = collective.rank();
+        timings.forward_backward = started.elapsed();
 
         let (global_weight_sum, global_loss_sum, reform_requested, non_finite_ranks) = if world_size
             == 1
@@ -467,7 +484,12 @@ impl DataParallelTrainer {
             let flags = &mut extra[EXTRA_SLOTS..];
             flags.fill(0.0);
             flags[rank] = if finite { 0.0 } else { 1.0 };
-            if let Err(error) = collective.all_reduce_sum(&mut self.gradient_buffer) {
+            let all_reduce_started = Instant::now();
+            let reduced = collective.all_reduce_sum(&mut self.gradient_buffer);
+            timings.all_reduce = all_reduce_started.elapsed();
+            timings.all_reduce_bytes =
+                (self.gradient_buffer.len() * std::mem::size_of::<f32>()) as u64;
+            if let Err(error) = reduced {
                 if buffers_saved {
                     unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;
                 }
@@ -526,11 +548,14 @@ impl DataParallelTrainer {
                         global_weight_sum,
                         reform_requested,
                         skipped_for_ranks: non_finite_ranks,
+                        timings,
                     });
                 }
             }
         }
+        let optimizer_started = Instant::now();
         self.optimizer.step()?;
+        timings.optimizer = optimizer_started.elapsed();
         let loss = if global_weight_sum > 0.0 {
             global_loss_sum / global_weight_sum
         } else {
@@ -552,6 +577,7 @@ impl DataParallelTrainer {
             global_weight_sum,
             reform_requested,
             skipped_for_ranks: Vec::new(),
+            timings,
         })
     }
 

@@ -8,7 +8,7 @@ use tracing::{debug, info};
 
 use crate::batch::{AssembledBatch, EpochBatches, ShardData};
 use crate::config::TrainConfig;
-use crate::data_parallel::{DataParallelTrainer, TrainingProgress};
+use crate::data_parallel::{DataParallelTrainer, StepTimings, TrainingProgress};
 use crate::error::TrainError;
 use crate::inference::TrainedModel;
 use plankton_collective::Collective;
@@ -27,6 +27,8 @@ pub struct StepProgress {
     pub images_per_second: f64,
     /// Steps this rank skipped for non-finite loss or gradients (policy skip-step).
     pub skipped_steps: u64,
+    /// Where the step's time went on this rank.
+    pub timings: StepTimings,
 }
 
 /// One virtual shard's evaluation at the end of an epoch (epochs numbered from 1).
@@ -258,10 +260,12 @@ fn run_owned_generation(
                 .collect();
             batches_epoch = Some(epoch_index);
         }
+        let data_started = Instant::now();
         batch.clear();
         for (shard, shard_batches) in owned.iter().zip(&batches) {
             shard_batches.append(shard.train, step_index, &mut batch);
         }
+        let data_time = data_started.elapsed();
         let request_reform = observer.reform_requested();
         let outcome =
             trainer.train_step(collective, &batch.images, &batch.labels, request_reform)?;
@@ -275,6 +279,10 @@ fn run_owned_generation(
             images_per_second: epoch_clock.1 as f64
                 / epoch_clock.0.elapsed().as_secs_f64().max(1e-9),
             skipped_steps: trainer.skipped_steps(),
+            timings: StepTimings {
+                data: data_time,
+                ..outcome.timings
+            },
         };
         if observer.on_step(&progress).is_break() {
             info!(global_step = progress.global_step, "training cancelled");

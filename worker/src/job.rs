@@ -869,6 +869,7 @@ struct ChannelObserver {
 
 impl TrainingObserver for ChannelObserver {
     fn on_step(&mut self, progress: &StepProgress) -> ControlFlow<()> {
+        crate::telemetry::metrics().record_step(progress);
         if self.handle.cancel.is_cancelled() {
             return ControlFlow::Break(());
         }

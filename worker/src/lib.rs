@@ -8,6 +8,7 @@ mod fault_injection;
 mod job;
 mod loader;
 mod outbox;
+pub mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -56,6 +57,8 @@ pub struct WorkerConfig {
     /// Plaintext probe port (`grpc.health.v1`: SERVING once registered with the coordinator; reflection), for
     /// Kubernetes' gRPC probes; `None` opens none.
     pub health_listen: Option<String>,
+    /// Prometheus `/metrics` listen address; `None` serves no metrics.
+    pub metrics_listen: Option<String>,
     /// A fault to inject (tests and the recovery benchmark); `None` in production.
     pub fault: Option<InjectedFault>,
 }
@@ -66,6 +69,7 @@ impl WorkerConfig {
             coordinator_url: coordinator_url.into(),
             security: ClientSecurity::default(),
             health_listen: None,
+            metrics_listen: None,
             peer_listen: "127.0.0.1:0".into(),
             advertise_host: None,
             name: name.into(),
@@ -236,6 +240,18 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
         }
         None => None,
     };
+    if let Some(address) = &config.metrics_listen {
+        let metrics_listener = tokio::net::TcpListener::bind(address).await?;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let registry = telemetry::metrics().registry();
+            if let Err(error) =
+                plankton_common::serve_metrics(registry, || {}, metrics_listener, shutdown).await
+            {
+                error!(%error, "metrics endpoint failed");
+            }
+        });
+    }
     let mut previous_worker_id = String::new();
     let credentials = WorkerCredentials::new(config.security.token.as_deref())?;
 

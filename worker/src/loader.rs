@@ -64,6 +64,7 @@ pub async fn load_shard(
                     "shard loaded from the local cache"
                 );
                 progress(objects.len(), objects.len());
+                crate::telemetry::metrics().shard_cache_hits.inc();
                 return Ok(from_cached(cached, objects));
             }
             Ok(None) => {}
@@ -71,6 +72,7 @@ pub async fn load_shard(
         }
     }
     let started = Instant::now();
+    crate::telemetry::metrics().shard_cache_misses.inc();
     let mut loaded = CachedShard {
         objids: Vec::with_capacity(objects.len()),
         images: Vec::with_capacity(objects.len() * IMAGE_LEN),
@@ -88,10 +90,12 @@ pub async fn load_shard(
         for (objid, result) in chunk {
             match result {
                 Ok(bytes) => {
+                    crate::telemetry::metrics().images_fetched.inc();
                     chunk_objids.push(objid);
                     chunk_bytes.push(bytes);
                 }
                 Err(error) if is_bad_image(&error) => {
+                    crate::telemetry::metrics().images_skipped.inc();
                     warn!(objid, %error, "image skipped");
                     loaded.skipped.push((objid, error.to_string()));
                 }

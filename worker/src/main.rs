@@ -52,6 +52,9 @@ struct Options {
     /// native gRPC probes (no TLS).
     #[arg(long, env = "PLANKTON_HEALTH_LISTEN")]
     health_listen: Option<String>,
+    /// Prometheus /metrics listen address (omit to serve no metrics).
+    #[arg(long, env = "PLANKTON_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// A ring peer silent for this long fails the step.
     #[arg(long, env = "PLANKTON_RING_IO_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     ring_io_timeout: Duration,
@@ -73,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
     let mut config = WorkerConfig::new(options.coordinator, name);
     config.security = security;
     config.health_listen = options.health_listen;
+    config.metrics_listen = options.metrics_listen;
     config.peer_listen = options.peer_listen;
     config.advertise_host = options.advertise_host;
     config.threads = options.threads;

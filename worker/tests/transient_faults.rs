@@ -1,10 +1,6 @@
 //! Transient store faults never lose data: a shard load retries them, skips only images that are really bad,
 //! fails (uncached) when the store stays down, and never serves a rewritten image stale from the cache.
 
-// The loader module is private to the worker library; it is self-contained, so compile it here.
-#[path = "../src/loader.rs"]
-mod loader;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +16,7 @@ use plankton_proto::v1::ShardObject;
 use plankton_synth::{MINIMUM_OBJECTS, SynthConfig};
 use tokio_util::sync::CancellationToken;
 
-use loader::{LoadedShard, load_shard};
+use plankton_worker::{LoadedShard, load_shard};
 
 /// Retries as many as the default, with waits short enough for tests.
 const FAST_RETRY: FetchRetry = FetchRetry {
