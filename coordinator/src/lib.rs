@@ -207,8 +207,12 @@ pub async fn serve_with_probe_port(
             }
         });
     }
-    let service =
-        CoordinatorService::new(state, config.job_policy.clone(), metrics, shutdown.clone());
+    let service = CoordinatorService::new(
+        state,
+        config.job_policy.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let local_address = listener.local_addr()?;
     info!(
         %local_address,
@@ -221,8 +225,14 @@ pub async fn serve_with_probe_port(
         .security
         .serve(listener, "coordinator", shutdown.clone())
         .await?;
+    let rpc_layer = metrics.rpc_layer();
     tonic::transport::Server::builder()
-        .layer(auth_layer)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(rpc_layer)
+                .layer(auth_layer)
+                .into_inner(),
+        )
         .add_service(health_service)
         .add_service(reflection_service)
         .add_service(reflection_v1alpha_service)
