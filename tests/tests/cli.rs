@@ -325,6 +325,16 @@ fn every_role_answers_plaintext_health_probes_and_reflection_on_its_probe_port()
     // No model to load: up, but not ready.
     let serve_health = wait_for_health(serve_probe, "NOT_SERVING");
     let (listed, services) = grpcurl_plaintext(coordinator_probe, &["list"]);
+    let mut undescribed = Vec::new();
+    for port in [coordinator_probe, worker_probe, serve_probe] {
+        let (_, listed_here) = grpcurl_plaintext(port, &["list"]);
+        for service in listed_here.lines().filter(|line| !line.trim().is_empty()) {
+            let (described, description) = grpcurl_plaintext(port, &["describe", service.trim()]);
+            if !described {
+                undescribed.push(format!("{service} on {port}: {description}"));
+            }
+        }
+    }
     let (described, description) =
         grpcurl_plaintext(worker_probe, &["describe", "grpc.health.v1.Health"]);
     let (refused, business) =

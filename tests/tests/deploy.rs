@@ -1,7 +1,9 @@
 //! The deployment in deploy/ checked offline against the Kubernetes API schemas and the cluster's own
 //! binaries: every kustomization renders and validates, every pod follows the restricted Pod Security profile
 //! with resources and probes, GPUs are asked for the right way, every flag and PLANKTON_* variable the
-//! manifests use is one the binaries know (`--help`), and the Containerfile ships what the roles need.
+//! manifests use is one the binaries know (`--help`), the Containerfile ships what the roles need, every role
+//! serves /metrics on a port the ServiceMonitor scrapes, and the Grafana dashboard queries only the series the
+//! metric sources declare (read from the Rust files, nothing run).
 //! Needs kubectl (built-in kustomize) and .venv-tools (scripts/setup.sh: kubernetes-validate, PyYAML).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -289,6 +291,32 @@ fn matches_selector(labels: &Value, selector: &Value) -> bool {
         return false;
     };
     !selector.is_empty() && selector.iter().all(|(key, value)| &labels[key] == value)
+}
+
+/// A LabelSelector (`matchLabels` and `matchExpressions`, as in ServiceMonitors and NetworkPolicies) against
+/// labels; an empty selector selects nothing here (ours always name what they select).
+fn label_selector_matches(labels: &Value, selector: &Value) -> bool {
+    let match_labels = selector["matchLabels"].as_object();
+    let expressions = array(&selector["matchExpressions"]);
+    if match_labels.is_none_or(|match_labels| match_labels.is_empty()) && expressions.is_empty() {
+        return false;
+    }
+    let labels_match = match_labels
+        .into_iter()
+        .flatten()
+        .all(|(key, value)| &labels[key] == value);
+    let expressions_match = expressions.iter().all(|expression| {
+        let value = &labels[expression["key"].as_str().unwrap_or("")];
+        let listed = array(&expression["values"]).contains(value);
+        match expression["operator"].as_str() {
+            Some("In") => listed,
+            Some("NotIn") => !listed,
+            Some("Exists") => !value.is_null(),
+            Some("DoesNotExist") => value.is_null(),
+            _ => false,
+        }
+    });
+    labels_match && expressions_match
 }
 
 fn assert_no_violations(what: &str, violations: &[String]) {
@@ -978,18 +1006,25 @@ fn services_and_network_policies_match_the_pods() {
             .iter()
             .filter(|object| kind(object) == "ServiceMonitor")
         {
-            let scraped = render.objects.iter().any(|service| {
-                kind(service) == "Service"
-                    && matches_selector(
-                        &service["metadata"]["labels"],
-                        &monitor["spec"]["selector"]["matchLabels"],
-                    )
-                    && array(&monitor["spec"]["endpoints"]).iter().all(|endpoint| {
+            let selected: Vec<&Value> = render
+                .objects
+                .iter()
+                .filter(|service| {
+                    kind(service) == "Service"
+                        && label_selector_matches(
+                            &service["metadata"]["labels"],
+                            &monitor["spec"]["selector"],
+                        )
+                })
+                .collect();
+            let scraped = !selected.is_empty()
+                && array(&monitor["spec"]["endpoints"]).iter().all(|endpoint| {
+                    selected.iter().any(|service| {
                         array(&service["spec"]["ports"])
                             .iter()
                             .any(|port| port["name"] == endpoint["port"])
                     })
-            });
+                });
             if !scraped {
                 violations.push(format!(
                     "{}: {}: spec.selector and endpoints[].port must name a rendered Service and its port",
@@ -1396,5 +1431,642 @@ fn containerfile_ships_every_binary_and_libtorch_library_the_roles_need() {
         makefile.lines().any(|line| line.starts_with("image:"))
             && makefile.contains("deploy/build-image.sh"),
         "Makefile: an `image` target running deploy/build-image.sh"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Metrics: every role serves /metrics on a port its Service names and the ServiceMonitor scrapes, and the
+// Grafana dashboard queries only series the binaries expose.
+
+/// The roles serving Prometheus `/metrics` (`--metrics-listen`), and the files declaring their metrics.
+const METRIC_ROLES: [(&str, &str); 3] = [
+    ("plankton-coordinator", "coordinator/src/telemetry.rs"),
+    ("plankton-worker", "worker/src/telemetry.rs"),
+    ("plankton-serve", "serve/src/metrics.rs"),
+];
+const DASHBOARD: &str = "deploy/grafana/plankton-cluster.json";
+
+/// The address a container serves `/metrics` on: `--metrics-listen`, else PLANKTON_METRICS_LISTEN from its
+/// `env` or a rendered ConfigMap of its `envFrom`.
+fn metrics_address(render: &Render, container: &Value) -> Option<String> {
+    if let Some(address) = flag_value(container, "--metrics-listen") {
+        return Some(address.to_owned());
+    }
+    let variable = "PLANKTON_METRICS_LISTEN";
+    let from_env = array(&container["env"])
+        .iter()
+        .find(|entry| entry["name"] == variable)
+        .and_then(|entry| entry["value"].as_str());
+    let from_config_maps = || {
+        array(&container["envFrom"]).iter().find_map(|source| {
+            let config_map = source["configMapRef"]["name"].as_str()?;
+            render
+                .objects
+                .iter()
+                .find(|object| kind(object) == "ConfigMap" && name(object) == config_map)
+                .and_then(|object| object["data"][variable].as_str())
+        })
+    };
+    from_env.or_else(from_config_maps).map(str::to_owned)
+}
+
+/// Whether `policy` admits the monitoring namespace to `port` of the pods it selects.
+fn admits_monitoring(policy: &Value, port: i64) -> bool {
+    array(&policy["spec"]["ingress"]).iter().any(|rule| {
+        let from_monitoring = array(&rule["from"]).iter().any(|source| {
+            source["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                == "monitoring"
+        });
+        from_monitoring
+            && array(&rule["ports"])
+                .iter()
+                .any(|allowed| allowed["port"].as_i64() == Some(port))
+    })
+}
+
+/// For each role of [`METRIC_ROLES`] in `render`: the metrics address, a declared container port, a Service
+/// port reaching it, a NetworkPolicy admitting the monitoring namespace to it and, when the render has
+/// ServiceMonitors, one selecting that Service with an endpoint on that port.
+fn metrics_violations(render: &Render) -> Vec<String> {
+    let mut violations = Vec::new();
+    let has_policies = render
+        .objects
+        .iter()
+        .any(|object| kind(object) == "NetworkPolicy");
+    let monitors: Vec<&Value> = render
+        .objects
+        .iter()
+        .filter(|object| kind(object) == "ServiceMonitor")
+        .collect();
+    for (binary, _) in METRIC_ROLES {
+        let Some(workload) = render.objects.iter().find(|object| {
+            pod_spec(object).is_some_and(|(spec, long_running)| {
+                long_running && binary_of_pod(spec) == Some(binary)
+            })
+        }) else {
+            violations.push(format!("{}: no workload runs {binary}", render.name));
+            continue;
+        };
+        let which = format!("{}: {}", render.name, object_label(workload));
+        let (spec, _) = pod_spec(workload).expect("a workload");
+        let container = &array(&spec["containers"])[0];
+        let Some(address) = metrics_address(render, container) else {
+            violations.push(format!(
+                "{which}: {binary} serves no metrics: set --metrics-listen (or PLANKTON_METRICS_LISTEN)"
+            ));
+            continue;
+        };
+        let Some(port) = port_of_address(&address) else {
+            violations.push(format!("{which}: metrics address {address} has no port"));
+            continue;
+        };
+        let Some(declared) = array(&container["ports"])
+            .iter()
+            .find(|declared| declared["containerPort"].as_i64() == Some(port))
+        else {
+            violations.push(format!(
+                "{which}: the metrics port {port} ({address}) is not among the container's ports"
+            ));
+            continue;
+        };
+        let labels = pod_labels(workload);
+        // Service ports (with their Service) whose target is the metrics port.
+        let service_ports: Vec<(&Value, &Value)> = render
+            .objects
+            .iter()
+            .filter(|service| {
+                kind(service) == "Service" && matches_selector(labels, &service["spec"]["selector"])
+            })
+            .flat_map(|service| {
+                array(&service["spec"]["ports"])
+                    .iter()
+                    .map(move |service_port| (service, service_port))
+            })
+            .filter(|(_, service_port)| {
+                let target = if service_port["targetPort"].is_null() {
+                    &service_port["port"]
+                } else {
+                    &service_port["targetPort"]
+                };
+                resolve_port(container, target) == Some(port)
+            })
+            .collect();
+        if service_ports.is_empty() {
+            violations.push(format!(
+                "{which}: no Service selecting its pods has a port targeting the metrics port {port} ({})",
+                declared["name"].as_str().unwrap_or("unnamed")
+            ));
+        }
+        if has_policies {
+            let admitted = render.objects.iter().any(|policy| {
+                kind(policy) == "NetworkPolicy"
+                    && label_selector_matches(labels, &policy["spec"]["podSelector"])
+                    && admits_monitoring(policy, port)
+            });
+            if !admitted {
+                violations.push(format!(
+                    "{which}: no NetworkPolicy admits the monitoring namespace to the metrics port {port}"
+                ));
+            }
+        }
+        if monitors.is_empty() {
+            continue;
+        }
+        let scraped = service_ports.iter().any(|(service, service_port)| {
+            monitors.iter().any(|monitor| {
+                label_selector_matches(&service["metadata"]["labels"], &monitor["spec"]["selector"])
+                    && array(&monitor["spec"]["endpoints"]).iter().any(|endpoint| {
+                        !service_port["name"].is_null() && endpoint["port"] == service_port["name"]
+                    })
+            })
+        });
+        if !scraped {
+            violations.push(format!(
+                "{which}: no ServiceMonitor selects a Service of its pods with an endpoint on the metrics port {port}"
+            ));
+        }
+    }
+    violations
+}
+
+#[test]
+fn every_role_serves_metrics_that_the_service_monitor_scrapes() {
+    let mut violations = Vec::new();
+    for render in renders()
+        .iter()
+        .filter(|render| render.name != "deploy/k8s/jobs")
+    {
+        violations.extend(metrics_violations(render));
+    }
+    assert!(
+        renders().iter().any(|render| render
+            .objects
+            .iter()
+            .any(|object| kind(object) == "ServiceMonitor")),
+        "no render holds a ServiceMonitor (components/servicemonitor)"
+    );
+    assert_no_violations("metrics ports and scraping", &violations);
+}
+
+/// The kind of a prometheus_client metric, which decides the series it exposes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum MetricType {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// The series names (as in PromQL) a metrics file exposes, each with its metric family's name.
+///
+/// Read from the source, nothing is run: the prefix is the file's one `Registry::with_prefix("...")`, and
+/// every `registry.register("name", "help", metric)` or `registered!("name", "help", metric)` call is a
+/// family `<prefix>_<name>`. Its type comes from the metric expression, or, when that is a variable
+/// (`jobs.clone()`), from the variable's `let`: an expression naming the type `Histogram` is a histogram
+/// (series `_bucket`, `_sum`, `_count`), else one naming `Counter` is a counter (series `_total`, as
+/// OpenMetrics names them), else one naming `Gauge` is a gauge (the family name itself). Label structs
+/// (`Family::<PhaseLabels, Counter>`) do not confuse this: only the exact type names count. Any other way of
+/// registering fails the test, so that a new one is taught here rather than silently missed.
+fn exposed_series(relative: &str) -> BTreeMap<String, String> {
+    let source = read_workspace_file(relative);
+    for unsupported in ["register_with_unit", "sub_registry", "register_collector"] {
+        assert!(
+            !source.contains(unsupported),
+            "{relative}: `{unsupported}` is used; teach exposed_series (tests/tests/deploy.rs) its names"
+        );
+    }
+    let prefixes: Vec<&str> = source
+        .match_indices("Registry::with_prefix(\"")
+        .map(|(position, marker)| {
+            let rest = &source[position + marker.len()..];
+            &rest[..rest.find('"').expect("the prefix's closing quote")]
+        })
+        .collect();
+    let [prefix] = prefixes.as_slice() else {
+        panic!("{relative}: expected one Registry::with_prefix(\"...\"), found {prefixes:?}");
+    };
+    let mut series = BTreeMap::new();
+    for call in ["registry.register(", "registered!("] {
+        for (position, _) in source.match_indices(call) {
+            let arguments = source[position + call.len()..].trim_start();
+            if arguments.starts_with('$') {
+                continue; // the body of the registered! macro
+            }
+            let line = source[..position].lines().count();
+            let (metric_name, rest) = string_literal(arguments)
+                .unwrap_or_else(|| panic!("{relative}:{line}: {call} without a literal name"));
+            let (_help, rest) = rest
+                .trim_start()
+                .strip_prefix(',')
+                .and_then(|rest| string_literal(rest.trim_start()))
+                .unwrap_or_else(|| {
+                    panic!("{relative}:{line}: {call}\"{metric_name}\" without a literal help")
+                });
+            let metric = rest.trim_start().strip_prefix(',').unwrap_or_else(|| {
+                panic!("{relative}:{line}: {call}\"{metric_name}\", ...: no metric argument")
+            });
+            let metric = until_depth_zero(metric, ')')
+                .trim()
+                .trim_end_matches(',')
+                .trim();
+            let expression = match metric.strip_suffix(".clone()").unwrap_or(metric) {
+                variable if is_identifier(variable) => let_expression(&source[..position], variable)
+                    .unwrap_or_else(|| {
+                        panic!("{relative}:{line}: \"{metric_name}\" registers {variable}, which has no `let {variable} = ...;` before")
+                    }),
+                _ => metric,
+            };
+            let metric_type = metric_type(expression).unwrap_or_else(|| {
+                panic!("{relative}:{line}: cannot tell the type of \"{metric_name}\" from `{expression}` (no Counter, Gauge or Histogram)")
+            });
+            let family = format!("{prefix}_{metric_name}");
+            let suffixes: &[&str] = match metric_type {
+                MetricType::Counter => &["_total"],
+                MetricType::Gauge => &[""],
+                MetricType::Histogram => &["_bucket", "_sum", "_count"],
+            };
+            for suffix in suffixes {
+                series.insert(format!("{family}{suffix}"), family.clone());
+            }
+        }
+    }
+    series
+}
+
+/// A Rust string literal at the start of `text` (escapes kept as written), and what follows it.
+fn string_literal(text: &str) -> Option<(&str, &str)> {
+    let body = text.strip_prefix('"')?;
+    let mut escaped = false;
+    for (index, character) in body.char_indices() {
+        match character {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Some((&body[..index], &body[index + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `text` up to the first `end` outside brackets and string literals.
+fn until_depth_zero(text: &str, end: char) -> &str {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (index, character) in text.char_indices() {
+        if in_string {
+            match character {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match character {
+            '"' => in_string = true,
+            _ if character == end && depth == 0 => return &text[..index],
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    text
+}
+
+fn is_identifier(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|character| character.is_ascii_alphanumeric() || character == '_')
+}
+
+/// The expression of the last `let [mut] variable = ...;` in `before`.
+fn let_expression<'a>(before: &'a str, variable: &str) -> Option<&'a str> {
+    ["let ", "let mut "]
+        .iter()
+        .filter_map(|keyword| {
+            let pattern = format!("{keyword}{variable} =");
+            before
+                .rmatch_indices(&pattern)
+                .next()
+                .map(|(position, _)| position + pattern.len())
+        })
+        .max()
+        .map(|start| until_depth_zero(&before[start..], ';'))
+}
+
+fn metric_type(expression: &str) -> Option<MetricType> {
+    let names: BTreeSet<&str> = expression
+        .split(|character: char| !character.is_ascii_alphanumeric() && character != '_')
+        .collect();
+    [
+        ("Histogram", MetricType::Histogram),
+        ("Counter", MetricType::Counter),
+        ("Gauge", MetricType::Gauge),
+    ]
+    .into_iter()
+    .find(|(type_name, _)| names.contains(type_name))
+    .map(|(_, metric_type)| metric_type)
+}
+
+/// PromQL words that are not metric names: aggregation operators, binary operators and modifiers (a
+/// function is any name followed by `(`).
+const PROMQL_KEYWORDS: [&str; 20] = [
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "limitk",
+    "limit_ratio",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "atan2",
+];
+/// Modifiers followed by a parenthesized label list (optional for group_left/group_right).
+const PROMQL_LABEL_LIST_KEYWORDS: [&str; 6] = [
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+];
+
+/// The metric names a PromQL expression selects: string literals, label matchers `{...}`, ranges `[...]`,
+/// label lists (`by (...)`), numbers, Grafana variables, functions and keywords removed.
+fn metric_names_in(expression: &str) -> Vec<String> {
+    let characters: Vec<char> = expression.chars().collect();
+    let mut names = Vec::new();
+    let mut index = 0;
+    let skip_balanced = |mut index: usize, open: char, close: char| -> usize {
+        let mut depth = 0;
+        while index < characters.len() {
+            match characters[index] {
+                '"' | '\'' | '`' => {
+                    let quote = characters[index];
+                    index += 1;
+                    while index < characters.len() && characters[index] != quote {
+                        index += if characters[index] == '\\' { 2 } else { 1 };
+                    }
+                }
+                character if character == open => depth += 1,
+                character if character == close => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return index + 1;
+                    }
+                }
+                _ => {}
+            }
+            index += 1;
+        }
+        index
+    };
+    let next_non_space = |mut index: usize| {
+        while index < characters.len() && characters[index].is_whitespace() {
+            index += 1;
+        }
+        index
+    };
+    while index < characters.len() {
+        let character = characters[index];
+        if matches!(character, '"' | '\'' | '`') {
+            index += 1;
+            while index < characters.len() && characters[index] != character {
+                index += if characters[index] == '\\' { 2 } else { 1 };
+            }
+            index += 1;
+        } else if character == '{' {
+            index = skip_balanced(index, '{', '}');
+        } else if character == '[' {
+            index = skip_balanced(index, '[', ']');
+        } else if character.is_ascii_digit() || character == '.' || character == '$' {
+            // A number (0.99, 1e9), a duration (5m) or a Grafana variable ($__range).
+            index += 1;
+            while index < characters.len()
+                && (characters[index].is_ascii_alphanumeric()
+                    || matches!(characters[index], '_' | '.'))
+            {
+                index += 1;
+            }
+        } else if character.is_ascii_alphabetic() || character == '_' || character == ':' {
+            let start = index;
+            while index < characters.len()
+                && (characters[index].is_ascii_alphanumeric()
+                    || matches!(characters[index], '_' | ':'))
+            {
+                index += 1;
+            }
+            let word: String = characters[start..index].iter().collect();
+            let after = next_non_space(index);
+            let is_call = characters.get(after) == Some(&'(');
+            if PROMQL_LABEL_LIST_KEYWORDS.contains(&word.as_str()) {
+                if is_call {
+                    index = skip_balanced(after, '(', ')');
+                }
+            } else if !is_call && !PROMQL_KEYWORDS.contains(&word.as_str()) {
+                names.push(word);
+            }
+        } else {
+            index += 1;
+        }
+    }
+    names
+}
+
+/// Every panel of a dashboard, those inside rows included.
+fn dashboard_panels(panels: &Value) -> Vec<&Value> {
+    array(panels)
+        .iter()
+        .flat_map(|panel| std::iter::once(panel).chain(dashboard_panels(&panel["panels"])))
+        .collect()
+}
+
+#[test]
+fn dashboard_queries_only_metrics_the_binaries_expose() {
+    // The series of the three roles, from their sources; a check of the parser on a few we know.
+    let mut known: BTreeMap<String, String> = BTreeMap::new();
+    for (binary, source) in METRIC_ROLES {
+        let series = exposed_series(source);
+        assert!(
+            series.len() >= 5,
+            "{source}: only {} series found for {binary}: {series:?}",
+            series.len()
+        );
+        known.extend(series);
+    }
+    for expected in [
+        "plankton_coordinator_jobs",
+        "plankton_coordinator_jobs_submitted_total",
+        "plankton_worker_step_seconds_total",
+        "plankton_worker_loss",
+        "plankton_serve_requests_total",
+        "plankton_serve_request_latency_seconds_bucket",
+        "plankton_serve_batch_size_count",
+    ] {
+        assert!(
+            known.contains_key(expected),
+            "exposed_series misreads the metric sources: no {expected} in {:?}",
+            known.keys().collect::<Vec<_>>()
+        );
+    }
+
+    let text = read_workspace_file(DASHBOARD);
+    let dashboard: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|error| panic!("{DASHBOARD} is no JSON: {error}"));
+    let mut violations = Vec::new();
+    if dashboard["schemaVersion"].as_i64().unwrap_or(0) < 36 {
+        violations.push(format!(
+            "schemaVersion must be 36 or later (Grafana 9+ datasource references), not {}",
+            dashboard["schemaVersion"]
+        ));
+    }
+    let variables = array(&dashboard["templating"]["list"]);
+    let has_datasource_variable = variables.iter().any(|variable| {
+        variable["name"] == "datasource"
+            && variable["type"] == "datasource"
+            && variable["query"] == "prometheus"
+    });
+    if !has_datasource_variable {
+        violations.push(
+            "templating.list must hold a variable `datasource` of type datasource, query prometheus"
+                .to_owned(),
+        );
+    }
+    let uses_variable = |datasource: &Value| {
+        datasource["uid"] == "${datasource}" && datasource["type"] == "prometheus"
+    };
+    // (where, PromQL) of every query: panel targets and query variables (label_values(metric, label) and
+    // query_result(expr) are Grafana's, around PromQL).
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for variable in variables
+        .iter()
+        .filter(|variable| variable["type"] == "query")
+    {
+        let which = format!("variable {}", variable["name"]);
+        if !uses_variable(&variable["datasource"]) {
+            violations.push(format!(
+                "{which}: datasource must be {{type: prometheus, uid: ${{datasource}}}}"
+            ));
+        }
+        let query = variable["query"]["query"]
+            .as_str()
+            .or(variable["query"].as_str())
+            .unwrap_or("");
+        let promql = if let Some(arguments) = query.strip_prefix("label_values(") {
+            let arguments = arguments.strip_suffix(')').unwrap_or(arguments);
+            match arguments.rsplit_once(',') {
+                Some((selector, _label)) => selector.to_owned(),
+                None => String::new(), // label_values(label): every series
+            }
+        } else if let Some(expression) = query.strip_prefix("query_result(") {
+            expression
+                .strip_suffix(')')
+                .unwrap_or(expression)
+                .to_owned()
+        } else {
+            query.to_owned()
+        };
+        queries.push((which, promql));
+    }
+    let panels = dashboard_panels(&dashboard["panels"]);
+    let mut panel_ids = BTreeSet::new();
+    for panel in panels.iter().filter(|panel| panel["type"] != "row") {
+        let title = panel["title"].as_str().unwrap_or("?");
+        let which = format!("panel \"{title}\" (id {})", panel["id"]);
+        if !panel_ids.insert(panel["id"].to_string()) {
+            violations.push(format!("{which}: its id is not unique"));
+        }
+        if !panel["gridPos"].is_object() {
+            violations.push(format!("{which}: no gridPos"));
+        }
+        if !uses_variable(&panel["datasource"]) {
+            violations.push(format!(
+                "{which}: datasource must be {{type: prometheus, uid: ${{datasource}}}}"
+            ));
+        }
+        let targets = array(&panel["targets"]);
+        if targets.is_empty() {
+            violations.push(format!("{which}: no targets"));
+        }
+        for target in targets {
+            let which = format!("{which} target {}", target["refId"].as_str().unwrap_or("?"));
+            if !uses_variable(&target["datasource"]) {
+                violations.push(format!(
+                    "{which}: datasource must be {{type: prometheus, uid: ${{datasource}}}}"
+                ));
+            }
+            match target["expr"].as_str() {
+                Some(expression) if !expression.trim().is_empty() => {
+                    queries.push((which, expression.to_owned()));
+                }
+                _ => violations.push(format!("{which}: no PromQL expr")),
+            }
+        }
+    }
+    let mut roles_shown = BTreeSet::new();
+    for (which, promql) in &queries {
+        let names = metric_names_in(promql);
+        if names.is_empty() && !which.starts_with("variable") {
+            violations.push(format!("{which}: `{promql}` selects no metric"));
+        }
+        for metric in names {
+            match known.get(&metric) {
+                Some(family) => {
+                    roles_shown.insert(family.split('_').take(2).collect::<Vec<_>>().join("_"));
+                }
+                None => violations.push(format!(
+                    "{which}: `{metric}` is no series the binaries expose (in `{promql}`)"
+                )),
+            }
+        }
+    }
+    for prefix in ["plankton_coordinator", "plankton_worker", "plankton_serve"] {
+        if !roles_shown.contains(prefix) {
+            violations.push(format!("no panel shows a {prefix}_* metric"));
+        }
+    }
+    if !violations.is_empty() {
+        violations.push(format!(
+            "(the series exposed, from {}: {})",
+            METRIC_ROLES.map(|(_, source)| source).join(", "),
+            known.keys().cloned().collect::<Vec<_>>().join(" ")
+        ));
+    }
+    assert_no_violations(DASHBOARD, &violations);
+    assert!(
+        read_workspace_file("deploy/README.md").contains("grafana/plankton-cluster.json"),
+        "deploy/README.md must say how to import {DASHBOARD}"
+    );
+}
+
+#[test]
+fn promql_metric_names_skip_functions_labels_and_keywords() {
+    assert_eq!(
+        metric_names_in(
+            "histogram_quantile(0.99, sum by (method, le) (rate(a_bucket{x=~\"$ns\", code!=\"0\"}[$__rate_interval])))"
+        ),
+        ["a_bucket"]
+    );
+    assert_eq!(
+        metric_names_in(
+            "sum by (phase) (rate(b_total[5m])) / ignoring(phase) group_left sum(rate(c_total[5m])) * 1e9"
+        ),
+        ["b_total", "c_total"]
+    );
+    assert_eq!(
+        metric_names_in("max without(pod) (d) > bool 0 or on() vector(0)"),
+        ["d"]
     );
 }

@@ -157,3 +157,132 @@ async fn coordinator_and_worker_metrics_parse_and_move_while_a_job_trains() -> a
     );
     cluster.shutdown().await
 }
+
+/// Lists the services over reflection protocol v1 (what current grpcurl speaks) and describes each one;
+/// returns the service names.
+async fn list_and_describe_v1(
+    channel: plankton_security::AuthChannel,
+) -> anyhow::Result<Vec<String>> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = |request: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter(vec![ask(MessageRequest::ListServices(
+            String::new(),
+        ))]))
+        .await?
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(listed)) = answers
+        .message()
+        .await?
+        .and_then(|answer| answer.message_response)
+    else {
+        anyhow::bail!("no service list");
+    };
+    let names: Vec<String> = listed
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    for name in &names {
+        let mut answers = client
+            .server_reflection_info(tokio_stream::iter(vec![ask(
+                MessageRequest::FileContainingSymbol(name.clone()),
+            )]))
+            .await?
+            .into_inner();
+        match answers
+            .message()
+            .await?
+            .and_then(|answer| answer.message_response)
+        {
+            Some(MessageResponse::FileDescriptorResponse(files)) => {
+                anyhow::ensure!(
+                    !files.file_descriptor_proto.is_empty(),
+                    "{name}: no descriptor"
+                )
+            }
+            other => anyhow::bail!("{name}: {other:?}"),
+        }
+    }
+    Ok(names)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reflection_v1_lists_and_describes_every_service_of_every_role() -> anyhow::Result<()> {
+    use plankton_security::Role;
+    use plankton_tests::{Access, access::test_server_security, test_credentials};
+    let worker_probe = free_address();
+    let cluster = TestCluster::start_configured(
+        1,
+        None,
+        |_| {},
+        |_, config| config.health_listen = Some(worker_probe.to_string()),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let inference_url = format!("https://{}", listener.local_addr()?);
+    let config = plankton_serve::ServeConfig {
+        listen_address: listener.local_addr()?,
+        security: test_server_security(),
+        coordinator_url: cluster.coordinator_url.clone(),
+        coordinator_security: test_credentials().client_security(Role::Viewer),
+        model: "absent".into(),
+        ..Default::default()
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let inference = tokio::spawn(plankton_serve::serve(config, listener, shutdown.clone()));
+
+    let coordinator = list_and_describe_v1(
+        Access::as_role(&cluster.coordinator_url, Role::Viewer)
+            .channel()
+            .await?,
+    )
+    .await?;
+    for service in [
+        "plankton.v1.JobService",
+        "plankton.v1.ModelRegistry",
+        "plankton.v1.WorkerControl",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            coordinator.iter().any(|name| name == service),
+            "coordinator lacks {service}: {coordinator:?}"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let inference_services = loop {
+        match Access::as_role(&inference_url, Role::Client)
+            .channel()
+            .await
+        {
+            Ok(channel) => break list_and_describe_v1(channel).await?,
+            Err(error) if tokio::time::Instant::now() > deadline => return Err(error),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    };
+    assert!(
+        inference_services
+            .iter()
+            .any(|name| name == "plankton.v1.Inference"),
+        "{inference_services:?}"
+    );
+    let probe = Access {
+        url: format!("http://{worker_probe}"),
+        security: Default::default(),
+    };
+    let worker = list_and_describe_v1(probe.channel().await?).await?;
+    assert!(
+        worker.iter().any(|name| name == "grpc.health.v1.Health"),
+        "{worker:?}"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(20), inference).await???;
+    cluster.shutdown().await
+}

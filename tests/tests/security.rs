@@ -445,6 +445,21 @@ async fn grpcurl_lists_and_calls_over_tls_with_a_token_and_plaintext_is_refused(
             && services.contains("plankton.v1.WorkerControl"),
         "{services}"
     );
+    for service in services.lines().filter(|line| !line.trim().is_empty()) {
+        let (described, description) = run(vec![
+            "-cacert".into(),
+            ca.clone(),
+            "-H".into(),
+            bearer(Role::Viewer),
+            address.clone(),
+            "describe".into(),
+            service.trim().to_string(),
+        ]);
+        assert!(
+            described && description.contains("service"),
+            "describe {service}: {description}"
+        );
+    }
     let (called, jobs) = run(vec![
         "-cacert".into(),
         ca.clone(),
