@@ -228,8 +228,10 @@ async fn reflection_v1_lists_and_describes_every_service_of_every_role() -> anyh
     .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let inference_url = format!("https://{}", listener.local_addr()?);
+    let inference_metrics = free_address();
     let config = plankton_serve::ServeConfig {
         listen_address: listener.local_addr()?,
+        metrics_listen: Some(inference_metrics),
         security: test_server_security(),
         coordinator_url: cluster.coordinator_url.clone(),
         coordinator_security: test_credentials().client_security(Role::Viewer),
