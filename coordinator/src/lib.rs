@@ -177,19 +177,11 @@ pub async fn serve_with_probe_port(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     if let Some(probe_listener) = probe_listener {
-        let health_service = health_service.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(error) = plankton_proto::serve_probe_port(
-                probe_listener,
-                health_service,
-                shutdown.cancelled_owned(),
-            )
-            .await
-            {
-                tracing::error!(%error, "probe port failed");
-            }
-        });
+        tokio::spawn(plankton_proto::serve_probe_port(
+            probe_listener,
+            health_service.clone(),
+            shutdown.clone().cancelled_owned(),
+        ));
     }
     let (reflection_service, reflection_v1alpha_service) = plankton_proto::reflection_services()?;
 

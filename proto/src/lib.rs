@@ -39,25 +39,30 @@ pub const MODEL_WEIGHTS_FILE: &str = "model.safetensors";
 
 /// Serves the probe port a role opens with `--health-listen`: plaintext gRPC with only `grpc.health.v1` (for
 /// Kubernetes' native gRPC probes, which cannot speak TLS) and server reflection, until `shutdown` completes.
-/// Everything else stays on the role's TLS port.
+/// Everything else stays on the role's TLS port. A failure is logged (the role goes on; its probes then fail).
 pub async fn serve_probe_port(
     listener: tokio::net::TcpListener,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let (reflection, reflection_v1alpha) = reflection_services()?;
-    let address = listener.local_addr()?;
-    tracing::info!(%address, "probe port (health, reflection) listening");
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await?;
-    Ok(())
+) {
+    let served = async {
+        let (reflection, reflection_v1alpha) = reflection_services()?;
+        let address = listener.local_addr()?;
+        tracing::info!(%address, "probe port (health, reflection) listening");
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown,
+            )
+            .await?;
+        Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    if let Err(error) = served.await {
+        tracing::error!(%error, "probe port failed");
+    }
 }

@@ -153,19 +153,11 @@ pub async fn serve_with_metrics_listener(
     set_health(&health_reporter, ServingStatus::NotServing).await;
     if let Some(address) = config.health_listen {
         let probe_listener = TcpListener::bind(address).await?;
-        let health_service = health_service.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(error) = plankton_proto::serve_probe_port(
-                probe_listener,
-                health_service,
-                shutdown.cancelled_owned(),
-            )
-            .await
-            {
-                tracing::error!(%error, "probe port failed");
-            }
-        });
+        tokio::spawn(plankton_proto::serve_probe_port(
+            probe_listener,
+            health_service.clone(),
+            shutdown.clone().cancelled_owned(),
+        ));
     }
     let (reflection_service, reflection_v1alpha_service) = plankton_proto::reflection_services()?;
 

@@ -224,18 +224,11 @@ pub async fn run(mut config: WorkerConfig, shutdown: CancellationToken) -> anyho
             reporter
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                if let Err(error) = plankton_proto::serve_probe_port(
-                    probe_listener,
-                    service,
-                    shutdown.cancelled_owned(),
-                )
-                .await
-                {
-                    error!(%error, "probe port failed");
-                }
-            });
+            tokio::spawn(plankton_proto::serve_probe_port(
+                probe_listener,
+                service,
+                shutdown.clone().cancelled_owned(),
+            ));
             Some(reporter)
         }
         None => None,
