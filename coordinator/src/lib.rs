@@ -13,6 +13,7 @@ pub mod service;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tensorboard_log;
 pub mod validation;
 pub mod worker_service;
 mod workers;

@@ -90,6 +90,8 @@ pub struct ClusterState {
     pub changed: Arc<Notify>,
     /// Encrypt every job's ring traffic.
     ring_tls: bool,
+    /// Each job's TensorBoard file of epoch evaluations.
+    eval_logs: crate::tensorboard_log::EvalLogs,
 }
 
 impl ClusterState {
@@ -135,6 +137,7 @@ impl ClusterState {
             started: Instant::now(),
             changed: Arc::new(Notify::new()),
             ring_tls,
+            eval_logs: Default::default(),
         })
     }
 
@@ -609,9 +612,26 @@ impl ClusterState {
     /// Stores one virtual shard's evaluation; when every shard has reported the epoch, publishes its metrics.
     pub fn record_epoch(&self, report: EpochReport) -> CoordinatorResult<()> {
         let job_id = report.job_id.clone();
-        let snapshot = self.with_job(&job_id, |entry, _| {
-            Ok(accept_epoch_report(entry, &job_id, report))
+        let (epoch, train_loss) = (report.epoch, report.train_loss);
+        let (snapshot, published) = self.with_job(&job_id, |entry, _| {
+            let was_published = entry
+                .job
+                .epochs
+                .iter()
+                .any(|metrics| metrics.epoch == epoch);
+            let snapshot = accept_epoch_report(entry, &job_id, report);
+            let published = entry
+                .job
+                .epochs
+                .iter()
+                .find(|metrics| metrics.epoch == epoch && !was_published)
+                .cloned();
+            Ok((snapshot, published))
         })?;
+        if let (Some(metrics), Some(job)) = (&published, &snapshot) {
+            // Every report of an epoch carries the same (global) mean step loss.
+            self.eval_logs.record_epoch(job, metrics, train_loss);
+        }
         self.save(snapshot)
     }
 

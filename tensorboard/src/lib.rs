@@ -261,7 +261,7 @@ pub fn read_events(bytes: &[u8]) -> Result<Vec<Event>, ReadError> {
 /// CRC32C rotated and offset as TFRecord stores it.
 pub fn masked_crc32c(data: &[u8]) -> u32 {
     let crc = crc32c(data);
-    ((crc >> 15) | (crc << 17)).wrapping_add(0xa282_ead8)
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 /// CRC32C (Castagnoli, reflected polynomial 0x82F63B78), table driven.

@@ -25,6 +25,8 @@ pub struct StepProgress {
     pub loss: f64,
     /// Images this rank trained on per second since the epoch (or the generation) began.
     pub images_per_second: f64,
+    /// The learning rate the step was taken with.
+    pub learning_rate: f64,
     /// Steps this rank skipped for non-finite loss or gradients (policy skip-step).
     pub skipped_steps: u64,
     /// Where the step's time went on this rank.
@@ -278,6 +280,11 @@ fn run_owned_generation(
             loss: outcome.loss,
             images_per_second: epoch_clock.1 as f64
                 / epoch_clock.0.elapsed().as_secs_f64().max(1e-9),
+            learning_rate: config.lr_schedule.learning_rate(
+                config.learning_rate,
+                epoch_index,
+                config.epochs,
+            ),
             skipped_steps: trainer.skipped_steps(),
             timings: StepTimings {
                 data: data_time,

@@ -34,6 +34,7 @@ use crate::credentials::CoordinatorClient;
 use crate::fault_injection::FaultInjectingCollective;
 use crate::loader::load_shard;
 use crate::outbox::{Outbox, Report};
+use crate::tensorboard_log::StepLog;
 use crate::{CurrentJob, JobHandle, WorkerConfig, with_deadline};
 
 /// Progress reports sent to the coordinator at most this often (epoch ends always go out).
@@ -56,6 +57,8 @@ struct JobMemory {
     trainer: Option<DataParallelTrainer>,
     shards: HashMap<u32, VirtualShardData>,
     skipped_objects: u64,
+    /// The TensorBoard step scalars, once this worker has been rank 0 of a generation.
+    step_log: Option<StepLog>,
 }
 
 /// How one generation ended on this worker.
@@ -344,6 +347,12 @@ async fn run_one_generation(
             outbox.sender(),
         )
     });
+    let step_log = (rank == 0).then(|| {
+        memory
+            .step_log
+            .get_or_insert_with(|| StepLog::new(&assignment.output_url))
+            .clone()
+    });
     let (event_sender, mut event_receiver) = mpsc::channel::<TrainingEvent>(64);
     let mut owned_indices: Vec<u32> = assignment
         .virtual_shards
@@ -388,6 +397,7 @@ async fn run_one_generation(
             handle: handle.clone(),
             last_progress: None,
             checkpoints: checkpoints.as_ref().map(CheckpointWriter::sender),
+            step_log: step_log.clone(),
         },
     };
     let training = tokio::task::spawn_blocking(move || session.run());
@@ -398,6 +408,7 @@ async fn run_one_generation(
         .map(|shard| (shard.train.len() + shard.test.len()) as u64)
         .sum();
     let mut reporter = reporter;
+    let mut flushed_epoch = 0;
     while let Some(event) = event_receiver.recv().await {
         match event {
             TrainingEvent::Step(step) => {
@@ -417,6 +428,12 @@ async fn run_one_generation(
                 reporter.progress(JobPhase::Training, progress).await;
             }
             TrainingEvent::Epoch(evaluation) => {
+                if let Some(step_log) = &step_log
+                    && evaluation.epoch > flushed_epoch
+                {
+                    flushed_epoch = evaluation.epoch;
+                    step_log.flush();
+                }
                 outbox.send(Report::Epoch(EpochReport {
                     job_id: assignment.job_id.clone(),
                     rank: assignment.rank,
@@ -441,6 +458,14 @@ async fn run_one_generation(
     };
     if let Some(checkpoints) = checkpoints {
         checkpoints.finish().await;
+    }
+    if let Some(step_log) = &step_log {
+        // The job's last steps are on the store before the job is reported done.
+        if matches!(finished.result, Ok(GenerationOutcome::Finished)) {
+            step_log.write().await;
+        } else {
+            step_log.flush();
+        }
     }
     for shard in finished.shards {
         memory.shards.insert(shard.index, shard);
@@ -865,11 +890,16 @@ struct ChannelObserver {
     handle: Arc<JobHandle>,
     last_progress: Option<Instant>,
     checkpoints: Option<mpsc::Sender<CheckpointJob>>,
+    /// Rank 0 records every step for TensorBoard (in memory; written from the async side).
+    step_log: Option<StepLog>,
 }
 
 impl TrainingObserver for ChannelObserver {
     fn on_step(&mut self, progress: &StepProgress) -> ControlFlow<()> {
         crate::telemetry::metrics().record_step(progress);
+        if let Some(step_log) = &self.step_log {
+            step_log.record(progress);
+        }
         if self.handle.cancel.is_cancelled() {
             return ControlFlow::Break(());
         }

@@ -9,6 +9,7 @@ mod job;
 mod loader;
 mod outbox;
 pub mod telemetry;
+mod tensorboard_log;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
