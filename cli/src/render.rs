@@ -10,16 +10,7 @@ use plankton_proto::v1::{
 };
 
 pub fn phase_name(phase: JobPhase) -> &'static str {
-    match phase {
-        JobPhase::Unspecified => "unknown",
-        JobPhase::Pending => "pending",
-        JobPhase::Loading => "loading",
-        JobPhase::Training => "training",
-        JobPhase::Succeeded => "succeeded",
-        JobPhase::Failed => "failed",
-        JobPhase::Cancelled => "cancelled",
-        JobPhase::Recovering => "recovering",
-    }
+    phase.short_name()
 }
 
 fn metrics_json(metrics: &EvalMetrics) -> Value {

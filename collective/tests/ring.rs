@@ -1,5 +1,7 @@
 //! Ring all-reduce, broadcast and barrier between ranks run as threads over 127.0.0.1.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Barrier, mpsc};
@@ -8,8 +10,9 @@ use std::time::{Duration, Instant};
 use plankton_collective::{
     Collective, CollectiveError, RingAbort, RingAllReduce, RingConfig, RingListener, SingleProcess,
 };
-use plankton_proto::v1::{PeerHello, PeerHelloAck};
-use prost::Message;
+use plankton_proto::v1::PeerHello;
+
+use common::{bind_listeners, expected_sum, rank_values, read_ack, write_frame};
 
 fn test_config() -> RingConfig {
     RingConfig {
@@ -18,36 +21,6 @@ fn test_config() -> RingConfig {
         io_timeout: Duration::from_secs(10),
         chunk_bytes: 4096,
     }
-}
-
-fn send_hello(stream: &mut TcpStream, hello: &PeerHello) {
-    let encoded = hello.encode_to_vec();
-    stream
-        .write_all(&(encoded.len() as u32).to_le_bytes())
-        .expect("write");
-    stream.write_all(&encoded).expect("write");
-}
-
-fn read_ack(stream: &mut TcpStream) -> PeerHelloAck {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let mut length_bytes = [0u8; 4];
-    stream.read_exact(&mut length_bytes).expect("ack length");
-    let mut ack_bytes = vec![0u8; u32::from_le_bytes(length_bytes) as usize];
-    stream.read_exact(&mut ack_bytes).expect("ack");
-    PeerHelloAck::decode(ack_bytes.as_slice()).expect("decode ack")
-}
-
-fn bind_listeners(world_size: usize) -> (Vec<RingListener>, Vec<String>) {
-    let listeners: Vec<_> = (0..world_size)
-        .map(|_| RingListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let addresses = listeners
-        .iter()
-        .map(|listener| listener.local_addr().to_string())
-        .collect();
-    (listeners, addresses)
 }
 
 /// Establishes generation 0 of the ring of `job_id` with one thread per rank and runs `per_rank` on each
@@ -98,23 +71,6 @@ fn with_ring_aborts<T: Send>(
             .map(|handle| handle.join().expect("rank thread"))
             .collect()
     })
-}
-
-/// Integer-valued, so sums are exact in f32 whatever the order.
-fn rank_values(rank: usize, length: usize) -> Vec<f32> {
-    (0..length)
-        .map(|index| ((index * 7 + rank * 13) % 1000) as f32 - 500.0)
-        .collect()
-}
-
-fn expected_sum(world_size: usize, length: usize) -> Vec<f32> {
-    let mut sum = vec![0.0f32; length];
-    for rank in 0..world_size {
-        for (total, value) in sum.iter_mut().zip(rank_values(rank, length)) {
-            *total += value;
-        }
-    }
-    sum
 }
 
 #[test]
@@ -299,7 +255,7 @@ fn stale_and_foreign_connections_are_rejected_and_the_ring_still_forms() {
     let (listeners, addresses) = bind_listeners(world_size);
     // Left in rank 1's backlog before the job starts: a hello from an earlier job, and a non-ring client.
     let mut stale = TcpStream::connect(listeners[1].local_addr()).expect("connect stale");
-    send_hello(
+    write_frame(
         &mut stale,
         &PeerHello {
             protocol_version: 3,
@@ -483,7 +439,7 @@ fn a_hello_of_another_generation_is_rejected_and_the_right_generation_still_form
     let (listeners, addresses) = bind_listeners(world_size);
     // A connection left over from generation 0 of the job, which has since been re-formed as generation 1.
     let mut leftover = TcpStream::connect(listeners[1].local_addr()).expect("connect leftover");
-    send_hello(
+    write_frame(
         &mut leftover,
         &PeerHello {
             protocol_version: 3,

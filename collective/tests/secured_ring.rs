@@ -1,6 +1,8 @@
 //! Rings with a ring secret (protocol v3 proofs) and ring TLS, between ranks run as threads over 127.0.0.1:
 //! they form and reduce exactly, and rogue, silent or mis-configured peers are refused without delaying them.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::mpsc;
@@ -9,8 +11,9 @@ use std::time::{Duration, Instant};
 use plankton_collective::{
     Collective, CollectiveError, RingAbort, RingAllReduce, RingConfig, RingListener, RingSecurity,
 };
-use plankton_proto::v1::{PeerHello, PeerHelloAck, PeerProof};
-use prost::Message;
+use plankton_proto::v1::{PeerHello, PeerProof};
+
+use common::{bind_listeners, expected_sum, rank_values, read_ack, write_frame};
 
 const SECRET: [u8; 32] = [0x3c; 32];
 
@@ -21,17 +24,6 @@ fn test_config() -> RingConfig {
         io_timeout: Duration::from_secs(10),
         chunk_bytes: 64 * 1024,
     }
-}
-
-fn bind_listeners(world_size: usize) -> (Vec<RingListener>, Vec<String>) {
-    let listeners: Vec<_> = (0..world_size)
-        .map(|_| RingListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    let addresses = listeners
-        .iter()
-        .map(|listener| listener.local_addr().to_string())
-        .collect();
-    (listeners, addresses)
 }
 
 /// Establishes the ring of `job_id` with one thread per rank, rank r secured by `securities[r]`, and runs
@@ -68,42 +60,6 @@ fn with_ranks<T: Send>(
             .map(|handle| handle.join().expect("rank thread"))
             .collect()
     })
-}
-
-/// Integer-valued, so sums are exact in f32 whatever the order.
-fn rank_values(rank: usize, length: usize) -> Vec<f32> {
-    (0..length)
-        .map(|index| ((index * 7 + rank * 13) % 1000) as f32 - 500.0)
-        .collect()
-}
-
-fn expected_sum(world_size: usize, length: usize) -> Vec<f32> {
-    let mut sum = vec![0.0f32; length];
-    for rank in 0..world_size {
-        for (total, value) in sum.iter_mut().zip(rank_values(rank, length)) {
-            *total += value;
-        }
-    }
-    sum
-}
-
-fn write_frame(stream: &mut TcpStream, message: &impl Message) {
-    let encoded = message.encode_to_vec();
-    stream
-        .write_all(&(encoded.len() as u32).to_le_bytes())
-        .expect("write length");
-    stream.write_all(&encoded).expect("write frame");
-}
-
-fn read_ack(stream: &mut TcpStream) -> PeerHelloAck {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let mut length_bytes = [0u8; 4];
-    stream.read_exact(&mut length_bytes).expect("ack length");
-    let mut ack_bytes = vec![0u8; u32::from_le_bytes(length_bytes) as usize];
-    stream.read_exact(&mut ack_bytes).expect("ack");
-    PeerHelloAck::decode(ack_bytes.as_slice()).expect("decode ack")
 }
 
 /// A hello as the real rank would send it: right job, generation, rank and world size, claiming a secret.

@@ -111,7 +111,7 @@ impl CoordinatorMetrics {
             let count = jobs.iter().filter(|job| job.phase() == phase).count();
             self.jobs
                 .get_or_create(&PhaseLabels {
-                    phase: phase_label(phase),
+                    phase: phase.short_name(),
                 })
                 .set(count as i64);
         }
@@ -140,19 +140,6 @@ impl CoordinatorMetrics {
         RpcMetricsLayer {
             series: self.rpc.clone(),
         }
-    }
-}
-
-fn phase_label(phase: JobPhase) -> &'static str {
-    match phase {
-        JobPhase::Unspecified => "unspecified",
-        JobPhase::Pending => "pending",
-        JobPhase::Loading => "loading",
-        JobPhase::Training => "training",
-        JobPhase::Succeeded => "succeeded",
-        JobPhase::Failed => "failed",
-        JobPhase::Cancelled => "cancelled",
-        JobPhase::Recovering => "recovering",
     }
 }
 

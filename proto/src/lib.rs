@@ -3,6 +3,23 @@
 /// Everything in the `plankton.v1` package.
 pub mod v1 {
     tonic::include_proto!("plankton.v1");
+
+    impl JobPhase {
+        /// The phase as operators read it: "pending", "loading", "training", "recovering", "succeeded",
+        /// "failed", "cancelled" ("unknown" when unspecified).
+        pub fn short_name(self) -> &'static str {
+            match self {
+                JobPhase::Unspecified => "unknown",
+                JobPhase::Pending => "pending",
+                JobPhase::Loading => "loading",
+                JobPhase::Training => "training",
+                JobPhase::Succeeded => "succeeded",
+                JobPhase::Failed => "failed",
+                JobPhase::Cancelled => "cancelled",
+                JobPhase::Recovering => "recovering",
+            }
+        }
+    }
 }
 
 /// Encoded `FileDescriptorSet` of every plankton proto, for gRPC server reflection.
