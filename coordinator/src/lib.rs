@@ -184,7 +184,12 @@ pub async fn serve_with_probe_port(
             shutdown.clone().cancelled_owned(),
         ));
     }
-    let (reflection_service, reflection_v1alpha_service) = plankton_proto::reflection_services()?;
+    let (reflection_service, reflection_v1alpha_service) = plankton_proto::reflection_services(&[
+        plankton_proto::HEALTH_SERVICE,
+        <JobServiceServer<CoordinatorService> as tonic::server::NamedService>::NAME,
+        <ModelRegistryServer<CoordinatorService> as tonic::server::NamedService>::NAME,
+        <WorkerControlServer<CoordinatorService> as tonic::server::NamedService>::NAME,
+    ])?;
 
     let metrics = telemetry::CoordinatorMetrics::new();
     if let Some(address) = config.metrics_listen {

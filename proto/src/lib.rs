@@ -25,10 +25,16 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every plankton proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("plankton_descriptor");
 
-/// Server reflection of every plankton service and of gRPC health, in both protocol versions: v1, and v1alpha
-/// for clients such as grpcurl before 1.9.
+/// gRPC health's service name.
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// Server reflection advertising `served` (fully qualified service names: the services this server answers;
+/// the reflection service itself is always listed), in both protocol versions: v1, and v1alpha for clients such
+/// as grpcurl before 1.9. Every plankton message and service can still be described.
 #[allow(clippy::type_complexity)]
-pub fn reflection_services() -> Result<
+pub fn reflection_services(
+    served: &[&str],
+) -> Result<
     (
         tonic_reflection::server::v1::ServerReflectionServer<
             impl tonic_reflection::server::v1::ServerReflection,
@@ -40,9 +46,12 @@ pub fn reflection_services() -> Result<
     tonic_reflection::server::Error,
 > {
     let builder = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        served.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, service| builder.with_service_name(*service),
+        )
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
@@ -65,7 +74,7 @@ pub async fn serve_probe_port(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let served = async {
-        let (reflection, reflection_v1alpha) = reflection_services()?;
+        let (reflection, reflection_v1alpha) = reflection_services(&[HEALTH_SERVICE])?;
         let address = listener.local_addr()?;
         tracing::info!(%address, "probe port (health, reflection) listening");
         tonic::transport::Server::builder()

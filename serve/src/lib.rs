@@ -159,7 +159,10 @@ pub async fn serve_with_metrics_listener(
             shutdown.clone().cancelled_owned(),
         ));
     }
-    let (reflection_service, reflection_v1alpha_service) = plankton_proto::reflection_services()?;
+    let (reflection_service, reflection_v1alpha_service) = plankton_proto::reflection_services(&[
+        plankton_proto::HEALTH_SERVICE,
+        INFERENCE_SERVICE_NAME,
+    ])?;
 
     let metrics_task = metrics_listener.map(|metrics_listener| {
         let metrics_address = metrics_listener.local_addr().ok();
