@@ -541,7 +541,9 @@ impl DataParallelTrainer {
                         "non-finite loss or gradients: step skipped on every rank"
                     );
                     self.skipped_steps += 1;
-                    // The batch is consumed (the next step trains the next batch); nothing else changes.
+                    // The batch is consumed (the next step trains the next batch); the weights and optimizer
+                    // do not change, and the epoch's mean loss leaves the step out.
+                    self.reset_epoch_loss_at_an_epochs_start();
                     self.progress.global_step += 1;
                     return Ok(StepOutcome {
                         loss: f64::NAN,
@@ -561,14 +563,7 @@ impl DataParallelTrainer {
         } else {
             0.0
         };
-        let starts_epoch = self
-            .progress
-            .global_step
-            .is_multiple_of(self.config.steps_per_epoch as u64);
-        if starts_epoch {
-            self.progress.epoch_loss_sum = 0.0;
-            self.progress.epoch_loss_steps = 0;
-        }
+        self.reset_epoch_loss_at_an_epochs_start();
         self.progress.epoch_loss_sum += loss;
         self.progress.epoch_loss_steps += 1;
         self.progress.global_step += 1;
@@ -579,6 +574,18 @@ impl DataParallelTrainer {
             skipped_for_ranks: Vec::new(),
             timings,
         })
+    }
+
+    /// Starts the epoch's loss mean afresh when the step about to be counted is an epoch's first.
+    fn reset_epoch_loss_at_an_epochs_start(&mut self) {
+        let starts_epoch = self
+            .progress
+            .global_step
+            .is_multiple_of(self.config.steps_per_epoch as u64);
+        if starts_epoch {
+            self.progress.epoch_loss_sum = 0.0;
+            self.progress.epoch_loss_steps = 0;
+        }
     }
 
     /// Steps this trainer skipped for non-finite loss or gradients.

@@ -116,3 +116,29 @@ fn one_rank_refuses_its_own_non_finite_step() {
     assert_eq!(trainer.flat_weights().unwrap(), before);
     assert_eq!(trainer.progress().global_step, 0);
 }
+
+#[test]
+fn a_skipped_first_step_of_an_epoch_still_starts_the_epochs_loss_mean() {
+    let mut config = config(NonFinitePolicy::SkipStep);
+    config.steps_per_epoch = 2;
+    // Step 2 opens epoch 2 and is skipped; step 3 is epoch 2's only applied step.
+    config.inject_non_finite_at_step = Some(2);
+    let mut trainer = DataParallelTrainer::new(&config).unwrap();
+    for step in 0..4u64 {
+        let (images, labels) = random_batch(4, 3, 50 + step);
+        let outcome = trainer
+            .train_step(&mut SingleProcess, &images, &labels, false)
+            .unwrap();
+        assert_eq!(
+            outcome.skipped_for_ranks.is_empty(),
+            step != 2,
+            "step {step}"
+        );
+    }
+    let progress = trainer.progress();
+    assert_eq!(progress.global_step, 4);
+    assert_eq!(
+        progress.epoch_loss_steps, 1,
+        "epoch 2's mean holds its applied step only, not epoch 1's"
+    );
+}
