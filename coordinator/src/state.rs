@@ -534,6 +534,10 @@ impl ClusterState {
             ))
         })?;
         self.save(snapshot)?;
+        if matches!(tick, Tick::Finished) {
+            // However the job ended (succeeded, failed, cancelled), its event file has no more epochs coming.
+            self.eval_logs.forget(job_id);
+        }
         Ok(tick)
     }
 

@@ -31,6 +31,14 @@ struct JobEvalLog {
 }
 
 impl EvalLogs {
+    /// Drops the file of a job that ended (its last write, if any, is already under way).
+    pub fn forget(&self, job_id: &str) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(job_id);
+    }
+
     /// Adds the scalars of a completed epoch and rewrites the job's file in the background (a failure is
     /// logged). `train_loss` is the epoch's mean global step loss. Call it outside the state lock.
     pub fn record_epoch(&self, job: &Job, metrics: &EvalMetrics, train_loss: f64) {

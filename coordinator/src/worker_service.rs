@@ -236,7 +236,6 @@ impl WorkerControl for CoordinatorService {
         )?;
         if let Some(checkpoint) = report.checkpoint {
             let output_url = self.output_url_of(&report.job_id)?;
-            let checkpoints = format!("{output_url}/checkpoints/");
             let under_output = same_location_forms(&output_url).iter().any(|output| {
                 is_single_folder_under(&checkpoint.url, &format!("{output}/checkpoints/"))
             });
@@ -245,7 +244,7 @@ impl WorkerControl for CoordinatorService {
                     &caller,
                     "ReportCheckpoint",
                     format!(
-                        "checkpoint {} is not a folder under {checkpoints}",
+                        "checkpoint {} is not a folder under {output_url}/checkpoints/",
                         checkpoint.url
                     ),
                 ));
@@ -266,11 +265,12 @@ impl WorkerControl for CoordinatorService {
             Some((&report.job_id, report.generation, report.rank)),
         )?;
         if !report.model_url.is_empty() {
-            let expected = format!(
-                "{}/{MODEL_WEIGHTS_FILE}",
-                self.output_url_of(&report.job_id)?
-            );
-            if report.rank != 0 || report.model_url != expected {
+            let output_url = self.output_url_of(&report.job_id)?;
+            let expected = format!("{output_url}/{MODEL_WEIGHTS_FILE}");
+            let at_the_jobs_output = same_location_forms(&output_url)
+                .iter()
+                .any(|output| report.model_url == format!("{output}/{MODEL_WEIGHTS_FILE}"));
+            if report.rank != 0 || !at_the_jobs_output {
                 return Err(refused(
                     &caller,
                     "ReportDone",

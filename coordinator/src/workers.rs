@@ -55,7 +55,7 @@ impl WorkerEntry {
             assignment_taken: None,
             generation: 0,
             rank: None,
-            session_token: new_session_token(),
+            session_token: plankton_security::generate_token(),
             memberships: Vec::new(),
         }
     }
@@ -212,12 +212,6 @@ impl WorkerPool {
         idle.sort();
         idle
     }
-}
-
-/// 256 random bits, hex.
-fn new_session_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn is_valid_worker_id(worker_id: &str) -> bool {
