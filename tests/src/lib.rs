@@ -303,6 +303,33 @@ pub fn binaries_dir() -> PathBuf {
     }
 }
 
+/// The workspace's root folder.
+pub fn workspace_root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lies in the workspace")
+        .to_path_buf()
+}
+
+/// A program of one of the project's Python environments, e.g. `project_tool(".venv-tools", "grpcurl")`;
+/// fails (a test never skips) with the set-up command when it is missing.
+pub fn project_tool(environment: &str, name: &str) -> PathBuf {
+    let path = workspace_root().join(environment).join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/setup.sh (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP address on 127.0.0.1 (bound, then released).
+pub fn free_local_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port on 127.0.0.1")
+}
+
 /// Path of a workspace binary; fails with the build command to run when it is missing.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = binaries_dir().join(name);

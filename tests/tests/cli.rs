@@ -219,22 +219,12 @@ async fn submit_watch_list_get_and_promote_through_the_cli() -> anyhow::Result<(
 
 /// A free port on 127.0.0.1.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    plankton_tests::free_local_address().port()
 }
 
 /// grpcurl 1.8.6 (v1alpha reflection only) from the project's tools, in plaintext against a probe port.
 fn grpcurl_plaintext(port: u16, arguments: &[&str]) -> (bool, String) {
-    let grpcurl =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-tools/bin/grpcurl");
-    assert!(
-        grpcurl.exists(),
-        "{} is missing: run scripts/setup.sh",
-        grpcurl.display()
-    );
+    let grpcurl = plankton_tests::project_tool(".venv-tools", "grpcurl");
     let output = std::process::Command::new(grpcurl)
         .arg("-plaintext")
         .arg(format!("127.0.0.1:{port}"))

@@ -32,10 +32,7 @@ const MONITORING_PORTS: [i64; 2] = [8080, 9090];
 const GPU_RESOURCE: &str = "nvidia.com/gpu";
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lies in the workspace")
-        .to_path_buf()
+    plankton_tests::workspace_root()
 }
 
 fn read_workspace_file(relative: &str) -> String {
@@ -44,15 +41,9 @@ fn read_workspace_file(relative: &str) -> String {
         .unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
 }
 
-/// A tool of .venv-tools; the test fails (never skips) when it is missing.
+/// A tool of .venv-tools (kubernetes-validate, PyYAML's python); the test fails (never skips) when missing.
 fn venv_tool(name: &str) -> PathBuf {
-    let path = workspace_root().join(".venv-tools/bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/setup.sh (make test does); it installs kubernetes-validate and PyYAML",
-        path.display()
-    );
-    path
+    plankton_tests::project_tool(".venv-tools", name)
 }
 
 /// kubectl from the project's .tools/bin, else from PATH.

@@ -9,10 +9,7 @@ use plankton_proto::v1::JobSpec;
 use plankton_tests::{TestCluster, synth_dataset};
 
 fn free_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    plankton_tests::free_local_address()
 }
 
 /// `GET /metrics` over plain HTTP/1.0.
@@ -34,12 +31,7 @@ fn scrape(address: SocketAddr) -> String {
 /// Every sample of an OpenMetrics text, as parsed by prometheus_client's parser: "name{label=value,...}" ->
 /// value.
 fn parse_with_prometheus_client(text: &str) -> HashMap<String, f64> {
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-tools/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup.sh",
-        python.display()
-    );
+    let python = plankton_tests::project_tool(".venv-tools", "python");
     let script = r#"
 import sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families

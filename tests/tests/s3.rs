@@ -20,17 +20,7 @@ impl Drop for MotoServer {
 }
 
 fn tools_bin(name: &str) -> std::path::PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf();
-    let path = root.join(".venv-tools/bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/setup.sh (make test does)",
-        path.display()
-    );
-    path
+    plankton_tests::project_tool(".venv-tools", name)
 }
 
 fn start_moto() -> MotoServer {

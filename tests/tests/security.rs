@@ -397,13 +397,7 @@ async fn a_nan_gradient_on_one_rank_fails_the_job_naming_the_rank() -> anyhow::R
 
 /// grpcurl 1.8.6 from the project's tools (scripts/setup.sh installs it).
 fn grpcurl() -> std::path::PathBuf {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-tools/bin/grpcurl");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/setup.sh",
-        path.display()
-    );
-    path
+    plankton_tests::project_tool(".venv-tools", "grpcurl")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,12 +11,7 @@ use plankton_tests::{TestCluster, synth_dataset};
 
 /// Every scalar tag of the event files in `folder` and its steps, as TensorBoard's EventAccumulator reads them.
 fn read_with_tensorboard(folder: &Path) -> BTreeMap<String, Vec<i64>> {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-tensorboard/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/setup.sh",
-        python.display()
-    );
+    let python = plankton_tests::project_tool(".venv-tensorboard", "python");
     let script = r#"
 import json, sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
