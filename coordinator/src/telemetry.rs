@@ -239,16 +239,7 @@ where
         let series = self.series.clone();
         Box::pin(async move {
             let response = answer.await;
-            let code = match &response {
-                // An error status travels in the headers of a trailers-only response.
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok())
-                    .unwrap_or("0")
-                    .to_string(),
-                Err(_) => "transport".to_string(),
-            };
+            let code = plankton_security::layer::grpc_status_of(&response);
             series
                 .seconds
                 .get_or_create(&MethodLabels {

@@ -22,6 +22,19 @@ use crate::policy::{self, AccessRule};
 use crate::tokens::AuthenticationFailure;
 use crate::{Authenticator, Principal};
 
+/// The gRPC status code of an answer as far as its response headers tell: a handler's error is a trailers-only
+/// response whose `grpc-status` is in the headers; a success sends its status in the trailers, later ("0" here).
+/// "transport" when the service failed below gRPC, "invalid" for an unreadable header.
+pub fn grpc_status_of<Body, Error>(answer: &Result<http::Response<Body>, Error>) -> String {
+    match answer {
+        Ok(response) => match response.headers().get("grpc-status") {
+            Some(value) => value.to_str().unwrap_or("invalid").to_string(),
+            None => "0".to_string(),
+        },
+        Err(_) => "transport".to_string(),
+    }
+}
+
 /// Adds authentication, the access policy of [`crate::policy`] and the audit log to a tonic server.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
@@ -138,16 +151,7 @@ where
         }
         Box::pin(async move {
             let result = response.await;
-            // A handler's error is a trailers-only response, whose grpc-status is in the headers; a success
-            // sends its status in the trailers, after this point.
-            let grpc_status = match &result {
-                Ok(response) => match response.headers().get("grpc-status") {
-                    Some(value) => value.to_str().unwrap_or("invalid").to_string(),
-                    None => "0".to_string(),
-                },
-                Err(_) => "service error".to_string(),
-            };
-            audit.allowed(&principal, &grpc_status);
+            audit.allowed(&principal, &grpc_status_of(&result));
             result
         })
     }
