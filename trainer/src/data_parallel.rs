@@ -782,6 +782,17 @@ pub(crate) fn evaluate_network(
     Ok((confusion, loss_sum))
 }
 
+/// Whether every parameter's gradient is finite (no NaN, no infinity).
+fn gradients_are_finite(parameters: &[Tensor]) -> Result<bool, TrainError> {
+    for parameter in parameters {
+        let gradient = parameter.grad();
+        if gradient.defined() && gradient.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -808,15 +819,4 @@ mod tests {
             assert_eq!(read_u64(&buffer), value);
         }
     }
-}
-
-/// Whether every parameter's gradient is finite (no NaN, no infinity).
-fn gradients_are_finite(parameters: &[Tensor]) -> Result<bool, TrainError> {
-    for parameter in parameters {
-        let gradient = parameter.grad();
-        if gradient.defined() && gradient.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }

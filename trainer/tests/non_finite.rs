@@ -16,11 +16,12 @@ fn config(policy: NonFinitePolicy) -> TrainConfig {
     config
 }
 
+/// Per rank: each step's ranks at fault (or the error), the weights before step 1, the weights at the end.
+type RankRun = (Vec<Result<Vec<usize>, String>>, Vec<f32>, Vec<f32>);
+
 /// Two ranks take three steps; rank 1's loss is NaN at step 1. Returns each rank's step results and its
 /// weights before step 1 and at the end.
-fn two_ranks_with_nan_at_step_one(
-    policy: NonFinitePolicy,
-) -> Vec<(Vec<Result<Vec<usize>, String>>, Vec<f32>, Vec<f32>)> {
+fn two_ranks_with_nan_at_step_one(policy: NonFinitePolicy) -> Vec<RankRun> {
     let handles: Vec<_> = ring_members(2, 0)
         .into_iter()
         .map(|member| {
