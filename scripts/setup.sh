@@ -46,3 +46,9 @@ if ! command -v kubectl > /dev/null; then
   (apt-get install -y -qq kubectl > /dev/null 2>&1 || sudo -n apt-get install -y -qq kubectl > /dev/null 2>&1) \
     || echo "setup: could not install kubectl: the deployment test (tests/tests/deploy.rs) will say so"
 fi
+
+# Object-store emulators for the GCS and Azure end-to-end tests (tests/tests/object_stores.rs).
+scripts/setup-stores.sh
+
+# Open Inference Protocol client (tritonclient) for the serving tests (tests/tests/inference_protocol.rs).
+scripts/setup-oip.sh

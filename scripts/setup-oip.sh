@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Installs the oip test tools into project-local folders; idempotent. Called by scripts/setup.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
