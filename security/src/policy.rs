@@ -67,6 +67,7 @@ static RULES: &[AccessRule] = &[
     read("/plankton.v1.JobService/ListJobs", READERS),
     read("/plankton.v1.JobService/WatchJob", READERS),
     read("/plankton.v1.JobService/ListWorkers", READERS),
+    read("/plankton.v1.JobService/GetJobReport", READERS),
     // Coordinator: model registry. The inference server reads it with a viewer token; inference clients may not.
     mutate("/plankton.v1.ModelRegistry/PromoteModel", OPERATORS),
     read("/plankton.v1.ModelRegistry/ListModels", READERS),
