@@ -608,8 +608,8 @@ impl DataParallelTrainer {
         unflatten_from(&statistics, &self.buffers, 1.0 / world_size as f64)
     }
 
-    /// Evaluates (eval mode, no grad) on `test`: confusion matrix and summed unweighted loss.
-    pub fn evaluate(&self, test: &ShardData) -> Result<(Vec<u64>, f64), TrainError> {
+    /// Evaluates (eval mode, no grad) on `test`: confusion matrix, summed unweighted loss, most confident mistakes.
+    pub fn evaluate(&self, test: &ShardData) -> Result<ShardEvaluation, TrainError> {
         evaluate_network(
             &self.network,
             self.config.num_classes,
@@ -749,15 +749,41 @@ fn optimizer_name(choice: OptimizerChoice) -> &'static str {
     }
 }
 
-/// Confusion matrix (`[true][predicted]`) and summed unweighted cross-entropy of `network` over `test`.
+/// Most confident mistakes kept per true class by an evaluation (the report shows a grid of them).
+pub const MISTAKES_PER_CLASS: usize = 6;
+
+/// A test image the network got wrong.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mistake {
+    /// Position of the image in the evaluated shard.
+    pub index: usize,
+    pub true_class: u32,
+    pub predicted_class: u32,
+    /// Softmax probability of the predicted class.
+    pub confidence: f32,
+}
+
+/// What evaluating a network on a test shard found.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ShardEvaluation {
+    /// `num_classes * num_classes` counts, row-major `[true][predicted]`.
+    pub confusion: Vec<u64>,
+    /// Sum of the unweighted cross-entropy over the shard.
+    pub loss_sum: f64,
+    /// Up to [`MISTAKES_PER_CLASS`] per true class, the most confident first; ties keep the earlier image.
+    pub mistakes: Vec<Mistake>,
+}
+
+/// Evaluates `network` (eval mode, no grad) over `test`.
 pub(crate) fn evaluate_network(
     network: &Network,
     num_classes: usize,
     device: tch::Device,
     test: &ShardData,
-) -> Result<(Vec<u64>, f64), TrainError> {
+) -> Result<ShardEvaluation, TrainError> {
     let mut confusion = vec![0u64; num_classes * num_classes];
     let mut loss_sum = 0.0;
+    let mut mistakes_by_class: Vec<Vec<Mistake>> = vec![Vec::new(); num_classes];
     tch::no_grad(|| -> Result<(), TrainError> {
         for (chunk_index, labels) in test.labels.chunks(EVALUATION_BATCH_SIZE).enumerate() {
             let first = chunk_index * EVALUATION_BATCH_SIZE;
@@ -771,15 +797,41 @@ pub(crate) fn evaluate_network(
             loss_sum += logits
                 .f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0)?
                 .f_double_value(&[])?;
-            let predictions =
-                Vec::<i64>::try_from(logits.f_argmax(1, false)?.f_to_device(tch::Device::Cpu)?)?;
-            for (label, prediction) in labels.iter().zip(predictions) {
+            let (confidences, predictions) =
+                logits.f_softmax(1, tch::Kind::Float)?.f_max_dim(1, false)?;
+            let predictions = Vec::<i64>::try_from(predictions.f_to_device(tch::Device::Cpu)?)?;
+            let confidences = Vec::<f32>::try_from(confidences.f_to_device(tch::Device::Cpu)?)?;
+            for (offset, (label, prediction)) in labels.iter().zip(predictions).enumerate() {
                 confusion[*label as usize * num_classes + prediction as usize] += 1;
+                if prediction as u32 != *label {
+                    keep_mistake(
+                        &mut mistakes_by_class[*label as usize],
+                        Mistake {
+                            index: first + offset,
+                            true_class: *label,
+                            predicted_class: prediction as u32,
+                            confidence: confidences[offset],
+                        },
+                    );
+                }
             }
         }
         Ok(())
     })?;
-    Ok((confusion, loss_sum))
+    Ok(ShardEvaluation {
+        confusion,
+        loss_sum,
+        mistakes: mistakes_by_class.into_iter().flatten().collect(),
+    })
+}
+
+/// Adds `mistake` to a class's most confident mistakes (sorted, at most [`MISTAKES_PER_CLASS`]).
+fn keep_mistake(kept: &mut Vec<Mistake>, mistake: Mistake) {
+    let position = kept.partition_point(|existing| existing.confidence >= mistake.confidence);
+    if position < MISTAKES_PER_CLASS {
+        kept.insert(position, mistake);
+        kept.truncate(MISTAKES_PER_CLASS);
+    }
 }
 
 /// Whether every parameter's gradient is finite (no NaN, no infinity).
@@ -796,6 +848,25 @@ fn gradients_are_finite(parameters: &[Tensor]) -> Result<bool, TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keeps_the_most_confident_mistakes_of_a_class() {
+        let mut kept = Vec::new();
+        for (index, confidence) in [0.5f32, 0.9, 0.1, 0.9, 0.7, 0.3, 0.95, 0.2, 0.6]
+            .into_iter()
+            .enumerate()
+        {
+            let mistake = Mistake {
+                index,
+                true_class: 0,
+                predicted_class: 1,
+                confidence,
+            };
+            keep_mistake(&mut kept, mistake);
+        }
+        let indices: Vec<usize> = kept.iter().map(|mistake| mistake.index).collect();
+        assert_eq!(indices, vec![6, 1, 3, 4, 8, 0]);
+    }
 
     #[test]
     fn u64_slots_round_trip_through_f32() {

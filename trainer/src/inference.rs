@@ -4,7 +4,9 @@ use tch::{Kind, Tensor};
 
 use crate::batch::ShardData;
 use crate::config::{Architecture, IMAGE_LEN};
-use crate::data_parallel::{EVALUATION_BATCH_SIZE, evaluate_network, images_to_tensor};
+use crate::data_parallel::{
+    EVALUATION_BATCH_SIZE, ShardEvaluation, evaluate_network, images_to_tensor,
+};
 use crate::error::TrainError;
 use crate::model::{Network, sorted_variables};
 use crate::safetensors_io::{self, TensorFile};
@@ -124,8 +126,8 @@ impl TrainedModel {
         )
     }
 
-    /// Confusion matrix (`[true][predicted]`) and summed unweighted cross-entropy over `test`.
-    pub fn evaluate(&self, test: &ShardData) -> Result<(Vec<u64>, f64), TrainError> {
+    /// Confusion matrix (`[true][predicted]`), summed unweighted cross-entropy and most confident mistakes over `test`.
+    pub fn evaluate(&self, test: &ShardData) -> Result<ShardEvaluation, TrainError> {
         test.validate("test", self.num_classes)?;
         evaluate_network(&self.network, self.num_classes, self.device, test)
     }

@@ -21,7 +21,10 @@ pub use config::{
     Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LrSchedule,
     NonFinitePolicy, OptimizerChoice, TrainConfig,
 };
-pub use data_parallel::{DataParallelTrainer, StepOutcome, StepTimings, TrainingProgress};
+pub use data_parallel::{
+    DataParallelTrainer, MISTAKES_PER_CLASS, Mistake, ShardEvaluation, StepOutcome, StepTimings,
+    TrainingProgress,
+};
 pub use error::TrainError;
 pub use inference::{InferenceModel, TrainedModel};
 pub use model::Network;

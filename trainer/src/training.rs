@@ -8,7 +8,7 @@ use tracing::{debug, info};
 
 use crate::batch::{AssembledBatch, EpochBatches, ShardData};
 use crate::config::TrainConfig;
-use crate::data_parallel::{DataParallelTrainer, StepTimings, TrainingProgress};
+use crate::data_parallel::{DataParallelTrainer, Mistake, StepTimings, TrainingProgress};
 use crate::error::TrainError;
 use crate::inference::TrainedModel;
 use plankton_collective::Collective;
@@ -47,6 +47,8 @@ pub struct EpochEvaluation {
     pub test_loss_sum: f64,
     /// Images in the shard's test split.
     pub test_count: u64,
+    /// The shard's most confident mistakes, a few per true class (indices into its test split).
+    pub mistakes: Vec<Mistake>,
 }
 
 /// Receives progress; returning `ControlFlow::Break` cancels the training.
@@ -334,14 +336,15 @@ fn report_epoch(
 ) -> Result<(), TrainError> {
     let train_loss = trainer.progress().epoch_mean_loss();
     for shard in owned {
-        let (confusion, test_loss_sum) = trainer.evaluate(shard.test)?;
+        let shard_evaluation = trainer.evaluate(shard.test)?;
         let evaluation = EpochEvaluation {
             epoch,
             virtual_shard: shard.index,
             train_loss,
-            confusion,
-            test_loss_sum,
+            confusion: shard_evaluation.confusion,
+            test_loss_sum: shard_evaluation.loss_sum,
             test_count: shard.test.len() as u64,
+            mistakes: shard_evaluation.mistakes,
         };
         info!(epoch, virtual_shard = shard.index, train_loss, "epoch done");
         if observer.on_epoch(&evaluation).is_break() {

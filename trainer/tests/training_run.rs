@@ -126,7 +126,7 @@ fn a_tiny_resnet_run_learns_bars_and_round_trips_through_safetensors() {
         .predict_probabilities(&test.images, test.len())
         .unwrap();
     assert_eq!(trained_probabilities.len(), 64);
-    let (confusion, _) = model.evaluate(&test).unwrap();
+    let confusion = model.evaluate(&test).unwrap().confusion;
     assert_eq!(confusion, last_epoch.confusion);
 
     let weights = model.to_safetensors().unwrap();

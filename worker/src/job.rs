@@ -19,14 +19,14 @@ use plankton_dataset::{StoreLocation, open_image_source, open_location};
 use plankton_preprocess::{PreprocessConfig, ResizeMode, ShardCache};
 use plankton_proto::v1::{
     Augmentation, DoneReport, EpochReport, GenerationEndReport, JobPhase, JobSpec,
-    LrSchedule as ProtoLrSchedule, NextAssignmentRequest, NonFinitePolicy as ProtoNonFinitePolicy,
-    OptimizerKind, ProgressReport, ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress,
-    state_source,
+    LrSchedule as ProtoLrSchedule, Misclassification, NextAssignmentRequest,
+    NonFinitePolicy as ProtoNonFinitePolicy, OptimizerKind, ProgressReport,
+    ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress, state_source,
 };
 use plankton_trainer::{
     Architecture, AugmentationMode, DataParallelTrainer, EpochEvaluation, GenerationOutcome,
-    LrSchedule, ModelCard, ModelInput, NonFinitePolicy, OptimizerChoice, StepProgress, TrainConfig,
-    TrainError, TrainingObserver, TrainingProgress, VirtualShardData, run_generation,
+    LrSchedule, Mistake, ModelCard, ModelInput, NonFinitePolicy, OptimizerChoice, StepProgress,
+    TrainConfig, TrainError, TrainingObserver, TrainingProgress, VirtualShardData, run_generation,
 };
 
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
@@ -56,6 +56,8 @@ pub(crate) enum AssignmentEnd {
 struct JobMemory {
     trainer: Option<DataParallelTrainer>,
     shards: HashMap<u32, VirtualShardData>,
+    /// The objid of each test image of each virtual shard, in the shard's order (names mistakes in reports).
+    test_objids: HashMap<u32, Vec<i64>>,
     skipped_objects: u64,
     /// The TensorBoard step scalars, once this worker has been rank 0 of a generation.
     step_log: Option<StepLog>,
@@ -446,6 +448,10 @@ async fn run_one_generation(
                     virtual_shard: evaluation.virtual_shard,
                     generation: assignment.generation,
                     worker_id: worker_id.to_string(),
+                    misclassified: misclassified(
+                        &evaluation.mistakes,
+                        memory.test_objids.get(&evaluation.virtual_shard),
+                    ),
                 }));
             }
         }
@@ -569,6 +575,7 @@ async fn load_virtual_shards(
         .map(|shard| shard.index)
         .collect();
     memory.shards.retain(|index, _| owned.contains(index));
+    memory.test_objids.retain(|index, _| owned.contains(index));
     let missing: Vec<_> = assignment
         .virtual_shards
         .iter()
@@ -628,10 +635,12 @@ async fn load_virtual_shards(
             .await?;
             done_before += objects.len();
             memory.skipped_objects += loaded.skipped.len() as u64;
-            parts.push(loaded.data);
+            parts.push(loaded);
         }
         let test = parts.pop().expect("two parts");
-        let train = parts.pop().expect("two parts");
+        let train = parts.pop().expect("two parts").data;
+        memory.test_objids.insert(shard.index, test.objids);
+        let test = test.data;
         if train.labels.is_empty() {
             anyhow::bail!(
                 "virtual shard {} has no readable training image",
@@ -650,6 +659,24 @@ async fn load_virtual_shards(
     drop(progress_sender);
     let _ = progress_forwarder.await;
     Ok(())
+}
+
+/// `mistakes` (indices into a virtual shard's test split) named by objid; none when the objids are unknown.
+fn misclassified(mistakes: &[Mistake], test_objids: Option<&Vec<i64>>) -> Vec<Misclassification> {
+    let Some(test_objids) = test_objids else {
+        return Vec::new();
+    };
+    mistakes
+        .iter()
+        .filter_map(|mistake| {
+            Some(Misclassification {
+                objid: *test_objids.get(mistake.index)?,
+                true_class: mistake.true_class,
+                predicted_class: mistake.predicted_class,
+                confidence: mistake.confidence,
+            })
+        })
+        .collect()
 }
 
 /// What rank 0 loads before broadcasting the generation's starting state.

@@ -27,6 +27,8 @@ const PREPROCESS_CHUNK: usize = 256;
 /// A loaded shard and what could not be loaded.
 pub struct LoadedShard {
     pub data: ShardData,
+    /// The objid of each image of `data`, in its order (ascending).
+    pub objids: Vec<i64>,
     /// Objects left out because they are missing from the store or undecodable, with the reason.
     pub skipped: Vec<(i64, String)>,
 }
@@ -187,6 +189,7 @@ fn from_cached(cached: CachedShard, objects: &[ShardObject]) -> LoadedShard {
         .map(|object| (object.objid, object.label))
         .collect();
     let mut labels = Vec::with_capacity(cached.objids.len());
+    let mut objids = Vec::with_capacity(cached.objids.len());
     let mut images = Vec::with_capacity(cached.images.len());
     let mut skipped = cached.skipped;
     // Fetches complete in any order: take images by objid so a shard (and so training) is the same on every
@@ -198,6 +201,7 @@ fn from_cached(cached: CachedShard, objects: &[ShardObject]) -> LoadedShard {
         match label_of.get(objid) {
             Some(&label) => {
                 labels.push(label);
+                objids.push(*objid);
                 images
                     .extend_from_slice(&cached.images[index * IMAGE_LEN..(index + 1) * IMAGE_LEN]);
             }
@@ -206,6 +210,7 @@ fn from_cached(cached: CachedShard, objects: &[ShardObject]) -> LoadedShard {
     }
     LoadedShard {
         data: ShardData { images, labels },
+        objids,
         skipped,
     }
 }
