@@ -14,9 +14,9 @@ use crate::connection::Server;
 
 use plankton_proto::v1::job_service_client::JobServiceClient;
 use plankton_proto::v1::{
-    Augmentation, CancelJobRequest, ClassWeighting, GetJobRequest, Job, JobPhase, JobSpec,
-    ListJobsRequest, ListWorkersRequest, LrSchedule, NonFinitePolicy, OptimizerKind, ResizeMode,
-    ResumeJobRequest, SubmitJobRequest, WatchJobRequest, job_event,
+    Augmentation, CancelJobRequest, ClassWeighting, GetJobReportRequest, GetJobRequest, Job,
+    JobPhase, JobSpec, ListJobsRequest, ListWorkersRequest, LrSchedule, NonFinitePolicy,
+    OptimizerKind, ResizeMode, ResumeJobRequest, SubmitJobRequest, WatchJobRequest, job_event,
 };
 
 use crate::OutputFormat;
@@ -535,6 +535,25 @@ pub async fn get(coordinator: &Server, job_id: &str, output: OutputFormat) -> an
         }
         OutputFormat::Table => print!("{}", render::job_report(&job, false)),
     }
+    Ok(())
+}
+
+pub async fn report(
+    coordinator: &Server,
+    job_id: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut client = connect(coordinator).await?;
+    let report = client
+        .get_job_report(GetJobReportRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .map_err(|status| call_error("report", status))?
+        .into_inner();
+    std::fs::write(out, report.html.as_bytes())
+        .map_err(|error| anyhow::anyhow!("writing {}: {error}", out.display()))?;
+    println!("{}", out.display());
     Ok(())
 }
 

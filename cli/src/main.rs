@@ -63,6 +63,14 @@ enum Command {
     Get { job_id: String },
     /// Cancel a pending or running job.
     Cancel { job_id: String },
+    /// Write a job's report: one self-contained HTML file (spec, data, curves, per-class table, confusion
+    /// heatmap, misclassified test images).
+    Report {
+        job_id: String,
+        /// The HTML file to write.
+        #[arg(long, default_value = "report.html")]
+        out: std::path::PathBuf,
+    },
     /// Restart a failed or cancelled job from its latest complete checkpoint.
     Resume {
         job_id: String,
@@ -191,6 +199,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .map(|_| ()),
         Command::List => job_commands::list(&coordinator()?, cli.output).await,
         Command::Get { job_id } => job_commands::get(&coordinator()?, &job_id, cli.output).await,
+        Command::Report { job_id, out } => {
+            job_commands::report(&coordinator()?, &job_id, &out).await
+        }
         Command::Cancel { job_id } => {
             job_commands::cancel(&coordinator()?, &job_id, cli.output).await
         }

@@ -2,6 +2,7 @@
 //! keeps every job in an embedded store.
 #![forbid(unsafe_code)]
 
+pub mod dashboard;
 pub mod driver;
 pub mod error;
 pub mod generation;
@@ -9,6 +10,7 @@ mod lifecycle;
 pub mod metrics;
 pub mod planner;
 pub mod registry;
+pub mod report;
 pub mod service;
 pub mod state;
 pub mod store;
@@ -61,6 +63,8 @@ pub struct CoordinatorConfig {
     pub health_listen: Option<SocketAddr>,
     /// Prometheus `/metrics` listen address; `None` serves no metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// Web dashboard listen address (same TLS and tokens as the gRPC port); `None` serves no dashboard.
+    pub dashboard_listen: Option<SocketAddr>,
 }
 
 impl Default for CoordinatorConfig {
@@ -79,6 +83,7 @@ impl Default for CoordinatorConfig {
             ring_tls: false,
             health_listen: None,
             metrics_listen: None,
+            dashboard_listen: None,
         }
     }
 }
@@ -202,6 +207,18 @@ pub async fn serve_with_probe_port(
                 plankton_common::serve_metrics(registry, sample, metrics_listener, shutdown).await
             {
                 tracing::error!(%error, "metrics endpoint failed");
+            }
+        });
+    }
+    if let Some(address) = config.dashboard_listen {
+        let dashboard_listener = TcpListener::bind(address).await?;
+        let (state, security, shutdown) =
+            (state.clone(), config.security.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(error) =
+                dashboard::serve_dashboard(state, &security, dashboard_listener, shutdown).await
+            {
+                tracing::error!(%error, "dashboard failed");
             }
         });
     }

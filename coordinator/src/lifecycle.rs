@@ -16,7 +16,8 @@ use tracing::{info, warn};
 
 use plankton_proto::v1::{
     Checkpoint, DoneReport, EpochReport, GenerationEndReport, Job, JobEvent, JobPhase, JobSpec,
-    Recovery, ShardAssignment, StateSource, VirtualShard, WorkerProgress, job_event, state_source,
+    Misclassification, Recovery, ShardAssignment, StateSource, VirtualShard, WorkerProgress,
+    job_event, state_source,
 };
 
 use crate::generation::{GenerationLayout, SurvivorState, layout_generation};
@@ -645,7 +646,18 @@ pub(crate) fn accept_epoch_report(
     let num_classes = entry.job.class_names.len();
     let mut confusion = ConfusionMatrix::zeros(num_classes);
     let (mut loss_sum, mut count) = (0.0, 0u64);
+    let mut misclassified = Vec::new();
     for shard_report in reports.iter().flatten() {
+        misclassified.extend(
+            shard_report
+                .misclassified
+                .iter()
+                .filter(|mistake| {
+                    (mistake.true_class as usize) < num_classes
+                        && (mistake.predicted_class as usize) < num_classes
+                })
+                .cloned(),
+        );
         if confusion.add(&shard_report.confusion).is_none() {
             warn!(
                 job_id,
@@ -661,7 +673,15 @@ pub(crate) fn accept_epoch_report(
     } else {
         0.0
     };
-    let metrics = confusion.metrics(epoch, &entry.job.class_names, test_loss);
+    let mut metrics = confusion.metrics(epoch, &entry.job.class_names, test_loss);
+    // Every report of an epoch carries the same (global) mean step loss.
+    metrics.train_loss = reports
+        .iter()
+        .flatten()
+        .map(|shard_report| shard_report.train_loss)
+        .next()
+        .unwrap_or_default();
+    entry.job.misclassified = most_confident_per_class(misclassified);
     info!(
         job_id,
         epoch,
@@ -680,6 +700,32 @@ pub(crate) fn accept_epoch_report(
         .collect();
     push_event(entry, job_id, job_event::Event::EpochMetrics(metrics));
     Some(entry.job.clone())
+}
+
+/// Misclassified test objects a job keeps per true class (workers send a few per class and virtual shard).
+const MISTAKES_KEPT_PER_CLASS: usize = 6;
+
+/// The most confident mistakes of each true class, at most [`MISTAKES_KEPT_PER_CLASS`] each, by class then
+/// confidence.
+fn most_confident_per_class(mut mistakes: Vec<Misclassification>) -> Vec<Misclassification> {
+    mistakes.sort_by(|a, b| {
+        a.true_class
+            .cmp(&b.true_class)
+            .then(b.confidence.total_cmp(&a.confidence))
+            .then(a.objid.cmp(&b.objid))
+    });
+    let mut kept: Vec<Misclassification> = Vec::with_capacity(mistakes.len());
+    let mut in_class = 0;
+    for mistake in mistakes {
+        in_class = match kept.last() {
+            Some(last) if last.true_class == mistake.true_class => in_class + 1,
+            _ => 0,
+        };
+        if in_class < MISTAKES_KEPT_PER_CLASS {
+            kept.push(mistake);
+        }
+    }
+    kept
 }
 
 /// What a rank's done report means for its job.

@@ -46,6 +46,10 @@ struct Options {
     /// Prometheus /metrics listen address (omit to serve no metrics).
     #[arg(long, env = "PLANKTON_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Web dashboard listen address (omit to serve none): same TLS certificate and tokens as the gRPC port;
+    /// a viewer token suffices to look, an operator's to promote models.
+    #[arg(long, env = "PLANKTON_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
     /// Plaintext probe port: only grpc.health.v1 and reflection, for Kubernetes' native gRPC probes (no TLS).
     #[arg(long, env = "PLANKTON_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
@@ -87,6 +91,19 @@ async fn main() -> anyhow::Result<()> {
     let security = options
         .security
         .resolve(options.listen, &options.insecure)
+        .and_then(|security| {
+            // A plaintext or token-less dashboard is held to the same loopback rule as the gRPC port.
+            match options.http_listen {
+                Some(address) if options.insecure.insecure => {
+                    plankton_security::check_insecure_allowed(
+                        &address.to_string(),
+                        options.insecure.allow_insecure_remote,
+                    )?;
+                    Ok(security)
+                }
+                _ => Ok(security),
+            }
+        })
         .unwrap_or_else(|error| {
             Options::command()
                 .error(ErrorKind::ArgumentConflict, error)
@@ -112,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         ring_tls: options.ring_tls,
         health_listen: options.health_listen,
         metrics_listen: options.metrics_listen,
+        dashboard_listen: options.http_listen,
         state_dir,
         timeouts: Timeouts {
             worker_timeout: options.worker_timeout,

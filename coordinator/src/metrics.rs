@@ -82,6 +82,8 @@ impl ConfusionMatrix {
             per_class,
             num_classes: n as u32,
             confusion: self.counts.clone(),
+            // The trainers' mean step loss, which the confusion matrix does not know: set by the caller.
+            train_loss: 0.0,
         }
     }
 }

@@ -13,9 +13,9 @@ use tracing::{info, warn};
 use plankton_proto::v1::job_service_server::JobService;
 use plankton_proto::v1::model_registry_server::ModelRegistry as ModelRegistryService;
 use plankton_proto::v1::{
-    CancelJobRequest, GetJobRequest, Job, JobEvent, ListJobsRequest, ListJobsResponse,
-    ListWorkersRequest, ListWorkersResponse, ResumeJobRequest, SubmitJobRequest, WatchJobRequest,
-    job_event,
+    CancelJobRequest, GetJobReportRequest, GetJobRequest, Job, JobEvent, JobReport,
+    ListJobsRequest, ListJobsResponse, ListWorkersRequest, ListWorkersResponse, ResumeJobRequest,
+    SubmitJobRequest, WatchJobRequest, job_event,
 };
 use plankton_proto::v1::{
     GetModelRequest, ListModelsRequest, ListModelsResponse, ModelVersion, PromoteModelRequest,
@@ -102,6 +102,18 @@ impl JobService for CoordinatorService {
         Ok(Response::new(
             self.state.get_job(&request.into_inner().job_id)?,
         ))
+    }
+
+    async fn get_job_report(
+        &self,
+        request: Request<GetJobReportRequest>,
+    ) -> Result<Response<JobReport>, Status> {
+        let job = self.state.get_job(&request.into_inner().job_id)?;
+        let html = crate::report::render_job_report(&job).await;
+        Ok(Response::new(JobReport {
+            job_id: job.id,
+            html,
+        }))
     }
 
     async fn list_jobs(

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use plankton_proto::v1::{
     Checkpoint, DoneReport, EpochReport, GenerationEndReport, Job, JobEvent, JobPhase, JobSpec,
-    RegisterRequest, ShardAssignment, WorkerInfo, WorkerProgress, job_event,
+    LossPoint, RegisterRequest, ShardAssignment, WorkerInfo, WorkerProgress, job_event,
 };
 
 use crate::error::{CoordinatorError, CoordinatorResult};
@@ -358,6 +358,8 @@ impl ClusterState {
             virtual_shard_count: plan.shards.len() as u32,
             skipped_meta_rows: plan.skipped_meta_rows,
             skipped_meta_row_examples: plan.skipped_meta_row_examples.clone(),
+            train_class_counts: class_counts(&plan, |shard| &shard.train),
+            test_class_counts: class_counts(&plan, |shard| &shard.test),
             spec: Some(spec),
             created_unix_ms: unix_ms_now(),
             message: "waiting for workers".into(),
@@ -569,6 +571,17 @@ impl ClusterState {
         let generation = ring.generation;
         let training = phase == JobPhase::Training;
         if training {
+            if progress.rank == 0 {
+                record_loss_point(
+                    &mut entry.job.loss_curve,
+                    LossPoint {
+                        global_step: progress.global_step,
+                        loss: progress.loss,
+                        images_per_second: progress.images_per_second,
+                        unix_ms: unix_ms_now(),
+                    },
+                );
+            }
             entry.job.global_step = entry.job.global_step.max(progress.global_step);
             entry.job.skipped_steps = entry.job.skipped_steps.max(progress.skipped_steps);
             if entry.recovery.is_none()
@@ -682,6 +695,54 @@ impl ClusterState {
             Ok(Some(entry.job.clone()))
         })?;
         self.save(snapshot)
+    }
+}
+
+/// Objects per class over every shard of `plan` (`part` picks the train or the test objects).
+fn class_counts(
+    plan: &JobPlan,
+    part: impl Fn(&crate::planner::RankShard) -> &Vec<plankton_proto::v1::ShardObject>,
+) -> Vec<u64> {
+    let mut counts = vec![0u64; plan.class_names.len()];
+    for object in plan.shards.iter().flat_map(|shard| part(shard).iter()) {
+        if let Some(count) = counts.get_mut(object.label as usize) {
+            *count += 1;
+        }
+    }
+    counts
+}
+
+/// Most points a job's loss curve keeps: past it, every other point is dropped and later points come at
+/// least as far apart as the curve's first two.
+pub const LOSS_CURVE_POINTS: usize = 2000;
+
+/// Appends a step's loss to `curve`. A step at or before the last point (a recovery resumed from an earlier
+/// step) first drops the points it replaces, so the curve is the trajectory the model took.
+pub fn record_loss_point(curve: &mut Vec<LossPoint>, point: LossPoint) {
+    if !point.loss.is_finite() {
+        return;
+    }
+    let kept = curve.partition_point(|existing| existing.global_step < point.global_step);
+    curve.truncate(kept);
+    let spacing = match curve.as_slice() {
+        [first, second, ..] => second.global_step - first.global_step,
+        _ => 1,
+    };
+    if curve
+        .last()
+        .is_some_and(|last| point.global_step < last.global_step + spacing)
+    {
+        return;
+    }
+    curve.push(point);
+    if curve.len() >= LOSS_CURVE_POINTS {
+        let last = curve.pop().expect("not empty");
+        let mut index = 0;
+        curve.retain(|_| {
+            index += 1;
+            index % 2 == 1
+        });
+        curve.push(last);
     }
 }
 

@@ -287,6 +287,13 @@ impl WorkerControl for CoordinatorService {
             if let Err(error) = complete_model_card(&job).await {
                 warn!(job_id, %error, "could not add the final metrics to the model card");
             }
+            let mut finished = job;
+            finished.set_phase(JobPhase::Succeeded);
+            finished.message = summary.clone();
+            finished.finished_unix_ms = crate::state::unix_ms_now();
+            if let Err(error) = crate::report::write_job_report(&finished).await {
+                warn!(job_id, %error, "could not write the job report next to the model");
+            }
             self.state
                 .finish_job(&job_id, JobPhase::Succeeded, summary)
                 .or_else(crate::state::ignore_finished)?;

@@ -64,20 +64,38 @@ impl ServerSecurity {
         ),
         SecurityError,
     > {
-        let authenticator = match &self.tokens_file {
-            Some(tokens_file) => crate::Authenticator::from_tokens_file(tokens_file)?,
-            None => crate::Authenticator::Disabled,
-        };
+        let authenticator = self.authenticator()?;
+        let incoming = self.incoming(listener, shutdown).await?;
+        Ok((
+            crate::AuthLayer::new(authenticator, service_name_for_logs),
+            incoming,
+        ))
+    }
+
+    /// Who the callers are: the tokens file's principals (reloaded when it changes), or everyone an admin
+    /// without one. Inside a tokio runtime.
+    pub fn authenticator(&self) -> Result<crate::Authenticator, SecurityError> {
+        match &self.tokens_file {
+            Some(tokens_file) => crate::Authenticator::from_tokens_file(tokens_file),
+            None => Ok(crate::Authenticator::Disabled),
+        }
+    }
+
+    /// The connections of `listener`, TLS when configured (certificates reloaded when they change).
+    pub async fn incoming(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<
+        impl futures::Stream<Item = Result<crate::ServerIo, std::io::Error>> + Send + 'static,
+        SecurityError,
+    > {
         let tls = self
             .tls
             .clone()
             .map(crate::ReloadingServerTls::load)
             .transpose()?;
-        let incoming = crate::serve_incoming(listener, tls, shutdown).await;
-        Ok((
-            crate::AuthLayer::new(authenticator, service_name_for_logs),
-            incoming,
-        ))
+        Ok(crate::serve_incoming(listener, tls, shutdown).await)
     }
 }
 

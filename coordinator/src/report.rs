@@ -1,0 +1,136 @@
+//! The per-job report: one self-contained HTML file rendered from the job's record, with thumbnails of the
+//! worst classes' misclassified test images read from the dataset. Written next to the model when a job
+//! succeeds; rendered on demand for `GetJobReport` and the dashboard.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tracing::{info, warn};
+
+use plankton_dataset::{fetch_images, open_image_source, open_location};
+use plankton_proto::v1::Job;
+use plankton_web::Thumbnail;
+
+/// The report's file name in the job's output folder.
+pub const REPORT_FILE: &str = "report.html";
+
+/// Classes whose misclassified images the report shows (the lowest F1 of the latest epoch).
+pub const REPORT_WORST_CLASSES: usize = 5;
+
+/// Largest image embedded as a thumbnail; larger ones are left out (counted in the log).
+const MAX_THUMBNAIL_BYTES: usize = 256 * 1024;
+
+/// Images fetched at once for the thumbnails.
+const THUMBNAIL_FETCH_CONCURRENCY: usize = 8;
+
+/// Bound on reading every thumbnail: past it, the report is rendered with those that arrived.
+const THUMBNAIL_FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The job's report as one self-contained HTML document.
+pub async fn render_job_report(job: &Job) -> String {
+    let thumbnails = fetch_thumbnails(job).await;
+    plankton_web::job_report(job, &thumbnails)
+}
+
+/// Renders the report and writes it to `<output>/report.html`; returns its URL.
+pub async fn write_job_report(job: &Job) -> anyhow::Result<String> {
+    let output_url = job
+        .spec
+        .as_ref()
+        .map(|spec| spec.output_url.trim_end_matches('/').to_string())
+        .unwrap_or_default();
+    anyhow::ensure!(!output_url.is_empty(), "the job has no output location");
+    let html = render_job_report(job).await;
+    let location = open_location(&output_url)?;
+    location
+        .put_bytes(REPORT_FILE, html.into_bytes().into())
+        .await?;
+    let url = format!("{output_url}/{REPORT_FILE}");
+    info!(job_id = job.id, url, "job report written");
+    Ok(url)
+}
+
+/// The classes the report shows misclassified images of: support in the latest epoch, lowest F1 first.
+pub fn worst_classes(job: &Job) -> Vec<u32> {
+    let Some(latest) = job.epochs.last() else {
+        return Vec::new();
+    };
+    let mut classes: Vec<(u32, f64)> = latest
+        .per_class
+        .iter()
+        .enumerate()
+        .filter(|(_, class)| class.support > 0)
+        .map(|(index, class)| (index as u32, class.f1))
+        .collect();
+    classes.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    classes
+        .into_iter()
+        .take(REPORT_WORST_CLASSES)
+        .map(|(index, _)| index)
+        .collect()
+}
+
+/// The JPEG bytes of the worst classes' misclassified test images. Images that cannot be read are left out
+/// and logged: a report never fails for a thumbnail.
+async fn fetch_thumbnails(job: &Job) -> Vec<Thumbnail> {
+    let worst = worst_classes(job);
+    let wanted: Vec<_> = job
+        .misclassified
+        .iter()
+        .filter(|mistake| worst.contains(&mistake.true_class))
+        .cloned()
+        .collect();
+    let Some(dataset_url) = job.spec.as_ref().map(|spec| spec.dataset_url.clone()) else {
+        return Vec::new();
+    };
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let fetched = async {
+        let location = open_location(&dataset_url)?;
+        let source = open_image_source(&location).await?;
+        let objids = wanted.iter().map(|mistake| mistake.objid).collect();
+        let images: Vec<_> = fetch_images(&location, &source, objids, THUMBNAIL_FETCH_CONCURRENCY)
+            .collect()
+            .await;
+        anyhow::Ok(images)
+    };
+    let images = match tokio::time::timeout(THUMBNAIL_FETCH_TIMEOUT, fetched).await {
+        Ok(Ok(images)) => images,
+        Ok(Err(error)) => {
+            warn!(job_id = job.id, dataset_url, %error, "report thumbnails: the dataset's images cannot be read");
+            return Vec::new();
+        }
+        Err(_) => {
+            warn!(job_id = job.id, dataset_url, timeout = ?THUMBNAIL_FETCH_TIMEOUT, "report thumbnails: reading the images timed out");
+            return Vec::new();
+        }
+    };
+    let mut thumbnails = Vec::with_capacity(wanted.len());
+    for mistake in wanted {
+        let Some((_, result)) = images.iter().find(|(objid, _)| *objid == mistake.objid) else {
+            continue;
+        };
+        match result {
+            Ok(jpeg) if jpeg.len() <= MAX_THUMBNAIL_BYTES => thumbnails.push(Thumbnail {
+                objid: mistake.objid,
+                true_class: mistake.true_class,
+                predicted_class: mistake.predicted_class,
+                confidence: mistake.confidence,
+                jpeg: jpeg.to_vec(),
+            }),
+            Ok(jpeg) => {
+                warn!(
+                    job_id = job.id,
+                    objid = mistake.objid,
+                    bytes = jpeg.len(),
+                    "report thumbnail left out: image too large"
+                )
+            }
+            Err(error) => {
+                warn!(job_id = job.id, objid = mistake.objid, %error, "report thumbnail left out")
+            }
+        }
+    }
+    thumbnails
+}
