@@ -47,6 +47,18 @@ if ! command -v kubectl > /dev/null; then
     || echo "setup: could not install kubectl: the deployment test (tests/tests/deploy.rs) will say so"
 fi
 
+# Headless Chromium and playwright-core drive the dashboard and report tests (tests/tests/dashboard.rs).
+if ! command -v chromium > /dev/null; then
+  echo "setup: installing chromium for the browser tests"
+  (apt-get install -y -qq chromium > /dev/null 2>&1 \
+    || (apt-get update -qq > /dev/null 2>&1 && apt-get install -y -qq chromium > /dev/null 2>&1) \
+    || sudo -n sh -c 'apt-get update -qq && apt-get install -y -qq chromium' > /dev/null 2>&1) \
+    || echo "setup: could not install chromium: the browser tests (tests/tests/dashboard.rs) will say so"
+fi
+if [ ! -f tests/browser/node_modules/.installed-v1 ]; then
+  (cd tests/browser && npm install --no-audit --no-fund --silent) && touch tests/browser/node_modules/.installed-v1
+fi
+
 # Object-store emulators for the GCS and Azure end-to-end tests (tests/tests/object_stores.rs).
 scripts/setup-stores.sh
 

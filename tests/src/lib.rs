@@ -118,6 +118,7 @@ impl TestCluster {
             ring_tls: false,
             health_listen: None,
             metrics_listen: None,
+            dashboard_listen: None,
         };
         adjust_coordinator(&mut config);
         let scheme = if config.security.tls.is_some() {
