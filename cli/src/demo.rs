@@ -87,6 +87,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let path_text = |path: &Path| path.display().to_string();
     let port = free_port()?;
+    let dashboard_port = free_port()?;
     let coordinator_url = format!("https://127.0.0.1:{port}");
     let coordinator = Server {
         url: coordinator_url.clone(),
@@ -112,6 +113,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             &path_text(&credentials.tokens_file),
             "--allow-dataset",
             &dataset_url,
+            "--http-listen",
+            &format!("127.0.0.1:{dashboard_port}"),
         ],
         &dir.join("logs/coordinator.log"),
     )?);
@@ -143,6 +146,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.workers,
         dir.join("logs").display()
     );
+    println!(
+        "dashboard: https://127.0.0.1:{dashboard_port} while the demo runs (log in with the token in {}; \
+         the certificate is the demo CA's {})",
+        credentials.token_file(Role::Viewer).display(),
+        credentials.ca_cert.display()
+    );
     wait_for_workers(&coordinator, args.workers as usize).await?;
 
     let mut fields = args.job;
@@ -169,9 +178,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             finished.message
         );
     }
+    let model_folder = finished.model_url.trim_end_matches("model.safetensors");
+    println!("model weights and card written under {model_folder}");
     println!(
-        "model weights and card written under {}",
-        finished.model_url.trim_end_matches("model.safetensors")
+        "report (open it in a browser): {model_folder}report.html; TensorBoard logs: {model_folder}tensorboard/"
     );
     println!(
         "to call this cluster yourself: planktonctl --ca-cert {} --token-file {} ... (tokens for other roles beside it)",
