@@ -82,8 +82,9 @@ pub fn nice_ticks(min: f64, max: f64, target: usize) -> (Vec<f64>, f64) {
         } else {
             10.0
         };
-    let first = (low / step - 1e-9).floor() * step;
-    let last = (high / step + 1e-9).ceil() * step;
+    // The epsilon keeps a bound already on a step (0, 1.0) from growing by a whole step to rounding.
+    let first = (low / step + 1e-9).floor() * step;
+    let last = (high / step - 1e-9).ceil() * step;
     let count = ((last - first) / step).round() as usize;
     let ticks = (0..=count)
         .map(|index| first + index as f64 * step)
@@ -729,7 +730,7 @@ pub fn confusion_heatmap(
         }
     };
     let names: Vec<String> = (0..class_count).map(name_of).collect();
-    let cell = (560.0 / class_count as f64).clamp(10.0, 40.0).floor();
+    let cell = (560.0 / class_count as f64).clamp(10.0, 48.0).floor();
     let font_size = (cell * 0.75).clamp(7.0, 12.0);
     let label_limit = if class_count > 20 { 16 } else { 22 };
     let labels: Vec<String> = names
@@ -749,9 +750,12 @@ pub fn confusion_heatmap(
     let grid_top = 22.0 + column_label_height;
     let grid_size = cell * class_count as f64;
     let legend_height = 44.0;
-    let width = grid_left + grid_size + column_label_overhang.max(16.0) + 8.0;
-    let height = grid_top + grid_size + legend_height;
     let max_count = metrics.confusion.iter().copied().max().unwrap_or(0);
+    let swatch_counts = legend_counts(max_count);
+    let legend_width = 100.0 + swatch_counts.len() as f64 * 44.0 + 24.0;
+    let width = (grid_left + grid_size + column_label_overhang.max(16.0) + 8.0)
+        .max(grid_left + legend_width);
+    let height = grid_top + grid_size + legend_height;
     let total: u64 = metrics.confusion.iter().sum();
     let mut out = String::new();
     open_svg(
@@ -771,7 +775,7 @@ pub fn confusion_heatmap(
         grid_left + grid_size / 2.0,
         grid_top + grid_size / 2.0
     );
-    out.push_str(r#"<g class="cells">"#);
+    out.push_str(r##"<g class="cells" stroke="#ffffff" stroke-width="0.5">"##);
     let show_counts = cell >= 24.0;
     for true_index in 0..class_count {
         for predicted_index in 0..class_count {
@@ -786,7 +790,7 @@ pub fn confusion_heatmap(
             };
             let _ = write!(
                 out,
-                r##"<rect class="cell{diagonal}" data-true="{true_index}" data-predicted="{predicted_index}" data-count="{count}" x="{x:.1}" y="{y:.1}" width="{cell:.1}" height="{cell:.1}" fill="{}" stroke="#ffffff" stroke-width="0.5"><title>true: {}, predicted: {}, {count}</title></rect>"##,
+                r##"<rect class="cell{diagonal}" data-true="{true_index}" data-predicted="{predicted_index}" data-count="{count}" x="{x:.1}" y="{y:.1}" width="{cell}" height="{cell}" fill="{}"><title>true: {}, predicted: {}, {count}</title></rect>"##,
                 heat_color(fraction),
                 escape(&names[true_index]),
                 escape(&names[predicted_index]),
@@ -799,7 +803,7 @@ pub fn confusion_heatmap(
                 };
                 let _ = write!(
                     out,
-                    r#"<text class="count" x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{:.1}" fill="{text_color}" pointer-events="none">{count}</text>"#,
+                    r#"<text class="count" x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{:.1}" fill="{text_color}" stroke="none" pointer-events="none">{count}</text>"#,
                     x + cell / 2.0,
                     y + cell / 2.0 + cell * 0.14,
                     (cell * 0.38).min(12.0)
@@ -839,7 +843,6 @@ pub fn confusion_heatmap(
         r##"<g class="heat-legend"><text x="{grid_left:.1}" y="{:.1}" fill="#555" font-size="10">count (log scale):</text>"##,
         legend_top + 11.0
     );
-    let swatch_counts = legend_counts(max_count);
     for (position, count) in swatch_counts.iter().enumerate() {
         let x = grid_left + 100.0 + position as f64 * 44.0;
         let _ = write!(

@@ -716,3 +716,58 @@ fn login_and_error_pages() {
     assert!(error.contains("404 Not Found"));
     assert!(error.contains("no job x"));
 }
+
+#[test]
+fn nice_ticks_cover_the_range_without_an_extra_step() {
+    let (ticks, step) = svg::nice_ticks(0.0, 3.5, 5);
+    assert_eq!(step, 1.0);
+    assert_eq!(ticks, vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+    let (ticks, _) = svg::nice_ticks(0.0, 1.0, 5);
+    assert_eq!(ticks.first(), Some(&0.0));
+    assert!((ticks.last().expect("ticks") - 1.0).abs() < 1e-9);
+}
+
+/// Writes sample pages (a 40-class running job page whose `live` answer is the finished job, a 3-class job page,
+/// the jobs list, a report, a job without epochs) under `$TMPDIR/plankton-web-samples`, to look at in a
+/// browser: `python3 -m http.server -d $TMPDIR/plankton-web-samples`, then `/jobs/job-7f3a/`.
+#[test]
+#[ignore = "writes files; run by hand to look at the pages"]
+fn write_sample_pages() {
+    let directory = std::env::temp_dir().join("plankton-web-samples");
+    let job_directory = directory.join("jobs/job-7f3a");
+    std::fs::create_dir_all(&job_directory).expect("sample directory");
+    let running = sample_job(40, 3);
+    let mut finished = sample_job(40, 6);
+    finished.phase = JobPhase::Succeeded as i32;
+    let small = sample_job(3, 4);
+    let files = [
+        (
+            job_directory.join("index.html"),
+            pages::job_page(&viewer(), &running),
+        ),
+        (
+            job_directory.join("live"),
+            pages::job_live_fragment(&finished),
+        ),
+        (
+            directory.join("job-3-classes.html"),
+            pages::job_page(&viewer(), &small),
+        ),
+        (directory.join("report.html"), job_report(&finished, &[])),
+        (
+            directory.join("jobs.html"),
+            pages::jobs_page(
+                &viewer(),
+                &[running.clone(), small, finished],
+                &JobFilter::default(),
+            ),
+        ),
+        (
+            directory.join("no-epochs.html"),
+            pages::job_page(&viewer(), &sample_job(4, 0)),
+        ),
+    ];
+    for (path, html) in files {
+        std::fs::write(&path, html).expect("sample page written");
+    }
+}
