@@ -719,12 +719,33 @@ fn login_and_error_pages() {
 
 #[test]
 fn nice_ticks_cover_the_range_without_an_extra_step() {
-    let (ticks, step) = svg::nice_ticks(0.0, 3.5, 5);
-    assert_eq!(step, 1.0);
-    assert_eq!(ticks, vec![0.0, 1.0, 2.0, 3.0, 4.0]);
-    let (ticks, _) = svg::nice_ticks(0.0, 1.0, 5);
-    assert_eq!(ticks.first(), Some(&0.0));
-    assert!((ticks.last().expect("ticks") - 1.0).abs() < 1e-9);
+    for (min, max) in [
+        (0.0, 3.5),
+        (0.0, 1.0),
+        (0.0, 0.042),
+        (0.0, 12_345.0),
+        (0.2, 0.9),
+    ] {
+        let (ticks, step) = svg::nice_ticks(min, max, 5);
+        let first = *ticks.first().expect("ticks");
+        let last = *ticks.last().expect("ticks");
+        assert!(
+            first <= min + 1e-12 && first > min - step,
+            "{min}..{max}: {ticks:?}"
+        );
+        assert!(
+            last >= max - 1e-12 && last < max + step,
+            "{min}..{max}: {ticks:?}"
+        );
+        let mantissa = step / 10f64.powf(step.log10().floor());
+        assert!(
+            [1.0, 2.0, 5.0, 10.0]
+                .iter()
+                .any(|nice| (mantissa - nice).abs() < 1e-6),
+            "step {step}"
+        );
+    }
+    assert_eq!(svg::nice_ticks(0.0, 1.0, 5).0.first(), Some(&0.0));
 }
 
 /// Writes sample pages (a 40-class running job page whose `live` answer is the finished job, a 3-class job page,
