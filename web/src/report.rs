@@ -308,11 +308,12 @@ fn misclassified_section(
         let name = name_of_class(index);
         let _ = write!(
             out,
-            r#"<div class="worst-class" data-class-index="{index}"><h3>{} <span class="muted">F1 {:.3}, recall {:.3}, {} test objects</span></h3>"#,
+            r#"<div class="worst-class" data-class-index="{index}"><h3>{} <span class="muted">F1 {:.3}, recall {:.3}, {} test object{}</span></h3>"#,
             escape(&name),
             class.f1,
             class.recall,
-            count_text(class.support)
+            count_text(class.support),
+            if class.support == 1 { "" } else { "s" }
         );
         if shown.is_empty() {
             out.push_str(r#"<p class="placeholder">No misclassified image of this class was recorded.</p></div>"#);

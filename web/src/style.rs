@@ -78,7 +78,7 @@ section{margin:18px 0;padding-top:4px;border-top:1px solid #e4e6ea}
 section > h2{margin-top:10px}
 .thumbnails{display:flex;flex-wrap:wrap;gap:10px}
 figure.thumbnail{margin:0;width:140px;background:#fafbfc;border:1px solid #e0e3e8;border-radius:4px;padding:6px;text-align:center}
-figure.thumbnail img{image-rendering:pixelated;width:64px;height:64px;display:block;margin:0 auto 4px;background:#000}
+figure.thumbnail img{object-fit:contain;width:64px;height:64px;display:block;margin:0 auto 4px;background:#000}
 figure.thumbnail figcaption{font-size:11px;line-height:1.3;word-break:break-word}
 footer{margin-top:28px;padding-top:10px;border-top:1px solid #ccc;color:#555;font-size:12px}
 ul.examples{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}

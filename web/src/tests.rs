@@ -761,6 +761,23 @@ fn write_sample_pages() {
     let mut finished = sample_job(40, 6);
     finished.phase = JobPhase::Succeeded as i32;
     let small = sample_job(3, 4);
+    // A real image when `PLANKTON_WEB_SAMPLE_JPEG` names one (a dataset's imgs/*.jpg), else bytes that show as
+    // a broken image.
+    let jpeg = std::env::var_os("PLANKTON_WEB_SAMPLE_JPEG")
+        .and_then(|path| std::fs::read(path).ok())
+        .unwrap_or_else(|| vec![0xff, 0xd8, 0xff, 0xd9]);
+    let thumbnails: Vec<Thumbnail> = (0..40u32)
+        .flat_map(|class| {
+            let jpeg = jpeg.clone();
+            (0..3u32).map(move |copy| Thumbnail {
+                objid: i64::from(30_000_000 + class * 10 + copy),
+                true_class: class,
+                predicted_class: (class + 1) % 40,
+                confidence: 0.5 + copy as f32 * 0.2,
+                jpeg: jpeg.clone(),
+            })
+        })
+        .collect();
     let files = [
         (
             job_directory.join("index.html"),
@@ -774,7 +791,10 @@ fn write_sample_pages() {
             directory.join("job-3-classes.html"),
             pages::job_page(&viewer(), &small),
         ),
-        (directory.join("report.html"), job_report(&finished, &[])),
+        (
+            directory.join("report.html"),
+            job_report(&finished, &thumbnails),
+        ),
         (
             directory.join("jobs.html"),
             pages::jobs_page(
