@@ -16,6 +16,7 @@ thead th{background:#eef0f4;font-weight:600;white-space:nowrap}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.empty td{color:#777;font-style:italic}
 .panel{background:#fff;border:1px solid #e0e3e8;border-radius:6px;padding:12px 16px;margin:12px 0}
+.panel > h2:first-child{margin-top:2px}
 .placeholder{color:#666;font-style:italic;padding:12px;background:#fafbfc;border:1px dashed #cfd4dc;border-radius:6px}
 .muted{color:#666}
 .chart{max-width:100%;height:auto;display:block;background:#fff}
