@@ -14,16 +14,13 @@ use plankton_web::Thumbnail;
 /// The report's file name in the job's output folder.
 pub const REPORT_FILE: &str = "report.html";
 
-/// Classes whose misclassified images the report shows (the lowest F1 of the latest epoch).
-pub const REPORT_WORST_CLASSES: usize = 5;
-
-/// Largest image embedded as a thumbnail; larger ones are left out (counted in the log).
+/// Largest image embedded as a thumbnail; larger ones are left out (logged).
 const MAX_THUMBNAIL_BYTES: usize = 256 * 1024;
 
 /// Images fetched at once for the thumbnails.
 const THUMBNAIL_FETCH_CONCURRENCY: usize = 8;
 
-/// Bound on reading every thumbnail: past it, the report is rendered with those that arrived.
+/// Bound on reading every thumbnail: past it, the report is rendered without thumbnails.
 const THUMBNAIL_FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The job's report as one self-contained HTML document.
@@ -50,30 +47,19 @@ pub async fn write_job_report(job: &Job) -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// The classes the report shows misclassified images of: support in the latest epoch, lowest F1 first.
-pub fn worst_classes(job: &Job) -> Vec<u32> {
-    let Some(latest) = job.epochs.last() else {
-        return Vec::new();
-    };
-    let mut classes: Vec<(u32, f64)> = latest
-        .per_class
-        .iter()
-        .enumerate()
-        .filter(|(_, class)| class.support > 0)
-        .map(|(index, class)| (index as u32, class.f1))
-        .collect();
-    classes.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-    classes
-        .into_iter()
-        .take(REPORT_WORST_CLASSES)
-        .map(|(index, _)| index)
-        .collect()
-}
-
 /// The JPEG bytes of the worst classes' misclassified test images. Images that cannot be read are left out
 /// and logged: a report never fails for a thumbnail.
 async fn fetch_thumbnails(job: &Job) -> Vec<Thumbnail> {
-    let worst = worst_classes(job);
+    let worst: Vec<u32> = job
+        .epochs
+        .last()
+        .map(|latest| {
+            plankton_web::worst_classes(latest)
+                .into_iter()
+                .map(|(index, _)| index as u32)
+                .collect()
+        })
+        .unwrap_or_default();
     let wanted: Vec<_> = job
         .misclassified
         .iter()

@@ -43,7 +43,7 @@ try {
   }
   check(await page.locator('#class-distribution').count() === 1, 'the data section plots the class distribution');
   check(await page.locator('#epoch-curve circle.point').count() > 0, 'the curves are drawn');
-  const cells = await page.locator('#confusion rect.cell').count();
+  const cells = await page.locator('section#confusion rect.cell').count();
   check(cells === classes * classes, `the heatmap has classes x classes cells (${cells})`);
   const thumbnails = page.locator('figure.thumbnail img');
   const count = await thumbnails.count();

@@ -29,7 +29,7 @@ pub struct Thumbnail {
     pub jpeg: Vec<u8>,
 }
 
-pub use report::job_report;
+pub use report::{WORST_CLASSES, job_report, worst_classes};
 
 /// `text` made safe for HTML text and quoted attribute values: `&`, `<`, `>`, `"` and `'` become entities.
 pub fn escape(text: &str) -> String {

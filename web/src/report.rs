@@ -20,7 +20,7 @@ use crate::text::{
 };
 
 /// Classes the misclassified section shows: the worst by F1.
-const WORST_CLASSES: usize = 5;
+pub const WORST_CLASSES: usize = 5;
 
 /// Thumbnails shown per class at most.
 const THUMBNAILS_PER_CLASS: usize = 24;
@@ -254,8 +254,8 @@ fn confusion_section(job: &Job, latest: Option<&EvalMetrics>) -> String {
 }
 
 /// The classes the misclassified section shows: up to [`WORST_CLASSES`] with test objects, worst F1 first, as
-/// (class index, metrics).
-fn worst_classes(metrics: &EvalMetrics) -> Vec<(usize, &ClassMetrics)> {
+/// (class index, metrics). The caller reads thumbnails of these classes' mistakes.
+pub fn worst_classes(metrics: &EvalMetrics) -> Vec<(usize, &ClassMetrics)> {
     let mut classes: Vec<(usize, &ClassMetrics)> = metrics
         .per_class
         .iter()
