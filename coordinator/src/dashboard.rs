@@ -381,23 +381,60 @@ async fn job_live(
     let path = format!("/jobs/{job_id}/live");
     let (_, viewer) = dashboard.authorize(&headers, "/plankton.v1.JobService/GetJob", &path)?;
     let job = find_job(&dashboard, &viewer, &job_id)?;
-    Ok((
-        [(header::CACHE_CONTROL, "no-store")],
-        Html(pages::job_live_fragment(&job)),
-    )
-        .into_response())
+    // Polled every 1.5 s, and a 40-class heatmap is ~400 KB of SVG: gzip shrinks it ~10x.
+    Ok(compressed_html(&headers, pages::job_live_fragment(&job)))
+}
+
+/// `html` gzip-compressed when the client accepts it (fast level: the text is very repetitive), not cached.
+fn compressed_html(request_headers: &HeaderMap, html: String) -> Response {
+    let accepts_gzip = request_headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| {
+            value
+                .split(',')
+                .any(|coding| coding.trim().starts_with("gzip"))
+        });
+    let html_headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CACHE_CONTROL, "no-store"),
+    ];
+    if accepts_gzip {
+        let mut encoder = flate2::write::GzEncoder::new(
+            Vec::with_capacity(html.len() / 8),
+            flate2::Compression::fast(),
+        );
+        if std::io::Write::write_all(&mut encoder, html.as_bytes()).is_ok()
+            && let Ok(body) = encoder.finish()
+        {
+            return (
+                html_headers,
+                [
+                    (header::CONTENT_ENCODING, "gzip"),
+                    (header::VARY, "accept-encoding"),
+                ],
+                body,
+            )
+                .into_response();
+        }
+    }
+    (html_headers, html).into_response()
 }
 
 async fn job_report(
     State(dashboard): State<Dashboard>,
     headers: HeaderMap,
     Path(job_id): Path<String>,
-) -> Result<Html<String>, Refusal> {
+) -> Result<Response, Refusal> {
     let path = format!("/jobs/{job_id}/report");
     let (_, viewer) =
         dashboard.authorize(&headers, "/plankton.v1.JobService/GetJobReport", &path)?;
     let job = find_job(&dashboard, &viewer, &job_id)?;
-    Ok(Html(crate::report::render_job_report(&job).await))
+    Ok(compressed_html(
+        &headers,
+        crate::report::render_job_report(&job).await,
+    ))
 }
 
 async fn workers_page(
@@ -497,6 +534,28 @@ mod tests {
             HeaderValue::from_static("Bearer xyz"),
         );
         assert_eq!(presented_token(&headers).as_deref(), Some("xyz"));
+    }
+
+    #[tokio::test]
+    async fn html_is_gzipped_only_for_clients_that_accept_it() {
+        let html = "<svg>".to_string() + &"<rect class=\"cell\"/>".repeat(1000) + "</svg>";
+        let plain = compressed_html(&HeaderMap::new(), html.clone());
+        assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, gzip;q=0.9"),
+        );
+        let gzipped = compressed_html(&headers, html.clone());
+        assert_eq!(gzipped.headers()[header::CONTENT_ENCODING], "gzip");
+        let body = axum::body::to_bytes(gzipped.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        assert!(body.len() * 10 < html.len(), "{} bytes", body.len());
+        let mut unzipped = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, html);
     }
 
     #[test]
