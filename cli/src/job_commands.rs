@@ -15,8 +15,9 @@ use crate::connection::Server;
 use plankton_proto::v1::job_service_client::JobServiceClient;
 use plankton_proto::v1::{
     Augmentation, CancelJobRequest, ClassWeighting, GetJobReportRequest, GetJobRequest, Job,
-    JobPhase, JobSpec, ListJobsRequest, ListWorkersRequest, LrSchedule, NonFinitePolicy,
-    OptimizerKind, ResizeMode, ResumeJobRequest, SubmitJobRequest, WatchJobRequest, job_event,
+    JobPhase, JobSpec, ListJobsRequest, ListWorkersRequest, LossNormalization, LrSchedule,
+    NonFinitePolicy, OptimizerKind, ResizeMode, ResumeJobRequest, SubmitJobRequest,
+    WatchJobRequest, job_event,
 };
 
 use crate::OutputFormat;
@@ -71,6 +72,18 @@ pub enum NonFiniteArg {
     Fail,
     /// The step is skipped on every rank and counted.
     SkipStep,
+}
+
+/// What a step's summed class-weighted loss is divided by.
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossNormalizationArg {
+    /// The global batch's weight sum (a weighted mean).
+    WeightSum,
+    /// The global batch's sample count (Keras' class_weight).
+    Samples,
+    /// Each virtual shard's weighted mean, averaged over the shards (PyTorch DDP).
+    ShardMean,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
@@ -145,6 +158,9 @@ pub struct JobFields {
     /// A step whose loss or gradients are not finite on some rank: fail the job (default) or skip the step.
     #[arg(long, value_enum)]
     pub non_finite: Option<NonFiniteArg>,
+    /// What the step's summed class-weighted loss is divided by (default: the cluster's, see the README).
+    #[arg(long, value_enum)]
+    pub loss_normalization: Option<LossNormalizationArg>,
 }
 
 #[derive(Args, Debug)]
@@ -184,6 +200,7 @@ impl JobFields {
             keep_checkpoints: self.keep_checkpoints.or(file.keep_checkpoints),
             init_from: self.init_from.or(file.init_from),
             non_finite: self.non_finite.or(file.non_finite),
+            loss_normalization: self.loss_normalization.or(file.loss_normalization),
         }
     }
 
@@ -235,6 +252,12 @@ impl JobFields {
             non_finite_policy: match self.non_finite.unwrap_or(NonFiniteArg::Fail) {
                 NonFiniteArg::Fail => NonFinitePolicy::Fail,
                 NonFiniteArg::SkipStep => NonFinitePolicy::SkipStep,
+            } as i32,
+            loss_normalization: match self.loss_normalization {
+                None => LossNormalization::Default,
+                Some(LossNormalizationArg::WeightSum) => LossNormalization::WeightSum,
+                Some(LossNormalizationArg::Samples) => LossNormalization::Samples,
+                Some(LossNormalizationArg::ShardMean) => LossNormalization::ShardMean,
             } as i32,
         })
     }

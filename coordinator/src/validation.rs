@@ -6,7 +6,8 @@
 //! not followed here: a link inside an allowed folder that points out of it is the operator's to avoid.
 
 use plankton_proto::v1::{
-    Augmentation, ClassWeighting, JobSpec, LrSchedule, NonFinitePolicy, OptimizerKind, ResizeMode,
+    Augmentation, ClassWeighting, JobSpec, LossNormalization, LrSchedule, NonFinitePolicy,
+    OptimizerKind, ResizeMode,
 };
 
 use crate::error::{CoordinatorError, CoordinatorResult};
@@ -185,6 +186,11 @@ fn check_enums(spec: &JobSpec) -> CoordinatorResult<()> {
             "spec.non_finite_policy",
             spec.non_finite_policy,
             NonFinitePolicy::try_from(spec.non_finite_policy).is_ok(),
+        ),
+        (
+            "spec.loss_normalization",
+            spec.loss_normalization,
+            LossNormalization::try_from(spec.loss_normalization).is_ok(),
         ),
     ];
     for (field, value, is_known) in known {
@@ -867,6 +873,14 @@ mod tests {
                 },
                 "spec.non_finite_policy",
                 "not a value",
+            ),
+            (
+                JobSpec {
+                    loss_normalization: 7,
+                    ..base.clone()
+                },
+                "spec.loss_normalization",
+                "7 is not a value",
             ),
         ];
         for (spec, field, needle) in &cases {

@@ -180,8 +180,38 @@ pub struct TrainConfig {
     pub checkpoint_every_steps: u64,
     /// What a step whose loss or gradients are not finite on some rank does.
     pub non_finite_policy: NonFinitePolicy,
+    /// What a step's summed class-weighted loss is divided by.
+    pub loss_normalization: LossNormalization,
     /// Fault injection (tests): this rank's loss becomes NaN at this global step.
     pub inject_non_finite_at_step: Option<u64>,
+}
+
+/// What the summed class-weighted cross-entropy `sum_i w_i * l_i` of a step's global batch is divided by. Every
+/// choice depends only on the global batch (its virtual shards), never on how many workers share it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LossNormalization {
+    /// By the global batch's weight sum `sum_i w_i` (a weighted mean): a batch holding one rare sample of weight
+    /// ~600 gives that sample most of the step.
+    #[default]
+    WeightSum,
+    /// By the global batch's sample count (Keras' `class_weight`): the step's size grows with its weights.
+    Samples,
+    /// Each virtual shard's weighted mean `sum w l / sum w`, averaged over the virtual shards (PyTorch DDP
+    /// with a weighted `CrossEntropyLoss` per rank, one rank per virtual shard).
+    ShardMean,
+}
+
+impl LossNormalization {
+    /// The multiplier of each sample's `w_i * l_i` in a group (a virtual shard's part of the batch) whose weight
+    /// sum is `group_weight_sum`, and what the group adds to the global denominator, for a group of `samples`.
+    pub fn group_terms(self, samples: usize, group_weight_sum: f64) -> (f64, f64) {
+        match self {
+            LossNormalization::WeightSum => (1.0, group_weight_sum),
+            LossNormalization::Samples => (1.0, samples as f64),
+            LossNormalization::ShardMean if samples == 0 || group_weight_sum <= 0.0 => (0.0, 0.0),
+            LossNormalization::ShardMean => (1.0 / group_weight_sum, 1.0),
+        }
+    }
 }
 
 /// What a step whose loss or gradients are NaN or infinite on some rank does. Ranks check their own before the
@@ -215,6 +245,7 @@ impl TrainConfig {
             device: tch::Device::Cpu,
             checkpoint_every_steps: 0,
             non_finite_policy: NonFinitePolicy::Fail,
+            loss_normalization: LossNormalization::default(),
             inject_non_finite_at_step: None,
         }
     }
@@ -265,5 +296,33 @@ impl TrainConfig {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The case: two virtual shards of 128, one rare sample of weight 600 among weight-1 samples in
+    /// shard 0. Its share of the step's gradient direction, and the step's scale (sum of coefficients x weights).
+    #[test]
+    fn a_rare_samples_share_of_a_step_under_each_normalisation() {
+        let shard_sums = [127.0 + 600.0, 128.0];
+        let share_and_scale = |normalization: LossNormalization| {
+            let (multiplier_0, denominator_0) = normalization.group_terms(128, shard_sums[0]);
+            let (multiplier_1, denominator_1) = normalization.group_terms(128, shard_sums[1]);
+            let denominator = denominator_0 + denominator_1;
+            let rare = multiplier_0 * 600.0 / denominator;
+            let total = (multiplier_0 * shard_sums[0] + multiplier_1 * shard_sums[1]) / denominator;
+            (rare / total, total)
+        };
+        let (share, scale) = share_and_scale(LossNormalization::WeightSum);
+        assert!((share - 600.0 / 855.0).abs() < 1e-12 && (scale - 1.0).abs() < 1e-12);
+        let (share, scale) = share_and_scale(LossNormalization::Samples);
+        assert!((share - 600.0 / 855.0).abs() < 1e-12 && (scale - 855.0 / 256.0).abs() < 1e-12);
+        let (share, scale) = share_and_scale(LossNormalization::ShardMean);
+        assert!((share - (600.0 / 727.0) / 2.0).abs() < 1e-12 && (scale - 1.0).abs() < 1e-12);
+        // An empty shard counts for nothing.
+        assert_eq!(LossNormalization::ShardMean.group_terms(0, 0.0), (0.0, 0.0));
     }
 }

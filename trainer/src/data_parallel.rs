@@ -67,10 +67,11 @@ pub struct StepTimings {
 /// What one optimizer step reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
-    /// Class-weighted mean cross-entropy over the global batch.
+    /// Class-weighted cross-entropy over the global batch, normalised as configured ([`crate::LossNormalization`]).
     pub loss: f64,
-    /// Sum of the class weights of the global batch (the loss denominator).
-    pub global_weight_sum: f64,
+    /// What the summed weighted loss was divided by: the global batch's weight sum, sample count, or number
+    /// of virtual shards (each shard's loss being its weighted mean).
+    pub global_denominator: f64,
     /// Whether any rank asked to end the generation after this step.
     pub reform_requested: bool,
     /// Ranks whose loss or gradients were not finite: the step was skipped (policy
@@ -94,7 +95,8 @@ pub struct DataParallelTrainer {
     buffers: Vec<Tensor>,
     parameter_count: usize,
     class_weights: Tensor,
-    /// Flat gradients + [local weight sum, local loss sum, re-formation request], reused every step.
+    /// Flat gradients + [local loss denominator, local loss sum, re-formation request, per-rank non-finite
+    /// flags], reused every step.
     gradient_buffer: Vec<f32>,
     /// Steps skipped for non-finite values (policy [`NonFinitePolicy::SkipStep`]) by this trainer.
     skipped_steps: u64,
@@ -104,7 +106,7 @@ pub struct DataParallelTrainer {
 }
 
 /// Slots after the flat gradient in the all-reduced buffer.
-const WEIGHT_SUM_SLOT: usize = 0;
+const DENOMINATOR_SLOT: usize = 0;
 const LOSS_SUM_SLOT: usize = 1;
 const REFORM_SLOT: usize = 2;
 const EXTRA_SLOTS: usize = 3;
@@ -384,7 +386,25 @@ impl DataParallelTrainer {
         labels: &[u32],
         request_reform: bool,
     ) -> Result<StepOutcome, TrainError> {
+        self.train_step_grouped(collective, images, labels, &[labels.len()], request_reform)
+    }
+
+    /// [`Self::train_step`] on a local batch made of groups, one per virtual shard this rank owns, of
+    /// `group_sizes` consecutive samples each ([`crate::LossNormalization::ShardMean`] normalises each group alone).
+    pub fn train_step_grouped(
+        &mut self,
+        collective: &mut dyn Collective,
+        images: &[u8],
+        labels: &[u32],
+        group_sizes: &[usize],
+        request_reform: bool,
+    ) -> Result<StepOutcome, TrainError> {
         let count = labels.len();
+        if group_sizes.iter().sum::<usize>() != count {
+            return Err(TrainError::InvalidInput(format!(
+                "group sizes {group_sizes:?} do not add up to the batch's {count} labels"
+            )));
+        }
         if let Some(label) = labels
             .iter()
             .find(|label| **label as usize >= self.config.num_classes)
@@ -397,10 +417,7 @@ impl DataParallelTrainer {
         let started = Instant::now();
         let mut timings = StepTimings::default();
         self.optimizer.zero_grad()?;
-        let local_weight_sum: f64 = labels
-            .iter()
-            .map(|label| self.config.class_weights[*label as usize] as f64)
-            .sum();
+        let (multipliers, local_denominator) = self.loss_multipliers(labels, group_sizes);
         let world_size = collective.world_size();
         // A train-mode forward updates the running statistics: kept to undo a failed step.
         let buffers_saved = world_size > 1 && !self.buffers.is_empty();
@@ -426,13 +443,25 @@ impl DataParallelTrainer {
             )?
             .f_to_device(self.config.device)?;
             let logits = self.network.forward_t(&input, true);
-            logits.f_cross_entropy_loss(
-                &targets,
-                Some(&self.class_weights),
-                Reduction::Sum,
-                -100,
-                0.0,
-            )?
+            match &multipliers {
+                None => logits.f_cross_entropy_loss(
+                    &targets,
+                    Some(&self.class_weights),
+                    Reduction::Sum,
+                    -100,
+                    0.0,
+                )?,
+                Some(multipliers) => logits
+                    .f_cross_entropy_loss(
+                        &targets,
+                        Some(&self.class_weights),
+                        Reduction::None,
+                        -100,
+                        0.0,
+                    )?
+                    .f_mul(&Tensor::f_from_slice(multipliers)?.f_to_device(self.config.device)?)?
+                    .f_sum(Kind::Float)?,
+            }
         };
         let local_loss_sum =
             if self.config.inject_non_finite_at_step == Some(self.progress.global_step) {
@@ -445,83 +474,83 @@ impl DataParallelTrainer {
         let rank = collective.rank();
         timings.forward_backward = started.elapsed();
 
-        let (global_weight_sum, global_loss_sum, reform_requested, non_finite_ranks) = if world_size
-            == 1
-        {
-            let finite = local_loss_value.is_finite() && gradients_are_finite(&self.parameters)?;
-            let non_finite_ranks = if finite { Vec::new() } else { vec![rank] };
-            let scale = if local_weight_sum > 0.0 {
-                1.0 / local_weight_sum
-            } else {
-                1.0
-            };
-            tch::no_grad(|| -> Result<(), TrainError> {
-                for parameter in &self.parameters {
-                    let _ = parameter.grad().f_mul_scalar_(scale)?;
-                }
-                Ok(())
-            })?;
-            (
-                local_weight_sum,
-                local_loss_value,
-                request_reform,
-                non_finite_ranks,
-            )
-        } else {
-            let parameter_count = self.parameter_count;
-            self.gradient_buffer
-                .resize(parameter_count + EXTRA_SLOTS + world_size, 0.0);
-            let gradients: Vec<Tensor> = self.parameters.iter().map(Tensor::grad).collect();
-            flatten_into(&gradients, &mut self.gradient_buffer[..parameter_count])?;
-            let finite = local_loss_value.is_finite()
-                && self.gradient_buffer[..parameter_count]
-                    .iter()
-                    .all(|value| value.is_finite());
-            let extra = &mut self.gradient_buffer[parameter_count..];
-            extra[WEIGHT_SUM_SLOT] = local_weight_sum as f32;
-            extra[LOSS_SUM_SLOT] = if finite { local_loss_value as f32 } else { 0.0 };
-            extra[REFORM_SLOT] = if request_reform { 1.0 } else { 0.0 };
-            let flags = &mut extra[EXTRA_SLOTS..];
-            flags.fill(0.0);
-            flags[rank] = if finite { 0.0 } else { 1.0 };
-            let all_reduce_started = Instant::now();
-            let reduced = collective.all_reduce_sum(&mut self.gradient_buffer);
-            timings.all_reduce = all_reduce_started.elapsed();
-            timings.all_reduce_bytes =
-                (self.gradient_buffer.len() * std::mem::size_of::<f32>()) as u64;
-            if let Err(error) = reduced {
-                if buffers_saved {
-                    unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;
-                }
-                return Err(error.into());
-            }
-            let extra = &self.gradient_buffer[parameter_count..];
-            let global_weight_sum = extra[WEIGHT_SUM_SLOT] as f64;
-            let global_loss_sum = extra[LOSS_SUM_SLOT] as f64;
-            let reform_requested = extra[REFORM_SLOT] > 0.0;
-            let non_finite_ranks: Vec<usize> = extra[EXTRA_SLOTS..]
-                .iter()
-                .enumerate()
-                .filter(|(_, flag)| **flag > 0.0)
-                .map(|(flagged_rank, _)| flagged_rank)
-                .collect();
-            if non_finite_ranks.is_empty() {
-                let scale = if global_weight_sum > 0.0 {
-                    1.0 / global_weight_sum
+        let (global_denominator, global_loss_sum, reform_requested, non_finite_ranks) =
+            if world_size == 1 {
+                let finite =
+                    local_loss_value.is_finite() && gradients_are_finite(&self.parameters)?;
+                let non_finite_ranks = if finite { Vec::new() } else { vec![rank] };
+                let scale = if local_denominator > 0.0 {
+                    1.0 / local_denominator
                 } else {
                     1.0
                 };
-                unflatten_from(&self.gradient_buffer[..parameter_count], &gradients, scale)?;
-            } else if buffers_saved {
-                unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;
-            }
-            (
-                global_weight_sum,
-                global_loss_sum,
-                reform_requested,
-                non_finite_ranks,
-            )
-        };
+                tch::no_grad(|| -> Result<(), TrainError> {
+                    for parameter in &self.parameters {
+                        let _ = parameter.grad().f_mul_scalar_(scale)?;
+                    }
+                    Ok(())
+                })?;
+                (
+                    local_denominator,
+                    local_loss_value,
+                    request_reform,
+                    non_finite_ranks,
+                )
+            } else {
+                let parameter_count = self.parameter_count;
+                self.gradient_buffer
+                    .resize(parameter_count + EXTRA_SLOTS + world_size, 0.0);
+                let gradients: Vec<Tensor> = self.parameters.iter().map(Tensor::grad).collect();
+                flatten_into(&gradients, &mut self.gradient_buffer[..parameter_count])?;
+                let finite = local_loss_value.is_finite()
+                    && self.gradient_buffer[..parameter_count]
+                        .iter()
+                        .all(|value| value.is_finite());
+                let extra = &mut self.gradient_buffer[parameter_count..];
+                extra[DENOMINATOR_SLOT] = local_denominator as f32;
+                extra[LOSS_SUM_SLOT] = if finite { local_loss_value as f32 } else { 0.0 };
+                extra[REFORM_SLOT] = if request_reform { 1.0 } else { 0.0 };
+                let flags = &mut extra[EXTRA_SLOTS..];
+                flags.fill(0.0);
+                flags[rank] = if finite { 0.0 } else { 1.0 };
+                let all_reduce_started = Instant::now();
+                let reduced = collective.all_reduce_sum(&mut self.gradient_buffer);
+                timings.all_reduce = all_reduce_started.elapsed();
+                timings.all_reduce_bytes =
+                    (self.gradient_buffer.len() * std::mem::size_of::<f32>()) as u64;
+                if let Err(error) = reduced {
+                    if buffers_saved {
+                        unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;
+                    }
+                    return Err(error.into());
+                }
+                let extra = &self.gradient_buffer[parameter_count..];
+                let global_denominator = extra[DENOMINATOR_SLOT] as f64;
+                let global_loss_sum = extra[LOSS_SUM_SLOT] as f64;
+                let reform_requested = extra[REFORM_SLOT] > 0.0;
+                let non_finite_ranks: Vec<usize> = extra[EXTRA_SLOTS..]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, flag)| **flag > 0.0)
+                    .map(|(flagged_rank, _)| flagged_rank)
+                    .collect();
+                if non_finite_ranks.is_empty() {
+                    let scale = if global_denominator > 0.0 {
+                        1.0 / global_denominator
+                    } else {
+                        1.0
+                    };
+                    unflatten_from(&self.gradient_buffer[..parameter_count], &gradients, scale)?;
+                } else if buffers_saved {
+                    unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;
+                }
+                (
+                    global_denominator,
+                    global_loss_sum,
+                    reform_requested,
+                    non_finite_ranks,
+                )
+            };
         if !non_finite_ranks.is_empty() {
             self.optimizer.zero_grad()?;
             let local_loss = non_finite_ranks.contains(&rank).then_some(local_loss_value);
@@ -547,7 +576,7 @@ impl DataParallelTrainer {
                     self.progress.global_step += 1;
                     return Ok(StepOutcome {
                         loss: f64::NAN,
-                        global_weight_sum,
+                        global_denominator,
                         reform_requested,
                         skipped_for_ranks: non_finite_ranks,
                         timings,
@@ -558,8 +587,8 @@ impl DataParallelTrainer {
         let optimizer_started = Instant::now();
         self.optimizer.step()?;
         timings.optimizer = optimizer_started.elapsed();
-        let loss = if global_weight_sum > 0.0 {
-            global_loss_sum / global_weight_sum
+        let loss = if global_denominator > 0.0 {
+            global_loss_sum / global_denominator
         } else {
             0.0
         };
@@ -569,11 +598,33 @@ impl DataParallelTrainer {
         self.progress.global_step += 1;
         Ok(StepOutcome {
             loss,
-            global_weight_sum,
+            global_denominator,
             reform_requested,
             skipped_for_ranks: Vec::new(),
             timings,
         })
+    }
+
+    /// Per-sample multipliers of `w_i * l_i` (None: all 1) and this rank's part of the global denominator, as
+    /// the configured [`crate::LossNormalization`] has them for a batch of `group_sizes` consecutive groups.
+    fn loss_multipliers(&self, labels: &[u32], group_sizes: &[usize]) -> (Option<Vec<f32>>, f64) {
+        let normalization = self.config.loss_normalization;
+        let mut multipliers = Vec::with_capacity(labels.len());
+        let mut denominator = 0.0;
+        let mut start = 0;
+        for &size in group_sizes {
+            let group = &labels[start..start + size];
+            start += size;
+            let weight_sum: f64 = group
+                .iter()
+                .map(|label| self.config.class_weights[*label as usize] as f64)
+                .sum();
+            let (multiplier, group_denominator) = normalization.group_terms(size, weight_sum);
+            denominator += group_denominator;
+            multipliers.extend(std::iter::repeat_n(multiplier as f32, size));
+        }
+        let all_one = multipliers.iter().all(|multiplier| *multiplier == 1.0);
+        ((!all_one).then_some(multipliers), denominator)
     }
 
     /// Starts the epoch's loss mean afresh when the step about to be counted is an epoch's first.

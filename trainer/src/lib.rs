@@ -18,8 +18,8 @@ pub use plankton_collective::{Collective, CollectiveError, SingleProcess};
 pub use batch::{AssembledBatch, EpochBatches, RandomTransform, ShardData};
 pub use card::{ModelCard, ModelInput};
 pub use config::{
-    Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LrSchedule,
-    NonFinitePolicy, OptimizerChoice, TrainConfig,
+    Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LossNormalization,
+    LrSchedule, NonFinitePolicy, OptimizerChoice, TrainConfig,
 };
 pub use data_parallel::{
     DataParallelTrainer, MISTAKES_PER_CLASS, Mistake, ShardEvaluation, StepOutcome, StepTimings,

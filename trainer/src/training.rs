@@ -229,6 +229,8 @@ fn run_owned_generation(
     }
 
     let mut batch = AssembledBatch::default();
+    // Samples of each owned virtual shard in `batch`, in order (the loss may normalise each alone).
+    let mut group_sizes: Vec<usize> = Vec::with_capacity(owned.len());
     // The batch order of `batches_epoch`, per owned shard (rebuilt when the epoch changes).
     let mut batches_epoch: Option<u32> = None;
     let mut batches: Vec<EpochBatches> = Vec::new();
@@ -266,13 +268,21 @@ fn run_owned_generation(
         }
         let data_started = Instant::now();
         batch.clear();
+        group_sizes.clear();
         for (shard, shard_batches) in owned.iter().zip(&batches) {
+            let before = batch.labels.len();
             shard_batches.append(shard.train, step_index, &mut batch);
+            group_sizes.push(batch.labels.len() - before);
         }
         let data_time = data_started.elapsed();
         let request_reform = observer.reform_requested();
-        let outcome =
-            trainer.train_step(collective, &batch.images, &batch.labels, request_reform)?;
+        let outcome = trainer.train_step_grouped(
+            collective,
+            &batch.images,
+            &batch.labels,
+            &group_sizes,
+            request_reform,
+        )?;
         epoch_clock.1 += batch.labels.len();
         let progress = StepProgress {
             epoch: epoch_index + 1,

@@ -19,14 +19,15 @@ use plankton_dataset::{StoreLocation, open_image_source, open_location};
 use plankton_preprocess::{PreprocessConfig, ResizeMode, ShardCache};
 use plankton_proto::v1::{
     Augmentation, DoneReport, EpochReport, GenerationEndReport, JobPhase, JobSpec,
-    LrSchedule as ProtoLrSchedule, Misclassification, NextAssignmentRequest,
-    NonFinitePolicy as ProtoNonFinitePolicy, OptimizerKind, ProgressReport,
+    LossNormalization as ProtoLossNormalization, LrSchedule as ProtoLrSchedule, Misclassification,
+    NextAssignmentRequest, NonFinitePolicy as ProtoNonFinitePolicy, OptimizerKind, ProgressReport,
     ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress, state_source,
 };
 use plankton_trainer::{
     Architecture, AugmentationMode, DataParallelTrainer, EpochEvaluation, GenerationOutcome,
-    LrSchedule, Mistake, ModelCard, ModelInput, NonFinitePolicy, OptimizerChoice, StepProgress,
-    TrainConfig, TrainError, TrainingObserver, TrainingProgress, VirtualShardData, run_generation,
+    LossNormalization, LrSchedule, Mistake, ModelCard, ModelInput, NonFinitePolicy,
+    OptimizerChoice, StepProgress, TrainConfig, TrainError, TrainingObserver, TrainingProgress,
+    VirtualShardData, run_generation,
 };
 
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
@@ -1029,6 +1030,14 @@ fn train_config(
         {
             ProtoNonFinitePolicy::Fail => NonFinitePolicy::Fail,
             ProtoNonFinitePolicy::SkipStep => NonFinitePolicy::SkipStep,
+        },
+        loss_normalization: match ProtoLossNormalization::try_from(spec.loss_normalization)
+            .unwrap_or_default()
+        {
+            ProtoLossNormalization::Default => LossNormalization::default(),
+            ProtoLossNormalization::WeightSum => LossNormalization::WeightSum,
+            ProtoLossNormalization::Samples => LossNormalization::Samples,
+            ProtoLossNormalization::ShardMean => LossNormalization::ShardMean,
         },
         inject_non_finite_at_step: None,
     })
