@@ -1,7 +1,7 @@
 # plankton-cluster: the two commands a newcomer needs are `make demo` and `make test`.
 export GLIBC_TUNABLES := glibc.malloc.hugetlb=1
 
-.PHONY: setup demo test bench-preprocess bench-train bench-allreduce bench-serve bench-recovery gpu-check image
+.PHONY: setup demo test bench-preprocess bench-train bench-allreduce bench-serve bench-recovery bench-quality gpu-check image
 
 setup:
 	scripts/setup.sh
@@ -35,6 +35,11 @@ bench-serve: setup
 bench-recovery: setup
 	cargo build --release --bins
 	cargo run --release -p plankton-bench --bin recovery_bench
+
+## Macro-F1 and accuracy of the cluster vs a PyTorch DDP + DataLoader script on the same data, over 3 seeds.
+bench-quality: setup
+	scripts/setup-bench.sh
+	cargo run --release -p plankton-bench --bin quality_compare
 
 gpu-check:
 	scripts/gpu-check.sh

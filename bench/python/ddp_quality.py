@@ -1,0 +1,146 @@
+"""The PyTorch script the cluster replaces, for bench/src/bin/quality_compare.rs: DDP (gloo) over `--world`
+processes, a DataLoader reading each epoch's JPEGs with OpenCV preprocessing (the cluster's: grey, bicubic 64x64,
+threshold below the mean, 4x4 opening), the same network (torch_train.py's), balanced class weights in
+`F.cross_entropy` (each rank's weighted mean, averaged by DDP), Adam at a constant rate, a DistributedSampler
+shuffled per epoch. The split and class weights come from the cluster's planner (a CSV and a JSON), so both
+sides train and test on the same objects.
+
+Prints one JSON line: {"accuracy": ..., "macro_f1": ..., "seconds": ...} (macro-F1 as scikit-learn's, over the
+classes with support or predictions).
+"""
+import argparse
+import csv
+import json
+import os
+import socket
+import time
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from torch_train import LeNet, ResNet
+
+KERNEL = np.ones((4, 4), np.uint8)
+
+
+class FlowCamImages(Dataset):
+    def __init__(self, images_dir, rows):
+        self.images_dir = images_dir
+        self.rows = rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        objid, label = self.rows[index]
+        grey = cv2.imread(os.path.join(self.images_dir, f"{objid}.jpg"), cv2.IMREAD_GRAYSCALE)
+        resized = cv2.resize(grey, (64, 64), interpolation=cv2.INTER_CUBIC)
+        threshold = np.where(resized < resized.mean(), 255, 0).astype(np.uint8)
+        opening = cv2.morphologyEx(threshold, cv2.MORPH_OPEN, KERNEL)
+        image = np.stack([resized, threshold, opening]).astype(np.float32) / 255.0
+        return torch.from_numpy(image), label
+
+
+def read_split(path):
+    parts = {"train": [], "test": []}
+    with open(path) as handle:
+        for row in csv.DictReader(handle):
+            parts[row["part"]].append((int(row["objid"]), int(row["label"])))
+    return parts
+
+
+def macro_f1_and_accuracy(confusion):
+    true_positive = np.diag(confusion).astype(np.float64)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    precision = np.divide(true_positive, predicted, out=np.zeros_like(true_positive), where=predicted > 0)
+    recall = np.divide(true_positive, support, out=np.zeros_like(true_positive), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+    present = (support > 0) | (predicted > 0)
+    return float(f1[present].mean()), float(true_positive.sum() / confusion.sum())
+
+
+def run(rank, args, port, result_path):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=args.world)
+    torch.manual_seed(args.seed)
+    with open(args.weights) as handle:
+        setup = json.load(handle)
+    num_classes = len(setup["class_weights"])
+    class_weights = torch.tensor(setup["class_weights"], dtype=torch.float32)
+    split = read_split(args.split)
+    images_dir = os.path.join(args.dataset, "imgs")
+    model = LeNet(num_classes) if args.arch == "lenet" else ResNet(num_classes)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    train = FlowCamImages(images_dir, split["train"])
+    sampler = DistributedSampler(train, num_replicas=args.world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
+    loader = DataLoader(train, batch_size=args.batch, sampler=sampler, num_workers=args.loader_workers, drop_last=True)
+    started = time.time()
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        for images, labels in loader:
+            if args.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(images), labels, weight=class_weights)
+            loss.backward()
+            optimizer.step()
+    seconds = time.time() - started
+    if rank == 0:
+        model.eval()
+        confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+        test = DataLoader(FlowCamImages(images_dir, split["test"]), batch_size=256, num_workers=args.loader_workers)
+        with torch.no_grad():
+            for images, labels in test:
+                predictions = model.module(images).argmax(dim=1)
+                np.add.at(confusion, (labels.numpy(), predictions.numpy()), 1)
+        macro_f1, accuracy = macro_f1_and_accuracy(confusion)
+        with open(result_path, "w") as handle:
+            json.dump({"accuracy": accuracy, "macro_f1": macro_f1, "seconds": seconds}, handle)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", required=True, help="folder with imgs/<objid>.jpg")
+    parser.add_argument("--split", required=True, help="CSV objid,label,part (train|test)")
+    parser.add_argument("--weights", required=True, help="JSON {class_weights: [...]}")
+    parser.add_argument("--arch", choices=["lenet", "resnet"], default="lenet")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=128, help="per rank")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--world", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    parser.add_argument("--loader-workers", type=int, default=0)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--result", required=True)
+    args = parser.parse_args()
+    mp.spawn(run, args=(args, free_port(), args.result), nprocs=args.world, join=True)
+    with open(args.result) as handle:
+        print(handle.read())
+
+
+if __name__ == "__main__":
+    main()

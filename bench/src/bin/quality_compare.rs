@@ -1,0 +1,312 @@
+//! Model quality side by side: the cluster (in-process coordinator + workers, each loss normalisation asked
+//! for) and the PyTorch script it replaces (DDP over gloo, a DataLoader with OpenCV preprocessing,
+//! `bench/python/ddp_quality.py`), on the same objects, split, class weights, network, optimizer, batch and
+//! epochs, for several seeds (each seed draws its own subsample, split and initial weights). Prints each run,
+//! then each side's mean and spread of macro-F1 and accuracy.
+//!
+//! `make bench-quality` (`scripts/setup-bench.sh`, then
+//! `cargo run --release -p plankton-bench --bin quality_compare`); the defaults are the README's setting.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+
+use plankton_coordinator::planner::{normalize_spec, plan_job};
+use plankton_proto::v1::{ClassWeighting, JobSpec, LossNormalization, LrSchedule};
+use plankton_tests::{TestCluster, synth_dataset, workspace_root};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Normalization {
+    Default,
+    WeightSum,
+    Samples,
+    ShardMean,
+}
+
+impl Normalization {
+    fn proto(self) -> LossNormalization {
+        match self {
+            Normalization::Default => LossNormalization::Default,
+            Normalization::WeightSum => LossNormalization::WeightSum,
+            Normalization::Samples => LossNormalization::Samples,
+            Normalization::ShardMean => LossNormalization::ShardMean,
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Cluster vs PyTorch DDP + DataLoader: macro-F1 and accuracy over seeds")]
+struct Options {
+    /// Folder of the synthetic dataset (generated when it has no meta.csv).
+    #[arg(long, default_value = "target/quality-data")]
+    dataset: PathBuf,
+    /// Objects generated (the real dataset's 243,610) and the generator's seed.
+    #[arg(long, default_value_t = 243_610)]
+    count: u64,
+    #[arg(long, default_value_t = 42)]
+    dataset_seed: u64,
+    /// Stratified subsample each run trains and tests on.
+    #[arg(long, default_value_t = 48_000)]
+    max_objects: u32,
+    /// Split, subsample and initialisation seeds, one run per side each.
+    #[arg(long, value_delimiter = ',', default_value = "42,7,3")]
+    seeds: Vec<u64>,
+    #[arg(long, default_value_t = 3)]
+    epochs: u32,
+    /// Images per step and per worker (rank).
+    #[arg(long, default_value_t = 128)]
+    batch: u32,
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    #[arg(long, default_value = "lenet")]
+    model: String,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// The cluster's loss normalisations to run (each on every seed).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "default")]
+    normalizations: Vec<Normalization>,
+    /// Only the cluster (no PyTorch runs).
+    #[arg(long)]
+    skip_pytorch: bool,
+}
+
+/// One run's final test metrics.
+#[derive(Clone, Copy, Debug)]
+struct Quality {
+    macro_f1: f64,
+    accuracy: f64,
+    seconds: f64,
+}
+
+/// How long one training run may take before the benchmark calls it hung.
+const RUN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn main() -> Result<()> {
+    let options = Options::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?
+        .block_on(run(options))
+}
+
+async fn run(options: Options) -> Result<()> {
+    let python = workspace_root().join(".venv-bench/bin/python");
+    if !options.skip_pytorch && !python.exists() {
+        bail!(
+            "{} is missing: run scripts/setup-bench.sh (make bench-quality does)",
+            python.display()
+        );
+    }
+    let dataset = std::path::absolute(&options.dataset)?;
+    if !dataset.join("meta.csv").exists() {
+        let started = Instant::now();
+        println!(
+            "generating {} objects into {}",
+            options.count,
+            dataset.display()
+        );
+        std::fs::create_dir_all(&dataset)?;
+        synth_dataset(
+            &format!("file://{}", dataset.display()),
+            options.count,
+            options.dataset_seed,
+            false,
+        )
+        .await?;
+        println!("generated in {:.0} s", started.elapsed().as_secs_f64());
+    }
+    let dataset_url = format!("file://{}", dataset.display());
+    let work = tempfile::tempdir()?;
+    let allowed = dataset_url.clone();
+    let cluster = TestCluster::start_configured(
+        options.workers as usize,
+        None,
+        move |config| config.job_policy.dataset_prefixes.push(allowed),
+        |_, _| {},
+    )
+    .await?;
+    let mut cluster_results: Vec<(Normalization, Vec<Quality>)> = options
+        .normalizations
+        .iter()
+        .map(|normalization| (*normalization, Vec::new()))
+        .collect();
+    let mut pytorch_results = Vec::new();
+    for &seed in &options.seeds {
+        let spec = JobSpec {
+            name: format!("quality-seed-{seed}"),
+            dataset_url: dataset_url.clone(),
+            world_size: options.workers,
+            model: options.model.clone(),
+            epochs: options.epochs,
+            batch_size: options.batch,
+            learning_rate: options.lr,
+            class_weighting: ClassWeighting::Balanced as i32,
+            lr_schedule: LrSchedule::Constant as i32,
+            seed,
+            max_objects: options.max_objects,
+            threads_per_worker: 1,
+            ..Default::default()
+        };
+        for (normalization, results) in &mut cluster_results {
+            let spec = JobSpec {
+                loss_normalization: normalization.proto() as i32,
+                ..spec.clone()
+            };
+            let started = Instant::now();
+            let job = tokio::time::timeout(RUN_TIMEOUT, cluster.run_job(spec))
+                .await
+                .context("the cluster run timed out")??;
+            let last = job.epochs.last().context("the job evaluated no epoch")?;
+            let quality = Quality {
+                macro_f1: last.macro_f1,
+                accuracy: last.accuracy,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            println!(
+                "seed {seed:>4}  cluster {:<10}  macro-F1 {:.3}  accuracy {:.3}  ({:.0} s, ingest included)",
+                format!("{normalization:?}"),
+                quality.macro_f1,
+                quality.accuracy,
+                quality.seconds
+            );
+            results.push(quality);
+        }
+        if !options.skip_pytorch {
+            let quality = pytorch_run(&python, &options, &spec, &dataset, work.path()).await?;
+            println!(
+                "seed {seed:>4}  PyTorch DDP         macro-F1 {:.3}  accuracy {:.3}  ({:.0} s training)",
+                quality.macro_f1, quality.accuracy, quality.seconds
+            );
+            pytorch_results.push(quality);
+        }
+    }
+    cluster.shutdown().await?;
+
+    println!();
+    println!(
+        "{} objects (of {} generated, seed {}), {} x {} {} epochs, Adam {} constant, balanced weights, {} seeds",
+        options.max_objects,
+        options.count,
+        options.dataset_seed,
+        options.workers,
+        options.batch,
+        options.epochs,
+        options.lr,
+        options.seeds.len()
+    );
+    let pytorch = summary(&pytorch_results);
+    for (normalization, results) in &cluster_results {
+        let Some(cluster) = summary(results) else {
+            continue;
+        };
+        println!(
+            "cluster ({normalization:?}):  macro-F1 {:.3} ± {:.3}  accuracy {:.3} ± {:.3}",
+            cluster.0, cluster.1, cluster.2, cluster.3
+        );
+        if let Some(pytorch) = pytorch {
+            println!(
+                "   vs PyTorch DDP:   macro-F1 {:+.3} (goal >= -0.010), accuracy {:+.3} (goal within ±0.020)",
+                cluster.0 - pytorch.0,
+                cluster.2 - pytorch.2
+            );
+        }
+    }
+    if let Some(pytorch) = pytorch {
+        println!(
+            "PyTorch DDP:       macro-F1 {:.3} ± {:.3}  accuracy {:.3} ± {:.3}",
+            pytorch.0, pytorch.1, pytorch.2, pytorch.3
+        );
+    }
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+/// (mean macro-F1, its standard deviation, mean accuracy, its standard deviation); None for no runs.
+fn summary(results: &[Quality]) -> Option<(f64, f64, f64, f64)> {
+    if results.is_empty() {
+        return None;
+    }
+    let mean_and_spread = |values: Vec<f64>| {
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let variance = values
+            .iter()
+            .map(|value| (value - mean).powi(2))
+            .sum::<f64>()
+            / values.len().max(2).saturating_sub(1) as f64;
+        (mean, variance.sqrt())
+    };
+    let (f1, f1_spread) = mean_and_spread(results.iter().map(|quality| quality.macro_f1).collect());
+    let (accuracy, accuracy_spread) =
+        mean_and_spread(results.iter().map(|quality| quality.accuracy).collect());
+    Some((f1, f1_spread, accuracy, accuracy_spread))
+}
+
+/// The PyTorch script on the split and class weights the cluster's planner makes of `spec`.
+async fn pytorch_run(
+    python: &Path,
+    options: &Options,
+    spec: &JobSpec,
+    dataset: &Path,
+    work: &Path,
+) -> Result<Quality> {
+    let plan = plan_job(&normalize_spec(spec.clone())?).await?;
+    let split_path = work.join(format!("split-{}.csv", spec.seed));
+    let mut split = String::from("objid,label,part\n");
+    for shard in &plan.shards {
+        for (part, objects) in [("train", &shard.train), ("test", &shard.test)] {
+            for object in objects {
+                split.push_str(&format!("{},{},{part}\n", object.objid, object.label));
+            }
+        }
+    }
+    std::fs::write(&split_path, split)?;
+    let weights_path = work.join(format!("weights-{}.json", spec.seed));
+    std::fs::write(
+        &weights_path,
+        serde_json::to_vec(&serde_json::json!({ "class_weights": plan.class_weights }))?,
+    )?;
+    let result_path = work.join(format!("pytorch-{}.json", spec.seed));
+    let script = workspace_root().join("bench/python/ddp_quality.py");
+    let mut command = Command::new(python);
+    command
+        .arg(&script)
+        .arg("--dataset")
+        .arg(dataset)
+        .arg("--split")
+        .arg(&split_path)
+        .arg("--weights")
+        .arg(&weights_path)
+        .args(["--arch", &options.model])
+        .args(["--epochs", &options.epochs.to_string()])
+        .args(["--batch", &options.batch.to_string()])
+        .args(["--lr", &options.lr.to_string()])
+        .args(["--seed", &spec.seed.to_string()])
+        .args(["--world", &options.workers.to_string()])
+        .arg("--result")
+        .arg(&result_path)
+        .current_dir(workspace_root().join("bench/python"));
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    if !output.status.success() {
+        bail!(
+            "the PyTorch run failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let result: serde_json::Value = serde_json::from_slice(&std::fs::read(&result_path)?)?;
+    let number = |key: &str| {
+        result[key]
+            .as_f64()
+            .with_context(|| format!("no {key} in {result}"))
+    };
+    Ok(Quality {
+        macro_f1: number("macro_f1")?,
+        accuracy: number("accuracy")?,
+        seconds: number("seconds")?,
+    })
+}
