@@ -12,7 +12,6 @@ import argparse
 import csv
 import json
 import os
-import socket
 import time
 
 import cv2
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from torch_train import LeNet, ResNet
+from torch_train import LeNet, ResNet, free_port
 
 KERNEL = np.ones((4, 4), np.uint8)
 
@@ -113,12 +112,6 @@ def run(rank, args, port, result_path):
             json.dump({"accuracy": accuracy, "macro_f1": macro_f1, "seconds": seconds}, handle)
     dist.barrier()
     dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def main():

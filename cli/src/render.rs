@@ -291,33 +291,6 @@ fn time_of(unix_ms: i64) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-/// Virtual shard indices as ranges: `[0, 1, 2, 5]` -> "0-2, 5".
-pub fn shard_ranges(shards: &[u32]) -> String {
-    let mut sorted = shards.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut ranges: Vec<String> = Vec::new();
-    let mut index = 0;
-    while index < sorted.len() {
-        let first = sorted[index];
-        let mut last = first;
-        while index + 1 < sorted.len() && sorted[index + 1] == last + 1 {
-            index += 1;
-            last = sorted[index];
-        }
-        ranges.push(if first == last {
-            first.to_string()
-        } else {
-            format!("{first}-{last}")
-        });
-        index += 1;
-    }
-    if ranges.is_empty() {
-        return "-".into();
-    }
-    ranges.join(", ")
-}
-
 fn names_or_dash(names: &[String]) -> String {
     if names.is_empty() {
         return "-".into();
@@ -360,7 +333,7 @@ fn member_table(workers: &[WorkerProgress]) -> String {
             worker.rank.to_string(),
             worker.worker_id.clone(),
             worker.generation.to_string(),
-            shard_ranges(&worker.virtual_shards),
+            worker.shard_ranges(),
             worker.epoch.to_string(),
             format!("{}/{}", worker.step, worker.steps_per_epoch),
             worker.global_step.to_string(),
@@ -632,9 +605,16 @@ mod tests {
 
     #[test]
     fn shard_ranges_are_compact() {
-        assert_eq!(shard_ranges(&[5, 0, 1, 2, 7, 8]), "0-2, 5, 7-8");
-        assert_eq!(shard_ranges(&[3]), "3");
-        assert_eq!(shard_ranges(&[]), "-");
+        let ranges = |virtual_shards: &[u32]| {
+            WorkerProgress {
+                virtual_shards: virtual_shards.to_vec(),
+                ..Default::default()
+            }
+            .shard_ranges()
+        };
+        assert_eq!(ranges(&[5, 0, 1, 2, 7, 8]), "0-2, 5, 7-8");
+        assert_eq!(ranges(&[3]), "3");
+        assert_eq!(ranges(&[]), "-");
     }
 
     #[test]

@@ -20,6 +20,36 @@ pub mod v1 {
             }
         }
     }
+
+    impl WorkerProgress {
+        /// The virtual shards it trains as ranges, as operators read them: `[0, 1, 2, 5]` -> "0-2, 5" ("-" for
+        /// none).
+        pub fn shard_ranges(&self) -> String {
+            let mut sorted = self.virtual_shards.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let mut ranges: Vec<String> = Vec::new();
+            let mut index = 0;
+            while index < sorted.len() {
+                let first = sorted[index];
+                let mut last = first;
+                while index + 1 < sorted.len() && sorted[index + 1] == last + 1 {
+                    index += 1;
+                    last = sorted[index];
+                }
+                ranges.push(if first == last {
+                    first.to_string()
+                } else {
+                    format!("{first}-{last}")
+                });
+                index += 1;
+            }
+            if ranges.is_empty() {
+                return "-".into();
+            }
+            ranges.join(", ")
+        }
+    }
 }
 
 /// Encoded `FileDescriptorSet` of every plankton proto, for gRPC server reflection.

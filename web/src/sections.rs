@@ -106,33 +106,6 @@ pub fn metrics_summary(metrics: &EvalMetrics) -> String {
     )
 }
 
-/// Virtual shard indices as ranges: `[0, 1, 2, 5]` -> "0-2, 5".
-fn shard_ranges(shards: &[u32]) -> String {
-    let mut sorted = shards.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut ranges: Vec<String> = Vec::new();
-    let mut index = 0;
-    while index < sorted.len() {
-        let first = sorted[index];
-        let mut last = first;
-        while index + 1 < sorted.len() && sorted[index + 1] == last + 1 {
-            index += 1;
-            last = sorted[index];
-        }
-        ranges.push(if first == last {
-            first.to_string()
-        } else {
-            format!("{first}-{last}")
-        });
-        index += 1;
-    }
-    if ranges.is_empty() {
-        return "-".to_string();
-    }
-    ranges.join(", ")
-}
-
 /// The job's members as they last reported: rank, worker, generation, epoch/step, loss, throughput, objects.
 pub fn worker_progress_table(workers: &[WorkerProgress], table_attributes: &str) -> String {
     let mut out = format!(
@@ -150,7 +123,7 @@ pub fn worker_progress_table(workers: &[WorkerProgress], table_attributes: &str)
             out,
             r#"<tr class="worker-row" data-worker-id="{id}" data-rank="{rank}"><td class="num">{rank}</td><td>{id}</td><td class="num">{}</td><td>{}</td><td>epoch {} · step {step}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{:.1}</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
             worker.generation,
-            shard_ranges(&worker.virtual_shards),
+            worker.shard_ranges(),
             worker.epoch,
             count_text(worker.global_step),
             loss_text(worker.loss),
