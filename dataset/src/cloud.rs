@@ -411,7 +411,7 @@ pub(crate) fn short_cause(error: &(dyn std::error::Error + 'static)) -> String {
     while let Some(source) = innermost.source() {
         innermost = source;
     }
-    let text = innermost.to_string();
+    let text = summarize_xml_error(&innermost.to_string());
     const LIMIT: usize = 300;
     if text.len() <= LIMIT {
         return text;
@@ -423,9 +423,65 @@ pub(crate) fn short_cause(error: &(dyn std::error::Error + 'static)) -> String {
     format!("{}...", &text[..end])
 }
 
+/// `text` with an XML error body (S3, Azure, GCS's XML API) cut down to its code and message:
+/// `...: 403 Forbidden: AccessDenied: Access Denied`.
+fn summarize_xml_error(text: &str) -> String {
+    let between = |open: &str, close: &str| {
+        let start = text.find(open)? + open.len();
+        let end = start + text[start..].find(close)?;
+        Some(text[start..end].trim().to_string())
+    };
+    let Some(code) = between("<Code>", "</Code>") else {
+        return text.to_string();
+    };
+    let message = between("<Message>", "</Message>").unwrap_or_default();
+    let message = message
+        .trim_start_matches("<![CDATA[")
+        .trim_end_matches("]]>")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let before_body = text.split("<?xml").next().unwrap_or(text);
+    let before_body = before_body.split("<Error>").next().unwrap_or(before_body);
+    let prefix = before_body.trim_end().trim_end_matches(':').trim_end();
+    format!("{prefix}: {code}: {message}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn xml_error_bodies_are_cut_to_code_and_message() {
+        let s3 = "Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error>\n    <Code>AccessDenied</Code>\n    <Message><![CDATA[Access Denied]]></Message>\n    <RequestID>x</RequestID>\n</Error>";
+        assert_eq!(
+            summarize_xml_error(s3),
+            "Server returned non-2xx status code: 403 Forbidden: AccessDenied: Access Denied"
+        );
+        let plain = "Server returned non-2xx status code: 404 Not Found: Not Found";
+        assert_eq!(summarize_xml_error(plain), plain);
+    }
+
+    #[test]
+    fn missing_buckets_are_recognised_in_each_cloud_answer() {
+        for body in [
+            "<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message></Error>",
+            "<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist.</Message></Error>",
+            "<Error><Code>ContainerNotFound</Code><Message>The specified container does not exist.</Message></Error>",
+        ] {
+            let error = object_store::Error::NotFound {
+                path: "x".into(),
+                source: body.into(),
+            };
+            assert!(says_bucket_missing(&error), "{body}");
+        }
+        let object_missing = object_store::Error::NotFound {
+            path: "x".into(),
+            source: "<Error><Code>NoSuchKey</Code></Error>".into(),
+        };
+        assert!(!says_bucket_missing(&object_missing));
+    }
 
     #[test]
     fn kinds_follow_the_scheme() {
