@@ -528,8 +528,8 @@ impl StoreLocation {
             let not_found = matches!(error, object_store::Error::NotFound { .. })
                 || (operation == StoreOperation::List
                     && cloud::error_chain_text(&error).contains("404 not found"));
-            let bucket_missing = cloud::says_bucket_missing(&error)
-                || (not_found && self.bucket_is_missing().await);
+            let bucket_missing =
+                cloud::says_bucket_missing(&error) || (not_found && self.bucket_is_missing().await);
             if bucket_missing {
                 return DatasetError::BucketNotFound {
                     store: self.kind.name(),
@@ -597,7 +597,7 @@ impl StoreLocation {
         self.retrying(relative, StoreOperation::Read, || {
             self.store.get_range(&path, range.clone())
         })
-            .await
+        .await
     }
 
     /// Metadata of the object `relative` (size, e-tag, last modified), with one HEAD request.
@@ -670,7 +670,7 @@ impl StoreLocation {
         self.retrying(relative, StoreOperation::Write, || {
             self.store.put(&path, bytes.clone().into())
         })
-            .await?;
+        .await?;
         Ok(())
     }
 }

