@@ -210,11 +210,12 @@ pub fn build_cloud_store(
             let skip_signature = builder
                 .get_config_value(&AmazonS3ConfigKey::SkipSignature)
                 .is_some_and(|value| is_true(&value));
-            let credentials_from_metadata = !skip_signature
-                && !configured(AmazonS3ConfigKey::AccessKeyId)
-                && !configured(AmazonS3ConfigKey::ContainerCredentialsRelativeUri)
-                && !configured(AmazonS3ConfigKey::ContainerCredentialsFullUri)
-                && !(env_set("AWS_WEB_IDENTITY_TOKEN_FILE") && env_set("AWS_ROLE_ARN"));
+            let credentials_configured = skip_signature
+                || configured(AmazonS3ConfigKey::AccessKeyId)
+                || configured(AmazonS3ConfigKey::ContainerCredentialsRelativeUri)
+                || configured(AmazonS3ConfigKey::ContainerCredentialsFullUri)
+                || (env_set("AWS_WEB_IDENTITY_TOKEN_FILE") && env_set("AWS_ROLE_ARN"));
+            let credentials_from_metadata = !credentials_configured;
             let store = builder
                 .with_bucket_name(bucket)
                 .with_retry(store_retry_config())
@@ -250,12 +251,13 @@ pub fn build_cloud_store(
             let skip_signature = builder
                 .get_config_value(&GoogleConfigKey::SkipSignature)
                 .is_some_and(|value| is_true(&value));
-            let credentials_from_metadata = !skip_signature
-                && !configured(GoogleConfigKey::ServiceAccount)
-                && !configured(GoogleConfigKey::ServiceAccountKey)
-                && !configured(GoogleConfigKey::ApplicationCredentials)
-                && !(options.from_environment && env_set("SERVICE_ACCOUNT"))
-                && !gcloud_default_credentials_exist();
+            let credentials_configured = skip_signature
+                || configured(GoogleConfigKey::ServiceAccount)
+                || configured(GoogleConfigKey::ServiceAccountKey)
+                || configured(GoogleConfigKey::ApplicationCredentials)
+                || (options.from_environment && env_set("SERVICE_ACCOUNT"))
+                || gcloud_default_credentials_exist();
+            let credentials_from_metadata = !credentials_configured;
             let store = builder
                 .with_bucket_name(bucket)
                 .with_retry(store_retry_config())
@@ -302,14 +304,15 @@ pub fn build_cloud_store(
                     detail: "no storage account is set".into(),
                 });
             }
-            let credentials_from_metadata = !use_emulator
-                && !flag(AzureConfigKey::SkipSignature)
-                && !flag(AzureConfigKey::UseAzureCli)
-                && !configured(AzureConfigKey::AccessKey)
-                && !configured(AzureConfigKey::SasKey)
-                && !configured(AzureConfigKey::Token)
-                && !configured(AzureConfigKey::ClientSecret)
-                && !configured(AzureConfigKey::FederatedTokenFile);
+            let credentials_configured = use_emulator
+                || flag(AzureConfigKey::SkipSignature)
+                || flag(AzureConfigKey::UseAzureCli)
+                || configured(AzureConfigKey::AccessKey)
+                || configured(AzureConfigKey::SasKey)
+                || configured(AzureConfigKey::Token)
+                || configured(AzureConfigKey::ClientSecret)
+                || configured(AzureConfigKey::FederatedTokenFile);
+            let credentials_from_metadata = !credentials_configured;
             let store = builder
                 .with_container_name(bucket)
                 .with_retry(store_retry_config())
