@@ -280,8 +280,11 @@ fn emulators() -> &'static Emulators {
 /// ("invalid uploadType"); the same PUT with a signed-URL query parameter takes its XML upload path. This
 /// adapter adds that parameter to every PUT, names fake-gcs-server's public host in `Host` (its XML API answers
 /// only there) and `Connection: close` (so that it sees each request's head), copies the upload answer's etag
-/// from its JSON body into the `ETag` header object_store reads, and passes the rest through. It runs on its own thread, as it outlives each test's runtime.
-/// Returns its URL.
+/// from its JSON body into the `ETag` header object_store reads, and passes the rest through. It runs on its own
+/// thread, as it outlives each test's runtime. Returns its URL.
+///
+/// It also throttles: every [`GCS_THROTTLE_EVERY`]th read (GET or HEAD) is answered 503 without reaching the
+/// emulator, so the GCS jobs train, write and serve under a steady rate of transient failures.
 fn start_gcs_upload_adapter(fake_gcs_port: u16) -> String {
     let listener =
         std::net::TcpListener::bind("127.0.0.1:0").expect("binding the GCS upload adapter");
@@ -301,6 +304,12 @@ fn start_gcs_upload_adapter(fake_gcs_port: u16) -> String {
     });
     url
 }
+
+/// One GCS read in this many is answered 503 ("SlowDown") by the adapter.
+const GCS_THROTTLE_EVERY: usize = 8;
+/// Reads through the GCS adapter, and those it answered 503.
+static GCS_READS: AtomicUsize = AtomicUsize::new(0);
+static GCS_READS_THROTTLED: AtomicUsize = AtomicUsize::new(0);
 
 async fn adapt_one_request(mut client: tokio::net::TcpStream, fake_gcs_port: u16) {
     let mut received = Vec::new();
@@ -326,6 +335,16 @@ async fn adapt_one_request(mut client: tokio::net::TcpStream, fake_gcs_port: u16
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
+    if matches!(method, "GET" | "HEAD")
+        && GCS_READS.fetch_add(1, Ordering::SeqCst) % GCS_THROTTLE_EVERY == GCS_THROTTLE_EVERY - 1
+    {
+        GCS_READS_THROTTLED.fetch_add(1, Ordering::SeqCst);
+        let answer =
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        let _ = client.write_all(answer.as_bytes()).await;
+        let _ = client.shutdown().await;
+        return;
+    }
     let target = if method == "PUT" {
         let separator = if target.contains('?') { '&' } else { '?' };
         format!("{target}{separator}X-Goog-Algorithm=GOOG4-RSA-SHA256")
@@ -557,7 +576,16 @@ async fn wait_for_server(server: &Access) -> anyhow::Result<InferenceClient<Auth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gcs_dataset_trains_writes_and_serves_a_model() -> anyhow::Result<()> {
-    train_and_serve_from(&format!("gs://{BUCKET}/gcs-e2e"), "gcs-e2e").await
+    train_and_serve_from(&format!("gs://{BUCKET}/gcs-e2e"), "gcs-e2e").await?;
+    let (reads, throttled) = (
+        GCS_READS.load(Ordering::SeqCst),
+        GCS_READS_THROTTLED.load(Ordering::SeqCst),
+    );
+    eprintln!(
+        "gcs: {throttled} of {reads} reads through the adapter so far were answered 503 and retried"
+    );
+    assert!(throttled > 0, "the GCS jobs met no throttling");
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
