@@ -9,6 +9,9 @@ use crate::{OutputFormat, StatsArgs, SynthArgs};
 
 pub async fn synth(args: SynthArgs, output: OutputFormat) -> anyhow::Result<()> {
     let location = open_location(&args.out).with_context(|| format!("opening {}", args.out))?;
+    // One request first, so that missing credentials or a missing bucket are named before the generator's
+    // writes fail on them.
+    location.exists("meta.csv").await?;
     let config = SynthConfig {
         count: args.count,
         seed: args.seed,

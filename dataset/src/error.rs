@@ -36,6 +36,35 @@ pub enum DatasetError {
     },
     #[error("object not found: {object}")]
     NotFound { object: String },
+    /// A cloud store has no credentials: none is set, and the instance metadata service gave none.
+    #[error("no credentials for {store} at {url}: set {settings} ({detail})")]
+    MissingCredentials {
+        url: String,
+        store: &'static str,
+        /// The settings that would give credentials, as the store's users set them.
+        settings: &'static str,
+        /// Why the last source tried gave none.
+        detail: String,
+    },
+    /// The bucket (container, on Azure) of a cloud URL does not exist.
+    #[error(
+        "{store} {bucket_word} '{bucket}' does not exist (needed for {object}): create it, or correct the URL"
+    )]
+    BucketNotFound {
+        store: &'static str,
+        bucket_word: &'static str,
+        bucket: String,
+        object: String,
+    },
+    /// The store refused a request: the credentials in use lack the right for it (or are wrong).
+    #[error(
+        "permission denied: cannot {operation} {object}: the credentials in use are refused; grant them that right or use others ({reason})"
+    )]
+    PermissionDenied {
+        operation: crate::cloud::StoreOperation,
+        object: String,
+        reason: String,
+    },
     #[error("object store error on {object}: {source}")]
     Store {
         object: String,

@@ -1,6 +1,7 @@
 //! FlowCam dataset layout: object-store access, meta/features CSV, images (dir or zip), labels, split, stats.
 #![forbid(unsafe_code)]
 
+pub mod cloud;
 pub mod error;
 pub mod faults;
 pub mod features;
@@ -14,6 +15,7 @@ pub mod storage;
 pub mod summary;
 pub mod zip_index;
 
+pub use cloud::{StoreKind, StoreOperation, StoreOptions};
 pub use error::{DatasetError, ImageHeaderError};
 pub use features::{FeatureTable, read_features};
 pub use images::{
@@ -27,6 +29,8 @@ pub use split::{
     stratified_subsample,
 };
 pub use stats::{DatasetStats, compute_stats, write_plots};
-pub use storage::{FetchRetry, RetriesExhausted, StoreLocation, is_transient, open_location};
+pub use storage::{
+    FetchRetry, RetriesExhausted, StoreLocation, is_transient, open_location, open_location_with,
+};
 pub use summary::{ReadSummary, SkippedItem};
 pub use zip_index::ZipIndex;

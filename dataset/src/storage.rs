@@ -4,20 +4,19 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use object_store::aws::AmazonS3Builder;
-use object_store::azure::MicrosoftAzureBuilder;
 use object_store::client::{HttpError, HttpErrorKind};
-use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore};
 
+use crate::cloud::{self, StoreKind, StoreOperation, StoreOptions};
 use crate::error::DatasetError;
 
 /// An object store and a prefix inside it: the root of a dataset or of an output location.
@@ -32,6 +31,13 @@ pub struct StoreLocation {
     pub url: String,
     /// How reads and writes retry transient store errors.
     pub retry: FetchRetry,
+    /// The kind of store, for messages that say what to fix.
+    pub kind: StoreKind,
+    /// True when no setting gave this cloud store credentials, so they come from the cloud's instance
+    /// metadata service; a failure to get them then is reported as [`DatasetError::MissingCredentials`].
+    pub credentials_from_metadata: bool,
+    /// Set once a request showed the bucket exists, so that "not found" needs no check of the bucket.
+    bucket_exists: Arc<AtomicBool>,
 }
 
 /// How a read (or write) of one object retries transient store errors: exponential backoff with jitter,
@@ -274,6 +280,16 @@ fn is_transient_io(kind: std::io::ErrorKind) -> bool {
     )
 }
 
+/// The error of the last attempt when `error` is a [`RetriesExhausted`], else `error`.
+fn last_attempt_error(error: &object_store::Error) -> &object_store::Error {
+    if let object_store::Error::Generic { source, .. } = error
+        && let Some(exhausted) = source.downcast_ref::<RetriesExhausted>()
+    {
+        return &exhausted.last_error;
+    }
+    error
+}
+
 /// In-memory stores shared process-wide by name, so that a writer and a reader of `memory://name` meet.
 fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
     static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
@@ -292,9 +308,17 @@ fn shared_memory_store(name: &str) -> Arc<InMemory> {
 }
 
 /// Opens `url`: a plain path or `file://` (directory created if missing), `s3://bucket/prefix`,
-/// `gs://bucket/prefix`, `az://container/prefix` (credentials and endpoints from the environment),
-/// or `memory://name/prefix` (an in-memory store shared process-wide by `name`).
+/// `gs://bucket/prefix`, `az://container/prefix` (credentials and endpoints from the environment, see
+/// [`crate::cloud`]), or `memory://name/prefix` (an in-memory store shared process-wide by `name`).
 pub fn open_location(url: &str) -> Result<StoreLocation, DatasetError> {
+    open_location_with(url, &StoreOptions::from_environment())
+}
+
+/// Opens `url` as [`open_location`] does, a cloud store with the settings `options` gives.
+pub fn open_location_with(
+    url: &str,
+    options: &StoreOptions,
+) -> Result<StoreLocation, DatasetError> {
     let trimmed = url.trim();
     if trimmed.is_empty() {
         return Err(invalid(url, "empty location"));
@@ -327,36 +351,13 @@ pub fn open_location(url: &str) -> Result<StoreLocation, DatasetError> {
                 url_without_slash,
             ))
         }
-        "s3" | "s3a" => {
+        "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" => {
             let bucket = bucket_of(url, &parsed)?;
-            cloud_location(
-                url,
-                AmazonS3Builder::from_env().with_bucket_name(bucket).build(),
-                prefix,
-                url_without_slash,
-            )
-        }
-        "gs" => {
-            let bucket = bucket_of(url, &parsed)?;
-            cloud_location(
-                url,
-                GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(bucket)
-                    .build(),
-                prefix,
-                url_without_slash,
-            )
-        }
-        "az" | "azure" | "abfs" | "abfss" => {
-            let container = bucket_of(url, &parsed)?;
-            cloud_location(
-                url,
-                MicrosoftAzureBuilder::from_env()
-                    .with_container_name(container)
-                    .build(),
-                prefix,
-                url_without_slash,
-            )
+            let kind = StoreKind::of_url(trimmed);
+            let built = cloud::build_cloud_store(url, kind, bucket, options)?;
+            let mut location = StoreLocation::new(built.store, prefix, url_without_slash);
+            location.credentials_from_metadata = built.credentials_from_metadata;
+            Ok(location)
         }
         other => Err(invalid(
             url,
@@ -365,24 +366,6 @@ pub fn open_location(url: &str) -> Result<StoreLocation, DatasetError> {
             ),
         )),
     }
-}
-
-/// Wraps a cloud store built from the environment (or its build error, naming the URL).
-fn cloud_location<Store: ObjectStore>(
-    url: &str,
-    built: object_store::Result<Store>,
-    prefix: Path,
-    url_without_slash: String,
-) -> Result<StoreLocation, DatasetError> {
-    let store = built.map_err(|source| DatasetError::OpenStore {
-        url: url.to_string(),
-        source,
-    })?;
-    Ok(StoreLocation::new(
-        Arc::new(store),
-        prefix,
-        url_without_slash,
-    ))
 }
 
 fn invalid(url: &str, reason: &str) -> DatasetError {
@@ -429,11 +412,15 @@ fn open_local_directory(url: &str, directory: PathBuf) -> Result<StoreLocation, 
 impl StoreLocation {
     /// The location `prefix` of `store`, named `url` in messages, with the default [`FetchRetry`].
     pub fn new(store: Arc<dyn ObjectStore>, prefix: Path, url: impl Into<String>) -> Self {
+        let url = url.into();
         StoreLocation {
+            kind: StoreKind::of_url(&url),
             store,
             prefix,
-            url: url.into(),
+            url,
             retry: FetchRetry::default(),
+            credentials_from_metadata: false,
+            bucket_exists: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -475,31 +462,126 @@ impl StoreLocation {
             store: self.store.clone(),
             prefix: self.child(relative),
             url: self.object_url(relative),
-            retry: self.retry,
+            ..self.clone()
         }
     }
 
-    /// Runs one store request on the object `relative` under [`Self::retry`], mapping its error.
-    async fn retrying<T, Operation, Attempt>(
+    /// Runs one store request (`operation` on the object `relative`) under [`Self::retry`], mapping its error
+    /// with [`Self::store_error`]. A missing credential fails at once: retrying cannot bring one.
+    async fn retrying<T, Request, Attempt>(
         &self,
         relative: &str,
-        operation: Operation,
+        operation: StoreOperation,
+        mut request: Request,
     ) -> Result<T, DatasetError>
     where
-        Operation: FnMut() -> Attempt,
+        Request: FnMut() -> Attempt,
         Attempt: Future<Output = object_store::Result<T>>,
     {
         let object_url = self.object_url(relative);
-        self.retry
-            .run(&object_url, operation)
-            .await
-            .map_err(|source| DatasetError::from_store(object_url, source))
+        let mut attempts = RetryAttempts::new(self.retry);
+        loop {
+            let error = match request().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let final_error = if self.is_missing_credentials(&error) {
+                error
+            } else {
+                match attempts.wait_before_retry(&object_url, error).await {
+                    Ok(()) => continue,
+                    Err(error) => error,
+                }
+            };
+            return Err(self.store_error(operation, object_url, final_error).await);
+        }
+    }
+
+    /// True when `error` is the failure of a cloud store with no configured credentials to get some from the
+    /// instance metadata service.
+    fn is_missing_credentials(&self, error: &object_store::Error) -> bool {
+        self.credentials_from_metadata && cloud::is_metadata_credential_failure(error)
+    }
+
+    /// The error of `operation` on `object_url` that failed with `error`, saying what to fix where the
+    /// store's answer tells: [`DatasetError::MissingCredentials`], [`DatasetError::BucketNotFound`] (checked
+    /// with one listing when the store only said "not found"), [`DatasetError::PermissionDenied`],
+    /// [`DatasetError::NotFound`], else [`DatasetError::Store`].
+    pub async fn store_error(
+        &self,
+        operation: StoreOperation,
+        object_url: String,
+        error: object_store::Error,
+    ) -> DatasetError {
+        if self.is_missing_credentials(&error) {
+            return DatasetError::MissingCredentials {
+                url: self.url.clone(),
+                store: self.kind.name(),
+                settings: self.kind.credential_settings(),
+                detail: format!(
+                    "none is set, and the instance metadata service gave none: {}",
+                    cloud::short_cause(&error)
+                ),
+            };
+        }
+        if self.kind.is_cloud() {
+            let not_found = matches!(error, object_store::Error::NotFound { .. })
+                || (operation == StoreOperation::List
+                    && cloud::error_chain_text(&error).contains("404 not found"));
+            let bucket_missing =
+                cloud::says_bucket_missing(&error) || (not_found && self.bucket_is_missing().await);
+            if bucket_missing {
+                return DatasetError::BucketNotFound {
+                    store: self.kind.name(),
+                    bucket_word: self.kind.bucket_word(),
+                    bucket: self.bucket().unwrap_or_default(),
+                    object: object_url,
+                };
+            }
+        }
+        match last_attempt_error(&error) {
+            object_store::Error::PermissionDenied { source, .. }
+            | object_store::Error::Unauthenticated { source, .. } => {
+                return DatasetError::PermissionDenied {
+                    operation,
+                    object: object_url,
+                    reason: cloud::short_cause(source.as_ref()),
+                };
+            }
+            _ => {}
+        }
+        DatasetError::from_store(object_url, error)
+    }
+
+    /// The bucket (container) of a cloud location.
+    pub fn bucket(&self) -> Option<String> {
+        url::Url::parse(&self.url)
+            .ok()
+            .and_then(|parsed| parsed.host_str().map(str::to_string))
+    }
+
+    /// True when one listing under this location says its bucket does not exist. Remembers a bucket seen.
+    async fn bucket_is_missing(&self) -> bool {
+        if self.bucket_exists.load(Ordering::Relaxed) {
+            return false;
+        }
+        match self.store.list(Some(&self.prefix)).next().await {
+            None | Some(Ok(_)) => {
+                self.bucket_exists.store(true, Ordering::Relaxed);
+                false
+            }
+            Some(Err(error)) => {
+                matches!(error, object_store::Error::NotFound { .. })
+                    || cloud::says_bucket_missing(&error)
+                    || cloud::error_chain_text(&error).contains("404 not found")
+            }
+        }
     }
 
     /// Reads the whole object `relative` (a connection dropped while the body streams is retried too).
     pub async fn get_bytes(&self, relative: &str) -> Result<Bytes, DatasetError> {
         let path = self.child(relative);
-        self.retrying(relative, || async {
+        self.retrying(relative, StoreOperation::Read, || async {
             self.store.get(&path).await?.bytes().await
         })
         .await
@@ -512,14 +594,19 @@ impl StoreLocation {
         range: std::ops::Range<u64>,
     ) -> Result<Bytes, DatasetError> {
         let path = self.child(relative);
-        self.retrying(relative, || self.store.get_range(&path, range.clone()))
-            .await
+        self.retrying(relative, StoreOperation::Read, || {
+            self.store.get_range(&path, range.clone())
+        })
+        .await
     }
 
     /// Metadata of the object `relative` (size, e-tag, last modified), with one HEAD request.
     pub async fn head(&self, relative: &str) -> Result<ObjectMeta, DatasetError> {
         let path = self.child(relative);
-        self.retrying(relative, || self.store.head(&path)).await
+        self.retrying(relative, StoreOperation::ReadMetadata, || {
+            self.store.head(&path)
+        })
+        .await
     }
 
     /// Size in bytes of the object `relative`.
@@ -559,13 +646,17 @@ impl StoreLocation {
                         visit(object);
                     }
                     Err(error) => {
-                        attempts
-                            .wait_before_retry(&object_url, error)
-                            .await
-                            .map_err(|source| {
-                                DatasetError::from_store(object_url.clone(), source)
-                            })?;
-                        continue 'listing;
+                        let final_error = if self.is_missing_credentials(&error) {
+                            error
+                        } else {
+                            match attempts.wait_before_retry(&object_url, error).await {
+                                Ok(()) => continue 'listing,
+                                Err(error) => error,
+                            }
+                        };
+                        return Err(self
+                            .store_error(StoreOperation::List, object_url, final_error)
+                            .await);
                     }
                 }
             }
@@ -576,8 +667,10 @@ impl StoreLocation {
     /// Writes (or replaces) the object `relative`.
     pub async fn put_bytes(&self, relative: &str, bytes: Bytes) -> Result<(), DatasetError> {
         let path = self.child(relative);
-        self.retrying(relative, || self.store.put(&path, bytes.clone().into()))
-            .await?;
+        self.retrying(relative, StoreOperation::Write, || {
+            self.store.put(&path, bytes.clone().into())
+        })
+        .await?;
         Ok(())
     }
 }
