@@ -41,11 +41,14 @@ pub fn expected_sum(world_size: usize, length: usize) -> Vec<f32> {
 
 /// Writes one handshake message: 4-byte little-endian length, then the protobuf.
 pub fn write_frame(stream: &mut TcpStream, message: &impl Message) {
+    try_write_frame(stream, message).expect("write frame");
+}
+
+/// [`write_frame`] for a peer that may already have closed the connection.
+pub fn try_write_frame(stream: &mut TcpStream, message: &impl Message) -> std::io::Result<()> {
     let encoded = message.encode_to_vec();
-    stream
-        .write_all(&(encoded.len() as u32).to_le_bytes())
-        .expect("write length");
-    stream.write_all(&encoded).expect("write frame");
+    stream.write_all(&(encoded.len() as u32).to_le_bytes())?;
+    stream.write_all(&encoded)
 }
 
 /// Reads the accepting side's answer to a hello (5 s bound).
