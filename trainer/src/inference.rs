@@ -3,10 +3,10 @@ use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
 use crate::batch::ShardData;
-use crate::config::{Architecture, IMAGE_LEN};
+use crate::config::{Architecture, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE};
 use crate::data_parallel::{EVALUATION_BATCH_SIZE, evaluate_network, images_to_tensor};
 use crate::error::TrainError;
-use crate::model::{Network, sorted_variables};
+use crate::model::{Network, channels_last, sorted_variables};
 use crate::safetensors_io::{self, TensorFile};
 
 /// Softmax probabilities (`count * num_classes`, row per image) of `network` in eval mode.
@@ -24,11 +24,59 @@ fn predict_with(
             IMAGE_LEN
         )));
     }
+    predict_chunks(network, num_classes, count, |first, chunk_count| {
+        images_to_tensor(
+            &images[first * IMAGE_LEN..(first + chunk_count) * IMAGE_LEN],
+            chunk_count,
+            device,
+        )
+    })
+}
+
+/// As [`predict_with`], for images already scaled to the network's input (f32 CHW, u8 / 255).
+fn predict_scaled_with(
+    network: &Network,
+    num_classes: usize,
+    device: tch::Device,
+    images: &[f32],
+    count: usize,
+) -> Result<Vec<f32>, TrainError> {
+    if images.len() != count * IMAGE_LEN {
+        return Err(TrainError::InvalidInput(format!(
+            "{} values for {count} images (expected {} per image)",
+            images.len(),
+            IMAGE_LEN
+        )));
+    }
+    predict_chunks(network, num_classes, count, |first, chunk_count| {
+        let shape = [
+            chunk_count as i64,
+            IMAGE_CHANNELS as i64,
+            IMAGE_SIZE as i64,
+            IMAGE_SIZE as i64,
+        ];
+        let values = &images[first * IMAGE_LEN..(first + chunk_count) * IMAGE_LEN];
+        let input = Tensor::f_from_slice(values)?
+            .f_view(shape)?
+            .f_to_device(device)?;
+        channels_last(&input)
+    })
+}
+
+/// Runs `network` over `count` images in chunks of the evaluation batch size; `chunk_input(first, count)`
+/// builds the input tensor of images `first..first + count`.
+fn predict_chunks(
+    network: &Network,
+    num_classes: usize,
+    count: usize,
+    chunk_input: impl Fn(usize, usize) -> Result<Tensor, TrainError>,
+) -> Result<Vec<f32>, TrainError> {
     let mut probabilities = Vec::with_capacity(count * num_classes);
     tch::no_grad(|| -> Result<(), TrainError> {
-        for chunk in images.chunks(EVALUATION_BATCH_SIZE * IMAGE_LEN) {
-            let chunk_count = chunk.len() / IMAGE_LEN;
-            let input = images_to_tensor(chunk, chunk_count, device)?;
+        let mut first = 0;
+        while first < count {
+            let chunk_count = (count - first).min(EVALUATION_BATCH_SIZE);
+            let input = chunk_input(first, chunk_count)?;
             let softmax = network
                 .forward_t(&input, false)
                 .f_softmax(-1, Kind::Float)?
@@ -37,6 +85,7 @@ fn predict_with(
             let start = probabilities.len();
             probabilities.resize(start + chunk_count * num_classes, 0.0);
             softmax.f_copy_data(&mut probabilities[start..], chunk_count * num_classes)?;
+            first += chunk_count;
         }
         Ok(())
     })?;
@@ -193,5 +242,15 @@ impl InferenceModel {
             images_u8,
             count,
         )
+    }
+
+    /// Softmax probabilities (`count * num_classes`) for images already scaled to the network's input:
+    /// f32 CHW, the u8 values divided by 255 (what [`InferenceModel::predict_probabilities`] feeds it).
+    pub fn predict_probabilities_scaled(
+        &self,
+        images: &[f32],
+        count: usize,
+    ) -> Result<Vec<f32>, TrainError> {
+        predict_scaled_with(&self.network, self.num_classes, self.device, images, count)
     }
 }
