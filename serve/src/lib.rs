@@ -278,7 +278,7 @@ async fn watch_default_model(
         match store.refresh_default().await {
             Ok(_) => {}
             // Logged (and counted) once per attempt by the store; the old version keeps serving.
-            Err(error @ ServeError::LoadBackoff { .. }) => {
+            Err(error @ (ServeError::LoadBackoff { .. } | ServeError::ModelLoad { .. })) => {
                 tracing::debug!(reference = %store.default_reference(), %error, "default model in load backoff");
             }
             Err(error) => {
