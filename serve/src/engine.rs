@@ -12,8 +12,8 @@
 //! request larger than `max_batch_size` forms a batch of its own. `max_batch_size = 1` turns batching off.
 //!
 //! A queued request carries its deadline (the client's `grpc-timeout`): a request whose deadline has passed,
-//! or whose client went away (its answer channel is closed), is dropped before the forward pass and counted
-//! in `plankton_serve_requests_dropped_total{stage="queue"}`; only live requests are computed.
+//! or whose client went away (its answer channel is closed), is skipped before the forward pass and counted in
+//! `plankton_serve_queued_requests_skipped_total`; only live requests are computed.
 //!
 //! When the last handle ([`InferenceEngine`]) is dropped, the thread answers the requests still queued
 //! and exits, dropping the model: a model swapped out finishes its in-flight requests first.
@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info};
 
 use crate::error::{ServeError, ServeResult};
-use crate::metrics::DropLabels;
+use crate::metrics::ReasonLabels;
 
 /// How requests are grouped into forward passes.
 #[derive(Clone, Debug)]
@@ -90,8 +90,8 @@ pub struct EngineMetrics {
     pub batch_size: Histogram,
     /// Forward passes run.
     pub forward_passes: Counter,
-    /// Requests dropped before compute, by reason and stage.
-    pub dropped: Family<DropLabels, Counter>,
+    /// Queued requests skipped before compute, by reason.
+    pub skipped: Family<ReasonLabels, Counter>,
 }
 
 /// Why a queued request was not computed.
@@ -373,13 +373,10 @@ impl Batcher {
                 }
                 Some(reason) => {
                     self.metrics
-                        .dropped
-                        .get_or_create(&DropLabels {
-                            reason,
-                            stage: "queue",
-                        })
+                        .skipped
+                        .get_or_create(&ReasonLabels { reason })
                         .inc();
-                    debug!(model = %self.label, reason, images = request.image_count, "request dropped before compute");
+                    debug!(model = %self.label, reason, images = request.image_count, "queued request skipped");
                     let _ = request.respond.send(Err(Refusal::DeadlineExceeded));
                 }
             }

@@ -28,12 +28,18 @@ pub struct ModelLabels {
     pub model: String,
 }
 
-/// A request dropped before compute: `reason` is `deadline` (its grpc-timeout passed) or `cancelled` (the
-/// client went away); `stage` is where: `admission` (waiting for a slot), `preprocess`, or `queue`.
+/// A call dropped before its answer: `reason` is `deadline` (its grpc-timeout passed) or `cancelled` (the
+/// client went away); `stage` is `arrival` (the deadline had passed when it came) or `in_flight`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     pub reason: &'static str,
     pub stage: &'static str,
+}
+
+/// Why a queued request was skipped by the batcher: `deadline` or `cancelled`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
 }
 
 /// One version of one model.
@@ -56,6 +62,7 @@ pub struct ServeMetrics {
     pub loaded_model_version: Family<ModelLabels, Gauge>,
     pub forward_passes: Counter,
     pub dropped: Family<DropLabels, Counter>,
+    pub skipped: Family<ReasonLabels, Counter>,
     pub queued_images: Gauge,
     pub model_load_failures: Family<ModelVersionLabels, Counter>,
 }
@@ -121,6 +128,12 @@ impl ServeMetrics {
             "Requests dropped before compute because their deadline passed or their client went away",
             dropped.clone(),
         );
+        let skipped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "queued_requests_skipped",
+            "Queued requests the batcher never computed: their deadline passed or their caller went away",
+            skipped.clone(),
+        );
         let queued_images = Gauge::default();
         registry.register(
             "queued_images",
@@ -144,6 +157,7 @@ impl ServeMetrics {
             loaded_model_version,
             forward_passes,
             dropped,
+            skipped,
             queued_images,
             model_load_failures,
         }
@@ -154,7 +168,7 @@ impl ServeMetrics {
         crate::engine::EngineMetrics {
             batch_size: self.batch_size.clone(),
             forward_passes: self.forward_passes.clone(),
-            dropped: self.dropped.clone(),
+            skipped: self.skipped.clone(),
         }
     }
 

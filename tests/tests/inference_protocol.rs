@@ -447,16 +447,17 @@ mod base64_free {
 async fn a_flood_beyond_the_queue_is_refused_quickly_and_expired_deadlines_are_never_computed()
 -> anyhow::Result<()> {
     const IMAGES_PER_REQUEST: usize = 8;
+    const MAX_IMAGES_PER_REQUEST: usize = 64;
     const REQUESTS: usize = 40;
     let server = SecureServer::start(|config| {
         config.admission = AdmissionConfig {
-            max_images_per_request: IMAGES_PER_REQUEST,
+            max_images_per_request: MAX_IMAGES_PER_REQUEST,
             max_queued_images: 2 * IMAGES_PER_REQUEST,
             max_concurrent_requests: 1,
             retry_after: Duration::from_millis(75),
         };
         config.batching = BatchingConfig {
-            max_batch_size: IMAGES_PER_REQUEST,
+            max_batch_size: MAX_IMAGES_PER_REQUEST,
             ..BatchingConfig::default()
         };
     })
@@ -465,7 +466,7 @@ async fn a_flood_beyond_the_queue_is_refused_quickly_and_expired_deadlines_are_n
     let images = jpegs(IMAGES_PER_REQUEST);
 
     let too_large = InferenceClient::new(channel.clone())
-        .predict(predict_request(&jpegs(IMAGES_PER_REQUEST + 1)))
+        .predict(predict_request(&jpegs(MAX_IMAGES_PER_REQUEST + 1)))
         .await
         .expect_err("more images than a request may hold");
     assert_eq!(too_large.code(), Code::InvalidArgument, "{too_large}");
@@ -558,6 +559,66 @@ async fn a_flood_beyond_the_queue_is_refused_quickly_and_expired_deadlines_are_n
     assert_eq!(server.metric(dropped_series).await?, dropped + 6.0);
     assert_eq!(server.metric("plankton_serve_forward_passes_total").await?, forward_passes);
     assert_eq!(server.metric("plankton_serve_images_total").await?, images_taken);
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_whose_deadline_passes_while_it_waits_is_dropped_uncomputed() -> anyhow::Result<()> {
+    const BIG_REQUEST: usize = 64;
+    let server = SecureServer::start(|config| {
+        config.admission = AdmissionConfig {
+            max_images_per_request: BIG_REQUEST,
+            max_queued_images: 2 * BIG_REQUEST,
+            max_concurrent_requests: 1,
+            ..AdmissionConfig::default()
+        };
+        config.batching = BatchingConfig {
+            max_batch_size: BIG_REQUEST,
+            ..BatchingConfig::default()
+        };
+    })
+    .await?;
+    let channel = server.access().channel().await?;
+    let forward_passes = server.metric("plankton_serve_forward_passes_total").await?;
+    let dropped_series =
+        r#"plankton_serve_requests_dropped_total{reason="deadline",stage="in_flight"}"#;
+
+    // A big request holds the only slot (decoding and computing 64 images) ...
+    let big = tokio::spawn({
+        let mut client = InferenceClient::new(channel.clone());
+        let request = predict_request(&jpegs(BIG_REQUEST));
+        async move { client.predict(request).await }
+    });
+    let admitted_by = Instant::now() + Duration::from_secs(10);
+    while server.metric("plankton_serve_queued_images").await? < BIG_REQUEST as f64 {
+        anyhow::ensure!(Instant::now() < admitted_by, "the big request was never admitted");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // ... so a small one with a 20 ms deadline waits for it, and its deadline passes first.
+    let mut request = tonic::Request::new(predict_request(&jpegs(1)));
+    request.set_timeout(Duration::from_millis(20));
+    let status = InferenceClient::new(channel.clone())
+        .predict(request)
+        .await
+        .expect_err("the deadline passes while the slot is taken");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    let big_response = big.await??.into_inner();
+    assert_eq!(big_response.predictions.len(), BIG_REQUEST);
+    assert_eq!(server.metric(dropped_series).await?, 1.0);
+    assert_eq!(
+        server.metric("plankton_serve_forward_passes_total").await?,
+        forward_passes + 1.0,
+        "only the big request was computed"
+    );
+    assert_eq!(
+        server.metric("plankton_serve_images_total").await?,
+        BIG_REQUEST as f64,
+        "the dropped request's image was never taken"
+    );
+    assert_eq!(server.metric("plankton_serve_queued_images").await?, 0.0);
     server.shutdown().await
 }
 
