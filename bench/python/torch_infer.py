@@ -18,15 +18,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_train import IMAGE_LEN, ResNet, read_safetensors  # noqa: E402
 
 
-def images_per_second(model, inputs, repetitions):
+def images_per_second(model, inputs, repetitions, rounds):
+    """The best round's images/s (the machine is shared; its load swings)."""
+    best = 0.0
     with torch.inference_mode():
         for _ in range(3):
             torch.softmax(model(inputs), dim=-1)
-        started = time.perf_counter()
-        for _ in range(repetitions):
-            torch.softmax(model(inputs), dim=-1)
-        elapsed = time.perf_counter() - started
-    return inputs.shape[0] * repetitions / elapsed
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for _ in range(repetitions):
+                torch.softmax(model(inputs), dim=-1)
+            best = max(best, inputs.shape[0] * repetitions / (time.perf_counter() - started))
+    return best
 
 
 def main():
@@ -36,6 +39,7 @@ def main():
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-sizes", default="1,64")
+    parser.add_argument("--rounds", type=int, default=7)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
 
@@ -54,12 +58,12 @@ def main():
         answer["probabilities"] = torch.softmax(model(all_inputs[:4]), dim=-1).tolist()
     for batch_size in [int(text) for text in arguments.batch_sizes.split(",")]:
         inputs = all_inputs[:batch_size].contiguous()
-        repetitions = max(256 // batch_size, 4)
-        answer["nchw"][str(batch_size)] = images_per_second(model, inputs, repetitions)
+        repetitions = max(128 // batch_size, 2)
+        answer["nchw"][str(batch_size)] = images_per_second(model, inputs, repetitions, arguments.rounds)
         channels_last_model = model.to(memory_format=torch.channels_last)
         channels_last_inputs = inputs.contiguous(memory_format=torch.channels_last)
         answer["channels_last"][str(batch_size)] = images_per_second(
-            channels_last_model, channels_last_inputs, repetitions
+            channels_last_model, channels_last_inputs, repetitions, arguments.rounds
         )
         model = model.to(memory_format=torch.contiguous_format)
     print(json.dumps(answer))
