@@ -179,7 +179,109 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tower::{Layer, Service};
+
     use super::*;
+
+    /// An inner service that counts its calls, remembers whether each carried a deadline, and answers at once
+    /// or never.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        calls: Arc<AtomicUsize>,
+        with_deadline: Arc<AtomicUsize>,
+        never_answers: bool,
+    }
+
+    impl Service<http::Request<()>> for Recorder {
+        type Response = http::Response<String>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<()>) -> Self::Future {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if request.extensions().get::<RequestDeadline>().is_some() {
+                self.with_deadline.fetch_add(1, Ordering::SeqCst);
+            }
+            if self.never_answers {
+                Box::pin(std::future::pending())
+            } else {
+                Box::pin(std::future::ready(Ok(http::Response::new(String::new()))))
+            }
+        }
+    }
+
+    fn request(path: &str, timeout: Option<&str>) -> http::Request<()> {
+        let mut builder = http::Request::builder().uri(path);
+        if let Some(timeout) = timeout {
+            builder = builder.header("grpc-timeout", timeout);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn dropped(family: &Family<DropLabels, Counter>, reason: &'static str, stage: &'static str) -> u64 {
+        family.get_or_create(&DropLabels { reason, stage }).get()
+    }
+
+    #[tokio::test]
+    async fn an_expired_deadline_is_refused_on_arrival_and_counted_without_calling_the_handler() {
+        let family = Family::<DropLabels, Counter>::default();
+        let recorder = Recorder::default();
+        let mut service = DeadlineLayer::new(family.clone()).layer(recorder.clone());
+
+        let response = service
+            .call(request("/inference.GRPCInferenceService/ModelInfer", Some("1n")))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+        assert_eq!(recorder.calls.load(Ordering::SeqCst), 0);
+        assert_eq!(dropped(&family, "deadline", "arrival"), 1);
+
+        service
+            .call(request("/plankton.v1.Inference/Predict", Some("5S")))
+            .await
+            .unwrap();
+        assert_eq!(recorder.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(recorder.with_deadline.load(Ordering::SeqCst), 1, "the handler sees the deadline");
+
+        // Health and reflection are not deadline-checked.
+        service
+            .call(request("/grpc.health.v1.Health/Check", Some("1n")))
+            .await
+            .unwrap();
+        assert_eq!(recorder.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(dropped(&family, "deadline", "arrival"), 1);
+        assert_eq!(dropped(&family, "cancelled", "in_flight"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_call_abandoned_before_its_answer_is_counted_once() {
+        let family = Family::<DropLabels, Counter>::default();
+        let recorder = Recorder {
+            never_answers: true,
+            ..Recorder::default()
+        };
+        let mut service = DeadlineLayer::new(family.clone()).layer(recorder);
+        let pending = service.call(request("/plankton.v1.Inference/Predict", None));
+        drop(pending);
+        assert_eq!(dropped(&family, "cancelled", "in_flight"), 1);
+
+        let mut expiring = service.call(request("/plankton.v1.Inference/Predict", Some("2m")));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), &mut expiring)
+                .await
+                .is_err()
+        );
+        drop(expiring);
+        assert_eq!(dropped(&family, "deadline", "in_flight"), 1);
+        assert_eq!(dropped(&family, "cancelled", "in_flight"), 1);
+    }
 
     fn headers(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
