@@ -76,7 +76,9 @@ impl Drop for QueuedCount {
 impl Admission {
     pub fn new(config: AdmissionConfig, queued_images_gauge: Gauge) -> Self {
         let max_queued_images = config.max_queued_images.clamp(1, Semaphore::MAX_PERMITS);
-        let max_concurrent_requests = config.max_concurrent_requests.clamp(1, Semaphore::MAX_PERMITS);
+        let max_concurrent_requests = config
+            .max_concurrent_requests
+            .clamp(1, Semaphore::MAX_PERMITS);
         Admission {
             queued_images: Arc::new(Semaphore::new(max_queued_images)),
             running_requests: Arc::new(Semaphore::new(max_concurrent_requests)),
@@ -104,7 +106,8 @@ impl Admission {
         }
         let overloaded = || {
             let max_queued_images = self.config.max_queued_images;
-            let queued_now = max_queued_images.saturating_sub(self.queued_images.available_permits());
+            let queued_now =
+                max_queued_images.saturating_sub(self.queued_images.available_permits());
             ServeError::Overloaded {
                 reason: format!(
                     "{queued_now} images queued, at most {max_queued_images} (--max-queued-images); this request has {image_count}"
@@ -141,7 +144,11 @@ impl Admission {
 mod tests {
     use super::*;
 
-    fn admission(max_images_per_request: usize, max_queued_images: usize, max_concurrent_requests: usize) -> Admission {
+    fn admission(
+        max_images_per_request: usize,
+        max_queued_images: usize,
+        max_concurrent_requests: usize,
+    ) -> Admission {
         Admission::new(
             AdmissionConfig {
                 max_images_per_request,
@@ -159,7 +166,10 @@ mod tests {
         let too_many = admission.admit(5).await.unwrap_err();
         assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
         assert!(too_many.to_string().contains("at most 4"), "{too_many}");
-        assert_eq!(admission.admit(0).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            admission.admit(0).await.unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
 
         let first = admission.admit(4).await.unwrap();
         assert_eq!(admission.queued_images_gauge.get(), 4);
@@ -167,7 +177,10 @@ mod tests {
         assert_eq!(full.code(), tonic::Code::ResourceExhausted);
         let status = tonic::Status::from(&full);
         assert_eq!(
-            status.metadata().get(crate::error::RETRY_PUSHBACK_METADATA).unwrap(),
+            status
+                .metadata()
+                .get(crate::error::RETRY_PUSHBACK_METADATA)
+                .unwrap(),
             "250"
         );
         assert!(full.to_string().contains("retry in 250ms"), "{full}");
@@ -176,7 +189,9 @@ mod tests {
         let waiting = admission.admit(2);
         tokio::pin!(waiting);
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), &mut waiting).await.is_err(),
+            tokio::time::timeout(Duration::from_millis(50), &mut waiting)
+                .await
+                .is_err(),
             "admitted past the concurrency limit"
         );
         drop(first);
@@ -197,7 +212,11 @@ mod tests {
         {
             let waiting = admission.admit(3);
             tokio::pin!(waiting);
-            assert!(tokio::time::timeout(Duration::from_millis(20), &mut waiting).await.is_err());
+            assert!(
+                tokio::time::timeout(Duration::from_millis(20), &mut waiting)
+                    .await
+                    .is_err()
+            );
             assert_eq!(admission.queued_images_gauge.get(), 4);
         }
         assert_eq!(admission.queued_images_gauge.get(), 1);

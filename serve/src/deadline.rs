@@ -34,7 +34,8 @@ pub fn request_deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
 
 /// Whether the layer applies to the RPC at `path`: the inference services, not health or reflection.
 fn is_inference_path(path: &str) -> bool {
-    path.starts_with("/plankton.v1.Inference/") || path.starts_with("/inference.GRPCInferenceService/")
+    path.starts_with("/plankton.v1.Inference/")
+        || path.starts_with("/inference.GRPCInferenceService/")
 }
 
 /// A `grpc-timeout` header value: up to 8 digits and a unit (H, M, S, m, u, n). None when absent or malformed
@@ -100,7 +101,10 @@ impl Drop for UnansweredCall {
         if self.answered {
             return;
         }
-        let reason = if self.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+        let reason = if self
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
             "deadline"
         } else {
             "cancelled"
@@ -225,7 +229,11 @@ mod tests {
         builder.body(()).unwrap()
     }
 
-    fn dropped(family: &Family<DropLabels, Counter>, reason: &'static str, stage: &'static str) -> u64 {
+    fn dropped(
+        family: &Family<DropLabels, Counter>,
+        reason: &'static str,
+        stage: &'static str,
+    ) -> u64 {
         family.get_or_create(&DropLabels { reason, stage }).get()
     }
 
@@ -236,7 +244,10 @@ mod tests {
         let mut service = DeadlineLayer::new(family.clone()).layer(recorder.clone());
 
         let response = service
-            .call(request("/inference.GRPCInferenceService/ModelInfer", Some("1n")))
+            .call(request(
+                "/inference.GRPCInferenceService/ModelInfer",
+                Some("1n"),
+            ))
             .await
             .unwrap();
         assert_eq!(response.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
@@ -248,7 +259,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(recorder.calls.load(Ordering::SeqCst), 1);
-        assert_eq!(recorder.with_deadline.load(Ordering::SeqCst), 1, "the handler sees the deadline");
+        assert_eq!(
+            recorder.with_deadline.load(Ordering::SeqCst),
+            1,
+            "the handler sees the deadline"
+        );
 
         // Health and reflection are not deadline-checked.
         service
@@ -314,8 +329,12 @@ mod tests {
     #[test]
     fn only_the_inference_rpcs_are_deadline_checked() {
         assert!(is_inference_path("/plankton.v1.Inference/Predict"));
-        assert!(is_inference_path("/inference.GRPCInferenceService/ModelInfer"));
+        assert!(is_inference_path(
+            "/inference.GRPCInferenceService/ModelInfer"
+        ));
         assert!(!is_inference_path("/grpc.health.v1.Health/Check"));
-        assert!(!is_inference_path("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
+        assert!(!is_inference_path(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        ));
     }
 }

@@ -447,6 +447,8 @@ impl Batcher {
 
 fn answer_all(batch: Vec<QueuedRequest>, reason: &str) {
     for request in batch {
-        let _ = request.respond.send(Err(Refusal::Failed(reason.to_string())));
+        let _ = request
+            .respond
+            .send(Err(Refusal::Failed(reason.to_string())));
     }
 }

@@ -66,9 +66,7 @@ impl LoadBackoff {
     /// The wait after `consecutive_failures` (>= 1) failures in a row.
     pub fn after(&self, consecutive_failures: u32) -> Duration {
         let doublings = consecutive_failures.saturating_sub(1).min(30);
-        self.initial
-            .saturating_mul(1u32 << doublings)
-            .min(self.max)
+        self.initial.saturating_mul(1u32 << doublings).min(self.max)
     }
 }
 

@@ -87,7 +87,10 @@ impl OpenInferenceService {
                     })
                     .collect();
                 if !problems.is_empty() {
-                    self.core.metrics().image_errors.inc_by(problems.len() as u64);
+                    self.core
+                        .metrics()
+                        .image_errors
+                        .inc_by(problems.len() as u64);
                     return Err(ServeError::InvalidRequest(problems.join("; ")));
                 }
                 (image_count, probabilities)
@@ -181,7 +184,10 @@ pub fn model_text(name: &str, version: &str) -> ServeResult<String> {
 #[derive(Debug, PartialEq)]
 enum InputTensor {
     Jpegs(Vec<Vec<u8>>),
-    Scaled { values: Vec<f32>, image_count: usize },
+    Scaled {
+        values: Vec<f32>,
+        image_count: usize,
+    },
 }
 
 fn invalid(message: String) -> ServeError {
@@ -326,7 +332,10 @@ pub fn deserialize_bytes_tensor(raw: &[u8]) -> ServeResult<Vec<Vec<u8>>> {
 
 /// The raw form of a BYTES tensor.
 pub fn serialize_bytes_tensor<Element: AsRef<[u8]>>(elements: &[Element]) -> Vec<u8> {
-    let total: usize = elements.iter().map(|element| 4 + element.as_ref().len()).sum();
+    let total: usize = elements
+        .iter()
+        .map(|element| 4 + element.as_ref().len())
+        .sum();
     let mut raw = Vec::with_capacity(total);
     for element in elements {
         let bytes = element.as_ref();
@@ -556,7 +565,12 @@ impl GrpcInferenceService for OpenInferenceService {
         } else {
             entry.class_names.len() as i64
         };
-        let image_shape = [-1, IMAGE_CHANNELS as i64, IMAGE_SIZE as i64, IMAGE_SIZE as i64];
+        let image_shape = [
+            -1,
+            IMAGE_CHANNELS as i64,
+            IMAGE_SIZE as i64,
+            IMAGE_SIZE as i64,
+        ];
         Ok(Response::new(ModelMetadataResponse {
             name: entry.name.clone(),
             versions: vec![entry.version.to_string()],
@@ -596,7 +610,12 @@ mod tests {
     use super::*;
     use plankton_proto::inference::model_infer_request::InferRequestedOutputTensor;
 
-    fn input(name: &str, datatype: &str, shape: &[i64], contents: Option<InferTensorContents>) -> InferInputTensor {
+    fn input(
+        name: &str,
+        datatype: &str,
+        shape: &[i64],
+        contents: Option<InferTensorContents>,
+    ) -> InferInputTensor {
         InferInputTensor {
             name: name.to_string(),
             datatype: datatype.to_string(),
@@ -608,14 +627,26 @@ mod tests {
 
     #[test]
     fn model_name_and_version_map_to_registry_references() {
-        let text = |name: &str, version: &str| model_text(name, version).map_err(|error| error.to_string());
+        let text = |name: &str, version: &str| {
+            model_text(name, version).map_err(|error| error.to_string())
+        };
         assert_eq!(text("plankton", "").unwrap(), "plankton");
-        assert_eq!(text("plankton@production", "").unwrap(), "plankton@production");
+        assert_eq!(
+            text("plankton@production", "").unwrap(),
+            "plankton@production"
+        );
         assert_eq!(text("plankton:3", "").unwrap(), "plankton:3");
         assert_eq!(text("plankton", "3").unwrap(), "plankton:3");
-        assert_eq!(text("plankton", "production").unwrap(), "plankton@production");
+        assert_eq!(
+            text("plankton", "production").unwrap(),
+            "plankton@production"
+        );
         assert_eq!(text("", "").unwrap(), "");
-        assert!(text("plankton@production", "3").unwrap_err().contains("already selects"));
+        assert!(
+            text("plankton@production", "3")
+                .unwrap_err()
+                .contains("already selects")
+        );
         assert!(text("", "3").unwrap_err().contains("without a model_name"));
         assert!(text("plankton", "0").unwrap_err().contains("start at 1"));
     }
@@ -651,10 +682,17 @@ mod tests {
         );
         assert!(!wants_raw_output(&typed).unwrap());
 
-        let values: Vec<f32> = (0..IMAGE_LEN).map(|index| (index % 256) as f32 / 255.0).collect();
+        let values: Vec<f32> = (0..IMAGE_LEN)
+            .map(|index| (index % 256) as f32 / 255.0)
+            .collect();
         let raw = ModelInferRequest {
             inputs: vec![input("input", "FP32", &[1, 3, 64, 64], None)],
-            raw_input_contents: vec![values.iter().flat_map(|value| value.to_le_bytes()).collect()],
+            raw_input_contents: vec![
+                values
+                    .iter()
+                    .flat_map(|value| value.to_le_bytes())
+                    .collect(),
+            ],
             ..Default::default()
         };
         assert_eq!(
@@ -725,19 +763,34 @@ mod tests {
         };
         let requested = requested_outputs(&request).unwrap();
         assert_eq!(requested, ["class"]);
-        let outputs = build_outputs(&probabilities, 2, &class_names, &requested_outputs(&ModelInferRequest::default()).unwrap()).unwrap();
+        let outputs = build_outputs(
+            &probabilities,
+            2,
+            &class_names,
+            &requested_outputs(&ModelInferRequest::default()).unwrap(),
+        )
+        .unwrap();
         assert_eq!(outputs.len(), 2);
         assert_eq!(outputs[0].shape, [2, 3]);
-        assert_eq!(outputs[1].values, OutputValues::Bytes(vec![b"bb".to_vec(), b"a".to_vec()]));
+        assert_eq!(
+            outputs[1].values,
+            OutputValues::Bytes(vec![b"bb".to_vec(), b"a".to_vec()])
+        );
 
         let mut outputs = outputs.into_iter();
         let (tensor, raw) = outputs.next().unwrap().into_tensor(true);
-        assert_eq!((tensor.name.as_str(), tensor.datatype.as_str()), ("probabilities", "FP32"));
+        assert_eq!(
+            (tensor.name.as_str(), tensor.datatype.as_str()),
+            ("probabilities", "FP32")
+        );
         assert!(tensor.contents.is_none());
         assert_eq!(raw.unwrap().len(), 6 * 4);
         let (tensor, raw) = outputs.next().unwrap().into_tensor(false);
         assert!(raw.is_none());
-        assert_eq!(tensor.contents.unwrap().bytes_contents, [b"bb".to_vec(), b"a".to_vec()]);
+        assert_eq!(
+            tensor.contents.unwrap().bytes_contents,
+            [b"bb".to_vec(), b"a".to_vec()]
+        );
 
         let unknown = ModelInferRequest {
             outputs: vec![InferRequestedOutputTensor {
@@ -746,6 +799,11 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(requested_outputs(&unknown).unwrap_err().to_string().contains("unknown output"));
+        assert!(
+            requested_outputs(&unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown output")
+        );
     }
 }

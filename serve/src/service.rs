@@ -13,8 +13,7 @@ use futures::{Stream, StreamExt};
 use plankton_preprocess::{PreprocessConfig, preprocess_image};
 use plankton_proto::v1::inference_server::Inference;
 use plankton_proto::v1::{
-    ClassScore, GetModelInfoRequest, ImagePrediction, ModelInfo, PredictRequest,
-    PredictResponse,
+    ClassScore, GetModelInfoRequest, ImagePrediction, ModelInfo, PredictRequest, PredictResponse,
 };
 use plankton_trainer::IMAGE_LEN;
 use rayon::prelude::*;

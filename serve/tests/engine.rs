@@ -8,7 +8,8 @@ use plankton_serve::{BatchingConfig, InferenceEngine, ModelInput, ServeError, Se
 use plankton_trainer::{Architecture, IMAGE_LEN, InferenceModel};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_requests_past_their_deadline_are_skipped_and_live_ones_computed() -> anyhow::Result<()> {
+async fn queued_requests_past_their_deadline_are_skipped_and_live_ones_computed()
+-> anyhow::Result<()> {
     let weights = train_weights(3)?;
     let metrics = ServeMetrics::new();
     let engine = InferenceEngine::start(
@@ -40,7 +41,11 @@ async fn queued_requests_past_their_deadline_are_skipped_and_live_ones_computed(
         matches!(expired, Err(ServeError::DeadlineExceeded(_))),
         "{expired:?}"
     );
-    assert_eq!(metrics.forward_passes.get(), 0, "an expired request was computed");
+    assert_eq!(
+        metrics.forward_passes.get(),
+        0,
+        "an expired request was computed"
+    );
 
     let live = engine
         .predict(
@@ -54,7 +59,10 @@ async fn queued_requests_past_their_deadline_are_skipped_and_live_ones_computed(
     assert_eq!(metrics.forward_passes.get(), 1);
 
     // The same images scaled to [0, 1] give the same probabilities.
-    let scaled: Vec<f32> = pixels.iter().map(|pixel| f32::from(*pixel) / 255.0).collect();
+    let scaled: Vec<f32> = pixels
+        .iter()
+        .map(|pixel| f32::from(*pixel) / 255.0)
+        .collect();
     let from_scaled = engine
         .predict(ModelInput::Scaled(scaled), 2, None, engine.announce())
         .await?;

@@ -22,7 +22,9 @@ use plankton_serve::{
 };
 use plankton_tests::access::test_server_security;
 use plankton_tests::{Access, project_tool, test_credentials, workspace_root};
-use serve_common::{CLASS_NAMES, MODEL_NAME, flowcam_jpeg, publish_model, train_weights, unique_store};
+use serve_common::{
+    CLASS_NAMES, MODEL_NAME, flowcam_jpeg, publish_model, train_weights, unique_store,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -111,7 +113,9 @@ impl SecureServer {
     async fn open_inference_client(
         &self,
     ) -> anyhow::Result<GrpcInferenceServiceClient<AuthChannel>> {
-        Ok(GrpcInferenceServiceClient::new(self.access().channel().await?))
+        Ok(GrpcInferenceServiceClient::new(
+            self.access().channel().await?,
+        ))
     }
 
     async fn wait_until_ready(&self) -> anyhow::Result<()> {
@@ -128,7 +132,10 @@ impl SecureServer {
             {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < deadline, "{SERVED_MODEL} never became ready");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{SERVED_MODEL} never became ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -232,7 +239,9 @@ async fn predict_rows(server: &SecureServer, jpegs: &[Vec<u8>]) -> anyhow::Resul
 }
 
 fn assert_rows_close(what: &str, served: &serde_json::Value, expected: &[Vec<f32>]) {
-    let rows = served.as_array().unwrap_or_else(|| panic!("{what}: no rows in {served}"));
+    let rows = served
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no rows in {served}"));
     assert_eq!(rows.len(), expected.len(), "{what}");
     for (index, (row, expected_row)) in rows.iter().zip(expected).enumerate() {
         let row = row.as_array().expect("a probability row");
@@ -250,15 +259,18 @@ fn assert_rows_close(what: &str, served: &serde_json::Value, expected: &[Vec<f32
 fn most_probable(rows: &[Vec<f32>]) -> Vec<&'static str> {
     rows.iter()
         .map(|row| {
-            let best = (0..row.len())
-                .fold(0, |best, index| if row[index] > row[best] { index } else { best });
+            let best = (0..row.len()).fold(
+                0,
+                |best, index| if row[index] > row[best] { index } else { best },
+            );
             CLASS_NAMES[best]
         })
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tritonclient_gets_predict_s_probabilities_from_jpeg_and_fp32_inputs() -> anyhow::Result<()> {
+async fn tritonclient_gets_predict_s_probabilities_from_jpeg_and_fp32_inputs() -> anyhow::Result<()>
+{
     let python = project_tool(".venv-oip", "python");
     let server = SecureServer::start(|_| {}).await?;
     let images = jpegs(5);
@@ -295,9 +307,14 @@ async fn tritonclient_gets_predict_s_probabilities_from_jpeg_and_fp32_inputs() -
         .await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "tritonclient failed ({}):\n{stdout}\n{stderr}", output.status);
-    let answer: serde_json::Value = serde_json::from_str(stdout.trim())
-        .map_err(|error| anyhow::anyhow!("no JSON from the client ({error}):\n{stdout}\n{stderr}"))?;
+    assert!(
+        output.status.success(),
+        "tritonclient failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).map_err(|error| {
+        anyhow::anyhow!("no JSON from the client ({error}):\n{stdout}\n{stderr}")
+    })?;
 
     assert_eq!(answer["server_live"], true);
     assert_eq!(answer["server_ready"], true);
@@ -308,9 +325,20 @@ async fn tritonclient_gets_predict_s_probabilities_from_jpeg_and_fp32_inputs() -
     assert_eq!(metadata["inputs"][0]["name"], "image", "{metadata}");
     assert_eq!(metadata["inputs"][0]["datatype"], "BYTES", "{metadata}");
     assert_eq!(metadata["inputs"][1]["name"], "input", "{metadata}");
-    assert_eq!(metadata["inputs"][1]["shape"], serde_json::json!(["-1", "3", "64", "64"]), "{metadata}");
-    assert_eq!(metadata["outputs"][0]["name"], "probabilities", "{metadata}");
-    assert_eq!(metadata["outputs"][0]["shape"], serde_json::json!(["-1", "3"]), "{metadata}");
+    assert_eq!(
+        metadata["inputs"][1]["shape"],
+        serde_json::json!(["-1", "3", "64", "64"]),
+        "{metadata}"
+    );
+    assert_eq!(
+        metadata["outputs"][0]["name"], "probabilities",
+        "{metadata}"
+    );
+    assert_eq!(
+        metadata["outputs"][0]["shape"],
+        serde_json::json!(["-1", "3"]),
+        "{metadata}"
+    );
     assert_eq!(metadata["outputs"][1]["name"], "class", "{metadata}");
 
     let jpeg = &answer["jpeg"];
@@ -320,9 +348,15 @@ async fn tritonclient_gets_predict_s_probabilities_from_jpeg_and_fp32_inputs() -
     assert_rows_close("JPEG input", &jpeg["probabilities"], &expected);
     assert_eq!(jpeg["class"], serde_json::json!(most_probable(&expected)));
     assert_rows_close("FP32 input", &answer["scaled"]["probabilities"], &expected);
-    assert_eq!(answer["scaled"]["class"], serde_json::json!(most_probable(&expected)));
+    assert_eq!(
+        answer["scaled"]["class"],
+        serde_json::json!(most_probable(&expected))
+    );
 
-    assert_eq!(answer["model_config"], "StatusCode.UNIMPLEMENTED", "a Triton-only RPC");
+    assert_eq!(
+        answer["model_config"], "StatusCode.UNIMPLEMENTED",
+        "a Triton-only RPC"
+    );
     assert_eq!(answer["without_token"], "StatusCode.UNAUTHENTICATED");
     server.shutdown().await
 }
@@ -348,12 +382,16 @@ fn grpcurl(server: &SecureServer, flags: &[&str], verb: &[&str]) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "grpcurl {flags:?} {verb:?} failed: {text}");
+    assert!(
+        output.status.success(),
+        "grpcurl {flags:?} {verb:?} failed: {text}"
+    );
     text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn grpcurl_and_a_v1_only_client_list_and_describe_the_services_by_reflection() -> anyhow::Result<()> {
+async fn grpcurl_and_a_v1_only_client_list_and_describe_the_services_by_reflection()
+-> anyhow::Result<()> {
     let server = SecureServer::start(|_| {}).await?;
     let listed = grpcurl(&server, &[], &["list"]);
     for service in [
@@ -363,7 +401,11 @@ async fn grpcurl_and_a_v1_only_client_list_and_describe_the_services_by_reflecti
     ] {
         assert!(listed.contains(service), "{service} not listed:\n{listed}");
     }
-    let described = grpcurl(&server, &[], &["describe", "inference.GRPCInferenceService"]);
+    let described = grpcurl(
+        &server,
+        &[],
+        &["describe", "inference.GRPCInferenceService"],
+    );
     for rpc in ["rpc ModelInfer", "rpc ModelMetadata", "rpc ServerLive"] {
         assert!(described.contains(rpc), "{rpc} not described:\n{described}");
     }
@@ -390,10 +432,10 @@ async fn grpcurl_and_a_v1_only_client_list_and_describe_the_services_by_reflecti
     assert!(answer.get("rawOutputContents").is_none(), "{answer}");
 
     // A client that speaks only reflection v1.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let mut reflection = ServerReflectionClient::new(server.access().channel().await?);
     let requests = [
         MessageRequest::ListServices(String::new()),
@@ -407,15 +449,26 @@ async fn grpcurl_and_a_v1_only_client_list_and_describe_the_services_by_reflecti
         .server_reflection_info(tokio_stream::iter(requests))
         .await?
         .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) =
-        responses.message().await?.and_then(|response| response.message_response)
+    let Some(MessageResponse::ListServicesResponse(list)) = responses
+        .message()
+        .await?
+        .and_then(|response| response.message_response)
     else {
         anyhow::bail!("no service list from reflection v1");
     };
-    let names: Vec<&str> = list.service.iter().map(|service| service.name.as_str()).collect();
-    assert!(names.contains(&"inference.GRPCInferenceService"), "{names:?}");
-    let Some(MessageResponse::FileDescriptorResponse(files)) =
-        responses.message().await?.and_then(|response| response.message_response)
+    let names: Vec<&str> = list
+        .service
+        .iter()
+        .map(|service| service.name.as_str())
+        .collect();
+    assert!(
+        names.contains(&"inference.GRPCInferenceService"),
+        "{names:?}"
+    );
+    let Some(MessageResponse::FileDescriptorResponse(files)) = responses
+        .message()
+        .await?
+        .and_then(|response| response.message_response)
     else {
         anyhow::bail!("no file descriptor from reflection v1");
     };
@@ -427,10 +480,16 @@ async fn grpcurl_and_a_v1_only_client_list_and_describe_the_services_by_reflecti
         .any(|file| {
             file.service.iter().any(|service| {
                 service.name() == "GRPCInferenceService"
-                    && service.method.iter().any(|method| method.name() == "ModelInfer")
+                    && service
+                        .method
+                        .iter()
+                        .any(|method| method.name() == "ModelInfer")
             })
         });
-    assert!(described, "reflection v1 did not describe GRPCInferenceService");
+    assert!(
+        described,
+        "reflection v1 did not describe GRPCInferenceService"
+    );
     server.shutdown().await
 }
 
@@ -511,11 +570,19 @@ async fn a_flood_beyond_the_queue_is_refused_quickly_and_expired_deadlines_are_n
                 admitted += 1;
                 let response = response.get_ref();
                 assert_eq!(response.predictions.len(), IMAGES_PER_REQUEST);
-                assert!(response.predictions.iter().all(|prediction| prediction.error.is_empty()));
+                assert!(
+                    response
+                        .predictions
+                        .iter()
+                        .all(|prediction| prediction.error.is_empty())
+                );
             }
             Err(status) if status.code() == Code::ResourceExhausted => {
                 assert_eq!(
-                    status.metadata().get("grpc-retry-pushback-ms").map(|value| value.to_str().unwrap()),
+                    status
+                        .metadata()
+                        .get("grpc-retry-pushback-ms")
+                        .map(|value| value.to_str().unwrap()),
                     Some("75"),
                     "{status:?}"
                 );
@@ -531,7 +598,10 @@ async fn a_flood_beyond_the_queue_is_refused_quickly_and_expired_deadlines_are_n
         refused_latencies.len()
     );
     assert!(admitted >= 1, "nothing was admitted");
-    assert!(!refused_latencies.is_empty(), "{REQUESTS} concurrent requests all fit a queue of 2");
+    assert!(
+        !refused_latencies.is_empty(),
+        "{REQUESTS} concurrent requests all fit a queue of 2"
+    );
     assert!(
         slowest_refusal < Duration::from_secs(2),
         "a refusal took {slowest_refusal:?}"
@@ -585,14 +655,24 @@ async fn a_flood_beyond_the_queue_is_refused_quickly_and_expired_deadlines_are_n
             .expect_err("an expired deadline");
         expected_code(&status);
     }
-    assert_eq!(server.wait_for_dropped_calls(dropped + 6.0).await?, dropped + 6.0);
-    assert_eq!(server.metric("plankton_serve_forward_passes_total").await?, forward_passes);
-    assert_eq!(server.metric("plankton_serve_images_total").await?, images_taken);
+    assert_eq!(
+        server.wait_for_dropped_calls(dropped + 6.0).await?,
+        dropped + 6.0
+    );
+    assert_eq!(
+        server.metric("plankton_serve_forward_passes_total").await?,
+        forward_passes
+    );
+    assert_eq!(
+        server.metric("plankton_serve_images_total").await?,
+        images_taken
+    );
     server.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_request_whose_deadline_passes_while_it_waits_is_dropped_uncomputed() -> anyhow::Result<()> {
+async fn a_request_whose_deadline_passes_while_it_waits_is_dropped_uncomputed() -> anyhow::Result<()>
+{
     const BIG_REQUEST: usize = 64;
     let server = SecureServer::start(|config| {
         config.admission = AdmissionConfig {
@@ -618,7 +698,10 @@ async fn a_request_whose_deadline_passes_while_it_waits_is_dropped_uncomputed() 
     });
     let admitted_by = Instant::now() + Duration::from_secs(10);
     while server.metric("plankton_serve_queued_images").await? < BIG_REQUEST as f64 {
-        anyhow::ensure!(Instant::now() < admitted_by, "the big request was never admitted");
+        anyhow::ensure!(
+            Instant::now() < admitted_by,
+            "the big request was never admitted"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // ... so a small one with a 20 ms deadline waits for it, and its deadline passes first.

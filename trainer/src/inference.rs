@@ -276,7 +276,13 @@ impl InferenceModel {
         images_u8: &[u8],
         count: usize,
     ) -> Result<Vec<f32>, TrainError> {
-        predict_with(self.forward(), self.num_classes, self.device, images_u8, count)
+        predict_with(
+            self.forward(),
+            self.num_classes,
+            self.device,
+            images_u8,
+            count,
+        )
     }
 
     /// Softmax probabilities (`count * num_classes`) for images already scaled to the network's input:

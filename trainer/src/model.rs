@@ -202,10 +202,16 @@ impl FoldedConv {
         stride: i64,
         padding: i64,
     ) -> Result<Self, TrainError> {
-        let missing = || TrainError::InvalidConfig("a batch norm without affine weights".to_string());
+        let missing =
+            || TrainError::InvalidConfig("a batch norm without affine weights".to_string());
         let gamma = batch_norm.ws.as_ref().ok_or_else(missing)?;
         let beta = batch_norm.bs.as_ref().ok_or_else(missing)?;
-        let scale = gamma.f_div(&batch_norm.running_var.f_add_scalar(BATCH_NORM_EPS)?.f_sqrt()?)?;
+        let scale = gamma.f_div(
+            &batch_norm
+                .running_var
+                .f_add_scalar(BATCH_NORM_EPS)?
+                .f_sqrt()?,
+        )?;
         let weight = conv.ws.f_mul(&scale.f_view([-1, 1, 1, 1])?)?;
         let bias = beta.f_sub(&batch_norm.running_mean.f_mul(&scale)?)?;
         Ok(FoldedConv {

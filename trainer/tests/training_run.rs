@@ -138,7 +138,10 @@ fn a_tiny_resnet_run_learns_bars_and_round_trips_through_safetensors() {
         .unwrap();
     // Batch norms folded into the convolutions: the same function up to float rounding.
     for (folded, trained) in loaded_probabilities.iter().zip(&trained_probabilities) {
-        assert!((folded - trained).abs() < 1e-5, "folded {folded} vs trained {trained}");
+        assert!(
+            (folded - trained).abs() < 1e-5,
+            "folded {folded} vs trained {trained}"
+        );
     }
     for row in loaded_probabilities.chunks(2) {
         assert!((row[0] + row[1] - 1.0).abs() < 1e-5);

@@ -249,7 +249,9 @@ fn compare_forward_passes(weights: &[u8], options: &Options) -> anyhow::Result<(
     for (batch_size, folded_rate, as_trained_rate) in ours {
         let key = batch_size.to_string();
         let nchw = reference["nchw"][&key].as_f64().unwrap_or(f64::NAN);
-        let channels_last = reference["channels_last"][&key].as_f64().unwrap_or(f64::NAN);
+        let channels_last = reference["channels_last"][&key]
+            .as_f64()
+            .unwrap_or(f64::NAN);
         println!(
             "{batch_size:>6} {folded_rate:>12.0} {as_trained_rate:>12.0} {nchw:>14.0} {channels_last:>20.0} {:>8.2}x",
             folded_rate / nchw.max(channels_last)
@@ -384,8 +386,10 @@ async fn main() -> anyhow::Result<()> {
     let weights = tokio::task::spawn_blocking(briefly_trained_resnet).await??;
     let forward_weights = weights.clone();
     let forward_options = options.clone();
-    tokio::task::spawn_blocking(move || print_forward_pass_costs(&forward_weights, &forward_options))
-        .await??;
+    tokio::task::spawn_blocking(move || {
+        print_forward_pass_costs(&forward_weights, &forward_options)
+    })
+    .await??;
     if options.forward_only {
         return Ok(());
     }
