@@ -48,7 +48,7 @@ pub use error::{ServeError, ServeResult};
 pub use in_memory_registry::InMemoryRegistry;
 pub use metrics::ServeMetrics;
 pub use model_ref::{ModelReference, VersionSelector};
-pub use models::{LoadBackoff, LoadedModel, ModelStore};
+pub use models::{LoadBackoff, LoadedModel, ModelStore, ModelStoreConfig};
 pub use open_inference::OpenInferenceService;
 pub use registry::RegistryClient;
 pub use service::InferenceService;
@@ -161,12 +161,14 @@ pub async fn serve_with_metrics_listener(
     let store = Arc::new(ModelStore::new(
         registry,
         default_reference,
-        config.batching.clone(),
-        image_limits,
         metrics.clone(),
-        config.model_cache_size,
-        config.refresh_interval,
-        config.load_backoff.clone(),
+        ModelStoreConfig {
+            batching: config.batching.clone(),
+            image_limits,
+            cache_capacity: config.model_cache_size,
+            resolution_ttl: config.refresh_interval,
+            load_backoff: config.load_backoff.clone(),
+        },
     ));
     let admission = Arc::new(Admission::new(
         config.admission.clone(),

@@ -109,17 +109,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How a [`ModelStore`] loads and keeps models.
+#[derive(Clone, Debug)]
+pub struct ModelStoreConfig {
+    pub batching: BatchingConfig,
+    /// Per-image size limits (the resize mode comes from each model).
+    pub image_limits: PreprocessConfig,
+    /// Models kept loaded at most (the default model is never evicted).
+    pub cache_capacity: usize,
+    /// How long a moving reference (latest, alias) named by a request stays resolved.
+    pub resolution_ttl: Duration,
+    pub load_backoff: LoadBackoff,
+}
+
 impl ModelStore {
     pub fn new(
         registry: RegistryClient,
         default_reference: ModelReference,
-        batching: BatchingConfig,
-        image_limits: PreprocessConfig,
         metrics: ServeMetrics,
-        cache_capacity: usize,
-        resolution_ttl: Duration,
-        load_backoff: LoadBackoff,
+        config: ModelStoreConfig,
     ) -> Self {
+        let ModelStoreConfig {
+            batching,
+            image_limits,
+            cache_capacity,
+            resolution_ttl,
+            load_backoff,
+        } = config;
         ModelStore {
             registry,
             batching,

@@ -561,7 +561,29 @@ async fn a_flood_beyond_the_queue_is_refused_quickly_and_expired_deadlines_are_n
             (outcome, started.elapsed())
         }
     });
-    let outcomes = futures::future::join_all(calls).await;
+    // The images held by the server, sampled while the flood lasts: never above the queue's bound.
+    let flood_done = std::sync::atomic::AtomicBool::new(false);
+    let most_queued_sample = std::sync::Mutex::new(0.0f64);
+    let flood = async {
+        let outcomes = futures::future::join_all(calls).await;
+        flood_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        outcomes
+    };
+    let sampler = async {
+        while !flood_done.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok(queued) = server.metric("plankton_serve_queued_images").await {
+                let mut most = most_queued_sample.lock().expect("sampler lock");
+                *most = most.max(queued);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let (outcomes, ()) = tokio::join!(flood, sampler);
+    let most_queued = *most_queued_sample.lock().expect("sampler lock");
+    assert!(
+        most_queued <= (2 * IMAGES_PER_REQUEST) as f64,
+        "{most_queued} images held, the queue holds 16"
+    );
     let mut admitted = 0;
     let mut refused_latencies = Vec::new();
     for (outcome, latency) in &outcomes {
@@ -594,7 +616,7 @@ async fn a_flood_beyond_the_queue_is_refused_quickly_and_expired_deadlines_are_n
     }
     let slowest_refusal = refused_latencies.iter().max().copied().unwrap_or_default();
     println!(
-        "flood: {admitted} of {REQUESTS} admitted, {} refused, slowest refusal {slowest_refusal:?}",
+        "flood: {admitted} of {REQUESTS} admitted, {} refused, slowest refusal {slowest_refusal:?}, at most {most_queued} images held",
         refused_latencies.len()
     );
     assert!(admitted >= 1, "nothing was admitted");
