@@ -109,12 +109,12 @@ static RULES: &[AccessRule] = &[
         "/inference.GRPCInferenceService/ModelInfer",
         INFERENCE_CLIENTS,
     ),
-    // Triton's extensions of the protocol: not served, so an inference client gets UNIMPLEMENTED (not
-    // PERMISSION_DENIED) and a Triton client can tell the feature is missing.
     read(
         "/inference.GRPCInferenceService/ModelStreamInfer",
         INFERENCE_CLIENTS,
     ),
+    // Triton's other extensions of the protocol: not served, so an inference client gets UNIMPLEMENTED (not
+    // PERMISSION_DENIED) and a Triton client can tell the feature is missing.
     read(
         "/inference.GRPCInferenceService/ModelConfig",
         INFERENCE_CLIENTS,

@@ -13,8 +13,15 @@
 //! (`raw_output_contents`, what tritonclient reads) when the request was raw, typed `contents` otherwise, or as
 //! the request parameter `raw_output` (bool) says. A request is all or nothing: one undecodable image fails it
 //! with INVALID_ARGUMENT naming the image. Admission, batching and deadlines are those of `Predict`.
+//!
+//! `ModelStreamInfer` (Triton's streaming extension) runs the same inference for each request of a stream, up to
+//! [`STREAM_CONCURRENCY`] at a time, answering in request order; a failed request answers `error_message` and
+//! the stream goes on.
 
+use std::pin::Pin;
 use std::time::Instant;
+
+use futures::{Stream, StreamExt};
 
 use plankton_proto::inference::grpc_inference_service_server::GrpcInferenceService;
 use plankton_proto::inference::model_infer_request::InferInputTensor;
@@ -23,12 +30,13 @@ use plankton_proto::inference::model_metadata_response::TensorMetadata;
 use plankton_proto::inference::{
     InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse,
     ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse,
-    ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
-    ServerReadyRequest, ServerReadyResponse, infer_parameter::ParameterChoice,
+    ModelStreamInferResponse, ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest,
+    ServerMetadataResponse, ServerReadyRequest, ServerReadyResponse,
+    infer_parameter::ParameterChoice,
 };
 use plankton_proto::v1::ModelVersion;
 use plankton_trainer::{IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::deadline::request_deadline;
 use crate::error::{ServeError, ServeResult};
@@ -46,6 +54,8 @@ pub const PROBABILITIES_OUTPUT: &str = "probabilities";
 pub const CLASS_OUTPUT: &str = "class";
 /// The request parameter choosing raw or typed output contents.
 pub const RAW_OUTPUT_PARAMETER: &str = "raw_output";
+/// Requests of one `ModelStreamInfer` stream processed concurrently (answers keep the request order).
+pub const STREAM_CONCURRENCY: usize = 16;
 /// The platform ModelMetadata reports.
 pub const PLATFORM: &str = "pytorch_libtorch";
 
@@ -140,6 +150,23 @@ impl OpenInferenceService {
         }
         let reference: ModelReference = model_text.parse()?;
         store.resolve(&reference).await
+    }
+
+    /// One request of `method`, counted and timed; failures recorded by code.
+    async fn infer_counted(
+        &self,
+        method: &'static str,
+        request: ModelInferRequest,
+        deadline: Option<Instant>,
+    ) -> Result<ModelInferResponse, Status> {
+        let started = Instant::now();
+        self.count_request(method);
+        let outcome = self.infer(request, deadline).await;
+        self.core
+            .metrics()
+            .latency_seconds
+            .observe(started.elapsed().as_secs_f64());
+        outcome.map_err(|error| self.core.record_error(method, &error))
     }
 
     fn count_request(&self, method: &'static str) {
@@ -590,18 +617,45 @@ impl GrpcInferenceService for OpenInferenceService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        const METHOD: &str = "ModelInfer";
-        let started = Instant::now();
-        self.count_request(METHOD);
         let deadline = request_deadline(&request);
-        let outcome = self.infer(request.into_inner(), deadline).await;
-        self.core
-            .metrics()
-            .latency_seconds
-            .observe(started.elapsed().as_secs_f64());
-        outcome
+        self.infer_counted("ModelInfer", request.into_inner(), deadline)
+            .await
             .map(Response::new)
-            .map_err(|error| self.core.record_error(METHOD, &error))
+    }
+
+    type ModelStreamInferStream =
+        Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send + 'static>>;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let deadline = request_deadline(&request);
+        let service = self.clone();
+        let responses = request
+            .into_inner()
+            .map(move |message| {
+                let service = service.clone();
+                async move {
+                    let infer_request = message?;
+                    let answer = match service
+                        .infer_counted("ModelStreamInfer", infer_request, deadline)
+                        .await
+                    {
+                        Ok(response) => ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        },
+                        Err(status) => ModelStreamInferResponse {
+                            error_message: status.message().to_string(),
+                            infer_response: None,
+                        },
+                    };
+                    Ok(answer)
+                }
+            })
+            .buffered(STREAM_CONCURRENCY);
+        Ok(Response::new(Box::pin(responses)))
     }
 }
 

@@ -3,6 +3,7 @@ token, as any Triton/KServe user would; prints one JSON object for tests/tests/i
 
 import argparse
 import json
+import queue
 import sys
 
 import numpy as np
@@ -52,6 +53,23 @@ def main():
         "model_version": response.model_version,
         "probabilities": result.as_numpy("probabilities").tolist(),
         "class": [name.decode() for name in result.as_numpy("class").tolist()],
+    }
+
+    # Triton's streaming extension: one stream, answers in order, a bad request answers an error and the stream
+    # goes on.
+    answers = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)), headers=headers)
+    client.async_stream_infer(arguments.model, [image], request_id="stream-jpeg")
+    broken = grpcclient.InferInput("image", [1], "BYTES")
+    broken.set_data_from_numpy(np.array([b"not a jpeg"], dtype=np.object_))
+    client.async_stream_infer(arguments.model, [broken], request_id="stream-broken")
+    (streamed, streamed_error), (_, broken_error) = answers.get(timeout=60), answers.get(timeout=60)
+    client.stop_stream()
+    answer["stream"] = {
+        "error": None if streamed_error is None else str(streamed_error),
+        "id": None if streamed is None else streamed.get_response().id,
+        "probabilities": None if streamed is None else streamed.as_numpy("probabilities").tolist(),
+        "broken_error": None if broken_error is None else broken_error.message(),
     }
 
     scaled = np.fromfile(arguments.scaled, dtype="<f4").reshape(-1, 3, 64, 64)

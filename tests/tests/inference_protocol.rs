@@ -347,6 +347,16 @@ async fn tritonclient_gets_predict_s_probabilities_from_jpeg_and_fp32_inputs() -
     assert_eq!(jpeg["model_version"], "1");
     assert_rows_close("JPEG input", &jpeg["probabilities"], &expected);
     assert_eq!(jpeg["class"], serde_json::json!(most_probable(&expected)));
+    let stream = &answer["stream"];
+    assert_eq!(stream["error"], serde_json::Value::Null, "{stream}");
+    assert_eq!(stream["id"], "stream-jpeg", "{stream}");
+    assert_rows_close("streamed JPEG input", &stream["probabilities"], &expected);
+    assert!(
+        stream["broken_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("image 0")),
+        "{stream}"
+    );
     assert_rows_close("FP32 input", &answer["scaled"]["probabilities"], &expected);
     assert_eq!(
         answer["scaled"]["class"],
