@@ -29,6 +29,7 @@ bench-allreduce: setup
 	cargo run --release -p plankton-bench --bin allreduce_bench
 
 bench-serve: setup
+	scripts/setup-bench.sh
 	cargo run --release -p plankton-bench --bin serve_bench
 
 ## Worker kill, coordinator kill and the restart-from-epoch-checkpoint anchor on 3 worker processes.

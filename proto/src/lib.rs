@@ -1,4 +1,5 @@
-//! The gRPC contract of plankton-cluster: `plankton.v1` messages and services, generated at build time.
+//! The gRPC contract of plankton-cluster: `plankton.v1` messages and services and the Open Inference Protocol
+//! (`inference`), generated at build time.
 
 /// Everything in the `plankton.v1` package.
 pub mod v1 {
@@ -52,7 +53,15 @@ pub mod v1 {
     }
 }
 
-/// Encoded `FileDescriptorSet` of every plankton proto, for gRPC server reflection.
+/// The Open Inference Protocol v2 (KServe / Triton `inference.GRPCInferenceService`), served by plankton-serve.
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
+/// The Open Inference Protocol's gRPC service name.
+pub const OPEN_INFERENCE_SERVICE: &str = "inference.GRPCInferenceService";
+
+/// Encoded `FileDescriptorSet` of every plankton proto and the Open Inference Protocol, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("plankton_descriptor");
 
 /// gRPC health's service name.

@@ -85,6 +85,89 @@ static RULES: &[AccessRule] = &[
     read("/plankton.v1.Inference/Predict", INFERENCE_CLIENTS),
     read("/plankton.v1.Inference/PredictStream", INFERENCE_CLIENTS),
     read("/plankton.v1.Inference/GetModelInfo", INFERENCE_CLIENTS),
+    // Inference server: the Open Inference Protocol (KServe v2 / Triton).
+    read(
+        "/inference.GRPCInferenceService/ServerLive",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/ServerReady",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/ModelReady",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/ServerMetadata",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/ModelMetadata",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/ModelInfer",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        INFERENCE_CLIENTS,
+    ),
+    // Triton's other extensions of the protocol: not served, so an inference client gets UNIMPLEMENTED (not
+    // PERMISSION_DENIED) and a Triton client can tell the feature is missing.
+    read(
+        "/inference.GRPCInferenceService/ModelConfig",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/ModelStatistics",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/RepositoryIndex",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/RepositoryModelLoad",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/RepositoryModelUnload",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/SystemSharedMemoryStatus",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/SystemSharedMemoryRegister",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/SystemSharedMemoryUnregister",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/CudaSharedMemoryStatus",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/CudaSharedMemoryRegister",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/CudaSharedMemoryUnregister",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/TraceSetting",
+        INFERENCE_CLIENTS,
+    ),
+    read(
+        "/inference.GRPCInferenceService/LogSettings",
+        INFERENCE_CLIENTS,
+    ),
     // Every server.
     public("/grpc.health.v1.Health/Check"),
     public("/grpc.health.v1.Health/Watch"),
@@ -189,6 +272,15 @@ mod tests {
         assert!(!allows("/plankton.v1.WorkerControl/Heartbeat", Operator));
         assert!(allows("/plankton.v1.Inference/Predict", Client));
         assert!(!allows("/plankton.v1.Inference/Predict", Viewer));
+        assert!(allows("/inference.GRPCInferenceService/ModelInfer", Client));
+        assert!(!allows(
+            "/inference.GRPCInferenceService/ModelInfer",
+            Worker
+        ));
+        assert!(!allows(
+            "/inference.GRPCInferenceService/ModelMetadata",
+            Viewer
+        ));
         assert!(rule_for("/grpc.health.v1.Health/Check").unwrap().public);
         assert!(rule_for("/plankton.v1.PeerService/Hello").is_none());
         assert!(rule_for("/plankton.v1.JobService/DropDatabase").is_none());

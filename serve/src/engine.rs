@@ -11,6 +11,10 @@
 //! pass runs, new requests queue up and form the next batch. A request never splits across batches; one
 //! request larger than `max_batch_size` forms a batch of its own. `max_batch_size = 1` turns batching off.
 //!
+//! A queued request carries its deadline (the client's `grpc-timeout`): a request whose deadline has passed,
+//! or whose client went away (its answer channel is closed), is skipped before the forward pass and counted in
+//! `plankton_serve_queued_requests_skipped_total`; only live requests are computed.
+//!
 //! When the last handle ([`InferenceEngine`]) is dropped, the thread answers the requests still queued
 //! and exits, dropping the model: a model swapped out finishes its in-flight requests first.
 
@@ -23,11 +27,14 @@ use std::sync::mpsc::{
 use std::time::{Duration, Instant};
 
 use plankton_trainer::{IMAGE_LEN, InferenceModel, TrainError};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info};
 
 use crate::error::{ServeError, ServeResult};
+use crate::metrics::ReasonLabels;
 
 /// How requests are grouped into forward passes.
 #[derive(Clone, Debug)]
@@ -53,13 +60,70 @@ impl Default for BatchingConfig {
 /// How often a waiting batcher looks whether announced requests are still on their way.
 const ARRIVAL_POLL_INTERVAL: Duration = Duration::from_micros(200);
 
+/// The preprocessed images of one request, in either of the two forms the network takes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelInput {
+    /// `image_count * IMAGE_LEN` bytes, u8 CHW, as preprocessing writes them (divided by 255 on the way in).
+    Pixels(Vec<u8>),
+    /// `image_count * IMAGE_LEN` values, f32 CHW, already scaled to [0, 1] (the Open Inference Protocol's
+    /// FP32 `input`).
+    Scaled(Vec<f32>),
+}
+
+impl ModelInput {
+    fn len(&self) -> usize {
+        match self {
+            ModelInput::Pixels(pixels) => pixels.len(),
+            ModelInput::Scaled(values) => values.len(),
+        }
+    }
+
+    fn is_scaled(&self) -> bool {
+        matches!(self, ModelInput::Scaled(_))
+    }
+}
+
+/// The counters and histogram the inference thread records.
+#[derive(Clone, Debug)]
+pub struct EngineMetrics {
+    /// Images per forward pass.
+    pub batch_size: Histogram,
+    /// Forward passes run.
+    pub forward_passes: Counter,
+    /// Queued requests skipped before compute, by reason.
+    pub skipped: Family<ReasonLabels, Counter>,
+}
+
+/// Why a queued request was not computed.
+#[derive(Debug)]
+enum Refusal {
+    /// Its deadline passed while it waited.
+    DeadlineExceeded,
+    /// The forward pass failed.
+    Failed(String),
+}
+
 /// The preprocessed images of one request waiting for a forward pass.
 struct QueuedRequest {
-    /// `image_count * IMAGE_LEN` bytes, u8 CHW.
-    images: Vec<u8>,
+    images: ModelInput,
     image_count: usize,
     queued_at: Instant,
-    respond: oneshot::Sender<Result<Vec<f32>, String>>,
+    /// The client's deadline, if it sent one.
+    deadline: Option<Instant>,
+    respond: oneshot::Sender<Result<Vec<f32>, Refusal>>,
+}
+
+impl QueuedRequest {
+    /// Why this request must not be computed now (`None`: it is still wanted).
+    fn drop_reason(&self, now: Instant) -> Option<&'static str> {
+        if self.respond.is_closed() {
+            Some("cancelled")
+        } else if self.deadline.is_some_and(|deadline| now >= deadline) {
+            Some("deadline")
+        } else {
+            None
+        }
+    }
 }
 
 /// A handle to a model's inference thread; cheap to share behind an `Arc`.
@@ -92,7 +156,7 @@ impl InferenceEngine {
         label: String,
         num_classes: usize,
         batching: BatchingConfig,
-        batch_size_histogram: Histogram,
+        metrics: EngineMetrics,
         load_model: impl FnOnce() -> Result<InferenceModel, TrainError> + Send + 'static,
     ) -> ServeResult<InferenceEngine> {
         let max_batch_size = batching.max_batch_size.max(1);
@@ -130,7 +194,7 @@ impl InferenceEngine {
                     label: thread_label,
                     max_batch_size,
                     max_queue_delay,
-                    batch_size_histogram,
+                    metrics,
                     arriving: batcher_arriving,
                 };
                 batcher.run(receiver);
@@ -174,17 +238,19 @@ impl InferenceEngine {
         }
     }
 
-    /// Softmax probabilities (`image_count * num_classes`) of `images` (`image_count * IMAGE_LEN` bytes),
-    /// computed in whatever batch the queue forms. `arrival` is this request's announcement.
+    /// Softmax probabilities (`image_count * num_classes`) of `images` (`image_count * IMAGE_LEN` values),
+    /// computed in whatever batch the queue forms, unless `deadline` passes first. `arrival` is this
+    /// request's announcement.
     pub async fn predict(
         &self,
-        images: Vec<u8>,
+        images: ModelInput,
         image_count: usize,
+        deadline: Option<Instant>,
         arrival: Arrival,
     ) -> ServeResult<Vec<f32>> {
         if image_count == 0 || images.len() != image_count * IMAGE_LEN {
             return Err(ServeError::Internal(format!(
-                "{} bytes for {image_count} images (expected {IMAGE_LEN} per image)",
+                "{} values for {image_count} images (expected {IMAGE_LEN} per image)",
                 images.len()
             )));
         }
@@ -193,6 +259,7 @@ impl InferenceEngine {
             images,
             image_count,
             queued_at: Instant::now(),
+            deadline,
             respond,
         };
         let sent = self.sender.try_send(request);
@@ -201,8 +268,11 @@ impl InferenceEngine {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return Err(ServeError::Overloaded {
-                    model: self.label.clone(),
-                    capacity: self.queue_capacity,
+                    reason: format!(
+                        "the inference queue of model {} is full ({} requests waiting)",
+                        self.label, self.queue_capacity
+                    ),
+                    retry_after: crate::admission::DEFAULT_RETRY_AFTER,
                 });
             }
             Err(TrySendError::Disconnected(_)) => {
@@ -214,7 +284,11 @@ impl InferenceEngine {
         }
         match response.await {
             Ok(Ok(probabilities)) => Ok(probabilities),
-            Ok(Err(reason)) => Err(ServeError::Inference {
+            Ok(Err(Refusal::DeadlineExceeded)) => Err(ServeError::DeadlineExceeded(format!(
+                "the deadline passed while the request waited for model {}",
+                self.label
+            ))),
+            Ok(Err(Refusal::Failed(reason))) => Err(ServeError::Inference {
                 model: self.label.clone(),
                 reason,
             }),
@@ -232,7 +306,7 @@ struct Batcher {
     label: String,
     max_batch_size: usize,
     max_queue_delay: Duration,
-    batch_size_histogram: Histogram,
+    metrics: EngineMetrics,
     arriving: Arc<AtomicUsize>,
 }
 
@@ -267,33 +341,83 @@ impl Batcher {
                         }
                     }
                 };
-                if image_total + next.image_count > self.max_batch_size {
+                // A batch is all pixels or all scaled values; the other kind starts the next batch.
+                if image_total + next.image_count > self.max_batch_size
+                    || next.images.is_scaled() != batch[0].images.is_scaled()
+                {
                     carried_over = Some(next);
                     break;
                 }
                 image_total += next.image_count;
                 batch.push(next);
             }
-            self.run_batch(batch, image_total);
+            let (live, live_images) = self.without_dropped(batch);
+            if live_images > 0 {
+                self.run_batch(live, live_images);
+            }
         }
         info!(model = %self.label, "inference thread stopped");
     }
 
-    fn run_batch(&self, mut batch: Vec<QueuedRequest>, image_total: usize) {
-        self.batch_size_histogram.observe(image_total as f64);
-        let started = Instant::now();
-        let images: Vec<u8> = if batch.len() == 1 {
-            std::mem::take(&mut batch[0].images)
-        } else {
-            let mut concatenated = Vec::with_capacity(image_total * IMAGE_LEN);
-            for request in &batch {
-                concatenated.extend_from_slice(&request.images);
+    /// The requests of `batch` still wanted and their image count; the others (deadline passed, client
+    /// gone) are answered DEADLINE_EXCEEDED and counted, never computed.
+    fn without_dropped(&self, batch: Vec<QueuedRequest>) -> (Vec<QueuedRequest>, usize) {
+        let now = Instant::now();
+        let mut live = Vec::with_capacity(batch.len());
+        let mut live_images = 0;
+        for request in batch {
+            match request.drop_reason(now) {
+                None => {
+                    live_images += request.image_count;
+                    live.push(request);
+                }
+                Some(reason) => {
+                    self.metrics
+                        .skipped
+                        .get_or_create(&ReasonLabels { reason })
+                        .inc();
+                    debug!(model = %self.label, reason, images = request.image_count, "queued request skipped");
+                    let _ = request.respond.send(Err(Refusal::DeadlineExceeded));
+                }
             }
-            concatenated
+        }
+        (live, live_images)
+    }
+
+    fn run_batch(&self, mut batch: Vec<QueuedRequest>, image_total: usize) {
+        self.metrics.batch_size.observe(image_total as f64);
+        self.metrics.forward_passes.inc();
+        let started = Instant::now();
+        let outcome = if batch[0].images.is_scaled() {
+            let mut values: Vec<f32> = Vec::with_capacity(image_total * IMAGE_LEN);
+            for request in &mut batch {
+                if let ModelInput::Scaled(request_values) = &mut request.images {
+                    if values.is_empty() {
+                        values = std::mem::take(request_values);
+                    } else {
+                        values.extend_from_slice(request_values);
+                    }
+                }
+            }
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.model
+                    .predict_probabilities_scaled(&values, image_total)
+            }))
+        } else {
+            let mut pixels: Vec<u8> = Vec::with_capacity(image_total * IMAGE_LEN);
+            for request in &mut batch {
+                if let ModelInput::Pixels(request_pixels) = &mut request.images {
+                    if pixels.is_empty() {
+                        pixels = std::mem::take(request_pixels);
+                    } else {
+                        pixels.extend_from_slice(request_pixels);
+                    }
+                }
+            }
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.model.predict_probabilities(&pixels, image_total)
+            }))
         };
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.model.predict_probabilities(&images, image_total)
-        }));
         let probabilities = match outcome {
             Ok(Ok(probabilities)) => probabilities,
             Ok(Err(predict_error)) => {
@@ -323,6 +447,8 @@ impl Batcher {
 
 fn answer_all(batch: Vec<QueuedRequest>, reason: &str) {
     for request in batch {
-        let _ = request.respond.send(Err(reason.to_string()));
+        let _ = request
+            .respond
+            .send(Err(Refusal::Failed(reason.to_string())));
     }
 }

@@ -21,9 +21,23 @@ pub enum ServeError {
     /// The weights or the model card could not be read or do not fit the registry entry.
     #[error("loading model {model}: {reason}")]
     ModelLoad { model: String, reason: String },
-    /// The inference queue is full; the client should retry later (or the deployment scale out).
-    #[error("inference queue of model {model} is full ({capacity} requests waiting)")]
-    Overloaded { model: String, capacity: usize },
+    /// The server is full (queued images, a model's queue); the client should retry after `retry_after`
+    /// (or the deployment scale out).
+    #[error("overloaded: {reason}; retry in {}ms", retry_after.as_millis())]
+    Overloaded {
+        reason: String,
+        retry_after: std::time::Duration,
+    },
+    /// The client's deadline passed (or it went away) before the request was computed.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    /// A version failed to load recently; it is not retried before its backoff ends.
+    #[error("loading model {model} failed: {reason}; next attempt in {}s", retry_in.as_secs_f64().ceil())]
+    LoadBackoff {
+        model: String,
+        reason: String,
+        retry_in: std::time::Duration,
+    },
     /// A forward pass failed.
     #[error("inference with model {model} failed: {reason}")]
     Inference { model: String, reason: String },
@@ -40,15 +54,28 @@ impl ServeError {
             ServeError::ModelNotFound(_) => tonic::Code::NotFound,
             ServeError::NotReady(_) | ServeError::Registry { .. } => tonic::Code::Unavailable,
             ServeError::Overloaded { .. } => tonic::Code::ResourceExhausted,
-            ServeError::ModelLoad { .. } => tonic::Code::FailedPrecondition,
+            ServeError::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
+            ServeError::ModelLoad { .. } | ServeError::LoadBackoff { .. } => {
+                tonic::Code::FailedPrecondition
+            }
             ServeError::Inference { .. } | ServeError::Internal(_) => tonic::Code::Internal,
         }
     }
 }
 
+/// Response metadata of a RESOURCE_EXHAUSTED answer: how long to wait before retrying, in milliseconds (gRPC's
+/// retry pushback; clients with a retry policy honour it).
+pub const RETRY_PUSHBACK_METADATA: &str = "grpc-retry-pushback-ms";
+
 impl From<&ServeError> for tonic::Status {
     fn from(error: &ServeError) -> Self {
-        tonic::Status::new(error.code(), error.to_string())
+        let mut status = tonic::Status::new(error.code(), error.to_string());
+        if let ServeError::Overloaded { retry_after, .. } = error
+            && let Ok(value) = retry_after.as_millis().to_string().parse()
+        {
+            status.metadata_mut().insert(RETRY_PUSHBACK_METADATA, value);
+        }
+        status
     }
 }
 

@@ -6,15 +6,25 @@
 //! into one forward pass ([`engine`]). The default model follows its alias: the registry is polled every
 //! `refresh_interval` and a newly promoted version is loaded and swapped in without a restart; requests
 //! already queued finish on the old model. Health (`grpc.health.v1`) is NOT_SERVING until the default model
-//! is loaded; reflection lets `grpcurl` list and call the service; Prometheus metrics are on a separate port.
+//! is loaded; reflection (v1 and v1alpha) lets `grpcurl` list and call the service; Prometheus metrics are
+//! on a separate port.
+//!
+//! The same port answers the Open Inference Protocol v2 ([`open_inference`]), so `tritonclient` and KServe
+//! clients work unchanged. Both protocols share one admission policy ([`admission`]: images per request,
+//! images queued, concurrent requests; RESOURCE_EXHAUSTED with a retry hint when full, before anything is
+//! decoded) and honour client deadlines ([`deadline`]: work whose deadline passed or whose client left is
+//! dropped before compute, and counted).
 #![forbid(unsafe_code)]
 
+pub mod admission;
+pub mod deadline;
 pub mod engine;
 pub mod error;
 pub mod in_memory_registry;
 pub mod metrics;
 pub mod model_ref;
 pub mod models;
+pub mod open_inference;
 pub mod registry;
 pub mod service;
 
@@ -23,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plankton_preprocess::PreprocessConfig;
+use plankton_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use plankton_proto::v1::inference_server::InferenceServer;
 use plankton_security::{ClientSecurity, ServerSecurity};
 use tokio::net::TcpListener;
@@ -31,12 +42,14 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
-pub use engine::{BatchingConfig, InferenceEngine};
+pub use admission::{Admission, AdmissionConfig};
+pub use engine::{BatchingConfig, InferenceEngine, ModelInput};
 pub use error::{ServeError, ServeResult};
 pub use in_memory_registry::InMemoryRegistry;
 pub use metrics::ServeMetrics;
 pub use model_ref::{ModelReference, VersionSelector};
-pub use models::{LoadedModel, ModelStore};
+pub use models::{LoadBackoff, LoadedModel, ModelStore, ModelStoreConfig};
+pub use open_inference::OpenInferenceService;
 pub use registry::RegistryClient;
 pub use service::InferenceService;
 
@@ -62,6 +75,10 @@ pub struct ServeConfig {
     /// The default model reference (`name@production` follows the alias).
     pub model: String,
     pub batching: BatchingConfig,
+    /// Images per request, images queued, concurrent requests, retry hint.
+    pub admission: AdmissionConfig,
+    /// Wait before a version whose load failed is tried again (doubling per failure).
+    pub load_backoff: LoadBackoff,
     /// How often the default model's reference is re-resolved (and how long a request's resolved alias is kept).
     pub refresh_interval: Duration,
     /// Largest accepted gRPC message.
@@ -87,6 +104,8 @@ impl Default for ServeConfig {
             security: ServerSecurity::default(),
             model: String::new(),
             batching: BatchingConfig::default(),
+            admission: AdmissionConfig::default(),
+            load_backoff: LoadBackoff::default(),
             refresh_interval: Duration::from_secs(2),
             max_message_bytes: 64 * 1024 * 1024,
             max_image_side: image_limits.max_side,
@@ -142,11 +161,18 @@ pub async fn serve_with_metrics_listener(
     let store = Arc::new(ModelStore::new(
         registry,
         default_reference,
-        config.batching.clone(),
-        image_limits,
         metrics.clone(),
-        config.model_cache_size,
-        config.refresh_interval,
+        ModelStoreConfig {
+            batching: config.batching.clone(),
+            image_limits,
+            cache_capacity: config.model_cache_size,
+            resolution_ttl: config.refresh_interval,
+            load_backoff: config.load_backoff.clone(),
+        },
+    ));
+    let admission = Arc::new(Admission::new(
+        config.admission.clone(),
+        metrics.queued_images.clone(),
     ));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -162,6 +188,7 @@ pub async fn serve_with_metrics_listener(
     let (reflection_service, reflection_v1alpha_service) = plankton_proto::reflection_services(&[
         plankton_proto::HEALTH_SERVICE,
         INFERENCE_SERVICE_NAME,
+        plankton_proto::OPEN_INFERENCE_SERVICE,
     ])?;
 
     let metrics_task = metrics_listener.map(|metrics_listener| {
@@ -180,7 +207,9 @@ pub async fn serve_with_metrics_listener(
         shutdown.clone(),
     ));
 
-    let inference_service = InferenceService::new(store, metrics);
+    let deadline_layer = deadline::DeadlineLayer::new(metrics.dropped.clone());
+    let inference_service = InferenceService::new(store, metrics, admission);
+    let open_inference_service = OpenInferenceService::new(inference_service.clone());
     let local_address = listener.local_addr()?;
     info!(%local_address, model = %config.model, coordinator = %config.coordinator_url, "inference server listening");
     let drain_signal = {
@@ -198,11 +227,17 @@ pub async fn serve_with_metrics_listener(
         .await?;
     let served = tonic::transport::Server::builder()
         .layer(auth_layer)
+        .layer(deadline_layer)
         .add_service(health_service)
         .add_service(reflection_service)
         .add_service(reflection_v1alpha_service)
         .add_service(
             InferenceServer::new(inference_service)
+                .max_decoding_message_size(config.max_message_bytes)
+                .max_encoding_message_size(config.max_message_bytes),
+        )
+        .add_service(
+            GrpcInferenceServiceServer::new(open_inference_service)
                 .max_decoding_message_size(config.max_message_bytes)
                 .max_encoding_message_size(config.max_message_bytes),
         )
@@ -227,6 +262,9 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter
         .set_service_status(INFERENCE_SERVICE_NAME, status)
         .await;
+    reporter
+        .set_service_status(plankton_proto::OPEN_INFERENCE_SERVICE, status)
+        .await;
 }
 
 /// Loads the default model, then re-resolves its reference every `refresh_interval` and swaps in new
@@ -239,8 +277,15 @@ async fn watch_default_model(
 ) {
     let mut serving = false;
     loop {
-        if let Err(error) = store.refresh_default().await {
-            warn!(reference = %store.default_reference(), %error, "cannot refresh the default model");
+        match store.refresh_default().await {
+            Ok(_) => {}
+            // Logged (and counted) once per attempt by the store; the old version keeps serving.
+            Err(error @ (ServeError::LoadBackoff { .. } | ServeError::ModelLoad { .. })) => {
+                tracing::debug!(reference = %store.default_reference(), %error, "default model in load backoff");
+            }
+            Err(error) => {
+                warn!(reference = %store.default_reference(), %error, "cannot refresh the default model");
+            }
         }
         if !serving && store.default_model().is_some() {
             set_health(&health_reporter, ServingStatus::Serving).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use plankton_security::{ClientSecurityFlags, InsecureFlags, ServerSecurityFlags};
-use plankton_serve::{BatchingConfig, ServeConfig, run};
+use plankton_serve::{AdmissionConfig, BatchingConfig, LoadBackoff, ServeConfig, run};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +50,25 @@ struct Options {
     /// Requests waiting for a forward pass at most; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "PLANKTON_QUEUE_CAPACITY", default_value_t = 4096)]
     queue_capacity: usize,
+    /// Most images in one request (Predict or ModelInfer); more are refused with INVALID_ARGUMENT.
+    #[arg(long, env = "PLANKTON_MAX_IMAGES_PER_REQUEST", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    max_images_per_request: u32,
+    /// Most images admitted and not answered yet, server-wide; a request that does not fit is refused at once
+    /// with RESOURCE_EXHAUSTED and a retry hint, before any of its images is decoded.
+    #[arg(long, env = "PLANKTON_MAX_QUEUED_IMAGES", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_queued_images: u32,
+    /// Most requests decoded and computed at a time; further admitted requests wait (until their deadline).
+    #[arg(long, env = "PLANKTON_MAX_CONCURRENT_REQUESTS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_requests: u32,
+    /// Retry hint sent with RESOURCE_EXHAUSTED (grpc-retry-pushback-ms and the message).
+    #[arg(long, env = "PLANKTON_RETRY_AFTER", default_value = "100ms", value_parser = humantime::parse_duration)]
+    retry_after: Duration,
+    /// Wait before a model version whose load failed is tried again; doubles per consecutive failure.
+    #[arg(long, env = "PLANKTON_LOAD_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration)]
+    load_backoff: Duration,
+    /// Longest wait between load attempts of a failing version.
+    #[arg(long, env = "PLANKTON_MAX_LOAD_BACKOFF", default_value = "5m", value_parser = humantime::parse_duration)]
+    max_load_backoff: Duration,
     /// How often the default model's alias is re-resolved in the registry.
     #[arg(long, env = "PLANKTON_REFRESH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     refresh_interval: Duration,
@@ -99,6 +118,16 @@ async fn main() -> anyhow::Result<()> {
             max_batch_size: options.max_batch_size as usize,
             max_queue_delay: options.max_queue_delay,
             queue_capacity: options.queue_capacity,
+        },
+        admission: AdmissionConfig {
+            max_images_per_request: options.max_images_per_request as usize,
+            max_queued_images: options.max_queued_images as usize,
+            max_concurrent_requests: options.max_concurrent_requests as usize,
+            retry_after: options.retry_after,
+        },
+        load_backoff: LoadBackoff {
+            initial: options.load_backoff,
+            max: options.max_load_backoff,
         },
         refresh_interval: options.refresh_interval,
         max_message_bytes: options.max_message_bytes,

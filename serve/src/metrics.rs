@@ -28,6 +28,27 @@ pub struct ModelLabels {
     pub model: String,
 }
 
+/// A call dropped before its answer: `reason` is `deadline` (its grpc-timeout passed) or `cancelled` (the
+/// client went away); `stage` is `arrival` (the deadline had passed when it came) or `in_flight`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    pub reason: &'static str,
+    pub stage: &'static str,
+}
+
+/// Why a queued request was skipped by the batcher: `deadline` or `cancelled`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// One version of one model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelVersionLabels {
+    pub model: String,
+    pub version: String,
+}
+
 /// Every metric the service records; clones share the same series.
 #[derive(Clone, Debug)]
 pub struct ServeMetrics {
@@ -39,6 +60,11 @@ pub struct ServeMetrics {
     pub latency_seconds: Histogram,
     pub batch_size: Histogram,
     pub loaded_model_version: Family<ModelLabels, Gauge>,
+    pub forward_passes: Counter,
+    pub dropped: Family<DropLabels, Counter>,
+    pub skipped: Family<ReasonLabels, Counter>,
+    pub queued_images: Gauge,
+    pub model_load_failures: Family<ModelVersionLabels, Counter>,
 }
 
 impl Default for ServeMetrics {
@@ -90,6 +116,36 @@ impl ServeMetrics {
             "Version of the default model currently serving",
             loaded_model_version.clone(),
         );
+        let forward_passes = Counter::default();
+        registry.register(
+            "forward_passes",
+            "Forward passes run (one per batch)",
+            forward_passes.clone(),
+        );
+        let dropped = Family::<DropLabels, Counter>::default();
+        registry.register(
+            "requests_dropped",
+            "Requests dropped before compute because their deadline passed or their client went away",
+            dropped.clone(),
+        );
+        let skipped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "queued_requests_skipped",
+            "Queued requests the batcher never computed: their deadline passed or their caller went away",
+            skipped.clone(),
+        );
+        let queued_images = Gauge::default();
+        registry.register(
+            "queued_images",
+            "Images admitted and not answered yet (waiting, preprocessing, queued or computing)",
+            queued_images.clone(),
+        );
+        let model_load_failures = Family::<ModelVersionLabels, Counter>::default();
+        registry.register(
+            "model_load_failures",
+            "Failed model loads (weights or card unreadable or inconsistent), by model and version",
+            model_load_failures.clone(),
+        );
         ServeMetrics {
             registry: Arc::new(registry),
             requests,
@@ -99,6 +155,20 @@ impl ServeMetrics {
             latency_seconds,
             batch_size,
             loaded_model_version,
+            forward_passes,
+            dropped,
+            skipped,
+            queued_images,
+            model_load_failures,
+        }
+    }
+
+    /// The series a model's inference thread records.
+    pub fn engine_metrics(&self) -> crate::engine::EngineMetrics {
+        crate::engine::EngineMetrics {
+            batch_size: self.batch_size.clone(),
+            forward_passes: self.forward_passes.clone(),
+            skipped: self.skipped.clone(),
         }
     }
 

@@ -1,4 +1,10 @@
 //! Loaded models cached by (name, version), the server's default model and its alias watch.
+//!
+//! Only versions the registry knows are loaded (every reference is resolved there first). Loads of one model
+//! name run one at a time, and a version whose load failed is not tried again before its backoff ends
+//! (`initial`, doubling per consecutive failure up to `max`): requests and the alias watch meanwhile get the
+//! last failure at once, the old version keeps serving, and every real attempt that fails is logged (model,
+//! version, cause) and counted in `plankton_serve_model_load_failures_total`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -9,11 +15,11 @@ use plankton_preprocess::{PreprocessConfig, ResizeMode};
 use plankton_proto::v1::ModelVersion;
 use plankton_trainer::{Architecture, InferenceModel, ModelCard};
 use tokio::sync::OnceCell;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::engine::{BatchingConfig, InferenceEngine};
 use crate::error::{ServeError, ServeResult};
-use crate::metrics::{ModelLabels, ServeMetrics};
+use crate::metrics::{ModelLabels, ModelVersionLabels, ServeMetrics};
 use crate::model_ref::{ModelReference, VersionSelector};
 use crate::registry::RegistryClient;
 
@@ -38,6 +44,40 @@ impl LoadedModel {
 
 type ModelKey = (String, u32);
 
+/// How long a version whose load failed waits before the next attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadBackoff {
+    /// After the first failure.
+    pub initial: std::time::Duration,
+    /// The longest wait, however many failures.
+    pub max: std::time::Duration,
+}
+
+impl Default for LoadBackoff {
+    fn default() -> Self {
+        LoadBackoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl LoadBackoff {
+    /// The wait after `consecutive_failures` (>= 1) failures in a row.
+    pub fn after(&self, consecutive_failures: u32) -> Duration {
+        let doublings = consecutive_failures.saturating_sub(1).min(30);
+        self.initial.saturating_mul(1u32 << doublings).min(self.max)
+    }
+}
+
+/// The recent failures of one version.
+#[derive(Clone, Debug)]
+struct LoadFailure {
+    consecutive_failures: u32,
+    retry_at: Instant,
+    reason: String,
+}
+
 /// Loaded models and resolved references, shared by every request.
 #[derive(Debug)]
 pub struct ModelStore {
@@ -55,6 +95,11 @@ pub struct ModelStore {
     /// Moving references (latest, aliases) named by requests, re-resolved after `resolution_ttl`.
     resolutions: Mutex<HashMap<ModelReference, (Instant, ModelVersion)>>,
     resolution_ttl: Duration,
+    load_backoff: LoadBackoff,
+    /// Versions whose last load failed, until one succeeds.
+    load_failures: Mutex<HashMap<ModelKey, LoadFailure>>,
+    /// One gate per model name: its loads run one at a time.
+    load_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -64,16 +109,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How a [`ModelStore`] loads and keeps models.
+#[derive(Clone, Debug)]
+pub struct ModelStoreConfig {
+    pub batching: BatchingConfig,
+    /// Per-image size limits (the resize mode comes from each model).
+    pub image_limits: PreprocessConfig,
+    /// Models kept loaded at most (the default model is never evicted).
+    pub cache_capacity: usize,
+    /// How long a moving reference (latest, alias) named by a request stays resolved.
+    pub resolution_ttl: Duration,
+    pub load_backoff: LoadBackoff,
+}
+
 impl ModelStore {
     pub fn new(
         registry: RegistryClient,
         default_reference: ModelReference,
-        batching: BatchingConfig,
-        image_limits: PreprocessConfig,
         metrics: ServeMetrics,
-        cache_capacity: usize,
-        resolution_ttl: Duration,
+        config: ModelStoreConfig,
     ) -> Self {
+        let ModelStoreConfig {
+            batching,
+            image_limits,
+            cache_capacity,
+            resolution_ttl,
+            load_backoff,
+        } = config;
         ModelStore {
             registry,
             batching,
@@ -86,6 +148,9 @@ impl ModelStore {
             cache_capacity: cache_capacity.max(1),
             resolutions: Mutex::new(HashMap::new()),
             resolution_ttl,
+            load_backoff,
+            load_failures: Mutex::new(HashMap::new()),
+            load_gates: Mutex::new(HashMap::new()),
         }
     }
 
@@ -148,11 +213,39 @@ impl ModelStore {
         Ok(entry)
     }
 
-    /// The loaded model of a registry entry, loading it (once, however many requests ask) if needed.
+    /// The loaded model of (name, version), if it is loaded; never starts a load.
+    pub fn loaded_model(&self, name: &str, version: u32) -> Option<Arc<LoadedModel>> {
+        let key: ModelKey = (name.to_string(), version);
+        let cell = lock(&self.loaded).get(&key).cloned()?;
+        cell.get().cloned()
+    }
+
+    /// The registry entry `reference` points at (cached for moving references like a request's).
+    pub async fn resolve(&self, reference: &ModelReference) -> ServeResult<ModelVersion> {
+        self.resolve_cached(reference).await
+    }
+
+    /// The loaded model of a registry entry, loading it (once, however many requests ask) if needed; a
+    /// version in its failure backoff answers the last failure without an attempt.
     pub async fn load(&self, entry: ModelVersion) -> ServeResult<Arc<LoadedModel>> {
         let key: ModelKey = (entry.name.clone(), entry.version);
         let cell = lock(&self.loaded).entry(key.clone()).or_default().clone();
-        let model = cell
+        if let Some(model) = cell.get() {
+            let model = model.clone();
+            self.touch(&key);
+            return Ok(model);
+        }
+        self.check_backoff(&key)?;
+        let gate = lock(&self.load_gates)
+            .entry(entry.name.clone())
+            .or_default()
+            .clone();
+        let _one_load_per_name = gate.lock().await;
+        // Another request may have loaded it, or failed, while this one waited at the gate.
+        if cell.get().is_none() {
+            self.check_backoff(&key)?;
+        }
+        let loaded = cell
             .get_or_try_init(|| {
                 load_model(
                     entry,
@@ -161,11 +254,69 @@ impl ModelStore {
                     &self.metrics,
                 )
             })
-            .await?
-            .clone();
+            .await;
+        let model = match loaded {
+            Ok(model) => model.clone(),
+            Err(error) => return Err(self.record_load_failure(&key, error)),
+        };
+        lock(&self.load_failures).remove(&key);
         self.touch(&key);
         self.evict_beyond_capacity();
         Ok(model)
+    }
+
+    /// Fails with the last failure while `key` is in its backoff.
+    fn check_backoff(&self, key: &ModelKey) -> ServeResult<()> {
+        let failures = lock(&self.load_failures);
+        let Some(failure) = failures.get(key) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now >= failure.retry_at {
+            return Ok(());
+        }
+        Err(ServeError::LoadBackoff {
+            model: format!("{}:{}", key.0, key.1),
+            reason: failure.reason.clone(),
+            retry_in: failure.retry_at - now,
+        })
+    }
+
+    /// Counts, logs and remembers a failed load attempt; returns the error to answer with.
+    fn record_load_failure(&self, key: &ModelKey, error: ServeError) -> ServeError {
+        let reason = match &error {
+            ServeError::ModelLoad { reason, .. } => reason.clone(),
+            other => other.to_string(),
+        };
+        let consecutive_failures = lock(&self.load_failures)
+            .get(key)
+            .map_or(0, |failure| failure.consecutive_failures)
+            + 1;
+        let retry_in = self.load_backoff.after(consecutive_failures);
+        lock(&self.load_failures).insert(
+            key.clone(),
+            LoadFailure {
+                consecutive_failures,
+                retry_at: Instant::now() + retry_in,
+                reason: reason.clone(),
+            },
+        );
+        self.metrics
+            .model_load_failures
+            .get_or_create(&ModelVersionLabels {
+                model: key.0.clone(),
+                version: key.1.to_string(),
+            })
+            .inc();
+        warn!(
+            model = %key.0,
+            version = key.1,
+            cause = %reason,
+            consecutive_failures,
+            retry_in = ?retry_in,
+            "model load failed"
+        );
+        error
     }
 
     fn touch(&self, key: &ModelKey) {
@@ -353,7 +504,7 @@ async fn load_model(
         label.clone(),
         num_classes,
         batching,
-        metrics.batch_size.clone(),
+        metrics.engine_metrics(),
         move || InferenceModel::from_safetensors(architecture, num_classes, &weights, device),
     )
     .await?;
@@ -367,4 +518,23 @@ async fn load_model(
         },
         engine,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_backoff_doubles_per_failure_up_to_its_maximum() {
+        let backoff = LoadBackoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(3),
+        };
+        let waits: Vec<Duration> = (1..=6).map(|failures| backoff.after(failures)).collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 3000, 3000, 3000].map(Duration::from_millis)
+        );
+        assert_eq!(backoff.after(u32::MAX), Duration::from_secs(3));
+    }
 }

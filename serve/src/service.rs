@@ -1,15 +1,19 @@
-//! The `plankton.v1.Inference` gRPC service: decode + preprocess on rayon, then the model's batcher.
+//! The `plankton.v1.Inference` gRPC service: admission, then decode + preprocess on rayon, then the model's
+//! batcher. The Open Inference Protocol service ([`crate::open_inference`]) runs the same pipeline.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::admission::Admission;
+use crate::deadline::request_deadline;
+use crate::engine::ModelInput;
+
 use futures::{Stream, StreamExt};
 use plankton_preprocess::{PreprocessConfig, preprocess_image};
 use plankton_proto::v1::inference_server::Inference;
 use plankton_proto::v1::{
-    ClassScore, GetModelInfoRequest, ImageInput, ImagePrediction, ModelInfo, PredictRequest,
-    PredictResponse,
+    ClassScore, GetModelInfoRequest, ImagePrediction, ModelInfo, PredictRequest, PredictResponse,
 };
 use plankton_trainer::IMAGE_LEN;
 use rayon::prelude::*;
@@ -31,21 +35,31 @@ const STREAM_CONCURRENCY: usize = 16;
 pub struct InferenceService {
     store: Arc<ModelStore>,
     metrics: ServeMetrics,
+    admission: Arc<Admission>,
 }
 
 /// The preprocessing outcome of one request image.
 type PreprocessedImage = Result<Vec<u8>, String>;
 
-/// Decodes and preprocesses every image in parallel on the rayon pool (never on the async runtime).
-async fn preprocess_on_rayon(
-    images: Vec<ImageInput>,
+/// Decodes and preprocesses every image in parallel on the rayon pool (never on the async runtime). Once the
+/// caller has gone away (deadline, cancelled call), images not started yet are skipped.
+async fn preprocess_on_rayon<Image>(
+    images: Vec<Image>,
     config: PreprocessConfig,
-) -> ServeResult<Vec<PreprocessedImage>> {
+) -> ServeResult<Vec<PreprocessedImage>>
+where
+    Image: AsRef<[u8]> + Send + Sync + 'static,
+{
     let (sender, receiver) = oneshot::channel();
     rayon::spawn(move || {
         let preprocessed: Vec<PreprocessedImage> = images
             .par_iter()
-            .map(|image| preprocess_image(&image.data, &config).map_err(|error| error.to_string()))
+            .map(|image| {
+                if sender.is_closed() {
+                    return Err("the caller went away".to_string());
+                }
+                preprocess_image(image.as_ref(), &config).map_err(|error| error.to_string())
+            })
             .collect();
         let _ = sender.send(preprocessed);
     });
@@ -73,14 +87,90 @@ fn top_classes(probabilities: &[f32], class_names: &[String], top_k: usize) -> V
         .collect()
 }
 
+/// One request image's outcome: `Ok` (its row is in the probabilities) or why it could not be used.
+pub(crate) type ImageOutcome = Result<(), String>;
+
 impl InferenceService {
-    pub fn new(store: Arc<ModelStore>, metrics: ServeMetrics) -> Self {
-        InferenceService { store, metrics }
+    pub fn new(store: Arc<ModelStore>, metrics: ServeMetrics, admission: Arc<Admission>) -> Self {
+        InferenceService {
+            store,
+            metrics,
+            admission,
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<ModelStore> {
+        &self.store
+    }
+
+    pub(crate) fn metrics(&self) -> &ServeMetrics {
+        &self.metrics
+    }
+
+    /// Admits `jpegs` (refused at once when the server is full), then decodes and preprocesses them as in
+    /// training and runs the usable ones through `model`'s batcher. Returns each image's outcome and the
+    /// probability rows of the usable images, in order.
+    pub(crate) async fn classify_jpegs<Image>(
+        &self,
+        model: &LoadedModel,
+        jpegs: Vec<Image>,
+        deadline: Option<Instant>,
+    ) -> ServeResult<(Vec<ImageOutcome>, Vec<f32>)>
+    where
+        Image: AsRef<[u8]> + Send + Sync + 'static,
+    {
+        let _admitted = self.admission.admit(jpegs.len()).await?;
+        self.metrics.images.inc_by(jpegs.len() as u64);
+        let arrival = model.engine.announce();
+        let preprocessed = preprocess_on_rayon(jpegs, model.preprocess.clone()).await?;
+        let valid_count = preprocessed
+            .iter()
+            .filter(|outcome| outcome.is_ok())
+            .count();
+        let mut batch = Vec::with_capacity(valid_count * IMAGE_LEN);
+        for channels in preprocessed.iter().flatten() {
+            batch.extend_from_slice(channels);
+        }
+        let probabilities = if valid_count > 0 {
+            model
+                .engine
+                .predict(ModelInput::Pixels(batch), valid_count, deadline, arrival)
+                .await?
+        } else {
+            Vec::new()
+        };
+        let outcomes = preprocessed
+            .into_iter()
+            .map(|outcome| outcome.map(|_| ()))
+            .collect();
+        Ok((outcomes, probabilities))
+    }
+
+    /// Admits `image_count` images already scaled to the network's input (f32 CHW in [0, 1]) and runs them
+    /// through `model`'s batcher; their probability rows, in order.
+    pub(crate) async fn classify_scaled(
+        &self,
+        model: &LoadedModel,
+        values: Vec<f32>,
+        image_count: usize,
+        deadline: Option<Instant>,
+    ) -> ServeResult<Vec<f32>> {
+        let _admitted = self.admission.admit(image_count).await?;
+        self.metrics.images.inc_by(image_count as u64);
+        let arrival = model.engine.announce();
+        model
+            .engine
+            .predict(ModelInput::Scaled(values), image_count, deadline, arrival)
+            .await
     }
 
     /// Classifies the images of one request. Bad images get a per-image error; the call fails only when
-    /// the request is empty or its model cannot be found or loaded.
-    pub async fn classify(&self, request: PredictRequest) -> ServeResult<PredictResponse> {
+    /// the request is empty or too large, the server is full, or its model cannot be found or loaded.
+    pub async fn classify(
+        &self,
+        request: PredictRequest,
+        deadline: Option<Instant>,
+    ) -> ServeResult<PredictResponse> {
         if request.images.is_empty() {
             return Err(ServeError::InvalidRequest(
                 "the request has no images".to_string(),
@@ -93,28 +183,16 @@ impl InferenceService {
             requested => requested,
         }
         .min(num_classes);
-        self.metrics.images.inc_by(request.images.len() as u64);
-        let arrival = model.engine.announce();
-        let ids: Vec<String> = request
+        let (ids, jpegs): (Vec<String>, Vec<Vec<u8>>) = request
             .images
-            .iter()
-            .map(|image| image.id.clone())
-            .collect();
-        let preprocessed = preprocess_on_rayon(request.images, model.preprocess.clone()).await?;
-
+            .into_iter()
+            .map(|image| (image.id, image.data))
+            .unzip();
+        let (preprocessed, probabilities) = self.classify_jpegs(&model, jpegs, deadline).await?;
         let valid_count = preprocessed
             .iter()
             .filter(|outcome| outcome.is_ok())
             .count();
-        let mut batch = Vec::with_capacity(valid_count * IMAGE_LEN);
-        for channels in preprocessed.iter().flatten() {
-            batch.extend_from_slice(channels);
-        }
-        let probabilities = if valid_count > 0 {
-            model.engine.predict(batch, valid_count, arrival).await?
-        } else {
-            Vec::new()
-        };
 
         let mut rows = probabilities.chunks_exact(num_classes);
         let mut predictions = Vec::with_capacity(ids.len());
@@ -150,7 +228,7 @@ impl InferenceService {
         })
     }
 
-    fn record_error(&self, method: &'static str, error: &ServeError) -> Status {
+    pub(crate) fn record_error(&self, method: &'static str, error: &ServeError) -> Status {
         let status = Status::from(error);
         self.metrics
             .errors
@@ -161,7 +239,12 @@ impl InferenceService {
             .inc();
         if !matches!(
             error,
-            ServeError::InvalidRequest(_) | ServeError::ModelNotFound(_) | ServeError::NotReady(_)
+            ServeError::InvalidRequest(_)
+                | ServeError::ModelNotFound(_)
+                | ServeError::NotReady(_)
+                | ServeError::Overloaded { .. }
+                | ServeError::DeadlineExceeded(_)
+                | ServeError::LoadBackoff { .. }
         ) {
             warn!(method, %error, "request failed");
         }
@@ -172,13 +255,14 @@ impl InferenceService {
         &self,
         method: &'static str,
         request: PredictRequest,
+        deadline: Option<Instant>,
     ) -> Result<PredictResponse, Status> {
         let started = Instant::now();
         self.metrics
             .requests
             .get_or_create(&MethodLabels { method })
             .inc();
-        let outcome = self.classify(request).await;
+        let outcome = self.classify(request, deadline).await;
         self.metrics
             .latency_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -198,8 +282,9 @@ impl Inference for InferenceService {
             .requests
             .get_or_create(&MethodLabels { method: METHOD })
             .inc();
+        let deadline = request_deadline(&request);
         let outcome = self
-            .classify(request.into_inner())
+            .classify(request.into_inner(), deadline)
             .await
             .and_then(|response| {
                 // A unary request where no image could be used is an error of the request itself.
@@ -242,6 +327,7 @@ impl Inference for InferenceService {
         request: Request<Streaming<PredictRequest>>,
     ) -> Result<Response<Self::PredictStreamStream>, Status> {
         let service = self.clone();
+        let deadline = request_deadline(&request);
         let responses = request
             .into_inner()
             .map(move |message| {
@@ -250,7 +336,7 @@ impl Inference for InferenceService {
                     match message {
                         Ok(predict_request) => {
                             service
-                                .predict_counted("PredictStream", predict_request)
+                                .predict_counted("PredictStream", predict_request, deadline)
                                 .await
                         }
                         Err(status) => Err(status),

@@ -140,7 +140,7 @@ async fn every_rpc_of_every_service_answers_each_role_by_the_policy() -> anyhow:
             panic!("{path} has no access rule: add one to plankton_security::policy")
         });
         let servers: &[&str] = match service.as_str() {
-            "plankton.v1.Inference" => &[inference_url.as_str()],
+            "plankton.v1.Inference" | "inference.GRPCInferenceService" => &[inference_url.as_str()],
             "plankton.v1.JobService"
             | "plankton.v1.ModelRegistry"
             | "plankton.v1.WorkerControl" => &[cluster.coordinator_url.as_str()],

@@ -3,17 +3,33 @@ use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
 use crate::batch::ShardData;
-use crate::config::{Architecture, IMAGE_LEN};
+use crate::config::{Architecture, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE};
 use crate::data_parallel::{
     EVALUATION_BATCH_SIZE, ShardEvaluation, evaluate_network, images_to_tensor,
 };
 use crate::error::TrainError;
-use crate::model::{Network, sorted_variables};
+use crate::model::{FoldedResNet, Network, channels_last, sorted_variables};
 use crate::safetensors_io::{self, TensorFile};
+
+/// What runs a forward pass: a network in eval mode, or a ResNet with its batch norms folded for inference.
+#[derive(Clone, Copy)]
+enum Forward<'model> {
+    Network(&'model Network),
+    Folded(&'model FoldedResNet),
+}
+
+impl Forward<'_> {
+    fn logits(self, input: &Tensor) -> Result<Tensor, TrainError> {
+        match self {
+            Forward::Network(network) => Ok(network.forward_t(input, false)),
+            Forward::Folded(network) => network.forward(input),
+        }
+    }
+}
 
 /// Softmax probabilities (`count * num_classes`, row per image) of `network` in eval mode.
 fn predict_with(
-    network: &Network,
+    network: Forward<'_>,
     num_classes: usize,
     device: tch::Device,
     images: &[u8],
@@ -26,19 +42,68 @@ fn predict_with(
             IMAGE_LEN
         )));
     }
+    predict_chunks(network, num_classes, count, |first, chunk_count| {
+        images_to_tensor(
+            &images[first * IMAGE_LEN..(first + chunk_count) * IMAGE_LEN],
+            chunk_count,
+            device,
+        )
+    })
+}
+
+/// As [`predict_with`], for images already scaled to the network's input (f32 CHW, u8 / 255).
+fn predict_scaled_with(
+    network: Forward<'_>,
+    num_classes: usize,
+    device: tch::Device,
+    images: &[f32],
+    count: usize,
+) -> Result<Vec<f32>, TrainError> {
+    if images.len() != count * IMAGE_LEN {
+        return Err(TrainError::InvalidInput(format!(
+            "{} values for {count} images (expected {} per image)",
+            images.len(),
+            IMAGE_LEN
+        )));
+    }
+    predict_chunks(network, num_classes, count, |first, chunk_count| {
+        let shape = [
+            chunk_count as i64,
+            IMAGE_CHANNELS as i64,
+            IMAGE_SIZE as i64,
+            IMAGE_SIZE as i64,
+        ];
+        let values = &images[first * IMAGE_LEN..(first + chunk_count) * IMAGE_LEN];
+        let input = Tensor::f_from_slice(values)?
+            .f_view(shape)?
+            .f_to_device(device)?;
+        channels_last(&input)
+    })
+}
+
+/// Runs `network` over `count` images in chunks of the evaluation batch size; `chunk_input(first, count)`
+/// builds the input tensor of images `first..first + count`.
+fn predict_chunks(
+    network: Forward<'_>,
+    num_classes: usize,
+    count: usize,
+    chunk_input: impl Fn(usize, usize) -> Result<Tensor, TrainError>,
+) -> Result<Vec<f32>, TrainError> {
     let mut probabilities = Vec::with_capacity(count * num_classes);
     tch::no_grad(|| -> Result<(), TrainError> {
-        for chunk in images.chunks(EVALUATION_BATCH_SIZE * IMAGE_LEN) {
-            let chunk_count = chunk.len() / IMAGE_LEN;
-            let input = images_to_tensor(chunk, chunk_count, device)?;
+        let mut first = 0;
+        while first < count {
+            let chunk_count = (count - first).min(EVALUATION_BATCH_SIZE);
+            let input = chunk_input(first, chunk_count)?;
             let softmax = network
-                .forward_t(&input, false)
+                .logits(&input)?
                 .f_softmax(-1, Kind::Float)?
                 .f_to_device(tch::Device::Cpu)?
                 .f_contiguous()?;
             let start = probabilities.len();
             probabilities.resize(start + chunk_count * num_classes, 0.0);
             softmax.f_copy_data(&mut probabilities[start..], chunk_count * num_classes)?;
+            first += chunk_count;
         }
         Ok(())
     })?;
@@ -118,7 +183,7 @@ impl TrainedModel {
         count: usize,
     ) -> Result<Vec<f32>, TrainError> {
         predict_with(
-            &self.network,
+            Forward::Network(&self.network),
             self.num_classes,
             self.device,
             images_u8,
@@ -132,24 +197,22 @@ impl TrainedModel {
         evaluate_network(&self.network, self.num_classes, self.device, test)
     }
 
-    /// The model for inference (the same weights).
-    pub fn into_inference_model(self) -> InferenceModel {
-        InferenceModel {
-            num_classes: self.num_classes,
-            device: self.device,
-            _var_store: self.var_store,
-            network: self.network,
-        }
+    /// The model for inference (the same weights, batch norms folded).
+    pub fn into_inference_model(self) -> Result<InferenceModel, TrainError> {
+        InferenceModel::new(self.num_classes, self.device, self.var_store, self.network)
     }
 }
 
-/// A model loaded for prediction.
+/// A model loaded for prediction. A ResNet runs with every batch norm folded into the convolution before it
+/// (eval-mode statistics; equal to the unfolded network up to float rounding, about 1e-7 on probabilities);
+/// [`InferenceModel::without_folding`] keeps the network as trained.
 #[derive(Debug)]
 pub struct InferenceModel {
     num_classes: usize,
     device: tch::Device,
     _var_store: nn::VarStore,
     network: Network,
+    folded: Option<FoldedResNet>,
 }
 
 impl InferenceModel {
@@ -170,12 +233,39 @@ impl InferenceModel {
         load_weights_into(&sorted_variables(&var_store), architecture, bytes, |_| {
             false
         })?;
+        InferenceModel::new(num_classes, device, var_store, network)
+    }
+
+    fn new(
+        num_classes: usize,
+        device: tch::Device,
+        var_store: nn::VarStore,
+        network: Network,
+    ) -> Result<Self, TrainError> {
+        let folded = match &network {
+            Network::ResNet(resnet) => Some(FoldedResNet::fold(resnet)?),
+            Network::LeNet(_) => None,
+        };
         Ok(InferenceModel {
             num_classes,
             device,
             _var_store: var_store,
             network,
+            folded,
         })
+    }
+
+    /// The same model running the network exactly as trained (batch norms not folded).
+    pub fn without_folding(mut self) -> Self {
+        self.folded = None;
+        self
+    }
+
+    fn forward(&self) -> Forward<'_> {
+        match &self.folded {
+            Some(folded) => Forward::Folded(folded),
+            None => Forward::Network(&self.network),
+        }
     }
 
     pub fn num_classes(&self) -> usize {
@@ -189,11 +279,21 @@ impl InferenceModel {
         count: usize,
     ) -> Result<Vec<f32>, TrainError> {
         predict_with(
-            &self.network,
+            self.forward(),
             self.num_classes,
             self.device,
             images_u8,
             count,
         )
+    }
+
+    /// Softmax probabilities (`count * num_classes`) for images already scaled to the network's input:
+    /// f32 CHW, the u8 values divided by 255 (what [`InferenceModel::predict_probabilities`] feeds it).
+    pub fn predict_probabilities_scaled(
+        &self,
+        images: &[f32],
+        count: usize,
+    ) -> Result<Vec<f32>, TrainError> {
+        predict_scaled_with(self.forward(), self.num_classes, self.device, images, count)
     }
 }

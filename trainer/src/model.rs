@@ -58,10 +58,14 @@ impl ModuleT for LeNet {
     }
 }
 
+/// Batch norm's epsilon (PyTorch's default), also used when folding it into a convolution.
+const BATCH_NORM_EPS: f64 = 1e-5;
+
 fn batch_norm(path: nn::Path, channels: i64) -> nn::BatchNorm {
     let config = nn::BatchNormConfig {
         ws_init: nn::Init::Const(1.0),
         bs_init: nn::Init::Const(0.0),
+        eps: BATCH_NORM_EPS,
         ..Default::default()
     };
     nn::batch_norm2d(path, channels, config)
@@ -91,6 +95,8 @@ struct BasicBlock {
     conv2: nn::Conv2D,
     bn2: nn::BatchNorm,
     downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    /// Of conv1 and the projection.
+    stride: i64,
 }
 
 impl BasicBlock {
@@ -113,6 +119,7 @@ impl BasicBlock {
             conv2: conv_no_bias(&path / "conv2", out_channels, out_channels, 3, 1),
             bn2: batch_norm(&path / "bn2", out_channels),
             downsample,
+            stride,
         }
     }
 }
@@ -174,6 +181,130 @@ impl ModuleT for ResNet {
             .adaptive_avg_pool2d([1, 1])
             .flatten(1, -1)
             .apply(&self.fc)
+    }
+}
+
+/// A convolution with the batch norm after it folded in (eval mode): `w * s`, bias `beta - mean * s`, where
+/// `s = gamma / sqrt(var + eps)` per output channel. One convolution with bias instead of a convolution and a
+/// normalisation pass over its output.
+#[derive(Debug)]
+struct FoldedConv {
+    weight: Tensor,
+    bias: Tensor,
+    stride: i64,
+    padding: i64,
+}
+
+impl FoldedConv {
+    fn fold(
+        conv: &nn::Conv2D,
+        batch_norm: &nn::BatchNorm,
+        stride: i64,
+        padding: i64,
+    ) -> Result<Self, TrainError> {
+        let missing =
+            || TrainError::InvalidConfig("a batch norm without affine weights".to_string());
+        let gamma = batch_norm.ws.as_ref().ok_or_else(missing)?;
+        let beta = batch_norm.bs.as_ref().ok_or_else(missing)?;
+        let scale = gamma.f_div(
+            &batch_norm
+                .running_var
+                .f_add_scalar(BATCH_NORM_EPS)?
+                .f_sqrt()?,
+        )?;
+        let weight = conv.ws.f_mul(&scale.f_view([-1, 1, 1, 1])?)?;
+        let bias = beta.f_sub(&batch_norm.running_mean.f_mul(&scale)?)?;
+        Ok(FoldedConv {
+            weight: channels_last(&weight)?,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    fn forward(&self, input: &Tensor) -> Result<Tensor, TrainError> {
+        Ok(input.f_conv2d(
+            &self.weight,
+            Some(&self.bias),
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [1, 1],
+            1,
+        )?)
+    }
+}
+
+#[derive(Debug)]
+struct FoldedBlock {
+    conv1: FoldedConv,
+    conv2: FoldedConv,
+    downsample: Option<FoldedConv>,
+}
+
+impl FoldedBlock {
+    fn fold(block: &BasicBlock) -> Result<Self, TrainError> {
+        Ok(FoldedBlock {
+            conv1: FoldedConv::fold(&block.conv1, &block.bn1, block.stride, 1)?,
+            conv2: FoldedConv::fold(&block.conv2, &block.bn2, 1, 1)?,
+            downsample: block
+                .downsample
+                .as_ref()
+                .map(|(conv, batch_norm)| FoldedConv::fold(conv, batch_norm, block.stride, 0))
+                .transpose()?,
+        })
+    }
+
+    fn forward(&self, input: &Tensor) -> Result<Tensor, TrainError> {
+        let mut residual_branch = self.conv1.forward(input)?;
+        let _in_place = residual_branch.f_relu_()?;
+        let residual_branch = self.conv2.forward(&residual_branch)?;
+        let mut output = match &self.downsample {
+            Some(conv) => residual_branch.f_add(&conv.forward(input)?)?,
+            None => residual_branch.f_add(input)?,
+        };
+        let _in_place = output.f_relu_()?;
+        Ok(output)
+    }
+}
+
+/// [`ResNet`] for inference only: every batch norm folded into its convolution (eval-mode statistics), in-place
+/// ReLUs, channels-last weights. Equal to the eval-mode network up to float rounding.
+#[derive(Debug)]
+pub(crate) struct FoldedResNet {
+    stem: FoldedConv,
+    layers: [FoldedBlock; 4],
+    fc_weight: Tensor,
+    fc_bias: Option<Tensor>,
+}
+
+impl FoldedResNet {
+    pub(crate) fn fold(network: &ResNet) -> Result<Self, TrainError> {
+        tch::no_grad(|| {
+            Ok(FoldedResNet {
+                stem: FoldedConv::fold(&network.stem_conv, &network.stem_bn, 2, 1)?,
+                layers: [
+                    FoldedBlock::fold(&network.layer1)?,
+                    FoldedBlock::fold(&network.layer2)?,
+                    FoldedBlock::fold(&network.layer3)?,
+                    FoldedBlock::fold(&network.layer4)?,
+                ],
+                fc_weight: network.fc.ws.f_detach()?,
+                fc_bias: network.fc.bs.as_ref().map(Tensor::f_detach).transpose()?,
+            })
+        })
+    }
+
+    /// Logits of `images` (NCHW, channels-last strides).
+    pub(crate) fn forward(&self, images: &Tensor) -> Result<Tensor, TrainError> {
+        let mut features = self.stem.forward(images)?;
+        let _in_place = features.f_relu_()?;
+        for layer in &self.layers {
+            features = layer.forward(&features)?;
+        }
+        Ok(features
+            .f_adaptive_avg_pool2d([1, 1])?
+            .f_flatten(1, -1)?
+            .f_linear(&self.fc_weight, self.fc_bias.as_ref())?)
     }
 }
 
