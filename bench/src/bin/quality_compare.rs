@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 
 use plankton_coordinator::planner::{normalize_spec, plan_job};
-use plankton_proto::v1::{ClassWeighting, JobSpec, LossNormalization, LrSchedule};
+use plankton_proto::v1::{ClassWeighting, JobPhase, JobSpec, LossNormalization, LrSchedule};
 use plankton_tests::{TestCluster, synth_dataset, workspace_root};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -159,9 +159,11 @@ async fn run(options: Options) -> Result<()> {
                 ..spec.clone()
             };
             let started = Instant::now();
-            let job = tokio::time::timeout(RUN_TIMEOUT, cluster.run_job(spec))
-                .await
-                .context("the cluster run timed out")??;
+            let submitted = cluster.submit(spec).await?;
+            let job = cluster.wait_finished(&submitted.id, RUN_TIMEOUT).await?;
+            if job.phase() != JobPhase::Succeeded {
+                bail!("cluster job {} ended {:?}: {}", job.id, job.phase(), job.message);
+            }
             let last = job.epochs.last().context("the job evaluated no epoch")?;
             let quality = Quality {
                 macro_f1: last.macro_f1,
