@@ -205,7 +205,12 @@ fn mark_lost_members(
     let mut newly_lost = Vec::new();
     if let Some(ring) = &mut entry.ring {
         for member in &ring.members {
-            if ring.ended.contains_key(member) || ring.lost.contains_key(member) {
+            // A member that reported the job done is idle on purpose while slower ranks finish.
+            let done = entry
+                .done_reports
+                .values()
+                .any(|report| report.worker_id == *member && report.generation == ring.generation);
+            if done || ring.ended.contains_key(member) || ring.lost.contains_key(member) {
                 continue;
             }
             let reason = match pool.workers.get(member) {
@@ -1080,6 +1085,40 @@ mod tests {
             Some(state_source::Source::PeerRank(1)),
             "w2 (rank 1 now) holds the newest state"
         );
+    }
+
+    #[test]
+    fn a_member_done_with_the_job_is_not_lost_while_the_others_finish() {
+        let (mut entry, mut pool) = job_and_pool(3, 0);
+        let timeouts = timeouts();
+        tick(&mut entry, &mut pool, "job-1", &timeouts, true);
+        for worker in pool.workers.values_mut() {
+            worker.pending_assignment = None;
+            worker.current_job = Some("job-1".into());
+        }
+        let done = DoneReport {
+            job_id: "job-1".into(),
+            rank: 1,
+            ok: true,
+            generation: 0,
+            worker_id: "w1".into(),
+            weights_digest: "d".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            accept_done_report(&mut entry, done),
+            DoneOutcome::Wait
+        ));
+        // w1 is idle now (its heartbeats name no job); w0 and w2 are still writing.
+        pool.workers.get_mut("w1").unwrap().current_job = None;
+        tick(&mut entry, &mut pool, "job-1", &timeouts, true);
+        assert!(entry.ring.as_ref().unwrap().lost.is_empty());
+        assert_ne!(entry.job.phase(), JobPhase::Recovering);
+        // A member that left without reporting done is lost.
+        pool.workers.get_mut("w2").unwrap().current_job = None;
+        tick(&mut entry, &mut pool, "job-1", &timeouts, true);
+        let lost: Vec<&String> = entry.ring.as_ref().unwrap().lost.keys().collect();
+        assert_eq!(lost, vec!["w2"]);
     }
 
     #[test]
