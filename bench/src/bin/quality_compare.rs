@@ -162,7 +162,12 @@ async fn run(options: Options) -> Result<()> {
             let submitted = cluster.submit(spec).await?;
             let job = cluster.wait_finished(&submitted.id, RUN_TIMEOUT).await?;
             if job.phase() != JobPhase::Succeeded {
-                bail!("cluster job {} ended {:?}: {}", job.id, job.phase(), job.message);
+                bail!(
+                    "cluster job {} ended {:?}: {}",
+                    job.id,
+                    job.phase(),
+                    job.message
+                );
             }
             let last = job.epochs.last().context("the job evaluated no epoch")?;
             let quality = Quality {
