@@ -20,8 +20,13 @@ const MAX_THUMBNAIL_BYTES: usize = 256 * 1024;
 /// Images fetched at once for the thumbnails.
 const THUMBNAIL_FETCH_CONCURRENCY: usize = 8;
 
-/// Bound on reading every thumbnail: past it, the report is rendered without thumbnails.
-const THUMBNAIL_FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+/// Bound on reading every thumbnail: past it, the report is rendered without thumbnails. Short, because the
+/// report is written while rank 0's `ReportDone` call waits (workers give each call 10 s).
+const THUMBNAIL_FETCH_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Bound on writing the report at a job's end (thumbnails, rendering, the store's put): the rest of the worker's
+/// 10 s `ReportDone` deadline is for the model card and finishing the job.
+pub const REPORT_WRITE_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// The job's report as one self-contained HTML document.
 pub async fn render_job_report(job: &Job) -> String {

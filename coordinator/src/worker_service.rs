@@ -291,8 +291,21 @@ impl WorkerControl for CoordinatorService {
             finished.set_phase(JobPhase::Succeeded);
             finished.message = summary.clone();
             finished.finished_unix_ms = crate::state::unix_ms_now();
-            if let Err(error) = crate::report::write_job_report(&finished).await {
-                warn!(job_id, %error, "could not write the job report next to the model");
+            match tokio::time::timeout(
+                crate::report::REPORT_WRITE_TIMEOUT,
+                crate::report::write_job_report(&finished),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    warn!(job_id, %error, "could not write the job report next to the model")
+                }
+                Err(_) => warn!(
+                    job_id,
+                    timeout = ?crate::report::REPORT_WRITE_TIMEOUT,
+                    "the job report was not written in time; `planktonctl report` renders it on demand"
+                ),
             }
             self.state
                 .finish_job(&job_id, JobPhase::Succeeded, summary)
