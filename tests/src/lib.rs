@@ -324,6 +324,34 @@ pub fn project_tool(environment: &str, name: &str) -> PathBuf {
     path
 }
 
+/// A client of the inference server at `server` once it answers `GetModelInfo` for its default model (30 s bound).
+pub async fn wait_for_inference_server(
+    server: &Access,
+) -> anyhow::Result<
+    plankton_proto::v1::inference_client::InferenceClient<plankton_security::AuthChannel>,
+> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = server.channel().await {
+            let mut client = plankton_proto::v1::inference_client::InferenceClient::new(channel);
+            let probe = client
+                .get_model_info(plankton_proto::v1::GetModelInfoRequest {
+                    model: String::new(),
+                })
+                .await;
+            if probe.is_ok() {
+                return Ok(client);
+            }
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "inference server at {} never loaded its model",
+            server.url
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A free TCP address on 127.0.0.1 (bound, then released).
 pub fn free_local_address() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

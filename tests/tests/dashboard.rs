@@ -35,7 +35,11 @@ fn run_browser_script(script: &str, variables: &[(&str, String)]) {
     let output = Command::new("node")
         .arg(script)
         .current_dir(browser_dir())
-        .envs(variables.iter().map(|(name, value)| (*name, value.as_str())))
+        .envs(
+            variables
+                .iter()
+                .map(|(name, value)| (*name, value.as_str())),
+        )
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -79,7 +83,10 @@ async fn the_dashboard_follows_a_job_live_and_its_report_opens_offline() -> anyh
             ("DASHBOARD_URL", format!("https://{dashboard_address}")),
             ("SERVER_CERT", credentials.server_cert.display().to_string()),
             ("VIEWER_TOKEN", credentials.token(Role::Viewer).to_string()),
-            ("OPERATOR_TOKEN", credentials.token(Role::Operator).to_string()),
+            (
+                "OPERATOR_TOKEN",
+                credentials.token(Role::Operator).to_string(),
+            ),
             ("CLIENT_TOKEN", credentials.token(Role::Client).to_string()),
             ("JOB_ID", job.id.clone()),
             ("CLASSES", classes.to_string()),
@@ -105,11 +112,7 @@ async fn the_dashboard_follows_a_job_live_and_its_report_opens_offline() -> anyh
     );
 
     // The report written next to the model, opened with the network off.
-    let written = data
-        .path()
-        .join("models")
-        .join(&job.id)
-        .join("report.html");
+    let written = data.path().join("models").join(&job.id).join("report.html");
     assert!(written.exists(), "{} was not written", written.display());
     let report_variables = |report: &Path| {
         vec![
@@ -141,7 +144,14 @@ async fn the_dashboard_follows_a_job_live_and_its_report_opens_offline() -> anyh
         String::from_utf8_lossy(&output.stderr)
     );
     let html = std::fs::read_to_string(&fetched)?;
-    for section in ["spec", "data", "curves", "per-class", "confusion", "misclassified"] {
+    for section in [
+        "spec",
+        "data",
+        "curves",
+        "per-class",
+        "confusion",
+        "misclassified",
+    ] {
         assert!(
             html.contains(&format!("<section id=\"{section}\"")),
             "planktonctl's report lacks {section}"

@@ -18,9 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use plankton_dataset::{DatasetError, StoreOptions};
-use plankton_proto::v1::inference_client::InferenceClient;
 use plankton_proto::v1::{ImageInput, JobSpec, PredictRequest};
-use plankton_security::{AuthChannel, Role};
+use plankton_security::Role;
 use plankton_tests::access::{test_dataset_prefixes, test_server_security};
 use plankton_tests::{Access, TestCluster, project_tool, synth_dataset, test_credentials};
 
@@ -517,7 +516,7 @@ async fn train_and_serve_from(store_root: &str, job_name: &str) -> anyhow::Resul
         })
         .collect()
         .await;
-    let mut client = wait_for_server(&server).await?;
+    let mut client = plankton_tests::wait_for_inference_server(&server).await?;
     let response = client
         .predict(PredictRequest {
             model: format!("{job_name}:2"),
@@ -549,29 +548,6 @@ async fn train_and_serve_from(store_root: &str, job_name: &str) -> anyhow::Resul
         (started.elapsed() - trained).as_secs_f64()
     );
     Ok(())
-}
-
-async fn wait_for_server(server: &Access) -> anyhow::Result<InferenceClient<AuthChannel>> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(channel) = server.channel().await {
-            let mut client = InferenceClient::new(channel);
-            let probe = client
-                .get_model_info(plankton_proto::v1::GetModelInfoRequest {
-                    model: String::new(),
-                })
-                .await;
-            if probe.is_ok() {
-                return Ok(client);
-            }
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "inference server at {} never loaded its model",
-            server.url
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

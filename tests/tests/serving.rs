@@ -6,11 +6,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use plankton_proto::v1::inference_client::InferenceClient;
 use plankton_proto::v1::{
     ImageInput, JobSpec, ListModelsRequest, PredictRequest, PromoteModelRequest,
 };
-use plankton_security::{AuthChannel, Role};
+use plankton_security::Role;
 use plankton_tests::access::test_server_security;
 use plankton_tests::{Access, TestCluster, synth_dataset, test_credentials};
 
@@ -107,7 +106,7 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
     })
     .await??;
 
-    let mut client = wait_for_server(&server).await?;
+    let mut client = plankton_tests::wait_for_inference_server(&server).await?;
     let request = PredictRequest {
         model: "e2e-lenet@production".into(),
         images: images
@@ -146,27 +145,4 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), server_task).await???;
     cluster.shutdown().await
-}
-
-async fn wait_for_server(server: &Access) -> anyhow::Result<InferenceClient<AuthChannel>> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(channel) = server.channel().await {
-            let mut client = InferenceClient::new(channel);
-            let probe = client
-                .get_model_info(plankton_proto::v1::GetModelInfoRequest {
-                    model: String::new(),
-                })
-                .await;
-            if probe.is_ok() {
-                return Ok(client);
-            }
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "inference server at {} never loaded its model",
-            server.url
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
