@@ -14,14 +14,17 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
-use crate::Collective;
+use crate::{Collective, GradientCompression};
 use crate::abort::{AbortRegistration, RingAbort};
 use crate::error::{CollectiveError, PeerEndpoint, Result};
 use crate::listener::{FormationWatch, RingIdentity, RingListener, connect_next_rank};
 use crate::security::RingSecurity;
 use crate::tls;
 use crate::transport::LinkStream;
-use crate::wire::{OperationHeader, OperationKind, add_into, read_f32s, write_f32s};
+use crate::wire::{
+    OperationHeader, OperationKind, add_into, read_bf16s, read_f32s, round_to_bf16, write_bf16s,
+    write_f32s,
+};
 
 /// Timeouts and chunking of a ring.
 #[derive(Debug, Clone)]
@@ -504,6 +507,11 @@ fn fail_side(aborted: &AtomicBool, error: CollectiveError, other_side: &LinkStre
 /// Reduce-scatter then all-gather, 2(n-1) steps. A sender thread writes chunks to the next rank in the order
 /// the main thread queues them, while the main thread receives (and reduces) chunks from the previous rank:
 /// a chunk reduced in step s is queued for step s+1 at once, so the pipeline runs across steps.
+///
+/// With [`GradientCompression::Bf16`] every chunk travels as bf16: the receiver widens it to f32 and adds its
+/// own f32 values (one rounding per hop, when the sum is sent on), and the owner of a fully reduced segment
+/// rounds it to bf16 in place before the all-gather sends it, so every rank ends with the same values.
+#[allow(clippy::too_many_arguments)]
 fn ring_all_reduce(
     links: &RingLinks,
     config: &RingConfig,
@@ -511,6 +519,7 @@ fn ring_all_reduce(
     rank: usize,
     world_size: usize,
     buffer: &mut [f32],
+    compression: GradientCompression,
 ) -> Result<()> {
     let chunk_elements = (config.chunk_bytes / std::mem::size_of::<f32>()).max(1);
     if receive_scratch.len() < chunk_elements {
@@ -525,8 +534,15 @@ fn ring_all_reduce(
     std::thread::scope(|scope| {
         // `move`: the thread owns `sent_sender`, so its exit (error included) ends the main thread's waits.
         let sender_thread = scope.spawn(move || -> std::result::Result<(), SideFailure> {
+            let mut encoded = Vec::new();
             for (chunk_id, chunk) in queue_receiver {
-                if let Err(source) = write_f32s(&links.to_next.stream, chunk) {
+                let written = match compression {
+                    GradientCompression::None => write_f32s(&links.to_next.stream, chunk),
+                    GradientCompression::Bf16 => {
+                        write_bf16s(&links.to_next.stream, chunk, &mut encoded)
+                    }
+                };
+                if let Err(source) = written {
                     let error =
                         links
                             .to_next
@@ -549,6 +565,7 @@ fn ring_all_reduce(
             chunked,
             queue_sender,
             sent_receiver,
+            compression,
         )
         .map_err(|error| fail_side(&aborted, error, &links.to_next.stream));
         let send_outcome = sender_thread.join().unwrap_or_else(|_| {
@@ -582,8 +599,10 @@ fn receive_and_reduce<'a>(
     mut chunked: ChunkedBuffer<'a>,
     queue_sender: mpsc::Sender<(usize, &'a mut [f32])>,
     sent_receiver: mpsc::Receiver<(usize, &'a mut [f32])>,
+    compression: GradientCompression,
 ) -> Result<()> {
     let previous = &links.from_previous;
+    let mut received_bf16 = Vec::new();
     let sender_stopped = |operation: &str| CollectiveError::PeerIo {
         operation: operation.to_string(),
         peer_rank: links.to_next.peer.rank,
@@ -613,10 +632,25 @@ fn receive_and_reduce<'a>(
             let chunk = chunked.chunks[chunk_id]
                 .take()
                 .expect("a segment is received in reduce-scatter before it is ever sent");
-            let received = &mut receive_scratch[..chunk.len()];
-            read_f32s(&previous.stream, received)
-                .map_err(|source| previous.peer.io_error(&operation, io_timeout, source))?;
-            add_into(chunk, received);
+            let io_error = |source| previous.peer.io_error(&operation, io_timeout, source);
+            match compression {
+                GradientCompression::None => {
+                    let received = &mut receive_scratch[..chunk.len()];
+                    read_f32s(&previous.stream, received).map_err(io_error)?;
+                    add_into(chunk, received);
+                }
+                GradientCompression::Bf16 => {
+                    let received = read_bf16s(&previous.stream, chunk.len(), &mut received_bf16)
+                        .map_err(io_error)?;
+                    for (sum, value) in chunk.iter_mut().zip(received) {
+                        *sum += value;
+                    }
+                    if step + 2 == world_size {
+                        // The segment is complete: this rank keeps exactly what the all-gather sends.
+                        round_to_bf16(chunk);
+                    }
+                }
+            }
             queue(chunk_id, chunk, &operation)?;
         }
     }
@@ -634,8 +668,19 @@ fn receive_and_reduce<'a>(
                 chunked.chunks[returned_id] = Some(returned_chunk);
             }
             let chunk = chunked.chunks[chunk_id].take().expect("just returned");
-            read_f32s(&previous.stream, chunk)
-                .map_err(|source| previous.peer.io_error(&operation, io_timeout, source))?;
+            let io_error = |source| previous.peer.io_error(&operation, io_timeout, source);
+            match compression {
+                GradientCompression::None => {
+                    read_f32s(&previous.stream, chunk).map_err(io_error)?;
+                }
+                GradientCompression::Bf16 => {
+                    let received = read_bf16s(&previous.stream, chunk.len(), &mut received_bf16)
+                        .map_err(io_error)?;
+                    for (slot, value) in chunk.iter_mut().zip(received) {
+                        *slot = value;
+                    }
+                }
+            }
             if step + 2 < world_size {
                 queue(chunk_id, chunk, &operation)?;
             }
@@ -730,16 +775,36 @@ impl Collective for RingAllReduce {
     }
 
     fn all_reduce_sum(&mut self, buffer: &mut [f32]) -> Result<(), CollectiveError> {
+        self.all_reduce_sum_compressed(buffer, GradientCompression::None)
+    }
+
+    fn all_reduce_sum_compressed(
+        &mut self,
+        buffer: &mut [f32],
+        compression: GradientCompression,
+    ) -> Result<(), CollectiveError> {
         let element_count = buffer.len();
+        let kind = match compression {
+            GradientCompression::None => OperationKind::AllReduceSum,
+            GradientCompression::Bf16 => OperationKind::AllReduceSumBf16,
+        };
         self.run_operation(
-            OperationKind::AllReduceSum,
+            kind,
             element_count,
             0,
             |links, config, scratch, rank, world_size| {
                 if buffer.is_empty() {
                     return Ok(());
                 }
-                ring_all_reduce(links, config, scratch, rank, world_size, buffer)
+                ring_all_reduce(
+                    links,
+                    config,
+                    scratch,
+                    rank,
+                    world_size,
+                    buffer,
+                    compression,
+                )
             },
         )
     }

@@ -1,4 +1,5 @@
-//! Bytes on a ring connection: length-prefixed protobuf handshake frames, operation headers, raw LE f32 chunks.
+//! Bytes on a ring connection: length-prefixed protobuf handshake frames, operation headers, raw LE f32 chunks
+//! or LE bf16 chunks (the compressed all-reduce).
 
 use std::io::{self, Read};
 
@@ -103,6 +104,8 @@ pub(crate) enum OperationKind {
     AllReduceSum = 1,
     Broadcast = 2,
     Barrier = 3,
+    /// The all-reduce with bf16 on the wire: ranks that disagree on compression fail in the header exchange.
+    AllReduceSumBf16 = 4,
 }
 
 impl OperationKind {
@@ -111,6 +114,7 @@ impl OperationKind {
             OperationKind::AllReduceSum => "all_reduce_sum",
             OperationKind::Broadcast => "broadcast",
             OperationKind::Barrier => "barrier",
+            OperationKind::AllReduceSumBf16 => "all_reduce_sum (bf16 wire)",
         }
     }
 
@@ -119,6 +123,7 @@ impl OperationKind {
             1 => Some(OperationKind::AllReduceSum),
             2 => Some(OperationKind::Broadcast),
             3 => Some(OperationKind::Barrier),
+            4 => Some(OperationKind::AllReduceSumBf16),
             _ => None,
         }
     }
@@ -220,6 +225,59 @@ pub(crate) fn read_f32s(stream: &LinkStream, destination: &mut [f32]) -> io::Res
     Ok(())
 }
 
+/// `value` rounded to the nearest bf16 (ties to even), as the bf16's bit pattern: the top 16 bits of an f32.
+/// NaN stays NaN (quiet); overflow rounds to infinity as IEEE rounding does.
+pub(crate) fn f32_to_bf16_bits(value: f32) -> u16 {
+    let bits = value.to_bits();
+    if value.is_nan() {
+        return ((bits >> 16) | 0x0040) as u16;
+    }
+    // No overflow: the largest non-NaN pattern (0xff80_0000, -inf) plus 0x8000 fits in a u32.
+    let rounding_bias = 0x7fff + ((bits >> 16) & 1);
+    ((bits + rounding_bias) >> 16) as u16
+}
+
+/// The f32 holding exactly the bf16 with bit pattern `bits`.
+pub(crate) fn bf16_bits_to_f32(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// Rounds every value to the nearest bf16-representable f32 in place.
+pub(crate) fn round_to_bf16(values: &mut [f32]) {
+    for value in values.iter_mut() {
+        *value = bf16_bits_to_f32(f32_to_bf16_bits(*value));
+    }
+}
+
+/// Writes `values` rounded to bf16, 2 little-endian bytes each, encoding through `encoded` (reused).
+pub(crate) fn write_bf16s(
+    stream: &LinkStream,
+    values: &[f32],
+    encoded: &mut Vec<u8>,
+) -> io::Result<()> {
+    encoded.clear();
+    encoded.reserve(values.len() * 2);
+    encoded.extend(
+        values
+            .iter()
+            .flat_map(|value| f32_to_bf16_bits(*value).to_le_bytes()),
+    );
+    stream.write_all(encoded)
+}
+
+/// Reads `element_count` little-endian bf16 values through `received` (reused) and yields them as f32.
+pub(crate) fn read_bf16s<'a>(
+    stream: &LinkStream,
+    element_count: usize,
+    received: &'a mut Vec<u8>,
+) -> io::Result<impl Iterator<Item = f32> + 'a> {
+    received.resize(element_count * 2, 0);
+    stream.read_exact(received)?;
+    Ok(received
+        .chunks_exact(2)
+        .map(|pair| bf16_bits_to_f32(u16::from_le_bytes([pair[0], pair[1]]))))
+}
+
 /// Adds `addend` into `accumulator` element-wise (same lengths).
 pub(crate) fn add_into(accumulator: &mut [f32], addend: &[f32]) {
     debug_assert_eq!(accumulator.len(), addend.len());
@@ -294,6 +352,32 @@ mod tests {
             .poll::<plankton_proto::v1::PeerHello>(&mut &tls_receiver)
             .expect_err("tls");
         assert!(error.to_string().contains("speaks TLS"), "{error}");
+    }
+
+    #[test]
+    fn bf16_rounding_is_nearest_even_and_keeps_specials() {
+        // 1 + 2^-8 is halfway between bf16 1.0 and 1 + 2^-7: ties go to the even 1.0.
+        assert_eq!(bf16_bits_to_f32(f32_to_bf16_bits(1.0 + 2f32.powi(-8))), 1.0);
+        // Just above halfway rounds up.
+        let above_half = f32::from_bits((1.0f32 + 2f32.powi(-8)).to_bits() + 1);
+        assert_eq!(bf16_bits_to_f32(f32_to_bf16_bits(above_half)), 1.0 + 2f32.powi(-7));
+        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6: ties go up to the even one.
+        assert_eq!(
+            bf16_bits_to_f32(f32_to_bf16_bits(1.0 + 3.0 * 2f32.powi(-8))),
+            1.0 + 2f32.powi(-6)
+        );
+        for exact in [0.0f32, -0.0, 1.0, -2.5, 65536.0, f32::INFINITY, f32::NEG_INFINITY] {
+            let round_trip = bf16_bits_to_f32(f32_to_bf16_bits(exact));
+            assert_eq!(round_trip.to_bits(), exact.to_bits(), "{exact}");
+        }
+        assert!(bf16_bits_to_f32(f32_to_bf16_bits(f32::NAN)).is_nan());
+        assert_eq!(bf16_bits_to_f32(f32_to_bf16_bits(f32::MAX)), f32::INFINITY);
+        // The relative error of one rounding is at most 2^-8 (half an ulp of bf16's 8-bit significand).
+        for step in 0..10_000u32 {
+            let value = 1.0e-3f32 * (1.0 + step as f32 * 0.000_731) * if step % 2 == 0 { 1.0 } else { -1.0 };
+            let rounded = bf16_bits_to_f32(f32_to_bf16_bits(value));
+            assert!(((rounded - value) / value).abs() <= 2f32.powi(-8), "{value} -> {rounded}");
+        }
     }
 
     #[test]

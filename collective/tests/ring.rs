@@ -8,7 +8,8 @@ use std::sync::{Barrier, mpsc};
 use std::time::{Duration, Instant};
 
 use plankton_collective::{
-    Collective, CollectiveError, RingAbort, RingAllReduce, RingConfig, RingListener, SingleProcess,
+    Collective, CollectiveError, GradientCompression, RingAbort, RingAllReduce, RingConfig,
+    RingListener, SingleProcess,
 };
 use plankton_proto::v1::PeerHello;
 
@@ -138,6 +139,100 @@ fn all_reduce_sums_ten_million_floats() {
         );
         assert_eq!(mismatches, vec![0; world_size], "world size {world_size}");
     }
+}
+
+/// Gradient-like values (mixed signs, magnitudes 1e-4..1, not bf16-representable), different on every rank.
+fn gradient_like_values(rank: usize, length: usize) -> Vec<f32> {
+    (0..length)
+        .map(|index| {
+            let hashed = (index as u64 * 2_654_435_761 + rank as u64 * 40_503 + 17) % 1_000_003;
+            let unit = hashed as f32 / 1_000_003.0;
+            let sign = if (index + rank) % 3 == 0 { -1.0 } else { 1.0 };
+            sign * (1e-4 + unit) * if index % 5 == 0 { 1e-3 } else { 1.0 }
+        })
+        .collect()
+}
+
+/// The bf16 all-reduce against the exact (f64) sum. Each value passes through at most `world_size` bf16
+/// roundings (one per reduce-scatter hop, the last one the final value the all-gather sends), each of relative
+/// size at most 2^-8 (half an ulp of bf16's 8-bit significand, 7 bits stored) of a partial sum no larger than
+/// the sum of absolute values: |error| <= world_size * 2^-8 * sum_r |x_r| * 1.02, the 2 % covering the
+/// compounding of roundings and the f32 additions.
+#[test]
+fn bf16_all_reduce_is_within_rounding_bounds_and_identical_on_every_rank() {
+    for world_size in [2usize, 3, 4] {
+        let (listeners, addresses) = bind_listeners(world_size);
+        for length in [1usize, 5, 1009, 20_000] {
+            let inputs: Vec<Vec<f32>> = (0..world_size)
+                .map(|rank| gradient_like_values(rank, length))
+                .collect();
+            let results = with_ring(
+                &listeners,
+                &addresses,
+                &format!("bf16-n{world_size}-len{length}"),
+                &test_config(),
+                |rank, mut ring| {
+                    let mut compressed = inputs[rank].clone();
+                    ring.all_reduce_sum_compressed(&mut compressed, GradientCompression::Bf16)
+                        .expect("bf16 all_reduce");
+                    // Compression is per operation: a plain all-reduce on the same ring stays exact.
+                    let mut exact = inputs[rank].clone();
+                    ring.all_reduce_sum(&mut exact).expect("f32 all_reduce");
+                    (compressed, exact)
+                },
+            );
+            let (first_compressed, first_exact) = &results[0];
+            for (rank, (compressed, exact)) in results.iter().enumerate() {
+                let same_bits = compressed
+                    .iter()
+                    .zip(first_compressed)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same_bits, "rank {rank} differs from rank 0 (n {world_size}, len {length})");
+                assert_eq!(exact, first_exact);
+            }
+            let mut rounded_differently = 0usize;
+            for index in 0..length {
+                let exact_sum: f64 = inputs.iter().map(|values| values[index] as f64).sum();
+                let absolute_sum: f64 = inputs.iter().map(|values| values[index].abs() as f64).sum();
+                let bound = world_size as f64 * 2f64.powi(-8) * absolute_sum * 1.02;
+                let got = first_compressed[index] as f64;
+                assert!(
+                    (got - exact_sum).abs() <= bound,
+                    "index {index}: bf16 sum {got}, exact {exact_sum}, bound {bound} (n {world_size})"
+                );
+                assert_eq!(first_compressed[index].to_bits() & 0xffff, 0, "not a bf16 value");
+                if first_compressed[index] != first_exact[index] {
+                    rounded_differently += 1;
+                }
+            }
+            if length >= 1009 {
+                assert!(rounded_differently > length / 2, "the wire did not carry bf16");
+            }
+        }
+    }
+}
+
+#[test]
+fn ranks_that_disagree_on_compression_get_a_mismatch_error() {
+    let (listeners, addresses) = bind_listeners(2);
+    let errors = with_ring(
+        &listeners,
+        &addresses,
+        "compression-mismatch",
+        &test_config(),
+        |rank, mut ring| {
+            let compression = if rank == 0 {
+                GradientCompression::Bf16
+            } else {
+                GradientCompression::None
+            };
+            let mut buffer = vec![1.0f32; 64];
+            ring.all_reduce_sum_compressed(&mut buffer, compression)
+                .expect_err("mismatch")
+                .to_string()
+        },
+    );
+    assert!(errors.iter().all(|error| error.contains("bf16 wire")), "{errors:?}");
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use plankton_collective::{Collective, CollectiveError, RingAbort};
+use plankton_collective::{Collective, CollectiveError, GradientCompression, RingAbort};
 
 /// Where in the step the fault strikes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +112,16 @@ impl Collective for FaultInjectingCollective {
                 })
             }
         }
+    }
+
+    /// Not counted: a compressed step's gradients follow its plain all-reduce of the step's control values,
+    /// which is where faults are injected.
+    fn all_reduce_sum_compressed(
+        &mut self,
+        buffer: &mut [f32],
+        compression: GradientCompression,
+    ) -> Result<(), CollectiveError> {
+        self.inner.all_reduce_sum_compressed(buffer, compression)
     }
 
     fn broadcast(&mut self, buffer: &mut [f32], root: usize) -> Result<(), CollectiveError> {
