@@ -14,10 +14,10 @@ use crate::connection::Server;
 
 use plankton_proto::v1::job_service_client::JobServiceClient;
 use plankton_proto::v1::{
-    Augmentation, CancelJobRequest, ClassWeighting, GetJobReportRequest, GetJobRequest, Job,
-    JobPhase, JobSpec, ListJobsRequest, ListWorkersRequest, LossNormalization, LrSchedule,
-    NonFinitePolicy, OptimizerKind, ResizeMode, ResumeJobRequest, SubmitJobRequest,
-    WatchJobRequest, job_event,
+    Augmentation, CancelJobRequest, ClassWeighting, GetJobReportRequest, GetJobRequest,
+    GradientCompression, Job, JobPhase, JobSpec, ListJobsRequest, ListWorkersRequest,
+    LossNormalization, LrSchedule, NonFinitePolicy, OptimizerKind, Precision, ResizeMode,
+    ResumeJobRequest, SubmitJobRequest, WatchJobRequest, job_event,
 };
 
 use crate::OutputFormat;
@@ -75,6 +75,26 @@ pub enum NonFiniteArg {
 }
 
 /// What a step's summed class-weighted loss is divided by.
+/// The number format of the gradient all-reduce.
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GradientCompressionArg {
+    /// f32 on the wire (exact sums).
+    None,
+    /// bf16 on the wire, f32 accumulation: half the bytes.
+    Bf16,
+}
+
+/// The number format of the training forward and backward passes.
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrecisionArg {
+    /// f32 everywhere (the CPU default).
+    Fp32,
+    /// bf16 convolutions and linear layers, f32 master weights and optimizer state.
+    Bf16,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LossNormalizationArg {
@@ -161,6 +181,12 @@ pub struct JobFields {
     /// What the step's summed class-weighted loss is divided by (default: the cluster's, see the README).
     #[arg(long, value_enum)]
     pub loss_normalization: Option<LossNormalizationArg>,
+    /// The number format gradients travel in during the all-reduce (default none: f32).
+    #[arg(long, value_enum)]
+    pub gradient_compression: Option<GradientCompressionArg>,
+    /// The number format of training forward/backward passes (default fp32).
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
 }
 
 #[derive(Args, Debug)]
@@ -201,6 +227,8 @@ impl JobFields {
             init_from: self.init_from.or(file.init_from),
             non_finite: self.non_finite.or(file.non_finite),
             loss_normalization: self.loss_normalization.or(file.loss_normalization),
+            gradient_compression: self.gradient_compression.or(file.gradient_compression),
+            precision: self.precision.or(file.precision),
         }
     }
 
@@ -258,6 +286,17 @@ impl JobFields {
                 Some(LossNormalizationArg::WeightSum) => LossNormalization::WeightSum,
                 Some(LossNormalizationArg::Samples) => LossNormalization::Samples,
                 Some(LossNormalizationArg::ShardMean) => LossNormalization::ShardMean,
+            } as i32,
+            gradient_compression: match self
+                .gradient_compression
+                .unwrap_or(GradientCompressionArg::None)
+            {
+                GradientCompressionArg::None => GradientCompression::None,
+                GradientCompressionArg::Bf16 => GradientCompression::Bf16,
+            } as i32,
+            precision: match self.precision.unwrap_or(PrecisionArg::Fp32) {
+                PrecisionArg::Fp32 => Precision::Fp32,
+                PrecisionArg::Bf16 => Precision::Bf16,
             } as i32,
         })
     }

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info};
 
-use crate::{Collective, GradientCompression};
 use crate::abort::{AbortRegistration, RingAbort};
 use crate::error::{CollectiveError, PeerEndpoint, Result};
 use crate::listener::{FormationWatch, RingIdentity, RingListener, connect_next_rank};
@@ -22,9 +21,10 @@ use crate::security::RingSecurity;
 use crate::tls;
 use crate::transport::LinkStream;
 use crate::wire::{
-    OperationHeader, OperationKind, add_into, read_bf16s, read_f32s, round_to_bf16, write_bf16s,
-    write_f32s,
+    OperationHeader, OperationKind, add_bf16_into, add_into, read_bf16s, read_f32s, round_to_bf16,
+    widen_bf16_into, write_bf16s, write_f32s,
 };
+use crate::{Collective, GradientCompression};
 
 /// Timeouts and chunking of a ring.
 #[derive(Debug, Clone)]
@@ -640,11 +640,9 @@ fn receive_and_reduce<'a>(
                     add_into(chunk, received);
                 }
                 GradientCompression::Bf16 => {
-                    let received = read_bf16s(&previous.stream, chunk.len(), &mut received_bf16)
+                    read_bf16s(&previous.stream, chunk.len(), &mut received_bf16)
                         .map_err(io_error)?;
-                    for (sum, value) in chunk.iter_mut().zip(received) {
-                        *sum += value;
-                    }
+                    add_bf16_into(chunk, &received_bf16);
                     if step + 2 == world_size {
                         // The segment is complete: this rank keeps exactly what the all-gather sends.
                         round_to_bf16(chunk);
@@ -674,11 +672,9 @@ fn receive_and_reduce<'a>(
                     read_f32s(&previous.stream, chunk).map_err(io_error)?;
                 }
                 GradientCompression::Bf16 => {
-                    let received = read_bf16s(&previous.stream, chunk.len(), &mut received_bf16)
+                    read_bf16s(&previous.stream, chunk.len(), &mut received_bf16)
                         .map_err(io_error)?;
-                    for (slot, value) in chunk.iter_mut().zip(received) {
-                        *slot = value;
-                    }
+                    widen_bf16_into(chunk, &received_bf16);
                 }
             }
             if step + 2 < world_size {

@@ -226,18 +226,20 @@ pub(crate) fn read_f32s(stream: &LinkStream, destination: &mut [f32]) -> io::Res
 }
 
 /// `value` rounded to the nearest bf16 (ties to even), as the bf16's bit pattern: the top 16 bits of an f32.
-/// NaN stays NaN (quiet); overflow rounds to infinity as IEEE rounding does.
+/// NaN stays NaN (quiet); overflow rounds to infinity as IEEE rounding does. Branch-free, so the loops over
+/// chunks vectorise.
+#[inline]
 pub(crate) fn f32_to_bf16_bits(value: f32) -> u16 {
     let bits = value.to_bits();
-    if value.is_nan() {
-        return ((bits >> 16) | 0x0040) as u16;
-    }
-    // No overflow: the largest non-NaN pattern (0xff80_0000, -inf) plus 0x8000 fits in a u32.
-    let rounding_bias = 0x7fff + ((bits >> 16) & 1);
-    ((bits + rounding_bias) >> 16) as u16
+    // No overflow for non-NaN values: the largest such pattern (0xff80_0000, -inf) plus 0x8000 fits a u32.
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let quiet_nan = (bits >> 16) | 0x0040;
+    let is_nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+    (if is_nan { quiet_nan } else { rounded }) as u16
 }
 
 /// The f32 holding exactly the bf16 with bit pattern `bits`.
+#[inline]
 pub(crate) fn bf16_bits_to_f32(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
@@ -253,29 +255,43 @@ pub(crate) fn round_to_bf16(values: &mut [f32]) {
 pub(crate) fn write_bf16s(
     stream: &LinkStream,
     values: &[f32],
-    encoded: &mut Vec<u8>,
+    encoded: &mut Vec<u16>,
 ) -> io::Result<()> {
     encoded.clear();
-    encoded.reserve(values.len() * 2);
-    encoded.extend(
-        values
-            .iter()
-            .flat_map(|value| f32_to_bf16_bits(*value).to_le_bytes()),
-    );
-    stream.write_all(encoded)
+    encoded.extend(values.iter().map(|value| f32_to_bf16_bits(*value).to_le()));
+    stream.write_all(bytemuck::cast_slice(encoded))
 }
 
-/// Reads `element_count` little-endian bf16 values through `received` (reused) and yields them as f32.
-pub(crate) fn read_bf16s<'a>(
+/// Reads `element_count` little-endian bf16 values into `received` (reused; resized to `element_count`), as
+/// bit patterns in native byte order.
+pub(crate) fn read_bf16s(
     stream: &LinkStream,
     element_count: usize,
-    received: &'a mut Vec<u8>,
-) -> io::Result<impl Iterator<Item = f32> + 'a> {
-    received.resize(element_count * 2, 0);
-    stream.read_exact(received)?;
-    Ok(received
-        .chunks_exact(2)
-        .map(|pair| bf16_bits_to_f32(u16::from_le_bytes([pair[0], pair[1]]))))
+    received: &mut Vec<u16>,
+) -> io::Result<()> {
+    received.resize(element_count, 0);
+    stream.read_exact(bytemuck::cast_slice_mut(received))?;
+    #[cfg(not(target_endian = "little"))]
+    for bits in received.iter_mut() {
+        *bits = u16::from_le(*bits);
+    }
+    Ok(())
+}
+
+/// Adds the bf16 values `addend_bits` into `accumulator` in f32 (same lengths).
+pub(crate) fn add_bf16_into(accumulator: &mut [f32], addend_bits: &[u16]) {
+    debug_assert_eq!(accumulator.len(), addend_bits.len());
+    for (sum, bits) in accumulator.iter_mut().zip(addend_bits) {
+        *sum += bf16_bits_to_f32(*bits);
+    }
+}
+
+/// Widens the bf16 values `bits` into `destination` (same lengths).
+pub(crate) fn widen_bf16_into(destination: &mut [f32], bits: &[u16]) {
+    debug_assert_eq!(destination.len(), bits.len());
+    for (slot, value_bits) in destination.iter_mut().zip(bits) {
+        *slot = bf16_bits_to_f32(*value_bits);
+    }
 }
 
 /// Adds `addend` into `accumulator` element-wise (same lengths).
@@ -360,13 +376,24 @@ mod tests {
         assert_eq!(bf16_bits_to_f32(f32_to_bf16_bits(1.0 + 2f32.powi(-8))), 1.0);
         // Just above halfway rounds up.
         let above_half = f32::from_bits((1.0f32 + 2f32.powi(-8)).to_bits() + 1);
-        assert_eq!(bf16_bits_to_f32(f32_to_bf16_bits(above_half)), 1.0 + 2f32.powi(-7));
+        assert_eq!(
+            bf16_bits_to_f32(f32_to_bf16_bits(above_half)),
+            1.0 + 2f32.powi(-7)
+        );
         // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6: ties go up to the even one.
         assert_eq!(
             bf16_bits_to_f32(f32_to_bf16_bits(1.0 + 3.0 * 2f32.powi(-8))),
             1.0 + 2f32.powi(-6)
         );
-        for exact in [0.0f32, -0.0, 1.0, -2.5, 65536.0, f32::INFINITY, f32::NEG_INFINITY] {
+        for exact in [
+            0.0f32,
+            -0.0,
+            1.0,
+            -2.5,
+            65536.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ] {
             let round_trip = bf16_bits_to_f32(f32_to_bf16_bits(exact));
             assert_eq!(round_trip.to_bits(), exact.to_bits(), "{exact}");
         }
@@ -374,9 +401,14 @@ mod tests {
         assert_eq!(bf16_bits_to_f32(f32_to_bf16_bits(f32::MAX)), f32::INFINITY);
         // The relative error of one rounding is at most 2^-8 (half an ulp of bf16's 8-bit significand).
         for step in 0..10_000u32 {
-            let value = 1.0e-3f32 * (1.0 + step as f32 * 0.000_731) * if step % 2 == 0 { 1.0 } else { -1.0 };
+            let value = 1.0e-3f32
+                * (1.0 + step as f32 * 0.000_731)
+                * if step % 2 == 0 { 1.0 } else { -1.0 };
             let rounded = bf16_bits_to_f32(f32_to_bf16_bits(value));
-            assert!(((rounded - value) / value).abs() <= 2f32.powi(-8), "{value} -> {rounded}");
+            assert!(
+                ((rounded - value) / value).abs() <= 2f32.powi(-8),
+                "{value} -> {rounded}"
+            );
         }
     }
 

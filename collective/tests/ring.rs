@@ -187,26 +187,37 @@ fn bf16_all_reduce_is_within_rounding_bounds_and_identical_on_every_rank() {
                     .iter()
                     .zip(first_compressed)
                     .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same_bits, "rank {rank} differs from rank 0 (n {world_size}, len {length})");
+                assert!(
+                    same_bits,
+                    "rank {rank} differs from rank 0 (n {world_size}, len {length})"
+                );
                 assert_eq!(exact, first_exact);
             }
             let mut rounded_differently = 0usize;
             for index in 0..length {
                 let exact_sum: f64 = inputs.iter().map(|values| values[index] as f64).sum();
-                let absolute_sum: f64 = inputs.iter().map(|values| values[index].abs() as f64).sum();
+                let absolute_sum: f64 =
+                    inputs.iter().map(|values| values[index].abs() as f64).sum();
                 let bound = world_size as f64 * 2f64.powi(-8) * absolute_sum * 1.02;
                 let got = first_compressed[index] as f64;
                 assert!(
                     (got - exact_sum).abs() <= bound,
                     "index {index}: bf16 sum {got}, exact {exact_sum}, bound {bound} (n {world_size})"
                 );
-                assert_eq!(first_compressed[index].to_bits() & 0xffff, 0, "not a bf16 value");
+                assert_eq!(
+                    first_compressed[index].to_bits() & 0xffff,
+                    0,
+                    "not a bf16 value"
+                );
                 if first_compressed[index] != first_exact[index] {
                     rounded_differently += 1;
                 }
             }
             if length >= 1009 {
-                assert!(rounded_differently > length / 2, "the wire did not carry bf16");
+                assert!(
+                    rounded_differently > length / 2,
+                    "the wire did not carry bf16"
+                );
             }
         }
     }
@@ -232,7 +243,10 @@ fn ranks_that_disagree_on_compression_get_a_mismatch_error() {
                 .to_string()
         },
     );
-    assert!(errors.iter().all(|error| error.contains("bf16 wire")), "{errors:?}");
+    assert!(
+        errors.iter().all(|error| error.contains("bf16 wire")),
+        "{errors:?}"
+    );
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! not followed here: a link inside an allowed folder that points out of it is the operator's to avoid.
 
 use plankton_proto::v1::{
-    Augmentation, ClassWeighting, JobSpec, LossNormalization, LrSchedule, NonFinitePolicy,
-    OptimizerKind, ResizeMode,
+    Augmentation, ClassWeighting, GradientCompression, JobSpec, LossNormalization, LrSchedule,
+    NonFinitePolicy, OptimizerKind, Precision, ResizeMode,
 };
 
 use crate::error::{CoordinatorError, CoordinatorResult};
@@ -191,6 +191,16 @@ fn check_enums(spec: &JobSpec) -> CoordinatorResult<()> {
             "spec.loss_normalization",
             spec.loss_normalization,
             LossNormalization::try_from(spec.loss_normalization).is_ok(),
+        ),
+        (
+            "spec.gradient_compression",
+            spec.gradient_compression,
+            GradientCompression::try_from(spec.gradient_compression).is_ok(),
+        ),
+        (
+            "spec.precision",
+            spec.precision,
+            Precision::try_from(spec.precision).is_ok(),
         ),
     ];
     for (field, value, is_known) in known {
@@ -881,6 +891,22 @@ mod tests {
                 },
                 "spec.loss_normalization",
                 "7 is not a value",
+            ),
+            (
+                JobSpec {
+                    gradient_compression: 5,
+                    ..base.clone()
+                },
+                "spec.gradient_compression",
+                "5 is not a value",
+            ),
+            (
+                JobSpec {
+                    precision: 3,
+                    ..base.clone()
+                },
+                "spec.precision",
+                "3 is not a value",
             ),
         ];
         for (spec, field, needle) in &cases {

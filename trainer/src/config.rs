@@ -2,6 +2,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use plankton_collective::GradientCompression;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
@@ -153,6 +154,42 @@ impl FromStr for AugmentationMode {
     }
 }
 
+/// The number format of the training forward and backward passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 everywhere (the CPU default: bf16 is slower than f32 on many CPUs).
+    #[default]
+    Fp32,
+    /// Convolutions and linear layers in bf16 on a bf16 copy of their f32 weights made in the graph (as
+    /// `torch.autocast` does), so gradients flow back into the f32 master weights; batch norm, the loss, the
+    /// all-reduce and the optimizer state stay f32. Evaluation runs in f32.
+    Bf16,
+}
+
+impl Precision {
+    /// The lowercase name used in configs, CLIs and model cards.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl FromStr for Precision {
+    type Err = TrainError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "fp32" | "f32" | "float32" => Ok(Precision::Fp32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            _ => Err(TrainError::InvalidConfig(format!(
+                "unknown precision {text:?} (expected fp32 or bf16)"
+            ))),
+        }
+    }
+}
+
 /// Everything a rank needs to train its part of a data-parallel job.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
@@ -184,6 +221,10 @@ pub struct TrainConfig {
     pub loss_normalization: LossNormalization,
     /// Fault injection (tests): this rank's loss becomes NaN at this global step.
     pub inject_non_finite_at_step: Option<u64>,
+    /// The number format of the gradient all-reduce (identical on every rank of a job).
+    pub gradient_compression: GradientCompression,
+    /// The number format of the training forward and backward passes.
+    pub precision: Precision,
 }
 
 /// What the summed class-weighted cross-entropy `sum_i w_i * l_i` of a step's global batch is divided by. Every
@@ -247,6 +288,8 @@ impl TrainConfig {
             non_finite_policy: NonFinitePolicy::Fail,
             loss_normalization: LossNormalization::default(),
             inject_non_finite_at_step: None,
+            gradient_compression: GradientCompression::None,
+            precision: Precision::Fp32,
         }
     }
 

@@ -18,7 +18,7 @@ use crate::inference::{TrainedModel, load_weights_into};
 use crate::model::{Network, channels_last, sorted_variables};
 use crate::optimizer::{Optimizer, STATE_TENSOR_PREFIX};
 use crate::safetensors_io::{self, TensorFile};
-use plankton_collective::Collective;
+use plankton_collective::{Collective, GradientCompression};
 
 /// Images per forward pass during evaluation and inference.
 pub const EVALUATION_BATCH_SIZE: usize = 256;
@@ -514,10 +514,26 @@ impl DataParallelTrainer {
                 flags.fill(0.0);
                 flags[rank] = if finite { 0.0 } else { 1.0 };
                 let all_reduce_started = Instant::now();
-                let reduced = collective.all_reduce_sum(&mut self.gradient_buffer);
+                let compression = self.config.gradient_compression;
+                let reduced = match compression {
+                    GradientCompression::None => {
+                        collective.all_reduce_sum(&mut self.gradient_buffer)
+                    }
+                    // The control slots (denominator, loss sum, flags) must add up exactly: a small f32
+                    // all-reduce of their own, then the gradients in bf16.
+                    GradientCompression::Bf16 => {
+                        let (gradient_values, control_values) =
+                            self.gradient_buffer.split_at_mut(parameter_count);
+                        collective.all_reduce_sum(control_values).and_then(|()| {
+                            collective.all_reduce_sum_compressed(gradient_values, compression)
+                        })
+                    }
+                };
                 timings.all_reduce = all_reduce_started.elapsed();
-                timings.all_reduce_bytes =
-                    (self.gradient_buffer.len() * std::mem::size_of::<f32>()) as u64;
+                let extra_count = self.gradient_buffer.len() - parameter_count;
+                timings.all_reduce_bytes = (parameter_count * compression.wire_bytes_per_value()
+                    + extra_count * std::mem::size_of::<f32>())
+                    as u64;
                 if let Err(error) = reduced {
                     if buffers_saved {
                         unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;

@@ -13,13 +13,13 @@ mod safetensors_io;
 pub mod training;
 
 /// The collective API the trainer runs on, re-exported for callers.
-pub use plankton_collective::{Collective, CollectiveError, SingleProcess};
+pub use plankton_collective::{Collective, CollectiveError, GradientCompression, SingleProcess};
 
 pub use batch::{AssembledBatch, EpochBatches, RandomTransform, ShardData};
 pub use card::{ModelCard, ModelInput};
 pub use config::{
     Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LossNormalization,
-    LrSchedule, NonFinitePolicy, OptimizerChoice, TrainConfig,
+    LrSchedule, NonFinitePolicy, OptimizerChoice, Precision, TrainConfig,
 };
 pub use data_parallel::{
     DataParallelTrainer, MISTAKES_PER_CLASS, Mistake, ShardEvaluation, StepOutcome, StepTimings,

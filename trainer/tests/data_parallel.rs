@@ -4,7 +4,7 @@ mod common;
 use common::{max_abs_difference, random_batch, ring_members};
 use plankton_collective::SingleProcess;
 use plankton_trainer::{
-    Architecture, DataParallelTrainer, IMAGE_LEN, OptimizerChoice, TrainConfig,
+    Architecture, DataParallelTrainer, GradientCompression, IMAGE_LEN, OptimizerChoice, TrainConfig,
 };
 
 fn config(
@@ -100,6 +100,49 @@ fn lenet_sgd_two_ranks_on_halves_equal_one_rank_on_whole_batch() {
 #[test]
 fn lenet_adam_two_ranks_on_halves_equal_one_rank_on_whole_batch() {
     assert_two_halves_equal_whole(&config(Architecture::LeNet, OptimizerChoice::Adam, 1e-4));
+}
+
+/// bf16 on the wire: the ranks stay bit-identical, and one SGD step moves the weights by the learning rate
+/// times a gradient within bf16 rounding (2 roundings of relative 2^-8 per value for 2 ranks) of the exact one.
+#[test]
+fn bf16_compressed_gradients_keep_ranks_identical_and_close_to_exact() {
+    let exact_config = config(Architecture::LeNet, OptimizerChoice::SgdMomentum, 0.05);
+    let mut compressed_config = exact_config.clone();
+    compressed_config.gradient_compression = GradientCompression::Bf16;
+    let (images, labels) = random_batch(8, exact_config.num_classes, 11);
+    let halves = || {
+        vec![
+            (images[..4 * IMAGE_LEN].to_vec(), labels[..4].to_vec()),
+            (images[4 * IMAGE_LEN..].to_vec(), labels[4..].to_vec()),
+        ]
+    };
+    let exact = weights_after_ranks(&exact_config, halves());
+    let compressed = weights_after_ranks(&compressed_config, halves());
+    assert!(compressed[0] == compressed[1], "compressed ranks diverged");
+    let initial = DataParallelTrainer::new(&exact_config)
+        .unwrap()
+        .flat_weights()
+        .unwrap();
+    let exact_update: Vec<f32> = exact[0]
+        .iter()
+        .zip(&initial)
+        .map(|(w, w0)| w - w0)
+        .collect();
+    let compressed_update: Vec<f32> = compressed[0]
+        .iter()
+        .zip(&initial)
+        .map(|(w, w0)| w - w0)
+        .collect();
+    let largest_update = exact_update.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let update_error = max_abs_difference(&exact_update, &compressed_update);
+    assert!(largest_update > 1e-6, "the step changed nothing");
+    assert!(update_error > 0.0, "the gradients did not travel in bf16");
+    // Per value |error| <= 2 * 2^-8 * (|g_0| + |g_1|); bounded here by the largest update, with slack
+    // for the f32 weight subtraction.
+    assert!(
+        update_error <= 2.0 * 2f32.powi(-8) * 2.0 * largest_update + 1e-6,
+        "bf16 update error {update_error} for updates up to {largest_update}"
+    );
 }
 
 #[test]

@@ -18,16 +18,18 @@ use plankton_collective::{Collective, RingAbort, RingAllReduce, RingListener, Si
 use plankton_dataset::{StoreLocation, open_image_source, open_location};
 use plankton_preprocess::{PreprocessConfig, ResizeMode, ShardCache};
 use plankton_proto::v1::{
-    Augmentation, DoneReport, EpochReport, GenerationEndReport, JobPhase, JobSpec,
+    Augmentation, DoneReport, EpochReport, GenerationEndReport,
+    GradientCompression as ProtoGradientCompression, JobPhase, JobSpec,
     LossNormalization as ProtoLossNormalization, LrSchedule as ProtoLrSchedule, Misclassification,
-    NextAssignmentRequest, NonFinitePolicy as ProtoNonFinitePolicy, OptimizerKind, ProgressReport,
-    ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress, state_source,
+    NextAssignmentRequest, NonFinitePolicy as ProtoNonFinitePolicy, OptimizerKind,
+    Precision as ProtoPrecision, ProgressReport, ResizeMode as ProtoResizeMode, ShardAssignment,
+    WorkerProgress, state_source,
 };
 use plankton_trainer::{
     Architecture, AugmentationMode, DataParallelTrainer, EpochEvaluation, GenerationOutcome,
-    LossNormalization, LrSchedule, Mistake, ModelCard, ModelInput, NonFinitePolicy,
-    OptimizerChoice, StepProgress, TrainConfig, TrainError, TrainingObserver, TrainingProgress,
-    VirtualShardData, run_generation,
+    GradientCompression, LossNormalization, LrSchedule, Mistake, ModelCard, ModelInput,
+    NonFinitePolicy, OptimizerChoice, Precision, StepProgress, TrainConfig, TrainError,
+    TrainingObserver, TrainingProgress, VirtualShardData, run_generation,
 };
 
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
@@ -1040,6 +1042,16 @@ fn train_config(
             ProtoLossNormalization::ShardMean => LossNormalization::ShardMean,
         },
         inject_non_finite_at_step: None,
+        gradient_compression: match ProtoGradientCompression::try_from(spec.gradient_compression)
+            .unwrap_or_default()
+        {
+            ProtoGradientCompression::None => GradientCompression::None,
+            ProtoGradientCompression::Bf16 => GradientCompression::Bf16,
+        },
+        precision: match ProtoPrecision::try_from(spec.precision).unwrap_or_default() {
+            ProtoPrecision::Fp32 => Precision::Fp32,
+            ProtoPrecision::Bf16 => Precision::Bf16,
+        },
     })
 }
 

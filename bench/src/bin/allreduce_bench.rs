@@ -5,7 +5,9 @@
 //! mode (plaintext: no secret, no TLS; authenticated: HMAC-proof handshake with a ring secret; tls: the same
 //! inside TLS 1.3), runs the gloo script of `bench/python/gloo_allreduce.py` the same way, and prints the
 //! plaintext ring vs gloo, then the modes side by side: steady-state bandwidth with its ratio to plaintext,
-//! and the time to form the ring, measured apart.
+//! and the time to form the ring, measured apart. Every ring size is also timed with bf16 gradient compression
+//! (`all_reduce_sum_compressed`, half the bytes on the wire); its bandwidth counts the f32 buffer reduced, so
+//! the `bf16/f32` column is the speed-up a training step's all-reduce sees.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -15,7 +17,8 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use clap::{Parser, ValueEnum};
 use plankton_collective::{
-    Collective, RingAbort, RingAllReduce, RingConfig, RingListener, RingSecurity,
+    Collective, GradientCompression, RingAbort, RingAllReduce, RingConfig, RingListener,
+    RingSecurity,
 };
 
 #[derive(Debug, Parser)]
@@ -109,6 +112,8 @@ struct ModeResult {
 struct Measurement {
     size_mib: usize,
     seconds_per_iteration: f64,
+    /// The same buffer all-reduced with bf16 on the wire (rings only).
+    bf16_seconds_per_iteration: Option<f64>,
 }
 
 fn iterations_for(size_mib: usize, iterations: usize) -> usize {
@@ -173,25 +178,30 @@ fn run_rank(options: &Options, rank: usize) -> anyhow::Result<()> {
     }
     for &size_mib in &options.sizes_mib {
         let element_count = size_mib * 1024 * 1024 / std::mem::size_of::<f32>();
-        let mut buffer = vec![1.0f32; element_count];
-        for _ in 0..options.warmup {
-            ring.all_reduce_sum(&mut buffer)?;
-        }
         let iterations = iterations_for(size_mib, options.iterations);
-        ring.barrier()?;
-        let started = Instant::now();
-        for _ in 0..iterations {
-            ring.all_reduce_sum(&mut buffer)?;
+        let mut seconds = Vec::with_capacity(2);
+        for compression in [GradientCompression::None, GradientCompression::Bf16] {
+            let mut buffer = vec![1.0f32; element_count];
+            for _ in 0..options.warmup {
+                ring.all_reduce_sum_compressed(&mut buffer, compression)?;
+            }
+            ring.barrier()?;
+            let started = Instant::now();
+            for _ in 0..iterations {
+                ring.all_reduce_sum_compressed(&mut buffer, compression)?;
+            }
+            seconds.push(started.elapsed().as_secs_f64() / iterations as f64);
+            // The sum grows by a power of two per call: exact in f32 and in bf16, so the result checks the
+            // transport.
+            let expected = (WORLD_SIZE as f32).powi((options.warmup + iterations) as i32);
+            ensure!(
+                buffer.iter().all(|&value| value == expected),
+                "wrong all-reduce result ({})",
+                compression.name()
+            );
         }
-        let seconds_per_iteration = started.elapsed().as_secs_f64() / iterations as f64;
-        // The sum grows by a power of two per call: still exact, so the result checks the transport.
-        let expected = (WORLD_SIZE as f32).powi((options.warmup + iterations) as i32);
-        ensure!(
-            buffer.iter().all(|&value| value == expected),
-            "wrong all-reduce result"
-        );
         if rank == 0 {
-            println!("{size_mib} {seconds_per_iteration}");
+            println!("{size_mib} {} {}", seconds[0], seconds[1]);
         }
     }
     Ok(())
@@ -210,9 +220,11 @@ fn parse_measurements(stdout: &str) -> anyhow::Result<Vec<Measurement>> {
             let mut fields = line.split_whitespace();
             let size_mib = fields.next().context("size field")?.parse()?;
             let seconds_per_iteration = fields.next().context("seconds field")?.parse()?;
+            let bf16_seconds_per_iteration = fields.next().map(str::parse).transpose()?;
             Ok(Measurement {
                 size_mib,
                 seconds_per_iteration,
+                bf16_seconds_per_iteration,
             })
         })
         .collect()
@@ -295,8 +307,13 @@ fn run_gloo(options: &Options) -> anyhow::Result<Vec<Measurement>> {
 
 /// (algorithm bandwidth, bus bandwidth) in GB/s.
 fn bandwidths(measurement: &Measurement) -> (f64, f64) {
-    let bytes = (measurement.size_mib * 1024 * 1024) as f64;
-    let algorithm_gbps = bytes / measurement.seconds_per_iteration / 1e9;
+    bandwidths_of(measurement.size_mib, measurement.seconds_per_iteration)
+}
+
+/// (algorithm bandwidth, bus bandwidth) in GB/s of an f32 buffer of `size_mib` reduced in `seconds`.
+fn bandwidths_of(size_mib: usize, seconds: f64) -> (f64, f64) {
+    let bytes = (size_mib * 1024 * 1024) as f64;
+    let algorithm_gbps = bytes / seconds / 1e9;
     let bus_factor = 2.0 * (WORLD_SIZE - 1) as f64 / WORLD_SIZE as f64;
     (algorithm_gbps, algorithm_gbps * bus_factor)
 }
@@ -370,8 +387,38 @@ fn run_parent(options: &Options) -> anyhow::Result<()> {
         );
     }
     print_modes(reference, &mode_results);
+    print_compression(reference);
     println!("total {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The f32 ring against the same ring with bf16 on the wire (bandwidth of the f32 buffer reduced).
+fn print_compression(reference: &ModeResult) {
+    println!();
+    println!(
+        "gradient compression, {} ring (algbw of the f32 buffer reduced):",
+        reference.mode.name()
+    );
+    println!(
+        "{:>8} | {:>12} {:>9} | {:>12} {:>9} | {:>9}",
+        "size", "f32 algbw", "f32 ms", "bf16 algbw", "bf16 ms", "bf16/f32"
+    );
+    for measurement in &reference.measurements {
+        let Some(bf16_seconds) = measurement.bf16_seconds_per_iteration else {
+            continue;
+        };
+        let (f32_gbps, _) = bandwidths(measurement);
+        let (bf16_gbps, _) = bandwidths_of(measurement.size_mib, bf16_seconds);
+        println!(
+            "{:>5}MiB | {:>8.2}GB/s {:>9.2} | {:>8.2}GB/s {:>9.2} | {:>8.2}x",
+            measurement.size_mib,
+            f32_gbps,
+            measurement.seconds_per_iteration * 1e3,
+            bf16_gbps,
+            bf16_seconds * 1e3,
+            bf16_gbps / f32_gbps
+        );
+    }
 }
 
 /// The ring modes side by side: steady-state algorithm bandwidth per size with its ratio to `reference`,
