@@ -23,12 +23,15 @@
 //!
 //! The trainer divides by 255 ([`to_unit_f32`]). [`ShardCache`] keeps preprocessed shards on local disk.
 //! All work here is synchronous CPU work: async callers put it in `spawn_blocking`.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod cache;
 mod channels;
 mod decode;
+#[allow(unsafe_code)]
+mod mapped;
 mod pipeline;
+mod record_file;
 mod resize;
 
 pub use cache::{CacheError, CachedShard, ShardCache};
@@ -37,6 +40,7 @@ pub use decode::decode_grey;
 pub use pipeline::{
     preprocess_batch_into, preprocess_image, preprocess_image_into, preprocess_many, to_unit_f32,
 };
+pub use record_file::{MappedShard, RECORD_LEN, ShardRecordWriter};
 pub use resize::{pad_to_square, resize_bicubic};
 
 use serde::{Deserialize, Serialize};

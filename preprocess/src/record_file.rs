@@ -1,0 +1,366 @@
+//! Shard record files: fixed-size records (objid, label, preprocessed image) read through a memory map, so a
+//! worker trains on a shard larger than its memory. Resident pages of the map are capped: once the records
+//! read since the last release exceed the cap, the map's pages are dropped (they fault back in from the page
+//! cache or the disk when read again).
+//!
+//! Layout: a 64-byte header (magic, pipeline version, record and image length, record count, skipped-list
+//! length), the records, the skipped list (objid i64, reason length u32, utf-8 reason), then a checksum u64:
+//! FNV-1a over 64-bit words of everything after the header, then of the header. Files are written to a
+//! temporary name and renamed into place, never modified in place (the invariant `mapped` relies on).
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::IMAGE_LEN;
+use crate::cache::CacheError;
+use crate::mapped::MappedFile;
+
+const RECORD_MAGIC: &[u8; 8] = b"PLKREC01";
+/// Bumped whenever the pixels the pipeline produces change (as the whole-shard format's version).
+const RECORD_PIPELINE_VERSION: u32 = 1;
+const HEADER_LEN: usize = 64;
+/// objid i64, label u32, reserved u32, then the image.
+const RECORD_PREFIX_LEN: usize = 16;
+/// Bytes of one record.
+pub const RECORD_LEN: usize = RECORD_PREFIX_LEN + IMAGE_LEN;
+/// Bytes hashed and then released per window while a file is verified.
+const VERIFY_WINDOW_BYTES: usize = 8 << 20;
+
+static TEMPORARY_RECORD_FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// FNV-1a over little-endian 64-bit words (a short tail is zero-padded): one multiply per 8 bytes.
+#[derive(Debug, Clone, Copy)]
+struct WordHash(u64);
+
+impl WordHash {
+    fn new() -> Self {
+        WordHash(0xcbf2_9ce4_8422_2325)
+    }
+
+    /// `bytes.len()` must be a multiple of 8 except in the last update.
+    fn update(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.0 ^= u64::from_le_bytes(word.try_into().unwrap_or([0; 8]));
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let tail = words.remainder();
+        if !tail.is_empty() {
+            let mut padded = [0u8; 8];
+            padded[..tail.len()].copy_from_slice(tail);
+            self.0 ^= u64::from_le_bytes(padded);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+fn encode_header(record_count: u64, skipped_count: u64, skipped_bytes: u64) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    header[0..8].copy_from_slice(RECORD_MAGIC);
+    header[8..12].copy_from_slice(&RECORD_PIPELINE_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&(RECORD_LEN as u32).to_le_bytes());
+    header[16..24].copy_from_slice(&(IMAGE_LEN as u64).to_le_bytes());
+    header[24..32].copy_from_slice(&record_count.to_le_bytes());
+    header[32..40].copy_from_slice(&skipped_count.to_le_bytes());
+    header[40..48].copy_from_slice(&skipped_bytes.to_le_bytes());
+    header
+}
+
+/// Writes a record file as records arrive (the shard never has to be in memory whole); [`Self::finish`]
+/// renames it into place, dropping the writer without finishing removes the temporary file.
+#[derive(Debug)]
+pub struct ShardRecordWriter {
+    path: PathBuf,
+    temporary_path: PathBuf,
+    file: Option<BufWriter<File>>,
+    record_count: u64,
+    hash: WordHash,
+}
+
+impl ShardRecordWriter {
+    pub(crate) fn create(path: PathBuf, temporary_path: PathBuf) -> Result<Self, CacheError> {
+        let io_error = |source| CacheError::Io {
+            path: temporary_path.clone(),
+            source,
+        };
+        let mut file =
+            BufWriter::with_capacity(1 << 20, File::create(&temporary_path).map_err(io_error)?);
+        file.write_all(&[0u8; HEADER_LEN]).map_err(io_error)?;
+        Ok(ShardRecordWriter {
+            path,
+            temporary_path,
+            file: Some(file),
+            record_count: 0,
+            hash: WordHash::new(),
+        })
+    }
+
+    /// Appends one record; `image` must be `IMAGE_LEN` bytes.
+    pub fn append(&mut self, objid: i64, label: u32, image: &[u8]) -> Result<(), CacheError> {
+        if image.len() != IMAGE_LEN {
+            return Err(CacheError::InvalidShard {
+                key: self.path.display().to_string(),
+                reason: format!(
+                    "image of objid {objid} has {} bytes, not {IMAGE_LEN}",
+                    image.len()
+                ),
+            });
+        }
+        let mut prefix = [0u8; RECORD_PREFIX_LEN];
+        prefix[0..8].copy_from_slice(&objid.to_le_bytes());
+        prefix[8..12].copy_from_slice(&label.to_le_bytes());
+        self.hash.update(&prefix);
+        self.hash.update(image);
+        let file = self.file.as_mut().expect("open until finished");
+        file.write_all(&prefix)
+            .and_then(|()| file.write_all(image))
+            .map_err(|source| CacheError::Io {
+                path: self.temporary_path.clone(),
+                source,
+            })?;
+        self.record_count += 1;
+        Ok(())
+    }
+
+    /// Number of records appended so far.
+    pub fn record_count(&self) -> u64 {
+        self.record_count
+    }
+
+    /// Writes the skipped list, the header and the checksum, syncs and renames the file into place.
+    pub fn finish(mut self, skipped: &[(i64, String)]) -> Result<PathBuf, CacheError> {
+        let mut file = self.file.take().expect("open until finished");
+        let mut skipped_bytes = Vec::new();
+        for (objid, reason) in skipped {
+            skipped_bytes.extend_from_slice(&objid.to_le_bytes());
+            let reason_len = u32::try_from(reason.len()).unwrap_or(u32::MAX);
+            skipped_bytes.extend_from_slice(&reason_len.to_le_bytes());
+            skipped_bytes.extend_from_slice(&reason.as_bytes()[..reason_len as usize]);
+        }
+        let header = encode_header(
+            self.record_count,
+            skipped.len() as u64,
+            skipped_bytes.len() as u64,
+        );
+        let mut hash = self.hash;
+        hash.update(&skipped_bytes);
+        hash.update(&header);
+        let written = (|| -> io::Result<()> {
+            file.write_all(&skipped_bytes)?;
+            file.write_all(&hash.0.to_le_bytes())?;
+            file.seek(SeekFrom::Start(0))?;
+            file.write_all(&header)?;
+            let file = file.into_inner().map_err(|error| error.into_error())?;
+            file.sync_all()?;
+            fs::rename(&self.temporary_path, &self.path)
+        })();
+        if let Err(source) = written {
+            let _ = fs::remove_file(&self.temporary_path);
+            return Err(CacheError::Io {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for ShardRecordWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.temporary_path);
+        }
+    }
+}
+
+pub(crate) fn temporary_record_path(dir: &Path, key: &str) -> PathBuf {
+    dir.join(format!(
+        ".{key}.{}.{}.records.tmp",
+        std::process::id(),
+        TEMPORARY_RECORD_FILE_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// A verified record file, mapped read-only, with a cap on the map's resident pages.
+#[derive(Debug)]
+pub struct MappedShard {
+    path: PathBuf,
+    map: MappedFile,
+    record_count: usize,
+    skipped: Vec<(i64, String)>,
+    /// Cap on the bytes of records read between two releases of the map's pages (0: no cap).
+    max_resident_bytes: usize,
+    /// Record bytes read since the last release.
+    read_since_release: AtomicUsize,
+    /// Times the map's pages were released.
+    releases: AtomicU64,
+}
+
+impl MappedShard {
+    /// Maps and verifies the record file at `path` (size against the header, then the checksum, streamed
+    /// through the map in windows released behind it). `max_resident_bytes` caps the resident pages while
+    /// records are read (0: no cap).
+    pub fn open(path: &Path, max_resident_bytes: usize) -> Result<Self, CacheError> {
+        let corrupt = |reason: String| CacheError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let file = File::open(path).map_err(|source| CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let map = MappedFile::map(&file).map_err(|source| CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bytes = map.bytes();
+        if bytes.len() < HEADER_LEN + 8 || &bytes[..8] != RECORD_MAGIC {
+            return Err(corrupt("missing record file signature".to_string()));
+        }
+        let read_u32 =
+            |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+        let read_u64 =
+            |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+        let (version, record_len, image_len) = (read_u32(8), read_u32(12), read_u64(16));
+        if version != RECORD_PIPELINE_VERSION
+            || record_len as usize != RECORD_LEN
+            || image_len != IMAGE_LEN as u64
+        {
+            return Err(corrupt(format!(
+                "pipeline version {version}, records of {record_len} bytes with images of {image_len}: this build \
+                 writes version {RECORD_PIPELINE_VERSION}, {RECORD_LEN} and {IMAGE_LEN}"
+            )));
+        }
+        let (record_count, skipped_count, skipped_bytes) =
+            (read_u64(24), read_u64(32), read_u64(40));
+        let expected_length = (record_count as u128) * RECORD_LEN as u128
+            + skipped_bytes as u128
+            + (HEADER_LEN + 8) as u128;
+        if expected_length != bytes.len() as u128 {
+            return Err(corrupt(format!(
+                "{} bytes, the header's {record_count} records and {skipped_bytes} bytes of skipped objects \
+                 need {expected_length} (truncated or overwritten)",
+                bytes.len()
+            )));
+        }
+        let record_count = record_count as usize;
+        let body_end = bytes.len() - 8;
+        let mut hash = WordHash::new();
+        let mut window_start = HEADER_LEN;
+        while window_start < body_end {
+            let window_end = (window_start + VERIFY_WINDOW_BYTES).min(body_end);
+            hash.update(&bytes[window_start..window_end]);
+            let _ = map.release(window_start, window_end - window_start);
+            window_start = window_end;
+        }
+        hash.update(&bytes[..HEADER_LEN]);
+        if hash.0 != read_u64(body_end) {
+            return Err(corrupt("checksum mismatch".to_string()));
+        }
+        let skipped_start = HEADER_LEN + record_count * RECORD_LEN;
+        let mut skipped =
+            Vec::with_capacity((skipped_count as usize).min(skipped_bytes as usize / 12));
+        let mut position = skipped_start;
+        for _ in 0..skipped_count {
+            let entry = (|| {
+                let objid = i64::from_le_bytes(bytes.get(position..position + 8)?.try_into().ok()?);
+                let reason_len =
+                    u32::from_le_bytes(bytes.get(position + 8..position + 12)?.try_into().ok()?)
+                        as usize;
+                let reason = bytes.get(position + 12..(position + 12).checked_add(reason_len)?)?;
+                Some((
+                    objid,
+                    String::from_utf8_lossy(reason).into_owned(),
+                    12 + reason_len,
+                ))
+            })()
+            .filter(|(_, _, length)| position + length <= body_end)
+            .ok_or_else(|| {
+                corrupt(format!(
+                    "skipped object list ends early at offset {position}"
+                ))
+            })?;
+            position += entry.2;
+            skipped.push((entry.0, entry.1));
+        }
+        if position != body_end {
+            return Err(corrupt(format!(
+                "{} unexpected bytes after the skipped object list",
+                body_end - position
+            )));
+        }
+        Ok(MappedShard {
+            path: path.to_path_buf(),
+            map,
+            record_count,
+            skipped,
+            max_resident_bytes,
+            read_since_release: AtomicUsize::new(0),
+            releases: AtomicU64::new(0),
+        })
+    }
+
+    /// The file mapped.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.record_count
+    }
+
+    /// Whether the file holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.record_count == 0
+    }
+
+    /// Objects that could not be preprocessed when the file was written, with the reason.
+    pub fn skipped(&self) -> &[(i64, String)] {
+        &self.skipped
+    }
+
+    fn record(&self, index: usize) -> &[u8] {
+        let start = HEADER_LEN + index * RECORD_LEN;
+        &self.map.bytes()[start..start + RECORD_LEN]
+    }
+
+    /// The objid of record `index` (reading it does not count against the resident cap).
+    pub fn objid(&self, index: usize) -> i64 {
+        i64::from_le_bytes(self.record(index)[0..8].try_into().unwrap_or([0; 8]))
+    }
+
+    /// The label of record `index` as written.
+    pub fn label(&self, index: usize) -> u32 {
+        u32::from_le_bytes(self.record(index)[8..12].try_into().unwrap_or([0; 4]))
+    }
+
+    /// The preprocessed image of record `index`; past the cap, the map's pages are released first.
+    pub fn image(&self, index: usize) -> &[u8] {
+        if self.max_resident_bytes > 0 {
+            let read = self
+                .read_since_release
+                .fetch_add(RECORD_LEN, Ordering::Relaxed)
+                + RECORD_LEN;
+            if read > self.max_resident_bytes {
+                self.read_since_release.store(RECORD_LEN, Ordering::Relaxed);
+                self.releases.fetch_add(1, Ordering::Relaxed);
+                // Failing to drop pages only costs memory, never correctness.
+                let _ = self.map.release(0, self.map.bytes().len());
+            }
+        }
+        &self.record(index)[RECORD_PREFIX_LEN..]
+    }
+
+    /// Bytes of the map in this process's resident set now (Linux `/proc/self/smaps`; `None` elsewhere).
+    pub fn resident_bytes(&self) -> Option<usize> {
+        self.map.resident_bytes()
+    }
+
+    /// Times the resident cap released the map's pages.
+    pub fn releases(&self) -> u64 {
+        self.releases.load(Ordering::Relaxed)
+    }
+}
