@@ -9,13 +9,22 @@ use crate::error::TrainError;
 /// Largest random shift of an augmented image, in pixels.
 pub const MAX_SHIFT_PIXELS: i64 = 4;
 
-/// The preprocessed images of one virtual shard of a split: `images` holds `labels.len()` u8 CHW images.
+/// Images of a shard kept outside the heap, e.g. a memory-mapped record file read with a cap on its
+/// resident pages: image `index` is `IMAGE_LEN` u8 CHW bytes.
+pub trait ImageRecords: Send + Sync + std::fmt::Debug {
+    fn image(&self, index: usize) -> &[u8];
+}
+
+/// The preprocessed images of one virtual shard of a split: `labels.len()` u8 CHW images, held in `images`
+/// or, when `records` is set, read from it batch by batch.
 #[derive(Debug, Clone, Default)]
 pub struct ShardData {
-    /// `labels.len() * IMAGE_LEN` bytes.
+    /// `labels.len() * IMAGE_LEN` bytes; empty when `records` holds the images.
     pub images: Vec<u8>,
     /// Class index of each image.
     pub labels: Vec<u32>,
+    /// Where the images are when they are not in `images`.
+    pub records: Option<std::sync::Arc<dyn ImageRecords>>,
 }
 
 impl ShardData {
@@ -29,14 +38,50 @@ impl ShardData {
         self.labels.is_empty()
     }
 
+    /// A shard whose images are read from `records`.
+    pub fn from_records(records: std::sync::Arc<dyn ImageRecords>, labels: Vec<u32>) -> Self {
+        ShardData {
+            images: Vec::new(),
+            labels,
+            records: Some(records),
+        }
+    }
+
     /// The u8 CHW bytes of image `index`.
     pub fn image(&self, index: usize) -> &[u8] {
-        &self.images[index * IMAGE_LEN..(index + 1) * IMAGE_LEN]
+        match &self.records {
+            Some(records) => records.image(index),
+            None => &self.images[index * IMAGE_LEN..(index + 1) * IMAGE_LEN],
+        }
+    }
+
+    /// The images `range` as one contiguous slice: borrowed from `images`, or copied into `scratch` from the
+    /// records.
+    pub fn images_in<'a>(
+        &'a self,
+        range: std::ops::Range<usize>,
+        scratch: &'a mut Vec<u8>,
+    ) -> &'a [u8] {
+        match &self.records {
+            None => &self.images[range.start * IMAGE_LEN..range.end * IMAGE_LEN],
+            Some(records) => {
+                scratch.clear();
+                for index in range {
+                    scratch.extend_from_slice(records.image(index));
+                }
+                scratch
+            }
+        }
     }
 
     /// Checks sizes and labels; `shard` names it in the error ("train", "test").
     pub fn validate(&self, shard: &'static str, num_classes: usize) -> Result<(), TrainError> {
-        if self.images.len() != self.labels.len() * IMAGE_LEN {
+        let expected_heap_bytes = if self.records.is_some() {
+            0
+        } else {
+            self.labels.len() * IMAGE_LEN
+        };
+        if self.images.len() != expected_heap_bytes {
             return Err(TrainError::InvalidShard {
                 shard,
                 reason: format!(
@@ -282,6 +327,7 @@ mod tests {
         ShardData {
             images,
             labels: (0..count as u32).map(|index| index % 2).collect(),
+            records: None,
         }
     }
 

@@ -11,11 +11,11 @@ use tracing::info;
 use crate::batch::ShardData;
 use crate::config::{
     Architecture, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, NonFinitePolicy, OptimizerChoice,
-    TrainConfig,
+    Precision, TrainConfig,
 };
 use crate::error::TrainError;
 use crate::inference::{TrainedModel, load_weights_into};
-use crate::model::{Network, channels_last, sorted_variables};
+use crate::model::{ComputeKind, Network, channels_last, sorted_variables};
 use crate::optimizer::{Optimizer, STATE_TENSOR_PREFIX};
 use crate::safetensors_io::{self, TensorFile};
 use plankton_collective::{Collective, GradientCompression};
@@ -442,7 +442,11 @@ impl DataParallelTrainer {
                 &labels.iter().map(|label| *label as i64).collect::<Vec<_>>(),
             )?
             .f_to_device(self.config.device)?;
-            let logits = self.network.forward_t(&input, true);
+            let compute = match self.config.precision {
+                Precision::Fp32 => ComputeKind::Stored,
+                Precision::Bf16 => ComputeKind::BFloat16,
+            };
+            let logits = self.network.forward_train(&input, compute);
             match &multipliers {
                 None => logits.f_cross_entropy_loss(
                     &targets,
@@ -852,9 +856,10 @@ pub(crate) fn evaluate_network(
     let mut loss_sum = 0.0;
     let mut mistakes_by_class: Vec<Vec<Mistake>> = vec![Vec::new(); num_classes];
     tch::no_grad(|| -> Result<(), TrainError> {
+        let mut scratch = Vec::new();
         for (chunk_index, labels) in test.labels.chunks(EVALUATION_BATCH_SIZE).enumerate() {
             let first = chunk_index * EVALUATION_BATCH_SIZE;
-            let images = &test.images[first * IMAGE_LEN..(first + labels.len()) * IMAGE_LEN];
+            let images = test.images_in(first..first + labels.len(), &mut scratch);
             let input = images_to_tensor(images, labels.len(), device)?;
             let targets = Tensor::f_from_slice(
                 &labels.iter().map(|label| *label as i64).collect::<Vec<_>>(),

@@ -15,7 +15,7 @@ pub mod training;
 /// The collective API the trainer runs on, re-exported for callers.
 pub use plankton_collective::{Collective, CollectiveError, GradientCompression, SingleProcess};
 
-pub use batch::{AssembledBatch, EpochBatches, RandomTransform, ShardData};
+pub use batch::{AssembledBatch, EpochBatches, ImageRecords, RandomTransform, ShardData};
 pub use card::{ModelCard, ModelInput};
 pub use config::{
     Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LossNormalization,

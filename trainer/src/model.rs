@@ -7,6 +7,49 @@ use tch::{Kind, Tensor};
 use crate::config::{Architecture, IMAGE_SIZE};
 use crate::error::TrainError;
 
+/// The number format convolutions and linear layers compute in during a forward pass: f32 as stored, or
+/// bf16 on copies of the f32 weights cast inside the autograd graph, so gradients flow back into the f32
+/// master weights (what `torch.autocast` does for these ops). Batch norm keeps f32 parameters and statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ComputeKind {
+    Stored,
+    BFloat16,
+}
+
+impl ComputeKind {
+    /// `conv` (square kernel, padding kernel / 2, no dilation or groups, as every convolution here) at
+    /// `stride`.
+    fn conv(self, conv: &nn::Conv2D, input: &Tensor, stride: i64) -> Tensor {
+        match self {
+            ComputeKind::Stored => input.apply(conv),
+            ComputeKind::BFloat16 => {
+                let padding = conv.ws.size()[2] / 2;
+                let weight = conv.ws.to_kind(Kind::BFloat16);
+                let bias = conv.bs.as_ref().map(|bias| bias.to_kind(Kind::BFloat16));
+                input.to_kind(Kind::BFloat16).conv2d(
+                    &weight,
+                    bias.as_ref(),
+                    [stride, stride],
+                    [padding, padding],
+                    [1, 1],
+                    1,
+                )
+            }
+        }
+    }
+
+    fn linear(self, linear: &nn::Linear, input: &Tensor) -> Tensor {
+        match self {
+            ComputeKind::Stored => input.apply(linear),
+            ComputeKind::BFloat16 => {
+                let weight = linear.ws.to_kind(Kind::BFloat16);
+                let bias = linear.bs.as_ref().map(|bias| bias.to_kind(Kind::BFloat16));
+                input.to_kind(Kind::BFloat16).linear(&weight, bias.as_ref())
+            }
+        }
+    }
+}
+
 /// The reference notebook's LeNet-like CNN: three 3x3 conv + ReLU + 2x2 max-pool, dense 250 -> 100 -> classes.
 #[derive(Debug)]
 pub struct LeNet {
@@ -37,24 +80,30 @@ impl LeNet {
     }
 }
 
+impl LeNet {
+    fn forward_in(&self, images: &Tensor, compute: ComputeKind) -> Tensor {
+        let features = compute
+            .conv(&self.conv1, images, 1)
+            .relu()
+            .max_pool2d_default(2);
+        let features = compute
+            .conv(&self.conv2, &features, 1)
+            .relu()
+            .max_pool2d_default(2);
+        let features = compute
+            .conv(&self.conv3, &features, 1)
+            .relu()
+            .max_pool2d_default(2)
+            .flatten(1, -1);
+        let hidden = compute.linear(&self.fc1, &features).relu();
+        let hidden = compute.linear(&self.fc2, &hidden).relu();
+        compute.linear(&self.fc3, &hidden)
+    }
+}
+
 impl ModuleT for LeNet {
     fn forward_t(&self, images: &Tensor, _train: bool) -> Tensor {
-        images
-            .apply(&self.conv1)
-            .relu()
-            .max_pool2d_default(2)
-            .apply(&self.conv2)
-            .relu()
-            .max_pool2d_default(2)
-            .apply(&self.conv3)
-            .relu()
-            .max_pool2d_default(2)
-            .flatten(1, -1)
-            .apply(&self.fc1)
-            .relu()
-            .apply(&self.fc2)
-            .relu()
-            .apply(&self.fc3)
+        self.forward_in(images, ComputeKind::Stored)
     }
 }
 
@@ -124,16 +173,17 @@ impl BasicBlock {
     }
 }
 
-impl ModuleT for BasicBlock {
-    fn forward_t(&self, input: &Tensor, train: bool) -> Tensor {
-        let residual_branch = input
-            .apply(&self.conv1)
+impl BasicBlock {
+    fn forward_in(&self, input: &Tensor, train: bool, compute: ComputeKind) -> Tensor {
+        let first = compute
+            .conv(&self.conv1, input, self.stride)
             .apply_t(&self.bn1, train)
-            .relu()
-            .apply(&self.conv2)
+            .relu();
+        let residual_branch = compute
+            .conv(&self.conv2, &first, 1)
             .apply_t(&self.bn2, train);
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => input.apply(conv).apply_t(bn, train),
+            Some((conv, bn)) => compute.conv(conv, input, self.stride).apply_t(bn, train),
             None => input.shallow_clone(),
         };
         (residual_branch + shortcut).relu()
@@ -168,19 +218,26 @@ impl ResNet {
     }
 }
 
+impl ResNet {
+    fn forward_in(&self, images: &Tensor, train: bool, compute: ComputeKind) -> Tensor {
+        let stem = compute
+            .conv(&self.stem_conv, images, 2)
+            .apply_t(&self.stem_bn, train)
+            .relu();
+        let features = [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+            .into_iter()
+            .fold(stem, |features, block| {
+                block.forward_in(&features, train, compute)
+            })
+            .adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1);
+        compute.linear(&self.fc, &features)
+    }
+}
+
 impl ModuleT for ResNet {
     fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
-        images
-            .apply(&self.stem_conv)
-            .apply_t(&self.stem_bn, train)
-            .relu()
-            .apply_t(&self.layer1, train)
-            .apply_t(&self.layer2, train)
-            .apply_t(&self.layer3, train)
-            .apply_t(&self.layer4, train)
-            .adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
-            .apply(&self.fc)
+        self.forward_in(images, train, ComputeKind::Stored)
     }
 }
 
@@ -332,6 +389,18 @@ impl Network {
         initialize_like_pytorch(var_store, seed)?;
         convert_conv_weights_to_channels_last(var_store)?;
         Ok(network)
+    }
+}
+
+impl Network {
+    /// A training forward pass with convolutions and linear layers computed as `compute` says; the logits
+    /// come back as f32.
+    pub(crate) fn forward_train(&self, images: &Tensor, compute: ComputeKind) -> Tensor {
+        let logits = match self {
+            Network::LeNet(network) => network.forward_in(images, compute),
+            Network::ResNet(network) => network.forward_in(images, true, compute),
+        };
+        logits.to_kind(Kind::Float)
     }
 }
 

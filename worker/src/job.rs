@@ -35,7 +35,7 @@ use plankton_trainer::{
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
 use crate::credentials::CoordinatorClient;
 use crate::fault_injection::FaultInjectingCollective;
-use crate::loader::load_shard;
+use crate::loader::{ShardResidence, load_shard};
 use crate::outbox::{Outbox, Report};
 use crate::tensorboard_log::StepLog;
 use crate::{CurrentJob, JobHandle, WorkerConfig, with_deadline};
@@ -597,6 +597,13 @@ async fn load_virtual_shards(
         Some(dir) => Some(ShardCache::open(dir.clone())?),
         None => None,
     };
+    // The cap is the worker's: shared by the train and test record files of every owned virtual shard.
+    let residence = match config.max_resident_bytes {
+        None => ShardResidence::InMemory,
+        Some(total_bytes) => ShardResidence::Mapped {
+            max_resident_bytes: total_bytes / (2 * owned.len()).max(1),
+        },
+    };
     let total: usize = missing
         .iter()
         .map(|shard| shard.train.len() + shard.test.len())
@@ -631,6 +638,7 @@ async fn load_virtual_shards(
                 objects,
                 &preprocess_config,
                 cache.as_ref(),
+                residence,
                 config.fetch_concurrency,
                 &handle.cancel,
                 &mut report,

@@ -30,7 +30,7 @@ use plankton_security::ClientSecurity;
 
 use credentials::{CoordinatorClient, WorkerCredentials};
 pub use fault_injection::{FaultPoint, InjectedFault};
-pub use loader::{LoadedShard, load_shard};
+pub use loader::{LoadedShard, ShardResidence, load_shard};
 
 /// Largest gRPC message accepted from the coordinator (a full-dataset shard assignment is a few MB).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -54,6 +54,9 @@ pub struct WorkerConfig {
     pub cache_dir: Option<PathBuf>,
     /// Concurrent image fetches from the object store.
     pub fetch_concurrency: usize,
+    /// Train from the shard cache's memory-mapped record files with at most this many bytes of them resident
+    /// over all the job's shards (0: mapped, no cap); `None` holds shards in memory. Needs `cache_dir`.
+    pub max_resident_bytes: Option<usize>,
     pub ring: RingConfig,
     /// Plaintext probe port (`grpc.health.v1`: SERVING once registered with the coordinator; reflection), for
     /// Kubernetes' gRPC probes; `None` opens none.
@@ -77,6 +80,7 @@ impl WorkerConfig {
             threads: 1,
             cache_dir: None,
             fetch_concurrency: 32,
+            max_resident_bytes: None,
             ring: RingConfig {
                 // Peers may still be loading their shards: the coordinator aborts the formation when one is
                 // lost, so this long bound only catches a coordinator that is gone for good.

@@ -3,6 +3,11 @@
 //! really bad (missing or undecodable), fails on any other fetch error, and caches a complete result on local
 //! disk under a key that includes the identity of the source objects.
 //!
+//! With [`ShardResidence::Mapped`] the shard never sits in memory whole: preprocessed images are appended to
+//! the shard's record file as they arrive, and training reads them through a memory map whose resident pages
+//! are capped (`plankton_preprocess::MappedShard`). A truncated or corrupt record file is counted, logged,
+//! removed and rebuilt from the store.
+//!
 //! Self-contained on purpose (no `crate::` paths): `tests/transient_faults.rs` compiles this file directly.
 
 use std::sync::Arc;
@@ -16,10 +21,11 @@ use plankton_dataset::{
     DatasetError, ImageSource, StoreLocation, fetch_images, image_source_version, is_bad_image,
 };
 use plankton_preprocess::{
-    CachedShard, IMAGE_LEN, PreprocessConfig, ShardCache, preprocess_batch_into,
+    CacheError, CachedShard, IMAGE_LEN, MappedShard, PreprocessConfig, ShardCache,
+    ShardRecordWriter, preprocess_batch_into,
 };
 use plankton_proto::v1::ShardObject;
-use plankton_trainer::ShardData;
+use plankton_trainer::{ImageRecords, ShardData};
 
 /// Objects decoded per blocking preprocessing task.
 const PREPROCESS_CHUNK: usize = 256;
@@ -31,6 +37,31 @@ pub struct LoadedShard {
     pub objids: Vec<i64>,
     /// Objects left out because they are missing from the store or undecodable, with the reason.
     pub skipped: Vec<(i64, String)>,
+}
+
+/// Where a loaded shard's images live while the job trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShardResidence {
+    /// In one buffer in memory (the shard cache, when there is one, holds a copy on disk).
+    #[default]
+    InMemory,
+    /// In the shard cache's record file, read through a memory map whose resident pages are capped at
+    /// `max_resident_bytes` (0: no cap). Needs a shard cache.
+    Mapped { max_resident_bytes: usize },
+}
+
+/// A mapped record file's images in objid order (the file holds them in fetch order).
+#[derive(Debug)]
+struct OrderedRecords {
+    mapped: MappedShard,
+    /// `order[i]` is the record of the i-th image in objid order.
+    order: Vec<u32>,
+}
+
+impl ImageRecords for OrderedRecords {
+    fn image(&self, index: usize) -> &[u8] {
+        self.mapped.image(self.order[index] as usize)
+    }
 }
 
 /// Progress callback: (objects done, objects total).
@@ -48,6 +79,7 @@ pub async fn load_shard(
     objects: &[ShardObject],
     preprocess_config: &PreprocessConfig,
     cache: Option<&ShardCache>,
+    residence: ShardResidence,
     fetch_concurrency: usize,
     cancel: &CancellationToken,
     progress: LoadProgress<'_>,
@@ -57,7 +89,41 @@ pub async fn load_shard(
         Some(_) => shard_cache_key(location, image_source, preprocess_config, &objids).await?,
         None => None,
     };
-    if let (Some(cache), Some(cache_key)) = (cache, &cache_key) {
+    let mapped_into = match (residence, cache, &cache_key) {
+        (ShardResidence::Mapped { max_resident_bytes }, Some(cache), Some(cache_key)) => {
+            Some((cache, cache_key.as_str(), max_resident_bytes))
+        }
+        (ShardResidence::Mapped { .. }, _, _) => {
+            warn!("no shard cache key for a mapped shard; holding it in memory");
+            None
+        }
+        (ShardResidence::InMemory, _, _) => None,
+    };
+    if let Some((cache, cache_key, max_resident_bytes)) = mapped_into {
+        match cache.open_records(cache_key, max_resident_bytes) {
+            Ok(Some(mapped)) => {
+                info!(
+                    objects = mapped.len(),
+                    skipped = mapped.skipped().len(),
+                    "shard mapped from the local record cache"
+                );
+                progress(objects.len(), objects.len());
+                crate::telemetry::metrics().shard_cache_hits.inc();
+                return Ok(from_mapped(mapped, objects));
+            }
+            Ok(None) => {}
+            Err(error @ CacheError::Corrupt { .. }) => {
+                crate::telemetry::metrics().shard_cache_corrupt.inc();
+                warn!(%error, "shard record file corrupt; removed, fetching again");
+            }
+            Err(error) => warn!(%error, "shard record file unreadable; fetching again"),
+        }
+    }
+    let mut record_writer = match mapped_into {
+        Some((cache, cache_key, _)) => Some(cache.record_writer(cache_key)?),
+        None => None,
+    };
+    if let (None, Some(cache), Some(cache_key)) = (&mapped_into, cache, &cache_key) {
         match cache.load(cache_key) {
             Ok(Some(cached)) => {
                 info!(
@@ -75,9 +141,18 @@ pub async fn load_shard(
     }
     let started = Instant::now();
     crate::telemetry::metrics().shard_cache_misses.inc();
+    let label_of: std::collections::HashMap<i64, u32> = objects
+        .iter()
+        .map(|object| (object.objid, object.label))
+        .collect();
+    let images_held = if record_writer.is_some() {
+        PREPROCESS_CHUNK
+    } else {
+        objects.len()
+    };
     let mut loaded = CachedShard {
         objids: Vec::with_capacity(objects.len()),
-        images: Vec::with_capacity(objects.len() * IMAGE_LEN),
+        images: Vec::with_capacity(images_held * IMAGE_LEN),
         skipped: Vec::new(),
     };
     let mut fetched = fetch_images(location, image_source, objids.clone(), fetch_concurrency)
@@ -87,6 +162,7 @@ pub async fn load_shard(
         if cancel.is_cancelled() {
             anyhow::bail!("cancelled while loading the shard");
         }
+        let objids_before = loaded.objids.len();
         let mut chunk_objids = Vec::with_capacity(chunk.len());
         let mut chunk_bytes = Vec::with_capacity(chunk.len());
         for (objid, result) in chunk {
@@ -140,6 +216,20 @@ pub async fn load_shard(
         }
         images.truncate(kept_slot);
         loaded.images = images;
+        if let Some(writer) = record_writer.take() {
+            // The chunk's images go to the record file and leave memory.
+            let chunk_objids = loaded.objids[objids_before..].to_vec();
+            let chunk_images = std::mem::take(&mut loaded.images);
+            let labels: Vec<u32> = chunk_objids
+                .iter()
+                .map(|objid| label_of.get(objid).copied().unwrap_or(0))
+                .collect();
+            let writer = tokio::task::spawn_blocking(move || {
+                append_records(writer, &chunk_objids, &labels, &chunk_images)
+            })
+            .await??;
+            record_writer = Some(writer);
+        }
         done = loaded.objids.len() + loaded.skipped.len();
         progress(done, objects.len());
     }
@@ -150,12 +240,69 @@ pub async fn load_shard(
         "shard fetched and preprocessed"
     );
     debug_assert_eq!(done, objects.len());
+    if let (Some(writer), Some((cache, cache_key, max_resident_bytes))) =
+        (record_writer, mapped_into)
+    {
+        let skipped = loaded.skipped.clone();
+        tokio::task::spawn_blocking(move || writer.finish(&skipped)).await??;
+        let mapped = cache
+            .open_records(cache_key, max_resident_bytes)?
+            .ok_or_else(|| anyhow::anyhow!("the shard record file just written is gone"))?;
+        return Ok(from_mapped(mapped, objects));
+    }
     if let (Some(cache), Some(cache_key)) = (cache, &cache_key)
         && let Err(error) = cache.store(cache_key, &loaded)
     {
         warn!(%error, "could not write the shard cache");
     }
     Ok(from_cached(loaded, objects))
+}
+
+/// Appends a chunk's kept images to the record file (on the blocking pool) and hands the writer back.
+fn append_records(
+    mut writer: ShardRecordWriter,
+    objids: &[i64],
+    labels: &[u32],
+    images: &[u8],
+) -> Result<ShardRecordWriter, CacheError> {
+    for ((objid, label), image) in objids
+        .iter()
+        .zip(labels)
+        .zip(images.chunks_exact(IMAGE_LEN))
+    {
+        writer.append(*objid, *label, image)?;
+    }
+    Ok(writer)
+}
+
+/// A mapped shard's images in objid order with their labels from the assignment.
+fn from_mapped(mapped: MappedShard, objects: &[ShardObject]) -> LoadedShard {
+    let label_of: std::collections::HashMap<i64, u32> = objects
+        .iter()
+        .map(|object| (object.objid, object.label))
+        .collect();
+    let mut skipped = mapped.skipped().to_vec();
+    let mut order: Vec<u32> = Vec::with_capacity(mapped.len());
+    for index in 0..mapped.len() {
+        let objid = mapped.objid(index);
+        if label_of.contains_key(&objid) {
+            order.push(index as u32);
+        } else {
+            skipped.push((objid, "not part of this shard".into()));
+        }
+    }
+    order.sort_by_key(|&index| mapped.objid(index as usize));
+    let objids: Vec<i64> = order
+        .iter()
+        .map(|&index| mapped.objid(index as usize))
+        .collect();
+    let labels = objids.iter().map(|objid| label_of[objid]).collect();
+    let records = OrderedRecords { mapped, order };
+    LoadedShard {
+        data: ShardData::from_records(std::sync::Arc::new(records), labels),
+        objids,
+        skipped,
+    }
 }
 
 /// The cache key of these objects as they are in the store now, or `None` (load without the cache) when
@@ -209,7 +356,11 @@ fn from_cached(cached: CachedShard, objects: &[ShardObject]) -> LoadedShard {
         }
     }
     LoadedShard {
-        data: ShardData { images, labels },
+        data: ShardData {
+            images,
+            labels,
+            records: None,
+        },
         objids,
         skipped,
     }

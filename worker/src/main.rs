@@ -44,6 +44,10 @@ struct Options {
     /// Concurrent image fetches from the object store.
     #[arg(long, env = "PLANKTON_FETCH_CONCURRENCY", default_value_t = 32)]
     fetch_concurrency: usize,
+    /// Train from memory-mapped shard record files in --cache-dir, with at most this many MiB of them
+    /// resident over all the job's shards (0: mapped without a cap). Omitted: shards are held in memory.
+    #[arg(long, env = "PLANKTON_MAX_RESIDENT_MB", requires = "cache_dir")]
+    max_resident_mb: Option<usize>,
     /// Longest wait for ring peers to connect (peers may still be loading; the coordinator aborts the wait
     /// early when one of them is lost).
     #[arg(long, env = "PLANKTON_RING_CONNECT_TIMEOUT", default_value = "600s", value_parser = humantime::parse_duration)]
@@ -82,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     config.threads = options.threads;
     config.cache_dir = options.cache_dir;
     config.fetch_concurrency = options.fetch_concurrency;
+    config.max_resident_bytes = options.max_resident_mb.map(|mib| mib << 20);
     config.ring = RingConfig {
         connect_timeout: options.ring_connect_timeout,
         io_timeout: options.ring_io_timeout,

@@ -26,6 +26,7 @@ pub struct WorkerMetrics {
     pub images_skipped: Counter,
     pub shard_cache_hits: Counter,
     pub shard_cache_misses: Counter,
+    pub shard_cache_corrupt: Counter,
     pub steps: Counter,
     pub step_seconds: Family<PhaseLabels, Counter<f64, AtomicU64>>,
     pub all_reduce_bytes: Counter,
@@ -71,6 +72,11 @@ impl WorkerMetrics {
             "Shards fetched and preprocessed (not in the cache)",
             Counter::default()
         );
+        let shard_cache_corrupt = registered!(
+            "shard_cache_corrupt",
+            "Shard record files found truncated or corrupt (removed and rebuilt from the store)",
+            Counter::default()
+        );
         let steps = registered!("steps", "Optimizer steps taken", Counter::default());
         let step_seconds = registered!(
             "step_seconds",
@@ -104,6 +110,7 @@ impl WorkerMetrics {
             images_skipped,
             shard_cache_hits,
             shard_cache_misses,
+            shard_cache_corrupt,
             steps,
             step_seconds,
             all_reduce_bytes,

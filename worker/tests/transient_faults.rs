@@ -16,7 +16,7 @@ use plankton_proto::v1::ShardObject;
 use plankton_synth::{MINIMUM_OBJECTS, SynthConfig};
 use tokio_util::sync::CancellationToken;
 
-use plankton_worker::{LoadedShard, load_shard};
+use plankton_worker::{LoadedShard, ShardResidence, load_shard};
 
 /// Retries as many as the default, with waits short enough for tests.
 const FAST_RETRY: FetchRetry = FetchRetry {
@@ -81,6 +81,7 @@ async fn load(
         objects,
         &PreprocessConfig::default(),
         Some(cache),
+        ShardResidence::InMemory,
         8,
         &CancellationToken::new(),
         &mut progress,
@@ -253,5 +254,90 @@ async fn a_rewritten_image_is_fetched_again_not_served_from_the_cache() -> anyho
         }
         assert_eq!(cached_shard_files(&cache), 2, "{name}");
     }
+    Ok(())
+}
+
+/// A shard loaded into a memory-mapped record file (resident cap of 64 KiB, a few images) trains from the same
+/// images, labels and objids as one held in memory; a second load maps the cached file, and a truncated
+/// file is detected, removed and rebuilt from the store.
+#[tokio::test]
+async fn a_mapped_shard_matches_the_in_memory_one_and_a_truncated_record_file_is_rebuilt()
+-> anyhow::Result<()> {
+    let location = synthetic_dataset("mapped-shard", false).await?;
+    let source = Arc::new(open_image_source(&location).await?);
+    let objects: Vec<ShardObject> = all_objects(&location, &source)
+        .await?
+        .into_iter()
+        .map(|object| ShardObject {
+            label: (object.objid % 5) as u32,
+            ..object
+        })
+        .collect();
+    let cache_dir = tempfile::tempdir()?;
+    let cache = ShardCache::open(cache_dir.path().to_path_buf())?;
+    let in_memory = load(&location, &source, &objects, &cache).await?;
+    let mapped_residence = ShardResidence::Mapped {
+        max_resident_bytes: 64 << 10,
+    };
+    let load_mapped = || async {
+        let mut progress = |_done: usize, _total: usize| {};
+        load_shard(
+            &location,
+            &source,
+            &objects,
+            &PreprocessConfig::default(),
+            Some(&cache),
+            mapped_residence,
+            8,
+            &CancellationToken::new(),
+            &mut progress,
+        )
+        .await
+    };
+    let record_files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.dir())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| entry.path())
+                    .filter(|path| path.extension().is_some_and(|ext| ext == "records"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let same_as_in_memory = |mapped: &LoadedShard, what: &str| {
+        assert!(
+            mapped.data.images.is_empty(),
+            "{what}: images held in memory"
+        );
+        assert_eq!(mapped.objids, in_memory.objids, "{what}");
+        assert_eq!(mapped.data.labels, in_memory.data.labels, "{what}");
+        for position in 0..in_memory.objids.len() {
+            assert!(
+                mapped.data.image(position) == image_at(&in_memory, position),
+                "{what}: image {position} differs"
+            );
+        }
+    };
+
+    let fetched = load_mapped().await?;
+    same_as_in_memory(&fetched, "fetched");
+    let files = record_files();
+    assert_eq!(files.len(), 1);
+    let written_at = std::fs::metadata(&files[0])?.modified()?;
+    let from_cache = load_mapped().await?;
+    same_as_in_memory(&from_cache, "from the record cache");
+    assert_eq!(
+        std::fs::metadata(&files[0])?.modified()?,
+        written_at,
+        "the second load must map the cached file, not rewrite it"
+    );
+
+    let file = std::fs::OpenOptions::new().write(true).open(&files[0])?;
+    file.set_len(file.metadata()?.len() - 1000)?;
+    drop(file);
+    let rebuilt = load_mapped().await?;
+    same_as_in_memory(&rebuilt, "rebuilt");
+    assert_eq!(record_files().len(), 1);
     Ok(())
 }
