@@ -67,6 +67,10 @@ pub fn job_json(job: &Job) -> Value {
             "rank": worker.rank, "worker_id": worker.worker_id, "generation": worker.generation,
             "virtual_shards": worker.virtual_shards, "epoch": worker.epoch, "step": worker.step,
             "global_step": worker.global_step, "loss": worker.loss, "images_per_second": worker.images_per_second,
+            "data_seconds_per_step": worker.data_seconds_per_step,
+            "compute_seconds_per_step": worker.compute_seconds_per_step,
+            "communication_seconds_per_step": worker.communication_seconds_per_step,
+            "optimizer_seconds_per_step": worker.optimizer_seconds_per_step,
         })).collect::<Vec<_>>(),
         "recoveries": job.recoveries.iter().map(|recovery| json!({
             "generation": recovery.generation, "reason": recovery.reason, "fault": recovery.fault,
@@ -327,6 +331,7 @@ fn member_table(workers: &[WorkerProgress]) -> String {
         "global step",
         "loss",
         "img/s",
+        "ms/step data/compute/comm/opt",
     ]);
     for worker in workers {
         table.add_row([
@@ -339,6 +344,13 @@ fn member_table(workers: &[WorkerProgress]) -> String {
             worker.global_step.to_string(),
             format!("{:.3}", worker.loss),
             format!("{:.0}", worker.images_per_second),
+            format!(
+                "{:.1}/{:.1}/{:.1}/{:.1}",
+                worker.data_seconds_per_step * 1e3,
+                worker.compute_seconds_per_step * 1e3,
+                worker.communication_seconds_per_step * 1e3,
+                worker.optimizer_seconds_per_step * 1e3
+            ),
         ]);
     }
     format!("{table}\n")

@@ -345,3 +345,63 @@ async fn ranks_train_on_the_readable_rest_and_report_unreadable_images() -> anyh
     );
     cluster.shutdown().await
 }
+
+/// The lighter-communication and larger-than-memory options together: bf16 gradients on the ring wire, bf16
+/// forward/backward, and shards read from memory-mapped record files under a 1 MiB resident cap. The job
+/// succeeds with identical weights on both ranks (the coordinator checks their digests), the record files are
+/// in each worker's cache, and the progress reports split the step time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bf16_gradients_and_precision_over_mapped_shards_train_to_identical_weights()
+-> anyhow::Result<()> {
+    let dataset_url = "memory://tests/cluster-bf16-mapped";
+    synth_dataset(dataset_url, 400, 13, false).await?;
+    let cache_dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let cache_paths: Vec<_> = cache_dirs
+        .iter()
+        .map(|dir| dir.path().to_path_buf())
+        .collect();
+    let cluster = TestCluster::start_configured(
+        2,
+        None,
+        |_| {},
+        |index, config| {
+            config.cache_dir = Some(cache_paths[index].clone());
+            config.max_resident_bytes = Some(1 << 20);
+        },
+    )
+    .await?;
+    let finished = cluster
+        .run_job(JobSpec {
+            epochs: 1,
+            gradient_compression: plankton_proto::v1::GradientCompression::Bf16 as i32,
+            precision: plankton_proto::v1::Precision::Bf16 as i32,
+            ..spec(dataset_url)
+        })
+        .await?;
+    assert_eq!(
+        finished.phase(),
+        JobPhase::Succeeded,
+        "{}",
+        finished.message
+    );
+    assert!(!finished.weights_digest.is_empty());
+    assert!(finished.epochs[0].macro_f1.is_finite());
+    for (index, path) in cache_paths.iter().enumerate() {
+        let record_files = std::fs::read_dir(path)?
+            .flatten()
+            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "records"))
+            .count();
+        assert_eq!(
+            record_files, 2,
+            "worker {index}: a train and a test record file"
+        );
+    }
+    for worker in &finished.workers {
+        assert!(
+            worker.compute_seconds_per_step > 0.0 && worker.communication_seconds_per_step > 0.0,
+            "rank {}: {worker:?}",
+            worker.rank
+        );
+    }
+    cluster.shutdown().await
+}

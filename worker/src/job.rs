@@ -401,6 +401,7 @@ async fn run_one_generation(
             sender: event_sender,
             handle: handle.clone(),
             last_progress: None,
+            time_split: StepTimeSplit::default(),
             checkpoints: checkpoints.as_ref().map(CheckpointWriter::sender),
             step_log: step_log.clone(),
         },
@@ -416,8 +417,8 @@ async fn run_one_generation(
     let mut flushed_epoch = 0;
     while let Some(event) = event_receiver.recv().await {
         match event {
-            TrainingEvent::Step(step) => {
-                let progress = WorkerProgress {
+            TrainingEvent::Step(step, time_split) => {
+                let mut progress = WorkerProgress {
                     epoch: step.epoch,
                     step: step.step as u64,
                     steps_per_epoch: assignment.steps_per_epoch,
@@ -430,6 +431,7 @@ async fn run_one_generation(
                     skipped_steps: step.skipped_steps,
                     ..reporter.base_progress()
                 };
+                time_split.fill(&mut progress);
                 reporter.progress(JobPhase::Training, progress).await;
             }
             TrainingEvent::Epoch(evaluation) => {
@@ -917,7 +919,8 @@ impl Reporter {
 }
 
 enum TrainingEvent {
-    Step(StepProgress),
+    /// A step, with where the steps since the previous event spent their time.
+    Step(StepProgress, StepTimeSplit),
     Epoch(EpochEvaluation),
 }
 
@@ -930,6 +933,37 @@ struct ChannelObserver {
     checkpoints: Option<mpsc::Sender<CheckpointJob>>,
     /// Rank 0 records every step for TensorBoard (in memory; written from the async side).
     step_log: Option<StepLog>,
+    /// Where the steps since the last progress event spent their time.
+    time_split: StepTimeSplit,
+}
+
+/// Seconds spent per phase over a run of steps, and how many steps.
+#[derive(Debug, Clone, Copy, Default)]
+struct StepTimeSplit {
+    steps: u32,
+    data: f64,
+    compute: f64,
+    communication: f64,
+    optimizer: f64,
+}
+
+impl StepTimeSplit {
+    fn add(&mut self, timings: &plankton_trainer::StepTimings) {
+        self.steps += 1;
+        self.data += timings.data.as_secs_f64();
+        self.compute += timings.forward_backward.as_secs_f64();
+        self.communication += timings.all_reduce.as_secs_f64();
+        self.optimizer += timings.optimizer.as_secs_f64();
+    }
+
+    /// The mean seconds per step of each phase, as `WorkerProgress` carries them.
+    fn fill(&self, progress: &mut WorkerProgress) {
+        let steps = f64::from(self.steps.max(1));
+        progress.data_seconds_per_step = self.data / steps;
+        progress.compute_seconds_per_step = self.compute / steps;
+        progress.communication_seconds_per_step = self.communication / steps;
+        progress.optimizer_seconds_per_step = self.optimizer / steps;
+    }
 }
 
 impl TrainingObserver for ChannelObserver {
@@ -938,6 +972,7 @@ impl TrainingObserver for ChannelObserver {
         if let Some(step_log) = &self.step_log {
             step_log.record(progress);
         }
+        self.time_split.add(&progress.timings);
         if self.handle.cancel.is_cancelled() {
             return ControlFlow::Break(());
         }
@@ -948,7 +983,10 @@ impl TrainingObserver for ChannelObserver {
         if due {
             self.last_progress = Some(Instant::now());
             // A full channel only delays progress display; never block training on it.
-            let _ = self.sender.try_send(TrainingEvent::Step(progress.clone()));
+            let time_split = std::mem::take(&mut self.time_split);
+            let _ = self
+                .sender
+                .try_send(TrainingEvent::Step(progress.clone(), time_split));
         }
         ControlFlow::Continue(())
     }
