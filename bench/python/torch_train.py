@@ -123,6 +123,10 @@ def train(rank, args, world_size, port):
         model = model.to(memory_format=torch.channels_last)
     if world_size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
+        if args.bf16_gradients:
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            model.register_comm_hook(None, default_hooks.bf16_compress_hook)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
@@ -131,7 +135,9 @@ def train(rank, args, world_size, port):
         if args.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(inputs), batch_labels, weight=class_weights)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(inputs)
+        loss = F.cross_entropy(logits.float(), batch_labels, weight=class_weights)
         loss.backward()
         optimizer.step()
 
@@ -172,6 +178,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--world", type=int, default=1)
     parser.add_argument("--channels-last", action="store_true", help="NHWC model and inputs (not PyTorch's default)")
+    parser.add_argument("--bf16", action="store_true", help="forward under torch.autocast('cpu', bfloat16)")
+    parser.add_argument(
+        "--bf16-gradients", action="store_true", help="DDP bf16_compress_hook (bf16 gradients on the wire)"
+    )
     args = parser.parse_args()
     if args.world == 1:
         train(0, args, 1, 0)

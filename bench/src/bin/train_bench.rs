@@ -1,6 +1,10 @@
 //! Training throughput of plankton-trainer vs PyTorch eager (1 process x 1 thread) and vs DDP/gloo
 //! (2 processes x 1 thread), same models, initial weights, batch and data.
 //!
+//! With `--bf16`, also bf16 rows: our `precision: bf16` against PyTorch `torch.autocast("cpu", bfloat16)`
+//! channels-last (its strongest bf16 CPU configuration), and with 2 workers our bf16 gradient compression
+//! against DDP's `bf16_compress_hook`; each bf16 row also prints its speed against our own fp32.
+//!
 //! `cargo run --release -p plankton-bench --bin train_bench` (PyTorch from `scripts/setup-bench.sh`).
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -11,7 +15,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use plankton_collective::{RingAbort, RingAllReduce, RingConfig, RingListener};
 use plankton_trainer::{
-    Architecture, DataParallelTrainer, IMAGE_LEN, OptimizerChoice, TrainConfig,
+    Architecture, DataParallelTrainer, GradientCompression, IMAGE_LEN, OptimizerChoice, Precision,
+    TrainConfig,
 };
 
 const NUM_CLASSES: usize = 40;
@@ -46,6 +51,10 @@ struct Options {
     /// Architectures to measure.
     #[arg(long, value_delimiter = ',', default_value = "lenet,resnet")]
     architectures: Vec<String>,
+    /// Also measure bf16: our precision bf16 (+ bf16 gradients with 2 workers) vs PyTorch autocast bf16
+    /// channels-last (+ DDP bf16_compress_hook).
+    #[arg(long)]
+    bf16: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,6 +75,9 @@ enum Role {
         steps: usize,
         #[arg(long)]
         warmup: usize,
+        /// bf16 forward/backward and bf16 gradients on the ring.
+        #[arg(long)]
+        bf16: bool,
     },
 }
 
@@ -149,6 +161,7 @@ fn run_worker(
     batch: usize,
     steps: usize,
     warmup: usize,
+    bf16: bool,
 ) -> Result<()> {
     let images = std::fs::read(data_dir.join("images.u8"))?;
     let labels: Vec<u32> = std::fs::read(data_dir.join("labels.u32"))?
@@ -157,7 +170,11 @@ fn run_worker(
         .collect();
     let batch_images = &images[rank * batch * IMAGE_LEN..(rank + 1) * batch * IMAGE_LEN];
     let batch_labels = &labels[rank * batch..(rank + 1) * batch];
-    let config = bench_config(architecture, batch);
+    let mut config = bench_config(architecture, batch);
+    if bf16 {
+        config.precision = Precision::Bf16;
+        config.gradient_compression = GradientCompression::Bf16;
+    }
     let listener = RingListener::bind("127.0.0.1:0")?;
     println!("listen {}", listener.local_addr());
     std::io::stdout().flush()?;
@@ -204,6 +221,7 @@ fn measure_ours(
     data: &BenchData,
     architecture: Architecture,
     world_size: usize,
+    bf16: bool,
 ) -> Result<f64> {
     let executable = std::env::current_exe()?;
     let mut children = Vec::new();
@@ -225,6 +243,7 @@ fn measure_ours(
                 &options.steps.to_string(),
             ])
             .args(["--warmup", &options.warmup.to_string()])
+            .args(bf16.then_some("--bf16"))
             .env("GLIBC_TUNABLES", GLIBC_TUNABLES)
             .env("OMP_NUM_THREADS", "1")
             .stdin(Stdio::piped())
@@ -275,11 +294,14 @@ fn measure_pytorch(
     architecture: Architecture,
     world_size: usize,
     channels_last: bool,
+    bf16: bool,
 ) -> Result<f64> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/torch_train.py");
     let output = Command::new(&options.python)
         .arg(script)
         .args(channels_last.then_some("--channels-last"))
+        .args(bf16.then_some("--bf16"))
+        .args((bf16 && world_size > 1).then_some("--bf16-gradients"))
         .args(["--arch", architecture.name()])
         .arg("--images")
         .arg(data.images())
@@ -328,6 +350,7 @@ fn main() -> Result<()> {
         batch,
         steps,
         warmup,
+        bf16,
     }) = &options.role
     {
         let architecture: Architecture = architecture.parse()?;
@@ -339,6 +362,7 @@ fn main() -> Result<()> {
             *batch,
             *steps,
             *warmup,
+            *bf16,
         );
     }
     let architectures = options
@@ -361,12 +385,19 @@ fn main() -> Result<()> {
             let mut pytorch: f64 = 0.0;
             let mut pytorch_nhwc: f64 = 0.0;
             for _ in 0..options.repeats.max(1) {
-                ours = ours.max(measure_ours(&options, &data, architecture, world_size)?);
+                ours = ours.max(measure_ours(
+                    &options,
+                    &data,
+                    architecture,
+                    world_size,
+                    false,
+                )?);
                 pytorch = pytorch.max(measure_pytorch(
                     &options,
                     &data,
                     architecture,
                     world_size,
+                    false,
                     false,
                 )?);
                 if options.pytorch_channels_last {
@@ -376,6 +407,7 @@ fn main() -> Result<()> {
                         architecture,
                         world_size,
                         true,
+                        false,
                     )?);
                 }
             }
@@ -396,6 +428,41 @@ fn main() -> Result<()> {
                     "",
                     pytorch_nhwc,
                     ours / pytorch_nhwc
+                );
+            }
+            if options.bf16 {
+                let mut ours_bf16: f64 = 0.0;
+                let mut pytorch_bf16: f64 = 0.0;
+                for _ in 0..options.repeats.max(1) {
+                    ours_bf16 = ours_bf16.max(measure_ours(
+                        &options,
+                        &data,
+                        architecture,
+                        world_size,
+                        true,
+                    )?);
+                    pytorch_bf16 = pytorch_bf16.max(measure_pytorch(
+                        &options,
+                        &data,
+                        architecture,
+                        world_size,
+                        true,
+                        true,
+                    )?);
+                }
+                let pytorch_bf16_setting = if world_size == 1 {
+                    "autocast bf16, channels-last"
+                } else {
+                    "DDP autocast bf16 + bf16_compress_hook, channels-last"
+                };
+                println!(
+                    "{:<8} {:<22} {:>12.1} {:>14.1} {:>6.2}x  (bf16; pytorch {pytorch_bf16_setting}; ours bf16/fp32 {:.2}x)",
+                    "",
+                    "  bf16",
+                    ours_bf16,
+                    pytorch_bf16,
+                    ours_bf16 / pytorch_bf16,
+                    ours_bf16 / ours
                 );
             }
         }
