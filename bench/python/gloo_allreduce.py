@@ -1,7 +1,9 @@
 """torch.distributed gloo all_reduce throughput, 2 processes on 127.0.0.1 (the reference for allreduce_bench).
 
-Prints one line per size for rank 0: "<size_mib> <seconds per iteration>", timed as allreduce_bench times the
-ring: warmup iterations, a barrier, then the mean over the timed iterations.
+Prints one line per size for rank 0: "<size_mib> <f32 seconds per iteration> <bf16 seconds per iteration>",
+timed as allreduce_bench times the ring: warmup iterations, a barrier, then the mean over the timed iterations.
+The bf16 figure is what DDP's bf16_compress_hook does with a gradient bucket: cast the f32 buffer to bf16,
+all_reduce it (gloo sums in bf16), copy it back into the f32 buffer.
 """
 import argparse
 import multiprocessing
@@ -39,8 +41,24 @@ def run_rank(rank: int, port: int, sizes_mib: list[int], iterations: int, warmup
         expected = float(WORLD_SIZE ** (warmup + timed))
         if not bool((buffer == expected).all()):
             raise SystemExit(f"rank {rank}: wrong all-reduce result")
+
+        def compressed_all_reduce():
+            compressed = buffer.to(torch.bfloat16)
+            dist.all_reduce(compressed)
+            buffer.copy_(compressed)
+
+        buffer.fill_(1.0)
+        for _ in range(warmup):
+            compressed_all_reduce()
+        dist.barrier()
+        started = time.perf_counter()
+        for _ in range(timed):
+            compressed_all_reduce()
+        bf16_seconds_per_iteration = (time.perf_counter() - started) / timed
+        if not bool((buffer == expected).all()):
+            raise SystemExit(f"rank {rank}: wrong bf16 all-reduce result")
         if rank == 0:
-            results.put((size_mib, seconds_per_iteration))
+            results.put((size_mib, seconds_per_iteration, bf16_seconds_per_iteration))
     dist.destroy_process_group()
 
 
@@ -72,8 +90,8 @@ def main() -> int:
         print(f"gloo ranks failed with exit codes {failed}", file=sys.stderr)
         return 1
     for _ in sizes_mib:
-        size_mib, seconds = results.get(timeout=10)
-        print(f"{size_mib} {seconds}")
+        size_mib, seconds, bf16_seconds = results.get(timeout=10)
+        print(f"{size_mib} {seconds} {bf16_seconds}")
     return 0
 
 

@@ -7,7 +7,8 @@
 //! plaintext ring vs gloo, then the modes side by side: steady-state bandwidth with its ratio to plaintext,
 //! and the time to form the ring, measured apart. Every ring size is also timed with bf16 gradient compression
 //! (`all_reduce_sum_compressed`, half the bytes on the wire); its bandwidth counts the f32 buffer reduced, so
-//! the `bf16/f32` column is the speed-up a training step's all-reduce sees.
+//! the `bf16/f32` column is the speed-up a training step's all-reduce sees. gloo's bf16 figure is DDP's
+//! `bf16_compress_hook` on the same buffer (cast to bf16, all_reduce in bf16, copy back).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -387,21 +388,29 @@ fn run_parent(options: &Options) -> anyhow::Result<()> {
         );
     }
     print_modes(reference, &mode_results);
-    print_compression(reference);
+    print_compression(reference, &gloo);
     println!("total {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-/// The f32 ring against the same ring with bf16 on the wire (bandwidth of the f32 buffer reduced).
-fn print_compression(reference: &ModeResult) {
+/// The f32 ring against the same ring with bf16 on the wire (bandwidth of the f32 buffer reduced), and the
+/// bf16 ring against gloo's bf16 (DDP's bf16_compress_hook) when measured.
+fn print_compression(reference: &ModeResult, gloo: &[Measurement]) {
     println!();
     println!(
         "gradient compression, {} ring (algbw of the f32 buffer reduced):",
         reference.mode.name()
     );
     println!(
-        "{:>8} | {:>12} {:>9} | {:>12} {:>9} | {:>9}",
-        "size", "f32 algbw", "f32 ms", "bf16 algbw", "bf16 ms", "bf16/f32"
+        "{:>8} | {:>12} {:>9} | {:>12} {:>9} | {:>9} | {:>14} {:>14}",
+        "size",
+        "f32 algbw",
+        "f32 ms",
+        "bf16 algbw",
+        "bf16 ms",
+        "bf16/f32",
+        "gloo bf16 ms",
+        "bf16 ring/gloo"
     );
     for measurement in &reference.measurements {
         let Some(bf16_seconds) = measurement.bf16_seconds_per_iteration else {
@@ -409,8 +418,20 @@ fn print_compression(reference: &ModeResult) {
         };
         let (f32_gbps, _) = bandwidths(measurement);
         let (bf16_gbps, _) = bandwidths_of(measurement.size_mib, bf16_seconds);
+        let gloo_bf16_seconds = gloo
+            .iter()
+            .find(|gloo_measurement| gloo_measurement.size_mib == measurement.size_mib)
+            .and_then(|gloo_measurement| gloo_measurement.bf16_seconds_per_iteration);
+        let gloo_columns = match gloo_bf16_seconds {
+            Some(gloo_seconds) => format!(
+                "{:>14.2} {:>13.2}x",
+                gloo_seconds * 1e3,
+                gloo_seconds / bf16_seconds
+            ),
+            None => format!("{:>14} {:>14}", "-", "-"),
+        };
         println!(
-            "{:>5}MiB | {:>8.2}GB/s {:>9.2} | {:>8.2}GB/s {:>9.2} | {:>8.2}x",
+            "{:>5}MiB | {:>8.2}GB/s {:>9.2} | {:>8.2}GB/s {:>9.2} | {:>8.2}x | {gloo_columns}",
             measurement.size_mib,
             f32_gbps,
             measurement.seconds_per_iteration * 1e3,
