@@ -189,6 +189,9 @@ pub struct MappedShard {
     path: PathBuf,
     map: MappedFile,
     record_count: usize,
+    /// Each record's objid and label, read once while verifying.
+    objids: Vec<i64>,
+    labels: Vec<u32>,
     skipped: Vec<(i64, String)>,
     /// Cap on the bytes of records read between two releases of the map's pages (0: no cap).
     max_resident_bytes: usize,
@@ -247,14 +250,31 @@ impl MappedShard {
         }
         let record_count = record_count as usize;
         let body_end = bytes.len() - 8;
+        let skipped_start = HEADER_LEN + record_count * RECORD_LEN;
+        // One pass over the records in windows of whole records: hash them, keep their objids and labels (so
+        // reading those later touches no page), release the window's pages.
         let mut hash = WordHash::new();
-        let mut window_start = HEADER_LEN;
-        while window_start < body_end {
-            let window_end = (window_start + VERIFY_WINDOW_BYTES).min(body_end);
-            hash.update(&bytes[window_start..window_end]);
-            let _ = map.release(window_start, window_end - window_start);
-            window_start = window_end;
+        let mut objids = Vec::with_capacity(record_count);
+        let mut labels = Vec::with_capacity(record_count);
+        let records_per_window = (VERIFY_WINDOW_BYTES / RECORD_LEN).max(1);
+        let mut first_record = 0;
+        while first_record < record_count {
+            let end_record = (first_record + records_per_window).min(record_count);
+            let window_start = HEADER_LEN + first_record * RECORD_LEN;
+            let window = &bytes[window_start..HEADER_LEN + end_record * RECORD_LEN];
+            hash.update(window);
+            for record in window.chunks_exact(RECORD_LEN) {
+                objids.push(i64::from_le_bytes(
+                    record[0..8].try_into().unwrap_or([0; 8]),
+                ));
+                labels.push(u32::from_le_bytes(
+                    record[8..12].try_into().unwrap_or([0; 4]),
+                ));
+            }
+            let _ = map.release(window_start, window.len());
+            first_record = end_record;
         }
+        hash.update(&bytes[skipped_start..body_end]);
         hash.update(&bytes[..HEADER_LEN]);
         if hash.0 != read_u64(body_end) {
             return Err(corrupt("checksum mismatch".to_string()));
@@ -295,6 +315,8 @@ impl MappedShard {
             path: path.to_path_buf(),
             map,
             record_count,
+            objids,
+            labels,
             skipped,
             max_resident_bytes,
             read_since_release: AtomicUsize::new(0),
@@ -322,19 +344,14 @@ impl MappedShard {
         &self.skipped
     }
 
-    fn record(&self, index: usize) -> &[u8] {
-        let start = HEADER_LEN + index * RECORD_LEN;
-        &self.map.bytes()[start..start + RECORD_LEN]
-    }
-
-    /// The objid of record `index` (reading it does not count against the resident cap).
+    /// The objid of record `index` (held in memory: reading it maps no page).
     pub fn objid(&self, index: usize) -> i64 {
-        i64::from_le_bytes(self.record(index)[0..8].try_into().unwrap_or([0; 8]))
+        self.objids[index]
     }
 
     /// The label of record `index` as written.
     pub fn label(&self, index: usize) -> u32 {
-        u32::from_le_bytes(self.record(index)[8..12].try_into().unwrap_or([0; 4]))
+        self.labels[index]
     }
 
     /// The preprocessed image of record `index`; past the cap, the map's pages are released first.
@@ -351,7 +368,8 @@ impl MappedShard {
                 let _ = self.map.release(0, self.map.bytes().len());
             }
         }
-        &self.record(index)[RECORD_PREFIX_LEN..]
+        let start = HEADER_LEN + index * RECORD_LEN + RECORD_PREFIX_LEN;
+        &self.map.bytes()[start..start + IMAGE_LEN]
     }
 
     /// Bytes of the map in this process's resident set now (Linux `/proc/self/smaps`; `None` elsewhere).
