@@ -153,6 +153,7 @@ fn write_bench_data(batch: usize, architectures: &[Architecture]) -> Result<Benc
 }
 
 /// Worker side: train `steps` timed steps on this rank's batch, print `{"seconds": ..}`.
+#[allow(clippy::too_many_arguments)]
 fn run_worker(
     architecture: Architecture,
     rank: usize,
