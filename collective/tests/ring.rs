@@ -147,7 +147,11 @@ fn gradient_like_values(rank: usize, length: usize) -> Vec<f32> {
         .map(|index| {
             let hashed = (index as u64 * 2_654_435_761 + rank as u64 * 40_503 + 17) % 1_000_003;
             let unit = hashed as f32 / 1_000_003.0;
-            let sign = if (index + rank).is_multiple_of(3) { -1.0 } else { 1.0 };
+            let sign = if (index + rank).is_multiple_of(3) {
+                -1.0
+            } else {
+                1.0
+            };
             sign * (1e-4 + unit) * if index % 5 == 0 { 1e-3 } else { 1.0 }
         })
         .collect()
