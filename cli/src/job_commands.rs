@@ -103,7 +103,8 @@ pub struct JobFields {
     /// Number of workers training together.
     #[arg(long)]
     pub world_size: Option<u32>,
-    /// resnet (default) or lenet.
+    /// resnet (default); lenet (the reference notebook's small CNN: 2x2 convolutions of 6/16/16 filters);
+    /// wide_lenet (that layout with 3x3 convolutions of 32/64/128 filters).
     #[arg(long)]
     pub model: Option<String>,
     #[arg(long)]

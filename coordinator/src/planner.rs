@@ -21,7 +21,9 @@ pub const DEFAULT_SEED: u64 = 42;
 pub const DEFAULT_MIN_WORKERS: u32 = 1;
 pub const DEFAULT_MAX_RECOVERIES: u32 = 10;
 pub const DEFAULT_KEEP_CHECKPOINTS: u32 = 2;
-pub const KNOWN_MODELS: [&str; 2] = ["resnet", "lenet"];
+/// tau of the logit-adjusted loss when the spec leaves it 0.
+pub const DEFAULT_LOGIT_TAU: f32 = 1.0;
+pub const KNOWN_MODELS: [&str; 3] = ["resnet", "lenet", "wide_lenet"];
 
 /// The train and test objects one rank works on.
 #[derive(Clone, Debug, Default)]
@@ -99,6 +101,9 @@ pub fn normalize_spec(mut spec: JobSpec) -> CoordinatorResult<JobSpec> {
     }
     if spec.seed == 0 {
         spec.seed = DEFAULT_SEED;
+    }
+    if spec.loss == plankton_proto::v1::LossFunction::LogitAdjusted as i32 && spec.logit_tau == 0.0 {
+        spec.logit_tau = DEFAULT_LOGIT_TAU;
     }
     fill_fault_tolerance_defaults(&mut spec);
     Ok(spec)

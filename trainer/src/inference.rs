@@ -244,7 +244,7 @@ impl InferenceModel {
     ) -> Result<Self, TrainError> {
         let folded = match &network {
             Network::ResNet(resnet) => Some(FoldedResNet::fold(resnet)?),
-            Network::LeNet(_) => None,
+            Network::LeNet(_) | Network::WideLeNet(_) => None,
         };
         Ok(InferenceModel {
             num_classes,

@@ -1,4 +1,4 @@
-//! Models (lenet, resnet) and the data-parallel training loop on libtorch.
+//! Models (lenet, wide_lenet, resnet) and the data-parallel training loop on libtorch.
 #![forbid(unsafe_code)]
 
 pub mod batch;
@@ -18,7 +18,7 @@ pub use plankton_collective::{Collective, CollectiveError, SingleProcess};
 pub use batch::{AssembledBatch, EpochBatches, RandomTransform, ShardData};
 pub use card::{ModelCard, ModelInput};
 pub use config::{
-    Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LossNormalization,
+    Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LossFunction, LossNormalization,
     LrSchedule, NonFinitePolicy, OptimizerChoice, TrainConfig,
 };
 pub use data_parallel::{

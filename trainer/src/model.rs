@@ -1,4 +1,4 @@
-//! The networks (lenet, resnet) as tch modules, initialized like PyTorch's defaults.
+//! The networks (lenet, wide_lenet, resnet) as tch modules, initialized like PyTorch's defaults.
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, ModuleT};
@@ -7,7 +7,9 @@ use tch::{Kind, Tensor};
 use crate::config::{Architecture, IMAGE_SIZE};
 use crate::error::TrainError;
 
-/// The reference notebook's LeNet-like CNN: three 3x3 conv + ReLU + 2x2 max-pool, dense 250 -> 100 -> classes.
+/// The reference notebook's CNN (Keras `Conv2D` defaults: 'valid' padding, 2x2 max-pools flooring):
+/// three 2x2 convolutions of 6, 16 and 16 filters, each followed by ReLU and a 2x2 max-pool
+/// (64 -> 63 -> 31 -> 30 -> 15 -> 14 -> 7), then dense 16*7*7 = 784 -> 250 -> 100 -> classes.
 #[derive(Debug)]
 pub struct LeNet {
     conv1: nn::Conv2D,
@@ -18,7 +20,48 @@ pub struct LeNet {
     fc3: nn::Linear,
 }
 
+/// Side of [`LeNet`]'s last feature map: each stage is a 'valid' 2x2 convolution (-1) then a flooring 2x2 pool.
+const fn lenet_feature_side(input: i64) -> i64 {
+    let mut side = input;
+    let mut stage = 0;
+    while stage < 3 {
+        side = (side - 1) / 2;
+        stage += 1;
+    }
+    side
+}
+
 impl LeNet {
+    /// Registers the layers under `root` (names match the PyTorch twin in bench/python/torch_train.py).
+    pub fn new(root: &nn::Path, num_classes: usize) -> Self {
+        let side = lenet_feature_side(IMAGE_SIZE as i64);
+        let valid = nn::ConvConfig::default();
+        LeNet {
+            conv1: nn::conv2d(root / "conv1", 3, 6, 2, valid),
+            conv2: nn::conv2d(root / "conv2", 6, 16, 2, valid),
+            conv3: nn::conv2d(root / "conv3", 16, 16, 2, valid),
+            fc1: nn::linear(root / "fc1", 16 * side * side, 250, Default::default()),
+            fc2: nn::linear(root / "fc2", 250, 100, Default::default()),
+            fc3: nn::linear(root / "fc3", 100, num_classes as i64, Default::default()),
+        }
+    }
+}
+
+/// The LeNet layout widened: three 3x3 'same' convolutions of 32, 64 and 128 filters, each followed by ReLU
+/// and a 2x2 max-pool (64 -> 32 -> 16 -> 8), then dense 128*8*8 = 8192 -> 250 -> 100 -> classes. About 50x the
+/// multiply-adds of [`LeNet`] and 12x its parameters; the network the quality and parity benchmarks were
+/// first measured on.
+#[derive(Debug)]
+pub struct WideLeNet {
+    conv1: nn::Conv2D,
+    conv2: nn::Conv2D,
+    conv3: nn::Conv2D,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    fc3: nn::Linear,
+}
+
+impl WideLeNet {
     /// Registers the layers under `root` (names match the PyTorch twin in bench/python/torch_train.py).
     pub fn new(root: &nn::Path, num_classes: usize) -> Self {
         let padded = nn::ConvConfig {
@@ -26,7 +69,7 @@ impl LeNet {
             ..Default::default()
         };
         let flattened_features = 128 * (IMAGE_SIZE as i64 / 8) * (IMAGE_SIZE as i64 / 8);
-        LeNet {
+        WideLeNet {
             conv1: nn::conv2d(root / "conv1", 3, 32, 3, padded),
             conv2: nn::conv2d(root / "conv2", 32, 64, 3, padded),
             conv3: nn::conv2d(root / "conv3", 64, 128, 3, padded),
@@ -37,24 +80,42 @@ impl LeNet {
     }
 }
 
+/// conv -> ReLU -> 2x2 max-pool three times, flatten, dense -> ReLU -> dense -> ReLU -> dense.
+fn three_conv_three_dense(
+    images: &Tensor,
+    convolutions: [&nn::Conv2D; 3],
+    dense: [&nn::Linear; 3],
+) -> Tensor {
+    let mut features = images.shallow_clone();
+    for convolution in convolutions {
+        features = features.apply(convolution).relu().max_pool2d_default(2);
+    }
+    features
+        .flatten(1, -1)
+        .apply(dense[0])
+        .relu()
+        .apply(dense[1])
+        .relu()
+        .apply(dense[2])
+}
+
 impl ModuleT for LeNet {
     fn forward_t(&self, images: &Tensor, _train: bool) -> Tensor {
-        images
-            .apply(&self.conv1)
-            .relu()
-            .max_pool2d_default(2)
-            .apply(&self.conv2)
-            .relu()
-            .max_pool2d_default(2)
-            .apply(&self.conv3)
-            .relu()
-            .max_pool2d_default(2)
-            .flatten(1, -1)
-            .apply(&self.fc1)
-            .relu()
-            .apply(&self.fc2)
-            .relu()
-            .apply(&self.fc3)
+        three_conv_three_dense(
+            images,
+            [&self.conv1, &self.conv2, &self.conv3],
+            [&self.fc1, &self.fc2, &self.fc3],
+        )
+    }
+}
+
+impl ModuleT for WideLeNet {
+    fn forward_t(&self, images: &Tensor, _train: bool) -> Tensor {
+        three_conv_three_dense(
+            images,
+            [&self.conv1, &self.conv2, &self.conv3],
+            [&self.fc1, &self.fc2, &self.fc3],
+        )
     }
 }
 
@@ -312,6 +373,7 @@ impl FoldedResNet {
 #[derive(Debug)]
 pub enum Network {
     LeNet(Box<LeNet>),
+    WideLeNet(Box<WideLeNet>),
     ResNet(Box<ResNet>),
 }
 
@@ -327,6 +389,9 @@ impl Network {
         let root = var_store.root();
         let network = match architecture {
             Architecture::LeNet => Network::LeNet(Box::new(LeNet::new(&root, num_classes))),
+            Architecture::WideLeNet => {
+                Network::WideLeNet(Box::new(WideLeNet::new(&root, num_classes)))
+            }
             Architecture::ResNet => Network::ResNet(Box::new(ResNet::new(&root, num_classes))),
         };
         initialize_like_pytorch(var_store, seed)?;
@@ -339,6 +404,7 @@ impl ModuleT for Network {
     fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
         match self {
             Network::LeNet(network) => network.forward_t(images, train),
+            Network::WideLeNet(network) => network.forward_t(images, train),
             Network::ResNet(network) => network.forward_t(images, train),
         }
     }

@@ -33,7 +33,7 @@ pub struct Viewer {
 pub struct JobFilter {
     /// A phase's short name ("training", "failed", ...).
     pub phase: Option<String>,
-    /// A model name ("resnet", "lenet"); a job with no model set trains "resnet".
+    /// A model name ("resnet", "lenet", "wide_lenet"); a job with no model set trains "resnet".
     pub model: Option<String>,
     /// Free text, matched case-insensitively against the job's id and name.
     pub text: Option<String>,
@@ -201,7 +201,7 @@ fn options(values: &[String], selected: Option<&str>, any_label: &str) -> String
 /// [`matches`] the filter, in the order given.
 pub fn jobs_page(viewer: &Viewer, jobs: &[Job], filter: &JobFilter) -> String {
     let mut models: Vec<String> = jobs.iter().map(model_of).collect();
-    models.extend(["resnet".to_string(), "lenet".to_string()]);
+    models.extend(["resnet", "lenet", "wide_lenet"].map(str::to_string));
     if let Some(model) = active(&filter.model) {
         models.push(model.to_string());
     }

@@ -19,13 +19,13 @@ use plankton_dataset::{StoreLocation, open_image_source, open_location};
 use plankton_preprocess::{PreprocessConfig, ResizeMode, ShardCache};
 use plankton_proto::v1::{
     Augmentation, DoneReport, EpochReport, GenerationEndReport, JobPhase, JobSpec,
-    LossNormalization as ProtoLossNormalization, LrSchedule as ProtoLrSchedule, Misclassification,
+    LossFunction as ProtoLossFunction, LossNormalization as ProtoLossNormalization, LrSchedule as ProtoLrSchedule, Misclassification,
     NextAssignmentRequest, NonFinitePolicy as ProtoNonFinitePolicy, OptimizerKind, ProgressReport,
     ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress, state_source,
 };
 use plankton_trainer::{
     Architecture, AugmentationMode, DataParallelTrainer, EpochEvaluation, GenerationOutcome,
-    LossNormalization, LrSchedule, Mistake, ModelCard, ModelInput, NonFinitePolicy,
+    LossFunction, LossNormalization, LrSchedule, Mistake, ModelCard, ModelInput, NonFinitePolicy,
     OptimizerChoice, StepProgress, TrainConfig, TrainError, TrainingObserver, TrainingProgress,
     VirtualShardData, run_generation,
 };
@@ -1039,8 +1039,34 @@ fn train_config(
             ProtoLossNormalization::Samples => LossNormalization::Samples,
             ProtoLossNormalization::ShardMean => LossNormalization::ShardMean,
         },
+        loss: training_loss(spec, assignment)?,
         inject_non_finite_at_step: None,
     })
+}
+
+/// The spec's loss; the logit-adjusted one takes its priors from the assignment's train class counts.
+fn training_loss(spec: &JobSpec, assignment: &ShardAssignment) -> anyhow::Result<LossFunction> {
+    match ProtoLossFunction::try_from(spec.loss).unwrap_or_default() {
+        ProtoLossFunction::CrossEntropy => Ok(LossFunction::CrossEntropy),
+        ProtoLossFunction::LogitAdjusted => {
+            if assignment.train_class_counts.len() != assignment.class_names.len() {
+                anyhow::bail!(
+                    "logit-adjusted loss: the assignment holds {} train class counts for {} classes",
+                    assignment.train_class_counts.len(),
+                    assignment.class_names.len()
+                );
+            }
+            let tau = if spec.logit_tau == 0.0 {
+                LossFunction::DEFAULT_TAU
+            } else {
+                f64::from(spec.logit_tau)
+            };
+            Ok(LossFunction::logit_adjusted(
+                tau,
+                &assignment.train_class_counts,
+            ))
+        }
+    }
 }
 
 /// Writes `model.safetensors` and `model-card.json` under the job's output URL; returns the weights' URL.
