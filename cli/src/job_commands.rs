@@ -15,7 +15,7 @@ use crate::connection::Server;
 use plankton_proto::v1::job_service_client::JobServiceClient;
 use plankton_proto::v1::{
     Augmentation, CancelJobRequest, ClassWeighting, GetJobReportRequest, GetJobRequest, Job,
-    JobPhase, JobSpec, ListJobsRequest, ListWorkersRequest, LossNormalization, LrSchedule,
+    JobPhase, JobSpec, ListJobsRequest, ListWorkersRequest, LossFunction, LossNormalization, LrSchedule,
     NonFinitePolicy, OptimizerKind, ResizeMode, ResumeJobRequest, SubmitJobRequest,
     WatchJobRequest, job_event,
 };
@@ -84,6 +84,17 @@ pub enum LossNormalizationArg {
     Samples,
     /// Each virtual shard's weighted mean, averaged over the shards (PyTorch DDP).
     ShardMean,
+}
+
+/// The networks' training loss.
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossArg {
+    /// The class-weighted cross-entropy.
+    CrossEntropy,
+    /// Cross-entropy of logits + tau * log(train class prior) (Menon et al. 2021); predictions use the plain
+    /// logits. Class weights still apply: usually pair it with --class-weighting none.
+    LogitAdjusted,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
@@ -162,6 +173,12 @@ pub struct JobFields {
     /// What the step's summed class-weighted loss is divided by (default: the cluster's, see the README).
     #[arg(long, value_enum)]
     pub loss_normalization: Option<LossNormalizationArg>,
+    /// Training loss (default cross-entropy).
+    #[arg(long, value_enum)]
+    pub loss: Option<LossArg>,
+    /// tau of --loss logit-adjusted (default 1.0; finite and > 0).
+    #[arg(long)]
+    pub logit_tau: Option<f32>,
 }
 
 #[derive(Args, Debug)]
@@ -202,6 +219,8 @@ impl JobFields {
             init_from: self.init_from.or(file.init_from),
             non_finite: self.non_finite.or(file.non_finite),
             loss_normalization: self.loss_normalization.or(file.loss_normalization),
+            loss: self.loss.or(file.loss),
+            logit_tau: self.logit_tau.or(file.logit_tau),
         }
     }
 
@@ -260,6 +279,11 @@ impl JobFields {
                 Some(LossNormalizationArg::Samples) => LossNormalization::Samples,
                 Some(LossNormalizationArg::ShardMean) => LossNormalization::ShardMean,
             } as i32,
+            loss: match self.loss.unwrap_or(LossArg::CrossEntropy) {
+                LossArg::CrossEntropy => LossFunction::CrossEntropy,
+                LossArg::LogitAdjusted => LossFunction::LogitAdjusted,
+            } as i32,
+            logit_tau: self.logit_tau.unwrap_or(0.0),
         })
     }
 }

@@ -48,6 +48,7 @@ pub fn job_json(job: &Job) -> Value {
             "max_recoveries": spec.max_recoveries, "checkpoint_every_steps": spec.checkpoint_every_steps,
             "keep_checkpoints": spec.keep_checkpoints, "init_from": spec.init_from,
             "non_finite_policy": spec.non_finite_policy().as_str_name(),
+            "loss": spec.loss().as_str_name(), "logit_tau": spec.logit_tau,
         },
         "classes": job.class_names,
         "class_weights": job.class_weights,
@@ -141,6 +142,13 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
     ));
     out.push_str(&skipped_meta_rows_report(job));
     out.push_str(&format!("tolerance  {}\n", tolerance_summary(&spec)));
+    if spec.loss() == plankton_proto::v1::LossFunction::LogitAdjusted {
+        out.push_str(&format!(
+            "loss       logit-adjusted cross-entropy, tau {}, class weighting {}\n",
+            spec.logit_tau,
+            spec.class_weighting().as_str_name()
+        ));
+    }
     if !spec.init_from.is_empty() {
         out.push_str(&format!("init from  {}\n", spec.init_from));
     }

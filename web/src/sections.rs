@@ -269,6 +269,10 @@ pub fn spec_fields(spec: &JobSpec) -> Vec<(&'static str, String)> {
         "non-finite steps",
         enum_label(spec.non_finite_policy().as_str_name(), "NON_FINITE_POLICY_"),
     ));
+    fields.push(("loss", enum_label(spec.loss().as_str_name(), "LOSS_FUNCTION_")));
+    if spec.logit_tau != 0.0 {
+        fields.push(("logit-adjustment tau", format!("{}", spec.logit_tau)));
+    }
     fields
 }
 
