@@ -22,6 +22,9 @@ pub enum Architecture {
     /// A small ResNet with batch norm sized for CPU training at 64x64 (the default).
     #[default]
     ResNet,
+    /// The resnet trunk (up to its global pooling) and an MLP over the transformed native features
+    /// (F -> 64 -> 64, ReLU), concatenated before the classifier.
+    Fusion,
 }
 
 impl Architecture {
@@ -30,7 +33,13 @@ impl Architecture {
         match self {
             Architecture::LeNet => "lenet",
             Architecture::ResNet => "resnet",
+            Architecture::Fusion => "fusion",
         }
+    }
+
+    /// Whether the network takes the transformed native features next to the image.
+    pub fn uses_features(self) -> bool {
+        matches!(self, Architecture::Fusion)
     }
 }
 
@@ -46,6 +55,7 @@ impl FromStr for Architecture {
         match text.trim().to_ascii_lowercase().as_str() {
             "lenet" => Ok(Architecture::LeNet),
             "resnet" => Ok(Architecture::ResNet),
+            "fusion" => Ok(Architecture::Fusion),
             _ => Err(TrainError::UnknownArchitecture(text.to_string())),
         }
     }
@@ -158,6 +168,9 @@ impl FromStr for AugmentationMode {
 pub struct TrainConfig {
     pub architecture: Architecture,
     pub num_classes: usize,
+    /// Transformed feature values per sample ([`plankton_dataset::FeatureTransform::output_width`]) for a
+    /// network that takes features ([`Architecture::uses_features`]); 0 otherwise.
+    pub feature_width: usize,
     /// One weight per class for the weighted cross-entropy (e.g. sklearn "balanced").
     pub class_weights: Vec<f32>,
     pub epochs: u32,
@@ -231,6 +244,7 @@ impl TrainConfig {
         TrainConfig {
             architecture: Architecture::ResNet,
             num_classes,
+            feature_width: 0,
             class_weights,
             epochs: 10,
             batch_size: 64,
@@ -273,6 +287,12 @@ impl TrainConfig {
         {
             return Err(TrainError::InvalidConfig(format!(
                 "class weight {weight} of class {class_index} is not a finite non-negative number"
+            )));
+        }
+        if self.architecture.uses_features() && self.feature_width == 0 {
+            return Err(TrainError::InvalidConfig(format!(
+                "model {} needs native features, but the feature width is 0",
+                self.architecture
             )));
         }
         if self.batch_size == 0 {
