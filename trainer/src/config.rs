@@ -26,6 +26,12 @@ pub enum Architecture {
     /// A small ResNet with batch norm sized for CPU training at 64x64 (the default).
     #[default]
     ResNet,
+    /// The resnet trunk (up to its global pooling) and an MLP over the transformed native features
+    /// (F -> 64 -> 64, ReLU), concatenated before the classifier.
+    Fusion,
+    /// Not a network: gradient-boosted trees (plankton-gbdt) on the transformed native features only, trained
+    /// on one worker.
+    Gbdt,
 }
 
 impl Architecture {
@@ -35,7 +41,19 @@ impl Architecture {
             Architecture::LeNet => "lenet",
             Architecture::WideLeNet => "wide_lenet",
             Architecture::ResNet => "resnet",
+            Architecture::Fusion => "fusion",
+            Architecture::Gbdt => "gbdt",
         }
+    }
+
+    /// Whether the model takes the transformed native features (next to the image, for a network).
+    pub fn uses_features(self) -> bool {
+        matches!(self, Architecture::Fusion | Architecture::Gbdt)
+    }
+
+    /// Whether the model is a libtorch network (every architecture but `gbdt`).
+    pub fn is_network(self) -> bool {
+        !matches!(self, Architecture::Gbdt)
     }
 }
 
@@ -52,6 +70,8 @@ impl FromStr for Architecture {
             "lenet" => Ok(Architecture::LeNet),
             "wide_lenet" | "wide-lenet" => Ok(Architecture::WideLeNet),
             "resnet" => Ok(Architecture::ResNet),
+            "fusion" => Ok(Architecture::Fusion),
+            "gbdt" => Ok(Architecture::Gbdt),
             _ => Err(TrainError::UnknownArchitecture(text.to_string())),
         }
     }
@@ -222,6 +242,9 @@ impl LossFunction {
 pub struct TrainConfig {
     pub architecture: Architecture,
     pub num_classes: usize,
+    /// Transformed feature values per sample ([`plankton_dataset::FeatureTransform::output_width`]) for a
+    /// network that takes features ([`Architecture::uses_features`]); 0 otherwise.
+    pub feature_width: usize,
     /// One weight per class for the weighted cross-entropy (e.g. sklearn "balanced").
     pub class_weights: Vec<f32>,
     pub epochs: u32,
@@ -297,6 +320,7 @@ impl TrainConfig {
         TrainConfig {
             architecture: Architecture::ResNet,
             num_classes,
+            feature_width: 0,
             class_weights,
             epochs: 10,
             batch_size: 64,
@@ -340,6 +364,12 @@ impl TrainConfig {
         {
             return Err(TrainError::InvalidConfig(format!(
                 "class weight {weight} of class {class_index} is not a finite non-negative number"
+            )));
+        }
+        if self.architecture.uses_features() && self.feature_width == 0 {
+            return Err(TrainError::InvalidConfig(format!(
+                "model {} needs native features, but the feature width is 0",
+                self.architecture
             )));
         }
         if self.batch_size == 0 {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::{Kind, Reduction, Tensor};
 use tracing::info;
 
@@ -160,6 +160,30 @@ pub(crate) fn images_to_tensor(
         .f_div_scalar(255.0)?)
 }
 
+/// Row-major transformed features of `count` samples (`width` each) as a `[count, width]` tensor on `device`;
+/// `None` for a network without features (`width` 0).
+pub(crate) fn features_to_tensor(
+    features: &[f32],
+    count: usize,
+    width: usize,
+    device: tch::Device,
+) -> Result<Option<Tensor>, TrainError> {
+    if features.len() != count * width {
+        return Err(TrainError::InvalidInput(format!(
+            "{} feature values for {count} samples (the model takes {width} per sample)",
+            features.len()
+        )));
+    }
+    if width == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        Tensor::f_from_slice(features)?
+            .f_view([count as i64, width as i64])?
+            .f_to_device(device)?,
+    ))
+}
+
 fn flatten_into(tensors: &[Tensor], buffer: &mut [f32]) -> Result<(), TrainError> {
     let mut offset = 0;
     for tensor in tensors {
@@ -219,6 +243,7 @@ impl DataParallelTrainer {
             &var_store,
             config.architecture,
             config.num_classes,
+            config.feature_width,
             config.seed,
         )?;
         let variables = sorted_variables(&var_store);
@@ -394,16 +419,45 @@ impl DataParallelTrainer {
         labels: &[u32],
         request_reform: bool,
     ) -> Result<StepOutcome, TrainError> {
-        self.train_step_grouped(collective, images, labels, &[labels.len()], request_reform)
+        self.train_step_grouped(
+            collective,
+            images,
+            labels,
+            &[],
+            &[labels.len()],
+            request_reform,
+        )
+    }
+
+    /// [`Self::train_step`] for a network that takes features: `features` holds each sample's transformed
+    /// features, row-major (`labels.len() * feature_width` values).
+    pub fn train_step_with_features(
+        &mut self,
+        collective: &mut dyn Collective,
+        images: &[u8],
+        labels: &[u32],
+        features: &[f32],
+        request_reform: bool,
+    ) -> Result<StepOutcome, TrainError> {
+        self.train_step_grouped(
+            collective,
+            images,
+            labels,
+            features,
+            &[labels.len()],
+            request_reform,
+        )
     }
 
     /// [`Self::train_step`] on a local batch made of groups, one per virtual shard this rank owns, of
     /// `group_sizes` consecutive samples each ([`crate::LossNormalization::ShardMean`] normalises each group alone).
+    /// `features` is empty for a network without features.
     pub fn train_step_grouped(
         &mut self,
         collective: &mut dyn Collective,
         images: &[u8],
         labels: &[u32],
+        features: &[f32],
         group_sizes: &[usize],
         request_reform: bool,
     ) -> Result<StepOutcome, TrainError> {
@@ -420,6 +474,14 @@ impl DataParallelTrainer {
             return Err(TrainError::InvalidInput(format!(
                 "label {label} is not below num_classes {}",
                 self.config.num_classes
+            )));
+        }
+        let feature_width = self.network.feature_width();
+        if features.len() != count * feature_width {
+            return Err(TrainError::InvalidInput(format!(
+                "{} feature values for {count} samples (model {} takes {feature_width} per sample)",
+                features.len(),
+                self.config.architecture
             )));
         }
         let started = Instant::now();
@@ -450,7 +512,11 @@ impl DataParallelTrainer {
                 &labels.iter().map(|label| *label as i64).collect::<Vec<_>>(),
             )?
             .f_to_device(self.config.device)?;
-            let logits = self.network.forward_t(&input, true);
+            let feature_input =
+                features_to_tensor(features, count, feature_width, self.config.device)?;
+            let logits = self
+                .network
+                .forward_t(&input, feature_input.as_ref(), true)?;
             let multipliers = multipliers
                 .as_deref()
                 .map(|multipliers| {
@@ -842,11 +908,30 @@ pub(crate) fn evaluate_network(
             let first = chunk_index * EVALUATION_BATCH_SIZE;
             let images = &test.images[first * IMAGE_LEN..(first + labels.len()) * IMAGE_LEN];
             let input = images_to_tensor(images, labels.len(), device)?;
+            let width = network.feature_width();
+            let features = if width == 0 {
+                None
+            } else if test.feature_width != width {
+                return Err(TrainError::InvalidShard {
+                    shard: "test",
+                    reason: format!(
+                        "{} features per image, the model takes {width}",
+                        test.feature_width
+                    ),
+                });
+            } else {
+                features_to_tensor(
+                    &test.features[first * width..(first + labels.len()) * width],
+                    labels.len(),
+                    width,
+                    device,
+                )?
+            };
             let targets = Tensor::f_from_slice(
                 &labels.iter().map(|label| *label as i64).collect::<Vec<_>>(),
             )?
             .f_to_device(device)?;
-            let logits = network.forward_t(&input, false);
+            let logits = network.forward_t(&input, features.as_ref(), false)?;
             loss_sum += logits
                 .f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0)?
                 .f_double_value(&[])?;

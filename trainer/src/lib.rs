@@ -1,4 +1,4 @@
-//! Models (lenet, wide_lenet, resnet) and the data-parallel training loop on libtorch.
+//! Models (lenet, wide_lenet, resnet, fusion) and the data-parallel training loop on libtorch.
 #![forbid(unsafe_code)]
 
 pub mod batch;
@@ -27,7 +27,7 @@ pub use data_parallel::{
 };
 pub use error::TrainError;
 pub use inference::{InferenceModel, TrainedModel};
-pub use model::Network;
+pub use model::{FEATURE_MLP_WIDTH, Network};
 pub use optimizer::Optimizer;
 pub use training::{
     EpochEvaluation, GenerationOutcome, LoggingObserver, StepProgress, TrainingObserver,

@@ -1,4 +1,4 @@
-//! The networks (lenet, wide_lenet, resnet) as tch modules, initialized like PyTorch's defaults.
+//! The networks (lenet, wide_lenet, resnet, fusion) as tch modules, initialized like PyTorch's defaults.
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, ModuleT};
@@ -201,36 +201,35 @@ impl ModuleT for BasicBlock {
     }
 }
 
-/// A small ResNet for 64x64 inputs: 3x3 stride-2 stem (32 ch), four basic blocks 32/64/128/256
-/// (the last three with stride 2), global average pooling, linear classifier.
+/// The convolutional part of the ResNet: 3x3 stride-2 stem (32 ch), four basic blocks 32/64/128/256 (the last
+/// three with stride 2), global average pooling to [`RESNET_POOLED_WIDTH`] values per image.
 #[derive(Debug)]
-pub struct ResNet {
+struct ResNetTrunk {
     stem_conv: nn::Conv2D,
     stem_bn: nn::BatchNorm,
     layer1: BasicBlock,
     layer2: BasicBlock,
     layer3: BasicBlock,
     layer4: BasicBlock,
-    fc: nn::Linear,
 }
 
-impl ResNet {
-    /// Registers the layers under `root` (names match the PyTorch twin in bench/python/torch_train.py).
-    pub fn new(root: &nn::Path, num_classes: usize) -> Self {
-        ResNet {
+/// Values per image after the trunk's global average pooling.
+const RESNET_POOLED_WIDTH: i64 = 256;
+
+impl ResNetTrunk {
+    fn new(root: &nn::Path) -> Self {
+        ResNetTrunk {
             stem_conv: conv_no_bias(root / "stem" / "conv", 3, 32, 3, 2),
             stem_bn: batch_norm(root / "stem" / "bn", 32),
             layer1: BasicBlock::new(root / "layer1", 32, 32, 1),
             layer2: BasicBlock::new(root / "layer2", 32, 64, 2),
             layer3: BasicBlock::new(root / "layer3", 64, 128, 2),
             layer4: BasicBlock::new(root / "layer4", 128, 256, 2),
-            fc: nn::linear(root / "fc", 256, num_classes as i64, Default::default()),
         }
     }
-}
 
-impl ModuleT for ResNet {
-    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+    /// `[N, 256]` pooled trunk outputs.
+    fn pooled(&self, images: &Tensor, train: bool) -> Tensor {
         images
             .apply(&self.stem_conv)
             .apply_t(&self.stem_bn, train)
@@ -241,7 +240,94 @@ impl ModuleT for ResNet {
             .apply_t(&self.layer4, train)
             .adaptive_avg_pool2d([1, 1])
             .flatten(1, -1)
-            .apply(&self.fc)
+    }
+}
+
+/// A small ResNet for 64x64 inputs: the [`ResNetTrunk`] (stem, four basic blocks, global average pooling),
+/// then a linear classifier.
+#[derive(Debug)]
+pub struct ResNet {
+    trunk: ResNetTrunk,
+    fc: nn::Linear,
+}
+
+impl ResNet {
+    /// Registers the layers under `root` (names match the PyTorch twin in bench/python/torch_train.py).
+    pub fn new(root: &nn::Path, num_classes: usize) -> Self {
+        ResNet {
+            trunk: ResNetTrunk::new(root),
+            fc: nn::linear(
+                root / "fc",
+                RESNET_POOLED_WIDTH,
+                num_classes as i64,
+                Default::default(),
+            ),
+        }
+    }
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+        self.trunk.pooled(images, train).apply(&self.fc)
+    }
+}
+
+/// Width of the feature MLP's hidden and output layers.
+pub const FEATURE_MLP_WIDTH: i64 = 64;
+
+/// The fusion network: the ResNet trunk on the image (variables named as the resnet's), an MLP over the
+/// transformed native features (`features.fc1`: F -> 64, ReLU, `features.fc2`: 64 -> 64, ReLU), the two
+/// concatenated (256 + 64) into a linear classifier `fc`.
+#[derive(Debug)]
+pub struct FusionNet {
+    trunk: ResNetTrunk,
+    features_fc1: nn::Linear,
+    features_fc2: nn::Linear,
+    fc: nn::Linear,
+    feature_width: usize,
+}
+
+impl FusionNet {
+    /// Registers the layers under `root` for `feature_width` transformed features per image.
+    pub fn new(root: &nn::Path, num_classes: usize, feature_width: usize) -> Self {
+        FusionNet {
+            trunk: ResNetTrunk::new(root),
+            features_fc1: nn::linear(
+                root / "features" / "fc1",
+                feature_width as i64,
+                FEATURE_MLP_WIDTH,
+                Default::default(),
+            ),
+            features_fc2: nn::linear(
+                root / "features" / "fc2",
+                FEATURE_MLP_WIDTH,
+                FEATURE_MLP_WIDTH,
+                Default::default(),
+            ),
+            fc: nn::linear(
+                root / "fc",
+                RESNET_POOLED_WIDTH + FEATURE_MLP_WIDTH,
+                num_classes as i64,
+                Default::default(),
+            ),
+            feature_width,
+        }
+    }
+
+    /// Logits of images `[N, 3, 64, 64]` with their features `[N, F]`.
+    fn forward_t(
+        &self,
+        images: &Tensor,
+        features: &Tensor,
+        train: bool,
+    ) -> Result<Tensor, TrainError> {
+        let pooled = self.trunk.pooled(images, train);
+        let encoded = features
+            .f_linear(&self.features_fc1.ws, self.features_fc1.bs.as_ref())?
+            .f_relu()?
+            .f_linear(&self.features_fc2.ws, self.features_fc2.bs.as_ref())?
+            .f_relu()?;
+        Ok(Tensor::f_cat(&[pooled, encoded], 1)?.f_linear(&self.fc.ws, self.fc.bs.as_ref())?)
     }
 }
 
@@ -328,44 +414,104 @@ impl FoldedBlock {
     }
 }
 
-/// [`ResNet`] for inference only: every batch norm folded into its convolution (eval-mode statistics), in-place
-/// ReLUs, channels-last weights. Equal to the eval-mode network up to float rounding.
+/// The feature MLP and classifier of a folded fusion network (detached weights).
+#[derive(Debug)]
+struct FoldedFusionHead {
+    fc1_weight: Tensor,
+    fc1_bias: Option<Tensor>,
+    fc2_weight: Tensor,
+    fc2_bias: Option<Tensor>,
+}
+
+fn detached(linear: &nn::Linear) -> Result<(Tensor, Option<Tensor>), TrainError> {
+    Ok((
+        linear.ws.f_detach()?,
+        linear.bs.as_ref().map(Tensor::f_detach).transpose()?,
+    ))
+}
+
+/// [`ResNet`] (or the trunk of a [`FusionNet`]) for inference only: every batch norm folded into its
+/// convolution (eval-mode statistics), in-place ReLUs, channels-last weights. Equal to the eval-mode network up
+/// to float rounding.
 #[derive(Debug)]
 pub(crate) struct FoldedResNet {
     stem: FoldedConv,
     layers: [FoldedBlock; 4],
+    fusion: Option<FoldedFusionHead>,
     fc_weight: Tensor,
     fc_bias: Option<Tensor>,
 }
 
 impl FoldedResNet {
-    pub(crate) fn fold(network: &ResNet) -> Result<Self, TrainError> {
+    fn fold_trunk(
+        trunk: &ResNetTrunk,
+        fc: &nn::Linear,
+        fusion: Option<FoldedFusionHead>,
+    ) -> Result<Self, TrainError> {
         tch::no_grad(|| {
+            let (fc_weight, fc_bias) = detached(fc)?;
             Ok(FoldedResNet {
-                stem: FoldedConv::fold(&network.stem_conv, &network.stem_bn, 2, 1)?,
+                stem: FoldedConv::fold(&trunk.stem_conv, &trunk.stem_bn, 2, 1)?,
                 layers: [
-                    FoldedBlock::fold(&network.layer1)?,
-                    FoldedBlock::fold(&network.layer2)?,
-                    FoldedBlock::fold(&network.layer3)?,
-                    FoldedBlock::fold(&network.layer4)?,
+                    FoldedBlock::fold(&trunk.layer1)?,
+                    FoldedBlock::fold(&trunk.layer2)?,
+                    FoldedBlock::fold(&trunk.layer3)?,
+                    FoldedBlock::fold(&trunk.layer4)?,
                 ],
-                fc_weight: network.fc.ws.f_detach()?,
-                fc_bias: network.fc.bs.as_ref().map(Tensor::f_detach).transpose()?,
+                fusion,
+                fc_weight,
+                fc_bias,
             })
         })
     }
 
-    /// Logits of `images` (NCHW, channels-last strides).
-    pub(crate) fn forward(&self, images: &Tensor) -> Result<Tensor, TrainError> {
-        let mut features = self.stem.forward(images)?;
-        let _in_place = features.f_relu_()?;
+    pub(crate) fn fold(network: &ResNet) -> Result<Self, TrainError> {
+        Self::fold_trunk(&network.trunk, &network.fc, None)
+    }
+
+    pub(crate) fn fold_fusion(network: &FusionNet) -> Result<Self, TrainError> {
+        let head = tch::no_grad(|| -> Result<FoldedFusionHead, TrainError> {
+            let (fc1_weight, fc1_bias) = detached(&network.features_fc1)?;
+            let (fc2_weight, fc2_bias) = detached(&network.features_fc2)?;
+            Ok(FoldedFusionHead {
+                fc1_weight,
+                fc1_bias,
+                fc2_weight,
+                fc2_bias,
+            })
+        })?;
+        Self::fold_trunk(&network.trunk, &network.fc, Some(head))
+    }
+
+    /// Logits of `images` (NCHW, channels-last strides), with their features `[N, F]` for a fusion network.
+    pub(crate) fn forward(
+        &self,
+        images: &Tensor,
+        features: Option<&Tensor>,
+    ) -> Result<Tensor, TrainError> {
+        let mut activations = self.stem.forward(images)?;
+        let _in_place = activations.f_relu_()?;
         for layer in &self.layers {
-            features = layer.forward(&features)?;
+            activations = layer.forward(&activations)?;
         }
-        Ok(features
+        let pooled = activations
             .f_adaptive_avg_pool2d([1, 1])?
-            .f_flatten(1, -1)?
-            .f_linear(&self.fc_weight, self.fc_bias.as_ref())?)
+            .f_flatten(1, -1)?;
+        let classifier_input = match &self.fusion {
+            None => pooled,
+            Some(head) => {
+                let features = features.ok_or_else(|| {
+                    TrainError::InvalidInput("the fusion model needs features".to_string())
+                })?;
+                let encoded = features
+                    .f_linear(&head.fc1_weight, head.fc1_bias.as_ref())?
+                    .f_relu()?
+                    .f_linear(&head.fc2_weight, head.fc2_bias.as_ref())?
+                    .f_relu()?;
+                Tensor::f_cat(&[pooled, encoded], 1)?
+            }
+        };
+        Ok(classifier_input.f_linear(&self.fc_weight, self.fc_bias.as_ref())?)
     }
 }
 
@@ -375,15 +521,18 @@ pub enum Network {
     LeNet(Box<LeNet>),
     WideLeNet(Box<WideLeNet>),
     ResNet(Box<ResNet>),
+    Fusion(Box<FusionNet>),
 }
 
 impl Network {
     /// Registers the network's variables in `var_store` and initializes them from `seed` like
-    /// PyTorch's defaults (identical on every machine for one seed).
+    /// PyTorch's defaults (identical on every machine for one seed). `feature_width` is the number of
+    /// transformed features per image of a network that takes them (ignored by the others).
     pub fn new(
         var_store: &nn::VarStore,
         architecture: Architecture,
         num_classes: usize,
+        feature_width: usize,
         seed: u64,
     ) -> Result<Self, TrainError> {
         let root = var_store.root();
@@ -393,19 +542,50 @@ impl Network {
                 Network::WideLeNet(Box::new(WideLeNet::new(&root, num_classes)))
             }
             Architecture::ResNet => Network::ResNet(Box::new(ResNet::new(&root, num_classes))),
+            Architecture::Fusion => {
+                if feature_width == 0 {
+                    return Err(TrainError::InvalidConfig(
+                        "the fusion network needs at least one feature".to_string(),
+                    ));
+                }
+                Network::Fusion(Box::new(FusionNet::new(&root, num_classes, feature_width)))
+            }
+            Architecture::Gbdt => {
+                return Err(TrainError::InvalidConfig(
+                    "gbdt is gradient-boosted trees, not a network (plankton-gbdt trains it)".to_string(),
+                ));
+            }
         };
         initialize_like_pytorch(var_store, seed)?;
         convert_conv_weights_to_channels_last(var_store)?;
         Ok(network)
     }
-}
 
-impl ModuleT for Network {
-    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+    /// Transformed features per image the network takes (0: images only).
+    pub fn feature_width(&self) -> usize {
         match self {
-            Network::LeNet(network) => network.forward_t(images, train),
-            Network::WideLeNet(network) => network.forward_t(images, train),
-            Network::ResNet(network) => network.forward_t(images, train),
+            Network::Fusion(network) => network.feature_width,
+            Network::LeNet(_) | Network::WideLeNet(_) | Network::ResNet(_) => 0,
+        }
+    }
+
+    /// Logits of `images` (NCHW) and, for a network that takes them, their features `[N, F]`.
+    pub fn forward_t(
+        &self,
+        images: &Tensor,
+        features: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor, TrainError> {
+        match self {
+            Network::LeNet(network) => Ok(network.forward_t(images, train)),
+            Network::WideLeNet(network) => Ok(network.forward_t(images, train)),
+            Network::ResNet(network) => Ok(network.forward_t(images, train)),
+            Network::Fusion(network) => {
+                let features = features.ok_or_else(|| {
+                    TrainError::InvalidInput("the fusion network needs features".to_string())
+                })?;
+                network.forward_t(images, features, train)
+            }
         }
     }
 }

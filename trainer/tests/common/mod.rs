@@ -76,7 +76,11 @@ pub fn random_batch(count: usize, num_classes: usize, seed: u64) -> (Vec<u8>, Ve
 /// A shard of `count` random images.
 pub fn random_shard(count: usize, num_classes: usize, seed: u64) -> ShardData {
     let (images, labels) = random_batch(count, num_classes, seed);
-    ShardData { images, labels }
+    ShardData {
+        images,
+        labels,
+        ..ShardData::default()
+    }
 }
 
 pub fn max_abs_difference(left: &[f32], right: &[f32]) -> f32 {
