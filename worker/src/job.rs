@@ -1001,6 +1001,7 @@ fn train_config(
     Ok(TrainConfig {
         architecture,
         num_classes: assignment.class_names.len(),
+        feature_width: 0,
         class_weights: assignment.class_weights.clone(),
         epochs: spec.epochs,
         batch_size: spec.batch_size as usize,
@@ -1096,6 +1097,7 @@ async fn write_model(
             .map(|elapsed| elapsed.as_millis() as u64)
             .unwrap_or(0),
         weights_file: weights_file.to_string(),
+        feature_transform: None,
     };
     output
         .put_bytes(
