@@ -59,6 +59,7 @@ pub fn job_json(job: &Job) -> Value {
         "skipped_meta_row_examples": job.skipped_meta_row_examples,
         "skipped_steps": job.skipped_steps,
         "model_url": job.model_url,
+        "training_summary": job.training_summary,
         "weights_digest": job.weights_digest,
         "generation": job.generation,
         "global_step": job.global_step,
@@ -142,6 +143,9 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
     ));
     out.push_str(&skipped_meta_rows_report(job));
     out.push_str(&format!("tolerance  {}\n", tolerance_summary(&spec)));
+    if !job.training_summary.is_empty() {
+        out.push_str(&format!("training   {}\n", job.training_summary));
+    }
     if spec.loss() == plankton_proto::v1::LossFunction::LogitAdjusted {
         out.push_str(&format!(
             "loss       logit-adjusted cross-entropy, tau {}, class weighting {}\n",

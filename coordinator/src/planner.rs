@@ -23,7 +23,12 @@ pub const DEFAULT_MAX_RECOVERIES: u32 = 10;
 pub const DEFAULT_KEEP_CHECKPOINTS: u32 = 2;
 /// tau of the logit-adjusted loss when the spec leaves it 0.
 pub const DEFAULT_LOGIT_TAU: f32 = 1.0;
-pub const KNOWN_MODELS: [&str; 3] = ["resnet", "lenet", "wide_lenet"];
+pub const KNOWN_MODELS: [&str; 4] = ["resnet", "lenet", "wide_lenet", "gbdt"];
+/// The model that is gradient-boosted trees on the native features rather than a network.
+pub const GBDT_MODEL: &str = "gbdt";
+/// What a `gbdt` job's `Job.training_summary` says.
+pub const GBDT_TRAINING_SUMMARY: &str =
+    "gradient-boosted trees (plankton-gbdt) on the native features, trained on one worker";
 
 /// The train and test objects one rank works on.
 #[derive(Clone, Debug, Default)]
@@ -75,6 +80,9 @@ pub fn normalize_spec(mut spec: JobSpec) -> CoordinatorResult<JobSpec> {
             KNOWN_MODELS.join(", ")
         )));
     }
+    if spec.model == GBDT_MODEL {
+        check_gbdt_spec(&mut spec)?;
+    }
     if spec.epochs == 0 {
         spec.epochs = DEFAULT_EPOCHS;
     }
@@ -107,6 +115,28 @@ pub fn normalize_spec(mut spec: JobSpec) -> CoordinatorResult<JobSpec> {
     }
     fill_fault_tolerance_defaults(&mut spec);
     Ok(spec)
+}
+
+/// Trees train on one worker in one pass: world size 1 (refused otherwise), one evaluation (`epochs` 1), and
+/// class imbalance through the class weighting's sample weights (the logit-adjusted loss is for networks).
+fn check_gbdt_spec(spec: &mut JobSpec) -> CoordinatorResult<()> {
+    if spec.world_size != 1 {
+        return Err(invalid_field(
+            "spec.world_size",
+            format!(
+                "{}: model gbdt trains on one worker, set world_size to 1",
+                spec.world_size
+            ),
+        ));
+    }
+    if spec.loss == plankton_proto::v1::LossFunction::LogitAdjusted as i32 {
+        return Err(invalid_field(
+            "spec.loss",
+            "logit_adjusted is a network loss; model gbdt weights its samples by the class weighting".into(),
+        ));
+    }
+    spec.epochs = 1;
+    Ok(())
 }
 
 /// Gives the fault-tolerance fields left at 0 their defaults (also applied to jobs read back from the store),

@@ -360,6 +360,11 @@ impl ClusterState {
             skipped_meta_row_examples: plan.skipped_meta_row_examples.clone(),
             train_class_counts: class_counts(&plan, |shard| &shard.train),
             test_class_counts: class_counts(&plan, |shard| &shard.test),
+            training_summary: if spec.model == crate::planner::GBDT_MODEL {
+                crate::planner::GBDT_TRAINING_SUMMARY.to_string()
+            } else {
+                String::new()
+            },
             spec: Some(spec),
             created_unix_ms: unix_ms_now(),
             message: "waiting for workers".into(),

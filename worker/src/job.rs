@@ -264,13 +264,16 @@ async fn run_one_generation(
     };
 
     // 1. Load the virtual shards of this generation (keeping those already in memory).
-    let reporter = Reporter {
+    let mut reporter = Reporter {
         client: client.clone(),
         job_id: assignment.job_id.clone(),
         rank: assignment.rank,
         generation: assignment.generation,
         worker_id: worker_id.to_string(),
     };
+    if matches!(spec.model.parse::<Architecture>(), Ok(Architecture::Gbdt)) {
+        return run_gbdt_generation(config, assignment, &spec, &mut reporter, handle, outbox).await;
+    }
     if let Err(load_error) =
         load_virtual_shards(config, assignment, &spec, &reporter, handle, memory).await
     {
@@ -515,6 +518,55 @@ async fn run_one_generation(
             error!(job_id = assignment.job_id, error = %failure, "training failed on this worker");
             memory.trainer = None;
             leave(memory, false, failure.to_string())
+        }
+    }
+}
+
+/// A `gbdt` job: trees on the native features, trained, evaluated and written by this one worker.
+async fn run_gbdt_generation(
+    config: &WorkerConfig,
+    assignment: &ShardAssignment,
+    spec: &JobSpec,
+    reporter: &mut Reporter,
+    handle: &JobHandle,
+    outbox: &Outbox,
+) -> GenerationEnd {
+    let progress = WorkerProgress {
+        epoch: 1,
+        loaded_objects: assignment
+            .virtual_shards
+            .iter()
+            .map(|shard| (shard.train.len() + shard.test.len()) as u64)
+            .sum(),
+        virtual_shards: assignment
+            .virtual_shards
+            .iter()
+            .map(|shard| shard.index)
+            .collect(),
+        ..reporter.base_progress()
+    };
+    reporter.progress(JobPhase::Training, progress).await;
+    let job = crate::gbdt_job::run_gbdt_job(
+        assignment,
+        spec,
+        config.threads,
+        outbox,
+        &reporter.worker_id,
+    );
+    let outcome = tokio::select! {
+        outcome = job => outcome,
+        () = handle.cancel.cancelled() => {
+            return GenerationEnd::Stopped("the job was stopped".into());
+        }
+    };
+    match outcome {
+        Ok(outcome) => GenerationEnd::Finished {
+            model_url: outcome.model_url,
+            weights_digest: outcome.model_digest,
+        },
+        Err(failure) => {
+            error!(job_id = assignment.job_id, error = format!("{failure:#}"), "gbdt training failed");
+            GenerationEnd::Failed(format!("gbdt: {failure:#}"))
         }
     }
 }

@@ -5,6 +5,7 @@
 mod checkpointing;
 mod credentials;
 mod fault_injection;
+mod gbdt_job;
 mod job;
 mod loader;
 mod outbox;
