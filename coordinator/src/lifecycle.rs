@@ -863,6 +863,11 @@ pub(crate) fn form_generation(
             state_source: Some(source.clone()),
             ring_secret: ring_secret.clone(),
             ring_tls: entry.ring_tls,
+            feature_transform_json: plan
+                .features
+                .as_ref()
+                .map(|features| features.transform_json.clone())
+                .unwrap_or_default(),
         };
         if let Some(worker) = pool.workers.get_mut(worker_id) {
             worker.assign(assignment);

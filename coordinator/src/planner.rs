@@ -9,6 +9,7 @@ use plankton_dataset::{
 use plankton_proto::v1::{ClassWeighting, JobSpec, ShardObject};
 
 use crate::error::{CoordinatorError, CoordinatorResult};
+use crate::features::{JobFeatures, fit_job_features, model_uses_features};
 use crate::validation::WORLD_SIZE_HARD_LIMIT;
 
 /// Defaults applied to zero-valued fields of a submitted spec.
@@ -21,7 +22,7 @@ pub const DEFAULT_SEED: u64 = 42;
 pub const DEFAULT_MIN_WORKERS: u32 = 1;
 pub const DEFAULT_MAX_RECOVERIES: u32 = 10;
 pub const DEFAULT_KEEP_CHECKPOINTS: u32 = 2;
-pub const KNOWN_MODELS: [&str; 2] = ["resnet", "lenet"];
+pub const KNOWN_MODELS: [&str; 3] = ["resnet", "lenet", "fusion"];
 
 /// The train and test objects one rank works on.
 #[derive(Clone, Debug, Default)]
@@ -47,6 +48,8 @@ pub struct JobPlan {
     pub skipped_meta_rows: u64,
     /// The first [`SKIPPED_META_ROW_EXAMPLES`] of them, as `meta.csv:17: <reason>`.
     pub skipped_meta_row_examples: Vec<String>,
+    /// For a model that takes native features: the transform fitted on the training split and its imputations.
+    pub features: Option<JobFeatures>,
 }
 
 /// Fills defaults and refuses values that cannot work, before any data is read.
@@ -247,6 +250,11 @@ pub async fn plan_job(spec: &JobSpec) -> CoordinatorResult<JobPlan> {
             ),
         ));
     }
+    let features = if model_uses_features(&spec.model) {
+        Some(fit_job_features(&location, &spec.dataset_url, &train, &test).await?)
+    } else {
+        None
+    };
     let train_shards = deal_stratified(&train, num_classes, world_size);
     let test_shards = deal_stratified(&test, num_classes, world_size);
     debug_assert_eq!(
@@ -274,6 +282,7 @@ pub async fn plan_job(spec: &JobSpec) -> CoordinatorResult<JobPlan> {
             .take(SKIPPED_META_ROW_EXAMPLES)
             .map(|skipped| truncate_chars(&skipped.to_string(), SKIPPED_META_ROW_EXAMPLE_CHARS))
             .collect(),
+        features,
     })
 }
 

@@ -33,6 +33,7 @@ use plankton_trainer::{
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
 use crate::credentials::CoordinatorClient;
 use crate::fault_injection::FaultInjectingCollective;
+use crate::features::FeatureSource;
 use crate::loader::load_shard;
 use crate::outbox::{Outbox, Report};
 use crate::tensorboard_log::StepLog;
@@ -595,6 +596,9 @@ async fn load_virtual_shards(
         Some(dir) => Some(ShardCache::open(dir.clone())?),
         None => None,
     };
+    let feature_source = crate::features::assignment_transform(assignment)?
+        .map(|transform| FeatureSource::new(location.clone(), transform, cache.clone()))
+        .transpose()?;
     let total: usize = missing
         .iter()
         .map(|shard| shard.train.len() + shard.test.len())
@@ -636,6 +640,12 @@ async fn load_virtual_shards(
             .await?;
             done_before += objects.len();
             memory.skipped_objects += loaded.skipped.len() as u64;
+            let mut loaded = loaded;
+            if let Some(source) = &feature_source {
+                let (features, _) = source.rows(&loaded.objids).await?;
+                loaded.data.features = features;
+                loaded.data.feature_width = source.transform().output_width();
+            }
             parts.push(loaded);
         }
         let test = parts.pop().expect("two parts");
@@ -998,9 +1008,18 @@ fn train_config(
     } else {
         threads
     };
+    let feature_width = match crate::features::assignment_transform(assignment)? {
+        Some(transform) => transform.output_width(),
+        None if architecture.uses_features() => anyhow::bail!(
+            "model {} takes native features, but the assignment carries no feature transform",
+            architecture
+        ),
+        None => 0,
+    };
     Ok(TrainConfig {
         architecture,
         num_classes: assignment.class_names.len(),
+        feature_width,
         class_weights: assignment.class_weights.clone(),
         epochs: spec.epochs,
         batch_size: spec.batch_size as usize,
@@ -1070,6 +1089,8 @@ async fn write_model(
             .map(|elapsed| elapsed.as_millis() as u64)
             .unwrap_or(0),
         weights_file: weights_file.to_string(),
+        feature_transform: crate::features::assignment_transform(assignment)?
+            .map(|transform| transform.as_ref().clone()),
     };
     output
         .put_bytes(

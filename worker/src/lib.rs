@@ -5,6 +5,8 @@
 mod checkpointing;
 mod credentials;
 mod fault_injection;
+mod feature_cache;
+pub mod features;
 mod job;
 mod loader;
 mod outbox;

@@ -209,7 +209,11 @@ fn from_cached(cached: CachedShard, objects: &[ShardObject]) -> LoadedShard {
         }
     }
     LoadedShard {
-        data: ShardData { images, labels },
+        data: ShardData {
+            images,
+            labels,
+            ..ShardData::default()
+        },
         objids,
         skipped,
     }

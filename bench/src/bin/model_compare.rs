@@ -77,6 +77,7 @@ async fn load(dataset: &str, objects: &[ShardObject]) -> anyhow::Result<ShardDat
     let mut data = ShardData {
         images: Vec::with_capacity(fetched.len() * IMAGE_LEN),
         labels: Vec::new(),
+        ..ShardData::default()
     };
     for ((objid, _), channels) in fetched.iter().zip(processed) {
         if let Ok(channels) = channels {
