@@ -864,6 +864,11 @@ pub(crate) fn form_generation(
             ring_secret: ring_secret.clone(),
             ring_tls: entry.ring_tls,
             train_class_counts: entry.job.train_class_counts.clone(),
+            feature_transform_json: plan
+                .features
+                .as_ref()
+                .map(|features| features.transform_json.clone())
+                .unwrap_or_default(),
         };
         if let Some(worker) = pool.workers.get_mut(worker_id) {
             worker.assign(assignment);

@@ -9,6 +9,7 @@ use plankton_dataset::{
 use plankton_proto::v1::{ClassWeighting, JobSpec, ShardObject};
 
 use crate::error::{CoordinatorError, CoordinatorResult};
+use crate::features::{JobFeatures, fit_job_features, model_uses_features};
 use crate::validation::WORLD_SIZE_HARD_LIMIT;
 
 /// Defaults applied to zero-valued fields of a submitted spec.
@@ -23,7 +24,7 @@ pub const DEFAULT_MAX_RECOVERIES: u32 = 10;
 pub const DEFAULT_KEEP_CHECKPOINTS: u32 = 2;
 /// tau of the logit-adjusted loss when the spec leaves it 0.
 pub const DEFAULT_LOGIT_TAU: f32 = 1.0;
-pub const KNOWN_MODELS: [&str; 4] = ["resnet", "lenet", "wide_lenet", "gbdt"];
+pub const KNOWN_MODELS: [&str; 5] = ["resnet", "lenet", "wide_lenet", "fusion", "gbdt"];
 /// The model that is gradient-boosted trees on the native features rather than a network.
 pub const GBDT_MODEL: &str = "gbdt";
 /// What a `gbdt` job's `Job.training_summary` says.
@@ -54,6 +55,8 @@ pub struct JobPlan {
     pub skipped_meta_rows: u64,
     /// The first [`SKIPPED_META_ROW_EXAMPLES`] of them, as `meta.csv:17: <reason>`.
     pub skipped_meta_row_examples: Vec<String>,
+    /// For a model that takes native features: the transform fitted on the training split and its imputations.
+    pub features: Option<JobFeatures>,
 }
 
 /// Fills defaults and refuses values that cannot work, before any data is read.
@@ -282,6 +285,11 @@ pub async fn plan_job(spec: &JobSpec) -> CoordinatorResult<JobPlan> {
             ),
         ));
     }
+    let features = if model_uses_features(&spec.model) {
+        Some(fit_job_features(&location, &spec.dataset_url, &train, &test).await?)
+    } else {
+        None
+    };
     let train_shards = deal_stratified(&train, num_classes, world_size);
     let test_shards = deal_stratified(&test, num_classes, world_size);
     debug_assert_eq!(
@@ -309,6 +317,7 @@ pub async fn plan_job(spec: &JobSpec) -> CoordinatorResult<JobPlan> {
             .take(SKIPPED_META_ROW_EXAMPLES)
             .map(|skipped| truncate_chars(&skipped.to_string(), SKIPPED_META_ROW_EXAMPLE_CHARS))
             .collect(),
+        features,
     })
 }
 

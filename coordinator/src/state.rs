@@ -358,6 +358,10 @@ impl ClusterState {
             virtual_shard_count: plan.shards.len() as u32,
             skipped_meta_rows: plan.skipped_meta_rows,
             skipped_meta_row_examples: plan.skipped_meta_row_examples.clone(),
+            feature_imputation: plan
+                .features
+                .as_ref()
+                .map(|features| features.imputation.clone()),
             train_class_counts: class_counts(&plan, |shard| &shard.train),
             test_class_counts: class_counts(&plan, |shard| &shard.test),
             training_summary: if spec.model == crate::planner::GBDT_MODEL {

@@ -107,6 +107,8 @@ enum Refusal {
 struct QueuedRequest {
     images: ModelInput,
     image_count: usize,
+    /// Each image's transformed features, row-major (empty for a model without features).
+    features: Vec<f32>,
     queued_at: Instant,
     /// The client's deadline, if it sent one.
     deadline: Option<Instant>,
@@ -248,6 +250,20 @@ impl InferenceEngine {
         deadline: Option<Instant>,
         arrival: Arrival,
     ) -> ServeResult<Vec<f32>> {
+        self.predict_with_features(images, Vec::new(), image_count, deadline, arrival)
+            .await
+    }
+
+    /// [`InferenceEngine::predict`] for a model that takes features: `features` holds each image's transformed
+    /// features, row-major (the model's feature width per image).
+    pub async fn predict_with_features(
+        &self,
+        images: ModelInput,
+        features: Vec<f32>,
+        image_count: usize,
+        deadline: Option<Instant>,
+        arrival: Arrival,
+    ) -> ServeResult<Vec<f32>> {
         if image_count == 0 || images.len() != image_count * IMAGE_LEN {
             return Err(ServeError::Internal(format!(
                 "{} values for {image_count} images (expected {IMAGE_LEN} per image)",
@@ -258,6 +274,7 @@ impl InferenceEngine {
         let request = QueuedRequest {
             images,
             image_count,
+            features,
             queued_at: Instant::now(),
             deadline,
             respond,
@@ -388,6 +405,14 @@ impl Batcher {
         self.metrics.batch_size.observe(image_total as f64);
         self.metrics.forward_passes.inc();
         let started = Instant::now();
+        let mut features: Vec<f32> = Vec::new();
+        for request in &mut batch {
+            if features.is_empty() {
+                features = std::mem::take(&mut request.features);
+            } else {
+                features.extend_from_slice(&request.features);
+            }
+        }
         let outcome = if batch[0].images.is_scaled() {
             let mut values: Vec<f32> = Vec::with_capacity(image_total * IMAGE_LEN);
             for request in &mut batch {
@@ -400,8 +425,11 @@ impl Batcher {
                 }
             }
             std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.model
-                    .predict_probabilities_scaled(&values, image_total)
+                self.model.predict_probabilities_scaled_with_features(
+                    &values,
+                    &features,
+                    image_total,
+                )
             }))
         } else {
             let mut pixels: Vec<u8> = Vec::with_capacity(image_total * IMAGE_LEN);
@@ -415,7 +443,8 @@ impl Batcher {
                 }
             }
             std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.model.predict_probabilities(&pixels, image_total)
+                self.model
+                    .predict_probabilities_with_features(&pixels, &features, image_total)
             }))
         };
         let probabilities = match outcome {

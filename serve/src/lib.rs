@@ -20,6 +20,7 @@ pub mod admission;
 pub mod deadline;
 pub mod engine;
 pub mod error;
+pub mod features;
 pub mod in_memory_registry;
 pub mod metrics;
 pub mod model_ref;

@@ -81,11 +81,20 @@ impl OpenInferenceService {
         let raw_output = wants_raw_output(&request)?;
         let input = read_input(&request)?;
         let model = self.core.store().model_for(&model_text).await?;
+        if model.feature_transform.is_some() {
+            return Err(invalid(format!(
+                "model {} takes native features next to each image, which this Open Inference Protocol endpoint \
+                 does not accept; use plankton.v1.Inference/Predict with ImageInput.native_features",
+                model.label()
+            )));
+        }
         let (image_count, probabilities) = match input {
             InputTensor::Jpegs(jpegs) => {
                 let image_count = jpegs.len();
-                let (outcomes, probabilities) =
-                    self.core.classify_jpegs(&model, jpegs, deadline).await?;
+                let (outcomes, probabilities) = self
+                    .core
+                    .classify_jpegs(&model, jpegs, Vec::new(), deadline)
+                    .await?;
                 let problems: Vec<String> = outcomes
                     .iter()
                     .enumerate()

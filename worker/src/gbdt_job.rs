@@ -1,18 +1,21 @@
-//! A `gbdt` job on this one worker: reads the dataset's native features, fits the feature transform on the
-//! training split (the fusion network's rows: median imputation + missing indicators, z-scored, |r| > 0.95
-//! dropped; z-scoring does not change a tree's splits), trains plankton-gbdt with the job's class weights as
-//! sample weights, evaluates every virtual shard's test objects once (epoch 1), writes the trees and the model
-//! card (with the transform, which serving applies to raw features).
+//! A `gbdt` job on this one worker: the feature rows of its virtual shards under the transform the coordinator
+//! fitted on the training split (the fusion network's rows: median imputation + missing indicators, z-scored,
+//! one of each pair correlated above |0.95| dropped; z-scoring does not move a tree's splits), plankton-gbdt
+//! trained with the job's class weights as sample weights, every virtual shard's test objects evaluated once
+//! (epoch 1), the trees and the model card (with the transform, which serving applies to raw features) written.
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tracing::info;
 
-use plankton_dataset::{FeatureTransform, open_location, read_features};
+use anyhow::Context;
+use plankton_dataset::open_location;
+use plankton_preprocess::ShardCache;
 use plankton_gbdt::{FeatureMatrix, GbdtModel, GbdtParams};
 use plankton_proto::GBDT_MODEL_FILE;
 use plankton_proto::v1::{EpochReport, JobSpec, ShardAssignment};
 use plankton_trainer::{Architecture, ModelCard, ModelInput};
 
+use crate::features::{FeatureSource, shard_feature_matrices};
 use crate::outbox::{Outbox, Report};
 
 /// Smallest probability a test loss takes the logarithm of.
@@ -32,22 +35,24 @@ struct ShardEvaluation {
     count: u64,
 }
 
-/// Trains, evaluates and writes a `gbdt` job's model; epoch reports go through `outbox`.
+/// Trains, evaluates and writes a `gbdt` job's model; epoch reports go through `outbox`. `cache` keeps the
+/// shards' feature rows between runs.
 pub(crate) async fn run_gbdt_job(
     assignment: &ShardAssignment,
     spec: &JobSpec,
     threads: usize,
+    cache: Option<ShardCache>,
     outbox: &Outbox,
     worker_id: &str,
 ) -> anyhow::Result<GbdtOutcome> {
     let num_classes = assignment.class_names.len();
-    let location = open_location(&spec.dataset_url)?;
-    let table = read_features(&location).await?;
-    let train: Vec<(i64, u32)> = assignment
-        .virtual_shards
-        .iter()
-        .flat_map(|shard| shard.train.iter().map(|object| (object.objid, object.label)))
-        .collect();
+    let transform = crate::features::assignment_transform(assignment)?
+        .context("the assignment of a gbdt job carries no feature transform")?;
+    let source = FeatureSource::new(open_location(&spec.dataset_url)?, transform.clone(), cache)?;
+    let mut shards = Vec::with_capacity(assignment.virtual_shards.len());
+    for shard in &assignment.virtual_shards {
+        shards.push((shard.index, shard_feature_matrices(&source, shard).await?));
+    }
     let class_weights = assignment.class_weights.clone();
     if class_weights.len() != num_classes {
         anyhow::bail!(
@@ -55,17 +60,18 @@ pub(crate) async fn run_gbdt_job(
             class_weights.len()
         );
     }
-    let virtual_shards = assignment.virtual_shards.clone();
     let params = GbdtParams {
         threads: threads.max(1),
         ..Default::default()
     };
     let trained = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let train_objids: Vec<i64> = train.iter().map(|(objid, _)| *objid).collect();
-        let (transform, train_without_row) = FeatureTransform::fit_on_split(&table, &train_objids);
         let width = transform.output_width();
-        let (train_values, _) = transform.transform_objects(&table, &train_objids);
-        let labels: Vec<u32> = train.iter().map(|(_, label)| *label).collect();
+        let mut train_values = Vec::new();
+        let mut labels = Vec::new();
+        for (_, matrices) in &shards {
+            train_values.extend_from_slice(&matrices.train.values);
+            labels.extend_from_slice(&matrices.train.labels);
+        }
         let weights: Vec<f32> = labels
             .iter()
             .map(|label| class_weights[*label as usize])
@@ -73,29 +79,27 @@ pub(crate) async fn run_gbdt_job(
         let train_matrix = FeatureMatrix::new(&train_values, labels.len(), width)?;
         let model = GbdtModel::train(&train_matrix, &labels, &weights, num_classes, &params)?;
         let train_loss = weighted_log_loss(&model, &train_matrix, &labels, &weights)?;
-        let mut evaluations = Vec::with_capacity(virtual_shards.len());
-        for shard in &virtual_shards {
-            let objids: Vec<i64> = shard.test.iter().map(|object| object.objid).collect();
-            let (values, _) = transform.transform_objects(&table, &objids);
-            let matrix = FeatureMatrix::new(&values, objids.len(), width)?;
+        let mut evaluations = Vec::with_capacity(shards.len());
+        for (virtual_shard, matrices) in &shards {
+            let test = &matrices.test;
+            let matrix = FeatureMatrix::new(&test.values, test.labels.len(), width)?;
             let probabilities = model.predict_probabilities(&matrix)?;
             let mut confusion = vec![0u64; num_classes * num_classes];
             let mut loss_sum = 0.0;
-            for (object, row) in shard.test.iter().zip(probabilities.chunks(num_classes)) {
+            for (label, row) in test.labels.iter().zip(probabilities.chunks(num_classes)) {
                 let predicted = argmax(row);
-                confusion[object.label as usize * num_classes + predicted] += 1;
-                loss_sum -= f64::from(row[object.label as usize].max(PROBABILITY_FLOOR)).ln();
+                confusion[*label as usize * num_classes + predicted] += 1;
+                loss_sum -= f64::from(row[*label as usize].max(PROBABILITY_FLOOR)).ln();
             }
             evaluations.push(ShardEvaluation {
-                virtual_shard: shard.index,
+                virtual_shard: *virtual_shard,
                 confusion,
                 loss_sum,
-                count: shard.test.len() as u64,
+                count: test.labels.len() as u64,
             });
         }
         info!(
             train_objects = labels.len(),
-            train_without_row,
             features = width,
             train_loss,
             "gbdt trained"
@@ -141,7 +145,7 @@ pub(crate) async fn run_gbdt_job(
             .map(|elapsed| elapsed.as_millis() as u64)
             .unwrap_or(0),
         weights_file: GBDT_MODEL_FILE.to_string(),
-        feature_transform: Some(transform),
+        feature_transform: Some(transform.as_ref().clone()),
     };
     output
         .put_bytes(

@@ -33,6 +33,7 @@ use plankton_trainer::{
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
 use crate::credentials::CoordinatorClient;
 use crate::fault_injection::FaultInjectingCollective;
+use crate::features::FeatureSource;
 use crate::loader::load_shard;
 use crate::outbox::{Outbox, Report};
 use crate::tensorboard_log::StepLog;
@@ -546,10 +547,16 @@ async fn run_gbdt_generation(
         ..reporter.base_progress()
     };
     reporter.progress(JobPhase::Training, progress).await;
+    let cache = match config.cache_dir.as_ref().map(|dir| ShardCache::open(dir.clone())) {
+        Some(Ok(cache)) => Some(cache),
+        Some(Err(error)) => return GenerationEnd::Failed(format!("opening the shard cache: {error}")),
+        None => None,
+    };
     let job = crate::gbdt_job::run_gbdt_job(
         assignment,
         spec,
         config.threads,
+        cache,
         outbox,
         &reporter.worker_id,
     );
@@ -647,6 +654,9 @@ async fn load_virtual_shards(
         Some(dir) => Some(ShardCache::open(dir.clone())?),
         None => None,
     };
+    let feature_source = crate::features::assignment_transform(assignment)?
+        .map(|transform| FeatureSource::new(location.clone(), transform, cache.clone()))
+        .transpose()?;
     let total: usize = missing
         .iter()
         .map(|shard| shard.train.len() + shard.test.len())
@@ -688,6 +698,12 @@ async fn load_virtual_shards(
             .await?;
             done_before += objects.len();
             memory.skipped_objects += loaded.skipped.len() as u64;
+            let mut loaded = loaded;
+            if let Some(source) = &feature_source {
+                let (features, _) = source.rows(&loaded.objids).await?;
+                loaded.data.features = features;
+                loaded.data.feature_width = source.transform().output_width();
+            }
             parts.push(loaded);
         }
         let test = parts.pop().expect("two parts");
@@ -1050,10 +1066,18 @@ fn train_config(
     } else {
         threads
     };
+    let feature_width = match crate::features::assignment_transform(assignment)? {
+        Some(transform) => transform.output_width(),
+        None if architecture.uses_features() => anyhow::bail!(
+            "model {} takes native features, but the assignment carries no feature transform",
+            architecture
+        ),
+        None => 0,
+    };
     Ok(TrainConfig {
         architecture,
         num_classes: assignment.class_names.len(),
-        feature_width: 0,
+        feature_width,
         class_weights: assignment.class_weights.clone(),
         epochs: spec.epochs,
         batch_size: spec.batch_size as usize,
@@ -1149,7 +1173,8 @@ async fn write_model(
             .map(|elapsed| elapsed.as_millis() as u64)
             .unwrap_or(0),
         weights_file: weights_file.to_string(),
-        feature_transform: None,
+        feature_transform: crate::features::assignment_transform(assignment)?
+            .map(|transform| transform.as_ref().clone()),
     };
     output
         .put_bytes(

@@ -5,7 +5,9 @@
 mod checkpointing;
 mod credentials;
 mod fault_injection;
+mod feature_cache;
 mod gbdt_job;
+pub mod features;
 mod job;
 mod loader;
 mod outbox;

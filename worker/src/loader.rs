@@ -212,7 +212,7 @@ fn from_cached(cached: CachedShard, objects: &[ShardObject]) -> LoadedShard {
         data: ShardData {
             images,
             labels,
-            ..Default::default()
+            ..ShardData::default()
         },
         objids,
         skipped,

@@ -76,7 +76,8 @@ async fn load(dataset: &str, objects: &[ShardObject]) -> anyhow::Result<ShardDat
     let processed = preprocess_many(&jpegs, &PreprocessConfig::default());
     let mut data = ShardData {
         images: Vec::with_capacity(fetched.len() * IMAGE_LEN),
-        ..Default::default()
+        labels: Vec::new(),
+        ..ShardData::default()
     };
     for ((objid, _), channels) in fetched.iter().zip(processed) {
         if let Ok(channels) = channels {

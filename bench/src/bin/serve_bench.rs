@@ -312,6 +312,7 @@ async fn measure(
                     images: vec![ImageInput {
                         data: image,
                         id: sent.to_string(),
+                        ..Default::default()
                     }],
                     top_k: 1,
                     ..Default::default()
