@@ -26,7 +26,8 @@ use std::sync::mpsc::{
 };
 use std::time::{Duration, Instant};
 
-use plankton_trainer::{IMAGE_LEN, InferenceModel, TrainError};
+use plankton_gbdt::{FeatureMatrix, GbdtModel};
+use plankton_trainer::{IMAGE_LEN, InferenceModel};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -35,6 +36,67 @@ use tracing::{debug, error, info};
 
 use crate::error::{ServeError, ServeResult};
 use crate::metrics::ReasonLabels;
+
+/// What an inference thread runs: a libtorch network (images, and features for a network that takes them), or
+/// gradient-boosted trees, which answer from the transformed features alone.
+#[derive(Debug)]
+pub enum ServedModel {
+    Network(InferenceModel),
+    Trees(GbdtModel),
+}
+
+impl From<InferenceModel> for ServedModel {
+    fn from(model: InferenceModel) -> Self {
+        ServedModel::Network(model)
+    }
+}
+
+impl From<GbdtModel> for ServedModel {
+    fn from(model: GbdtModel) -> Self {
+        ServedModel::Trees(model)
+    }
+}
+
+impl ServedModel {
+    pub fn num_classes(&self) -> usize {
+        match self {
+            ServedModel::Network(model) => model.num_classes(),
+            ServedModel::Trees(model) => model.num_classes(),
+        }
+    }
+
+    fn tree_probabilities(
+        model: &GbdtModel,
+        features: &[f32],
+        count: usize,
+    ) -> Result<Vec<f32>, String> {
+        let matrix = FeatureMatrix::new(features, count, model.num_features())
+            .map_err(|error| error.to_string())?;
+        model
+            .predict_probabilities(&matrix)
+            .map_err(|error| error.to_string())
+    }
+
+    /// Probabilities of `count` u8 CHW images (ignored by trees) and their transformed features.
+    fn predict_pixels(&self, pixels: &[u8], features: &[f32], count: usize) -> Result<Vec<f32>, String> {
+        match self {
+            ServedModel::Network(model) => model
+                .predict_probabilities_with_features(pixels, features, count)
+                .map_err(|error| error.to_string()),
+            ServedModel::Trees(model) => Self::tree_probabilities(model, features, count),
+        }
+    }
+
+    /// Probabilities of `count` images scaled to the network's input (ignored by trees) and their features.
+    fn predict_scaled(&self, values: &[f32], features: &[f32], count: usize) -> Result<Vec<f32>, String> {
+        match self {
+            ServedModel::Network(model) => model
+                .predict_probabilities_scaled_with_features(values, features, count)
+                .map_err(|error| error.to_string()),
+            ServedModel::Trees(model) => Self::tree_probabilities(model, features, count),
+        }
+    }
+}
 
 /// How requests are grouped into forward passes.
 #[derive(Clone, Debug)]
@@ -154,13 +216,17 @@ impl Drop for Arrival {
 impl InferenceEngine {
     /// Starts the inference thread of `label` (e.g. `plankton:3`): it runs `load_model` (heavy: builds
     /// the network and copies the weights), then serves batches. Returns once the model is loaded.
-    pub async fn start(
+    pub async fn start<Model, LoadError>(
         label: String,
         num_classes: usize,
         batching: BatchingConfig,
         metrics: EngineMetrics,
-        load_model: impl FnOnce() -> Result<InferenceModel, TrainError> + Send + 'static,
-    ) -> ServeResult<InferenceEngine> {
+        load_model: impl FnOnce() -> Result<Model, LoadError> + Send + 'static,
+    ) -> ServeResult<InferenceEngine>
+    where
+        Model: Into<ServedModel>,
+        LoadError: std::fmt::Display,
+    {
         let max_batch_size = batching.max_batch_size.max(1);
         let queue_capacity = batching.queue_capacity.max(1);
         let (sender, receiver) = sync_channel::<QueuedRequest>(queue_capacity);
@@ -172,8 +238,8 @@ impl InferenceEngine {
         std::thread::Builder::new()
             .name(format!("inference-{label}"))
             .spawn(move || {
-                let model = match std::panic::catch_unwind(AssertUnwindSafe(load_model)) {
-                    Ok(Ok(model)) => model,
+                let model: ServedModel = match std::panic::catch_unwind(AssertUnwindSafe(load_model)) {
+                    Ok(Ok(model)) => model.into(),
                     Ok(Err(load_error)) => {
                         let _ = loaded_sender.send(Err(load_error.to_string()));
                         return;
@@ -319,7 +385,7 @@ impl InferenceEngine {
 
 /// The inference thread's state.
 struct Batcher {
-    model: InferenceModel,
+    model: ServedModel,
     label: String,
     max_batch_size: usize,
     max_queue_delay: Duration,
@@ -425,11 +491,7 @@ impl Batcher {
                 }
             }
             std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.model.predict_probabilities_scaled_with_features(
-                    &values,
-                    &features,
-                    image_total,
-                )
+                self.model.predict_scaled(&values, &features, image_total)
             }))
         } else {
             let mut pixels: Vec<u8> = Vec::with_capacity(image_total * IMAGE_LEN);
@@ -443,15 +505,14 @@ impl Batcher {
                 }
             }
             std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.model
-                    .predict_probabilities_with_features(&pixels, &features, image_total)
+                self.model.predict_pixels(&pixels, &features, image_total)
             }))
         };
         let probabilities = match outcome {
             Ok(Ok(probabilities)) => probabilities,
             Ok(Err(predict_error)) => {
                 error!(model = %self.label, %predict_error, "forward pass failed");
-                return answer_all(batch, &predict_error.to_string());
+                return answer_all(batch, &predict_error);
             }
             Err(_) => {
                 error!(model = %self.label, "forward pass panicked");

@@ -44,7 +44,7 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 pub use admission::{Admission, AdmissionConfig};
-pub use engine::{BatchingConfig, InferenceEngine, ModelInput};
+pub use engine::{BatchingConfig, InferenceEngine, ModelInput, ServedModel};
 pub use error::{ServeError, ServeResult};
 pub use in_memory_registry::InMemoryRegistry;
 pub use metrics::ServeMetrics;

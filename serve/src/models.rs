@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use plankton_dataset::{FeatureTransform, open_location};
 use plankton_preprocess::{PreprocessConfig, ResizeMode};
 use plankton_proto::v1::ModelVersion;
+use plankton_gbdt::GbdtModel;
 use plankton_trainer::{Architecture, InferenceModel, ModelCard};
 use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
-use crate::engine::{BatchingConfig, InferenceEngine};
+use crate::engine::{BatchingConfig, InferenceEngine, ServedModel};
 use crate::error::{ServeError, ServeResult};
 use crate::metrics::{ModelLabels, ModelVersionLabels, ServeMetrics};
 use crate::model_ref::{ModelReference, VersionSelector};
@@ -528,7 +529,26 @@ async fn load_model(
     let weights = read_object(&entry.weights_url, "weights", &label).await?;
     let num_classes = class_names.len();
     let device = tch::Device::cuda_if_available();
-    let engine = InferenceEngine::start(
+    let engine = if architecture == Architecture::Gbdt {
+        InferenceEngine::start(
+            label.clone(),
+            num_classes,
+            batching,
+            metrics.engine_metrics(),
+            move || -> Result<ServedModel, String> {
+                let model = GbdtModel::from_bytes(&weights).map_err(|error| error.to_string())?;
+                if model.num_features() != expected_feature_width {
+                    return Err(format!(
+                        "the trees read {} features per object, the card's transform gives {expected_feature_width}",
+                        model.num_features()
+                    ));
+                }
+                Ok(model.into())
+            },
+        )
+        .await?
+    } else {
+        InferenceEngine::start(
         label.clone(),
         num_classes,
         batching,
@@ -545,7 +565,8 @@ async fn load_model(
             Ok(model)
         },
     )
-    .await?;
+    .await?
+    };
     Ok(Arc::new(LoadedModel {
         entry,
         architecture,

@@ -133,11 +133,13 @@ pub(crate) async fn run_gbdt_job(
     let card = ModelCard {
         architecture: Architecture::Gbdt,
         classes: assignment.class_names.clone(),
-        input: ModelInput {
-            size: 0,
-            channels: Vec::new(),
-            resize_mode: "none (native features only)".to_string(),
-        },
+        // The trees read no pixels; serving still decodes each request's image as the job's spec says.
+        input: ModelInput::standard(
+            match plankton_proto::v1::ResizeMode::try_from(spec.resize_mode).unwrap_or_default() {
+                plankton_proto::v1::ResizeMode::ResizeStretch => "stretch",
+                plankton_proto::v1::ResizeMode::ResizePadToSquare => "pad_to_square",
+            },
+        ),
         metrics: serde_json::Value::Null,
         job_id: assignment.job_id.clone(),
         created_unix_ms: std::time::SystemTime::now()
