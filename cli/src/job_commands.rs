@@ -115,7 +115,8 @@ pub struct JobFields {
     #[arg(long)]
     pub world_size: Option<u32>,
     /// resnet (default); lenet (the reference notebook's small CNN: 2x2 convolutions of 6/16/16 filters);
-    /// wide_lenet (that layout with 3x3 convolutions of 32/64/128 filters).
+    /// wide_lenet (that layout with 3x3 convolutions of 32/64/128 filters); gbdt (gradient-boosted trees on
+    /// the native features, trained on one worker: --world-size 1).
     #[arg(long)]
     pub model: Option<String>,
     #[arg(long)]

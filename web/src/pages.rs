@@ -423,12 +423,15 @@ pub fn job_live_fragment(job: &Job) -> String {
     let latest = latest_epoch(job);
     let _ = write!(
         out,
-        r#"<div class="panel live-summary">{} <span>{}</span> <span>generation {}</span> <span>{} images/s</span> <span>latest macro-F1 {}</span>"#,
+        r#"<div class="panel live-summary">{} <span>{}</span> <span>generation {}</span> <span>{} images/s</span> <span>latest macro-F1 {}</span> <span class="biological-macro-f1">biological {}</span>"#,
         phase_badge(job.phase(), ""),
         progress_cell(job),
         job.generation,
         count_text(images_per_second.round() as u64),
         latest.map_or("-".to_string(), |metrics| metric_text(metrics.macro_f1)),
+        latest.map_or("-".to_string(), |metrics| metric_text(
+            metrics.biological_macro_f1
+        )),
     );
     if job.skipped_steps > 0 {
         let _ = write!(
