@@ -58,6 +58,12 @@ pub fn job_json(job: &Job) -> Value {
         "skipped_meta_rows": job.skipped_meta_rows,
         "skipped_meta_row_examples": job.skipped_meta_row_examples,
         "skipped_steps": job.skipped_steps,
+        "feature_imputation": job.feature_imputation.as_ref().map(|imputation| json!({
+            "objects": imputation.objects, "objects_without_row": imputation.objects_without_row,
+            "imputed_values": imputation.imputed_values, "imputed_by_column": imputation.imputed_by_column,
+            "input_columns": imputation.input_columns, "transformed_width": imputation.transformed_width,
+            "dropped_columns": imputation.dropped_columns, "skipped_feature_rows": imputation.skipped_feature_rows,
+        })),
         "model_url": job.model_url,
         "training_summary": job.training_summary,
         "weights_digest": job.weights_digest,
@@ -142,6 +148,7 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
         job.skipped_objects
     ));
     out.push_str(&skipped_meta_rows_report(job));
+    out.push_str(&feature_imputation_report(job));
     out.push_str(&format!("tolerance  {}\n", tolerance_summary(&spec)));
     if !job.training_summary.is_empty() {
         out.push_str(&format!("training   {}\n", job.training_summary));
@@ -253,6 +260,35 @@ pub fn skipped_meta_rows_report(job: &Job) -> String {
         .saturating_sub(job.skipped_meta_row_examples.len() as u64);
     if unnamed > 0 && !job.skipped_meta_row_examples.is_empty() {
         out.push_str(&format!("           ... and {unnamed} more\n"));
+    }
+    out
+}
+
+/// What the native-features transform of a job that uses features imputed (empty for other jobs): one line,
+/// plus the most imputed columns.
+pub fn feature_imputation_report(job: &Job) -> String {
+    let Some(imputation) = &job.feature_imputation else {
+        return String::new();
+    };
+    let mut out = format!(
+        "features   {} of {} columns kept -> {} values per object; {} of {} objects without a feature row \
+         (imputed), {} values imputed\n",
+        imputation.input_columns as usize - imputation.dropped_columns.len(),
+        imputation.input_columns,
+        imputation.transformed_width,
+        imputation.objects_without_row,
+        imputation.objects,
+        imputation.imputed_values
+    );
+    let mut columns: Vec<(&String, &u64)> = imputation.imputed_by_column.iter().collect();
+    columns.sort_by(|left, right| right.1.cmp(left.1).then(left.0.cmp(right.0)));
+    if !columns.is_empty() {
+        let listed: Vec<String> = columns
+            .iter()
+            .take(5)
+            .map(|(column, count)| format!("{column} {count}"))
+            .collect();
+        out.push_str(&format!("           imputed most: {}\n", listed.join(", ")));
     }
     out
 }

@@ -50,7 +50,7 @@ pub async fn fit_job_features(
         .collect();
     let fitted = tokio::task::spawn_blocking(move || {
         let (transform, _) = FeatureTransform::fit_on_split(&table, &train_objids);
-        let (_, counts) = transform.transform_objects(&table, &all_objids);
+        let counts = transform.count_imputations(&table, &all_objids);
         let skipped_rows = table.summary.skipped.len() as u64;
         (transform, counts, skipped_rows)
     })

@@ -328,6 +328,32 @@ impl FeatureTransform {
         (values, counts)
     }
 
+    /// What [`FeatureTransform::transform_objects`] would impute for `objids`, without building the rows.
+    pub fn count_imputations(&self, table: &FeatureTable, objids: &[i64]) -> ImputationCounts {
+        let positions = table.positions_by_objid();
+        let reorder = self.column_order_of(&table.columns);
+        let mut counts = ImputationCounts::new(self.input_columns.len());
+        for objid in objids {
+            counts.objects += 1;
+            let Some(position) = positions.get(objid) else {
+                counts.objects_without_row += 1;
+                continue;
+            };
+            let row = &table.rows[*position].1;
+            for (column, count) in counts.per_column.iter_mut().enumerate() {
+                let source = match &reorder {
+                    None => Some(column),
+                    Some(order) => order[column],
+                };
+                let value = source.and_then(|source| row.get(source).copied().flatten());
+                if usable(value).is_none() {
+                    *count += 1;
+                }
+            }
+        }
+        counts
+    }
+
     /// Where each input column sits in `columns`, or `None` when `columns` is already the input order.
     fn column_order_of(&self, columns: &[String]) -> Option<Vec<Option<usize>>> {
         if columns == self.input_columns.as_slice() {
@@ -435,6 +461,7 @@ mod tests {
         assert_eq!(transform.output_width(), 4);
         let (values, counts) = transform.transform_objects(&table, &[1, 2, 3, 4]);
         assert_eq!(values.len(), 16);
+        assert_eq!(transform.count_imputations(&table, &[1, 2, 3, 4]), counts);
         assert_eq!(counts.per_column, vec![1, 1]);
         assert_eq!(counts.objects_without_row, 0);
         // Object 2's 'a' is the median 3 -> z-score of 3, indicator 1.
@@ -456,6 +483,7 @@ mod tests {
         let (transform, without_row) = FeatureTransform::fit_on_split(&table, &[1, 2, 3, 99]);
         assert_eq!(without_row, 1);
         let (values, counts) = transform.transform_objects(&table, &[2, 77]);
+        assert_eq!(transform.count_imputations(&table, &[2, 77]), counts);
         assert_eq!(counts.objects_without_row, 1);
         assert_eq!(counts.objects, 2);
         assert_eq!(counts.imputed_values(), 0);

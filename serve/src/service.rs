@@ -171,11 +171,13 @@ impl InferenceService {
     }
 
     /// Admits `image_count` images already scaled to the network's input (f32 CHW in [0, 1]) and runs them
-    /// through `model`'s batcher; their probability rows, in order.
+    /// through `model`'s batcher with their transformed `features` (empty for a model without features); their
+    /// probability rows, in order.
     pub(crate) async fn classify_scaled(
         &self,
         model: &LoadedModel,
         values: Vec<f32>,
+        features: Vec<f32>,
         image_count: usize,
         deadline: Option<Instant>,
     ) -> ServeResult<Vec<f32>> {
@@ -184,7 +186,13 @@ impl InferenceService {
         let arrival = model.engine.announce();
         model
             .engine
-            .predict(ModelInput::Scaled(values), image_count, deadline, arrival)
+            .predict_with_features(
+                ModelInput::Scaled(values),
+                features,
+                image_count,
+                deadline,
+                arrival,
+            )
             .await
     }
 

@@ -1,7 +1,8 @@
 //! The fusion model (resnet trunk + native-features MLP) end to end: trained through the cluster with the
 //! feature transform fitted on the training split (objects without a feature row and unparsable values imputed
 //! and counted in the job), registered, served with each image's raw features exactly as the weights and the
-//! card's transform predict, and refused with INVALID_ARGUMENT naming the missing input when features are absent.
+//! card's transform predict (plankton.v1 Predict and the Open Inference Protocol), and refused with
+//! INVALID_ARGUMENT naming the missing input when features are absent.
 
 use std::time::Duration;
 
@@ -9,6 +10,9 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use plankton_dataset::layout::FEATURES_FILE;
+use plankton_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use plankton_proto::inference::model_infer_request::InferInputTensor;
+use plankton_proto::inference::{InferTensorContents, ModelInferRequest};
 use plankton_proto::v1::{GetModelInfoRequest, ImageInput, JobSpec, PredictRequest};
 use plankton_security::Role;
 use plankton_tests::access::test_server_security;
@@ -185,6 +189,71 @@ async fn a_fusion_job_trains_registers_and_is_served_with_features() -> anyhow::
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(
         refused.message().contains("image 0") && refused.message().contains("\"native_features\""),
+        "{}",
+        refused.message()
+    );
+
+    // The Open Inference Protocol: JPEGs plus the FP32 "features" input [N,64] give the same probabilities;
+    // without "features" the request is refused naming the input.
+    let mut open_inference = GrpcInferenceServiceClient::new(server.channel().await?);
+    let jpeg_input = InferInputTensor {
+        name: "image".into(),
+        datatype: "BYTES".into(),
+        shape: vec![images.len() as i64],
+        contents: Some(InferTensorContents {
+            bytes_contents: images.iter().map(|(_, jpeg)| jpeg.to_vec()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let features_input = InferInputTensor {
+        name: "features".into(),
+        datatype: "FP32".into(),
+        shape: vec![images.len() as i64, transform.input_columns.len() as i64],
+        contents: Some(InferTensorContents {
+            fp32_contents: images
+                .iter()
+                .flat_map(|(objid, _)| features_of(*objid))
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let answer = open_inference
+        .model_infer(ModelInferRequest {
+            model_name: "e2e-fusion".into(),
+            inputs: vec![jpeg_input.clone(), features_input],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let probabilities = &answer
+        .outputs
+        .iter()
+        .find(|output| output.name == "probabilities")
+        .expect("probabilities output")
+        .contents
+        .as_ref()
+        .expect("typed contents")
+        .fp32_contents;
+    assert_eq!(probabilities.len(), direct.len());
+    for (served, expected) in probabilities.iter().zip(&direct) {
+        assert!(
+            (served - expected).abs() < 1e-5,
+            "served {served} direct {expected}"
+        );
+    }
+    let refused = open_inference
+        .model_infer(ModelInferRequest {
+            model_name: "e2e-fusion".into(),
+            inputs: vec![jpeg_input],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("input \"features\""),
         "{}",
         refused.message()
     );

@@ -183,9 +183,9 @@ fn random_features(count: usize, width: usize, seed: u64) -> Vec<f32> {
 }
 
 /// The fusion network (resnet trunk + feature MLP) on two ranks with half batches each: ranks stay identical
-/// and match one rank on the whole batch within the same tolerance as the resnet (0.05, from the trunk's
-/// train-mode batch norm using each rank's local statistics; the feature MLP has no batch norm), and the
-/// feature MLP is trained by the step.
+/// and match one rank on the whole batch within 0.02 (max abs weight difference; 0.0045 measured): like the
+/// resnet, the trunk's train-mode batch norm normalises with each rank's local statistics (the feature MLP has
+/// no batch norm), so the step is close to, not bit-equal with, the single-rank one.
 #[test]
 fn fusion_two_ranks_on_halves_match_one_rank_on_the_whole_batch() {
     const WIDTH: usize = 5;
@@ -242,7 +242,7 @@ fn fusion_two_ranks_on_halves_match_one_rank_on_the_whole_batch() {
     );
     let difference = max_abs_difference(&ranks[0], &whole);
     assert!(
-        difference < 0.05,
+        difference < 0.02,
         "2 ranks differ from 1 rank by {difference}"
     );
     assert!(

@@ -1,8 +1,8 @@
-//! Trains the models (default `lenet`, `wide_lenet`, `resnet`, `gbdt`) on the same split of one dataset with the
-//! same settings and prints accuracy, macro-F1, biological macro-F1 (non-living and unlabeled classes left out)
-//! and balanced accuracy per epoch, side by side: how much better the default model is at equal epochs. `gbdt`
-//! (trees on the native features under the transform fitted on the training split, balanced sample weights)
-//! has one row.
+//! Trains the models (default `lenet`, `wide_lenet`, `resnet`, `fusion`, `gbdt`) on the same split of one dataset
+//! with the same settings and prints accuracy, macro-F1, biological macro-F1 (non-living and unlabeled classes
+//! left out) and balanced accuracy per epoch, side by side: how much better the default model is at equal epochs,
+//! and what the native features add to the resnet (`fusion`: its transform fitted on the training split, as the
+//! cluster). `gbdt` (trees on the native features under that transform, balanced sample weights) has one row.
 //!
 //! `cargo run --release -p plankton-bench --bin model_compare -- --dataset demo-data/dataset --epochs 4`
 
@@ -38,7 +38,7 @@ struct Options {
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Models to compare, in order.
-    #[arg(long, value_delimiter = ',', default_value = "lenet,wide_lenet,resnet,gbdt")]
+    #[arg(long, value_delimiter = ',', default_value = "lenet,wide_lenet,resnet,fusion,gbdt")]
     models: Vec<String>,
 }
 
@@ -61,7 +61,8 @@ impl TrainingObserver for EpochLog {
     }
 }
 
-async fn load(dataset: &str, objects: &[ShardObject]) -> anyhow::Result<ShardData> {
+/// The images of `objects` that could be read, with their objids (in the data's order).
+async fn load(dataset: &str, objects: &[ShardObject]) -> anyhow::Result<(ShardData, Vec<i64>)> {
     let location = plankton_dataset::open_location(dataset)?;
     let source = plankton_dataset::open_image_source(&location).await?;
     let objids: Vec<i64> = objects.iter().map(|object| object.objid).collect();
@@ -81,13 +82,46 @@ async fn load(dataset: &str, objects: &[ShardObject]) -> anyhow::Result<ShardDat
         labels: Vec::new(),
         ..ShardData::default()
     };
+    let mut kept_objids = Vec::with_capacity(fetched.len());
     for ((objid, _), channels) in fetched.iter().zip(processed) {
         if let Ok(channels) = channels {
             data.images.extend_from_slice(&channels);
             data.labels.push(labels[objid]);
+            kept_objids.push(*objid);
         }
     }
-    Ok(data)
+    Ok((data, kept_objids))
+}
+
+/// The train and test data with each image's native features, transformed as the cluster does for `fusion`:
+/// the transform fitted on the training split only.
+async fn with_native_features(
+    dataset: &str,
+    train: (&ShardData, &[i64]),
+    test: (&ShardData, &[i64]),
+) -> anyhow::Result<(ShardData, ShardData)> {
+    let location = plankton_dataset::open_location(dataset)?;
+    let table = plankton_dataset::read_features(&location).await?;
+    let (transform, _) = plankton_dataset::FeatureTransform::fit_on_split(&table, train.1);
+    let attach = |(data, objids): (&ShardData, &[i64])| {
+        let (features, counts) = transform.transform_objects(&table, objids);
+        println!(
+            "fusion features: {} values per object ({} kept of {} columns, {} indicators), {} values imputed, \
+             {} objects without a row",
+            transform.output_width(),
+            transform.kept_columns.len(),
+            transform.input_columns.len(),
+            transform.indicator_columns.len(),
+            counts.imputed_values(),
+            counts.objects_without_row
+        );
+        ShardData {
+            features,
+            feature_width: transform.output_width(),
+            ..data.clone()
+        }
+    };
+    Ok((attach(train), attach(test)))
 }
 
 /// Gradient-boosted trees on the shard's transformed native features, balanced sample weights; test metrics.
@@ -138,8 +172,20 @@ async fn main() -> anyhow::Result<()> {
     })?;
     let plan = plan_job(&spec).await?;
     let shard = &plan.shards[0];
-    let train = load(&options.dataset, &shard.train).await?;
-    let test = load(&options.dataset, &shard.test).await?;
+    let (train, train_objids) = load(&options.dataset, &shard.train).await?;
+    let (test, test_objids) = load(&options.dataset, &shard.test).await?;
+    let fusion_data = if options.models.iter().any(|model| model == "fusion") {
+        Some(
+            with_native_features(
+                &options.dataset,
+                (&train, &train_objids),
+                (&test, &test_objids),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     println!(
         "dataset {}: {} train / {} test images, {} classes; {} epochs, batch {}, lr {}, schedule {}",
         options.dataset,
@@ -179,7 +225,13 @@ async fn main() -> anyhow::Result<()> {
             rows: Vec::new(),
         };
         let started = Instant::now();
-        let (train_ref, test_ref) = (&train, &test);
+        let (train_ref, test_ref) = match (&fusion_data, architecture.uses_features()) {
+            (Some((fusion_train, fusion_test)), true) => {
+                config.feature_width = fusion_train.feature_width;
+                (fusion_train, fusion_test)
+            }
+            _ => (&train, &test),
+        };
         tokio::task::block_in_place(|| {
             run_training(&config, train_ref, test_ref, &mut SingleProcess, &mut log)
         })?;
