@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from torch_train import LeNet, ResNet, free_port
+from torch_train import ARCHITECTURES, free_port
 
 KERNEL = np.ones((4, 4), np.uint8)
 
@@ -79,7 +79,7 @@ def run(rank, args, port, result_path):
     class_weights = torch.tensor(setup["class_weights"], dtype=torch.float32)
     split = read_split(args.split)
     images_dir = os.path.join(args.dataset, "imgs")
-    model = LeNet(num_classes) if args.arch == "lenet" else ResNet(num_classes)
+    model = ARCHITECTURES[args.arch](num_classes)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = torch.nn.parallel.DistributedDataParallel(model)
@@ -119,7 +119,7 @@ def main():
     parser.add_argument("--dataset", required=True, help="folder with imgs/<objid>.jpg")
     parser.add_argument("--split", required=True, help="CSV objid,label,part (train|test)")
     parser.add_argument("--weights", required=True, help="JSON {class_weights: [...]}")
-    parser.add_argument("--arch", choices=["lenet", "resnet"], default="lenet")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="wide_lenet")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128, help="per rank")
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -14,7 +14,7 @@ from torch_train import IMAGE_SIZE, build_model
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("dir")
-    parser.add_argument("--arch", default="lenet")
+    parser.add_argument("--arch", default="wide_lenet")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--num-classes", type=int, default=40)

@@ -21,6 +21,29 @@ IMAGE_LEN = 3 * IMAGE_SIZE * IMAGE_SIZE
 
 
 class LeNet(nn.Module):
+    """The reference notebook's CNN: 2x2 'valid' convolutions of 6/16/16 filters, each + ReLU + 2x2 max-pool
+    (64 -> 63 -> 31 -> 30 -> 15 -> 14 -> 7), dense 784 -> 250 -> 100 -> classes."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 2)
+        self.conv2 = nn.Conv2d(6, 16, 2)
+        self.conv3 = nn.Conv2d(16, 16, 2)
+        self.fc1 = nn.Linear(16 * 7 * 7, 250)
+        self.fc2 = nn.Linear(250, 100)
+        self.fc3 = nn.Linear(100, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
+        x = torch.flatten(x, 1)
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+class WideLeNet(nn.Module):
+    """The LeNet layout with 3x3 'same' convolutions of 32/64/128 filters, dense 8192 -> 250 -> 100 -> classes."""
+
     def __init__(self, num_classes):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
@@ -98,8 +121,11 @@ def read_safetensors(path):
     return tensors
 
 
+ARCHITECTURES = {"lenet": LeNet, "wide_lenet": WideLeNet, "resnet": ResNet}
+
+
 def build_model(args):
-    model = LeNet(args.num_classes) if args.arch == "lenet" else ResNet(args.num_classes)
+    model = ARCHITECTURES[args.arch](args.num_classes)
     state = read_safetensors(args.weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
@@ -167,7 +193,7 @@ def free_port():
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--arch", choices=["lenet", "resnet"], required=True)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), required=True)
     parser.add_argument("--images", required=True)
     parser.add_argument("--labels", required=True)
     parser.add_argument("--class-weights", required=True)

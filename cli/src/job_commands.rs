@@ -15,7 +15,7 @@ use crate::connection::Server;
 use plankton_proto::v1::job_service_client::JobServiceClient;
 use plankton_proto::v1::{
     Augmentation, CancelJobRequest, ClassWeighting, GetJobReportRequest, GetJobRequest,
-    GradientCompression, Job, JobPhase, JobSpec, ListJobsRequest, ListWorkersRequest,
+    GradientCompression, Job, JobPhase, JobSpec, ListJobsRequest, ListWorkersRequest, LossFunction,
     LossNormalization, LrSchedule, NonFinitePolicy, OptimizerKind, Precision, ResizeMode,
     ResumeJobRequest, SubmitJobRequest, WatchJobRequest, job_event,
 };
@@ -106,6 +106,17 @@ pub enum LossNormalizationArg {
     ShardMean,
 }
 
+/// The networks' training loss.
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossArg {
+    /// The class-weighted cross-entropy.
+    CrossEntropy,
+    /// Cross-entropy of logits + tau * log(train class prior) (Menon et al. 2021); predictions use the plain
+    /// logits. Class weights still apply: usually pair it with --class-weighting none.
+    LogitAdjusted,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ResizeArg {
@@ -123,7 +134,9 @@ pub struct JobFields {
     /// Number of workers training together.
     #[arg(long)]
     pub world_size: Option<u32>,
-    /// resnet (default) or lenet.
+    /// resnet (default); lenet (the reference notebook's small CNN: 2x2 convolutions of 6/16/16 filters);
+    /// wide_lenet (that layout with 3x3 convolutions of 32/64/128 filters); gbdt (gradient-boosted trees on
+    /// the native features, trained on one worker: --world-size 1).
     #[arg(long)]
     pub model: Option<String>,
     #[arg(long)]
@@ -187,6 +200,12 @@ pub struct JobFields {
     /// The number format of training forward/backward passes (default fp32).
     #[arg(long, value_enum)]
     pub precision: Option<PrecisionArg>,
+    /// Training loss (default cross-entropy).
+    #[arg(long, value_enum)]
+    pub loss: Option<LossArg>,
+    /// tau of --loss logit-adjusted (default 1.0; finite and > 0).
+    #[arg(long)]
+    pub logit_tau: Option<f32>,
 }
 
 #[derive(Args, Debug)]
@@ -229,6 +248,8 @@ impl JobFields {
             loss_normalization: self.loss_normalization.or(file.loss_normalization),
             gradient_compression: self.gradient_compression.or(file.gradient_compression),
             precision: self.precision.or(file.precision),
+            loss: self.loss.or(file.loss),
+            logit_tau: self.logit_tau.or(file.logit_tau),
         }
     }
 
@@ -298,6 +319,11 @@ impl JobFields {
                 PrecisionArg::Fp32 => Precision::Fp32,
                 PrecisionArg::Bf16 => Precision::Bf16,
             } as i32,
+            loss: match self.loss.unwrap_or(LossArg::CrossEntropy) {
+                LossArg::CrossEntropy => LossFunction::CrossEntropy,
+                LossArg::LogitAdjusted => LossFunction::LogitAdjusted,
+            } as i32,
+            logit_tau: self.logit_tau.unwrap_or(0.0),
         })
     }
 }

@@ -27,6 +27,7 @@ pub async fn predict(
         inputs.push(ImageInput {
             data,
             id: path.display().to_string(),
+            ..Default::default()
         });
     }
     let channel = server

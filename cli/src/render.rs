@@ -18,6 +18,7 @@ fn metrics_json(metrics: &EvalMetrics) -> Value {
         "epoch": metrics.epoch,
         "accuracy": metrics.accuracy,
         "macro_f1": metrics.macro_f1,
+        "biological_macro_f1": metrics.biological_macro_f1,
         "weighted_f1": metrics.weighted_f1,
         "balanced_accuracy": metrics.balanced_accuracy,
         "test_loss": metrics.test_loss,
@@ -47,6 +48,7 @@ pub fn job_json(job: &Job) -> Value {
             "max_recoveries": spec.max_recoveries, "checkpoint_every_steps": spec.checkpoint_every_steps,
             "keep_checkpoints": spec.keep_checkpoints, "init_from": spec.init_from,
             "non_finite_policy": spec.non_finite_policy().as_str_name(),
+            "loss": spec.loss().as_str_name(), "logit_tau": spec.logit_tau,
         },
         "classes": job.class_names,
         "class_weights": job.class_weights,
@@ -56,7 +58,14 @@ pub fn job_json(job: &Job) -> Value {
         "skipped_meta_rows": job.skipped_meta_rows,
         "skipped_meta_row_examples": job.skipped_meta_row_examples,
         "skipped_steps": job.skipped_steps,
+        "feature_imputation": job.feature_imputation.as_ref().map(|imputation| json!({
+            "objects": imputation.objects, "objects_without_row": imputation.objects_without_row,
+            "imputed_values": imputation.imputed_values, "imputed_by_column": imputation.imputed_by_column,
+            "input_columns": imputation.input_columns, "transformed_width": imputation.transformed_width,
+            "dropped_columns": imputation.dropped_columns, "skipped_feature_rows": imputation.skipped_feature_rows,
+        })),
         "model_url": job.model_url,
+        "training_summary": job.training_summary,
         "weights_digest": job.weights_digest,
         "generation": job.generation,
         "global_step": job.global_step,
@@ -143,7 +152,18 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
         job.skipped_objects
     ));
     out.push_str(&skipped_meta_rows_report(job));
+    out.push_str(&feature_imputation_report(job));
     out.push_str(&format!("tolerance  {}\n", tolerance_summary(&spec)));
+    if !job.training_summary.is_empty() {
+        out.push_str(&format!("training   {}\n", job.training_summary));
+    }
+    if spec.loss() == plankton_proto::v1::LossFunction::LogitAdjusted {
+        out.push_str(&format!(
+            "loss       logit-adjusted cross-entropy, tau {}, class weighting {}\n",
+            spec.logit_tau,
+            spec.class_weighting().as_str_name()
+        ));
+    }
     if !spec.init_from.is_empty() {
         out.push_str(&format!("init from  {}\n", spec.init_from));
     }
@@ -186,6 +206,7 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
         "epoch",
         "accuracy",
         "macro-F1",
+        "bio. macro-F1",
         "weighted-F1",
         "balanced acc.",
         "test loss",
@@ -195,6 +216,7 @@ pub fn job_report(job: &Job, with_confusion: bool) -> String {
             metrics.epoch.to_string(),
             format!("{:.4}", metrics.accuracy),
             format!("{:.4}", metrics.macro_f1),
+            format!("{:.4}", metrics.biological_macro_f1),
             format!("{:.4}", metrics.weighted_f1),
             format!("{:.4}", metrics.balanced_accuracy),
             format!("{:.4}", metrics.test_loss),
@@ -242,6 +264,35 @@ pub fn skipped_meta_rows_report(job: &Job) -> String {
         .saturating_sub(job.skipped_meta_row_examples.len() as u64);
     if unnamed > 0 && !job.skipped_meta_row_examples.is_empty() {
         out.push_str(&format!("           ... and {unnamed} more\n"));
+    }
+    out
+}
+
+/// What the native-features transform of a job that uses features imputed (empty for other jobs): one line,
+/// plus the most imputed columns.
+pub fn feature_imputation_report(job: &Job) -> String {
+    let Some(imputation) = &job.feature_imputation else {
+        return String::new();
+    };
+    let mut out = format!(
+        "features   {} of {} columns kept -> {} values per object; {} of {} objects without a feature row \
+         (imputed), {} values imputed\n",
+        imputation.input_columns as usize - imputation.dropped_columns.len(),
+        imputation.input_columns,
+        imputation.transformed_width,
+        imputation.objects_without_row,
+        imputation.objects,
+        imputation.imputed_values
+    );
+    let mut columns: Vec<(&String, &u64)> = imputation.imputed_by_column.iter().collect();
+    columns.sort_by(|left, right| right.1.cmp(left.1).then(left.0.cmp(right.0)));
+    if !columns.is_empty() {
+        let listed: Vec<String> = columns
+            .iter()
+            .take(5)
+            .map(|(column, count)| format!("{column} {count}"))
+            .collect();
+        out.push_str(&format!("           imputed most: {}\n", listed.join(", ")));
     }
     out
 }

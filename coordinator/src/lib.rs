@@ -5,6 +5,7 @@
 pub mod dashboard;
 pub mod driver;
 pub mod error;
+pub mod features;
 pub mod generation;
 mod lifecycle;
 pub mod metrics;

@@ -863,6 +863,12 @@ pub(crate) fn form_generation(
             state_source: Some(source.clone()),
             ring_secret: ring_secret.clone(),
             ring_tls: entry.ring_tls,
+            train_class_counts: entry.job.train_class_counts.clone(),
+            feature_transform_json: plan
+                .features
+                .as_ref()
+                .map(|features| features.transform_json.clone())
+                .unwrap_or_default(),
         };
         if let Some(worker) = pool.workers.get_mut(worker_id) {
             worker.assign(assignment);

@@ -1,5 +1,7 @@
-//! Evaluation metrics from a summed confusion matrix: accuracy, macro/weighted F1, balanced accuracy, per class.
+//! Evaluation metrics from a summed confusion matrix: accuracy, macro/weighted F1, biological macro-F1, balanced
+//! accuracy, per class.
 
+use plankton_dataset::layout::is_biological_class;
 use plankton_proto::v1::{ClassMetrics, EvalMetrics};
 
 /// A square confusion matrix, row-major `[true][predicted]`.
@@ -37,7 +39,8 @@ impl ConfusionMatrix {
     }
 
     /// Metrics as scikit-learn computes them (`zero_division=0`); macro averages run over classes with support
-    /// or predictions, as `f1_score(average='macro')` does over the labels present.
+    /// or predictions, as `f1_score(average='macro')` does over the labels present. The biological macro-F1
+    /// averages the same per-class F1 over the present classes whose name [`is_biological_class`].
     pub fn metrics(&self, epoch: u32, class_names: &[String], test_loss: f64) -> EvalMetrics {
         let n = self.num_classes;
         let total: u64 = self.counts.iter().sum();
@@ -45,6 +48,7 @@ impl ConfusionMatrix {
         let mut per_class = Vec::with_capacity(n);
         let (mut macro_f1_sum, mut weighted_f1_sum, mut recall_sum) = (0.0, 0.0, 0.0);
         let (mut labels_present, mut classes_with_support) = (0usize, 0usize);
+        let (mut biological_f1_sum, mut biological_present) = (0.0, 0usize);
         for class in 0..n {
             let true_positive = self.count(class, class) as f64;
             let support: u64 = (0..n).map(|predicted| self.count(class, predicted)).sum();
@@ -52,9 +56,17 @@ impl ConfusionMatrix {
             let precision = ratio(true_positive, predicted as f64);
             let recall = ratio(true_positive, support as f64);
             let f1 = ratio(2.0 * precision * recall, precision + recall);
+            let class_name = class_names
+                .get(class)
+                .cloned()
+                .unwrap_or_else(|| format!("class {class}"));
             if support > 0 || predicted > 0 {
                 labels_present += 1;
                 macro_f1_sum += f1;
+                if is_biological_class(&class_name) {
+                    biological_present += 1;
+                    biological_f1_sum += f1;
+                }
             }
             if support > 0 {
                 classes_with_support += 1;
@@ -62,10 +74,7 @@ impl ConfusionMatrix {
                 weighted_f1_sum += f1 * support as f64;
             }
             per_class.push(ClassMetrics {
-                class_name: class_names
-                    .get(class)
-                    .cloned()
-                    .unwrap_or_else(|| format!("class {class}")),
+                class_name,
                 precision,
                 recall,
                 f1,
@@ -84,6 +93,8 @@ impl ConfusionMatrix {
             confusion: self.counts.clone(),
             // The trainers' mean step loss, which the confusion matrix does not know: set by the caller.
             train_loss: 0.0,
+            biological_macro_f1: ratio(biological_f1_sum, biological_present as f64),
+            biological_classes: biological_present as u32,
         }
     }
 }
@@ -118,6 +129,31 @@ mod tests {
         assert!((metrics.macro_f1 - (0.8 + 0.5 + 2.0 / 3.0) / 3.0).abs() < 1e-9);
         assert!((metrics.weighted_f1 - (0.8 * 3.0 + 0.5 * 2.0 + 2.0 / 3.0) / 6.0).abs() < 1e-9);
         assert!((metrics.balanced_accuracy - (2.0 / 3.0 + 0.5 + 1.0) / 3.0).abs() < 1e-9);
+    }
+
+    /// Classes 0 (detritus) and 3 (unlabeled) are left out of the biological average, not of the macro one.
+    #[test]
+    fn biological_macro_f1_leaves_out_non_living_and_unlabeled_classes() {
+        let class_names: Vec<String> = ["detritus", "Copepoda", "Neoceratium", "(unlabeled)"]
+            .map(str::to_string)
+            .to_vec();
+        let mut matrix = ConfusionMatrix::zeros(4);
+        // detritus always right; Copepoda 1 of 2 right (the other taken for detritus); Neoceratium right;
+        // the unlabeled object taken for Neoceratium.
+        #[rustfmt::skip]
+        matrix.add(&[
+            3, 0, 0, 0,
+            1, 1, 0, 0,
+            0, 0, 1, 0,
+            0, 0, 1, 0,
+        ]).unwrap();
+        let metrics = matrix.metrics(1, &class_names, 0.0);
+        let f1 = |class: usize| metrics.per_class[class].f1;
+        assert!((f1(1) - 2.0 / 3.0).abs() < 1e-9 && (f1(2) - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(metrics.biological_classes, 2);
+        assert!((metrics.biological_macro_f1 - 2.0 / 3.0).abs() < 1e-9);
+        let all = (f1(0) + f1(1) + f1(2) + f1(3)) / 4.0;
+        assert!((metrics.macro_f1 - all).abs() < 1e-9);
     }
 
     #[test]

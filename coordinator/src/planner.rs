@@ -9,6 +9,7 @@ use plankton_dataset::{
 use plankton_proto::v1::{ClassWeighting, JobSpec, ShardObject};
 
 use crate::error::{CoordinatorError, CoordinatorResult};
+use crate::features::{JobFeatures, fit_job_features, model_uses_features};
 use crate::validation::WORLD_SIZE_HARD_LIMIT;
 
 /// Defaults applied to zero-valued fields of a submitted spec.
@@ -21,7 +22,14 @@ pub const DEFAULT_SEED: u64 = 42;
 pub const DEFAULT_MIN_WORKERS: u32 = 1;
 pub const DEFAULT_MAX_RECOVERIES: u32 = 10;
 pub const DEFAULT_KEEP_CHECKPOINTS: u32 = 2;
-pub const KNOWN_MODELS: [&str; 2] = ["resnet", "lenet"];
+/// tau of the logit-adjusted loss when the spec leaves it 0.
+pub const DEFAULT_LOGIT_TAU: f32 = 1.0;
+pub const KNOWN_MODELS: [&str; 5] = ["resnet", "lenet", "wide_lenet", "fusion", "gbdt"];
+/// The model that is gradient-boosted trees on the native features rather than a network.
+pub const GBDT_MODEL: &str = "gbdt";
+/// What a `gbdt` job's `Job.training_summary` says.
+pub const GBDT_TRAINING_SUMMARY: &str =
+    "gradient-boosted trees (plankton-gbdt) on the native features, trained on one worker";
 
 /// The train and test objects one rank works on.
 #[derive(Clone, Debug, Default)]
@@ -47,6 +55,8 @@ pub struct JobPlan {
     pub skipped_meta_rows: u64,
     /// The first [`SKIPPED_META_ROW_EXAMPLES`] of them, as `meta.csv:17: <reason>`.
     pub skipped_meta_row_examples: Vec<String>,
+    /// For a model that takes native features: the transform fitted on the training split and its imputations.
+    pub features: Option<JobFeatures>,
 }
 
 /// Fills defaults and refuses values that cannot work, before any data is read.
@@ -72,6 +82,9 @@ pub fn normalize_spec(mut spec: JobSpec) -> CoordinatorResult<JobSpec> {
             spec.model,
             KNOWN_MODELS.join(", ")
         )));
+    }
+    if spec.model == GBDT_MODEL {
+        check_gbdt_spec(&mut spec)?;
     }
     if spec.epochs == 0 {
         spec.epochs = DEFAULT_EPOCHS;
@@ -100,8 +113,34 @@ pub fn normalize_spec(mut spec: JobSpec) -> CoordinatorResult<JobSpec> {
     if spec.seed == 0 {
         spec.seed = DEFAULT_SEED;
     }
+    if spec.loss == plankton_proto::v1::LossFunction::LogitAdjusted as i32 && spec.logit_tau == 0.0
+    {
+        spec.logit_tau = DEFAULT_LOGIT_TAU;
+    }
     fill_fault_tolerance_defaults(&mut spec);
     Ok(spec)
+}
+
+/// Trees train on one worker in one pass: world size 1 (refused otherwise), one evaluation (`epochs` 1), and
+/// class imbalance through the class weighting's sample weights (the logit-adjusted loss is for networks).
+fn check_gbdt_spec(spec: &mut JobSpec) -> CoordinatorResult<()> {
+    if spec.world_size != 1 {
+        return Err(invalid_field(
+            "spec.world_size",
+            format!(
+                "{}: model gbdt trains on one worker, set world_size to 1",
+                spec.world_size
+            ),
+        ));
+    }
+    if spec.loss == plankton_proto::v1::LossFunction::LogitAdjusted as i32 {
+        return Err(invalid_field(
+            "spec.loss",
+            "logit_adjusted is a network loss; model gbdt weights its samples by the class weighting".into(),
+        ));
+    }
+    spec.epochs = 1;
+    Ok(())
 }
 
 /// Gives the fault-tolerance fields left at 0 their defaults (also applied to jobs read back from the store),
@@ -247,6 +286,11 @@ pub async fn plan_job(spec: &JobSpec) -> CoordinatorResult<JobPlan> {
             ),
         ));
     }
+    let features = if model_uses_features(&spec.model) {
+        Some(fit_job_features(&location, &spec.dataset_url, &train, &test).await?)
+    } else {
+        None
+    };
     let train_shards = deal_stratified(&train, num_classes, world_size);
     let test_shards = deal_stratified(&test, num_classes, world_size);
     debug_assert_eq!(
@@ -274,6 +318,7 @@ pub async fn plan_job(spec: &JobSpec) -> CoordinatorResult<JobPlan> {
             .take(SKIPPED_META_ROW_EXAMPLES)
             .map(|skipped| truncate_chars(&skipped.to_string(), SKIPPED_META_ROW_EXAMPLE_CHARS))
             .collect(),
+        features,
     })
 }
 

@@ -271,6 +271,7 @@ pub(crate) async fn complete_model_card(job: &Job) -> anyhow::Result<()> {
         "epoch": last.epoch,
         "accuracy": last.accuracy,
         "macro_f1": last.macro_f1,
+        "biological_macro_f1": last.biological_macro_f1,
         "weighted_f1": last.weighted_f1,
         "balanced_accuracy": last.balanced_accuracy,
         "test_loss": last.test_loss,
@@ -279,6 +280,13 @@ pub(crate) async fn complete_model_card(job: &Job) -> anyhow::Result<()> {
         })).collect::<Vec<_>>(),
         "test_objects": job.test_objects,
         "train_objects": job.train_objects,
+    });
+    let spec = job.spec.clone().unwrap_or_default();
+    card["training"] = serde_json::json!({
+        "loss": spec.loss().as_str_name(),
+        "logit_tau": (spec.loss() == plankton_proto::v1::LossFunction::LogitAdjusted).then_some(spec.logit_tau),
+        "class_weighting": spec.class_weighting().as_str_name(),
+        "summary": job.training_summary,
     });
     location
         .put_bytes("model-card.json", serde_json::to_vec_pretty(&card)?.into())

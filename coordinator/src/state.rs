@@ -358,8 +358,17 @@ impl ClusterState {
             virtual_shard_count: plan.shards.len() as u32,
             skipped_meta_rows: plan.skipped_meta_rows,
             skipped_meta_row_examples: plan.skipped_meta_row_examples.clone(),
+            feature_imputation: plan
+                .features
+                .as_ref()
+                .map(|features| features.imputation.clone()),
             train_class_counts: class_counts(&plan, |shard| &shard.train),
             test_class_counts: class_counts(&plan, |shard| &shard.test),
+            training_summary: if spec.model == crate::planner::GBDT_MODEL {
+                crate::planner::GBDT_TRAINING_SUMMARY.to_string()
+            } else {
+                String::new()
+            },
             spec: Some(spec),
             created_unix_ms: unix_ms_now(),
             message: "waiting for workers".into(),

@@ -138,6 +138,10 @@ fn add_epoch(
     let mut scalars = vec![
         ("eval/accuracy".to_string(), metrics.accuracy),
         ("eval/macro_f1".to_string(), metrics.macro_f1),
+        (
+            "eval/biological_macro_f1".to_string(),
+            metrics.biological_macro_f1,
+        ),
         ("eval/weighted_f1".to_string(), metrics.weighted_f1),
         (
             "eval/balanced_accuracy".to_string(),
@@ -175,8 +179,8 @@ mod tests {
             ..Default::default()
         };
         add_epoch(&mut file, 7, &metrics, Some(1.5));
-        // 5 eval scalars, the train loss and one class.
-        assert_eq!(file.scalar_count(), 7);
+        // 6 eval scalars, the train loss and one class.
+        assert_eq!(file.scalar_count(), 8);
         assert_eq!(file.last_step(), Some(14));
         let events = plankton_tensorboard::read_events(&file.to_bytes()).unwrap();
         let tags: Vec<String> = events

@@ -6,8 +6,8 @@
 //! not followed here: a link inside an allowed folder that points out of it is the operator's to avoid.
 
 use plankton_proto::v1::{
-    Augmentation, ClassWeighting, GradientCompression, JobSpec, LossNormalization, LrSchedule,
-    NonFinitePolicy, OptimizerKind, Precision, ResizeMode,
+    Augmentation, ClassWeighting, GradientCompression, JobSpec, LossFunction, LossNormalization,
+    LrSchedule, NonFinitePolicy, OptimizerKind, Precision, ResizeMode,
 };
 
 use crate::error::{CoordinatorError, CoordinatorResult};
@@ -83,6 +83,7 @@ impl JobPolicy {
 pub fn validate_spec(spec: &JobSpec, policy: &JobPolicy) -> CoordinatorResult<()> {
     check_sizes(spec, policy)?;
     check_enums(spec)?;
+    check_loss(spec)?;
     check_locations(spec, policy)
 }
 
@@ -202,6 +203,11 @@ fn check_enums(spec: &JobSpec) -> CoordinatorResult<()> {
             spec.precision,
             Precision::try_from(spec.precision).is_ok(),
         ),
+        (
+            "spec.loss",
+            spec.loss,
+            LossFunction::try_from(spec.loss).is_ok(),
+        ),
     ];
     for (field, value, is_known) in known {
         if !is_known {
@@ -210,6 +216,25 @@ fn check_enums(spec: &JobSpec) -> CoordinatorResult<()> {
                 format!("{value} is not a value this coordinator knows"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// `logit_tau` is finite and positive (0 stands for the default), and only set with the logit-adjusted loss.
+fn check_loss(spec: &JobSpec) -> CoordinatorResult<()> {
+    let tau = spec.logit_tau;
+    if !(tau.is_finite() && tau >= 0.0) {
+        return Err(invalid_field(
+            "spec.logit_tau",
+            format!("{tau} is not a finite positive number"),
+        ));
+    }
+    let logit_adjusted = spec.loss == LossFunction::LogitAdjusted as i32;
+    if tau != 0.0 && !logit_adjusted {
+        return Err(invalid_field(
+            "spec.logit_tau",
+            format!("{tau} is set but the loss is not logit_adjusted"),
+        ));
     }
     Ok(())
 }
@@ -908,10 +933,50 @@ mod tests {
                 "spec.precision",
                 "3 is not a value",
             ),
+            (
+                JobSpec {
+                    loss: 5,
+                    ..base.clone()
+                },
+                "spec.loss",
+                "5 is not a value",
+            ),
+            (
+                JobSpec {
+                    loss: LossFunction::LogitAdjusted as i32,
+                    logit_tau: -1.0,
+                    ..base.clone()
+                },
+                "spec.logit_tau",
+                "-1 is not a finite positive number",
+            ),
+            (
+                JobSpec {
+                    loss: LossFunction::LogitAdjusted as i32,
+                    logit_tau: f32::NAN,
+                    ..base.clone()
+                },
+                "spec.logit_tau",
+                "NaN is not a finite positive number",
+            ),
+            (
+                JobSpec {
+                    logit_tau: 0.5,
+                    ..base.clone()
+                },
+                "spec.logit_tau",
+                "the loss is not logit_adjusted",
+            ),
         ];
         for (spec, field, needle) in &cases {
             assert_refused(spec, &policy, field, needle);
         }
+        let logit_adjusted = JobSpec {
+            loss: LossFunction::LogitAdjusted as i32,
+            logit_tau: 0.5,
+            ..base.clone()
+        };
+        assert_eq!(outcome(&logit_adjusted, &policy), "ok");
         let largest = JobSpec {
             batch_size: MAX_BATCH_SIZE,
             epochs: MAX_EPOCHS,

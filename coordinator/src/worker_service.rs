@@ -15,7 +15,7 @@ use plankton_proto::v1::{
     RegisterRequest, RegisterResponse,
 };
 
-use plankton_proto::{MODEL_WEIGHTS_FILE, WORKER_SESSION_METADATA};
+use plankton_proto::WORKER_SESSION_METADATA;
 
 use crate::error::CoordinatorError;
 use crate::service::{CoordinatorService, complete_model_card};
@@ -75,6 +75,14 @@ impl CoordinatorService {
     }
 
     /// The job's output location, as the coordinator derived it at submit.
+    /// The file the job's model is written to ([`plankton_proto::model_file_of`] its model).
+    fn model_file_of(&self, job_id: &str) -> Result<&'static str, Status> {
+        let job = self.state.get_job(job_id)?;
+        Ok(plankton_proto::model_file_of(
+            &job.spec.map(|spec| spec.model).unwrap_or_default(),
+        ))
+    }
+
     fn output_url_of(&self, job_id: &str) -> Result<String, Status> {
         let job = self.state.get_job(job_id)?;
         Ok(job
@@ -266,10 +274,11 @@ impl WorkerControl for CoordinatorService {
         )?;
         if !report.model_url.is_empty() {
             let output_url = self.output_url_of(&report.job_id)?;
-            let expected = format!("{output_url}/{MODEL_WEIGHTS_FILE}");
+            let model_file = self.model_file_of(&report.job_id)?;
+            let expected = format!("{output_url}/{model_file}");
             let at_the_jobs_output = same_location_forms(&output_url)
                 .iter()
-                .any(|output| report.model_url == format!("{output}/{MODEL_WEIGHTS_FILE}"));
+                .any(|output| report.model_url == format!("{output}/{model_file}"));
             if report.rank != 0 || !at_the_jobs_output {
                 return Err(refused(
                     &caller,

@@ -14,6 +14,24 @@ pub const IMAGES_ZIP: &str = "imgs.zip";
 /// The class name given to objects whose `level2` is empty (the reference kept them as a 40th class).
 pub const UNLABELED_CLASS: &str = "(unlabeled)";
 
+/// The `level2` classes of the reference's 40 that are not organisms: their EcoTaxa lineage starts with
+/// `not-living` (detritus and its fibres and silks, faecal pellets, artefacts including bad focus and bubbles,
+/// rods, and images holding several objects). Biological scores leave these out, and [`UNLABELED_CLASS`] too.
+pub const NON_LIVING_CLASSES: [&str; 7] = [
+    "artefact",
+    "badfocus (artefact)",
+    "detritus",
+    "feces",
+    "multiple (other)",
+    "rods",
+    "silks",
+];
+
+/// Whether `class_name` names organisms: neither one of [`NON_LIVING_CLASSES`] nor [`UNLABELED_CLASS`].
+pub fn is_biological_class(class_name: &str) -> bool {
+    class_name != UNLABELED_CLASS && !NON_LIVING_CLASSES.contains(&class_name)
+}
+
 /// Columns of `meta.csv`, in order.
 pub const META_COLUMNS: [&str; 14] = [
     "objid",

@@ -4,6 +4,7 @@
 pub mod cloud;
 pub mod error;
 pub mod faults;
+pub mod feature_transform;
 pub mod features;
 pub mod images;
 pub mod labels;
@@ -17,6 +18,7 @@ pub mod zip_index;
 
 pub use cloud::{StoreKind, StoreOperation, StoreOptions};
 pub use error::{DatasetError, ImageHeaderError};
+pub use feature_transform::{DroppedFeature, FeatureTransform, ImputationCounts};
 pub use features::{FeatureTable, read_features};
 pub use images::{
     ImageSource, check_image_header, fetch_image, fetch_images, image_path, image_source_version,

@@ -102,6 +102,20 @@ pub const WORKER_SESSION_METADATA: &str = "plankton-worker-session";
 /// File name of a job's final weights under its output location; `DoneReport.model_url` must name it there.
 pub const MODEL_WEIGHTS_FILE: &str = "model.safetensors";
 
+/// File name of a `gbdt` job's trees (plankton-gbdt's bytes) under its output location; `DoneReport.model_url`
+/// of such a job names it instead of [`MODEL_WEIGHTS_FILE`].
+pub const GBDT_MODEL_FILE: &str = "model-gbdt.json";
+
+/// The model file a job writes under its output location: [`GBDT_MODEL_FILE`] for `model: gbdt`, else
+/// [`MODEL_WEIGHTS_FILE`].
+pub fn model_file_of(model: &str) -> &'static str {
+    if model.eq_ignore_ascii_case("gbdt") {
+        GBDT_MODEL_FILE
+    } else {
+        MODEL_WEIGHTS_FILE
+    }
+}
+
 /// Serves the probe port a role opens with `--health-listen`: plaintext gRPC with only `grpc.health.v1` (for
 /// Kubernetes' native gRPC probes, which cannot speak TLS) and server reflection, until `shutdown` completes.
 /// Everything else stays on the role's TLS port. A failure is logged (the role goes on; its probes then fail).

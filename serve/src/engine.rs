@@ -26,7 +26,8 @@ use std::sync::mpsc::{
 };
 use std::time::{Duration, Instant};
 
-use plankton_trainer::{IMAGE_LEN, InferenceModel, TrainError};
+use plankton_gbdt::{FeatureMatrix, GbdtModel};
+use plankton_trainer::{IMAGE_LEN, InferenceModel};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
@@ -35,6 +36,77 @@ use tracing::{debug, error, info};
 
 use crate::error::{ServeError, ServeResult};
 use crate::metrics::ReasonLabels;
+
+/// What an inference thread runs: a libtorch network (images, and features for a network that takes them), or
+/// gradient-boosted trees, which answer from the transformed features alone.
+#[derive(Debug)]
+pub enum ServedModel {
+    Network(InferenceModel),
+    Trees(GbdtModel),
+}
+
+impl From<InferenceModel> for ServedModel {
+    fn from(model: InferenceModel) -> Self {
+        ServedModel::Network(model)
+    }
+}
+
+impl From<GbdtModel> for ServedModel {
+    fn from(model: GbdtModel) -> Self {
+        ServedModel::Trees(model)
+    }
+}
+
+impl ServedModel {
+    pub fn num_classes(&self) -> usize {
+        match self {
+            ServedModel::Network(model) => model.num_classes(),
+            ServedModel::Trees(model) => model.num_classes(),
+        }
+    }
+
+    fn tree_probabilities(
+        model: &GbdtModel,
+        features: &[f32],
+        count: usize,
+    ) -> Result<Vec<f32>, String> {
+        let matrix = FeatureMatrix::new(features, count, model.num_features())
+            .map_err(|error| error.to_string())?;
+        model
+            .predict_probabilities(&matrix)
+            .map_err(|error| error.to_string())
+    }
+
+    /// Probabilities of `count` u8 CHW images (ignored by trees) and their transformed features.
+    fn predict_pixels(
+        &self,
+        pixels: &[u8],
+        features: &[f32],
+        count: usize,
+    ) -> Result<Vec<f32>, String> {
+        match self {
+            ServedModel::Network(model) => model
+                .predict_probabilities_with_features(pixels, features, count)
+                .map_err(|error| error.to_string()),
+            ServedModel::Trees(model) => Self::tree_probabilities(model, features, count),
+        }
+    }
+
+    /// Probabilities of `count` images scaled to the network's input (ignored by trees) and their features.
+    fn predict_scaled(
+        &self,
+        values: &[f32],
+        features: &[f32],
+        count: usize,
+    ) -> Result<Vec<f32>, String> {
+        match self {
+            ServedModel::Network(model) => model
+                .predict_probabilities_scaled_with_features(values, features, count)
+                .map_err(|error| error.to_string()),
+            ServedModel::Trees(model) => Self::tree_probabilities(model, features, count),
+        }
+    }
+}
 
 /// How requests are grouped into forward passes.
 #[derive(Clone, Debug)]
@@ -107,6 +179,8 @@ enum Refusal {
 struct QueuedRequest {
     images: ModelInput,
     image_count: usize,
+    /// Each image's transformed features, row-major (empty for a model without features).
+    features: Vec<f32>,
     queued_at: Instant,
     /// The client's deadline, if it sent one.
     deadline: Option<Instant>,
@@ -152,13 +226,17 @@ impl Drop for Arrival {
 impl InferenceEngine {
     /// Starts the inference thread of `label` (e.g. `plankton:3`): it runs `load_model` (heavy: builds
     /// the network and copies the weights), then serves batches. Returns once the model is loaded.
-    pub async fn start(
+    pub async fn start<Model, LoadError>(
         label: String,
         num_classes: usize,
         batching: BatchingConfig,
         metrics: EngineMetrics,
-        load_model: impl FnOnce() -> Result<InferenceModel, TrainError> + Send + 'static,
-    ) -> ServeResult<InferenceEngine> {
+        load_model: impl FnOnce() -> Result<Model, LoadError> + Send + 'static,
+    ) -> ServeResult<InferenceEngine>
+    where
+        Model: Into<ServedModel>,
+        LoadError: std::fmt::Display,
+    {
         let max_batch_size = batching.max_batch_size.max(1);
         let queue_capacity = batching.queue_capacity.max(1);
         let (sender, receiver) = sync_channel::<QueuedRequest>(queue_capacity);
@@ -170,17 +248,19 @@ impl InferenceEngine {
         std::thread::Builder::new()
             .name(format!("inference-{label}"))
             .spawn(move || {
-                let model = match std::panic::catch_unwind(AssertUnwindSafe(load_model)) {
-                    Ok(Ok(model)) => model,
-                    Ok(Err(load_error)) => {
-                        let _ = loaded_sender.send(Err(load_error.to_string()));
-                        return;
-                    }
-                    Err(_) => {
-                        let _ = loaded_sender.send(Err("the model loader panicked".to_string()));
-                        return;
-                    }
-                };
+                let model: ServedModel =
+                    match std::panic::catch_unwind(AssertUnwindSafe(load_model)) {
+                        Ok(Ok(model)) => model.into(),
+                        Ok(Err(load_error)) => {
+                            let _ = loaded_sender.send(Err(load_error.to_string()));
+                            return;
+                        }
+                        Err(_) => {
+                            let _ =
+                                loaded_sender.send(Err("the model loader panicked".to_string()));
+                            return;
+                        }
+                    };
                 if model.num_classes() != num_classes {
                     let _ = loaded_sender.send(Err(format!(
                         "the network has {} outputs, the model has {num_classes} classes",
@@ -248,6 +328,20 @@ impl InferenceEngine {
         deadline: Option<Instant>,
         arrival: Arrival,
     ) -> ServeResult<Vec<f32>> {
+        self.predict_with_features(images, Vec::new(), image_count, deadline, arrival)
+            .await
+    }
+
+    /// [`InferenceEngine::predict`] for a model that takes features: `features` holds each image's transformed
+    /// features, row-major (the model's feature width per image).
+    pub async fn predict_with_features(
+        &self,
+        images: ModelInput,
+        features: Vec<f32>,
+        image_count: usize,
+        deadline: Option<Instant>,
+        arrival: Arrival,
+    ) -> ServeResult<Vec<f32>> {
         if image_count == 0 || images.len() != image_count * IMAGE_LEN {
             return Err(ServeError::Internal(format!(
                 "{} values for {image_count} images (expected {IMAGE_LEN} per image)",
@@ -258,6 +352,7 @@ impl InferenceEngine {
         let request = QueuedRequest {
             images,
             image_count,
+            features,
             queued_at: Instant::now(),
             deadline,
             respond,
@@ -302,7 +397,7 @@ impl InferenceEngine {
 
 /// The inference thread's state.
 struct Batcher {
-    model: InferenceModel,
+    model: ServedModel,
     label: String,
     max_batch_size: usize,
     max_queue_delay: Duration,
@@ -388,6 +483,14 @@ impl Batcher {
         self.metrics.batch_size.observe(image_total as f64);
         self.metrics.forward_passes.inc();
         let started = Instant::now();
+        let mut features: Vec<f32> = Vec::new();
+        for request in &mut batch {
+            if features.is_empty() {
+                features = std::mem::take(&mut request.features);
+            } else {
+                features.extend_from_slice(&request.features);
+            }
+        }
         let outcome = if batch[0].images.is_scaled() {
             let mut values: Vec<f32> = Vec::with_capacity(image_total * IMAGE_LEN);
             for request in &mut batch {
@@ -400,8 +503,7 @@ impl Batcher {
                 }
             }
             std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.model
-                    .predict_probabilities_scaled(&values, image_total)
+                self.model.predict_scaled(&values, &features, image_total)
             }))
         } else {
             let mut pixels: Vec<u8> = Vec::with_capacity(image_total * IMAGE_LEN);
@@ -415,14 +517,14 @@ impl Batcher {
                 }
             }
             std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.model.predict_probabilities(&pixels, image_total)
+                self.model.predict_pixels(&pixels, &features, image_total)
             }))
         };
         let probabilities = match outcome {
             Ok(Ok(probabilities)) => probabilities,
             Ok(Err(predict_error)) => {
                 error!(model = %self.label, %predict_error, "forward pass failed");
-                return answer_all(batch, &predict_error.to_string());
+                return answer_all(batch, &predict_error);
             }
             Err(_) => {
                 error!(model = %self.label, "forward pass panicked");

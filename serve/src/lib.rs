@@ -20,6 +20,7 @@ pub mod admission;
 pub mod deadline;
 pub mod engine;
 pub mod error;
+pub mod features;
 pub mod in_memory_registry;
 pub mod metrics;
 pub mod model_ref;
@@ -43,7 +44,7 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 pub use admission::{Admission, AdmissionConfig};
-pub use engine::{BatchingConfig, InferenceEngine, ModelInput};
+pub use engine::{BatchingConfig, InferenceEngine, ModelInput, ServedModel};
 pub use error::{ServeError, ServeResult};
 pub use in_memory_registry::InMemoryRegistry;
 pub use metrics::ServeMetrics;

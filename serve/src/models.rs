@@ -10,14 +10,15 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
-use plankton_dataset::open_location;
+use plankton_dataset::{FeatureTransform, open_location};
+use plankton_gbdt::GbdtModel;
 use plankton_preprocess::{PreprocessConfig, ResizeMode};
 use plankton_proto::v1::ModelVersion;
 use plankton_trainer::{Architecture, InferenceModel, ModelCard};
 use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
-use crate::engine::{BatchingConfig, InferenceEngine};
+use crate::engine::{BatchingConfig, InferenceEngine, ServedModel};
 use crate::error::{ServeError, ServeResult};
 use crate::metrics::{ModelLabels, ModelVersionLabels, ServeMetrics};
 use crate::model_ref::{ModelReference, VersionSelector};
@@ -32,6 +33,8 @@ pub struct LoadedModel {
     pub class_names: Vec<String>,
     /// Exactly the preprocessing the model was trained with (resize mode), plus the size limits.
     pub preprocess: PreprocessConfig,
+    /// For a model that takes native features: the transform of its card, applied to each request's raw values.
+    pub feature_transform: Option<Arc<FeatureTransform>>,
     pub engine: InferenceEngine,
 }
 
@@ -497,17 +500,73 @@ async fn load_model(
             "unknown resize mode {resize_text:?} (expected stretch or pad_to_square)"
         ))
     })?;
+    let feature_transform = match card
+        .as_ref()
+        .and_then(|card| card.feature_transform.clone())
+    {
+        Some(transform) => {
+            transform
+                .validate()
+                .map_err(|reason| load_error(format!("the card's feature transform: {reason}")))?;
+            Some(Arc::new(transform))
+        }
+        None if architecture.uses_features() => {
+            return Err(load_error(format!(
+                "model {architecture} takes native features, but {} has no feature transform",
+                if entry.card_url.trim().is_empty() {
+                    "the registry entry names no model card, so it".to_string()
+                } else {
+                    format!("its card {}", entry.card_url)
+                }
+            )));
+        }
+        None => None,
+    };
+    let expected_feature_width = feature_transform
+        .as_ref()
+        .filter(|_| architecture.uses_features())
+        .map_or(0, |transform| transform.output_width());
     let weights = read_object(&entry.weights_url, "weights", &label).await?;
     let num_classes = class_names.len();
     let device = tch::Device::cuda_if_available();
-    let engine = InferenceEngine::start(
+    let engine = if architecture == Architecture::Gbdt {
+        InferenceEngine::start(
+            label.clone(),
+            num_classes,
+            batching,
+            metrics.engine_metrics(),
+            move || -> Result<ServedModel, String> {
+                let model = GbdtModel::from_bytes(&weights).map_err(|error| error.to_string())?;
+                if model.num_features() != expected_feature_width {
+                    return Err(format!(
+                        "the trees read {} features per object, the card's transform gives {expected_feature_width}",
+                        model.num_features()
+                    ));
+                }
+                Ok(model.into())
+            },
+        )
+        .await?
+    } else {
+        InferenceEngine::start(
         label.clone(),
         num_classes,
         batching,
         metrics.engine_metrics(),
-        move || InferenceModel::from_safetensors(architecture, num_classes, &weights, device),
+        move || {
+            let model =
+                InferenceModel::from_safetensors(architecture, num_classes, &weights, device)?;
+            if model.feature_width() != expected_feature_width {
+                return Err(plankton_trainer::TrainError::InvalidConfig(format!(
+                    "the weights take {} features per image, the card's transform gives {expected_feature_width}",
+                    model.feature_width()
+                )));
+            }
+            Ok(model)
+        },
     )
-    .await?;
+    .await?
+    };
     Ok(Arc::new(LoadedModel {
         entry,
         architecture,
@@ -516,6 +575,7 @@ async fn load_model(
             resize_mode,
             ..image_limits
         },
+        feature_transform: feature_transform.filter(|_| architecture.uses_features()),
         engine,
     }))
 }

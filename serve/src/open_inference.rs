@@ -3,10 +3,13 @@
 //!
 //! A model is addressed by its registry name: `model_name` "name" (latest version), "name:3" or
 //! "name@production", or "name" with `model_version` "3" (a version) or "production" (an alias); both empty
-//! address the server's default model. Inputs (exactly one per request):
+//! address the server's default model. Inputs (exactly one of the first two per request):
 //! - `image`, BYTES, shape [N] (or any shape of N elements): JPEG files, admitted first, then decoded and
 //!   preprocessed exactly as `plankton.v1.Predict` does (the model's training preprocessing);
-//! - `input`, FP32, shape [N,3,64,64]: images already preprocessed and scaled to [0, 1] (the u8 channels / 255).
+//! - `input`, FP32, shape [N,3,64,64]: images already preprocessed and scaled to [0, 1] (the u8 channels / 255);
+//! - `features`, FP32, shape [N,F], required by (and only accepted for) a model that takes native features
+//!   (`fusion`): each image's raw native features in the model's column order (the 64 of features_native.csv),
+//!   NaN = missing, imputed by the model card's transform.
 //!
 //! Outputs: `probabilities` FP32 [N,C] (softmax, class order of the model) and `class` BYTES [N] (the most
 //! probable class name). Tensor data may come in `contents` or `raw_input_contents`; the answer is raw
@@ -42,12 +45,15 @@ use crate::deadline::request_deadline;
 use crate::error::{ServeError, ServeResult};
 use crate::metrics::MethodLabels;
 use crate::model_ref::ModelReference;
+use crate::models::LoadedModel;
 use crate::service::InferenceService;
 
 /// Name of the JPEG input tensor.
 pub const IMAGE_INPUT: &str = "image";
 /// Name of the preprocessed FP32 input tensor.
 pub const SCALED_INPUT: &str = "input";
+/// Name of the native-features input tensor (models that take features).
+pub const FEATURES_INPUT: &str = "features";
 /// Name of the probabilities output tensor.
 pub const PROBABILITIES_OUTPUT: &str = "probabilities";
 /// Name of the most-probable-class output tensor.
@@ -80,12 +86,19 @@ impl OpenInferenceService {
         let requested_outputs = requested_outputs(&request)?;
         let raw_output = wants_raw_output(&request)?;
         let input = read_input(&request)?;
+        let raw_features = read_features_input(&request)?;
         let model = self.core.store().model_for(&model_text).await?;
+        let image_count = match &input {
+            InputTensor::Jpegs(jpegs) => jpegs.len(),
+            InputTensor::Scaled { image_count, .. } => *image_count,
+        };
+        let features = transform_features_input(&model, raw_features, image_count)?;
         let (image_count, probabilities) = match input {
             InputTensor::Jpegs(jpegs) => {
-                let image_count = jpegs.len();
-                let (outcomes, probabilities) =
-                    self.core.classify_jpegs(&model, jpegs, deadline).await?;
+                let (outcomes, probabilities) = self
+                    .core
+                    .classify_jpegs(&model, jpegs, features, deadline)
+                    .await?;
                 let problems: Vec<String> = outcomes
                     .iter()
                     .enumerate()
@@ -111,7 +124,7 @@ impl OpenInferenceService {
             } => {
                 let probabilities = self
                     .core
-                    .classify_scaled(&model, values, image_count, deadline)
+                    .classify_scaled(&model, values, features, image_count, deadline)
                     .await?;
                 (image_count, probabilities)
             }
@@ -236,31 +249,146 @@ fn element_count(tensor: &InferInputTensor) -> ServeResult<usize> {
     })
 }
 
-fn read_input(request: &ModelInferRequest) -> ServeResult<InputTensor> {
-    let [tensor] = request.inputs.as_slice() else {
+/// The raw contents of input `index` (`None`: typed contents), refusing a request that sends both or whose raw
+/// contents do not pair one-to-one with its inputs.
+fn raw_contents_of(request: &ModelInferRequest, index: usize) -> ServeResult<Option<&[u8]>> {
+    let raw_contents = &request.raw_input_contents;
+    if raw_contents.is_empty() {
+        return Ok(None);
+    }
+    if raw_contents.len() != request.inputs.len() {
         return Err(invalid(format!(
-            "{} inputs; send exactly one: {IMAGE_INPUT:?} (BYTES, JPEG files) or {SCALED_INPUT:?} (FP32 [N,3,64,64])",
+            "{} raw_input_contents for {} input(s)",
+            raw_contents.len(),
             request.inputs.len()
         )));
-    };
-    let raw = match request.raw_input_contents.as_slice() {
-        [] => None,
-        [raw] => {
-            if tensor.contents.is_some() {
+    }
+    let tensor = &request.inputs[index];
+    if tensor.contents.is_some() {
+        return Err(invalid(format!(
+            "input {:?} has both contents and raw_input_contents",
+            tensor.name
+        )));
+    }
+    Ok(Some(raw_contents[index].as_slice()))
+}
+
+/// FP32 values from raw little-endian bytes or typed contents.
+fn fp32_values(raw: Option<&[u8]>, contents: InferTensorContents) -> ServeResult<Vec<f32>> {
+    match raw {
+        Some(raw) => {
+            if raw.len() % 4 != 0 {
                 return Err(invalid(format!(
-                    "input {:?} has both contents and raw_input_contents",
-                    tensor.name
+                    "raw FP32 input of {} bytes is not a whole number of values",
+                    raw.len()
                 )));
             }
-            Some(raw.as_slice())
+            Ok(raw
+                .chunks_exact(4)
+                .map(|bytes| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+                .collect())
         }
-        several => {
-            return Err(invalid(format!(
-                "{} raw_input_contents for 1 input",
-                several.len()
-            )));
-        }
+        None => Ok(contents.fp32_contents),
+    }
+}
+
+/// Raw native features of a request: `rows x columns` values, row-major.
+type RawFeatures = (Vec<f32>, usize, usize);
+
+/// The optional `features` input: FP32 `[N, F]` values, row-major, with N and F.
+fn read_features_input(request: &ModelInferRequest) -> ServeResult<Option<RawFeatures>> {
+    let mut found = request
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, tensor)| tensor.name == FEATURES_INPUT);
+    let Some((index, tensor)) = found.next() else {
+        return Ok(None);
     };
+    if found.next().is_some() {
+        return Err(invalid(format!("input {FEATURES_INPUT:?} is sent twice")));
+    }
+    if tensor.datatype != "FP32" {
+        return Err(invalid(format!(
+            "input {FEATURES_INPUT:?} is {}; expected FP32 [N,F]",
+            tensor.datatype
+        )));
+    }
+    let [rows, columns] = tensor.shape.as_slice() else {
+        return Err(invalid(format!(
+            "input {FEATURES_INPUT:?} has shape {:?}; expected [N,F]",
+            tensor.shape
+        )));
+    };
+    let count = element_count(tensor)?;
+    let values = fp32_values(
+        raw_contents_of(request, index)?,
+        tensor.contents.clone().unwrap_or_default(),
+    )?;
+    if values.len() != count {
+        return Err(invalid(format!(
+            "input {FEATURES_INPUT:?} has shape {:?} ({count} values) but {} values of data",
+            tensor.shape,
+            values.len()
+        )));
+    }
+    Ok(Some((values, *rows as usize, *columns as usize)))
+}
+
+/// The `features` input through the model's transform (row-major, one row per image), or nothing for a model
+/// without features. A fusion model without the input, a model without features given one, or a shape that
+/// does not match the images and the model's columns is an INVALID_ARGUMENT naming the input.
+fn transform_features_input(
+    model: &LoadedModel,
+    raw_features: Option<RawFeatures>,
+    image_count: usize,
+) -> ServeResult<Vec<f32>> {
+    match (&model.feature_transform, raw_features) {
+        (None, None) => Ok(Vec::new()),
+        (None, Some(_)) => Err(invalid(format!(
+            "model {} takes no native features; remove input {FEATURES_INPUT:?}",
+            model.label()
+        ))),
+        (Some(transform), None) => Err(invalid(format!(
+            "model {} takes native features: input {FEATURES_INPUT:?} (FP32 [N,{}], each image's raw values in \
+             features_native.csv column order, NaN = missing) is missing",
+            model.label(),
+            transform.input_columns.len()
+        ))),
+        (Some(transform), Some((values, rows, columns))) => {
+            if rows != image_count || columns != transform.input_columns.len() {
+                return Err(invalid(format!(
+                    "input {FEATURES_INPUT:?} has shape [{rows},{columns}]; model {} expects [{image_count},{}] \
+                     (one row of raw native features per image)",
+                    model.label(),
+                    transform.input_columns.len()
+                )));
+            }
+            let mut counts = plankton_dataset::ImputationCounts::new(columns);
+            Ok(values
+                .chunks_exact(columns.max(1))
+                .flat_map(|row| transform.apply_raw(row, &mut counts))
+                .collect())
+        }
+    }
+}
+
+fn read_input(request: &ModelInferRequest) -> ServeResult<InputTensor> {
+    let image_inputs: Vec<(usize, &InferInputTensor)> = request
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(_, tensor)| tensor.name != FEATURES_INPUT)
+        .collect();
+    let [(index, tensor)] = image_inputs.as_slice() else {
+        return Err(invalid(format!(
+            "{} inputs; send exactly one: {IMAGE_INPUT:?} (BYTES, JPEG files) or {SCALED_INPUT:?} (FP32 [N,3,64,64]), \
+             plus {FEATURES_INPUT:?} (FP32 [N,F]) for a model that takes native features",
+            image_inputs.len()
+        )));
+    };
+    let tensor = *tensor;
+    let raw = raw_contents_of(request, *index)?;
     let contents = tensor.contents.clone().unwrap_or_default();
     let count = element_count(tensor)?;
     match (tensor.name.as_str(), tensor.datatype.as_str()) {
@@ -293,20 +421,7 @@ fn read_input(request: &ModelInferRequest) -> ServeResult<InputTensor> {
                     tensor.shape
                 )));
             }
-            let values: Vec<f32> = match raw {
-                Some(raw) => {
-                    if raw.len() % 4 != 0 {
-                        return Err(invalid(format!(
-                            "raw FP32 input of {} bytes is not a whole number of values",
-                            raw.len()
-                        )));
-                    }
-                    raw.chunks_exact(4)
-                        .map(|bytes| f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-                        .collect()
-                }
-                None => contents.fp32_contents,
-            };
+            let values: Vec<f32> = fp32_values(raw, contents)?;
             if values.len() != count {
                 return Err(invalid(format!(
                     "input {SCALED_INPUT:?} has shape {:?} ({count} values) but {} values of data",
@@ -602,10 +717,26 @@ impl GrpcInferenceService for OpenInferenceService {
             name: entry.name.clone(),
             versions: vec![entry.version.to_string()],
             platform: PLATFORM.to_string(),
-            inputs: vec![
-                tensor_metadata(IMAGE_INPUT, "BYTES", &[-1]),
-                tensor_metadata(SCALED_INPUT, "FP32", &image_shape),
-            ],
+            inputs: {
+                let mut inputs = vec![
+                    tensor_metadata(IMAGE_INPUT, "BYTES", &[-1]),
+                    tensor_metadata(SCALED_INPUT, "FP32", &image_shape),
+                ];
+                // Whether the model takes features is in its card: known once loaded.
+                if let Some(transform) = self
+                    .core
+                    .store()
+                    .loaded_model(&entry.name, entry.version)
+                    .and_then(|model| model.feature_transform.clone())
+                {
+                    inputs.push(tensor_metadata(
+                        FEATURES_INPUT,
+                        "FP32",
+                        &[-1, transform.input_columns.len() as i64],
+                    ));
+                }
+                inputs
+            },
             outputs: vec![
                 tensor_metadata(PROBABILITIES_OUTPUT, "FP32", &[-1, num_classes]),
                 tensor_metadata(CLASS_OUTPUT, "BYTES", &[-1]),

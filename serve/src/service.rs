@@ -19,9 +19,10 @@ use plankton_trainer::IMAGE_LEN;
 use rayon::prelude::*;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::error::{ServeError, ServeResult};
+use crate::features::transform_request_features;
 use crate::metrics::{ErrorLabels, MethodLabels, ServeMetrics};
 use crate::models::{LoadedModel, ModelStore};
 
@@ -109,11 +110,13 @@ impl InferenceService {
 
     /// Admits `jpegs` (refused at once when the server is full), then decodes and preprocesses them as in
     /// training and runs the usable ones through `model`'s batcher. Returns each image's outcome and the
-    /// probability rows of the usable images, in order.
+    /// probability rows of the usable images, in order. `features` holds every image's transformed features
+    /// (row-major) for a model that takes them, else nothing.
     pub(crate) async fn classify_jpegs<Image>(
         &self,
         model: &LoadedModel,
         jpegs: Vec<Image>,
+        features: Vec<f32>,
         deadline: Option<Instant>,
     ) -> ServeResult<(Vec<ImageOutcome>, Vec<f32>)>
     where
@@ -131,10 +134,31 @@ impl InferenceService {
         for channels in preprocessed.iter().flatten() {
             batch.extend_from_slice(channels);
         }
+        let feature_width = if preprocessed.is_empty() {
+            0
+        } else {
+            features.len() / preprocessed.len()
+        };
+        let valid_features: Vec<f32> = if feature_width == 0 {
+            Vec::new()
+        } else {
+            features
+                .chunks_exact(feature_width)
+                .zip(&preprocessed)
+                .filter(|(_, outcome)| outcome.is_ok())
+                .flat_map(|(row, _)| row.iter().copied())
+                .collect()
+        };
         let probabilities = if valid_count > 0 {
             model
                 .engine
-                .predict(ModelInput::Pixels(batch), valid_count, deadline, arrival)
+                .predict_with_features(
+                    ModelInput::Pixels(batch),
+                    valid_features,
+                    valid_count,
+                    deadline,
+                    arrival,
+                )
                 .await?
         } else {
             Vec::new()
@@ -147,11 +171,13 @@ impl InferenceService {
     }
 
     /// Admits `image_count` images already scaled to the network's input (f32 CHW in [0, 1]) and runs them
-    /// through `model`'s batcher; their probability rows, in order.
+    /// through `model`'s batcher with their transformed `features` (empty for a model without features); their
+    /// probability rows, in order.
     pub(crate) async fn classify_scaled(
         &self,
         model: &LoadedModel,
         values: Vec<f32>,
+        features: Vec<f32>,
         image_count: usize,
         deadline: Option<Instant>,
     ) -> ServeResult<Vec<f32>> {
@@ -160,7 +186,13 @@ impl InferenceService {
         let arrival = model.engine.announce();
         model
             .engine
-            .predict(ModelInput::Scaled(values), image_count, deadline, arrival)
+            .predict_with_features(
+                ModelInput::Scaled(values),
+                features,
+                image_count,
+                deadline,
+                arrival,
+            )
             .await
     }
 
@@ -183,12 +215,29 @@ impl InferenceService {
             requested => requested,
         }
         .min(num_classes);
+        let features = match &model.feature_transform {
+            Some(transform) => {
+                let (features, counts) =
+                    transform_request_features(transform, &model.label(), &request.images)?;
+                if counts.imputed_values() > 0 {
+                    debug!(
+                        model = %model.label(),
+                        imputed_values = counts.imputed_values(),
+                        "missing feature values imputed"
+                    );
+                }
+                features
+            }
+            None => Vec::new(),
+        };
         let (ids, jpegs): (Vec<String>, Vec<Vec<u8>>) = request
             .images
             .into_iter()
             .map(|image| (image.id, image.data))
             .unzip();
-        let (preprocessed, probabilities) = self.classify_jpegs(&model, jpegs, deadline).await?;
+        let (preprocessed, probabilities) = self
+            .classify_jpegs(&model, jpegs, features, deadline)
+            .await?;
         let valid_count = preprocessed
             .iter()
             .filter(|outcome| outcome.is_ok())
@@ -383,6 +432,12 @@ impl Inference for InferenceService {
             aliases: entry.aliases.clone(),
             is_default,
             max_batch_size: self.store.batching().max_batch_size as u32,
+            requires_features: model.feature_transform.is_some(),
+            feature_columns: model
+                .feature_transform
+                .as_ref()
+                .map(|transform| transform.input_columns.clone())
+                .unwrap_or_default(),
         }))
     }
 }

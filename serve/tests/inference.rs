@@ -21,6 +21,7 @@ fn image(data: Vec<u8>, id: &str) -> ImageInput {
     ImageInput {
         data,
         id: id.to_string(),
+        ..Default::default()
     }
 }
 

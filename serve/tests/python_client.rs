@@ -49,6 +49,7 @@ async fn a_python_grpcio_client_gets_the_same_predictions_and_health() -> anyhow
         images.push(ImageInput {
             data,
             id: file_name.to_string(),
+            ..Default::default()
         });
     }
     let expected = sandbox

@@ -333,6 +333,26 @@ mod tests {
         }
     }
 
+    /// The dataset profile's non-living list is exactly the classes whose generated lineage is `not-living`.
+    #[test]
+    fn non_living_classes_are_the_not_living_lineages() {
+        for (name, _) in REFERENCE_CLASS_COUNTS {
+            let not_living = taxonomy(name).0 == "not-living";
+            assert_eq!(
+                plankton_dataset::layout::NON_LIVING_CLASSES.contains(&name),
+                not_living,
+                "{name}"
+            );
+            assert_eq!(
+                plankton_dataset::layout::is_biological_class(name),
+                !not_living
+            );
+        }
+        assert!(!plankton_dataset::layout::is_biological_class(
+            UNLABELED_CLASS
+        ));
+    }
+
     #[test]
     fn dates_are_calendar_dates() {
         assert_eq!(civil_date(0), (2013, 1, 1));

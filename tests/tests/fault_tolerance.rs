@@ -10,12 +10,12 @@ use plankton_proto::v1::{Job, JobPhase, JobSpec, ListWorkersRequest, ResumeJobRe
 use plankton_tests::{TestCluster, synth_dataset, test_ring_config};
 use plankton_worker::{FaultPoint, InjectedFault};
 
-/// Small enough to run four jobs in a test, long enough (3 epochs x 8 steps) to fail mid-way.
+/// Small enough to run four jobs in a test, long enough (3 epochs x 8 steps of `wide_lenet`) to fail mid-way.
 fn spec(dataset_url: &str) -> JobSpec {
     JobSpec {
         dataset_url: dataset_url.into(),
         world_size: 3,
-        model: "lenet".into(),
+        model: "wide_lenet".into(),
         epochs: 3,
         batch_size: 16,
         threads_per_worker: 1,

@@ -210,6 +210,7 @@ fn predict_request(jpegs: &[Vec<u8>]) -> PredictRequest {
             .map(|(index, data)| ImageInput {
                 data: data.clone(),
                 id: index.to_string(),
+                ..Default::default()
             })
             .collect(),
         top_k: CLASS_NAMES.len() as u32,

@@ -513,6 +513,7 @@ async fn train_and_serve_from(store_root: &str, job_name: &str) -> anyhow::Resul
         .map(|(objid, result)| ImageInput {
             data: result.expect("image readable").to_vec(),
             id: objid.to_string(),
+            ..Default::default()
         })
         .collect()
         .await;

@@ -13,7 +13,7 @@ fn spec(dataset_url: &str, epochs: u32) -> JobSpec {
     JobSpec {
         dataset_url: dataset_url.into(),
         world_size: 2,
-        model: "lenet".into(),
+        model: "wide_lenet".into(),
         epochs,
         batch_size: 16,
         ..Default::default()

@@ -114,6 +114,7 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
             .map(|(objid, jpeg)| ImageInput {
                 data: jpeg.to_vec(),
                 id: objid.to_string(),
+                ..Default::default()
             })
             .collect(),
         top_k: num_classes as u32,

@@ -102,6 +102,7 @@ async fn a_job_writes_event_files_tensorboard_reads() -> anyhow::Result<()> {
     for tag in [
         "eval/accuracy",
         "eval/macro_f1",
+        "eval/biological_macro_f1",
         "eval/weighted_f1",
         "eval/balanced_accuracy",
         "eval/test_loss",

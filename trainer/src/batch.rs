@@ -1,4 +1,5 @@
-//! Shards of preprocessed images and the per-epoch batch order, with u8 augmentation.
+//! Shards of preprocessed images (with their transformed native features when the model takes them) and the
+//! per-epoch batch order, with u8 augmentation.
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -16,7 +17,8 @@ pub trait ImageRecords: Send + Sync + std::fmt::Debug {
 }
 
 /// The preprocessed images of one virtual shard of a split: `labels.len()` u8 CHW images, held in `images`
-/// or, when `records` is set, read from it batch by batch.
+/// or, when `records` is set, read from it batch by batch; `features` (when `feature_width > 0`) each image's
+/// transformed native features.
 #[derive(Debug, Clone, Default)]
 pub struct ShardData {
     /// `labels.len() * IMAGE_LEN` bytes; empty when `records` holds the images.
@@ -25,6 +27,10 @@ pub struct ShardData {
     pub labels: Vec<u32>,
     /// Where the images are when they are not in `images`.
     pub records: Option<std::sync::Arc<dyn ImageRecords>>,
+    /// `labels.len() * feature_width` values, row-major (empty when `feature_width` is 0).
+    pub features: Vec<f32>,
+    /// Feature values per image; 0 when the shard carries no features.
+    pub feature_width: usize,
 }
 
 impl ShardData {
@@ -44,6 +50,7 @@ impl ShardData {
             images: Vec::new(),
             labels,
             records: Some(records),
+            ..ShardData::default()
         }
     }
 
@@ -74,8 +81,24 @@ impl ShardData {
         }
     }
 
+    /// The transformed features of image `index` (empty when the shard carries none).
+    pub fn feature_row(&self, index: usize) -> &[f32] {
+        &self.features[index * self.feature_width..(index + 1) * self.feature_width]
+    }
+
     /// Checks sizes and labels; `shard` names it in the error ("train", "test").
     pub fn validate(&self, shard: &'static str, num_classes: usize) -> Result<(), TrainError> {
+        if self.features.len() != self.labels.len() * self.feature_width {
+            return Err(TrainError::InvalidShard {
+                shard,
+                reason: format!(
+                    "{} feature values for {} labels (expected {} per image)",
+                    self.features.len(),
+                    self.labels.len(),
+                    self.feature_width
+                ),
+            });
+        }
         let expected_heap_bytes = if self.records.is_some() {
             0
         } else {
@@ -109,11 +132,13 @@ impl ShardData {
     }
 }
 
-/// One step's images (u8 CHW, possibly augmented) and labels.
+/// One step's images (u8 CHW, possibly augmented), labels and transformed features (row-major, empty when
+/// the shards carry none).
 #[derive(Debug, Clone, Default)]
 pub struct AssembledBatch {
     pub images: Vec<u8>,
     pub labels: Vec<u32>,
+    pub features: Vec<f32>,
 }
 
 impl AssembledBatch {
@@ -121,6 +146,7 @@ impl AssembledBatch {
     pub fn clear(&mut self) {
         self.images.clear();
         self.labels.clear();
+        self.features.clear();
     }
 }
 
@@ -226,6 +252,9 @@ impl EpochBatches {
             let start = batch.images.len();
             batch.images.extend_from_slice(shard.image(image_index));
             batch.labels.push(label);
+            batch
+                .features
+                .extend_from_slice(shard.feature_row(image_index));
             let augment = self.augmentation != AugmentationMode::None
                 && self
                     .augmented_classes
@@ -328,6 +357,8 @@ mod tests {
             images,
             labels: (0..count as u32).map(|index| index % 2).collect(),
             records: None,
+            features: (0..count * 2).map(|value| value as f32).collect(),
+            feature_width: 2,
         }
     }
 
@@ -340,6 +371,10 @@ mod tests {
         for step in 0..3 {
             batches.assemble(&shard, step, &mut batch);
             assert_eq!(batch.labels.len(), 4);
+            // Each sample's features travel with its image (image `i` has features `[2i, 2i + 1]`).
+            for (sample, image) in batch.images.chunks(IMAGE_LEN).enumerate() {
+                assert_eq!(batch.features[sample * 2], 2.0 * image[0] as f32);
+            }
             seen.extend(
                 batch
                     .images
@@ -389,6 +424,7 @@ mod tests {
         assert_eq!(combined.labels.len(), 6);
         assert_eq!(combined.images[..3 * IMAGE_LEN], alone.images[..]);
         assert_eq!(combined.images[3 * IMAGE_LEN..], replayed[3].images[..]);
+        assert_eq!(combined.features.len(), 6 * 2);
     }
 
     #[test]

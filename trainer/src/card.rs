@@ -1,4 +1,5 @@
 //! The model card stored next to the weights.
+use plankton_dataset::FeatureTransform;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Architecture, IMAGE_SIZE};
@@ -40,6 +41,10 @@ pub struct ModelCard {
     pub created_unix_ms: u64,
     /// File name of the safetensors weights next to the card.
     pub weights_file: String,
+    /// For a model that takes native features: the transform fitted on its training split, which inference
+    /// applies to raw feature values (absent from cards of image-only models, and from older cards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_transform: Option<FeatureTransform>,
 }
 
 #[cfg(test)]
@@ -56,9 +61,53 @@ mod tests {
             job_id: "job-1".to_string(),
             created_unix_ms: 1_700_000_000_000,
             weights_file: "model.safetensors".to_string(),
+            feature_transform: None,
         };
         let json = serde_json::to_string(&card).unwrap();
         assert!(json.contains("\"architecture\":\"resnet\""), "{json}");
+        assert!(!json.contains("feature_transform"), "{json}");
         assert_eq!(serde_json::from_str::<ModelCard>(&json).unwrap(), card);
+    }
+
+    #[test]
+    fn card_round_trips_with_its_feature_transform() {
+        let columns: Vec<String> = ["area", "width"]
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        let rows: Vec<Vec<Option<f32>>> = (0..10)
+            .map(|index| {
+                vec![
+                    Some(index as f32),
+                    (index % 3 != 0).then_some((index * index) as f32),
+                ]
+            })
+            .collect();
+        let borrowed: Vec<&[Option<f32>]> = rows.iter().map(Vec::as_slice).collect();
+        let transform = FeatureTransform::fit(&columns, &borrowed);
+        let card = ModelCard {
+            architecture: Architecture::Fusion,
+            classes: vec!["a".to_string(), "b".to_string()],
+            input: ModelInput::standard("opencv_bicubic"),
+            metrics: serde_json::json!({}),
+            job_id: "job-2".to_string(),
+            created_unix_ms: 1,
+            weights_file: "model.safetensors".to_string(),
+            feature_transform: Some(transform),
+        };
+        let json = serde_json::to_string_pretty(&card).unwrap();
+        assert!(json.contains("\"architecture\": \"fusion\""), "{json}");
+        let read: ModelCard = serde_json::from_str(&json).unwrap();
+        assert_eq!(read, card);
+        assert_eq!(read.feature_transform.unwrap().indicator_columns, vec![1]);
+    }
+
+    #[test]
+    fn a_card_written_before_features_still_loads() {
+        let old = r#"{"architecture":"resnet","classes":["a","b"],
+            "input":{"size":64,"channels":["grey","threshold","opening"],"resize_mode":"opencv_bicubic"},
+            "metrics":{},"job_id":"j","created_unix_ms":1,"weights_file":"model.safetensors"}"#;
+        let card: ModelCard = serde_json::from_str(old).unwrap();
+        assert!(card.feature_transform.is_none());
     }
 }

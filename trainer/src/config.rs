@@ -18,11 +18,21 @@ pub const IMAGE_CHANNELS: usize = 3;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
-    /// The reference notebook's LeNet-like CNN (3 conv + max-pool, dense 250 -> 100 -> classes).
+    /// The reference notebook's CNN: 2x2 convolutions of 6/16/16 filters ('valid'), each + ReLU + 2x2
+    /// max-pool, dense 250 -> 100 -> classes.
     LeNet,
+    /// The same layout with 3x3 'same' convolutions of 32/64/128 filters (about 50x the multiply-adds).
+    #[serde(rename = "wide_lenet")]
+    WideLeNet,
     /// A small ResNet with batch norm sized for CPU training at 64x64 (the default).
     #[default]
     ResNet,
+    /// The resnet trunk (up to its global pooling) and an MLP over the transformed native features
+    /// (F -> 64 -> 64, ReLU), concatenated before the classifier.
+    Fusion,
+    /// Not a network: gradient-boosted trees (plankton-gbdt) on the transformed native features only, trained
+    /// on one worker.
+    Gbdt,
 }
 
 impl Architecture {
@@ -30,8 +40,21 @@ impl Architecture {
     pub fn name(self) -> &'static str {
         match self {
             Architecture::LeNet => "lenet",
+            Architecture::WideLeNet => "wide_lenet",
             Architecture::ResNet => "resnet",
+            Architecture::Fusion => "fusion",
+            Architecture::Gbdt => "gbdt",
         }
+    }
+
+    /// Whether the model takes the transformed native features (next to the image, for a network).
+    pub fn uses_features(self) -> bool {
+        matches!(self, Architecture::Fusion | Architecture::Gbdt)
+    }
+
+    /// Whether the model is a libtorch network (every architecture but `gbdt`).
+    pub fn is_network(self) -> bool {
+        !matches!(self, Architecture::Gbdt)
     }
 }
 
@@ -46,7 +69,10 @@ impl FromStr for Architecture {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text.trim().to_ascii_lowercase().as_str() {
             "lenet" => Ok(Architecture::LeNet),
+            "wide_lenet" | "wide-lenet" => Ok(Architecture::WideLeNet),
             "resnet" => Ok(Architecture::ResNet),
+            "fusion" => Ok(Architecture::Fusion),
+            "gbdt" => Ok(Architecture::Gbdt),
             _ => Err(TrainError::UnknownArchitecture(text.to_string())),
         }
     }
@@ -190,11 +216,72 @@ impl FromStr for Precision {
     }
 }
 
+/// The training loss of the networks. Evaluation and prediction always use the plain logits.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum LossFunction {
+    /// The class-weighted cross-entropy of the logits.
+    #[default]
+    CrossEntropy,
+    /// Train-time logit adjustment (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021): the
+    /// class-weighted cross-entropy of `logits + tau * ln(prior)`, `prior` each class's share of the training
+    /// split. Rare classes get a larger margin. Class weights still apply; the usual choice is uniform weights
+    /// with this loss, or class weights with the plain cross-entropy.
+    LogitAdjusted {
+        tau: f64,
+        /// One per class, each > 0, summing to 1.
+        class_priors: Vec<f64>,
+    },
+}
+
+impl LossFunction {
+    /// The default `tau`.
+    pub const DEFAULT_TAU: f64 = 1.0;
+
+    /// Logit adjustment with the priors of `train_class_counts`. A class without training objects counts as
+    /// one, so that every offset is finite (the network never sees its label in training anyway).
+    pub fn logit_adjusted(tau: f64, train_class_counts: &[u64]) -> Self {
+        let counts: Vec<f64> = train_class_counts
+            .iter()
+            .map(|count| (*count).max(1) as f64)
+            .collect();
+        let total: f64 = counts.iter().sum();
+        LossFunction::LogitAdjusted {
+            tau,
+            class_priors: counts.iter().map(|count| count / total).collect(),
+        }
+    }
+
+    /// What is added to each class's logit before the training loss: `tau * ln(prior)`; `None` for the plain
+    /// cross-entropy.
+    pub fn logit_offsets(&self) -> Option<Vec<f32>> {
+        match self {
+            LossFunction::CrossEntropy => None,
+            LossFunction::LogitAdjusted { tau, class_priors } => Some(
+                class_priors
+                    .iter()
+                    .map(|prior| (tau * prior.ln()) as f32)
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The name used in model cards and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LossFunction::CrossEntropy => "cross_entropy",
+            LossFunction::LogitAdjusted { .. } => "logit_adjusted",
+        }
+    }
+}
+
 /// Everything a rank needs to train its part of a data-parallel job.
 #[derive(Debug, Clone)]
 pub struct TrainConfig {
     pub architecture: Architecture,
     pub num_classes: usize,
+    /// Transformed feature values per sample ([`plankton_dataset::FeatureTransform::output_width`]) for a
+    /// network that takes features ([`Architecture::uses_features`]); 0 otherwise.
+    pub feature_width: usize,
     /// One weight per class for the weighted cross-entropy (e.g. sklearn "balanced").
     pub class_weights: Vec<f32>,
     pub epochs: u32,
@@ -219,6 +306,8 @@ pub struct TrainConfig {
     pub non_finite_policy: NonFinitePolicy,
     /// What a step's summed class-weighted loss is divided by.
     pub loss_normalization: LossNormalization,
+    /// Cross-entropy of the plain or the prior-adjusted logits.
+    pub loss: LossFunction,
     /// Fault injection (tests): this rank's loss becomes NaN at this global step.
     pub inject_non_finite_at_step: Option<u64>,
     /// The number format of the gradient all-reduce (identical on every rank of a job).
@@ -272,6 +361,7 @@ impl TrainConfig {
         TrainConfig {
             architecture: Architecture::ResNet,
             num_classes,
+            feature_width: 0,
             class_weights,
             epochs: 10,
             batch_size: 64,
@@ -287,6 +377,7 @@ impl TrainConfig {
             checkpoint_every_steps: 0,
             non_finite_policy: NonFinitePolicy::Fail,
             loss_normalization: LossNormalization::default(),
+            loss: LossFunction::CrossEntropy,
             inject_non_finite_at_step: None,
             gradient_compression: GradientCompression::None,
             precision: Precision::Fp32,
@@ -318,6 +409,12 @@ impl TrainConfig {
                 "class weight {weight} of class {class_index} is not a finite non-negative number"
             )));
         }
+        if self.architecture.uses_features() && self.feature_width == 0 {
+            return Err(TrainError::InvalidConfig(format!(
+                "model {} needs native features, but the feature width is 0",
+                self.architecture
+            )));
+        }
         if self.batch_size == 0 {
             return Err(TrainError::InvalidConfig("batch_size is 0".to_string()));
         }
@@ -338,6 +435,29 @@ impl TrainConfig {
                 self.weight_decay
             )));
         }
+        if let LossFunction::LogitAdjusted { tau, class_priors } = &self.loss {
+            if !(tau.is_finite() && *tau > 0.0) {
+                return Err(TrainError::InvalidConfig(format!(
+                    "logit adjustment tau {tau} is not a finite positive number"
+                )));
+            }
+            if class_priors.len() != self.num_classes {
+                return Err(TrainError::InvalidConfig(format!(
+                    "{} class priors for {} classes",
+                    class_priors.len(),
+                    self.num_classes
+                )));
+            }
+            if let Some((class_index, prior)) = class_priors
+                .iter()
+                .enumerate()
+                .find(|(_, prior)| !(prior.is_finite() && **prior > 0.0))
+            {
+                return Err(TrainError::InvalidConfig(format!(
+                    "class prior {prior} of class {class_index} is not a finite positive number"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -345,6 +465,26 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logit_adjustment_priors_count_an_empty_class_as_one() {
+        let loss = LossFunction::logit_adjusted(2.0, &[6, 0, 3]);
+        let offsets = loss.logit_offsets().unwrap();
+        let expected = [0.6f64, 0.1, 0.3].map(|prior| (2.0 * prior.ln()) as f32);
+        for (offset, expected) in offsets.iter().zip(expected) {
+            assert!((offset - expected).abs() < 1e-6, "{offsets:?}");
+        }
+        assert_eq!(LossFunction::CrossEntropy.logit_offsets(), None);
+        let mut config = TrainConfig::new(3, vec![1.0; 3]);
+        config.loss = loss;
+        config.validate().unwrap();
+        for bad_tau in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            config.loss = LossFunction::logit_adjusted(bad_tau, &[6, 0, 3]);
+            assert!(config.validate().is_err(), "tau {bad_tau}");
+        }
+        config.loss = LossFunction::logit_adjusted(1.0, &[6, 3]);
+        assert!(config.validate().is_err(), "two priors for three classes");
+    }
 
     /// The case: two virtual shards of 128, one rare sample of weight 600 among weight-1 samples in
     /// shard 0. Its share of the step's gradient direction, and the step's scale (sum of coefficients x weights).

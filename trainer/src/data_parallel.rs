@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::{Kind, Reduction, Tensor};
 use tracing::info;
 
@@ -95,6 +95,8 @@ pub struct DataParallelTrainer {
     buffers: Vec<Tensor>,
     parameter_count: usize,
     class_weights: Tensor,
+    /// `tau * ln(prior)` per class, added to the logits of training steps (logit-adjusted loss only).
+    logit_offsets: Option<Tensor>,
     /// Flat gradients + [local loss denominator, local loss sum, re-formation request, per-rank non-finite
     /// flags], reused every step.
     gradient_buffer: Vec<f32>,
@@ -158,6 +160,30 @@ pub(crate) fn images_to_tensor(
         .f_div_scalar(255.0)?)
 }
 
+/// Row-major transformed features of `count` samples (`width` each) as a `[count, width]` tensor on `device`;
+/// `None` for a network without features (`width` 0).
+pub(crate) fn features_to_tensor(
+    features: &[f32],
+    count: usize,
+    width: usize,
+    device: tch::Device,
+) -> Result<Option<Tensor>, TrainError> {
+    if features.len() != count * width {
+        return Err(TrainError::InvalidInput(format!(
+            "{} feature values for {count} samples (the model takes {width} per sample)",
+            features.len()
+        )));
+    }
+    if width == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        Tensor::f_from_slice(features)?
+            .f_view([count as i64, width as i64])?
+            .f_to_device(device)?,
+    ))
+}
+
 fn flatten_into(tensors: &[Tensor], buffer: &mut [f32]) -> Result<(), TrainError> {
     let mut offset = 0;
     for tensor in tensors {
@@ -217,6 +243,7 @@ impl DataParallelTrainer {
             &var_store,
             config.architecture,
             config.num_classes,
+            config.feature_width,
             config.seed,
         )?;
         let variables = sorted_variables(&var_store);
@@ -241,6 +268,11 @@ impl DataParallelTrainer {
         )?;
         let class_weights =
             Tensor::f_from_slice(&config.class_weights)?.f_to_device(config.device)?;
+        let logit_offsets = config
+            .loss
+            .logit_offsets()
+            .map(|offsets| Tensor::f_from_slice(&offsets)?.f_to_device(config.device))
+            .transpose()?;
         info!(
             architecture = %config.architecture,
             parameters = parameter_count,
@@ -257,6 +289,7 @@ impl DataParallelTrainer {
             buffers,
             parameter_count,
             class_weights,
+            logit_offsets,
             gradient_buffer: vec![0.0; parameter_count + EXTRA_SLOTS],
             skipped_steps: 0,
             saved_buffers,
@@ -386,16 +419,45 @@ impl DataParallelTrainer {
         labels: &[u32],
         request_reform: bool,
     ) -> Result<StepOutcome, TrainError> {
-        self.train_step_grouped(collective, images, labels, &[labels.len()], request_reform)
+        self.train_step_grouped(
+            collective,
+            images,
+            labels,
+            &[],
+            &[labels.len()],
+            request_reform,
+        )
+    }
+
+    /// [`Self::train_step`] for a network that takes features: `features` holds each sample's transformed
+    /// features, row-major (`labels.len() * feature_width` values).
+    pub fn train_step_with_features(
+        &mut self,
+        collective: &mut dyn Collective,
+        images: &[u8],
+        labels: &[u32],
+        features: &[f32],
+        request_reform: bool,
+    ) -> Result<StepOutcome, TrainError> {
+        self.train_step_grouped(
+            collective,
+            images,
+            labels,
+            features,
+            &[labels.len()],
+            request_reform,
+        )
     }
 
     /// [`Self::train_step`] on a local batch made of groups, one per virtual shard this rank owns, of
     /// `group_sizes` consecutive samples each ([`crate::LossNormalization::ShardMean`] normalises each group alone).
+    /// `features` is empty for a network without features.
     pub fn train_step_grouped(
         &mut self,
         collective: &mut dyn Collective,
         images: &[u8],
         labels: &[u32],
+        features: &[f32],
         group_sizes: &[usize],
         request_reform: bool,
     ) -> Result<StepOutcome, TrainError> {
@@ -412,6 +474,14 @@ impl DataParallelTrainer {
             return Err(TrainError::InvalidInput(format!(
                 "label {label} is not below num_classes {}",
                 self.config.num_classes
+            )));
+        }
+        let feature_width = self.network.feature_width();
+        if features.len() != count * feature_width {
+            return Err(TrainError::InvalidInput(format!(
+                "{} feature values for {count} samples (model {} takes {feature_width} per sample)",
+                features.len(),
+                self.config.architecture
             )));
         }
         let started = Instant::now();
@@ -446,26 +516,24 @@ impl DataParallelTrainer {
                 Precision::Fp32 => ComputeKind::Stored,
                 Precision::Bf16 => ComputeKind::BFloat16,
             };
-            let logits = self.network.forward_train(&input, compute);
-            match &multipliers {
-                None => logits.f_cross_entropy_loss(
-                    &targets,
-                    Some(&self.class_weights),
-                    Reduction::Sum,
-                    -100,
-                    0.0,
-                )?,
-                Some(multipliers) => logits
-                    .f_cross_entropy_loss(
-                        &targets,
-                        Some(&self.class_weights),
-                        Reduction::None,
-                        -100,
-                        0.0,
-                    )?
-                    .f_mul(&Tensor::f_from_slice(multipliers)?.f_to_device(self.config.device)?)?
-                    .f_sum(Kind::Float)?,
-            }
+            let feature_input =
+                features_to_tensor(features, count, feature_width, self.config.device)?;
+            let logits = self
+                .network
+                .forward_train(&input, feature_input.as_ref(), compute)?;
+            let multipliers = multipliers
+                .as_deref()
+                .map(|multipliers| {
+                    Tensor::f_from_slice(multipliers)?.f_to_device(self.config.device)
+                })
+                .transpose()?;
+            training_loss_sum(
+                &logits,
+                &targets,
+                &self.class_weights,
+                self.logit_offsets.as_ref(),
+                multipliers.as_ref(),
+            )?
         };
         let local_loss_sum =
             if self.config.inject_non_finite_at_step == Some(self.progress.global_step) {
@@ -861,11 +929,30 @@ pub(crate) fn evaluate_network(
             let first = chunk_index * EVALUATION_BATCH_SIZE;
             let images = test.images_in(first..first + labels.len(), &mut scratch);
             let input = images_to_tensor(images, labels.len(), device)?;
+            let width = network.feature_width();
+            let features = if width == 0 {
+                None
+            } else if test.feature_width != width {
+                return Err(TrainError::InvalidShard {
+                    shard: "test",
+                    reason: format!(
+                        "{} features per image, the model takes {width}",
+                        test.feature_width
+                    ),
+                });
+            } else {
+                features_to_tensor(
+                    &test.features[first * width..(first + labels.len()) * width],
+                    labels.len(),
+                    width,
+                    device,
+                )?
+            };
             let targets = Tensor::f_from_slice(
                 &labels.iter().map(|label| *label as i64).collect::<Vec<_>>(),
             )?
             .f_to_device(device)?;
-            let logits = network.forward_t(&input, false);
+            let logits = network.forward_t(&input, features.as_ref(), false)?;
             loss_sum += logits
                 .f_cross_entropy_loss::<Tensor>(&targets, None, Reduction::Sum, -100, 0.0)?
                 .f_double_value(&[])?;
@@ -917,9 +1004,77 @@ fn gradients_are_finite(parameters: &[Tensor]) -> Result<bool, TrainError> {
     Ok(true)
 }
 
+/// `sum_i m_i * w_{y_i} * CE(logits_i + offsets, y_i)`: the class-weighted cross-entropy of the (prior-adjusted,
+/// when `logit_offsets` is given) logits, each sample's term scaled by its multiplier (all 1 when `None`).
+pub(crate) fn training_loss_sum(
+    logits: &Tensor,
+    targets: &Tensor,
+    class_weights: &Tensor,
+    logit_offsets: Option<&Tensor>,
+    multipliers: Option<&Tensor>,
+) -> Result<Tensor, TrainError> {
+    let adjusted;
+    let logits = match logit_offsets {
+        Some(offsets) => {
+            adjusted = logits.f_add(offsets)?;
+            &adjusted
+        }
+        None => logits,
+    };
+    Ok(match multipliers {
+        None => {
+            logits.f_cross_entropy_loss(targets, Some(class_weights), Reduction::Sum, -100, 0.0)?
+        }
+        Some(multipliers) => logits
+            .f_cross_entropy_loss(targets, Some(class_weights), Reduction::None, -100, 0.0)?
+            .f_mul(multipliers)?
+            .f_sum(Kind::Float)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two classes with priors 0.8 / 0.2 and tau 1: equal logits become ln 0.8 and ln 0.2, so a sample of
+    /// class 0 costs -ln 0.8 and one of class 1 costs -ln 0.2; class weights 1 and 4, multipliers 1 and 0.5.
+    #[test]
+    fn the_logit_adjusted_loss_of_a_hand_computed_batch() {
+        let logits = Tensor::from_slice(&[0.0f32, 0.0, 0.0, 0.0]).view([2, 2]);
+        let targets = Tensor::from_slice(&[0i64, 1]);
+        let class_weights = Tensor::from_slice(&[1.0f32, 4.0]);
+        let offsets_values = crate::config::LossFunction::logit_adjusted(1.0, &[8, 2])
+            .logit_offsets()
+            .unwrap();
+        let offsets = Tensor::from_slice(&offsets_values);
+        let value = |offsets: Option<&Tensor>, multipliers: Option<&Tensor>| {
+            training_loss_sum(&logits, &targets, &class_weights, offsets, multipliers)
+                .unwrap()
+                .double_value(&[])
+        };
+        let plain = value(None, None);
+        assert!((plain - 5.0 * 2f64.ln()).abs() < 1e-5, "{plain}");
+        let adjusted = value(Some(&offsets), None);
+        let expected = -(0.8f64.ln()) + 4.0 * -(0.2f64.ln());
+        assert!(
+            (adjusted - expected).abs() < 1e-5,
+            "{adjusted} vs {expected}"
+        );
+        let multipliers = Tensor::from_slice(&[1.0f32, 0.5]);
+        let scaled = value(Some(&offsets), Some(&multipliers));
+        let expected = -(0.8f64.ln()) + 0.5 * 4.0 * -(0.2f64.ln());
+        assert!((scaled - expected).abs() < 1e-5, "{scaled} vs {expected}");
+        // tau 2 doubles the offsets: priors act as 0.8^2 : 0.2^2 = 16 : 1.
+        let doubled = crate::config::LossFunction::logit_adjusted(2.0, &[8, 2])
+            .logit_offsets()
+            .unwrap();
+        let adjusted = value(Some(&Tensor::from_slice(&doubled)), None);
+        let expected = (1.0f64 + 1.0 / 16.0).ln() + 4.0 * (1.0f64 + 16.0).ln();
+        assert!(
+            (adjusted - expected).abs() < 1e-4,
+            "{adjusted} vs {expected}"
+        );
+    }
 
     #[test]
     fn keeps_the_most_confident_mistakes_of_a_class() {

@@ -26,7 +26,9 @@ pub enum TrainError {
         path: String,
         source: std::io::Error,
     },
-    #[error("unknown architecture {0:?} (expected \"lenet\" or \"resnet\")")]
+    #[error(
+        "unknown architecture {0:?} (expected \"lenet\", \"wide_lenet\", \"resnet\", \"fusion\" or \"gbdt\")"
+    )]
     UnknownArchitecture(String),
     #[error(
         "step {global_step}: the loss or gradients of rank(s) {ranks:?} are not finite (NaN or infinite){}; the step was not applied",

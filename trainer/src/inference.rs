@@ -1,11 +1,11 @@
 //! Trained models: safetensors export/import and softmax predictions.
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::batch::ShardData;
 use crate::config::{Architecture, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE};
 use crate::data_parallel::{
-    EVALUATION_BATCH_SIZE, ShardEvaluation, evaluate_network, images_to_tensor,
+    EVALUATION_BATCH_SIZE, ShardEvaluation, evaluate_network, features_to_tensor, images_to_tensor,
 };
 use crate::error::TrainError;
 use crate::model::{FoldedResNet, Network, channels_last, sorted_variables};
@@ -19,11 +19,55 @@ enum Forward<'model> {
 }
 
 impl Forward<'_> {
-    fn logits(self, input: &Tensor) -> Result<Tensor, TrainError> {
+    fn logits(self, input: &Tensor, features: Option<&Tensor>) -> Result<Tensor, TrainError> {
         match self {
-            Forward::Network(network) => Ok(network.forward_t(input, false)),
-            Forward::Folded(network) => network.forward(input),
+            Forward::Network(network) => network.forward_t(input, features, false),
+            Forward::Folded(network) => network.forward(input, features),
         }
+    }
+}
+
+/// The transformed features of one prediction call: `width` values per image, row-major (width 0: none).
+#[derive(Clone, Copy)]
+struct FeatureRows<'values> {
+    values: &'values [f32],
+    width: usize,
+}
+
+impl FeatureRows<'_> {
+    /// Checks there are `width` values for each of `count` images, naming what is missing.
+    fn check(&self, count: usize) -> Result<(), TrainError> {
+        if self.values.len() != count * self.width {
+            return Err(TrainError::InvalidInput(
+                if self.width > 0 && self.values.is_empty() {
+                    format!(
+                        "the model needs {} transformed features per image; none were given",
+                        self.width
+                    )
+                } else {
+                    format!(
+                        "{} feature values for {count} images (the model takes {} per image)",
+                        self.values.len(),
+                        self.width
+                    )
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    fn chunk(
+        &self,
+        first: usize,
+        count: usize,
+        device: tch::Device,
+    ) -> Result<Option<Tensor>, TrainError> {
+        features_to_tensor(
+            &self.values[first * self.width..(first + count) * self.width],
+            count,
+            self.width,
+            device,
+        )
     }
 }
 
@@ -33,6 +77,7 @@ fn predict_with(
     num_classes: usize,
     device: tch::Device,
     images: &[u8],
+    features: FeatureRows<'_>,
     count: usize,
 ) -> Result<Vec<f32>, TrainError> {
     if images.len() != count * IMAGE_LEN {
@@ -42,12 +87,16 @@ fn predict_with(
             IMAGE_LEN
         )));
     }
+    features.check(count)?;
     predict_chunks(network, num_classes, count, |first, chunk_count| {
-        images_to_tensor(
-            &images[first * IMAGE_LEN..(first + chunk_count) * IMAGE_LEN],
-            chunk_count,
-            device,
-        )
+        Ok((
+            images_to_tensor(
+                &images[first * IMAGE_LEN..(first + chunk_count) * IMAGE_LEN],
+                chunk_count,
+                device,
+            )?,
+            features.chunk(first, chunk_count, device)?,
+        ))
     })
 }
 
@@ -57,6 +106,7 @@ fn predict_scaled_with(
     num_classes: usize,
     device: tch::Device,
     images: &[f32],
+    features: FeatureRows<'_>,
     count: usize,
 ) -> Result<Vec<f32>, TrainError> {
     if images.len() != count * IMAGE_LEN {
@@ -66,6 +116,7 @@ fn predict_scaled_with(
             IMAGE_LEN
         )));
     }
+    features.check(count)?;
     predict_chunks(network, num_classes, count, |first, chunk_count| {
         let shape = [
             chunk_count as i64,
@@ -77,26 +128,29 @@ fn predict_scaled_with(
         let input = Tensor::f_from_slice(values)?
             .f_view(shape)?
             .f_to_device(device)?;
-        channels_last(&input)
+        Ok((
+            channels_last(&input)?,
+            features.chunk(first, chunk_count, device)?,
+        ))
     })
 }
 
 /// Runs `network` over `count` images in chunks of the evaluation batch size; `chunk_input(first, count)`
-/// builds the input tensor of images `first..first + count`.
+/// builds the input tensors (images, features) of images `first..first + count`.
 fn predict_chunks(
     network: Forward<'_>,
     num_classes: usize,
     count: usize,
-    chunk_input: impl Fn(usize, usize) -> Result<Tensor, TrainError>,
+    chunk_input: impl Fn(usize, usize) -> Result<(Tensor, Option<Tensor>), TrainError>,
 ) -> Result<Vec<f32>, TrainError> {
     let mut probabilities = Vec::with_capacity(count * num_classes);
     tch::no_grad(|| -> Result<(), TrainError> {
         let mut first = 0;
         while first < count {
             let chunk_count = (count - first).min(EVALUATION_BATCH_SIZE);
-            let input = chunk_input(first, chunk_count)?;
+            let (input, features) = chunk_input(first, chunk_count)?;
             let softmax = network
-                .logits(&input)?
+                .logits(&input, features.as_ref())?
                 .f_softmax(-1, Kind::Float)?
                 .f_to_device(tch::Device::Cpu)?
                 .f_contiguous()?;
@@ -182,13 +236,33 @@ impl TrainedModel {
         images_u8: &[u8],
         count: usize,
     ) -> Result<Vec<f32>, TrainError> {
+        self.predict_probabilities_with_features(images_u8, &[], count)
+    }
+
+    /// [`TrainedModel::predict_probabilities`] with each image's transformed features (row-major,
+    /// [`TrainedModel::feature_width`] per image; empty for a model without features).
+    pub fn predict_probabilities_with_features(
+        &self,
+        images_u8: &[u8],
+        features: &[f32],
+        count: usize,
+    ) -> Result<Vec<f32>, TrainError> {
         predict_with(
             Forward::Network(&self.network),
             self.num_classes,
             self.device,
             images_u8,
+            FeatureRows {
+                values: features,
+                width: self.network.feature_width(),
+            },
             count,
         )
+    }
+
+    /// Transformed features per image the model takes (0: images only).
+    pub fn feature_width(&self) -> usize {
+        self.network.feature_width()
     }
 
     /// Confusion matrix (`[true][predicted]`), summed unweighted cross-entropy and most confident mistakes over `test`.
@@ -228,8 +302,18 @@ impl InferenceModel {
                 "num_classes is {num_classes}, need at least 2"
             )));
         }
+        if !architecture.is_network() {
+            return Err(TrainError::InvalidConfig(format!(
+                "{architecture} is not a network: its model is not safetensors weights"
+            )));
+        }
+        let feature_width = if architecture.uses_features() {
+            feature_width_of_file(architecture, bytes)?
+        } else {
+            0
+        };
         let var_store = nn::VarStore::new(device);
-        let network = Network::new(&var_store, architecture, num_classes, 0)?;
+        let network = Network::new(&var_store, architecture, num_classes, feature_width, 0)?;
         load_weights_into(&sorted_variables(&var_store), architecture, bytes, |_| {
             false
         })?;
@@ -244,7 +328,8 @@ impl InferenceModel {
     ) -> Result<Self, TrainError> {
         let folded = match &network {
             Network::ResNet(resnet) => Some(FoldedResNet::fold(resnet)?),
-            Network::LeNet(_) => None,
+            Network::Fusion(fusion) => Some(FoldedResNet::fold_fusion(fusion)?),
+            Network::LeNet(_) | Network::WideLeNet(_) => None,
         };
         Ok(InferenceModel {
             num_classes,
@@ -272,10 +357,26 @@ impl InferenceModel {
         self.num_classes
     }
 
+    /// Transformed features per image the model takes (0: images only).
+    pub fn feature_width(&self) -> usize {
+        self.network.feature_width()
+    }
+
     /// Softmax probabilities (`count * num_classes`, one row per image) for u8 CHW images.
     pub fn predict_probabilities(
         &self,
         images_u8: &[u8],
+        count: usize,
+    ) -> Result<Vec<f32>, TrainError> {
+        self.predict_probabilities_with_features(images_u8, &[], count)
+    }
+
+    /// [`InferenceModel::predict_probabilities`] with each image's transformed features (row-major,
+    /// [`InferenceModel::feature_width`] per image; must be empty for a model without features).
+    pub fn predict_probabilities_with_features(
+        &self,
+        images_u8: &[u8],
+        features: &[f32],
         count: usize,
     ) -> Result<Vec<f32>, TrainError> {
         predict_with(
@@ -283,8 +384,16 @@ impl InferenceModel {
             self.num_classes,
             self.device,
             images_u8,
+            self.feature_rows(features),
             count,
         )
+    }
+
+    fn feature_rows<'values>(&self, values: &'values [f32]) -> FeatureRows<'values> {
+        FeatureRows {
+            values,
+            width: self.network.feature_width(),
+        }
     }
 
     /// Softmax probabilities (`count * num_classes`) for images already scaled to the network's input:
@@ -294,6 +403,43 @@ impl InferenceModel {
         images: &[f32],
         count: usize,
     ) -> Result<Vec<f32>, TrainError> {
-        predict_scaled_with(self.forward(), self.num_classes, self.device, images, count)
+        self.predict_probabilities_scaled_with_features(images, &[], count)
+    }
+
+    /// [`InferenceModel::predict_probabilities_scaled`] with each image's transformed features.
+    pub fn predict_probabilities_scaled_with_features(
+        &self,
+        images: &[f32],
+        features: &[f32],
+        count: usize,
+    ) -> Result<Vec<f32>, TrainError> {
+        predict_scaled_with(
+            self.forward(),
+            self.num_classes,
+            self.device,
+            images,
+            self.feature_rows(features),
+            count,
+        )
+    }
+}
+
+/// The feature width a fusion model file was trained with: the input width of `features.fc1.weight`.
+fn feature_width_of_file(architecture: Architecture, bytes: &[u8]) -> Result<usize, TrainError> {
+    let mismatch = |reason: String| TrainError::WeightsMismatch {
+        architecture: architecture.to_string(),
+        reason,
+    };
+    let file = TensorFile::parse(bytes, &mismatch)?;
+    let name = "features.fc1.weight";
+    let view = file
+        .tensors
+        .tensor(name)
+        .map_err(|_| mismatch(format!("the file has no {name:?}")))?;
+    match view.shape() {
+        [_, width] if *width > 0 => Ok(*width),
+        shape => Err(mismatch(format!(
+            "{name:?} has shape {shape:?}, expected [64, F]"
+        ))),
     }
 }

@@ -1,4 +1,4 @@
-//! Models (lenet, resnet) and the data-parallel training loop on libtorch.
+//! Models (lenet, wide_lenet, resnet, fusion) and the data-parallel training loop on libtorch.
 #![forbid(unsafe_code)]
 
 pub mod batch;
@@ -18,8 +18,8 @@ pub use plankton_collective::{Collective, CollectiveError, GradientCompression, 
 pub use batch::{AssembledBatch, EpochBatches, ImageRecords, RandomTransform, ShardData};
 pub use card::{ModelCard, ModelInput};
 pub use config::{
-    Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LossNormalization,
-    LrSchedule, NonFinitePolicy, OptimizerChoice, Precision, TrainConfig,
+    Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LossFunction,
+    LossNormalization, LrSchedule, NonFinitePolicy, OptimizerChoice, Precision, TrainConfig,
 };
 pub use data_parallel::{
     DataParallelTrainer, MISTAKES_PER_CLASS, Mistake, ShardEvaluation, StepOutcome, StepTimings,
@@ -27,7 +27,7 @@ pub use data_parallel::{
 };
 pub use error::TrainError;
 pub use inference::{InferenceModel, TrainedModel};
-pub use model::Network;
+pub use model::{FEATURE_MLP_WIDTH, Network};
 pub use optimizer::Optimizer;
 pub use training::{
     EpochEvaluation, GenerationOutcome, LoggingObserver, StepProgress, TrainingObserver,

@@ -1,7 +1,7 @@
-//! The networks (lenet, resnet) as tch modules, initialized like PyTorch's defaults.
+//! The networks (lenet, wide_lenet, resnet, fusion) as tch modules, initialized like PyTorch's defaults.
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::config::{Architecture, IMAGE_SIZE};
@@ -17,13 +17,11 @@ pub(crate) enum ComputeKind {
 }
 
 impl ComputeKind {
-    /// `conv` (square kernel, padding kernel / 2, no dilation or groups, as every convolution here) at
-    /// `stride`.
-    fn conv(self, conv: &nn::Conv2D, input: &Tensor, stride: i64) -> Tensor {
+    /// `conv` (square kernel, no dilation or groups, as every convolution here) at `stride` and `padding`.
+    fn conv(self, conv: &nn::Conv2D, input: &Tensor, stride: i64, padding: i64) -> Tensor {
         match self {
             ComputeKind::Stored => input.apply(conv),
             ComputeKind::BFloat16 => {
-                let padding = conv.ws.size()[2] / 2;
                 let weight = conv.ws.to_kind(Kind::BFloat16);
                 let bias = conv.bs.as_ref().map(|bias| bias.to_kind(Kind::BFloat16));
                 input.to_kind(Kind::BFloat16).conv2d(
@@ -50,7 +48,9 @@ impl ComputeKind {
     }
 }
 
-/// The reference notebook's LeNet-like CNN: three 3x3 conv + ReLU + 2x2 max-pool, dense 250 -> 100 -> classes.
+/// The reference notebook's CNN (Keras `Conv2D` defaults: 'valid' padding, 2x2 max-pools flooring):
+/// three 2x2 convolutions of 6, 16 and 16 filters, each followed by ReLU and a 2x2 max-pool
+/// (64 -> 63 -> 31 -> 30 -> 15 -> 14 -> 7), then dense 16*7*7 = 784 -> 250 -> 100 -> classes.
 #[derive(Debug)]
 pub struct LeNet {
     conv1: nn::Conv2D,
@@ -61,7 +61,48 @@ pub struct LeNet {
     fc3: nn::Linear,
 }
 
+/// Side of [`LeNet`]'s last feature map: each stage is a 'valid' 2x2 convolution (-1) then a flooring 2x2 pool.
+const fn lenet_feature_side(input: i64) -> i64 {
+    let mut side = input;
+    let mut stage = 0;
+    while stage < 3 {
+        side = (side - 1) / 2;
+        stage += 1;
+    }
+    side
+}
+
 impl LeNet {
+    /// Registers the layers under `root` (names match the PyTorch twin in bench/python/torch_train.py).
+    pub fn new(root: &nn::Path, num_classes: usize) -> Self {
+        let side = lenet_feature_side(IMAGE_SIZE as i64);
+        let valid = nn::ConvConfig::default();
+        LeNet {
+            conv1: nn::conv2d(root / "conv1", 3, 6, 2, valid),
+            conv2: nn::conv2d(root / "conv2", 6, 16, 2, valid),
+            conv3: nn::conv2d(root / "conv3", 16, 16, 2, valid),
+            fc1: nn::linear(root / "fc1", 16 * side * side, 250, Default::default()),
+            fc2: nn::linear(root / "fc2", 250, 100, Default::default()),
+            fc3: nn::linear(root / "fc3", 100, num_classes as i64, Default::default()),
+        }
+    }
+}
+
+/// The LeNet layout widened: three 3x3 'same' convolutions of 32, 64 and 128 filters, each followed by ReLU
+/// and a 2x2 max-pool (64 -> 32 -> 16 -> 8), then dense 128*8*8 = 8192 -> 250 -> 100 -> classes. About 50x the
+/// multiply-adds of [`LeNet`] and 12x its parameters; the network the quality and parity benchmarks were
+/// first measured on.
+#[derive(Debug)]
+pub struct WideLeNet {
+    conv1: nn::Conv2D,
+    conv2: nn::Conv2D,
+    conv3: nn::Conv2D,
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    fc3: nn::Linear,
+}
+
+impl WideLeNet {
     /// Registers the layers under `root` (names match the PyTorch twin in bench/python/torch_train.py).
     pub fn new(root: &nn::Path, num_classes: usize) -> Self {
         let padded = nn::ConvConfig {
@@ -69,7 +110,7 @@ impl LeNet {
             ..Default::default()
         };
         let flattened_features = 128 * (IMAGE_SIZE as i64 / 8) * (IMAGE_SIZE as i64 / 8);
-        LeNet {
+        WideLeNet {
             conv1: nn::conv2d(root / "conv1", 3, 32, 3, padded),
             conv2: nn::conv2d(root / "conv2", 32, 64, 3, padded),
             conv3: nn::conv2d(root / "conv3", 64, 128, 3, padded),
@@ -80,30 +121,48 @@ impl LeNet {
     }
 }
 
+/// conv (stride 1, `padding`) -> ReLU -> 2x2 max-pool three times, flatten, dense -> ReLU -> dense -> ReLU ->
+/// dense.
+fn three_conv_three_dense(
+    images: &Tensor,
+    convolutions: [&nn::Conv2D; 3],
+    padding: i64,
+    dense: [&nn::Linear; 3],
+    compute: ComputeKind,
+) -> Tensor {
+    let mut features = images.shallow_clone();
+    for convolution in convolutions {
+        features = compute
+            .conv(convolution, &features, 1, padding)
+            .relu()
+            .max_pool2d_default(2);
+    }
+    let hidden = compute.linear(dense[0], &features.flatten(1, -1)).relu();
+    let hidden = compute.linear(dense[1], &hidden).relu();
+    compute.linear(dense[2], &hidden)
+}
+
 impl LeNet {
     fn forward_in(&self, images: &Tensor, compute: ComputeKind) -> Tensor {
-        let features = compute
-            .conv(&self.conv1, images, 1)
-            .relu()
-            .max_pool2d_default(2);
-        let features = compute
-            .conv(&self.conv2, &features, 1)
-            .relu()
-            .max_pool2d_default(2);
-        let features = compute
-            .conv(&self.conv3, &features, 1)
-            .relu()
-            .max_pool2d_default(2)
-            .flatten(1, -1);
-        let hidden = compute.linear(&self.fc1, &features).relu();
-        let hidden = compute.linear(&self.fc2, &hidden).relu();
-        compute.linear(&self.fc3, &hidden)
+        three_conv_three_dense(
+            images,
+            [&self.conv1, &self.conv2, &self.conv3],
+            0,
+            [&self.fc1, &self.fc2, &self.fc3],
+            compute,
+        )
     }
 }
 
-impl ModuleT for LeNet {
-    fn forward_t(&self, images: &Tensor, _train: bool) -> Tensor {
-        self.forward_in(images, ComputeKind::Stored)
+impl WideLeNet {
+    fn forward_in(&self, images: &Tensor, compute: ComputeKind) -> Tensor {
+        three_conv_three_dense(
+            images,
+            [&self.conv1, &self.conv2, &self.conv3],
+            1,
+            [&self.fc1, &self.fc2, &self.fc3],
+            compute,
+        )
     }
 }
 
@@ -176,30 +235,68 @@ impl BasicBlock {
 impl BasicBlock {
     fn forward_in(&self, input: &Tensor, train: bool, compute: ComputeKind) -> Tensor {
         let first = compute
-            .conv(&self.conv1, input, self.stride)
+            .conv(&self.conv1, input, self.stride, 1)
             .apply_t(&self.bn1, train)
             .relu();
         let residual_branch = compute
-            .conv(&self.conv2, &first, 1)
+            .conv(&self.conv2, &first, 1, 1)
             .apply_t(&self.bn2, train);
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => compute.conv(conv, input, self.stride).apply_t(bn, train),
+            Some((conv, bn)) => compute.conv(conv, input, self.stride, 0).apply_t(bn, train),
             None => input.shallow_clone(),
         };
         (residual_branch + shortcut).relu()
     }
 }
 
-/// A small ResNet for 64x64 inputs: 3x3 stride-2 stem (32 ch), four basic blocks 32/64/128/256
-/// (the last three with stride 2), global average pooling, linear classifier.
+/// The convolutional part of the ResNet: 3x3 stride-2 stem (32 ch), four basic blocks 32/64/128/256 (the last
+/// three with stride 2), global average pooling to [`RESNET_POOLED_WIDTH`] values per image.
 #[derive(Debug)]
-pub struct ResNet {
+struct ResNetTrunk {
     stem_conv: nn::Conv2D,
     stem_bn: nn::BatchNorm,
     layer1: BasicBlock,
     layer2: BasicBlock,
     layer3: BasicBlock,
     layer4: BasicBlock,
+}
+
+/// Values per image after the trunk's global average pooling.
+const RESNET_POOLED_WIDTH: i64 = 256;
+
+impl ResNetTrunk {
+    fn new(root: &nn::Path) -> Self {
+        ResNetTrunk {
+            stem_conv: conv_no_bias(root / "stem" / "conv", 3, 32, 3, 2),
+            stem_bn: batch_norm(root / "stem" / "bn", 32),
+            layer1: BasicBlock::new(root / "layer1", 32, 32, 1),
+            layer2: BasicBlock::new(root / "layer2", 32, 64, 2),
+            layer3: BasicBlock::new(root / "layer3", 64, 128, 2),
+            layer4: BasicBlock::new(root / "layer4", 128, 256, 2),
+        }
+    }
+
+    /// `[N, 256]` pooled trunk outputs.
+    fn pooled(&self, images: &Tensor, train: bool, compute: ComputeKind) -> Tensor {
+        let stem = compute
+            .conv(&self.stem_conv, images, 2, 1)
+            .apply_t(&self.stem_bn, train)
+            .relu();
+        [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+            .into_iter()
+            .fold(stem, |features, block| {
+                block.forward_in(&features, train, compute)
+            })
+            .adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1)
+    }
+}
+
+/// A small ResNet for 64x64 inputs: the [`ResNetTrunk`] (stem, four basic blocks, global average pooling),
+/// then a linear classifier.
+#[derive(Debug)]
+pub struct ResNet {
+    trunk: ResNetTrunk,
     fc: nn::Linear,
 }
 
@@ -207,37 +304,81 @@ impl ResNet {
     /// Registers the layers under `root` (names match the PyTorch twin in bench/python/torch_train.py).
     pub fn new(root: &nn::Path, num_classes: usize) -> Self {
         ResNet {
-            stem_conv: conv_no_bias(root / "stem" / "conv", 3, 32, 3, 2),
-            stem_bn: batch_norm(root / "stem" / "bn", 32),
-            layer1: BasicBlock::new(root / "layer1", 32, 32, 1),
-            layer2: BasicBlock::new(root / "layer2", 32, 64, 2),
-            layer3: BasicBlock::new(root / "layer3", 64, 128, 2),
-            layer4: BasicBlock::new(root / "layer4", 128, 256, 2),
-            fc: nn::linear(root / "fc", 256, num_classes as i64, Default::default()),
+            trunk: ResNetTrunk::new(root),
+            fc: nn::linear(
+                root / "fc",
+                RESNET_POOLED_WIDTH,
+                num_classes as i64,
+                Default::default(),
+            ),
         }
     }
 }
 
 impl ResNet {
     fn forward_in(&self, images: &Tensor, train: bool, compute: ComputeKind) -> Tensor {
-        let stem = compute
-            .conv(&self.stem_conv, images, 2)
-            .apply_t(&self.stem_bn, train)
-            .relu();
-        let features = [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
-            .into_iter()
-            .fold(stem, |features, block| {
-                block.forward_in(&features, train, compute)
-            })
-            .adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1);
-        compute.linear(&self.fc, &features)
+        compute.linear(&self.fc, &self.trunk.pooled(images, train, compute))
     }
 }
 
-impl ModuleT for ResNet {
-    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
-        self.forward_in(images, train, ComputeKind::Stored)
+/// Width of the feature MLP's hidden and output layers.
+pub const FEATURE_MLP_WIDTH: i64 = 64;
+
+/// The fusion network: the ResNet trunk on the image (variables named as the resnet's), an MLP over the
+/// transformed native features (`features.fc1`: F -> 64, ReLU, `features.fc2`: 64 -> 64, ReLU), the two
+/// concatenated (256 + 64) into a linear classifier `fc`.
+#[derive(Debug)]
+pub struct FusionNet {
+    trunk: ResNetTrunk,
+    features_fc1: nn::Linear,
+    features_fc2: nn::Linear,
+    fc: nn::Linear,
+    feature_width: usize,
+}
+
+impl FusionNet {
+    /// Registers the layers under `root` for `feature_width` transformed features per image.
+    pub fn new(root: &nn::Path, num_classes: usize, feature_width: usize) -> Self {
+        FusionNet {
+            trunk: ResNetTrunk::new(root),
+            features_fc1: nn::linear(
+                root / "features" / "fc1",
+                feature_width as i64,
+                FEATURE_MLP_WIDTH,
+                Default::default(),
+            ),
+            features_fc2: nn::linear(
+                root / "features" / "fc2",
+                FEATURE_MLP_WIDTH,
+                FEATURE_MLP_WIDTH,
+                Default::default(),
+            ),
+            fc: nn::linear(
+                root / "fc",
+                RESNET_POOLED_WIDTH + FEATURE_MLP_WIDTH,
+                num_classes as i64,
+                Default::default(),
+            ),
+            feature_width,
+        }
+    }
+
+    /// Logits of images `[N, 3, 64, 64]` with their features `[N, F]`.
+    fn forward_in(
+        &self,
+        images: &Tensor,
+        features: &Tensor,
+        train: bool,
+        compute: ComputeKind,
+    ) -> Tensor {
+        let pooled = self.trunk.pooled(images, train, compute);
+        let encoded = compute.linear(&self.features_fc1, features).relu();
+        let encoded = compute.linear(&self.features_fc2, &encoded).relu();
+        let joined = Tensor::cat(
+            &[pooled.to_kind(Kind::Float), encoded.to_kind(Kind::Float)],
+            1,
+        );
+        compute.linear(&self.fc, &joined)
     }
 }
 
@@ -324,44 +465,104 @@ impl FoldedBlock {
     }
 }
 
-/// [`ResNet`] for inference only: every batch norm folded into its convolution (eval-mode statistics), in-place
-/// ReLUs, channels-last weights. Equal to the eval-mode network up to float rounding.
+/// The feature MLP and classifier of a folded fusion network (detached weights).
+#[derive(Debug)]
+struct FoldedFusionHead {
+    fc1_weight: Tensor,
+    fc1_bias: Option<Tensor>,
+    fc2_weight: Tensor,
+    fc2_bias: Option<Tensor>,
+}
+
+fn detached(linear: &nn::Linear) -> Result<(Tensor, Option<Tensor>), TrainError> {
+    Ok((
+        linear.ws.f_detach()?,
+        linear.bs.as_ref().map(Tensor::f_detach).transpose()?,
+    ))
+}
+
+/// [`ResNet`] (or the trunk of a [`FusionNet`]) for inference only: every batch norm folded into its
+/// convolution (eval-mode statistics), in-place ReLUs, channels-last weights. Equal to the eval-mode network up
+/// to float rounding.
 #[derive(Debug)]
 pub(crate) struct FoldedResNet {
     stem: FoldedConv,
     layers: [FoldedBlock; 4],
+    fusion: Option<FoldedFusionHead>,
     fc_weight: Tensor,
     fc_bias: Option<Tensor>,
 }
 
 impl FoldedResNet {
-    pub(crate) fn fold(network: &ResNet) -> Result<Self, TrainError> {
+    fn fold_trunk(
+        trunk: &ResNetTrunk,
+        fc: &nn::Linear,
+        fusion: Option<FoldedFusionHead>,
+    ) -> Result<Self, TrainError> {
         tch::no_grad(|| {
+            let (fc_weight, fc_bias) = detached(fc)?;
             Ok(FoldedResNet {
-                stem: FoldedConv::fold(&network.stem_conv, &network.stem_bn, 2, 1)?,
+                stem: FoldedConv::fold(&trunk.stem_conv, &trunk.stem_bn, 2, 1)?,
                 layers: [
-                    FoldedBlock::fold(&network.layer1)?,
-                    FoldedBlock::fold(&network.layer2)?,
-                    FoldedBlock::fold(&network.layer3)?,
-                    FoldedBlock::fold(&network.layer4)?,
+                    FoldedBlock::fold(&trunk.layer1)?,
+                    FoldedBlock::fold(&trunk.layer2)?,
+                    FoldedBlock::fold(&trunk.layer3)?,
+                    FoldedBlock::fold(&trunk.layer4)?,
                 ],
-                fc_weight: network.fc.ws.f_detach()?,
-                fc_bias: network.fc.bs.as_ref().map(Tensor::f_detach).transpose()?,
+                fusion,
+                fc_weight,
+                fc_bias,
             })
         })
     }
 
-    /// Logits of `images` (NCHW, channels-last strides).
-    pub(crate) fn forward(&self, images: &Tensor) -> Result<Tensor, TrainError> {
-        let mut features = self.stem.forward(images)?;
-        let _in_place = features.f_relu_()?;
+    pub(crate) fn fold(network: &ResNet) -> Result<Self, TrainError> {
+        Self::fold_trunk(&network.trunk, &network.fc, None)
+    }
+
+    pub(crate) fn fold_fusion(network: &FusionNet) -> Result<Self, TrainError> {
+        let head = tch::no_grad(|| -> Result<FoldedFusionHead, TrainError> {
+            let (fc1_weight, fc1_bias) = detached(&network.features_fc1)?;
+            let (fc2_weight, fc2_bias) = detached(&network.features_fc2)?;
+            Ok(FoldedFusionHead {
+                fc1_weight,
+                fc1_bias,
+                fc2_weight,
+                fc2_bias,
+            })
+        })?;
+        Self::fold_trunk(&network.trunk, &network.fc, Some(head))
+    }
+
+    /// Logits of `images` (NCHW, channels-last strides), with their features `[N, F]` for a fusion network.
+    pub(crate) fn forward(
+        &self,
+        images: &Tensor,
+        features: Option<&Tensor>,
+    ) -> Result<Tensor, TrainError> {
+        let mut activations = self.stem.forward(images)?;
+        let _in_place = activations.f_relu_()?;
         for layer in &self.layers {
-            features = layer.forward(&features)?;
+            activations = layer.forward(&activations)?;
         }
-        Ok(features
+        let pooled = activations
             .f_adaptive_avg_pool2d([1, 1])?
-            .f_flatten(1, -1)?
-            .f_linear(&self.fc_weight, self.fc_bias.as_ref())?)
+            .f_flatten(1, -1)?;
+        let classifier_input = match &self.fusion {
+            None => pooled,
+            Some(head) => {
+                let features = features.ok_or_else(|| {
+                    TrainError::InvalidInput("the fusion model needs features".to_string())
+                })?;
+                let encoded = features
+                    .f_linear(&head.fc1_weight, head.fc1_bias.as_ref())?
+                    .f_relu()?
+                    .f_linear(&head.fc2_weight, head.fc2_bias.as_ref())?
+                    .f_relu()?;
+                Tensor::f_cat(&[pooled, encoded], 1)?
+            }
+        };
+        Ok(classifier_input.f_linear(&self.fc_weight, self.fc_bias.as_ref())?)
     }
 }
 
@@ -369,47 +570,98 @@ impl FoldedResNet {
 #[derive(Debug)]
 pub enum Network {
     LeNet(Box<LeNet>),
+    WideLeNet(Box<WideLeNet>),
     ResNet(Box<ResNet>),
+    Fusion(Box<FusionNet>),
 }
 
 impl Network {
     /// Registers the network's variables in `var_store` and initializes them from `seed` like
-    /// PyTorch's defaults (identical on every machine for one seed).
+    /// PyTorch's defaults (identical on every machine for one seed). `feature_width` is the number of
+    /// transformed features per image of a network that takes them (ignored by the others).
     pub fn new(
         var_store: &nn::VarStore,
         architecture: Architecture,
         num_classes: usize,
+        feature_width: usize,
         seed: u64,
     ) -> Result<Self, TrainError> {
         let root = var_store.root();
         let network = match architecture {
             Architecture::LeNet => Network::LeNet(Box::new(LeNet::new(&root, num_classes))),
+            Architecture::WideLeNet => {
+                Network::WideLeNet(Box::new(WideLeNet::new(&root, num_classes)))
+            }
             Architecture::ResNet => Network::ResNet(Box::new(ResNet::new(&root, num_classes))),
+            Architecture::Fusion => {
+                if feature_width == 0 {
+                    return Err(TrainError::InvalidConfig(
+                        "the fusion network needs at least one feature".to_string(),
+                    ));
+                }
+                Network::Fusion(Box::new(FusionNet::new(&root, num_classes, feature_width)))
+            }
+            Architecture::Gbdt => {
+                return Err(TrainError::InvalidConfig(
+                    "gbdt is gradient-boosted trees, not a network (plankton-gbdt trains it)"
+                        .to_string(),
+                ));
+            }
         };
         initialize_like_pytorch(var_store, seed)?;
         convert_conv_weights_to_channels_last(var_store)?;
         Ok(network)
     }
-}
 
-impl Network {
+    /// Transformed features per image the network takes (0: images only).
+    pub fn feature_width(&self) -> usize {
+        match self {
+            Network::Fusion(network) => network.feature_width,
+            Network::LeNet(_) | Network::WideLeNet(_) | Network::ResNet(_) => 0,
+        }
+    }
+
+    /// Logits of `images` (NCHW) and, for a network that takes them, their features `[N, F]`.
+    pub fn forward_t(
+        &self,
+        images: &Tensor,
+        features: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor, TrainError> {
+        self.forward_in(images, features, train, ComputeKind::Stored)
+    }
+
     /// A training forward pass with convolutions and linear layers computed as `compute` says; the logits
     /// come back as f32.
-    pub(crate) fn forward_train(&self, images: &Tensor, compute: ComputeKind) -> Tensor {
-        let logits = match self {
-            Network::LeNet(network) => network.forward_in(images, compute),
-            Network::ResNet(network) => network.forward_in(images, true, compute),
-        };
-        logits.to_kind(Kind::Float)
+    pub(crate) fn forward_train(
+        &self,
+        images: &Tensor,
+        features: Option<&Tensor>,
+        compute: ComputeKind,
+    ) -> Result<Tensor, TrainError> {
+        Ok(self
+            .forward_in(images, features, true, compute)?
+            .f_to_kind(Kind::Float)?)
     }
-}
 
-impl ModuleT for Network {
-    fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
-        match self {
-            Network::LeNet(network) => network.forward_t(images, train),
-            Network::ResNet(network) => network.forward_t(images, train),
-        }
+    fn forward_in(
+        &self,
+        images: &Tensor,
+        features: Option<&Tensor>,
+        train: bool,
+        compute: ComputeKind,
+    ) -> Result<Tensor, TrainError> {
+        Ok(match self {
+            Network::LeNet(network) => network.forward_in(images, compute),
+            Network::WideLeNet(network) => network.forward_in(images, compute),
+            Network::ResNet(network) => network.forward_in(images, train, compute),
+            Network::Fusion(network) => {
+                let features = features.ok_or_else(|| {
+                    TrainError::InvalidInput("the fusion network needs features".to_string())
+                })?;
+                network.forward_in(images, features, train, compute)
+            }
+        })
     }
 }
 

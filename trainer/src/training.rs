@@ -182,6 +182,17 @@ fn validate_generation(
             },
             other => other,
         };
+        for (split, data) in [("train", shard.train), ("test", shard.test)] {
+            if data.feature_width != config.feature_width {
+                return Err(TrainError::InvalidShard {
+                    shard: split,
+                    reason: format!(
+                        "virtual shard {}: {} features per image, model {} takes {}",
+                        shard.index, data.feature_width, config.architecture, config.feature_width
+                    ),
+                });
+            }
+        }
         shard
             .train
             .validate("train", config.num_classes)
@@ -280,6 +291,7 @@ fn run_owned_generation(
             collective,
             &batch.images,
             &batch.labels,
+            &batch.features,
             &group_sizes,
             request_reform,
         )?;

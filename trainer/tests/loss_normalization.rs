@@ -41,7 +41,7 @@ fn one_rank_step(
     let mut trainer = DataParallelTrainer::new(&config(normalization)).unwrap();
     let before = trainer.flat_weights().unwrap();
     let outcome = trainer
-        .train_step_grouped(&mut SingleProcess, images, labels, groups, false)
+        .train_step_grouped(&mut SingleProcess, images, labels, &[], groups, false)
         .unwrap();
     (
         outcome.loss,
@@ -84,7 +84,14 @@ fn two_rank_step(
                 trainer.synchronize_from(&mut collective, 0).unwrap();
                 let before = trainer.flat_weights().unwrap();
                 let outcome = trainer
-                    .train_step_grouped(&mut collective, &images, &labels, &[labels.len()], false)
+                    .train_step_grouped(
+                        &mut collective,
+                        &images,
+                        &labels,
+                        &[],
+                        &[labels.len()],
+                        false,
+                    )
                     .unwrap();
                 (
                     outcome.loss,

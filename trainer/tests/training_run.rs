@@ -176,11 +176,13 @@ fn a_tiny_resnet_run_learns_bars_and_round_trips_through_safetensors() {
     ));
 }
 
+/// `wide_lenet`: the notebook's `lenet` (6/16/16 filters of 2x2) needs more than these 16 steps to leave the
+/// constant answer.
 #[test]
-fn lenet_learns_bars_too() {
+fn wide_lenet_learns_bars_too() {
     let train = bar_images(48, 3);
     let test = bar_images(32, 4);
-    let mut config = tiny_config(Architecture::LeNet);
+    let mut config = tiny_config(Architecture::WideLeNet);
     config.epochs = 4;
     let mut recorder = Recorder::default();
     run_training(&config, &train, &test, &mut SingleProcess, &mut recorder).unwrap();
@@ -289,4 +291,66 @@ fn bf16_precision_learns_like_fp32() {
         (fp32_f1 - bf16_f1).abs() <= 0.05,
         "macro-F1 fp32 {fp32_f1} bf16 {bf16_f1}"
     );
+}
+
+/// Random images whose class is only in the features: the fusion network learns it through its feature MLP,
+/// folds for inference like the resnet, and refuses to predict without features.
+#[test]
+fn fusion_learns_from_features_and_folds_for_inference() {
+    const WIDTH: usize = 3;
+    let shard_with_features = |count: usize, seed: u64| {
+        let mut shard = bar_images(count, seed);
+        // Same images for both classes: noise only.
+        let noise = bar_images(1, seed + 100).images;
+        shard.images = noise.repeat(count);
+        shard.feature_width = WIDTH;
+        for (index, label) in shard.labels.iter().enumerate() {
+            let sign = if *label == 0 { -1.0 } else { 1.0 };
+            shard
+                .features
+                .extend([sign, 0.5 * sign, (index % 5) as f32 * 0.1]);
+        }
+        shard
+    };
+    let train = shard_with_features(48, 5);
+    let test = shard_with_features(32, 6);
+    let mut config = tiny_config(Architecture::Fusion);
+    config.feature_width = WIDTH;
+    let mut recorder = Recorder::default();
+    let model = run_training(&config, &train, &test, &mut SingleProcess, &mut recorder).unwrap();
+    let last_epoch = recorder.epochs.last().unwrap();
+    assert!(
+        accuracy(&last_epoch.confusion) >= 0.9,
+        "confusion {:?}",
+        last_epoch.confusion
+    );
+    assert_eq!(model.feature_width(), WIDTH);
+    let trained = model
+        .predict_probabilities_with_features(&test.images, &test.features, test.len())
+        .unwrap();
+    let weights = model.to_safetensors().unwrap();
+    let loaded =
+        InferenceModel::from_safetensors(Architecture::Fusion, 2, &weights, tch::Device::Cpu)
+            .unwrap();
+    assert_eq!(loaded.feature_width(), WIDTH);
+    let folded = loaded
+        .predict_probabilities_with_features(&test.images, &test.features, test.len())
+        .unwrap();
+    for (folded, trained) in folded.iter().zip(&trained) {
+        assert!(
+            (folded - trained).abs() < 1e-5,
+            "folded {folded} vs trained {trained}"
+        );
+    }
+    let without_features = loaded.predict_probabilities(&test.images, test.len());
+    match without_features {
+        Err(TrainError::InvalidInput(message)) => {
+            assert!(message.contains("features"), "{message}")
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    assert!(matches!(
+        InferenceModel::from_safetensors(Architecture::ResNet, 2, &weights, tch::Device::Cpu),
+        Err(TrainError::WeightsMismatch { .. })
+    ));
 }

@@ -33,7 +33,7 @@ pub struct Viewer {
 pub struct JobFilter {
     /// A phase's short name ("training", "failed", ...).
     pub phase: Option<String>,
-    /// A model name ("resnet", "lenet"); a job with no model set trains "resnet".
+    /// A model name ("resnet", "lenet", "wide_lenet"); a job with no model set trains "resnet".
     pub model: Option<String>,
     /// Free text, matched case-insensitively against the job's id and name.
     pub text: Option<String>,
@@ -201,7 +201,7 @@ fn options(values: &[String], selected: Option<&str>, any_label: &str) -> String
 /// [`matches`] the filter, in the order given.
 pub fn jobs_page(viewer: &Viewer, jobs: &[Job], filter: &JobFilter) -> String {
     let mut models: Vec<String> = jobs.iter().map(model_of).collect();
-    models.extend(["resnet".to_string(), "lenet".to_string()]);
+    models.extend(["resnet", "lenet", "wide_lenet"].map(str::to_string));
     if let Some(model) = active(&filter.model) {
         models.push(model.to_string());
     }
@@ -423,12 +423,15 @@ pub fn job_live_fragment(job: &Job) -> String {
     let latest = latest_epoch(job);
     let _ = write!(
         out,
-        r#"<div class="panel live-summary">{} <span>{}</span> <span>generation {}</span> <span>{} images/s</span> <span>latest macro-F1 {}</span>"#,
+        r#"<div class="panel live-summary">{} <span>{}</span> <span>generation {}</span> <span>{} images/s</span> <span>latest macro-F1 {}</span> <span class="biological-macro-f1">biological {}</span>"#,
         phase_badge(job.phase(), ""),
         progress_cell(job),
         job.generation,
         count_text(images_per_second.round() as u64),
         latest.map_or("-".to_string(), |metrics| metric_text(metrics.macro_f1)),
+        latest.map_or("-".to_string(), |metrics| metric_text(
+            metrics.biological_macro_f1
+        )),
     );
     if job.skipped_steps > 0 {
         let _ = write!(

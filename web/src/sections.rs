@@ -93,12 +93,13 @@ fn f1_bar(f1: f64) -> String {
     )
 }
 
-/// The headline numbers of one epoch.
+/// The headline numbers of one epoch (the biological macro-F1 leaves out non-living and unlabeled classes).
 pub fn metrics_summary(metrics: &EvalMetrics) -> String {
     format!(
-        r#"<dl class="summary"><div><dt>epoch</dt><dd>{}</dd></div><div><dt>macro-F1</dt><dd class="macro-f1">{}</dd></div><div><dt>accuracy</dt><dd>{}</dd></div><div><dt>balanced accuracy</dt><dd>{}</dd></div><div><dt>weighted F1</dt><dd>{}</dd></div><div><dt>test loss</dt><dd>{}</dd></div></dl>"#,
+        r#"<dl class="summary"><div><dt>epoch</dt><dd>{}</dd></div><div><dt>macro-F1</dt><dd class="macro-f1">{}</dd></div><div><dt>biological macro-F1</dt><dd class="biological-macro-f1">{}</dd></div><div><dt>accuracy</dt><dd>{}</dd></div><div><dt>balanced accuracy</dt><dd>{}</dd></div><div><dt>weighted F1</dt><dd>{}</dd></div><div><dt>test loss</dt><dd>{}</dd></div></dl>"#,
         metrics.epoch,
         metric_text(metrics.macro_f1),
+        metric_text(metrics.biological_macro_f1),
         metric_text(metrics.accuracy),
         metric_text(metrics.balanced_accuracy),
         metric_text(metrics.weighted_f1),
@@ -268,6 +269,13 @@ pub fn spec_fields(spec: &JobSpec) -> Vec<(&'static str, String)> {
         "non-finite steps",
         enum_label(spec.non_finite_policy().as_str_name(), "NON_FINITE_POLICY_"),
     ));
+    fields.push((
+        "loss",
+        enum_label(spec.loss().as_str_name(), "LOSS_FUNCTION_"),
+    ));
+    if spec.logit_tau != 0.0 {
+        fields.push(("logit-adjustment tau", format!("{}", spec.logit_tau)));
+    }
     fields
 }
 

@@ -77,6 +77,7 @@ fn sample_job(classes: usize, epochs: u32) -> Job {
                 global_step,
                 virtual_shards: vec![rank, rank + 2],
                 skipped_steps: 0,
+                ..WorkerProgress::default()
             })
             .collect(),
         class_names,
@@ -168,6 +169,8 @@ fn epoch_metrics(epoch: u32, class_names: &[String], test_counts: &[u64]) -> Eva
         num_classes: classes as u32,
         confusion,
         train_loss: 2.2 / f64::from(epoch),
+        biological_macro_f1: 0.4321,
+        biological_classes: classes as u32,
     }
 }
 
@@ -428,6 +431,16 @@ fn report_is_self_contained_with_every_section() {
     assert!(
         f1_values.windows(2).all(|pair| pair[0] <= pair[1]),
         "{f1_values:?}"
+    );
+}
+
+/// The headline numbers carry the biological macro-F1 next to the macro-F1.
+#[test]
+fn report_shows_the_biological_macro_f1() {
+    let report = job_report(&sample_job(3, 2), &[]);
+    assert!(
+        report.contains(r#"<dt>biological macro-F1</dt><dd class="biological-macro-f1">0.432"#),
+        "{report}"
     );
 }
 

@@ -20,21 +20,22 @@ use plankton_preprocess::{PreprocessConfig, ResizeMode, ShardCache};
 use plankton_proto::v1::{
     Augmentation, DoneReport, EpochReport, GenerationEndReport,
     GradientCompression as ProtoGradientCompression, JobPhase, JobSpec,
-    LossNormalization as ProtoLossNormalization, LrSchedule as ProtoLrSchedule, Misclassification,
-    NextAssignmentRequest, NonFinitePolicy as ProtoNonFinitePolicy, OptimizerKind,
-    Precision as ProtoPrecision, ProgressReport, ResizeMode as ProtoResizeMode, ShardAssignment,
-    WorkerProgress, state_source,
+    LossFunction as ProtoLossFunction, LossNormalization as ProtoLossNormalization,
+    LrSchedule as ProtoLrSchedule, Misclassification, NextAssignmentRequest,
+    NonFinitePolicy as ProtoNonFinitePolicy, OptimizerKind, Precision as ProtoPrecision,
+    ProgressReport, ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress, state_source,
 };
 use plankton_trainer::{
     Architecture, AugmentationMode, DataParallelTrainer, EpochEvaluation, GenerationOutcome,
-    GradientCompression, LossNormalization, LrSchedule, Mistake, ModelCard, ModelInput,
-    NonFinitePolicy, OptimizerChoice, Precision, StepProgress, TrainConfig, TrainError,
+    GradientCompression, LossFunction, LossNormalization, LrSchedule, Mistake, ModelCard,
+    ModelInput, NonFinitePolicy, OptimizerChoice, Precision, StepProgress, TrainConfig, TrainError,
     TrainingObserver, TrainingProgress, VirtualShardData, run_generation,
 };
 
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
 use crate::credentials::CoordinatorClient;
 use crate::fault_injection::FaultInjectingCollective;
+use crate::features::FeatureSource;
 use crate::loader::{ShardResidence, load_shard};
 use crate::outbox::{Outbox, Report};
 use crate::tensorboard_log::StepLog;
@@ -266,13 +267,16 @@ async fn run_one_generation(
     };
 
     // 1. Load the virtual shards of this generation (keeping those already in memory).
-    let reporter = Reporter {
+    let mut reporter = Reporter {
         client: client.clone(),
         job_id: assignment.job_id.clone(),
         rank: assignment.rank,
         generation: assignment.generation,
         worker_id: worker_id.to_string(),
     };
+    if matches!(spec.model.parse::<Architecture>(), Ok(Architecture::Gbdt)) {
+        return run_gbdt_generation(config, assignment, &spec, &mut reporter, handle, outbox).await;
+    }
     if let Err(load_error) =
         load_virtual_shards(config, assignment, &spec, &reporter, handle, memory).await
     {
@@ -523,6 +527,71 @@ async fn run_one_generation(
     }
 }
 
+/// A `gbdt` job: trees on the native features, trained, evaluated and written by this one worker.
+async fn run_gbdt_generation(
+    config: &WorkerConfig,
+    assignment: &ShardAssignment,
+    spec: &JobSpec,
+    reporter: &mut Reporter,
+    handle: &JobHandle,
+    outbox: &Outbox,
+) -> GenerationEnd {
+    let progress = WorkerProgress {
+        epoch: 1,
+        loaded_objects: assignment
+            .virtual_shards
+            .iter()
+            .map(|shard| (shard.train.len() + shard.test.len()) as u64)
+            .sum(),
+        virtual_shards: assignment
+            .virtual_shards
+            .iter()
+            .map(|shard| shard.index)
+            .collect(),
+        ..reporter.base_progress()
+    };
+    reporter.progress(JobPhase::Training, progress).await;
+    let cache = match config
+        .cache_dir
+        .as_ref()
+        .map(|dir| ShardCache::open(dir.clone()))
+    {
+        Some(Ok(cache)) => Some(cache),
+        Some(Err(error)) => {
+            return GenerationEnd::Failed(format!("opening the shard cache: {error}"));
+        }
+        None => None,
+    };
+    let job = crate::gbdt_job::run_gbdt_job(
+        assignment,
+        spec,
+        config.threads,
+        cache,
+        outbox,
+        &reporter.worker_id,
+    );
+    let outcome = tokio::select! {
+        outcome = job => outcome,
+        () = handle.cancel.cancelled() => {
+            return GenerationEnd::Stopped("the job was stopped".into());
+        }
+    };
+    match outcome {
+        Ok(outcome) => GenerationEnd::Finished {
+            model_url: outcome.model_url,
+            weights_digest: outcome.model_digest,
+        },
+        Err(failure) => {
+            error!(
+                job_id = assignment.job_id,
+                error = format!("{failure:#}"),
+                "gbdt training failed"
+            );
+            GenerationEnd::Failed(format!("gbdt: {failure:#}"))
+        }
+    }
+}
+
 /// Rank 0 writes the model; every rank reports its weights' digest.
 async fn finish_job(
     assignment: &ShardAssignment,
@@ -606,6 +675,9 @@ async fn load_virtual_shards(
             max_resident_bytes: total_bytes / (2 * owned.len()).max(1),
         },
     };
+    let feature_source = crate::features::assignment_transform(assignment)?
+        .map(|transform| FeatureSource::new(location.clone(), transform, cache.clone()))
+        .transpose()?;
     let total: usize = missing
         .iter()
         .map(|shard| shard.train.len() + shard.test.len())
@@ -648,6 +720,12 @@ async fn load_virtual_shards(
             .await?;
             done_before += objects.len();
             memory.skipped_objects += loaded.skipped.len() as u64;
+            let mut loaded = loaded;
+            if let Some(source) = &feature_source {
+                let (features, _) = source.rows(&loaded.objids).await?;
+                loaded.data.features = features;
+                loaded.data.feature_width = source.transform().output_width();
+            }
             parts.push(loaded);
         }
         let test = parts.pop().expect("two parts");
@@ -1046,9 +1124,18 @@ fn train_config(
     } else {
         threads
     };
+    let feature_width = match crate::features::assignment_transform(assignment)? {
+        Some(transform) => transform.output_width(),
+        None if architecture.uses_features() => anyhow::bail!(
+            "model {} takes native features, but the assignment carries no feature transform",
+            architecture
+        ),
+        None => 0,
+    };
     Ok(TrainConfig {
         architecture,
         num_classes: assignment.class_names.len(),
+        feature_width,
         class_weights: assignment.class_weights.clone(),
         epochs: spec.epochs,
         batch_size: spec.batch_size as usize,
@@ -1087,6 +1174,7 @@ fn train_config(
             ProtoLossNormalization::Samples => LossNormalization::Samples,
             ProtoLossNormalization::ShardMean => LossNormalization::ShardMean,
         },
+        loss: training_loss(spec, assignment)?,
         inject_non_finite_at_step: None,
         gradient_compression: match ProtoGradientCompression::try_from(spec.gradient_compression)
             .unwrap_or_default()
@@ -1099,6 +1187,31 @@ fn train_config(
             ProtoPrecision::Bf16 => Precision::Bf16,
         },
     })
+}
+
+/// The spec's loss; the logit-adjusted one takes its priors from the assignment's train class counts.
+fn training_loss(spec: &JobSpec, assignment: &ShardAssignment) -> anyhow::Result<LossFunction> {
+    match ProtoLossFunction::try_from(spec.loss).unwrap_or_default() {
+        ProtoLossFunction::CrossEntropy => Ok(LossFunction::CrossEntropy),
+        ProtoLossFunction::LogitAdjusted => {
+            if assignment.train_class_counts.len() != assignment.class_names.len() {
+                anyhow::bail!(
+                    "logit-adjusted loss: the assignment holds {} train class counts for {} classes",
+                    assignment.train_class_counts.len(),
+                    assignment.class_names.len()
+                );
+            }
+            let tau = if spec.logit_tau == 0.0 {
+                LossFunction::DEFAULT_TAU
+            } else {
+                f64::from(spec.logit_tau)
+            };
+            Ok(LossFunction::logit_adjusted(
+                tau,
+                &assignment.train_class_counts,
+            ))
+        }
+    }
 }
 
 /// Writes `model.safetensors` and `model-card.json` under the job's output URL; returns the weights' URL.
@@ -1128,6 +1241,8 @@ async fn write_model(
             .map(|elapsed| elapsed.as_millis() as u64)
             .unwrap_or(0),
         weights_file: weights_file.to_string(),
+        feature_transform: crate::features::assignment_transform(assignment)?
+            .map(|transform| transform.as_ref().clone()),
     };
     output
         .put_bytes(

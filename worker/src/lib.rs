@@ -5,6 +5,9 @@
 mod checkpointing;
 mod credentials;
 mod fault_injection;
+mod feature_cache;
+pub mod features;
+mod gbdt_job;
 mod job;
 mod loader;
 mod outbox;

@@ -359,7 +359,7 @@ fn from_cached(cached: CachedShard, objects: &[ShardObject]) -> LoadedShard {
         data: ShardData {
             images,
             labels,
-            records: None,
+            ..ShardData::default()
         },
         objids,
         skipped,

@@ -63,7 +63,7 @@ struct Options {
     batch: u32,
     #[arg(long, default_value_t = 2)]
     workers: u32,
-    #[arg(long, default_value = "lenet")]
+    #[arg(long, default_value = "wide_lenet")]
     model: String,
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,

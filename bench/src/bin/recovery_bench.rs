@@ -42,7 +42,7 @@ struct Options {
     /// Images per step and per worker.
     #[arg(long, default_value_t = 32)]
     batch: u32,
-    #[arg(long, default_value = "lenet")]
+    #[arg(long, default_value = "wide_lenet")]
     model: String,
     /// Faults are injected once training is this far into epoch 2.
     #[arg(long, default_value_t = 0.5)]

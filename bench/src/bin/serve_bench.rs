@@ -100,6 +100,7 @@ async fn publish(weights: Vec<u8>) -> anyhow::Result<ModelVersion> {
         job_id: "bench".to_string(),
         created_unix_ms: 0,
         weights_file: "model.safetensors".to_string(),
+        feature_transform: None,
     };
     location
         .put_bytes("model.safetensors", Bytes::from(weights))
@@ -311,6 +312,7 @@ async fn measure(
                     images: vec![ImageInput {
                         data: image,
                         id: sent.to_string(),
+                        ..Default::default()
                     }],
                     top_k: 1,
                     ..Default::default()

@@ -48,8 +48,8 @@ struct Options {
     /// PyTorch eager's default is NCHW).
     #[arg(long)]
     pytorch_channels_last: bool,
-    /// Architectures to measure.
-    #[arg(long, value_delimiter = ',', default_value = "lenet,resnet")]
+    /// Architectures to measure (`lenet`, the notebook's small CNN, is also available).
+    #[arg(long, value_delimiter = ',', default_value = "wide_lenet,resnet")]
     architectures: Vec<String>,
     /// Also measure bf16: our precision bf16 (+ bf16 gradients with 2 workers) vs PyTorch autocast bf16
     /// channels-last (+ DDP bf16_compress_hook).

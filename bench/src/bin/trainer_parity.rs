@@ -3,7 +3,7 @@
 //! constant rate, one process each. Prints both sides' loss per step and the largest relative difference:
 //! training itself must not be where the two differ.
 //!
-//! `cargo run --release -p plankton-bench --bin trainer_parity [-- --steps 30 --architecture lenet]`
+//! `cargo run --release -p plankton-bench --bin trainer_parity [-- --steps 30 --architecture wide_lenet]`
 #![forbid(unsafe_code)]
 
 use std::process::Command;
@@ -23,7 +23,7 @@ struct Options {
     steps: usize,
     #[arg(long, default_value_t = 64)]
     batch: usize,
-    #[arg(long, default_value = "lenet")]
+    #[arg(long, default_value = "wide_lenet")]
     architecture: String,
     #[arg(long, default_value_t = 40)]
     classes: usize,

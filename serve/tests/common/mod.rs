@@ -81,6 +81,7 @@ pub async fn publish_model(
         job_id: format!("job-{version}"),
         created_unix_ms: 1_700_000_000_000,
         weights_file: "model.safetensors".to_string(),
+        feature_transform: None,
     };
     location
         .put_bytes("model.safetensors", Bytes::copy_from_slice(weights))

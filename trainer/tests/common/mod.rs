@@ -79,7 +79,7 @@ pub fn random_shard(count: usize, num_classes: usize, seed: u64) -> ShardData {
     ShardData {
         images,
         labels,
-        records: None,
+        ..ShardData::default()
     }
 }
 

@@ -1,0 +1,183 @@
+//! `model: gbdt` end to end: gradient-boosted trees trained by one worker on the native features (the transform
+//! the coordinator fitted on the training split), evaluated with the usual metrics, registered with their card,
+//! served from the features of each Predict exactly as the trees and the card's transform predict, and refused
+//! with INVALID_ARGUMENT naming the missing input when features are absent; a gbdt spec for two workers is
+//! refused at submit.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use plankton_gbdt::{FeatureMatrix, GbdtModel};
+use plankton_proto::v1::{GetModelInfoRequest, ImageInput, JobSpec, PredictRequest};
+use plankton_security::Role;
+use plankton_tests::access::test_server_security;
+use plankton_tests::{Access, TestCluster, synth_dataset, test_credentials};
+use plankton_trainer::{Architecture, ModelCard};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gbdt_job_trains_on_one_worker_registers_and_is_served_from_features()
+-> anyhow::Result<()> {
+    let dataset_url = "memory://tests/gbdt-e2e";
+    synth_dataset(dataset_url, 400, 31, false).await?;
+    let cluster = TestCluster::start(1).await?;
+    let spec = JobSpec {
+        dataset_url: dataset_url.into(),
+        world_size: 1,
+        model: "gbdt".into(),
+        batch_size: 16,
+        name: "e2e-gbdt".into(),
+        ..Default::default()
+    };
+    let refused = cluster
+        .submit(JobSpec {
+            world_size: 2,
+            ..spec.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("one worker"),
+        "{}",
+        refused.message()
+    );
+
+    let finished = cluster.run_job(spec).await?;
+    assert!(
+        finished.training_summary.contains("one worker"),
+        "{}",
+        finished.training_summary
+    );
+    assert!(
+        finished.model_url.ends_with("/model-gbdt.json"),
+        "{}",
+        finished.model_url
+    );
+    let last = finished.epochs.last().expect("one evaluation");
+    assert_eq!((finished.epochs.len(), last.epoch), (1, 1));
+    let tested: u64 = last.confusion.iter().sum();
+    assert_eq!(tested, finished.test_objects);
+    // The synthetic features separate the classes well: trees do far better than chance.
+    assert!(last.accuracy > 0.5, "accuracy {}", last.accuracy);
+    assert!(last.biological_classes > 0 && last.biological_macro_f1 > 0.0);
+
+    let output =
+        plankton_dataset::open_location(finished.model_url.trim_end_matches("/model-gbdt.json"))?;
+    let card: ModelCard = serde_json::from_slice(&output.get_bytes("model-card.json").await?)?;
+    assert_eq!(card.architecture, Architecture::Gbdt);
+    assert_eq!(card.weights_file, "model-gbdt.json");
+    let transform = card
+        .feature_transform
+        .clone()
+        .expect("the card records the transform");
+    let trees = GbdtModel::from_bytes(&output.get_bytes("model-gbdt.json").await?)?;
+    assert_eq!(trees.num_features(), transform.output_width());
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server = Access::as_role(&format!("https://{}", listener.local_addr()?), Role::Client);
+    let config = plankton_serve::ServeConfig {
+        listen_address: listener.local_addr()?,
+        security: test_server_security(),
+        coordinator_url: cluster.coordinator_url.clone(),
+        coordinator_security: test_credentials().client_security(Role::Viewer),
+        model: "e2e-gbdt".into(),
+        refresh_interval: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let shutdown = CancellationToken::new();
+    let server_task = tokio::spawn(plankton_serve::serve(config, listener, shutdown.clone()));
+
+    // Five objects: their JPEGs and raw features (NaN where the file has none).
+    let location = plankton_dataset::open_location(dataset_url)?;
+    let table = plankton_dataset::read_features(&location).await?;
+    let rows: Vec<(i64, Vec<f32>)> = table
+        .rows
+        .iter()
+        .take(5)
+        .map(|(objid, values)| {
+            (
+                *objid,
+                values
+                    .iter()
+                    .map(|value| value.unwrap_or(f32::NAN))
+                    .collect(),
+            )
+        })
+        .collect();
+    let source = plankton_dataset::open_image_source(&location).await?;
+    let images: Vec<(i64, bytes::Bytes)> = plankton_dataset::fetch_images(
+        &location,
+        &source,
+        rows.iter().map(|(objid, _)| *objid).collect(),
+        4,
+    )
+    .map(|(objid, result)| (objid, result.expect("image readable")))
+    .collect()
+    .await;
+    let features_of = |objid: i64| rows.iter().find(|(id, _)| *id == objid).unwrap().1.clone();
+    let mut transformed = Vec::new();
+    let mut counts = plankton_dataset::ImputationCounts::default();
+    for (objid, _) in &images {
+        transformed.extend(transform.apply_raw(&features_of(*objid), &mut counts));
+    }
+    let direct = trees.predict_probabilities(&FeatureMatrix::new(
+        &transformed,
+        images.len(),
+        transform.output_width(),
+    )?)?;
+    let num_classes = finished.class_names.len();
+
+    let mut client = plankton_tests::wait_for_inference_server(&server).await?;
+    let info = client
+        .get_model_info(GetModelInfoRequest {
+            model: "e2e-gbdt".into(),
+        })
+        .await?
+        .into_inner();
+    assert!(info.requires_features);
+    assert_eq!(info.architecture, "gbdt");
+    let request = |with_features: bool| PredictRequest {
+        model: "e2e-gbdt".into(),
+        images: images
+            .iter()
+            .map(|(objid, jpeg)| ImageInput {
+                data: jpeg.to_vec(),
+                id: objid.to_string(),
+                native_features: if with_features {
+                    features_of(*objid)
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            })
+            .collect(),
+        top_k: num_classes as u32,
+    };
+    let response = client.predict(request(true)).await?.into_inner();
+    assert_eq!(response.predictions.len(), images.len());
+    for (index, prediction) in response.predictions.iter().enumerate() {
+        assert!(prediction.error.is_empty(), "{}", prediction.error);
+        for score in &prediction.top {
+            let expected = direct[index * num_classes + score.class_index as usize];
+            assert!(
+                (score.probability - expected).abs() < 1e-6,
+                "object {index} class {}: served {} direct {expected}",
+                score.class_index,
+                score.probability
+            );
+        }
+    }
+    let refused = client.predict(request(false)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("\"native_features\""),
+        "{}",
+        refused.message()
+    );
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), server_task).await???;
+    cluster.shutdown().await
+}
