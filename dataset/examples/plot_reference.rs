@@ -13,11 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(name, count)| ClassCount {
             name: name.to_string(),
             count: *count,
+            biological: plankton_dataset::layout::is_biological_class(name),
         })
         .collect();
     class_counts.push(ClassCount {
         name: UNLABELED_CLASS.to_string(),
         count: REFERENCE_UNLABELED,
+        biological: false,
     });
     class_counts.sort_by_key(|class| std::cmp::Reverse(class.count));
     let image_sizes: Vec<(u32, u32)> = (0..5_000u32)

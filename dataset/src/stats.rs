@@ -12,7 +12,7 @@ use crate::error::DatasetError;
 use crate::images::{
     check_image_header, fetch_images, image_path, list_image_objids, open_image_source,
 };
-use crate::layout::UNLABELED_CLASS;
+use crate::layout::{UNLABELED_CLASS, is_biological_class};
 use crate::meta::read_meta;
 use crate::storage::StoreLocation;
 use crate::summary::{ReadSummary, SkippedItem};
@@ -22,6 +22,10 @@ use crate::summary::{ReadSummary, SkippedItem};
 pub struct ClassCount {
     pub name: String,
     pub count: u64,
+    /// Whether the class names organisms (not one of [`crate::layout::NON_LIVING_CLASSES`], not unlabeled):
+    /// the classes biological macro-F1 averages over.
+    #[serde(default)]
+    pub biological: bool,
 }
 
 /// Min, median (lower) and max of image widths and heights, and the number of distinct sizes.
@@ -137,6 +141,7 @@ pub async fn compute_stats(
         .map(|(name, count)| ClassCount {
             name: name.to_string(),
             count,
+            biological: is_biological_class(name),
         })
         .collect();
     class_counts.sort_by(|left, right| {
@@ -224,7 +229,7 @@ impl std::fmt::Display for DatasetStats {
             .max(5);
         writeln!(
             f,
-            "{:<name_width$}  {:>9}  {:>7}",
+            "{:<name_width$}  {:>9}  {:>7}  kind",
             "class", "objects", "share"
         )?;
         for class in &self.class_counts {
@@ -235,8 +240,15 @@ impl std::fmt::Display for DatasetStats {
             };
             writeln!(
                 f,
-                "{:<name_width$}  {:>9}  {:>6.2}%",
-                class.name, class.count, share
+                "{:<name_width$}  {:>9}  {:>6.2}%  {}",
+                class.name,
+                class.count,
+                share,
+                if class.biological {
+                    "biological"
+                } else {
+                    "non-living"
+                }
             )?;
         }
         writeln!(

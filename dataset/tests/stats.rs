@@ -56,6 +56,12 @@ fn check_bad_dataset_stats(stats: &plankton_dataset::DatasetStats) {
             (UNLABELED_CLASS, 1)
         ]
     );
+    let biological: Vec<bool> = stats
+        .class_counts
+        .iter()
+        .map(|class| class.biological)
+        .collect();
+    assert_eq!(biological, vec![false, false, true, false]);
     assert_eq!(stats.images_present, 9);
     assert_eq!(stats.missing_images, vec![9]);
     assert_eq!(stats.unlisted_images, vec![42]);
@@ -95,6 +101,12 @@ fn check_bad_dataset_stats(stats: &plankton_dataset::DatasetStats) {
     assert_eq!(sizes.distinct_sizes, 4);
     let report = stats.to_string();
     assert!(report.contains("detritus"), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|line| line.starts_with("Copepoda") && line.ends_with("biological")),
+        "{report}"
+    );
     assert!(report.contains("meta.csv:11"), "{report}");
     assert!(report.contains("imgs/8.jpg"), "{report}");
     assert!(report.contains("distinct sizes: 4"), "{report}");

@@ -3,6 +3,9 @@
 //! left out) and balanced accuracy per epoch, side by side: how much better the default model is at equal epochs,
 //! and what the native features add to the resnet (`fusion`: its transform fitted on the training split, as the
 //! cluster). `gbdt` (trees on the native features under that transform, balanced sample weights) has one row.
+//! A network name followed by `+logit_adjusted` (e.g. `resnet+logit_adjusted`) trains that network with the
+//! logit-adjusted loss (tau 1, the training split's prior) and uniform class weights instead of the balanced
+//! weighted cross-entropy.
 //!
 //! `cargo run --release -p plankton-bench --bin model_compare -- --dataset demo-data/dataset --epochs 4`
 
@@ -17,8 +20,8 @@ use plankton_coordinator::planner::{normalize_spec, plan_job};
 use plankton_preprocess::{IMAGE_LEN, PreprocessConfig, preprocess_many};
 use plankton_proto::v1::{EvalMetrics, JobSpec, ShardObject};
 use plankton_trainer::{
-    Architecture, EpochEvaluation, LrSchedule, ShardData, SingleProcess, StepProgress, TrainConfig,
-    TrainingObserver, run_training,
+    Architecture, EpochEvaluation, LossFunction, LrSchedule, ShardData, SingleProcess,
+    StepProgress, TrainConfig, TrainingObserver, run_training,
 };
 
 #[derive(Parser, Debug)]
@@ -183,7 +186,11 @@ async fn main() -> anyhow::Result<()> {
     let shard = &plan.shards[0];
     let (train, train_objids) = load(&options.dataset, &shard.train).await?;
     let (test, test_objids) = load(&options.dataset, &shard.test).await?;
-    let fusion_data = if options.models.iter().any(|model| model == "fusion") {
+    let fusion_data = if options
+        .models
+        .iter()
+        .any(|model| model.starts_with("fusion"))
+    {
         Some(
             with_native_features(
                 &options.dataset,
@@ -212,14 +219,30 @@ async fn main() -> anyhow::Result<()> {
             let started = Instant::now();
             let metrics =
                 train_gbdt(&options, &plan.class_names, &plan.class_weights, shard).await?;
-            println!("{model}: {:.0}s", started.elapsed().as_secs_f64());
-            results.push((model.clone(), vec![metrics]));
+            let seconds = started.elapsed().as_secs_f64();
+            println!("{model}: {seconds:.0}s");
+            results.push((model.clone(), vec![metrics], seconds));
             continue;
         }
-        let architecture: Architecture = model
+        let (network, logit_adjusted) = match model.strip_suffix("+logit_adjusted") {
+            Some(network) => (network, true),
+            None => (model.as_str(), false),
+        };
+        let architecture: Architecture = network
             .parse()
             .map_err(|error| anyhow::anyhow!("{model}: {error}"))?;
-        let mut config = TrainConfig::new(plan.class_names.len(), plan.class_weights.clone());
+        let mut config = if logit_adjusted {
+            let classes = plan.class_names.len();
+            let mut train_counts = vec![0u64; classes];
+            for label in &train.labels {
+                train_counts[*label as usize] += 1;
+            }
+            let mut config = TrainConfig::new(classes, vec![1.0; classes]);
+            config.loss = LossFunction::logit_adjusted(LossFunction::DEFAULT_TAU, &train_counts);
+            config
+        } else {
+            TrainConfig::new(plan.class_names.len(), plan.class_weights.clone())
+        };
         config.architecture = architecture;
         config.epochs = options.epochs;
         config.batch_size = options.batch_size as usize;
@@ -245,17 +268,23 @@ async fn main() -> anyhow::Result<()> {
         tokio::task::block_in_place(|| {
             run_training(&config, train_ref, test_ref, &mut SingleProcess, &mut log)
         })?;
-        println!("{model}: {:.0}s", started.elapsed().as_secs_f64());
-        results.push((model.clone(), log.rows));
+        let seconds = started.elapsed().as_secs_f64();
+        println!("{model}: {seconds:.0}s");
+        results.push((model.clone(), log.rows, seconds));
     }
     println!(
-        "\n{:<10} {:>6} {:>9} {:>9} {:>14} {:>13}",
-        "model", "epoch", "accuracy", "macro-F1", "bio. macro-F1", "balanced acc."
+        "\n{:<22} {:>6} {:>9} {:>9} {:>14} {:>13} {:>12}",
+        "model", "epoch", "accuracy", "macro-F1", "bio. macro-F1", "balanced acc.", "train time"
     );
-    for (model, rows) in &results {
-        for metrics in rows {
+    for (model, rows, seconds) in &results {
+        for (index, metrics) in rows.iter().enumerate() {
+            let time = if index + 1 == rows.len() {
+                format!("{seconds:.0} s")
+            } else {
+                String::new()
+            };
             println!(
-                "{model:<10} {:>6} {:>9.4} {:>9.4} {:>14.4} {:>13.4}",
+                "{model:<22} {:>6} {:>9.4} {:>9.4} {:>14.4} {:>13.4} {time:>12}",
                 metrics.epoch,
                 metrics.accuracy,
                 metrics.macro_f1,
