@@ -347,7 +347,7 @@ async fn jobs_list(
         text: non_empty(query.q),
     };
     let mut jobs = dashboard.state.list_jobs();
-    jobs.sort_by(|a, b| b.created_unix_ms.cmp(&a.created_unix_ms));
+    jobs.sort_by_key(|job| std::cmp::Reverse(job.created_unix_ms));
     Ok(Html(pages::jobs_page(&viewer, &jobs, &filter)))
 }
 

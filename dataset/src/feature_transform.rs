@@ -156,9 +156,13 @@ impl FeatureTransform {
             .collect();
         let mut dropped = Vec::new();
         let mut kept_columns: Vec<usize> = Vec::with_capacity(column_count);
-        // Relative to the magnitude, so float noise on a constant column does not count as spread.
+        // Relative to the magnitude, so float noise on a constant column does not count as spread; a NaN
+        // spread counts as constant too.
         let constant: Vec<bool> = (0..column_count)
-            .map(|column| !(stds[column] > 1e-9 * means[column].abs().max(1.0)))
+            .map(|column| {
+                let floor = 1e-9 * means[column].abs().max(1.0);
+                stds[column].partial_cmp(&floor) != Some(std::cmp::Ordering::Greater)
+            })
             .collect();
         for column in 0..column_count {
             if constant[column] {

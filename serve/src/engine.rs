@@ -40,6 +40,8 @@ use crate::metrics::ReasonLabels;
 /// What an inference thread runs: a libtorch network (images, and features for a network that takes them), or
 /// gradient-boosted trees, which answer from the transformed features alone.
 #[derive(Debug)]
+// One value per loaded model: the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ServedModel {
     Network(InferenceModel),
     Trees(GbdtModel),

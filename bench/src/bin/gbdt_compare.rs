@@ -285,7 +285,8 @@ async fn run(options: Options) -> Result<()> {
         "\n{:<22} {:>14} {:>10} {:>14}",
         "", "plankton-gbdt", "XGBoost", "ours/XGBoost"
     );
-    let rows: [(&str, fn(&Outcome) -> f64); 5] = [
+    type Figure = fn(&Outcome) -> f64;
+    let rows: [(&str, Figure); 5] = [
         ("macro-F1", |outcome| outcome.metrics.macro_f1),
         ("biological macro-F1", |outcome| {
             outcome.metrics.biological_macro_f1
