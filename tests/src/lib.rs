@@ -559,3 +559,106 @@ fn spawn_logged(
         .kill_on_drop(true)
         .spawn()?)
 }
+
+/// A `plankton-serve` running in this process with the test TLS and tokens, serving `model` from the registry
+/// of the coordinator at `coordinator_url`.
+pub struct TestServer {
+    /// The server's address, as a client-role caller.
+    pub access: Access,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestServer {
+    /// Binds 127.0.0.1:0 and starts serving; the registry is polled every 300 ms.
+    pub async fn start(coordinator_url: &str, model: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let access = Access::as_role(&format!("https://{}", listener.local_addr()?), Role::Client);
+        let config = plankton_serve::ServeConfig {
+            listen_address: listener.local_addr()?,
+            security: access::test_server_security(),
+            coordinator_url: coordinator_url.to_string(),
+            coordinator_security: test_credentials().client_security(Role::Viewer),
+            model: model.to_string(),
+            refresh_interval: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(plankton_serve::serve(config, listener, shutdown.clone()));
+        Ok(TestServer {
+            access,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Stops the server and waits (at most 20 s) for it to end cleanly.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .context("the server did not stop within 20 s")??
+    }
+}
+
+/// Predicts `images` (objid, JPEG) through `model` with each object's raw native features and checks every
+/// returned probability against `direct` (row-major `[images, num_classes]`, computed without the server) within
+/// `tolerance`; then asks again without features and checks the refusal: INVALID_ARGUMENT naming
+/// `"native_features"`.
+pub async fn check_predictions_with_features(
+    client: &mut plankton_proto::v1::inference_client::InferenceClient<AuthChannel>,
+    model: &str,
+    images: &[(i64, bytes::Bytes)],
+    features_of: impl Fn(i64) -> Vec<f32>,
+    direct: &[f32],
+    num_classes: usize,
+    tolerance: f32,
+) -> anyhow::Result<()> {
+    use plankton_proto::v1::{ImageInput, PredictRequest};
+    let request = |with_features: bool| PredictRequest {
+        model: model.to_string(),
+        images: images
+            .iter()
+            .map(|(objid, jpeg)| ImageInput {
+                data: jpeg.to_vec(),
+                id: objid.to_string(),
+                native_features: if with_features {
+                    features_of(*objid)
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            })
+            .collect(),
+        top_k: num_classes as u32,
+    };
+    let response = client.predict(request(true)).await?.into_inner();
+    anyhow::ensure!(
+        response.predictions.len() == images.len(),
+        "{} predictions for {} images",
+        response.predictions.len(),
+        images.len()
+    );
+    for (index, prediction) in response.predictions.iter().enumerate() {
+        anyhow::ensure!(prediction.error.is_empty(), "{}", prediction.error);
+        for score in &prediction.top {
+            let expected = direct[index * num_classes + score.class_index as usize];
+            anyhow::ensure!(
+                (score.probability - expected).abs() < tolerance,
+                "image {index} class {}: served {} direct {expected}",
+                score.class_index,
+                score.probability
+            );
+        }
+    }
+    let refused = match client.predict(request(false)).await {
+        Ok(_) => anyhow::bail!("a Predict without features was answered"),
+        Err(status) => status,
+    };
+    anyhow::ensure!(
+        refused.code() == tonic::Code::InvalidArgument
+            && refused.message().contains("\"native_features\""),
+        "{refused:?}"
+    );
+    Ok(())
+}

@@ -4,19 +4,14 @@
 //! card's transform predict (plankton.v1 Predict and the Open Inference Protocol), and refused with
 //! INVALID_ARGUMENT naming the missing input when features are absent.
 
-use std::time::Duration;
-
 use futures::StreamExt;
-use tokio_util::sync::CancellationToken;
 
 use plankton_dataset::layout::FEATURES_FILE;
 use plankton_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use plankton_proto::inference::model_infer_request::InferInputTensor;
 use plankton_proto::inference::{InferTensorContents, ModelInferRequest};
-use plankton_proto::v1::{GetModelInfoRequest, ImageInput, JobSpec, PredictRequest};
-use plankton_security::Role;
-use plankton_tests::access::test_server_security;
-use plankton_tests::{Access, TestCluster, synth_dataset, test_credentials};
+use plankton_proto::v1::{GetModelInfoRequest, JobSpec};
+use plankton_tests::{TestCluster, TestServer, synth_dataset};
 use plankton_trainer::{Architecture, ModelCard};
 
 /// Objects whose feature row is removed from the file.
@@ -76,19 +71,8 @@ async fn a_fusion_job_trains_registers_and_is_served_with_features() -> anyhow::
         imputation.transformed_width
     );
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server = Access::as_role(&format!("https://{}", listener.local_addr()?), Role::Client);
-    let config = plankton_serve::ServeConfig {
-        listen_address: listener.local_addr()?,
-        security: test_server_security(),
-        coordinator_url: cluster.coordinator_url.clone(),
-        coordinator_security: test_credentials().client_security(Role::Viewer),
-        model: "e2e-fusion".into(),
-        refresh_interval: Duration::from_millis(300),
-        ..Default::default()
-    };
-    let shutdown = CancellationToken::new();
-    let server_task = tokio::spawn(plankton_serve::serve(config, listener, shutdown.clone()));
+    let test_server = TestServer::start(&cluster.coordinator_url, "e2e-fusion").await?;
+    let server = test_server.access.clone();
 
     // Six objects with a feature row, their JPEGs and raw features (NaN where the file has none).
     let table = plankton_dataset::read_features(&location).await?;
@@ -153,45 +137,16 @@ async fn a_fusion_job_trains_registers_and_is_served_with_features() -> anyhow::
     assert!(info.requires_features);
     assert_eq!(info.feature_columns, transform.input_columns);
 
-    let request = |with_features: bool| PredictRequest {
-        model: "e2e-fusion".into(),
-        images: images
-            .iter()
-            .map(|(objid, jpeg)| ImageInput {
-                data: jpeg.to_vec(),
-                id: objid.to_string(),
-                native_features: if with_features {
-                    features_of(*objid)
-                } else {
-                    Vec::new()
-                },
-                ..Default::default()
-            })
-            .collect(),
-        top_k: num_classes as u32,
-    };
-    let response = client.predict(request(true)).await?.into_inner();
-    assert_eq!(response.predictions.len(), images.len());
-    for (index, prediction) in response.predictions.iter().enumerate() {
-        assert!(prediction.error.is_empty(), "{}", prediction.error);
-        for score in &prediction.top {
-            let expected = direct[index * num_classes + score.class_index as usize];
-            assert!(
-                (score.probability - expected).abs() < 1e-5,
-                "image {index} class {}: served {} direct {expected}",
-                score.class_index,
-                score.probability
-            );
-        }
-    }
-
-    let refused = client.predict(request(false)).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-    assert!(
-        refused.message().contains("image 0") && refused.message().contains("\"native_features\""),
-        "{}",
-        refused.message()
-    );
+    plankton_tests::check_predictions_with_features(
+        &mut client,
+        "e2e-fusion",
+        &images,
+        &features_of,
+        &direct,
+        num_classes,
+        1e-5,
+    )
+    .await?;
 
     // The Open Inference Protocol: JPEGs plus the FP32 "features" input [N,64] give the same probabilities;
     // without "features" the request is refused naming the input.
@@ -258,7 +213,6 @@ async fn a_fusion_job_trains_registers_and_is_served_with_features() -> anyhow::
         refused.message()
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), server_task).await???;
+    test_server.stop().await?;
     cluster.shutdown().await
 }

@@ -15,13 +15,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 use plankton_dataset::{DatasetError, StoreOptions};
 use plankton_proto::v1::{ImageInput, JobSpec, PredictRequest};
-use plankton_security::Role;
-use plankton_tests::access::{test_dataset_prefixes, test_server_security};
-use plankton_tests::{Access, TestCluster, project_tool, synth_dataset, test_credentials};
+use plankton_tests::access::test_dataset_prefixes;
+use plankton_tests::{TestCluster, TestServer, project_tool, synth_dataset};
 
 /// The bucket (container) every end-to-end test writes into, in each store.
 const BUCKET: &str = "plankton-e2e";
@@ -487,19 +485,8 @@ async fn train_and_serve_from(store_root: &str, job_name: &str) -> anyhow::Resul
     let trained = started.elapsed();
 
     // Serve the last version (the zip dataset's model) from the store, and predict images read from it.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server = Access::as_role(&format!("https://{}", listener.local_addr()?), Role::Client);
-    let config = plankton_serve::ServeConfig {
-        listen_address: listener.local_addr()?,
-        security: test_server_security(),
-        coordinator_url: cluster.coordinator_url.clone(),
-        coordinator_security: test_credentials().client_security(Role::Viewer),
-        model: format!("{job_name}:2"),
-        refresh_interval: Duration::from_millis(300),
-        ..Default::default()
-    };
-    let shutdown = CancellationToken::new();
-    let server_task = tokio::spawn(plankton_serve::serve(config, listener, shutdown.clone()));
+    let test_server = TestServer::start(&cluster.coordinator_url, &format!("{job_name}:2")).await?;
+    let server = test_server.access.clone();
     let dataset = plankton_dataset::open_location(&datasets[1].0)?;
     let meta = plankton_dataset::read_meta(&dataset).await?;
     let source = plankton_dataset::open_image_source(&dataset).await?;
@@ -540,8 +527,7 @@ async fn train_and_serve_from(store_root: &str, job_name: &str) -> anyhow::Resul
             prediction.top[0].class_name
         );
     }
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), server_task).await???;
+    test_server.stop().await?;
     cluster.shutdown().await?;
     eprintln!(
         "{store_root}: 2 jobs trained in {:.1} s, served in {:.1} s more",

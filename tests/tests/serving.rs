@@ -1,17 +1,12 @@
 //! Train through the cluster, find the model in the coordinator's registry, promote it, serve it with
 //! plankton-serve, and check the served predictions equal the weights' own predictions on the same images.
 
-use std::time::Duration;
-
 use futures::StreamExt;
-use tokio_util::sync::CancellationToken;
 
 use plankton_proto::v1::{
     ImageInput, JobSpec, ListModelsRequest, PredictRequest, PromoteModelRequest,
 };
-use plankton_security::Role;
-use plankton_tests::access::test_server_security;
-use plankton_tests::{Access, TestCluster, synth_dataset, test_credentials};
+use plankton_tests::{TestCluster, TestServer, synth_dataset};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::Result<()> {
@@ -53,19 +48,8 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
         })
         .await?;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server = Access::as_role(&format!("https://{}", listener.local_addr()?), Role::Client);
-    let config = plankton_serve::ServeConfig {
-        listen_address: listener.local_addr()?,
-        security: test_server_security(),
-        coordinator_url: cluster.coordinator_url.clone(),
-        coordinator_security: test_credentials().client_security(Role::Viewer),
-        model: "e2e-lenet@production".into(),
-        refresh_interval: Duration::from_millis(300),
-        ..Default::default()
-    };
-    let shutdown = CancellationToken::new();
-    let server_task = tokio::spawn(plankton_serve::serve(config, listener, shutdown.clone()));
+    let test_server = TestServer::start(&cluster.coordinator_url, "e2e-lenet@production").await?;
+    let server = test_server.access.clone();
 
     // Twelve images of the dataset, as raw JPEG bytes.
     let location = plankton_dataset::open_location(dataset_url)?;
@@ -143,7 +127,6 @@ async fn a_trained_model_is_registered_promoted_and_served_exactly() -> anyhow::
         }
     }
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(20), server_task).await???;
+    test_server.stop().await?;
     cluster.shutdown().await
 }
