@@ -662,3 +662,46 @@ pub async fn check_predictions_with_features(
     );
     Ok(())
 }
+
+/// The first `count` objects of the dataset at `dataset_url` that have a feature row: their raw native
+/// features (NaN where the file has no value), in file order, with their JPEG bytes.
+pub async fn objects_with_features(
+    dataset_url: &str,
+    count: usize,
+) -> anyhow::Result<Vec<(i64, Vec<f32>, bytes::Bytes)>> {
+    use futures::StreamExt;
+    let location = plankton_dataset::open_location(dataset_url)?;
+    let table = plankton_dataset::read_features(&location).await?;
+    let rows: Vec<(i64, Vec<f32>)> = table
+        .rows
+        .iter()
+        .take(count)
+        .map(|(objid, values)| {
+            let raw = values
+                .iter()
+                .map(|value| value.unwrap_or(f32::NAN))
+                .collect();
+            (*objid, raw)
+        })
+        .collect();
+    let source = plankton_dataset::open_image_source(&location).await?;
+    let mut images: std::collections::HashMap<i64, bytes::Bytes> = plankton_dataset::fetch_images(
+        &location,
+        &source,
+        rows.iter().map(|(objid, _)| *objid).collect(),
+        4,
+    )
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .map(|(objid, result)| Ok((objid, result?)))
+    .collect::<anyhow::Result<_>>()?;
+    rows.into_iter()
+        .map(|(objid, features)| {
+            let jpeg = images
+                .remove(&objid)
+                .with_context(|| format!("no image fetched for object {objid}"))?;
+            Ok((objid, features, jpeg))
+        })
+        .collect()
+}

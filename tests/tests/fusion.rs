@@ -4,8 +4,6 @@
 //! card's transform predict (plankton.v1 Predict and the Open Inference Protocol), and refused with
 //! INVALID_ARGUMENT naming the missing input when features are absent.
 
-use futures::StreamExt;
-
 use plankton_dataset::layout::FEATURES_FILE;
 use plankton_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use plankton_proto::inference::model_infer_request::InferInputTensor;
@@ -75,32 +73,18 @@ async fn a_fusion_job_trains_registers_and_is_served_with_features() -> anyhow::
     let server = test_server.access.clone();
 
     // Six objects with a feature row, their JPEGs and raw features (NaN where the file has none).
-    let table = plankton_dataset::read_features(&location).await?;
-    let rows: Vec<(i64, Vec<f32>)> = table
-        .rows
+    let objects = plankton_tests::objects_with_features(dataset_url, 6).await?;
+    let images: Vec<(i64, bytes::Bytes)> = objects
         .iter()
-        .take(6)
-        .map(|(objid, values)| {
-            (
-                *objid,
-                values
-                    .iter()
-                    .map(|value| value.unwrap_or(f32::NAN))
-                    .collect(),
-            )
-        })
+        .map(|(objid, _, jpeg)| (*objid, jpeg.clone()))
         .collect();
-    let source = plankton_dataset::open_image_source(&location).await?;
-    let images: Vec<(i64, bytes::Bytes)> = plankton_dataset::fetch_images(
-        &location,
-        &source,
-        rows.iter().map(|(objid, _)| *objid).collect(),
-        4,
-    )
-    .map(|(objid, result)| (objid, result.expect("image readable")))
-    .collect()
-    .await;
-    let features_of = |objid: i64| rows.iter().find(|(id, _)| *id == objid).unwrap().1.clone();
+    let features_of = |objid: i64| {
+        objects
+            .iter()
+            .find(|(id, _, _)| *id == objid)
+            .map(|(_, features, _)| features.clone())
+            .unwrap_or_default()
+    };
 
     // Direct predictions: the weights, the card's transform, the training preprocessing.
     let weights = output.get_bytes("model.safetensors").await?;

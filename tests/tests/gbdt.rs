@@ -4,8 +4,6 @@
 //! with INVALID_ARGUMENT naming the missing input when features are absent; a gbdt spec for two workers is
 //! refused at submit.
 
-use futures::StreamExt;
-
 use plankton_gbdt::{FeatureMatrix, GbdtModel};
 use plankton_proto::v1::{GetModelInfoRequest, JobSpec};
 use plankton_tests::{TestCluster, TestServer, synth_dataset};
@@ -74,33 +72,18 @@ async fn a_gbdt_job_trains_on_one_worker_registers_and_is_served_from_features()
     let server = test_server.access.clone();
 
     // Five objects: their JPEGs and raw features (NaN where the file has none).
-    let location = plankton_dataset::open_location(dataset_url)?;
-    let table = plankton_dataset::read_features(&location).await?;
-    let rows: Vec<(i64, Vec<f32>)> = table
-        .rows
+    let objects = plankton_tests::objects_with_features(dataset_url, 5).await?;
+    let images: Vec<(i64, bytes::Bytes)> = objects
         .iter()
-        .take(5)
-        .map(|(objid, values)| {
-            (
-                *objid,
-                values
-                    .iter()
-                    .map(|value| value.unwrap_or(f32::NAN))
-                    .collect(),
-            )
-        })
+        .map(|(objid, _, jpeg)| (*objid, jpeg.clone()))
         .collect();
-    let source = plankton_dataset::open_image_source(&location).await?;
-    let images: Vec<(i64, bytes::Bytes)> = plankton_dataset::fetch_images(
-        &location,
-        &source,
-        rows.iter().map(|(objid, _)| *objid).collect(),
-        4,
-    )
-    .map(|(objid, result)| (objid, result.expect("image readable")))
-    .collect()
-    .await;
-    let features_of = |objid: i64| rows.iter().find(|(id, _)| *id == objid).unwrap().1.clone();
+    let features_of = |objid: i64| {
+        objects
+            .iter()
+            .find(|(id, _, _)| *id == objid)
+            .map(|(_, features, _)| features.clone())
+            .unwrap_or_default()
+    };
     let mut transformed = Vec::new();
     let mut counts = plankton_dataset::ImputationCounts::default();
     for (objid, _) in &images {
