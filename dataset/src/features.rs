@@ -28,6 +28,25 @@ impl FeatureTable {
     }
 }
 
+/// Largest decompressed `features_native.csv.gz` read (the reference's 243,610 rows of 64 values are ~150 MB):
+/// a larger stream is refused before it costs more memory (a decompression bomb, or not a feature file).
+pub const MAX_DECOMPRESSED_FEATURES_BYTES: u64 = 2 << 30;
+
+/// The gzip stream `compressed` (members concatenated), refused once it would exceed `limit` bytes.
+fn gunzip_bounded(compressed: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
+    let mut decompressed = Vec::with_capacity(compressed.len().saturating_mul(4));
+    flate2::read::MultiGzDecoder::new(compressed)
+        .take(limit + 1)
+        .read_to_end(&mut decompressed)?;
+    if decompressed.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("decompresses to more than {limit} bytes"),
+        ));
+    }
+    Ok(decompressed)
+}
+
 /// Reads `features_native.csv`, or `features_native.csv.gz` when the plain file is absent.
 pub async fn read_features(location: &StoreLocation) -> Result<FeatureTable, DatasetError> {
     let (file_name, raw_bytes) = match location.get_bytes(FEATURES_FILE).await {
@@ -50,14 +69,12 @@ pub async fn read_features(location: &StoreLocation) -> Result<FeatureTable, Dat
     let task_object = object_url.clone();
     let table = tokio::task::spawn_blocking(move || {
         let csv_bytes = if file_name == FEATURES_GZ_FILE {
-            let mut decompressed = Vec::with_capacity(raw_bytes.len() * 4);
-            flate2::read::MultiGzDecoder::new(&raw_bytes[..])
-                .read_to_end(&mut decompressed)
-                .map_err(|source| DatasetError::Decompress {
+            gunzip_bounded(&raw_bytes, MAX_DECOMPRESSED_FEATURES_BYTES).map_err(|source| {
+                DatasetError::Decompress {
                     object: task_object.clone(),
                     source,
-                })?;
-            decompressed
+                }
+            })?
         } else {
             raw_bytes.to_vec()
         };
@@ -143,4 +160,31 @@ pub fn parse_features_csv(file_name: &str, bytes: &[u8]) -> Result<FeatureTable,
         table.summary.rows_kept += 1;
     }
     Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_gzip_stream_past_the_limit_is_refused_before_it_is_read_whole() {
+        let zeros = vec![0u8; 1 << 20];
+        let compressed = gzip(&zeros);
+        assert!(compressed.len() < 4096, "{} bytes", compressed.len());
+        assert_eq!(gunzip_bounded(&compressed, 1 << 20).unwrap().len(), 1 << 20);
+        let error = gunzip_bounded(&compressed, 1000).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            error.to_string().contains("more than 1000 bytes"),
+            "{error}"
+        );
+    }
 }
