@@ -663,16 +663,29 @@ pub async fn check_predictions_with_features(
     Ok(())
 }
 
-/// The first `count` objects of the dataset at `dataset_url` that have a feature row: their raw native
-/// features (NaN where the file has no value), in file order, with their JPEG bytes.
+/// Objects of a dataset with their JPEG bytes and raw native features (NaN where the file has no value).
+pub struct ObjectsWithFeatures {
+    /// (objid, JPEG bytes), in feature-file order.
+    pub images: Vec<(i64, bytes::Bytes)>,
+    features: std::collections::HashMap<i64, Vec<f32>>,
+}
+
+impl ObjectsWithFeatures {
+    /// The raw features of `objid` (empty for an object not among these).
+    pub fn features_of(&self, objid: i64) -> Vec<f32> {
+        self.features.get(&objid).cloned().unwrap_or_default()
+    }
+}
+
+/// The first `count` objects of the dataset at `dataset_url` that have a feature row, with their images.
 pub async fn objects_with_features(
     dataset_url: &str,
     count: usize,
-) -> anyhow::Result<Vec<(i64, Vec<f32>, bytes::Bytes)>> {
+) -> anyhow::Result<ObjectsWithFeatures> {
     use futures::StreamExt;
     let location = plankton_dataset::open_location(dataset_url)?;
     let table = plankton_dataset::read_features(&location).await?;
-    let rows: Vec<(i64, Vec<f32>)> = table
+    let features: Vec<(i64, Vec<f32>)> = table
         .rows
         .iter()
         .take(count)
@@ -685,10 +698,10 @@ pub async fn objects_with_features(
         })
         .collect();
     let source = plankton_dataset::open_image_source(&location).await?;
-    let mut images: std::collections::HashMap<i64, bytes::Bytes> = plankton_dataset::fetch_images(
+    let mut fetched: std::collections::HashMap<i64, bytes::Bytes> = plankton_dataset::fetch_images(
         &location,
         &source,
-        rows.iter().map(|(objid, _)| *objid).collect(),
+        features.iter().map(|(objid, _)| *objid).collect(),
         4,
     )
     .collect::<Vec<_>>()
@@ -696,12 +709,17 @@ pub async fn objects_with_features(
     .into_iter()
     .map(|(objid, result)| Ok((objid, result?)))
     .collect::<anyhow::Result<_>>()?;
-    rows.into_iter()
-        .map(|(objid, features)| {
-            let jpeg = images
-                .remove(&objid)
+    let images = features
+        .iter()
+        .map(|(objid, _)| {
+            let jpeg = fetched
+                .remove(objid)
                 .with_context(|| format!("no image fetched for object {objid}"))?;
-            Ok((objid, features, jpeg))
+            Ok((*objid, jpeg))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok(ObjectsWithFeatures {
+        images,
+        features: features.into_iter().collect(),
+    })
 }

@@ -74,17 +74,8 @@ async fn a_fusion_job_trains_registers_and_is_served_with_features() -> anyhow::
 
     // Six objects with a feature row, their JPEGs and raw features (NaN where the file has none).
     let objects = plankton_tests::objects_with_features(dataset_url, 6).await?;
-    let images: Vec<(i64, bytes::Bytes)> = objects
-        .iter()
-        .map(|(objid, _, jpeg)| (*objid, jpeg.clone()))
-        .collect();
-    let features_of = |objid: i64| {
-        objects
-            .iter()
-            .find(|(id, _, _)| *id == objid)
-            .map(|(_, features, _)| features.clone())
-            .unwrap_or_default()
-    };
+    let images = &objects.images;
+    let features_of = |objid: i64| objects.features_of(objid);
 
     // Direct predictions: the weights, the card's transform, the training preprocessing.
     let weights = output.get_bytes("model.safetensors").await?;
@@ -92,7 +83,7 @@ async fn a_fusion_job_trains_registers_and_is_served_with_features() -> anyhow::
     let mut pixels = Vec::new();
     let mut transformed = Vec::new();
     let mut counts = plankton_dataset::ImputationCounts::default();
-    for (objid, jpeg) in &images {
+    for (objid, jpeg) in images {
         pixels.extend(plankton_preprocess::preprocess_image(
             jpeg,
             &plankton_preprocess::PreprocessConfig::default(),
@@ -124,7 +115,7 @@ async fn a_fusion_job_trains_registers_and_is_served_with_features() -> anyhow::
     plankton_tests::check_predictions_with_features(
         &mut client,
         "e2e-fusion",
-        &images,
+        images,
         &features_of,
         &direct,
         num_classes,

@@ -73,20 +73,11 @@ async fn a_gbdt_job_trains_on_one_worker_registers_and_is_served_from_features()
 
     // Five objects: their JPEGs and raw features (NaN where the file has none).
     let objects = plankton_tests::objects_with_features(dataset_url, 5).await?;
-    let images: Vec<(i64, bytes::Bytes)> = objects
-        .iter()
-        .map(|(objid, _, jpeg)| (*objid, jpeg.clone()))
-        .collect();
-    let features_of = |objid: i64| {
-        objects
-            .iter()
-            .find(|(id, _, _)| *id == objid)
-            .map(|(_, features, _)| features.clone())
-            .unwrap_or_default()
-    };
+    let images = &objects.images;
+    let features_of = |objid: i64| objects.features_of(objid);
     let mut transformed = Vec::new();
     let mut counts = plankton_dataset::ImputationCounts::default();
-    for (objid, _) in &images {
+    for (objid, _) in images {
         transformed.extend(transform.apply_raw(&features_of(*objid), &mut counts));
     }
     let direct = trees.predict_probabilities(&FeatureMatrix::new(
@@ -108,7 +99,7 @@ async fn a_gbdt_job_trains_on_one_worker_registers_and_is_served_from_features()
     plankton_tests::check_predictions_with_features(
         &mut client,
         "e2e-gbdt",
-        &images,
+        images,
         &features_of,
         &direct,
         num_classes,

@@ -141,10 +141,7 @@ pub async fn load_shard(
     }
     let started = Instant::now();
     crate::telemetry::metrics().shard_cache_misses.inc();
-    let label_of: std::collections::HashMap<i64, u32> = objects
-        .iter()
-        .map(|object| (object.objid, object.label))
-        .collect();
+    let label_of = labels_by_objid(objects);
     let images_held = if record_writer.is_some() {
         PREPROCESS_CHUNK
     } else {
@@ -275,12 +272,17 @@ fn append_records(
     Ok(writer)
 }
 
-/// A mapped shard's images in objid order with their labels from the assignment.
-fn from_mapped(mapped: MappedShard, objects: &[ShardObject]) -> LoadedShard {
-    let label_of: std::collections::HashMap<i64, u32> = objects
+/// The assignment's label of each of its objects.
+fn labels_by_objid(objects: &[ShardObject]) -> std::collections::HashMap<i64, u32> {
+    objects
         .iter()
         .map(|object| (object.objid, object.label))
-        .collect();
+        .collect()
+}
+
+/// A mapped shard's images in objid order with their labels from the assignment.
+fn from_mapped(mapped: MappedShard, objects: &[ShardObject]) -> LoadedShard {
+    let label_of = labels_by_objid(objects);
     let mut skipped = mapped.skipped().to_vec();
     let mut order: Vec<u32> = Vec::with_capacity(mapped.len());
     for index in 0..mapped.len() {
@@ -331,10 +333,7 @@ async fn shard_cache_key(
 
 /// Joins preprocessed images with their labels from the assignment.
 fn from_cached(cached: CachedShard, objects: &[ShardObject]) -> LoadedShard {
-    let label_of: std::collections::HashMap<i64, u32> = objects
-        .iter()
-        .map(|object| (object.objid, object.label))
-        .collect();
+    let label_of = labels_by_objid(objects);
     let mut labels = Vec::with_capacity(cached.objids.len());
     let mut objids = Vec::with_capacity(cached.objids.len());
     let mut images = Vec::with_capacity(cached.images.len());
