@@ -29,15 +29,19 @@ KERNEL = np.ones((4, 4), np.uint8)
 
 
 class FlowCamImages(Dataset):
-    def __init__(self, images_dir, rows):
+    def __init__(self, images_dir, rows, preprocessed=None):
         self.images_dir = images_dir
         self.rows = rows
+        # objid -> CHW u8 image preprocessed by the cluster's own pipeline (--preprocessed), instead of OpenCV.
+        self.preprocessed = preprocessed
 
     def __len__(self):
         return len(self.rows)
 
     def __getitem__(self, index):
         objid, label = self.rows[index]
+        if self.preprocessed is not None:
+            return torch.from_numpy(self.preprocessed[objid].astype(np.float32) / 255.0), label
         grey = cv2.imread(os.path.join(self.images_dir, f"{objid}.jpg"), cv2.IMREAD_GRAYSCALE)
         resized = cv2.resize(grey, (64, 64), interpolation=cv2.INTER_CUBIC)
         threshold = np.where(resized < resized.mean(), 255, 0).astype(np.uint8)
@@ -47,11 +51,23 @@ class FlowCamImages(Dataset):
 
 
 def read_split(path):
-    parts = {"train": [], "test": []}
+    """{"train": [(objid, label)], "test": [...], "shards": [[train (objid, label) of rank 0], ...]}."""
+    parts = {"train": [], "test": [], "shards": {}}
     with open(path) as handle:
         for row in csv.DictReader(handle):
-            parts[row["part"]].append((int(row["objid"]), int(row["label"])))
+            item = (int(row["objid"]), int(row["label"]))
+            parts[row["part"]].append(item)
+            if row["part"] == "train":
+                parts["shards"].setdefault(int(row.get("shard") or 0), []).append(item)
+    parts["shards"] = [parts["shards"][rank] for rank in sorted(parts["shards"])]
     return parts
+
+
+def read_preprocessed(prefix):
+    """The cluster pipeline's images: PREFIX.objids (i64) and PREFIX.u8 ([N, 3, 64, 64])."""
+    objids = np.fromfile(prefix + ".objids", dtype=np.int64)
+    images = np.fromfile(prefix + ".u8", dtype=np.uint8).reshape(len(objids), 3, 64, 64)
+    return {int(objid): images[index] for index, objid in enumerate(objids)}
 
 
 def macro_f1_and_accuracy(confusion):
@@ -64,6 +80,24 @@ def macro_f1_and_accuracy(confusion):
     f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
     present = (support > 0) | (predicted > 0)
     return float(f1[present].mean()), float(true_positive.sum() / confusion.sum())
+
+
+class FixedShardSampler(torch.utils.data.Sampler):
+    """The first `count` of a fresh permutation of one shard each epoch."""
+
+    def __init__(self, length, count, seed):
+        self.length, self.count, self.seed, self.epoch = length, count, seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator)[: self.count].tolist())
+
+    def __len__(self):
+        return self.count
 
 
 def run(rank, args, port, result_path):
@@ -84,13 +118,24 @@ def run(rank, args, port, result_path):
         model = model.to(memory_format=torch.channels_last)
     model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    train = FlowCamImages(images_dir, split["train"])
-    sampler = DistributedSampler(train, num_replicas=args.world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
+    preprocessed = read_preprocessed(args.preprocessed) if args.preprocessed else None
+    if args.fixed_shards:
+        # Each rank trains on the cluster's shard of its rank only, reshuffled within it each epoch.
+        shards = split["shards"]
+        steps = min(len(shard) for shard in shards) // args.batch
+        train = FlowCamImages(images_dir, shards[rank], preprocessed)
+        sampler = FixedShardSampler(len(shards[rank]), steps * args.batch, args.seed + rank)
+    else:
+        train = FlowCamImages(images_dir, split["train"], preprocessed)
+        sampler = DistributedSampler(train, num_replicas=args.world, rank=rank, shuffle=True, seed=args.seed,
+                                     drop_last=True)
     loader = DataLoader(train, batch_size=args.batch, sampler=sampler, num_workers=args.loader_workers, drop_last=True)
     started = time.time()
+    train_losses = []
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
         model.train()
+        loss_sum, steps = 0.0, 0
         for images, labels in loader:
             if args.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -98,18 +143,29 @@ def run(rank, args, port, result_path):
             loss = F.cross_entropy(model(images), labels, weight=class_weights)
             loss.backward()
             optimizer.step()
+            loss_sum += loss.item()
+            steps += 1
+        # The epoch's mean step loss, averaged over ranks (each rank's weighted mean, as DDP's gradient is).
+        mean = torch.tensor([loss_sum / max(steps, 1)])
+        dist.all_reduce(mean)
+        train_losses.append(mean.item() / args.world)
     seconds = time.time() - started
     if rank == 0:
         model.eval()
         confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-        test = DataLoader(FlowCamImages(images_dir, split["test"]), batch_size=256, num_workers=args.loader_workers)
+        test = DataLoader(FlowCamImages(images_dir, split["test"], preprocessed), batch_size=256,
+                          num_workers=args.loader_workers)
+        test_loss_sum = 0.0
         with torch.no_grad():
             for images, labels in test:
-                predictions = model.module(images).argmax(dim=1)
+                logits = model.module(images)
+                test_loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+                predictions = logits.argmax(dim=1)
                 np.add.at(confusion, (labels.numpy(), predictions.numpy()), 1)
         macro_f1, accuracy = macro_f1_and_accuracy(confusion)
         with open(result_path, "w") as handle:
-            json.dump({"accuracy": accuracy, "macro_f1": macro_f1, "seconds": seconds}, handle)
+            json.dump({"accuracy": accuracy, "macro_f1": macro_f1, "seconds": seconds, "train_losses": train_losses,
+                       "test_loss": test_loss_sum / confusion.sum()}, handle)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -128,6 +184,12 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     parser.add_argument("--loader-workers", type=int, default=0)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--preprocessed", default=None,
+                        help="PREFIX of PREFIX.objids + PREFIX.u8: train and test on these images (the cluster's "
+                             "preprocessing) instead of OpenCV's")
+    parser.add_argument("--fixed-shards", action="store_true",
+                        help="each rank trains on its own shard of the split (column shard), as the cluster does, "
+                             "instead of a DistributedSampler over the whole train part")
     parser.add_argument("--result", required=True)
     args = parser.parse_args()
     mp.spawn(run, args=(args, free_port(), args.result), nprocs=args.world, join=True)

@@ -90,6 +90,9 @@ async fn two_workers_train_two_epochs_and_report_metrics() -> anyhow::Result<()>
     let card: serde_json::Value =
         serde_json::from_slice(&output.get_bytes("model-card.json").await?)?;
     assert_eq!(card["classes"].as_array().map(Vec::len), Some(40));
+    assert_eq!(card["training"]["precision"], "fp32", "{card}");
+    assert_eq!(card["training"]["gradient_compression"], "none", "{card}");
+    assert_eq!(card["training"]["world_size"], 2, "{card}");
 
     cluster.shutdown().await
 }
@@ -423,6 +426,13 @@ async fn bf16_gradients_and_precision_over_mapped_shards_train_to_identical_weig
     );
     assert!(!finished.weights_digest.is_empty());
     assert!(finished.epochs[0].macro_f1.is_finite());
+    // The model card says how the weights were trained.
+    let output =
+        plankton_dataset::open_location(finished.model_url.trim_end_matches("/model.safetensors"))?;
+    let card: serde_json::Value =
+        serde_json::from_slice(&output.get_bytes("model-card.json").await?)?;
+    assert_eq!(card["training"]["precision"], "bf16", "{card}");
+    assert_eq!(card["training"]["gradient_compression"], "bf16", "{card}");
     for (index, path) in cache_paths.iter().enumerate() {
         let record_files = std::fs::read_dir(path)?
             .flatten()

@@ -45,6 +45,26 @@ pub struct ModelCard {
     /// applies to raw feature values (absent from cards of image-only models, and from older cards).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feature_transform: Option<FeatureTransform>,
+    /// How a network's weights were trained (absent from gbdt cards and from older cards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingRecord>,
+}
+
+/// The training settings a network's weights came from, as configs and the CLI name them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    /// Number format of the forward and backward passes: `fp32` or `bf16`.
+    pub precision: String,
+    /// Number format of the gradient all-reduce: `none` (f32) or `bf16`.
+    pub gradient_compression: String,
+    /// What a step's class-weighted loss was divided by: `weight_sum`, `samples` or `shard_mean`.
+    pub loss_normalization: String,
+    pub world_size: u32,
+    pub epochs: u32,
+    /// Images per step of one rank.
+    pub batch_size: u32,
+    pub learning_rate: f64,
+    pub seed: u64,
 }
 
 #[cfg(test)]
@@ -62,9 +82,20 @@ mod tests {
             created_unix_ms: 1_700_000_000_000,
             weights_file: "model.safetensors".to_string(),
             feature_transform: None,
+            training: Some(TrainingRecord {
+                precision: "bf16".to_string(),
+                gradient_compression: "bf16".to_string(),
+                loss_normalization: "weight_sum".to_string(),
+                world_size: 2,
+                epochs: 3,
+                batch_size: 128,
+                learning_rate: 1e-3,
+                seed: 42,
+            }),
         };
         let json = serde_json::to_string(&card).unwrap();
         assert!(json.contains("\"architecture\":\"resnet\""), "{json}");
+        assert!(json.contains("\"precision\":\"bf16\""), "{json}");
         assert!(!json.contains("feature_transform"), "{json}");
         assert_eq!(serde_json::from_str::<ModelCard>(&json).unwrap(), card);
     }
@@ -94,6 +125,7 @@ mod tests {
             created_unix_ms: 1,
             weights_file: "model.safetensors".to_string(),
             feature_transform: Some(transform),
+            training: None,
         };
         let json = serde_json::to_string_pretty(&card).unwrap();
         assert!(json.contains("\"architecture\": \"fusion\""), "{json}");
@@ -109,5 +141,6 @@ mod tests {
             "metrics":{},"job_id":"j","created_unix_ms":1,"weights_file":"model.safetensors"}"#;
         let card: ModelCard = serde_json::from_str(old).unwrap();
         assert!(card.feature_transform.is_none());
+        assert!(card.training.is_none());
     }
 }

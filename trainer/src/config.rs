@@ -332,6 +332,15 @@ pub enum LossNormalization {
 }
 
 impl LossNormalization {
+    /// The lowercase name used in configs and model cards.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossNormalization::WeightSum => "weight_sum",
+            LossNormalization::Samples => "samples",
+            LossNormalization::ShardMean => "shard_mean",
+        }
+    }
+
     /// The multiplier of each sample's `w_i * l_i` in a group (a virtual shard's part of the batch) whose weight
     /// sum is `group_weight_sum`, and what the group adds to the global denominator, for a group of `samples`.
     pub fn group_terms(self, samples: usize, group_weight_sum: f64) -> (f64, f64) {

@@ -16,7 +16,7 @@ pub mod training;
 pub use plankton_collective::{Collective, CollectiveError, GradientCompression, SingleProcess};
 
 pub use batch::{AssembledBatch, EpochBatches, ImageRecords, RandomTransform, ShardData};
-pub use card::{ModelCard, ModelInput};
+pub use card::{ModelCard, ModelInput, TrainingRecord};
 pub use config::{
     Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LossFunction,
     LossNormalization, LrSchedule, NonFinitePolicy, OptimizerChoice, Precision, TrainConfig,

@@ -148,6 +148,7 @@ pub(crate) async fn run_gbdt_job(
             .unwrap_or(0),
         weights_file: GBDT_MODEL_FILE.to_string(),
         feature_transform: Some(transform.as_ref().clone()),
+        training: None,
     };
     output
         .put_bytes(

@@ -29,7 +29,7 @@ use plankton_trainer::{
     Architecture, AugmentationMode, DataParallelTrainer, EpochEvaluation, GenerationOutcome,
     GradientCompression, LossFunction, LossNormalization, LrSchedule, Mistake, ModelCard,
     ModelInput, NonFinitePolicy, OptimizerChoice, Precision, StepProgress, TrainConfig, TrainError,
-    TrainingObserver, TrainingProgress, VirtualShardData, run_generation,
+    TrainingObserver, TrainingProgress, TrainingRecord, VirtualShardData, run_generation,
 };
 
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
@@ -1214,6 +1214,20 @@ fn training_loss(spec: &JobSpec, assignment: &ShardAssignment) -> anyhow::Result
     }
 }
 
+/// The settings the card records of a network trained with `config`.
+fn training_record(config: &TrainConfig, spec: &JobSpec) -> TrainingRecord {
+    TrainingRecord {
+        precision: config.precision.name().to_string(),
+        gradient_compression: config.gradient_compression.name().to_string(),
+        loss_normalization: config.loss_normalization.name().to_string(),
+        world_size: spec.world_size,
+        epochs: config.epochs,
+        batch_size: config.batch_size as u32,
+        learning_rate: config.learning_rate,
+        seed: config.seed,
+    }
+}
+
 /// Writes `model.safetensors` and `model-card.json` under the job's output URL; returns the weights' URL.
 async fn write_model(
     assignment: &ShardAssignment,
@@ -1243,6 +1257,7 @@ async fn write_model(
         weights_file: weights_file.to_string(),
         feature_transform: crate::features::assignment_transform(assignment)?
             .map(|transform| transform.as_ref().clone()),
+        training: Some(training_record(&train_config(spec, assignment, 1)?, spec)),
     };
     output
         .put_bytes(

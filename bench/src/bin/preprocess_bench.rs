@@ -182,6 +182,8 @@ fn main() -> anyhow::Result<()> {
     let opencv_outputs = std::fs::read(&dump_path)?;
     let (mut identical, mut grey_close, mut grey_total, mut compared) =
         (0usize, 0usize, 0usize, 0usize);
+    // Identical bytes per plane (grey, threshold, opening), and images with any byte different.
+    let (mut plane_identical, mut images_differing, mut images_compared) = ([0usize; 3], 0usize, 0usize);
     for (index, result) in our_outputs.iter().enumerate() {
         let Ok(ours) = result else { continue };
         let Some(reference) = opencv_outputs.get(index * IMAGE_LEN..(index + 1) * IMAGE_LEN) else {
@@ -190,6 +192,16 @@ fn main() -> anyhow::Result<()> {
         compared += IMAGE_LEN;
         identical += ours.iter().zip(reference).filter(|(a, b)| a == b).count();
         let plane = IMAGE_LEN / 3;
+        images_compared += 1;
+        images_differing += usize::from(ours[..] != reference[..]);
+        for (index, count) in plane_identical.iter_mut().enumerate() {
+            let range = index * plane..(index + 1) * plane;
+            *count += ours[range.clone()]
+                .iter()
+                .zip(&reference[range])
+                .filter(|(a, b)| a == b)
+                .count();
+        }
         grey_close += ours[..plane]
             .iter()
             .zip(&reference[..plane])
@@ -211,6 +223,13 @@ fn main() -> anyhow::Result<()> {
         "output parity: {:.4}% of bytes identical, {:.4}% of grey pixels within 1 level",
         100.0 * identical as f64 / compared.max(1) as f64,
         100.0 * grey_close as f64 / grey_total.max(1) as f64
+    );
+    println!(
+        "  identical per plane: grey {:.4}%, threshold {:.4}%, opening {:.4}%; {images_differing} of \
+         {images_compared} images differ somewhere",
+        100.0 * plane_identical[0] as f64 / grey_total.max(1) as f64,
+        100.0 * plane_identical[1] as f64 / grey_total.max(1) as f64,
+        100.0 * plane_identical[2] as f64 / grey_total.max(1) as f64
     );
     Ok(())
 }

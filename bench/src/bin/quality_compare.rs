@@ -73,14 +73,68 @@ struct Options {
     /// Only the cluster (no PyTorch runs).
     #[arg(long)]
     skip_pytorch: bool,
+    /// Only the PyTorch script (no cluster runs).
+    #[arg(long)]
+    skip_cluster: bool,
+    /// Diagnostic: the PyTorch script trains each rank on the cluster's shard of that rank only (reshuffled
+    /// within it each epoch) instead of a DistributedSampler over the whole training split.
+    #[arg(long)]
+    pytorch_fixed_shards: bool,
+    /// Diagnostic: the PyTorch script reads the images as the cluster's own preprocessing makes them
+    /// (plankton-preprocess) instead of running OpenCV.
+    #[arg(long)]
+    pytorch_preprocessed: bool,
+}
+
+/// Writes `PREFIX.objids` (i64 little-endian) and `PREFIX.u8` (`[N, 3, 64, 64]`) of `objids`' images preprocessed by
+/// plankton-preprocess, for `ddp_quality.py --preprocessed`.
+fn dump_preprocessed(images_dir: &Path, objids: &[i64], prefix: &Path) -> Result<()> {
+    let mut images = vec![0u8; objids.len() * plankton_preprocess::IMAGE_LEN];
+    let config = plankton_preprocess::PreprocessConfig::default();
+    for (chunk_objids, chunk_images) in objids
+        .chunks(4096)
+        .zip(images.chunks_mut(4096 * plankton_preprocess::IMAGE_LEN))
+    {
+        let jpegs = chunk_objids
+            .iter()
+            .map(|objid| std::fs::read(images_dir.join(format!("{objid}.jpg"))))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        for (objid, result) in chunk_objids.iter().zip(
+            plankton_preprocess::preprocess_batch_into(&jpegs, &config, chunk_images),
+        ) {
+            result.with_context(|| format!("preprocessing imgs/{objid}.jpg"))?;
+        }
+    }
+    let mut objid_bytes = Vec::with_capacity(objids.len() * 8);
+    for objid in objids {
+        objid_bytes.extend_from_slice(&objid.to_le_bytes());
+    }
+    std::fs::write(prefix.with_extension("objids"), objid_bytes)?;
+    std::fs::write(prefix.with_extension("u8"), images)?;
+    Ok(())
 }
 
 /// One run's final test metrics.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Quality {
     macro_f1: f64,
     accuracy: f64,
     seconds: f64,
+    /// Each epoch's mean class-weighted training loss.
+    train_losses: Vec<f64>,
+    /// The last evaluation's mean (unweighted) cross-entropy on the test split.
+    test_loss: f64,
+}
+
+impl Quality {
+    fn losses(&self) -> String {
+        let train: Vec<String> = self
+            .train_losses
+            .iter()
+            .map(|loss| format!("{loss:.3}"))
+            .collect();
+        format!("train loss {}  test loss {:.3}", train.join(" "), self.test_loss)
+    }
 }
 
 /// How long one training run may take before the benchmark calls it hung.
@@ -153,7 +207,10 @@ async fn run(options: Options) -> Result<()> {
             threads_per_worker: 1,
             ..Default::default()
         };
-        for (normalization, results) in &mut cluster_results {
+        for (normalization, results) in cluster_results
+            .iter_mut()
+            .filter(|_| !options.skip_cluster)
+        {
             let spec = JobSpec {
                 loss_normalization: normalization.proto() as i32,
                 ..spec.clone()
@@ -174,21 +231,27 @@ async fn run(options: Options) -> Result<()> {
                 macro_f1: last.macro_f1,
                 accuracy: last.accuracy,
                 seconds: started.elapsed().as_secs_f64(),
+                train_losses: job.epochs.iter().map(|epoch| epoch.train_loss).collect(),
+                test_loss: last.test_loss,
             };
             println!(
-                "seed {seed:>4}  cluster {:<10}  macro-F1 {:.3}  accuracy {:.3}  ({:.0} s, ingest included)",
+                "seed {seed:>4}  cluster {:<10}  macro-F1 {:.3}  accuracy {:.3}  ({:.0} s, ingest included)  {}",
                 format!("{normalization:?}"),
                 quality.macro_f1,
                 quality.accuracy,
-                quality.seconds
+                quality.seconds,
+                quality.losses()
             );
             results.push(quality);
         }
         if !options.skip_pytorch {
             let quality = pytorch_run(&python, &options, &spec, &dataset, work.path()).await?;
             println!(
-                "seed {seed:>4}  PyTorch DDP         macro-F1 {:.3}  accuracy {:.3}  ({:.0} s training)",
-                quality.macro_f1, quality.accuracy, quality.seconds
+                "seed {seed:>4}  PyTorch DDP         macro-F1 {:.3}  accuracy {:.3}  ({:.0} s training)  {}",
+                quality.macro_f1,
+                quality.accuracy,
+                quality.seconds,
+                quality.losses()
             );
             pytorch_results.push(quality);
         }
@@ -264,15 +327,37 @@ async fn pytorch_run(
 ) -> Result<Quality> {
     let plan = plan_job(&normalize_spec(spec.clone())?).await?;
     let split_path = work.join(format!("split-{}.csv", spec.seed));
-    let mut split = String::from("objid,label,part\n");
-    for shard in &plan.shards {
+    let mut split = String::from("objid,label,part,shard\n");
+    for (index, shard) in plan.shards.iter().enumerate() {
         for (part, objects) in [("train", &shard.train), ("test", &shard.test)] {
             for object in objects {
-                split.push_str(&format!("{},{},{part}\n", object.objid, object.label));
+                split.push_str(&format!(
+                    "{},{},{part},{index}\n",
+                    object.objid, object.label
+                ));
             }
         }
     }
     std::fs::write(&split_path, split)?;
+    let mut diagnostics = Vec::new();
+    if options.pytorch_fixed_shards {
+        diagnostics.push("--fixed-shards".to_string());
+    }
+    if options.pytorch_preprocessed {
+        let objids: Vec<i64> = plan
+            .shards
+            .iter()
+            .flat_map(|shard| shard.train.iter().chain(&shard.test))
+            .map(|object| object.objid)
+            .collect();
+        let prefix = work.join(format!("preprocessed-{}", spec.seed));
+        let images_dir = dataset.join("imgs");
+        let dump = (objids.clone(), prefix.clone());
+        tokio::task::spawn_blocking(move || dump_preprocessed(&images_dir, &dump.0, &dump.1))
+            .await??;
+        diagnostics.push("--preprocessed".to_string());
+        diagnostics.push(prefix.display().to_string());
+    }
     let weights_path = work.join(format!("weights-{}.json", spec.seed));
     std::fs::write(
         &weights_path,
@@ -295,6 +380,7 @@ async fn pytorch_run(
         .args(["--lr", &options.lr.to_string()])
         .args(["--seed", &spec.seed.to_string()])
         .args(["--world", &options.workers.to_string()])
+        .args(&diagnostics)
         .arg("--result")
         .arg(&result_path)
         .current_dir(workspace_root().join("bench/python"));
@@ -315,5 +401,10 @@ async fn pytorch_run(
         macro_f1: number("macro_f1")?,
         accuracy: number("accuracy")?,
         seconds: number("seconds")?,
+        train_losses: result["train_losses"]
+            .as_array()
+            .map(|losses| losses.iter().filter_map(serde_json::Value::as_f64).collect())
+            .unwrap_or_default(),
+        test_loss: number("test_loss")?,
     })
 }

@@ -101,6 +101,7 @@ async fn publish(weights: Vec<u8>) -> anyhow::Result<ModelVersion> {
         created_unix_ms: 0,
         weights_file: "model.safetensors".to_string(),
         feature_transform: None,
+        training: None,
     };
     location
         .put_bytes("model.safetensors", Bytes::from(weights))

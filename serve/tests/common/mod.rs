@@ -82,6 +82,7 @@ pub async fn publish_model(
         created_unix_ms: 1_700_000_000_000,
         weights_file: "model.safetensors".to_string(),
         feature_transform: None,
+        training: None,
     };
     location
         .put_bytes("model.safetensors", Bytes::copy_from_slice(weights))
