@@ -32,6 +32,8 @@ def main():
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--min-seconds", type=float, default=3.0)
     parser.add_argument("--dump", default=None)
+    parser.add_argument("--dump-decoded", default=None,
+                        help="also write each image as cv2.imdecode gives it: u32 width, u32 height, pixels (LE)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     kernel = np.ones((4, 4), np.uint8)
@@ -53,6 +55,14 @@ def main():
             outputs.append(np.stack(result))
     if args.dump:
         np.concatenate([output.reshape(-1) for output in outputs]).tofile(args.dump)
+    if args.dump_decoded:
+        with open(args.dump_decoded, "wb") as handle:
+            for blob in blobs:
+                grey = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_GRAYSCALE)
+                if grey is None:
+                    grey = np.zeros((0, 0), np.uint8)
+                handle.write(np.array([grey.shape[1], grey.shape[0]], "<u4").tobytes())
+                handle.write(np.ascontiguousarray(grey).tobytes())
 
     processed = 0
     started = time.perf_counter()

@@ -145,6 +145,7 @@ fn main() -> anyhow::Result<()> {
     // OpenCV: same files, bytes in memory, cv2.setNumThreads(1).
     let dump_dir = tempfile::tempdir()?;
     let dump_path = dump_dir.path().join("opencv_outputs.u8");
+    let decoded_path = dump_dir.path().join("opencv_decoded.bin");
     let script = workspace_root.join("bench/python/opencv_preprocess.py");
     let mut command = Command::new(&python);
     command
@@ -153,7 +154,9 @@ fn main() -> anyhow::Result<()> {
         .arg("--min-seconds")
         .arg(options.min_seconds.to_string())
         .arg("--dump")
-        .arg(&dump_path);
+        .arg(&dump_path)
+        .arg("--dump-decoded")
+        .arg(&decoded_path);
     if let Some(limit) = options.limit {
         command.arg("--limit").arg(limit.to_string());
     }
@@ -231,7 +234,66 @@ fn main() -> anyhow::Result<()> {
         100.0 * plane_identical[1] as f64 / grey_total.max(1) as f64,
         100.0 * plane_identical[2] as f64 / grey_total.max(1) as f64
     );
+    let (decode_parity, resize_parity) =
+        stage_parity(&jpegs, &std::fs::read(&decoded_path)?, &reference_resized_grey(&opencv_outputs))?;
+    println!(
+        "  where grey differs: decode {:.4}% of pixels identical to cv2.imdecode; our bicubic resize of \
+         cv2.imdecode's pixels {:.4}% identical to cv2.resize",
+        decode_parity * 100.0,
+        resize_parity * 100.0
+    );
     Ok(())
+}
+
+/// OpenCV's 64x64 grey planes out of its `[N, 3, 64, 64]` outputs.
+fn reference_resized_grey(opencv_outputs: &[u8]) -> Vec<&[u8]> {
+    opencv_outputs
+        .chunks(IMAGE_LEN)
+        .map(|image| &image[..IMAGE_LEN / 3])
+        .collect()
+}
+
+/// The share of identical pixels of (our decode vs cv2.imdecode) and of (our bicubic resize of cv2.imdecode's
+/// pixels vs cv2.resize), from `opencv_preprocess.py --dump-decoded` (u32 width, u32 height, pixels).
+fn stage_parity(jpegs: &[Vec<u8>], decoded: &[u8], resized: &[&[u8]]) -> anyhow::Result<(f64, f64)> {
+    let config = PreprocessConfig::default();
+    let (mut decode_same, mut decode_total, mut resize_same, mut resize_total) = (0u64, 0u64, 0u64, 0u64);
+    let mut offset = 0usize;
+    for (index, jpeg) in jpegs.iter().enumerate() {
+        let header = decoded
+            .get(offset..offset + 8)
+            .context("the decoded dump ends early")?;
+        let width = u32::from_le_bytes(header[..4].try_into()?) as usize;
+        let height = u32::from_le_bytes(header[4..].try_into()?) as usize;
+        let pixels = decoded
+            .get(offset + 8..offset + 8 + width * height)
+            .context("the decoded dump ends early")?;
+        offset += 8 + width * height;
+        let (Ok(ours), Some(reference)) = (
+            plankton_preprocess::decode_grey(jpeg, &config),
+            plankton_preprocess::GreyImage::new(width, height, pixels.to_vec()),
+        ) else {
+            continue;
+        };
+        if ours.width == width && ours.height == height {
+            decode_same += ours.pixels.iter().zip(pixels).filter(|(a, b)| a == b).count() as u64;
+            decode_total += pixels.len() as u64;
+        }
+        let ours_resized = plankton_preprocess::resize_bicubic(&reference, 64, 64);
+        if let Some(reference_resized) = resized.get(index) {
+            resize_same += ours_resized
+                .pixels
+                .iter()
+                .zip(reference_resized.iter())
+                .filter(|(a, b)| a == b)
+                .count() as u64;
+            resize_total += reference_resized.len() as u64;
+        }
+    }
+    Ok((
+        decode_same as f64 / decode_total.max(1) as f64,
+        resize_same as f64 / resize_total.max(1) as f64,
+    ))
 }
 
 fn collect_jpegs(dir: &Path, paths: &mut Vec<PathBuf>) -> anyhow::Result<()> {
