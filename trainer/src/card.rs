@@ -50,8 +50,11 @@ pub struct ModelCard {
     pub training: Option<TrainingRecord>,
 }
 
-/// The training settings a network's weights came from, as configs and the CLI name them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The training settings a network's weights came from, as configs and the CLI name them. The worker writes the
+/// settings below; the coordinator adds the loss and class weighting when the job completes (kept in
+/// `completed`), and a gbdt card holds only those.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TrainingRecord {
     /// Number format of the forward and backward passes: `fp32` or `bf16`.
     pub precision: String,
@@ -65,6 +68,9 @@ pub struct TrainingRecord {
     pub batch_size: u32,
     pub learning_rate: f64,
     pub seed: u64,
+    /// What the coordinator adds when the job completes (`loss`, `class_weighting`, ...), as written.
+    #[serde(flatten)]
+    pub completed: serde_json::Map<String, serde_json::Value>,
 }
 
 #[cfg(test)]
@@ -91,6 +97,7 @@ mod tests {
                 batch_size: 128,
                 learning_rate: 1e-3,
                 seed: 42,
+                completed: serde_json::Map::new(),
             }),
         };
         let json = serde_json::to_string(&card).unwrap();
@@ -142,5 +149,22 @@ mod tests {
         let card: ModelCard = serde_json::from_str(old).unwrap();
         assert!(card.feature_transform.is_none());
         assert!(card.training.is_none());
+    }
+
+    #[test]
+    fn a_card_completed_by_the_coordinator_keeps_both_parts_of_its_training_record() {
+        let completed = r#"{"architecture":"gbdt","classes":["a","b"],
+            "input":{"size":64,"channels":["grey","threshold","opening"],"resize_mode":"stretch"},
+            "metrics":{},"job_id":"j","created_unix_ms":1,"weights_file":"model.safetensors",
+            "training":{"precision":"bf16","world_size":2,"loss":"LOSS_FUNCTION_CROSS_ENTROPY","logit_tau":null}}"#;
+        let card: ModelCard = serde_json::from_str(completed).unwrap();
+        let training = card.training.clone().unwrap();
+        assert_eq!(training.precision, "bf16");
+        assert_eq!(training.world_size, 2);
+        assert_eq!(training.gradient_compression, "");
+        assert_eq!(training.completed["loss"], "LOSS_FUNCTION_CROSS_ENTROPY");
+        let written = serde_json::to_value(&card).unwrap();
+        assert_eq!(written["training"]["loss"], "LOSS_FUNCTION_CROSS_ENTROPY");
+        assert_eq!(written["training"]["precision"], "bf16");
     }
 }

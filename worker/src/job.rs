@@ -1225,6 +1225,7 @@ fn training_record(config: &TrainConfig, spec: &JobSpec) -> TrainingRecord {
         batch_size: config.batch_size as u32,
         learning_rate: config.learning_rate,
         seed: config.seed,
+        completed: serde_json::Map::new(),
     }
 }
 
