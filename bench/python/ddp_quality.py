@@ -122,9 +122,9 @@ def run(rank, args, port, result_path):
     if args.fixed_shards:
         # Each rank trains on the cluster's shard of its rank only, reshuffled within it each epoch.
         shards = split["shards"]
-        steps = min(len(shard) for shard in shards) // args.batch
+        steps_per_epoch = min(len(shard) for shard in shards) // args.batch
         train = FlowCamImages(images_dir, shards[rank], preprocessed)
-        sampler = FixedShardSampler(len(shards[rank]), steps * args.batch, args.seed + rank)
+        sampler = FixedShardSampler(len(shards[rank]), steps_per_epoch * args.batch, args.seed + rank)
     else:
         train = FlowCamImages(images_dir, split["train"], preprocessed)
         sampler = DistributedSampler(train, num_replicas=args.world, rank=rank, shuffle=True, seed=args.seed,
@@ -135,7 +135,7 @@ def run(rank, args, port, result_path):
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
         model.train()
-        loss_sum, steps = 0.0, 0
+        loss_sum, steps_done = 0.0, 0
         for images, labels in loader:
             if args.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -144,9 +144,9 @@ def run(rank, args, port, result_path):
             loss.backward()
             optimizer.step()
             loss_sum += loss.item()
-            steps += 1
+            steps_done += 1
         # The epoch's mean step loss, averaged over ranks (each rank's weighted mean, as DDP's gradient is).
-        mean = torch.tensor([loss_sum / max(steps, 1)])
+        mean = torch.tensor([loss_sum / max(steps_done, 1)])
         dist.all_reduce(mean)
         train_losses.append(mean.item() / args.world)
     seconds = time.time() - started

@@ -282,21 +282,17 @@ pub(crate) async fn complete_model_card(job: &Job) -> anyhow::Result<()> {
         "train_objects": job.train_objects,
     });
     let spec = job.spec.clone().unwrap_or_default();
-    let completed = serde_json::json!({
-        "loss": spec.loss().as_str_name(),
-        "logit_tau": (spec.loss() == plankton_proto::v1::LossFunction::LogitAdjusted).then_some(spec.logit_tau),
-        "class_weighting": spec.class_weighting().as_str_name(),
-        "summary": job.training_summary,
-    });
     // Added to what the worker recorded (precision, gradient compression, ...), not in its place.
-    match card.get_mut("training").and_then(serde_json::Value::as_object_mut) {
-        Some(training) => {
-            if let serde_json::Value::Object(completed) = completed {
-                training.extend(completed);
-            }
-        }
-        None => card["training"] = completed,
+    if !card["training"].is_object() {
+        card["training"] = serde_json::json!({});
     }
+    let training = &mut card["training"];
+    training["loss"] = spec.loss().as_str_name().into();
+    training["logit_tau"] = serde_json::json!(
+        (spec.loss() == plankton_proto::v1::LossFunction::LogitAdjusted).then_some(spec.logit_tau)
+    );
+    training["class_weighting"] = spec.class_weighting().as_str_name().into();
+    training["summary"] = job.training_summary.clone().into();
     location
         .put_bytes("model-card.json", serde_json::to_vec_pretty(&card)?.into())
         .await?;

@@ -599,6 +599,8 @@ async fn finish_job(
     trainer: DataParallelTrainer,
 ) -> GenerationEnd {
     let rank = assignment.rank;
+    // What the card records is the configuration the weights were trained with.
+    let training = training_record(trainer.config(), spec);
     let exported = tokio::task::spawn_blocking(move || -> Result<(String, Vec<u8>), TrainError> {
         let digest = trainer.weights_digest()?;
         let weights = if rank == 0 {
@@ -619,7 +621,7 @@ async fn finish_job(
         }
     };
     let model_url = if rank == 0 {
-        match write_model(assignment, spec, weights).await {
+        match write_model(assignment, spec, weights, training).await {
             Ok(model_url) => model_url,
             Err(write_error) => {
                 return GenerationEnd::Failed(format!("writing the model: {write_error:#}"));
@@ -1234,6 +1236,7 @@ async fn write_model(
     assignment: &ShardAssignment,
     spec: &JobSpec,
     weights: Vec<u8>,
+    training: TrainingRecord,
 ) -> anyhow::Result<String> {
     let output: StoreLocation = open_location(&assignment.output_url)?;
     let weights_file = plankton_proto::MODEL_WEIGHTS_FILE;
@@ -1258,7 +1261,7 @@ async fn write_model(
         weights_file: weights_file.to_string(),
         feature_transform: crate::features::assignment_transform(assignment)?
             .map(|transform| transform.as_ref().clone()),
-        training: Some(training_record(&train_config(spec, assignment, 1)?, spec)),
+        training: Some(training),
     };
     output
         .put_bytes(

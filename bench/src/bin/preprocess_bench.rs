@@ -183,22 +183,20 @@ fn main() -> anyhow::Result<()> {
 
     // Parity over the whole set: identical output bytes, and grey plane within one level.
     let opencv_outputs = std::fs::read(&dump_path)?;
-    let (mut identical, mut grey_close, mut grey_total, mut compared) =
-        (0usize, 0usize, 0usize, 0usize);
-    // Identical bytes per plane (grey, threshold, opening), and images with any byte different.
-    let (mut plane_identical, mut images_differing, mut images_compared) = ([0usize; 3], 0usize, 0usize);
+    // Identical bytes per plane (grey, threshold, opening), grey pixels within one level, and images with any
+    // byte different.
+    let plane = IMAGE_LEN / 3;
+    let (mut plane_identical, mut grey_close) = ([0usize; 3], 0usize);
+    let (mut images_differing, mut images_compared) = (0usize, 0usize);
     for (index, result) in our_outputs.iter().enumerate() {
         let Ok(ours) = result else { continue };
         let Some(reference) = opencv_outputs.get(index * IMAGE_LEN..(index + 1) * IMAGE_LEN) else {
             continue;
         };
-        compared += IMAGE_LEN;
-        identical += ours.iter().zip(reference).filter(|(a, b)| a == b).count();
-        let plane = IMAGE_LEN / 3;
         images_compared += 1;
         images_differing += usize::from(ours[..] != reference[..]);
-        for (index, count) in plane_identical.iter_mut().enumerate() {
-            let range = index * plane..(index + 1) * plane;
+        for (plane_index, count) in plane_identical.iter_mut().enumerate() {
+            let range = plane_index * plane..(plane_index + 1) * plane;
             *count += ours[range.clone()]
                 .iter()
                 .zip(&reference[range])
@@ -210,8 +208,9 @@ fn main() -> anyhow::Result<()> {
             .zip(&reference[..plane])
             .filter(|(a, b)| a.abs_diff(**b) <= 1)
             .count();
-        grey_total += plane;
     }
+    let plane_pixels = (images_compared * plane).max(1) as f64;
+    let identical: usize = plane_identical.iter().sum();
 
     println!(
         "ours   (rust, 1 thread): {ours_per_second:>9.0} img/s per core ({our_failures} failed)"
@@ -224,18 +223,21 @@ fn main() -> anyhow::Result<()> {
     println!("speed-up: {:.2}x", ours_per_second / opencv_per_second);
     println!(
         "output parity: {:.4}% of bytes identical, {:.4}% of grey pixels within 1 level",
-        100.0 * identical as f64 / compared.max(1) as f64,
-        100.0 * grey_close as f64 / grey_total.max(1) as f64
+        100.0 * identical as f64 / (3.0 * plane_pixels),
+        100.0 * grey_close as f64 / plane_pixels
     );
     println!(
         "  identical per plane: grey {:.4}%, threshold {:.4}%, opening {:.4}%; {images_differing} of \
          {images_compared} images differ somewhere",
-        100.0 * plane_identical[0] as f64 / grey_total.max(1) as f64,
-        100.0 * plane_identical[1] as f64 / grey_total.max(1) as f64,
-        100.0 * plane_identical[2] as f64 / grey_total.max(1) as f64
+        100.0 * plane_identical[0] as f64 / plane_pixels,
+        100.0 * plane_identical[1] as f64 / plane_pixels,
+        100.0 * plane_identical[2] as f64 / plane_pixels
     );
-    let (decode_parity, resize_parity) =
-        stage_parity(&jpegs, &std::fs::read(&decoded_path)?, &reference_resized_grey(&opencv_outputs))?;
+    let (decode_parity, resize_parity) = stage_parity(
+        &jpegs,
+        &std::fs::read(&decoded_path)?,
+        &reference_resized_grey(&opencv_outputs),
+    )?;
     println!(
         "  where grey differs: decode {:.4}% of pixels identical to cv2.imdecode; our bicubic resize of \
          cv2.imdecode's pixels {:.4}% identical to cv2.resize",
@@ -255,9 +257,14 @@ fn reference_resized_grey(opencv_outputs: &[u8]) -> Vec<&[u8]> {
 
 /// The share of identical pixels of (our decode vs cv2.imdecode) and of (our bicubic resize of cv2.imdecode's
 /// pixels vs cv2.resize), from `opencv_preprocess.py --dump-decoded` (u32 width, u32 height, pixels).
-fn stage_parity(jpegs: &[Vec<u8>], decoded: &[u8], resized: &[&[u8]]) -> anyhow::Result<(f64, f64)> {
+fn stage_parity(
+    jpegs: &[Vec<u8>],
+    decoded: &[u8],
+    resized: &[&[u8]],
+) -> anyhow::Result<(f64, f64)> {
     let config = PreprocessConfig::default();
-    let (mut decode_same, mut decode_total, mut resize_same, mut resize_total) = (0u64, 0u64, 0u64, 0u64);
+    let (mut decode_same, mut decode_total, mut resize_same, mut resize_total) =
+        (0u64, 0u64, 0u64, 0u64);
     let mut offset = 0usize;
     for (index, jpeg) in jpegs.iter().enumerate() {
         let header = decoded
@@ -276,7 +283,12 @@ fn stage_parity(jpegs: &[Vec<u8>], decoded: &[u8], resized: &[&[u8]]) -> anyhow:
             continue;
         };
         if ours.width == width && ours.height == height {
-            decode_same += ours.pixels.iter().zip(pixels).filter(|(a, b)| a == b).count() as u64;
+            decode_same += ours
+                .pixels
+                .iter()
+                .zip(pixels)
+                .filter(|(a, b)| a == b)
+                .count() as u64;
             decode_total += pixels.len() as u64;
         }
         let ours_resized = plankton_preprocess::resize_bicubic(&reference, 64, 64);

@@ -99,9 +99,14 @@ fn dump_preprocessed(images_dir: &Path, objids: &[i64], prefix: &Path) -> Result
             .iter()
             .map(|objid| std::fs::read(images_dir.join(format!("{objid}.jpg"))))
             .collect::<std::io::Result<Vec<_>>>()?;
-        for (objid, result) in chunk_objids.iter().zip(
-            plankton_preprocess::preprocess_batch_into(&jpegs, &config, chunk_images),
-        ) {
+        for (objid, result) in chunk_objids
+            .iter()
+            .zip(plankton_preprocess::preprocess_batch_into(
+                &jpegs,
+                &config,
+                chunk_images,
+            ))
+        {
             result.with_context(|| format!("preprocessing imgs/{objid}.jpg"))?;
         }
     }
@@ -133,7 +138,11 @@ impl Quality {
             .iter()
             .map(|loss| format!("{loss:.3}"))
             .collect();
-        format!("train loss {}  test loss {:.3}", train.join(" "), self.test_loss)
+        format!(
+            "train loss {}  test loss {:.3}",
+            train.join(" "),
+            self.test_loss
+        )
     }
 }
 
@@ -207,9 +216,7 @@ async fn run(options: Options) -> Result<()> {
             threads_per_worker: 1,
             ..Default::default()
         };
-        for (normalization, results) in cluster_results
-            .iter_mut()
-            .filter(|_| !options.skip_cluster)
+        for (normalization, results) in cluster_results.iter_mut().filter(|_| !options.skip_cluster)
         {
             let spec = JobSpec {
                 loss_normalization: normalization.proto() as i32,
@@ -352,8 +359,8 @@ async fn pytorch_run(
             .collect();
         let prefix = work.join(format!("preprocessed-{}", spec.seed));
         let images_dir = dataset.join("imgs");
-        let dump = (objids.clone(), prefix.clone());
-        tokio::task::spawn_blocking(move || dump_preprocessed(&images_dir, &dump.0, &dump.1))
+        let dump_prefix = prefix.clone();
+        tokio::task::spawn_blocking(move || dump_preprocessed(&images_dir, &objids, &dump_prefix))
             .await??;
         diagnostics.push("--preprocessed".to_string());
         diagnostics.push(prefix.display().to_string());
@@ -403,7 +410,12 @@ async fn pytorch_run(
         seconds: number("seconds")?,
         train_losses: result["train_losses"]
             .as_array()
-            .map(|losses| losses.iter().filter_map(serde_json::Value::as_f64).collect())
+            .map(|losses| {
+                losses
+                    .iter()
+                    .filter_map(serde_json::Value::as_f64)
+                    .collect()
+            })
             .unwrap_or_default(),
         test_loss: number("test_loss")?,
     })
