@@ -4,6 +4,10 @@
 //! Changes are detected by content digest rather than mtime: a certificate rewritten within the same
 //! timestamp tick, or a Kubernetes Secret whose symlinks are swapped to files with old mtimes, is still seen.
 //! The files are small (PEM, tokens), so reading them once a second costs nothing.
+//!
+//! New contents are applied once they have settled: the same digest on two consecutive polls. A file rewritten
+//! in place (truncated, then written) or a certificate and key replaced one after the other is never applied
+//! half-written, at the cost of one more poll interval before a change takes effect.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -61,7 +65,10 @@ pub(crate) fn spawn_reload_task<T, F>(
     let weak_target: Weak<T> = Arc::downgrade(target);
     let reload = Arc::new(reload);
     runtime.spawn(async move {
-        let mut last_seen = Some(loaded_digest);
+        let mut watch = WatchState {
+            applied: Some(loaded_digest),
+            candidate: None,
+        };
         let mut ticker = tokio::time::interval(poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -72,25 +79,30 @@ pub(crate) fn spawn_reload_task<T, F>(
             };
             let paths = paths.clone();
             let reload = reload.clone();
-            let previously_seen = last_seen;
             let poll = tokio::task::spawn_blocking(move || {
-                poll_files_once(target.as_ref(), &paths, previously_seen, reload.as_ref())
+                poll_files_once(target.as_ref(), &paths, watch, reload.as_ref())
             });
             match poll.await {
-                Ok(seen) => last_seen = seen,
+                Ok(next) => watch = next,
                 Err(join_error) => tracing::error!(%join_error, "file reload task failed"),
             }
         }
     });
 }
 
-/// One poll: returns the digest now seen (None when a file cannot be read).
-fn poll_files_once<T, F>(
-    target: &T,
-    paths: &[PathBuf],
-    previously_seen: Option<ContentsDigest>,
-    reload: &F,
-) -> Option<ContentsDigest>
+/// What a reload task has seen of its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WatchState {
+    /// Digest of the contents the target was last built from or handed; None after a file could not be read,
+    /// so that the next readable contents are handed over even if they are unchanged.
+    applied: Option<ContentsDigest>,
+    /// Digest of changed contents seen on the previous poll and not yet applied: they are handed over when the
+    /// next poll sees them again (settled), not while a writer may still be in the middle of them.
+    candidate: Option<ContentsDigest>,
+}
+
+/// One poll: reads the files and hands them to `reload` once changed contents have settled.
+fn poll_files_once<T, F>(target: &T, paths: &[PathBuf], watch: WatchState, reload: &F) -> WatchState
 where
     F: Fn(&T, &[Vec<u8>]) -> Result<(), SecurityError>,
 {
@@ -98,15 +110,27 @@ where
         Ok(contents) => contents,
         Err(error) => {
             // Logged once, when a file goes missing; a rotation that replaces files may race with this read.
-            if previously_seen.is_some() {
+            if watch.applied.is_some() {
                 tracing::warn!(%error, "cannot read a watched file; keeping the loaded contents");
             }
-            return None;
+            return WatchState {
+                applied: None,
+                candidate: None,
+            };
         }
     };
     let digest = digest_contents(&contents);
-    if previously_seen == Some(digest) {
-        return previously_seen;
+    if watch.applied == Some(digest) {
+        return WatchState {
+            applied: watch.applied,
+            candidate: None,
+        };
+    }
+    if watch.candidate != Some(digest) {
+        return WatchState {
+            applied: watch.applied,
+            candidate: Some(digest),
+        };
     }
     let files = paths
         .iter()
@@ -119,5 +143,60 @@ where
             tracing::error!(%files, %error, "changed files are invalid; keeping the previous ones")
         }
     }
-    Some(digest)
+    WatchState {
+        applied: Some(digest),
+        candidate: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records every set of contents it is handed.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Vec<u8>>>);
+
+    fn record(recorder: &Recorder, contents: &[Vec<u8>]) -> Result<(), SecurityError> {
+        recorder.0.lock().unwrap().push(contents[0].clone());
+        Ok(())
+    }
+
+    #[test]
+    fn changed_contents_are_applied_only_once_they_settle() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("watched");
+        std::fs::write(&path, "first").unwrap();
+        let paths = vec![path.clone()];
+        let recorder = Recorder::default();
+        let mut watch = WatchState {
+            applied: Some(digest_contents(&[b"first".to_vec()])),
+            candidate: None,
+        };
+        let poll = |watch: &mut WatchState| *watch = poll_files_once(&recorder, &paths, *watch, &record);
+
+        poll(&mut watch);
+        assert!(recorder.0.lock().unwrap().is_empty(), "unchanged contents were handed over");
+
+        // A writer that truncated the file and has not written it yet: seen once, never applied.
+        std::fs::write(&path, "").unwrap();
+        poll(&mut watch);
+        std::fs::write(&path, "second").unwrap();
+        poll(&mut watch);
+        assert!(recorder.0.lock().unwrap().is_empty(), "unsettled contents were handed over");
+        poll(&mut watch);
+        assert_eq!(*recorder.0.lock().unwrap(), vec![b"second".to_vec()]);
+        poll(&mut watch);
+        assert_eq!(recorder.0.lock().unwrap().len(), 1, "settled contents were handed over twice");
+
+        // A file that goes missing and comes back unchanged is handed over again once settled.
+        std::fs::remove_file(&path).unwrap();
+        poll(&mut watch);
+        std::fs::write(&path, "second").unwrap();
+        poll(&mut watch);
+        poll(&mut watch);
+        assert_eq!(recorder.0.lock().unwrap().len(), 2);
+    }
 }
