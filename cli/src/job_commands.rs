@@ -102,7 +102,7 @@ pub enum LossNormalizationArg {
     WeightSum,
     /// The global batch's sample count (Keras' class_weight).
     Samples,
-    /// Each virtual shard's weighted mean, averaged over the shards (PyTorch DDP).
+    /// Each virtual shard's weighted mean, averaged over the shards (PyTorch DDP; the default).
     ShardMean,
 }
 

@@ -15,10 +15,10 @@ use crate::config::{
 };
 use crate::error::TrainError;
 use crate::inference::{TrainedModel, load_weights_into};
-use crate::model::{ComputeKind, Network, channels_last, sorted_variables};
+use crate::model::{ComputeKind, Network, SplitForward, channels_last, sorted_variables};
 use crate::optimizer::{Optimizer, STATE_TENSOR_PREFIX};
 use crate::safetensors_io::{self, TensorFile};
-use plankton_collective::{Collective, GradientCompression};
+use plankton_collective::{Collective, CollectiveError, GradientCompression};
 
 /// Images per forward pass during evaluation and inference.
 pub const EVALUATION_BATCH_SIZE: usize = 256;
@@ -58,10 +58,38 @@ pub struct StepTimings {
     /// Assembling the batch (filled in by the training loop).
     pub data: Duration,
     pub forward_backward: Duration,
+    /// Communication this rank waited for (with overlap, what the early backward did not hide).
     pub all_reduce: Duration,
+    /// Communication that ran alongside the early segment's backward: not part of the step's time.
+    pub all_reduce_hidden: Duration,
     pub optimizer: Duration,
     /// Bytes of the all-reduced buffer (0 on one rank).
     pub all_reduce_bytes: u64,
+}
+
+/// What a rank brings to a step's all-reduce.
+struct LocalStep {
+    /// The late segment's gradients travel while the early segment's backward runs.
+    overlap: bool,
+    /// The forward pass whose early backward is still to run (overlap, non-empty batch).
+    split: Option<SplitForward>,
+    /// When the step began.
+    started: Instant,
+    loss_value: f64,
+    denominator: f64,
+    request_reform: bool,
+}
+
+/// All-reduces gradient values in the wire format `compression` says.
+fn reduce_values(
+    collective: &mut dyn Collective,
+    values: &mut [f32],
+    compression: GradientCompression,
+) -> Result<(), CollectiveError> {
+    match compression {
+        GradientCompression::None => collective.all_reduce_sum(values),
+        GradientCompression::Bf16 => collective.all_reduce_sum_compressed(values, compression),
+    }
 }
 
 /// What one optimizer step reports.
@@ -89,15 +117,22 @@ pub struct DataParallelTrainer {
     optimizer: Optimizer,
     /// Every variable sorted by name: the layout of broadcasts, digests and files.
     variables: Vec<(String, Tensor)>,
-    /// Trainable parameters sorted by name: the layout of the flat gradient buffer.
+    /// Trainable parameters sorted by name (the optimizer's order).
     parameters: Vec<Tensor>,
+    /// The parameters in the flat gradient buffer's layout: the network's late segment first (its gradients
+    /// are ready first and travel while the early segment's backward runs), then the early one, each sorted
+    /// by name.
+    reduce_order: Vec<Tensor>,
+    /// How many of `reduce_order`'s tensors, and how many values, belong to the late segment.
+    late_tensors: usize,
+    late_values: usize,
     /// Non-trainable buffers (batch-norm running statistics) sorted by name.
     buffers: Vec<Tensor>,
     parameter_count: usize,
     class_weights: Tensor,
     /// `tau * ln(prior)` per class, added to the logits of training steps (logit-adjusted loss only).
     logit_offsets: Option<Tensor>,
-    /// Flat gradients + [local loss denominator, local loss sum, re-formation request, per-rank non-finite
+    /// Flat gradients in `reduce_order` + [local loss denominator, local loss sum, re-formation request, per-rank non-finite
     /// flags], reused every step.
     gradient_buffer: Vec<f32>,
     /// Steps skipped for non-finite values (policy [`NonFinitePolicy::SkipStep`]) by this trainer.
@@ -260,6 +295,16 @@ impl DataParallelTrainer {
             .map(|(_, tensor)| tensor)
             .collect();
         let parameter_count = element_count(&parameters);
+        let (late, early): (Vec<_>, Vec<_>) = named_parameters
+            .iter()
+            .partition(|(name, _)| network.is_late_parameter(name));
+        let late_tensors = late.len();
+        let reduce_order: Vec<Tensor> = late
+            .into_iter()
+            .chain(early)
+            .map(|(_, tensor)| tensor.shallow_clone())
+            .collect();
+        let late_values = element_count(&reduce_order[..late_tensors]);
         let optimizer = Optimizer::new(
             config.optimizer,
             named_parameters,
@@ -286,6 +331,9 @@ impl DataParallelTrainer {
             optimizer,
             variables,
             parameters,
+            reduce_order,
+            late_tensors,
+            late_values,
             buffers,
             parameter_count,
             class_weights,
@@ -494,6 +542,9 @@ impl DataParallelTrainer {
         if buffers_saved {
             flatten_into(&self.buffers, &mut self.saved_buffers)?;
         }
+        // Several ranks overlap the late segment's all-reduce with the early segment's backward.
+        let overlap = world_size > 1 && self.config.overlap_communication && self.late_tensors > 0;
+        let mut split = None;
         let local_loss_sum = if count == 0 {
             // Defined zero gradients so the all-reduce and the optimizer see every parameter.
             let zero = self
@@ -518,9 +569,19 @@ impl DataParallelTrainer {
             };
             let feature_input =
                 features_to_tensor(features, count, feature_width, self.config.device)?;
-            let logits = self
-                .network
-                .forward_train(&input, feature_input.as_ref(), compute)?;
+            let logits = if overlap {
+                let forward = self.network.forward_train_split(
+                    &input,
+                    feature_input.as_ref(),
+                    compute,
+                )?;
+                let logits = forward.logits.shallow_clone();
+                split = Some(forward);
+                logits
+            } else {
+                self.network
+                    .forward_train(&input, feature_input.as_ref(), compute)?
+            };
             let multipliers = multipliers
                 .as_deref()
                 .map(|multipliers| {
@@ -541,13 +602,14 @@ impl DataParallelTrainer {
             } else {
                 local_loss_sum
             };
+        // With a split forward this stops at the late segment's input.
         local_loss_sum.f_backward()?;
         let local_loss_value = local_loss_sum.f_double_value(&[])?;
         let rank = collective.rank();
-        timings.forward_backward = started.elapsed();
 
         let (global_denominator, global_loss_sum, reform_requested, non_finite_ranks) =
             if world_size == 1 {
+                timings.forward_backward = started.elapsed();
                 let finite =
                     local_loss_value.is_finite() && gradients_are_finite(&self.parameters)?;
                 let non_finite_ranks = if finite { Vec::new() } else { vec![rank] };
@@ -569,76 +631,31 @@ impl DataParallelTrainer {
                     non_finite_ranks,
                 )
             } else {
-                let parameter_count = self.parameter_count;
-                self.gradient_buffer
-                    .resize(parameter_count + EXTRA_SLOTS + world_size, 0.0);
-                let gradients: Vec<Tensor> = self.parameters.iter().map(Tensor::grad).collect();
-                flatten_into(&gradients, &mut self.gradient_buffer[..parameter_count])?;
-                let finite = local_loss_value.is_finite()
-                    && self.gradient_buffer[..parameter_count]
-                        .iter()
-                        .all(|value| value.is_finite());
-                let extra = &mut self.gradient_buffer[parameter_count..];
-                extra[DENOMINATOR_SLOT] = local_denominator as f32;
-                extra[LOSS_SUM_SLOT] = if finite { local_loss_value as f32 } else { 0.0 };
-                extra[REFORM_SLOT] = if request_reform { 1.0 } else { 0.0 };
-                let flags = &mut extra[EXTRA_SLOTS..];
-                flags.fill(0.0);
-                flags[rank] = if finite { 0.0 } else { 1.0 };
-                let all_reduce_started = Instant::now();
-                let compression = self.config.gradient_compression;
-                let reduced = match compression {
-                    GradientCompression::None => {
-                        collective.all_reduce_sum(&mut self.gradient_buffer)
+                let reduced = self.all_reduce_gradients(
+                    collective,
+                    LocalStep {
+                        overlap,
+                        split,
+                        started,
+                        loss_value: local_loss_value,
+                        denominator: local_denominator,
+                        request_reform,
+                    },
+                    &mut timings,
+                );
+                match reduced {
+                    Ok(reduced) => reduced,
+                    Err(error) => {
+                        if buffers_saved {
+                            unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;
+                        }
+                        return Err(error);
                     }
-                    // The control slots (denominator, loss sum, flags) must add up exactly: a small f32
-                    // all-reduce of their own, then the gradients in bf16.
-                    GradientCompression::Bf16 => {
-                        let (gradient_values, control_values) =
-                            self.gradient_buffer.split_at_mut(parameter_count);
-                        collective.all_reduce_sum(control_values).and_then(|()| {
-                            collective.all_reduce_sum_compressed(gradient_values, compression)
-                        })
-                    }
-                };
-                timings.all_reduce = all_reduce_started.elapsed();
-                let extra_count = self.gradient_buffer.len() - parameter_count;
-                timings.all_reduce_bytes = (parameter_count * compression.wire_bytes_per_value()
-                    + extra_count * std::mem::size_of::<f32>())
-                    as u64;
-                if let Err(error) = reduced {
-                    if buffers_saved {
-                        unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;
-                    }
-                    return Err(error.into());
                 }
-                let extra = &self.gradient_buffer[parameter_count..];
-                let global_denominator = extra[DENOMINATOR_SLOT] as f64;
-                let global_loss_sum = extra[LOSS_SUM_SLOT] as f64;
-                let reform_requested = extra[REFORM_SLOT] > 0.0;
-                let non_finite_ranks: Vec<usize> = extra[EXTRA_SLOTS..]
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, flag)| **flag > 0.0)
-                    .map(|(flagged_rank, _)| flagged_rank)
-                    .collect();
-                if non_finite_ranks.is_empty() {
-                    let scale = if global_denominator > 0.0 {
-                        1.0 / global_denominator
-                    } else {
-                        1.0
-                    };
-                    unflatten_from(&self.gradient_buffer[..parameter_count], &gradients, scale)?;
-                } else if buffers_saved {
-                    unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;
-                }
-                (
-                    global_denominator,
-                    global_loss_sum,
-                    reform_requested,
-                    non_finite_ranks,
-                )
             };
+        if !non_finite_ranks.is_empty() && buffers_saved {
+            unflatten_from(&self.saved_buffers, &self.buffers, 1.0)?;
+        }
         if !non_finite_ranks.is_empty() {
             self.optimizer.zero_grad()?;
             let local_loss = non_finite_ranks.contains(&rank).then_some(local_loss_value);
@@ -691,6 +708,154 @@ impl DataParallelTrainer {
             skipped_for_ranks: Vec::new(),
             timings,
         })
+    }
+
+    /// Sums the ranks' gradients and control values (denominator, loss sum, re-formation request, non-finite
+    /// flags) and, when every rank was finite, leaves each parameter's gradient divided by the global
+    /// denominator. Returns (global denominator, global loss sum, re-formation requested, non-finite ranks).
+    ///
+    /// Sequential: one all-reduce of the whole buffer after the backward. Overlapped: the late segment's
+    /// gradients (most of the values) are all-reduced on a communication thread while this thread runs the
+    /// early segment's backward; then the early gradients and the control values. Every rank runs the same
+    /// operations in the same order, whatever its batch held.
+    fn all_reduce_gradients(
+        &mut self,
+        collective: &mut dyn Collective,
+        step: LocalStep,
+        timings: &mut StepTimings,
+    ) -> Result<(f64, f64, bool, Vec<usize>), TrainError> {
+        let world_size = collective.world_size();
+        let rank = collective.rank();
+        let compression = self.config.gradient_compression;
+        let parameter_count = self.parameter_count;
+        self.gradient_buffer
+            .resize(parameter_count + EXTRA_SLOTS + world_size, 0.0);
+        let (late_tensors, late_values) = if step.overlap {
+            (self.late_tensors, self.late_values)
+        } else {
+            (0, 0)
+        };
+        let late_gradients: Vec<Tensor> = self.reduce_order[..late_tensors]
+            .iter()
+            .map(Tensor::grad)
+            .collect();
+        flatten_into(&late_gradients, &mut self.gradient_buffer[..late_values])?;
+        let late_finite = self.gradient_buffer[..late_values]
+            .iter()
+            .all(|value| value.is_finite());
+        let mut hidden = Duration::ZERO;
+        let mut communication = Duration::ZERO;
+        if step.overlap {
+            let (late_buffer, _) = self.gradient_buffer.split_at_mut(late_values);
+            let split = step.split;
+            let collective_for_thread: &mut dyn Collective = &mut *collective;
+            let (late_reduced, early_backward, waited, late_took) = std::thread::scope(|scope| {
+                let communication_thread = std::thread::Builder::new()
+                    .name("gradient-all-reduce".to_string())
+                    .spawn_scoped(scope, move || {
+                        let started = Instant::now();
+                        let reduced =
+                            reduce_values(collective_for_thread, late_buffer, compression);
+                        (reduced, started.elapsed())
+                    });
+                let early_backward = split.map_or(Ok(()), SplitForward::backward_early);
+                let backward_done = Instant::now();
+                let (late_reduced, late_took) = match communication_thread {
+                    Ok(thread) => match thread.join() {
+                        Ok((reduced, took)) => (reduced.map_err(TrainError::from), took),
+                        Err(_) => (
+                            Err(TrainError::CommunicationThread("it panicked".to_string())),
+                            Duration::ZERO,
+                        ),
+                    },
+                    Err(spawn_error) => (
+                        Err(TrainError::CommunicationThread(format!(
+                            "it could not start: {spawn_error}"
+                        ))),
+                        Duration::ZERO,
+                    ),
+                };
+                (late_reduced, early_backward, backward_done.elapsed(), late_took)
+            });
+            timings.forward_backward = step.started.elapsed().saturating_sub(waited);
+            early_backward?;
+            late_reduced?;
+            communication += waited;
+            hidden = late_took.saturating_sub(waited);
+        } else {
+            timings.forward_backward = step.started.elapsed();
+        }
+        let early_gradients: Vec<Tensor> = self.reduce_order[late_tensors..]
+            .iter()
+            .map(Tensor::grad)
+            .collect();
+        flatten_into(
+            &early_gradients,
+            &mut self.gradient_buffer[late_values..parameter_count],
+        )?;
+        let finite = step.loss_value.is_finite()
+            && late_finite
+            && self.gradient_buffer[late_values..parameter_count]
+                .iter()
+                .all(|value| value.is_finite());
+        let extra = &mut self.gradient_buffer[parameter_count..];
+        extra[DENOMINATOR_SLOT] = step.denominator as f32;
+        extra[LOSS_SUM_SLOT] = if finite { step.loss_value as f32 } else { 0.0 };
+        extra[REFORM_SLOT] = if step.request_reform { 1.0 } else { 0.0 };
+        let flags = &mut extra[EXTRA_SLOTS..];
+        flags.fill(0.0);
+        flags[rank] = if finite { 0.0 } else { 1.0 };
+        let all_reduce_started = Instant::now();
+        let reduced = match compression {
+            GradientCompression::None => {
+                collective.all_reduce_sum(&mut self.gradient_buffer[late_values..])
+            }
+            // The control slots (denominator, loss sum, flags) must add up exactly: a small f32 all-reduce of
+            // their own, then the gradients in bf16.
+            GradientCompression::Bf16 => {
+                let (gradient_values, control_values) =
+                    self.gradient_buffer.split_at_mut(parameter_count);
+                collective.all_reduce_sum(control_values).and_then(|()| {
+                    collective.all_reduce_sum_compressed(
+                        &mut gradient_values[late_values..],
+                        compression,
+                    )
+                })
+            }
+        };
+        communication += all_reduce_started.elapsed();
+        timings.all_reduce = communication;
+        timings.all_reduce_hidden = hidden;
+        let extra_count = self.gradient_buffer.len() - parameter_count;
+        timings.all_reduce_bytes = (parameter_count * compression.wire_bytes_per_value()
+            + extra_count * std::mem::size_of::<f32>()) as u64;
+        reduced?;
+        let extra = &self.gradient_buffer[parameter_count..];
+        let global_denominator = extra[DENOMINATOR_SLOT] as f64;
+        let global_loss_sum = extra[LOSS_SUM_SLOT] as f64;
+        let reform_requested = extra[REFORM_SLOT] > 0.0;
+        let non_finite_ranks: Vec<usize> = extra[EXTRA_SLOTS..]
+            .iter()
+            .enumerate()
+            .filter(|(_, flag)| **flag > 0.0)
+            .map(|(flagged_rank, _)| flagged_rank)
+            .collect();
+        if non_finite_ranks.is_empty() {
+            let scale = if global_denominator > 0.0 {
+                1.0 / global_denominator
+            } else {
+                1.0
+            };
+            // The gradient tensors in the buffer's layout (`reduce_order`).
+            let gradients: Vec<Tensor> = late_gradients.into_iter().chain(early_gradients).collect();
+            unflatten_from(&self.gradient_buffer[..parameter_count], &gradients, scale)?;
+        }
+        Ok((
+            global_denominator,
+            global_loss_sum,
+            reform_requested,
+            non_finite_ranks,
+        ))
     }
 
     /// Per-sample multipliers of `w_i * l_i` (None: all 1) and this rank's part of the global denominator, as

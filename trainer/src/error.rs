@@ -8,6 +8,8 @@ pub enum TrainError {
     Torch(#[from] tch::TchError),
     #[error("collective operation failed: {0}")]
     Collective(#[from] CollectiveError),
+    #[error("the gradient all-reduce thread failed: {0}")]
+    CommunicationThread(String),
     #[error("training cancelled by the observer")]
     Cancelled,
     #[error("invalid training configuration: {0}")]

@@ -121,15 +121,8 @@ impl WideLeNet {
     }
 }
 
-/// conv (stride 1, `padding`) -> ReLU -> 2x2 max-pool three times, flatten, dense -> ReLU -> dense -> ReLU ->
-/// dense.
-fn three_conv_three_dense(
-    images: &Tensor,
-    convolutions: [&nn::Conv2D; 3],
-    padding: i64,
-    dense: [&nn::Linear; 3],
-    compute: ComputeKind,
-) -> Tensor {
+/// conv (stride 1, `padding`) -> ReLU -> 2x2 max-pool three times: the early segment of the LeNets.
+fn three_conv(images: &Tensor, convolutions: [&nn::Conv2D; 3], padding: i64, compute: ComputeKind) -> Tensor {
     let mut features = images.shallow_clone();
     for convolution in convolutions {
         features = compute
@@ -137,32 +130,33 @@ fn three_conv_three_dense(
             .relu()
             .max_pool2d_default(2);
     }
+    features
+}
+
+/// Flatten, dense -> ReLU -> dense -> ReLU -> dense: the late segment of the LeNets (most of their parameters).
+fn three_dense(features: &Tensor, dense: [&nn::Linear; 3], compute: ComputeKind) -> Tensor {
     let hidden = compute.linear(dense[0], &features.flatten(1, -1)).relu();
     let hidden = compute.linear(dense[1], &hidden).relu();
     compute.linear(dense[2], &hidden)
 }
 
 impl LeNet {
-    fn forward_in(&self, images: &Tensor, compute: ComputeKind) -> Tensor {
-        three_conv_three_dense(
-            images,
-            [&self.conv1, &self.conv2, &self.conv3],
-            0,
-            [&self.fc1, &self.fc2, &self.fc3],
-            compute,
-        )
+    fn early_in(&self, images: &Tensor, compute: ComputeKind) -> Tensor {
+        three_conv(images, [&self.conv1, &self.conv2, &self.conv3], 0, compute)
+    }
+
+    fn late_in(&self, features: &Tensor, compute: ComputeKind) -> Tensor {
+        three_dense(features, [&self.fc1, &self.fc2, &self.fc3], compute)
     }
 }
 
 impl WideLeNet {
-    fn forward_in(&self, images: &Tensor, compute: ComputeKind) -> Tensor {
-        three_conv_three_dense(
-            images,
-            [&self.conv1, &self.conv2, &self.conv3],
-            1,
-            [&self.fc1, &self.fc2, &self.fc3],
-            compute,
-        )
+    fn early_in(&self, images: &Tensor, compute: ComputeKind) -> Tensor {
+        three_conv(images, [&self.conv1, &self.conv2, &self.conv3], 1, compute)
+    }
+
+    fn late_in(&self, features: &Tensor, compute: ComputeKind) -> Tensor {
+        three_dense(features, [&self.fc1, &self.fc2, &self.fc3], compute)
     }
 }
 
@@ -276,17 +270,23 @@ impl ResNetTrunk {
         }
     }
 
-    /// `[N, 256]` pooled trunk outputs.
-    fn pooled(&self, images: &Tensor, train: bool, compute: ComputeKind) -> Tensor {
+    /// The stem and the first three blocks: most of the trunk's compute, a quarter of its parameters.
+    fn early_in(&self, images: &Tensor, train: bool, compute: ComputeKind) -> Tensor {
         let stem = compute
             .conv(&self.stem_conv, images, 2, 1)
             .apply_t(&self.stem_bn, train)
             .relu();
-        [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+        [&self.layer1, &self.layer2, &self.layer3]
             .into_iter()
             .fold(stem, |features, block| {
                 block.forward_in(&features, train, compute)
             })
+    }
+
+    /// The last block and the pooling to `[N, 256]`, from [`ResNetTrunk::early_in`]'s output.
+    fn late_pooled(&self, early: &Tensor, train: bool, compute: ComputeKind) -> Tensor {
+        self.layer4
+            .forward_in(early, train, compute)
             .adaptive_avg_pool2d([1, 1])
             .flatten(1, -1)
     }
@@ -316,8 +316,8 @@ impl ResNet {
 }
 
 impl ResNet {
-    fn forward_in(&self, images: &Tensor, train: bool, compute: ComputeKind) -> Tensor {
-        compute.linear(&self.fc, &self.trunk.pooled(images, train, compute))
+    fn late_in(&self, early: &Tensor, train: bool, compute: ComputeKind) -> Tensor {
+        compute.linear(&self.fc, &self.trunk.late_pooled(early, train, compute))
     }
 }
 
@@ -363,15 +363,15 @@ impl FusionNet {
         }
     }
 
-    /// Logits of images `[N, 3, 64, 64]` with their features `[N, F]`.
-    fn forward_in(
+    /// Logits from the trunk's early output and the images' features `[N, F]`.
+    fn late_in(
         &self,
-        images: &Tensor,
+        early: &Tensor,
         features: &Tensor,
         train: bool,
         compute: ComputeKind,
     ) -> Tensor {
-        let pooled = self.trunk.pooled(images, train, compute);
+        let pooled = self.trunk.late_pooled(early, train, compute);
         let encoded = compute.linear(&self.features_fc1, features).relu();
         let encoded = compute.linear(&self.features_fc2, &encoded).relu();
         let joined = Tensor::cat(
@@ -644,6 +644,69 @@ impl Network {
             .f_to_kind(Kind::Float)?)
     }
 
+    /// A training forward pass cut between its early and late segments: the late segment starts from a leaf
+    /// that shares the early output's values, so a backward from the logits stops there (filling the late
+    /// parameters' gradients and the leaf's), and [`SplitForward::backward_early`] continues into the early
+    /// parameters. Between the two, the late gradients can already travel.
+    pub(crate) fn forward_train_split(
+        &self,
+        images: &Tensor,
+        features: Option<&Tensor>,
+        compute: ComputeKind,
+    ) -> Result<SplitForward, TrainError> {
+        let early_output = self.early_in(images, true, compute);
+        let late_input = early_output.f_detach()?.f_requires_grad_(true)?;
+        let logits = self
+            .late_in(&late_input, features, true, compute)?
+            .f_to_kind(Kind::Float)?;
+        Ok(SplitForward {
+            early_output,
+            late_input,
+            logits,
+        })
+    }
+
+    /// Whether the parameter named `name` belongs to the late segment ([`Network::forward_train_split`]): the
+    /// LeNets' dense layers, the ResNets' last block and classifier (and the fusion network's feature MLP).
+    /// These hold most of the parameters and little of the backward compute.
+    pub(crate) fn is_late_parameter(&self, name: &str) -> bool {
+        let prefixes: &[&str] = match self {
+            Network::LeNet(_) | Network::WideLeNet(_) => &["fc1.", "fc2.", "fc3."],
+            Network::ResNet(_) => &["layer4.", "fc."],
+            Network::Fusion(_) => &["layer4.", "fc.", "features."],
+        };
+        prefixes.iter().any(|prefix| name.starts_with(prefix))
+    }
+
+    fn early_in(&self, images: &Tensor, train: bool, compute: ComputeKind) -> Tensor {
+        match self {
+            Network::LeNet(network) => network.early_in(images, compute),
+            Network::WideLeNet(network) => network.early_in(images, compute),
+            Network::ResNet(network) => network.trunk.early_in(images, train, compute),
+            Network::Fusion(network) => network.trunk.early_in(images, train, compute),
+        }
+    }
+
+    fn late_in(
+        &self,
+        early: &Tensor,
+        features: Option<&Tensor>,
+        train: bool,
+        compute: ComputeKind,
+    ) -> Result<Tensor, TrainError> {
+        Ok(match self {
+            Network::LeNet(network) => network.late_in(early, compute),
+            Network::WideLeNet(network) => network.late_in(early, compute),
+            Network::ResNet(network) => network.late_in(early, train, compute),
+            Network::Fusion(network) => {
+                let features = features.ok_or_else(|| {
+                    TrainError::InvalidInput("the fusion network needs features".to_string())
+                })?;
+                network.late_in(early, features, train, compute)
+            }
+        })
+    }
+
     fn forward_in(
         &self,
         images: &Tensor,
@@ -651,17 +714,41 @@ impl Network {
         train: bool,
         compute: ComputeKind,
     ) -> Result<Tensor, TrainError> {
-        Ok(match self {
-            Network::LeNet(network) => network.forward_in(images, compute),
-            Network::WideLeNet(network) => network.forward_in(images, compute),
-            Network::ResNet(network) => network.forward_in(images, train, compute),
-            Network::Fusion(network) => {
-                let features = features.ok_or_else(|| {
-                    TrainError::InvalidInput("the fusion network needs features".to_string())
-                })?;
-                network.forward_in(images, features, train, compute)
-            }
-        })
+        if matches!(self, Network::Fusion(_)) && features.is_none() {
+            return Err(TrainError::InvalidInput(
+                "the fusion network needs features".to_string(),
+            ));
+        }
+        let early = self.early_in(images, train, compute);
+        self.late_in(&early, features, train, compute)
+    }
+}
+
+/// A forward pass cut in two ([`Network::forward_train_split`]).
+pub(crate) struct SplitForward {
+    /// The early segment's output, still attached to the early parameters' graph.
+    early_output: Tensor,
+    /// A leaf with the early output's values that the late segment started from.
+    late_input: Tensor,
+    /// f32 logits.
+    pub(crate) logits: Tensor,
+}
+
+impl SplitForward {
+    /// After a backward from the logits: carries the leaf's gradient on into the early parameters (the
+    /// backward of `sum(early_output * leaf_gradient)`, whose gradient at `early_output` is the leaf's).
+    pub(crate) fn backward_early(self) -> Result<(), TrainError> {
+        let leaf_gradient = self.late_input.grad();
+        if !leaf_gradient.defined() {
+            return Err(TrainError::InvalidInput(
+                "the late segment's backward left no gradient at its input".to_string(),
+            ));
+        }
+        self.early_output
+            .f_mul(&leaf_gradient)?
+            .f_sum(self.early_output.kind())?
+            .f_backward()?;
+        Ok(())
     }
 }
 

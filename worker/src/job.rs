@@ -1188,6 +1188,7 @@ fn train_config(
             ProtoPrecision::Fp32 => Precision::Fp32,
             ProtoPrecision::Bf16 => Precision::Bf16,
         },
+        overlap_communication: true,
     })
 }
 
