@@ -79,6 +79,7 @@ pub fn job_json(job: &Job) -> Value {
             "data_seconds_per_step": worker.data_seconds_per_step,
             "compute_seconds_per_step": worker.compute_seconds_per_step,
             "communication_seconds_per_step": worker.communication_seconds_per_step,
+            "hidden_communication_seconds_per_step": worker.hidden_communication_seconds_per_step,
             "optimizer_seconds_per_step": worker.optimizer_seconds_per_step,
         })).collect::<Vec<_>>(),
         "recoveries": job.recoveries.iter().map(|recovery| json!({
@@ -382,7 +383,7 @@ fn member_table(workers: &[WorkerProgress]) -> String {
         "global step",
         "loss",
         "img/s",
-        "ms/step data/compute/comm/opt",
+        "ms/step data/compute/comm/opt (+comm hidden)",
     ]);
     for worker in workers {
         table.add_row([
@@ -396,11 +397,12 @@ fn member_table(workers: &[WorkerProgress]) -> String {
             format!("{:.3}", worker.loss),
             format!("{:.0}", worker.images_per_second),
             format!(
-                "{:.1}/{:.1}/{:.1}/{:.1}",
+                "{:.1}/{:.1}/{:.1}/{:.1} (+{:.1})",
                 worker.data_seconds_per_step * 1e3,
                 worker.compute_seconds_per_step * 1e3,
                 worker.communication_seconds_per_step * 1e3,
-                worker.optimizer_seconds_per_step * 1e3
+                worker.optimizer_seconds_per_step * 1e3,
+                worker.hidden_communication_seconds_per_step * 1e3
             ),
         ]);
     }

@@ -445,7 +445,9 @@ async fn bf16_gradients_and_precision_over_mapped_shards_train_to_identical_weig
     }
     for worker in &finished.workers {
         assert!(
-            worker.compute_seconds_per_step > 0.0 && worker.communication_seconds_per_step > 0.0,
+            worker.compute_seconds_per_step > 0.0
+                && worker.communication_seconds_per_step > 0.0
+                && worker.hidden_communication_seconds_per_step > 0.0,
             "rank {}: {worker:?}",
             worker.rank
         );

@@ -1024,6 +1024,7 @@ struct StepTimeSplit {
     data: f64,
     compute: f64,
     communication: f64,
+    hidden_communication: f64,
     optimizer: f64,
 }
 
@@ -1033,6 +1034,7 @@ impl StepTimeSplit {
         self.data += timings.data.as_secs_f64();
         self.compute += timings.forward_backward.as_secs_f64();
         self.communication += timings.all_reduce.as_secs_f64();
+        self.hidden_communication += timings.all_reduce_hidden.as_secs_f64();
         self.optimizer += timings.optimizer.as_secs_f64();
     }
 
@@ -1042,6 +1044,7 @@ impl StepTimeSplit {
         progress.data_seconds_per_step = self.data / steps;
         progress.compute_seconds_per_step = self.compute / steps;
         progress.communication_seconds_per_step = self.communication / steps;
+        progress.hidden_communication_seconds_per_step = self.hidden_communication / steps;
         progress.optimizer_seconds_per_step = self.optimizer / steps;
     }
 }

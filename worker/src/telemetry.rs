@@ -30,6 +30,7 @@ pub struct WorkerMetrics {
     pub steps: Counter,
     pub step_seconds: Family<PhaseLabels, Counter<f64, AtomicU64>>,
     pub all_reduce_bytes: Counter,
+    pub all_reduce_hidden_seconds: Counter<f64, AtomicU64>,
     pub epoch: Gauge,
     pub global_step: Gauge,
     pub loss: Gauge<f64, AtomicU64>,
@@ -88,6 +89,11 @@ impl WorkerMetrics {
             "Bytes of gradient buffers all-reduced (divide by step_seconds{phase=\"all_reduce\"} for GB/s)",
             Counter::default()
         );
+        let all_reduce_hidden_seconds = registered!(
+            "all_reduce_hidden_seconds",
+            "Time the gradient all-reduce ran alongside the backward pass (overlapped: not in step_seconds)",
+            Counter::<f64, AtomicU64>::default()
+        );
         let epoch = registered!("epoch", "Current epoch (from 1)", Gauge::default());
         let global_step = registered!(
             "global_step",
@@ -114,6 +120,7 @@ impl WorkerMetrics {
             steps,
             step_seconds,
             all_reduce_bytes,
+            all_reduce_hidden_seconds,
             epoch,
             global_step,
             loss,
@@ -140,6 +147,8 @@ impl WorkerMetrics {
                 .inc_by(duration.as_secs_f64());
         }
         self.all_reduce_bytes.inc_by(timings.all_reduce_bytes);
+        self.all_reduce_hidden_seconds
+            .inc_by(timings.all_reduce_hidden.as_secs_f64());
         self.epoch.set(i64::from(progress.epoch));
         self.global_step.set(progress.global_step as i64);
         if progress.loss.is_finite() {

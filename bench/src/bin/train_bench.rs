@@ -55,6 +55,9 @@ struct Options {
     /// channels-last (+ DDP bf16_compress_hook).
     #[arg(long)]
     bf16: bool,
+    /// With 2 workers, also measure ours with the all-reduce after the whole backward (not overlapped).
+    #[arg(long)]
+    sequential_all_reduce: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,6 +81,9 @@ enum Role {
         /// bf16 forward/backward and bf16 gradients on the ring.
         #[arg(long)]
         bf16: bool,
+        /// The all-reduce after the whole backward instead of overlapped with its early segment.
+        #[arg(long)]
+        sequential: bool,
     },
 }
 
@@ -163,6 +169,7 @@ fn run_worker(
     steps: usize,
     warmup: usize,
     bf16: bool,
+    sequential: bool,
 ) -> Result<()> {
     let images = std::fs::read(data_dir.join("images.u8"))?;
     let labels: Vec<u32> = std::fs::read(data_dir.join("labels.u32"))?
@@ -176,6 +183,7 @@ fn run_worker(
         config.precision = Precision::Bf16;
         config.gradient_compression = GradientCompression::Bf16;
     }
+    config.overlap_communication = !sequential;
     let listener = RingListener::bind("127.0.0.1:0")?;
     println!("listen {}", listener.local_addr());
     std::io::stdout().flush()?;
@@ -223,6 +231,7 @@ fn measure_ours(
     architecture: Architecture,
     world_size: usize,
     bf16: bool,
+    sequential: bool,
 ) -> Result<f64> {
     let executable = std::env::current_exe()?;
     let mut children = Vec::new();
@@ -245,6 +254,7 @@ fn measure_ours(
             ])
             .args(["--warmup", &options.warmup.to_string()])
             .args(bf16.then_some("--bf16"))
+            .args(sequential.then_some("--sequential"))
             .env("GLIBC_TUNABLES", GLIBC_TUNABLES)
             .env("OMP_NUM_THREADS", "1")
             .stdin(Stdio::piped())
@@ -352,6 +362,7 @@ fn main() -> Result<()> {
         steps,
         warmup,
         bf16,
+        sequential,
     }) = &options.role
     {
         let architecture: Architecture = architecture.parse()?;
@@ -364,6 +375,7 @@ fn main() -> Result<()> {
             *steps,
             *warmup,
             *bf16,
+            *sequential,
         );
     }
     let architectures = options
@@ -386,6 +398,8 @@ fn main() -> Result<()> {
             // PyTorch channels-last (its strongest CPU configuration) is the headline; NCHW on request.
             let mut pytorch: f64 = 0.0;
             let mut pytorch_nchw: f64 = 0.0;
+            let sequential_wanted = options.sequential_all_reduce && world_size > 1;
+            let mut ours_sequential: f64 = 0.0;
             for _ in 0..options.repeats.max(1) {
                 ours = ours.max(measure_ours(
                     &options,
@@ -393,7 +407,18 @@ fn main() -> Result<()> {
                     architecture,
                     world_size,
                     false,
+                    false,
                 )?);
+                if sequential_wanted {
+                    ours_sequential = ours_sequential.max(measure_ours(
+                        &options,
+                        &data,
+                        architecture,
+                        world_size,
+                        false,
+                        true,
+                    )?);
+                }
                 pytorch = pytorch.max(measure_pytorch(
                     &options,
                     &data,
@@ -432,6 +457,16 @@ fn main() -> Result<()> {
                     ours / pytorch_nchw
                 );
             }
+            if sequential_wanted {
+                println!(
+                    "{:<8} {:<22} {:>12.1} {:>14} {:>6.2}x  (ours overlapped all-reduce vs ours sequential)",
+                    "",
+                    "  sequential all-reduce",
+                    ours_sequential,
+                    "",
+                    ours / ours_sequential
+                );
+            }
             if options.bf16 {
                 let mut ours_bf16: f64 = 0.0;
                 let mut pytorch_bf16: f64 = 0.0;
@@ -442,6 +477,7 @@ fn main() -> Result<()> {
                         architecture,
                         world_size,
                         true,
+                        false,
                     )?);
                     pytorch_bf16 = pytorch_bf16.max(measure_pytorch(
                         &options,
