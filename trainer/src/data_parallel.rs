@@ -80,16 +80,15 @@ struct LocalStep {
     request_reform: bool,
 }
 
-/// All-reduces gradient values in the wire format `compression` says.
+/// All-reduces gradient values only (no control values) in the wire format `compression` says. Always
+/// through [`Collective::all_reduce_sum_compressed`] (exact for `None`), so a step's control values are the
+/// only plain `all_reduce_sum` of the step: the one wrappers count steps by.
 fn reduce_values(
     collective: &mut dyn Collective,
     values: &mut [f32],
     compression: GradientCompression,
 ) -> Result<(), CollectiveError> {
-    match compression {
-        GradientCompression::None => collective.all_reduce_sum(values),
-        GradientCompression::Bf16 => collective.all_reduce_sum_compressed(values, compression),
-    }
+    collective.all_reduce_sum_compressed(values, compression)
 }
 
 /// What one optimizer step reports.

@@ -10,7 +10,8 @@ use plankton_collective::{Collective, CollectiveError, GradientCompression, Ring
 /// Where in the step the fault strikes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultPoint {
-    /// The rank dies before it sends anything of the step's all-reduce.
+    /// The rank dies before it sends anything of the step's all-reduce of its control values (the late
+    /// segment's gradients, overlapped with the backward, have already travelled).
     BeforeAllReduce,
     /// The rank dies in the middle of the all-reduce (its peers are mid-exchange).
     DuringAllReduce,
@@ -22,7 +23,8 @@ pub enum FaultPoint {
     NonFiniteLoss,
 }
 
-/// "Rank `rank` of generation 0 fails at global step `global_step` (0-based all-reduce count) at `point`."
+/// "Rank `rank` of generation 0 fails at global step `global_step` (0-based count of the plain all-reduces
+/// that carry a step's control values) at `point`."
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InjectedFault {
     pub rank: u32,
@@ -114,8 +116,9 @@ impl Collective for FaultInjectingCollective {
         }
     }
 
-    /// Not counted: a compressed step's gradients follow its plain all-reduce of the step's control values,
-    /// which is where faults are injected.
+    /// Not counted: gradient-only all-reduces (a compressed step's gradients, the late segment's gradients
+    /// overlapped with the backward) go with the step's plain all-reduce of its control values, the one per step
+    /// where faults are injected.
     fn all_reduce_sum_compressed(
         &mut self,
         buffer: &mut [f32],
