@@ -1,7 +1,7 @@
 # plankton-cluster: the two commands a newcomer needs are `make demo` and `make test`.
 export GLIBC_TUNABLES := glibc.malloc.hugetlb=1
 
-.PHONY: setup demo test bench-preprocess bench-train bench-allreduce bench-serve bench-recovery bench-quality bench-gbdt gpu-check image
+.PHONY: setup demo test bench-preprocess bench-train bench-allreduce bench-serve bench-recovery bench-quality bench-scale bench-gbdt gpu-check image
 
 setup:
 	scripts/setup.sh
@@ -41,6 +41,12 @@ bench-recovery: setup
 bench-quality: setup
 	scripts/setup-bench.sh
 	cargo run --release -p plankton-bench --bin quality_compare
+
+## One full-scale epoch (243,610 objects): cluster processes vs PyTorch DDP + DataLoader, times and peak RSS.
+bench-scale: setup
+	scripts/setup-bench.sh
+	cargo build --release --bins
+	cargo run --release -p plankton-bench --bin scale_bench
 
 bench-gbdt: setup
 	scripts/setup-bench.sh

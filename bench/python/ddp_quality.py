@@ -5,13 +5,15 @@ threshold below the mean, 4x4 opening), the same network (torch_train.py's), bal
 shuffled per epoch. The split and class weights come from the cluster's planner (a CSV and a JSON), so both
 sides train and test on the same objects.
 
-Prints one JSON line: {"accuracy": ..., "macro_f1": ..., "seconds": ...} (macro-F1 as scikit-learn's, over the
-classes with support or predictions).
+Prints one JSON line: {"accuracy": ..., "macro_f1": ..., "seconds": ..., "eval_seconds": ..., "peak_rank_rss_mb":
+...} (macro-F1 as scikit-learn's, over the classes with support or predictions; training seconds, rank 0's test
+pass, the largest peak resident set of the ranks and their DataLoader processes).
 """
 import argparse
 import csv
 import json
 import os
+import resource
 import time
 
 import cv2
@@ -150,6 +152,7 @@ def run(rank, args, port, result_path):
         dist.all_reduce(mean)
         train_losses.append(mean.item() / args.world)
     seconds = time.time() - started
+    eval_started = time.time()
     if rank == 0:
         model.eval()
         confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -163,9 +166,17 @@ def run(rank, args, port, result_path):
                 predictions = logits.argmax(dim=1)
                 np.add.at(confusion, (labels.numpy(), predictions.numpy()), 1)
         macro_f1, accuracy = macro_f1_and_accuracy(confusion)
+    eval_seconds = time.time() - eval_started
+    # ru_maxrss is in KiB on Linux; a DataLoader's worker processes count as children.
+    peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    peak = torch.tensor([float(peak_kib)])
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    if rank == 0:
         with open(result_path, "w") as handle:
             json.dump({"accuracy": accuracy, "macro_f1": macro_f1, "seconds": seconds, "train_losses": train_losses,
-                       "test_loss": test_loss_sum / confusion.sum()}, handle)
+                       "test_loss": test_loss_sum / confusion.sum(), "eval_seconds": eval_seconds,
+                       "peak_rank_rss_mb": peak.item() / 1024.0}, handle)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -385,6 +385,15 @@ pub struct ProcessCluster {
 
 impl ProcessCluster {
     pub async fn start(workers: usize, extra_worker_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_args(workers, &[], extra_worker_args).await
+    }
+
+    /// [`ProcessCluster::start`] with extra coordinator arguments too (e.g. `--allow-dataset DIR`).
+    pub async fn start_with_args(
+        workers: usize,
+        extra_coordinator_args: &[&str],
+        extra_worker_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -408,6 +417,11 @@ impl ProcessCluster {
             format!("{}ms", timeouts.replacement_wait.as_millis()),
         ];
         coordinator_arguments.extend(access::test_coordinator_security_flags());
+        coordinator_arguments.extend(
+            extra_coordinator_args
+                .iter()
+                .map(|argument| argument.to_string()),
+        );
         let coordinator = spawn_logged(
             &binary("plankton-coordinator")?,
             &coordinator_arguments,

@@ -10,13 +10,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 
-use plankton_coordinator::planner::{normalize_spec, plan_job};
+use plankton_bench::ddp_script::{DdpSettings, plan_files, run_ddp_script};
 use plankton_proto::v1::{ClassWeighting, JobPhase, JobSpec, LossNormalization, LrSchedule};
 use plankton_tests::{TestCluster, synth_dataset, workspace_root};
 
@@ -332,26 +331,14 @@ async fn pytorch_run(
     dataset: &Path,
     work: &Path,
 ) -> Result<Quality> {
-    let plan = plan_job(&normalize_spec(spec.clone())?).await?;
-    let split_path = work.join(format!("split-{}.csv", spec.seed));
-    let mut split = String::from("objid,label,part,shard\n");
-    for (index, shard) in plan.shards.iter().enumerate() {
-        for (part, objects) in [("train", &shard.train), ("test", &shard.test)] {
-            for object in objects {
-                split.push_str(&format!(
-                    "{},{},{part},{index}\n",
-                    object.objid, object.label
-                ));
-            }
-        }
-    }
-    std::fs::write(&split_path, split)?;
-    let mut diagnostics = Vec::new();
+    let files = plan_files(spec, work).await?;
+    let mut extra_args = Vec::new();
     if options.pytorch_fixed_shards {
-        diagnostics.push("--fixed-shards".to_string());
+        extra_args.push("--fixed-shards".to_string());
     }
     if options.pytorch_preprocessed {
-        let objids: Vec<i64> = plan
+        let objids: Vec<i64> = files
+            .plan
             .shards
             .iter()
             .flat_map(|shard| shard.train.iter().chain(&shard.test))
@@ -362,61 +349,33 @@ async fn pytorch_run(
         let dump_prefix = prefix.clone();
         tokio::task::spawn_blocking(move || dump_preprocessed(&images_dir, &objids, &dump_prefix))
             .await??;
-        diagnostics.push("--preprocessed".to_string());
-        diagnostics.push(prefix.display().to_string());
+        extra_args.push("--preprocessed".to_string());
+        extra_args.push(prefix.display().to_string());
     }
-    let weights_path = work.join(format!("weights-{}.json", spec.seed));
-    std::fs::write(
-        &weights_path,
-        serde_json::to_vec(&serde_json::json!({ "class_weights": plan.class_weights }))?,
-    )?;
     let result_path = work.join(format!("pytorch-{}.json", spec.seed));
-    let script = workspace_root().join("bench/python/ddp_quality.py");
-    let mut command = Command::new(python);
-    command
-        .arg(&script)
-        .arg("--dataset")
-        .arg(dataset)
-        .arg("--split")
-        .arg(&split_path)
-        .arg("--weights")
-        .arg(&weights_path)
-        .args(["--arch", &options.model])
-        .args(["--epochs", &options.epochs.to_string()])
-        .args(["--batch", &options.batch.to_string()])
-        .args(["--lr", &options.lr.to_string()])
-        .args(["--seed", &spec.seed.to_string()])
-        .args(["--world", &options.workers.to_string()])
-        .args(&diagnostics)
-        .arg("--result")
-        .arg(&result_path)
-        .current_dir(workspace_root().join("bench/python"));
-    let output = tokio::task::spawn_blocking(move || command.output()).await??;
-    if !output.status.success() {
-        bail!(
-            "the PyTorch run failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let result: serde_json::Value = serde_json::from_slice(&std::fs::read(&result_path)?)?;
-    let number = |key: &str| {
-        result[key]
-            .as_f64()
-            .with_context(|| format!("no {key} in {result}"))
-    };
+    let (python, dataset, model) = (python.to_path_buf(), dataset.to_path_buf(), options.model.clone());
+    let (epochs, batch, learning_rate, seed, world) =
+        (options.epochs, options.batch, options.lr, spec.seed, options.workers);
+    let result = tokio::task::spawn_blocking(move || {
+        let settings = DdpSettings {
+            python: &python,
+            dataset: &dataset,
+            model: &model,
+            epochs,
+            batch,
+            learning_rate,
+            seed,
+            world,
+            extra_args,
+        };
+        run_ddp_script(&settings, &files, &result_path)
+    })
+    .await??;
     Ok(Quality {
-        macro_f1: number("macro_f1")?,
-        accuracy: number("accuracy")?,
-        seconds: number("seconds")?,
-        train_losses: result["train_losses"]
-            .as_array()
-            .map(|losses| {
-                losses
-                    .iter()
-                    .filter_map(serde_json::Value::as_f64)
-                    .collect()
-            })
-            .unwrap_or_default(),
-        test_loss: number("test_loss")?,
+        macro_f1: result.macro_f1,
+        accuracy: result.accuracy,
+        seconds: result.seconds,
+        train_losses: result.train_losses,
+        test_loss: result.test_loss,
     })
 }
