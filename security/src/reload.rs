@@ -175,21 +175,32 @@ mod tests {
             applied: Some(digest_contents(&[b"first".to_vec()])),
             candidate: None,
         };
-        let poll = |watch: &mut WatchState| *watch = poll_files_once(&recorder, &paths, *watch, &record);
+        let poll =
+            |watch: &mut WatchState| *watch = poll_files_once(&recorder, &paths, *watch, &record);
 
         poll(&mut watch);
-        assert!(recorder.0.lock().unwrap().is_empty(), "unchanged contents were handed over");
+        assert!(
+            recorder.0.lock().unwrap().is_empty(),
+            "unchanged contents were handed over"
+        );
 
         // A writer that truncated the file and has not written it yet: seen once, never applied.
         std::fs::write(&path, "").unwrap();
         poll(&mut watch);
         std::fs::write(&path, "second").unwrap();
         poll(&mut watch);
-        assert!(recorder.0.lock().unwrap().is_empty(), "unsettled contents were handed over");
+        assert!(
+            recorder.0.lock().unwrap().is_empty(),
+            "unsettled contents were handed over"
+        );
         poll(&mut watch);
         assert_eq!(*recorder.0.lock().unwrap(), vec![b"second".to_vec()]);
         poll(&mut watch);
-        assert_eq!(recorder.0.lock().unwrap().len(), 1, "settled contents were handed over twice");
+        assert_eq!(
+            recorder.0.lock().unwrap().len(),
+            1,
+            "settled contents were handed over twice"
+        );
 
         // A file that goes missing and comes back unchanged is handed over again once settled.
         std::fs::remove_file(&path).unwrap();

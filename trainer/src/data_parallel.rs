@@ -569,11 +569,9 @@ impl DataParallelTrainer {
             let feature_input =
                 features_to_tensor(features, count, feature_width, self.config.device)?;
             let logits = if overlap {
-                let forward = self.network.forward_train_split(
-                    &input,
-                    feature_input.as_ref(),
-                    compute,
-                )?;
+                let forward =
+                    self.network
+                        .forward_train_split(&input, feature_input.as_ref(), compute)?;
                 let logits = forward.logits.shallow_clone();
                 split = Some(forward);
                 logits
@@ -774,7 +772,12 @@ impl DataParallelTrainer {
                         Duration::ZERO,
                     ),
                 };
-                (late_reduced, early_backward, backward_done.elapsed(), late_took)
+                (
+                    late_reduced,
+                    early_backward,
+                    backward_done.elapsed(),
+                    late_took,
+                )
             });
             timings.forward_backward = step.started.elapsed().saturating_sub(waited);
             early_backward?;
@@ -815,10 +818,8 @@ impl DataParallelTrainer {
                 let (gradient_values, control_values) =
                     self.gradient_buffer.split_at_mut(parameter_count);
                 collective.all_reduce_sum(control_values).and_then(|()| {
-                    collective.all_reduce_sum_compressed(
-                        &mut gradient_values[late_values..],
-                        compression,
-                    )
+                    collective
+                        .all_reduce_sum_compressed(&mut gradient_values[late_values..], compression)
                 })
             }
         };
@@ -846,7 +847,8 @@ impl DataParallelTrainer {
                 1.0
             };
             // The gradient tensors in the buffer's layout (`reduce_order`).
-            let gradients: Vec<Tensor> = late_gradients.into_iter().chain(early_gradients).collect();
+            let gradients: Vec<Tensor> =
+                late_gradients.into_iter().chain(early_gradients).collect();
             unflatten_from(&self.gradient_buffer[..parameter_count], &gradients, scale)?;
         }
         Ok((

@@ -122,7 +122,12 @@ impl WideLeNet {
 }
 
 /// conv (stride 1, `padding`) -> ReLU -> 2x2 max-pool three times: the early segment of the LeNets.
-fn three_conv(images: &Tensor, convolutions: [&nn::Conv2D; 3], padding: i64, compute: ComputeKind) -> Tensor {
+fn three_conv(
+    images: &Tensor,
+    convolutions: [&nn::Conv2D; 3],
+    padding: i64,
+    compute: ComputeKind,
+) -> Tensor {
     let mut features = images.shallow_clone();
     for convolution in convolutions {
         features = compute

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use plankton_trainer::{
     Architecture, DataParallelTrainer, GradientCompression, IMAGE_LEN, LossNormalization,
-    OptimizerChoice, StepTimings,
-    TrainConfig,
+    OptimizerChoice, StepTimings, TrainConfig,
 };
 
 fn config(
@@ -398,7 +397,10 @@ fn overlapped_all_reduce_gives_the_sequential_weights() {
                     .flat_weights()
                     .unwrap(),
             );
-            assert!(moved > 1e-4, "{architecture:?}: the steps moved the weights by only {moved}");
+            assert!(
+                moved > 1e-4,
+                "{architecture:?}: the steps moved the weights by only {moved}"
+            );
             assert!(
                 overlapped_ranks[0].1.all_reduce_hidden > Duration::ZERO,
                 "{architecture:?}: no communication ran alongside the backward"

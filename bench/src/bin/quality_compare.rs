@@ -353,9 +353,18 @@ async fn pytorch_run(
         extra_args.push(prefix.display().to_string());
     }
     let result_path = work.join(format!("pytorch-{}.json", spec.seed));
-    let (python, dataset, model) = (python.to_path_buf(), dataset.to_path_buf(), options.model.clone());
-    let (epochs, batch, learning_rate, seed, world) =
-        (options.epochs, options.batch, options.lr, spec.seed, options.workers);
+    let (python, dataset, model) = (
+        python.to_path_buf(),
+        dataset.to_path_buf(),
+        options.model.clone(),
+    );
+    let (epochs, batch, learning_rate, seed, world) = (
+        options.epochs,
+        options.batch,
+        options.lr,
+        spec.seed,
+        options.workers,
+    );
     let result = tokio::task::spawn_blocking(move || {
         let settings = DdpSettings {
             python: &python,

@@ -26,7 +26,9 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Parser, Debug)]
-#[command(about = "Full-scale epoch: cluster processes vs PyTorch DDP + DataLoader, times and peak RSS")]
+#[command(
+    about = "Full-scale epoch: cluster processes vs PyTorch DDP + DataLoader, times and peak RSS"
+)]
 struct Options {
     /// Folder of the synthetic dataset (generated when it has no meta.csv).
     #[arg(long, default_value = "target/quality-data")]
@@ -91,7 +93,8 @@ struct Timeline {
 impl Timeline {
     fn observe(&mut self, job: &Job, now: Instant) {
         let steps = job.steps_per_epoch;
-        let training = !job.workers.is_empty() && job.workers.iter().all(|worker| worker.epoch >= 1);
+        let training =
+            !job.workers.is_empty() && job.workers.iter().all(|worker| worker.epoch >= 1);
         if training && self.ingested.is_none() {
             self.ingested = Some(now);
         }
@@ -99,7 +102,8 @@ impl Timeline {
             let epoch = index as u32 + 1;
             let done = !job.workers.is_empty()
                 && job.workers.iter().all(|worker| {
-                    worker.epoch > epoch || (worker.epoch == epoch && worker.step >= steps && steps > 0)
+                    worker.epoch > epoch
+                        || (worker.epoch == epoch && worker.step >= steps && steps > 0)
                 });
             if trained.is_none() && (done || job.epochs.len() >= epoch as usize) {
                 *trained = Some(now);
@@ -132,7 +136,12 @@ async fn cluster_run(options: &Options, dataset: &Path, spec: JobSpec) -> Result
     let mut cluster = ProcessCluster::start_with_args(
         options.workers as usize,
         &["--allow-dataset", &allowed],
-        &["--cache-dir", &cache_dir, "--max-resident-mb", &max_resident],
+        &[
+            "--cache-dir",
+            &cache_dir,
+            "--max-resident-mb",
+            &max_resident,
+        ],
     )
     .await?;
     let result = drive_job(options, &mut cluster, spec).await;
@@ -181,7 +190,11 @@ async fn drive_job(
             .await?
             .into_inner();
         timeline.observe(&current, now);
-        let loaded: u64 = current.workers.iter().map(|worker| worker.loaded_objects).sum();
+        let loaded: u64 = current
+            .workers
+            .iter()
+            .map(|worker| worker.loaded_objects)
+            .sum();
         if loaded >= last_loaded + 50_000 {
             last_loaded = loaded;
             println!(
@@ -207,7 +220,12 @@ async fn drive_job(
                 });
             }
             JobPhase::Failed | JobPhase::Cancelled => {
-                bail!("job {} ended {:?}: {}", current.id, current.phase(), current.message)
+                bail!(
+                    "job {} ended {:?}: {}",
+                    current.id,
+                    current.phase(),
+                    current.message
+                )
             }
             _ => {}
         }
@@ -216,7 +234,9 @@ async fn drive_job(
 
 fn seconds_between(from: Option<Instant>, to: Option<Instant>) -> String {
     match (from, to) {
-        (Some(from), Some(to)) => format!("{:.0} s", to.saturating_duration_since(from).as_secs_f64()),
+        (Some(from), Some(to)) => {
+            format!("{:.0} s", to.saturating_duration_since(from).as_secs_f64())
+        }
         _ => "?".to_string(),
     }
 }
@@ -231,7 +251,10 @@ async fn run(options: Options) -> Result<()> {
     }
     let dataset = std::path::absolute(&options.dataset)?;
     if dataset.join("meta.csv").exists() {
-        println!("dataset: {} (reused; delete it to time the generation)", dataset.display());
+        println!(
+            "dataset: {} (reused; delete it to time the generation)",
+            dataset.display()
+        );
     } else {
         std::fs::create_dir_all(&dataset)?;
         let started = Instant::now();
@@ -269,10 +292,16 @@ async fn run(options: Options) -> Result<()> {
         options.workers, options.model, options.epochs, options.batch, options.max_resident_mb
     );
 
-    println!("\n== cluster: coordinator + {} worker processes", options.workers);
+    println!(
+        "\n== cluster: coordinator + {} worker processes",
+        options.workers
+    );
     let cluster = cluster_run(&options, &dataset, spec.clone()).await?;
     let timeline = &cluster.timeline;
-    let total = cluster.finished.duration_since(cluster.submitted).as_secs_f64();
+    let total = cluster
+        .finished
+        .duration_since(cluster.submitted)
+        .as_secs_f64();
     println!(
         "  ingest (fetch + preprocess every shard): {}",
         seconds_between(Some(cluster.submitted), timeline.ingested)
@@ -300,7 +329,10 @@ async fn run(options: Options) -> Result<()> {
         "  {} training images per epoch, {cluster_images_per_second:.0} images/s while training; job {total:.0} s from submit to model",
         cluster.train_objects
     );
-    println!("  peak RSS: coordinator {:.0} MiB", cluster.coordinator_peak_mb);
+    println!(
+        "  peak RSS: coordinator {:.0} MiB",
+        cluster.coordinator_peak_mb
+    );
     for (index, peak) in cluster.worker_peaks_mb.iter().enumerate() {
         println!("  peak RSS: worker {index} {peak:.0} MiB");
     }
@@ -348,7 +380,10 @@ async fn run(options: Options) -> Result<()> {
     println!(
         "  {pytorch_images_per_second:.0} images/s while training; {pytorch_total:.0} s from start to metrics (process start included)"
     );
-    println!("  peak RSS: largest rank {:.0} MiB", pytorch.peak_rank_rss_mb);
+    println!(
+        "  peak RSS: largest rank {:.0} MiB",
+        pytorch.peak_rank_rss_mb
+    );
 
     println!("\n== side by side");
     println!(
