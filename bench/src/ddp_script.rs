@@ -46,11 +46,12 @@ pub async fn plan_files(spec: &JobSpec, work: &Path) -> Result<PlannedFiles> {
 }
 
 /// The script's settings: the spec's network, epochs, batch per rank, rate, seed and ranks.
-pub struct DdpSettings<'a> {
-    pub python: &'a Path,
+#[derive(Clone, Debug)]
+pub struct DdpSettings {
+    pub python: PathBuf,
     /// Folder holding `imgs/<objid>.jpg`.
-    pub dataset: &'a Path,
-    pub model: &'a str,
+    pub dataset: PathBuf,
+    pub model: String,
     pub epochs: u32,
     pub batch: u32,
     pub learning_rate: f32,
@@ -77,22 +78,30 @@ pub struct DdpResult {
     pub test_loss: f64,
 }
 
-/// Runs the script (blocking: call it from a blocking thread) and reads its result file.
-pub fn run_ddp_script(
-    settings: &DdpSettings<'_>,
+/// Runs the script on a blocking thread and reads its result file.
+pub async fn run_ddp_script(
+    settings: DdpSettings,
+    files: PlannedFiles,
+    result_path: PathBuf,
+) -> Result<DdpResult> {
+    tokio::task::spawn_blocking(move || run_blocking(&settings, &files, &result_path)).await?
+}
+
+fn run_blocking(
+    settings: &DdpSettings,
     files: &PlannedFiles,
     result_path: &Path,
 ) -> Result<DdpResult> {
     let script = workspace_root().join("bench/python/ddp_quality.py");
-    let output = Command::new(settings.python)
+    let output = Command::new(&settings.python)
         .arg(&script)
         .arg("--dataset")
-        .arg(settings.dataset)
+        .arg(&settings.dataset)
         .arg("--split")
         .arg(&files.split)
         .arg("--weights")
         .arg(&files.weights)
-        .args(["--arch", settings.model])
+        .args(["--arch", settings.model.as_str()])
         .args(["--epochs", &settings.epochs.to_string()])
         .args(["--batch", &settings.batch.to_string()])
         .args(["--lr", &settings.learning_rate.to_string()])

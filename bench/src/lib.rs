@@ -1,4 +1,43 @@
 //! Benchmark programs against OpenCV, PyTorch and gloo; [`ddp_script`] runs the PyTorch DDP script the cluster
 //! replaces (shared by `quality_compare` and `scale_bench`).
 
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
 pub mod ddp_script;
+
+/// Generates `count` synthetic objects (generator seed `seed`) into the folder `dataset` unless it already holds
+/// a `meta.csv`; says which, and how long the generation took.
+pub async fn ensure_synthetic_dataset(dataset: &Path, count: u64, seed: u64) -> anyhow::Result<()> {
+    if dataset.join("meta.csv").exists() {
+        println!(
+            "dataset: {} (reused; delete it to time the generation)",
+            dataset.display()
+        );
+        return Ok(());
+    }
+    std::fs::create_dir_all(dataset)?;
+    let started = Instant::now();
+    plankton_tests::synth_dataset(&format!("file://{}", dataset.display()), count, seed, false)
+        .await?;
+    let took = started.elapsed().as_secs_f64();
+    println!(
+        "generated {count} objects into {} in {took:.0} s ({:.0} objects/s)",
+        dataset.display(),
+        count as f64 / took
+    );
+    Ok(())
+}
+
+/// The Python of the benchmark references (PyTorch, OpenCV, XGBoost), or an error naming the set-up command when
+/// `needed` and it is missing; `make_target` is the make target that installs it with the benchmark.
+pub fn bench_python(needed: bool, make_target: &str) -> anyhow::Result<PathBuf> {
+    let python = plankton_tests::workspace_root().join(".venv-bench/bin/python");
+    if needed && !python.exists() {
+        anyhow::bail!(
+            "{} is missing: run scripts/setup-bench.sh (make {make_target} does)",
+            python.display()
+        );
+    }
+    Ok(python)
+}

@@ -719,11 +719,6 @@ impl Network {
         train: bool,
         compute: ComputeKind,
     ) -> Result<Tensor, TrainError> {
-        if matches!(self, Network::Fusion(_)) && features.is_none() {
-            return Err(TrainError::InvalidInput(
-                "the fusion network needs features".to_string(),
-            ));
-        }
         let early = self.early_in(images, train, compute);
         self.late_in(&early, features, train, compute)
     }

@@ -13,12 +13,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 
+use plankton_bench::{bench_python, ensure_synthetic_dataset};
 use plankton_coordinator::metrics::ConfusionMatrix;
 use plankton_coordinator::planner::{normalize_spec, plan_job};
 use plankton_dataset::{FeatureTable, FeatureTransform};
 use plankton_gbdt::{FeatureMatrix, GbdtModel, GbdtParams};
 use plankton_proto::v1::{EvalMetrics, JobSpec};
-use plankton_tests::{synth_dataset, workspace_root};
+use plankton_tests::workspace_root;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum FeatureRows {
@@ -132,29 +133,9 @@ fn write_f32(path: PathBuf, values: &[f32]) -> Result<()> {
 }
 
 async fn run(options: Options) -> Result<()> {
-    let python = workspace_root().join(".venv-bench/bin/python");
-    if !python.exists() {
-        bail!(
-            "{} is missing: run scripts/setup-bench.sh (make bench-gbdt does)",
-            python.display()
-        );
-    }
+    let python = bench_python(true, "bench-gbdt")?;
     let dataset = std::path::absolute(&options.dataset)?;
-    if !dataset.join("meta.csv").exists() {
-        println!(
-            "generating {} objects into {}",
-            options.count,
-            dataset.display()
-        );
-        std::fs::create_dir_all(&dataset)?;
-        synth_dataset(
-            &format!("file://{}", dataset.display()),
-            options.count,
-            options.dataset_seed,
-            false,
-        )
-        .await?;
-    }
+    ensure_synthetic_dataset(&dataset, options.count, options.dataset_seed).await?;
     let dataset_url = format!("file://{}", dataset.display());
     let spec = normalize_spec(JobSpec {
         dataset_url: dataset_url.clone(),

@@ -16,8 +16,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 
 use plankton_bench::ddp_script::{DdpSettings, plan_files, run_ddp_script};
+use plankton_bench::{bench_python, ensure_synthetic_dataset};
 use plankton_proto::v1::{ClassWeighting, JobPhase, JobSpec, LossNormalization, LrSchedule};
-use plankton_tests::{TestCluster, synth_dataset, workspace_root};
+use plankton_tests::TestCluster;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum Normalization {
@@ -158,31 +159,9 @@ fn main() -> Result<()> {
 }
 
 async fn run(options: Options) -> Result<()> {
-    let python = workspace_root().join(".venv-bench/bin/python");
-    if !options.skip_pytorch && !python.exists() {
-        bail!(
-            "{} is missing: run scripts/setup-bench.sh (make bench-quality does)",
-            python.display()
-        );
-    }
+    let python = bench_python(!options.skip_pytorch, "bench-quality")?;
     let dataset = std::path::absolute(&options.dataset)?;
-    if !dataset.join("meta.csv").exists() {
-        let started = Instant::now();
-        println!(
-            "generating {} objects into {}",
-            options.count,
-            dataset.display()
-        );
-        std::fs::create_dir_all(&dataset)?;
-        synth_dataset(
-            &format!("file://{}", dataset.display()),
-            options.count,
-            options.dataset_seed,
-            false,
-        )
-        .await?;
-        println!("generated in {:.0} s", started.elapsed().as_secs_f64());
-    }
+    ensure_synthetic_dataset(&dataset, options.count, options.dataset_seed).await?;
     let dataset_url = format!("file://{}", dataset.display());
     let work = tempfile::tempdir()?;
     let allowed = dataset_url.clone();
@@ -353,33 +332,18 @@ async fn pytorch_run(
         extra_args.push(prefix.display().to_string());
     }
     let result_path = work.join(format!("pytorch-{}.json", spec.seed));
-    let (python, dataset, model) = (
-        python.to_path_buf(),
-        dataset.to_path_buf(),
-        options.model.clone(),
-    );
-    let (epochs, batch, learning_rate, seed, world) = (
-        options.epochs,
-        options.batch,
-        options.lr,
-        spec.seed,
-        options.workers,
-    );
-    let result = tokio::task::spawn_blocking(move || {
-        let settings = DdpSettings {
-            python: &python,
-            dataset: &dataset,
-            model: &model,
-            epochs,
-            batch,
-            learning_rate,
-            seed,
-            world,
-            extra_args,
-        };
-        run_ddp_script(&settings, &files, &result_path)
-    })
-    .await??;
+    let settings = DdpSettings {
+        python: python.to_path_buf(),
+        dataset: dataset.to_path_buf(),
+        model: options.model.clone(),
+        epochs: options.epochs,
+        batch: options.batch,
+        learning_rate: options.lr,
+        seed: spec.seed,
+        world: options.workers,
+        extra_args,
+    };
+    let result = run_ddp_script(settings, files, result_path).await?;
     Ok(Quality {
         macro_f1: result.macro_f1,
         accuracy: result.accuracy,

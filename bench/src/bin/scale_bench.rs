@@ -15,10 +15,11 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use plankton_bench::ddp_script::{DdpSettings, plan_files, run_ddp_script};
+use plankton_bench::{bench_python, ensure_synthetic_dataset};
 use plankton_proto::v1::{
     ClassWeighting, GetJobRequest, Job, JobPhase, JobSpec, LrSchedule, SubmitJobRequest,
 };
-use plankton_tests::{ProcessCluster, synth_dataset, workspace_root};
+use plankton_tests::ProcessCluster;
 
 /// Longest a run may take before the benchmark calls it hung.
 const RUN_TIMEOUT: Duration = Duration::from_secs(4 * 3600);
@@ -242,37 +243,9 @@ fn seconds_between(from: Option<Instant>, to: Option<Instant>) -> String {
 }
 
 async fn run(options: Options) -> Result<()> {
-    let python = workspace_root().join(".venv-bench/bin/python");
-    if !options.skip_pytorch && !python.exists() {
-        bail!(
-            "{} is missing: run scripts/setup-bench.sh (make bench-scale does)",
-            python.display()
-        );
-    }
+    let python = bench_python(!options.skip_pytorch, "bench-scale")?;
     let dataset = std::path::absolute(&options.dataset)?;
-    if dataset.join("meta.csv").exists() {
-        println!(
-            "dataset: {} (reused; delete it to time the generation)",
-            dataset.display()
-        );
-    } else {
-        std::fs::create_dir_all(&dataset)?;
-        let started = Instant::now();
-        synth_dataset(
-            &format!("file://{}", dataset.display()),
-            options.count,
-            options.dataset_seed,
-            false,
-        )
-        .await?;
-        let took = started.elapsed().as_secs_f64();
-        println!(
-            "generated {} objects into {} in {took:.0} s ({:.0} objects/s)",
-            options.count,
-            dataset.display(),
-            options.count as f64 / took
-        );
-    }
+    ensure_synthetic_dataset(&dataset, options.count, options.dataset_seed).await?;
     let spec = JobSpec {
         name: "scale".to_string(),
         dataset_url: format!("file://{}", dataset.display()),
@@ -347,29 +320,19 @@ async fn run(options: Options) -> Result<()> {
     let work = tempfile::tempdir()?;
     let files = plan_files(&spec, work.path()).await?;
     let result_path = work.path().join("pytorch.json");
-    let (model, epochs, batch, seed, world) = (
-        options.model.clone(),
-        options.epochs,
-        options.batch,
-        options.seed,
-        options.workers,
-    );
+    let settings = DdpSettings {
+        python,
+        dataset,
+        model: options.model.clone(),
+        epochs: options.epochs,
+        batch: options.batch,
+        learning_rate: 1e-3,
+        seed: options.seed,
+        world: options.workers,
+        extra_args: vec!["--channels-last".to_string()],
+    };
     let started = Instant::now();
-    let pytorch = tokio::task::spawn_blocking(move || {
-        let settings = DdpSettings {
-            python: &python,
-            dataset: &dataset,
-            model: &model,
-            epochs,
-            batch,
-            learning_rate: 1e-3,
-            seed,
-            world,
-            extra_args: vec!["--channels-last".to_string()],
-        };
-        run_ddp_script(&settings, &files, &result_path)
-    })
-    .await??;
+    let pytorch = run_ddp_script(settings, files, result_path).await?;
     let pytorch_total = started.elapsed().as_secs_f64();
     let pytorch_images_per_second =
         cluster.train_objects as f64 * f64::from(options.epochs) / pytorch.seconds.max(1e-9);
