@@ -6,6 +6,29 @@ use std::time::Instant;
 
 pub mod ddp_script;
 
+/// The full-size synthetic dataset the quality and scale benchmarks share (`--dataset`, `--count`,
+/// `--dataset-seed`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct FullSizeDataset {
+    /// Folder of the synthetic dataset (generated when it has no meta.csv).
+    #[arg(long, default_value = "target/quality-data")]
+    pub dataset: PathBuf,
+    /// Objects generated (the real dataset's 243,610) and the generator's seed.
+    #[arg(long, default_value_t = 243_610)]
+    pub count: u64,
+    #[arg(long, default_value_t = 42)]
+    pub dataset_seed: u64,
+}
+
+impl FullSizeDataset {
+    /// The dataset's absolute folder, generated first when it has no `meta.csv`.
+    pub async fn ensure(&self) -> anyhow::Result<PathBuf> {
+        let dataset = std::path::absolute(&self.dataset)?;
+        ensure_synthetic_dataset(&dataset, self.count, self.dataset_seed).await?;
+        Ok(dataset)
+    }
+}
+
 /// Generates `count` synthetic objects (generator seed `seed`) into the folder `dataset` unless it already holds
 /// a `meta.csv`; says which, and how long the generation took.
 pub async fn ensure_synthetic_dataset(dataset: &Path, count: u64, seed: u64) -> anyhow::Result<()> {

@@ -9,14 +9,14 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 
 use plankton_bench::ddp_script::{DdpSettings, plan_files, run_ddp_script};
-use plankton_bench::{bench_python, ensure_synthetic_dataset};
+use plankton_bench::{FullSizeDataset, bench_python};
 use plankton_proto::v1::{ClassWeighting, JobPhase, JobSpec, LossNormalization, LrSchedule};
 use plankton_tests::TestCluster;
 
@@ -42,14 +42,8 @@ impl Normalization {
 #[derive(Parser, Debug)]
 #[command(about = "Cluster vs PyTorch DDP + DataLoader: macro-F1 and accuracy over seeds")]
 struct Options {
-    /// Folder of the synthetic dataset (generated when it has no meta.csv).
-    #[arg(long, default_value = "target/quality-data")]
-    dataset: PathBuf,
-    /// Objects generated (the real dataset's 243,610) and the generator's seed.
-    #[arg(long, default_value_t = 243_610)]
-    count: u64,
-    #[arg(long, default_value_t = 42)]
-    dataset_seed: u64,
+    #[command(flatten)]
+    data: FullSizeDataset,
     /// Stratified subsample each run trains and tests on.
     #[arg(long, default_value_t = 48_000)]
     max_objects: u32,
@@ -160,8 +154,7 @@ fn main() -> Result<()> {
 
 async fn run(options: Options) -> Result<()> {
     let python = bench_python(!options.skip_pytorch, "bench-quality")?;
-    let dataset = std::path::absolute(&options.dataset)?;
-    ensure_synthetic_dataset(&dataset, options.count, options.dataset_seed).await?;
+    let dataset = options.data.ensure().await?;
     let dataset_url = format!("file://{}", dataset.display());
     let work = tempfile::tempdir()?;
     let allowed = dataset_url.clone();
@@ -247,8 +240,8 @@ async fn run(options: Options) -> Result<()> {
     println!(
         "{} objects (of {} generated, seed {}), {} x {} {} epochs, Adam {} constant, balanced weights, {} seeds",
         options.max_objects,
-        options.count,
-        options.dataset_seed,
+        options.data.count,
+        options.data.dataset_seed,
         options.workers,
         options.batch,
         options.epochs,

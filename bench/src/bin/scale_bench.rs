@@ -8,14 +8,14 @@
 //! `cargo run --release -p plankton-bench --bin scale_bench`); `-- --max-objects 20000` for a short run.
 #![forbid(unsafe_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use plankton_bench::ddp_script::{DdpSettings, plan_files, run_ddp_script};
-use plankton_bench::{bench_python, ensure_synthetic_dataset};
+use plankton_bench::{FullSizeDataset, bench_python};
 use plankton_proto::v1::{
     ClassWeighting, GetJobRequest, Job, JobPhase, JobSpec, LrSchedule, SubmitJobRequest,
 };
@@ -31,14 +31,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
     about = "Full-scale epoch: cluster processes vs PyTorch DDP + DataLoader, times and peak RSS"
 )]
 struct Options {
-    /// Folder of the synthetic dataset (generated when it has no meta.csv).
-    #[arg(long, default_value = "target/quality-data")]
-    dataset: PathBuf,
-    /// Objects generated (the real dataset's 243,610) and the generator's seed.
-    #[arg(long, default_value_t = 243_610)]
-    count: u64,
-    #[arg(long, default_value_t = 42)]
-    dataset_seed: u64,
+    #[command(flatten)]
+    data: FullSizeDataset,
     /// Objects trained and tested on (0: all of them).
     #[arg(long, default_value_t = 0)]
     max_objects: u32,
@@ -244,8 +238,7 @@ fn seconds_between(from: Option<Instant>, to: Option<Instant>) -> String {
 
 async fn run(options: Options) -> Result<()> {
     let python = bench_python(!options.skip_pytorch, "bench-scale")?;
-    let dataset = std::path::absolute(&options.dataset)?;
-    ensure_synthetic_dataset(&dataset, options.count, options.dataset_seed).await?;
+    let dataset = options.data.ensure().await?;
     let spec = JobSpec {
         name: "scale".to_string(),
         dataset_url: format!("file://{}", dataset.display()),
