@@ -32,7 +32,8 @@ pub async fn plan_files(spec: &JobSpec, work: &Path) -> Result<PlannedFiles> {
             }
         }
     }
-    std::fs::write(&split_path, split)?;
+    std::fs::write(&split_path, split)
+        .with_context(|| format!("writing {}", split_path.display()))?;
     let weights = work.join(format!("weights-{}.json", spec.seed));
     std::fs::write(
         &weights,
@@ -119,7 +120,10 @@ fn run_blocking(
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let result: serde_json::Value = serde_json::from_slice(&std::fs::read(result_path)?)?;
+    let result: serde_json::Value = std::fs::read(result_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
+        .with_context(|| format!("the script's result {}", result_path.display()))?;
     let number = |key: &str| {
         result[key]
             .as_f64()

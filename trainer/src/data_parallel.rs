@@ -18,7 +18,7 @@ use crate::inference::{TrainedModel, load_weights_into};
 use crate::model::{ComputeKind, Network, SplitForward, channels_last, sorted_variables};
 use crate::optimizer::{Optimizer, STATE_TENSOR_PREFIX};
 use crate::safetensors_io::{self, TensorFile};
-use plankton_collective::{Collective, CollectiveError, GradientCompression};
+use plankton_collective::{Collective, GradientCompression};
 
 /// Images per forward pass during evaluation and inference.
 pub const EVALUATION_BATCH_SIZE: usize = 256;
@@ -78,17 +78,6 @@ struct LocalStep {
     loss_value: f64,
     denominator: f64,
     request_reform: bool,
-}
-
-/// All-reduces gradient values only (no control values) in the wire format `compression` says. Always
-/// through [`Collective::all_reduce_sum_compressed`] (exact for `None`), so a step's control values are the
-/// only plain `all_reduce_sum` of the step: the one wrappers count steps by.
-fn reduce_values(
-    collective: &mut dyn Collective,
-    values: &mut [f32],
-    compression: GradientCompression,
-) -> Result<(), CollectiveError> {
-    collective.all_reduce_sum_compressed(values, compression)
 }
 
 /// What one optimizer step reports.
@@ -751,8 +740,11 @@ impl DataParallelTrainer {
                     .name("gradient-all-reduce".to_string())
                     .spawn_scoped(scope, move || {
                         let started = Instant::now();
-                        let reduced =
-                            reduce_values(collective_for_thread, late_buffer, compression);
+                        // Gradient values only, always through the compressed entry point (exact for `None`),
+                        // so the step's control all-reduce stays its one plain `all_reduce_sum`: the one
+                        // wrappers such as the fault injector count steps by.
+                        let reduced = collective_for_thread
+                            .all_reduce_sum_compressed(late_buffer, compression);
                         (reduced, started.elapsed())
                     });
                 let early_backward = split.map_or(Ok(()), SplitForward::backward_early);

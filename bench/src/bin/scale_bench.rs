@@ -269,7 +269,7 @@ async fn run(options: Options) -> Result<()> {
         .duration_since(cluster.submitted)
         .as_secs_f64();
     println!(
-        "  ingest (fetch + preprocess every shard): {}",
+        "  submit to first step (plan, fetch + preprocess every shard, ring): {}",
         seconds_between(Some(cluster.submitted), timeline.ingested)
     );
     let mut epoch_start = timeline.ingested;
