@@ -5,7 +5,8 @@
 //! (resnet, 40 classes) model trained for one step on random images, then runs closed-loop clients (each sends
 //! one 1-image Predict request, waits for the answer, repeats) against the server with dynamic batching on
 //! (`--max-batch-size`, `--max-queue-delay`) and off (max batch size 1). First it times the model alone against
-//! PyTorch eager on the same weights and threads (`--forward-threads`, `--python`; `--forward-only` stops there).
+//! PyTorch eager on the same weights and threads, in trials that alternate the two sides (`--forward-trials`,
+//! `--forward-threads`, `--python`; `--forward-only` stops there).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +53,9 @@ struct Options {
     /// Python with torch 2.11 for the PyTorch eager reference (scripts/setup-bench.sh).
     #[arg(long, default_value = ".venv-bench/bin/python")]
     python: std::path::PathBuf,
+    /// Trials of the forward-pass comparison, each our rounds then a PyTorch run.
+    #[arg(long, default_value_t = 3)]
+    forward_trials: usize,
     /// Only the forward-pass comparison, no load test.
     #[arg(long)]
     forward_only: bool,
@@ -190,24 +194,22 @@ fn compare_forward_passes(weights: &[u8], options: &Options) -> anyhow::Result<(
         }
         Ok((best[0], best[1]))
     };
-    let mut ours = Vec::new();
-    for batch_size in BATCH_SIZES {
-        let (folded_rate, as_trained_rate) = folded_and_as_trained_rates(batch_size)?;
-        println!(
-            "forward pass alone, batch {batch_size:>3}: {:8.2} ms per pass, {:6.3} ms per image (as trained: {:6.3})",
-            batch_size as f64 * 1e3 / folded_rate,
-            1e3 / folded_rate,
-            1e3 / as_trained_rate
-        );
-        ours.push((batch_size, folded_rate, as_trained_rate));
-    }
+    let measure_ours = || -> anyhow::Result<Vec<(usize, f64, f64)>> {
+        BATCH_SIZES
+            .into_iter()
+            .map(|batch_size| {
+                let (folded_rate, as_trained_rate) = folded_and_as_trained_rates(batch_size)?;
+                Ok((batch_size, folded_rate, as_trained_rate))
+            })
+            .collect()
+    };
 
-    if !options.python.exists() {
+    let python_ready = options.python.exists();
+    if !python_ready {
         println!(
             "PyTorch reference skipped: {} is missing (scripts/setup-bench.sh installs it)",
             options.python.display()
         );
-        return Ok(());
     }
     let folder = tempfile::tempdir()?;
     let weights_path = folder.path().join("model.safetensors");
@@ -216,26 +218,72 @@ fn compare_forward_passes(weights: &[u8], options: &Options) -> anyhow::Result<(
     std::fs::write(&images_path, &pixels)?;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/torch_infer.py");
     let batch_sizes: Vec<String> = BATCH_SIZES.iter().map(ToString::to_string).collect();
-    let output = std::process::Command::new(&options.python)
-        .arg(&script)
-        .arg("--weights")
-        .arg(&weights_path)
-        .arg("--images")
-        .arg(&images_path)
-        .args(["--num-classes", &CLASS_COUNT.to_string()])
-        .args(["--threads", &options.forward_threads.to_string()])
-        .args(["--batch-sizes", &batch_sizes.join(",")])
-        .args(["--rounds", &FORWARD_ROUNDS.to_string()])
-        .output()?;
-    anyhow::ensure!(
-        output.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reference: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let run_reference = || -> anyhow::Result<serde_json::Value> {
+        let output = std::process::Command::new(&options.python)
+            .arg(&script)
+            .arg("--weights")
+            .arg(&weights_path)
+            .arg("--images")
+            .arg(&images_path)
+            .args(["--num-classes", &CLASS_COUNT.to_string()])
+            .args(["--threads", &options.forward_threads.to_string()])
+            .args(["--batch-sizes", &batch_sizes.join(",")])
+            .args(["--rounds", &FORWARD_ROUNDS.to_string()])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    // PyTorch's best layout at one batch size in one reference run.
+    let best_reference = |reference: &serde_json::Value, batch_size: usize| -> (f64, f64) {
+        let key = batch_size.to_string();
+        let rate = |layout: &str| reference[layout][&key].as_f64().unwrap_or(f64::NAN);
+        (rate("nchw"), rate("channels_last"))
+    };
+
+    // Trials alternate our rounds with a PyTorch run, so a swing of this shared machine's load lands on both
+    // sides of a trial rather than on one side of the whole comparison.
+    let mut our_trials = Vec::new();
+    let mut reference_trials = Vec::new();
+    for trial in 1..=options.forward_trials {
+        let ours = measure_ours()?;
+        for (batch_size, folded_rate, as_trained_rate) in &ours {
+            println!(
+                "trial {trial}: forward pass alone, batch {batch_size:>3}: {:8.2} ms per pass, {:6.3} ms per image (as trained: {:6.3})",
+                *batch_size as f64 * 1e3 / folded_rate,
+                1e3 / folded_rate,
+                1e3 / as_trained_rate
+            );
+        }
+        if python_ready {
+            let reference = run_reference()?;
+            let ratios: Vec<String> = ours
+                .iter()
+                .map(|(batch_size, folded_rate, _)| {
+                    let (nchw, channels_last) = best_reference(&reference, *batch_size);
+                    format!(
+                        "batch {batch_size} {:.2}x",
+                        folded_rate / nchw.max(channels_last)
+                    )
+                })
+                .collect();
+            println!(
+                "trial {trial}: ours / PyTorch's best layout: {}",
+                ratios.join(", ")
+            );
+            reference_trials.push(reference);
+        }
+        our_trials.push(ours);
+    }
+    let Some(last_reference) = reference_trials.last() else {
+        return Ok(());
+    };
     let ours_probabilities = folded.predict_probabilities(&pixels[..4 * IMAGE_LEN], 4)?;
-    let largest_difference = reference["probabilities"]
+    let largest_difference = last_reference["probabilities"]
         .as_array()
         .context("probabilities from the PyTorch reference")?
         .iter()
@@ -244,21 +292,46 @@ fn compare_forward_passes(weights: &[u8], options: &Options) -> anyhow::Result<(
         .map(|(theirs, ours)| (theirs.as_f64().unwrap_or(f64::NAN) - f64::from(*ours)).abs())
         .fold(0.0f64, f64::max);
     println!(
-        "inference images/s, resnet, {} thread(s), softmax included, best of {FORWARD_ROUNDS} rounds (same weights and images; largest probability difference {largest_difference:.1e}):",
-        options.forward_threads
+        "inference images/s, resnet, {} thread(s), softmax included, each side's best round over {} trials of {FORWARD_ROUNDS} rounds (same weights and images; largest probability difference {largest_difference:.1e}):",
+        options.forward_threads,
+        our_trials.len()
     );
     println!(
-        "{:>6} {:>12} {:>12} {:>14} {:>20} {:>9}",
-        "batch", "ours", "as trained", "PyTorch NCHW", "PyTorch channels-last", "ratio"
+        "{:>6} {:>12} {:>12} {:>14} {:>20} {:>9} {:>22}",
+        "batch",
+        "ours",
+        "as trained",
+        "PyTorch NCHW",
+        "PyTorch channels-last",
+        "ratio",
+        "per-trial ratio median"
     );
-    for (batch_size, folded_rate, as_trained_rate) in ours {
-        let key = batch_size.to_string();
-        let nchw = reference["nchw"][&key].as_f64().unwrap_or(f64::NAN);
-        let channels_last = reference["channels_last"][&key]
-            .as_f64()
-            .unwrap_or(f64::NAN);
+    for (index, batch_size) in BATCH_SIZES.into_iter().enumerate() {
+        let best = |values: &mut dyn Iterator<Item = f64>| values.fold(0.0f64, f64::max);
+        let folded_rate = best(&mut our_trials.iter().map(|trial| trial[index].1));
+        let as_trained_rate = best(&mut our_trials.iter().map(|trial| trial[index].2));
+        let nchw = best(
+            &mut reference_trials
+                .iter()
+                .map(|r| best_reference(r, batch_size).0),
+        );
+        let channels_last = best(
+            &mut reference_trials
+                .iter()
+                .map(|r| best_reference(r, batch_size).1),
+        );
+        let mut trial_ratios: Vec<f64> = our_trials
+            .iter()
+            .zip(&reference_trials)
+            .map(|(ours, reference)| {
+                let (nchw, channels_last) = best_reference(reference, batch_size);
+                ours[index].1 / nchw.max(channels_last)
+            })
+            .collect();
+        trial_ratios.sort_by(f64::total_cmp);
+        let median = trial_ratios[trial_ratios.len() / 2];
         println!(
-            "{batch_size:>6} {folded_rate:>12.0} {as_trained_rate:>12.0} {nchw:>14.0} {channels_last:>20.0} {:>8.2}x",
+            "{batch_size:>6} {folded_rate:>12.0} {as_trained_rate:>12.0} {nchw:>14.0} {channels_last:>20.0} {:>8.2}x {median:>21.2}x",
             folded_rate / nchw.max(channels_last)
         );
     }
