@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from torch_train import ARCHITECTURES, free_port
+from torch_train import ARCHITECTURES, free_port, read_safetensors
 
 KERNEL = np.ones((4, 4), np.uint8)
 
@@ -102,6 +102,27 @@ class FixedShardSampler(torch.utils.data.Sampler):
         return self.count
 
 
+class OrderSampler(torch.utils.data.Sampler):
+    """The cluster's batch order on this rank's shard: each epoch's objids, as positions in the shard's rows."""
+
+    def __init__(self, rows, path, rank):
+        position = {objid: index for index, (objid, _) in enumerate(rows)}
+        self.epochs, self.epoch = {}, 0
+        with open(path) as handle:
+            for row in csv.DictReader(handle):
+                if int(row["rank"]) == rank:
+                    self.epochs.setdefault(int(row["epoch"]), []).append(position[int(row["objid"])])
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(self.epochs[self.epoch])
+
+    def __len__(self):
+        return len(self.epochs[0])
+
+
 def run(rank, args, port, result_path):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -116,12 +137,20 @@ def run(rank, args, port, result_path):
     split = read_split(args.split)
     images_dir = os.path.join(args.dataset, "imgs")
     model = ARCHITECTURES[args.arch](num_classes)
+    if args.initial_weights:
+        # The cluster's initial weights (the names match); a missing or extra tensor fails loudly.
+        missing, unexpected = model.load_state_dict(read_safetensors(args.initial_weights), strict=False)
+        assert not unexpected and all(name.endswith("num_batches_tracked") for name in missing), (missing, unexpected)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     preprocessed = read_preprocessed(args.preprocessed) if args.preprocessed else None
-    if args.fixed_shards:
+    if args.order:
+        # Each rank on the cluster's shard of its rank, in the cluster's batch order.
+        train = FlowCamImages(images_dir, split["shards"][rank], preprocessed)
+        sampler = OrderSampler(split["shards"][rank], args.order, rank)
+    elif args.fixed_shards:
         # Each rank trains on the cluster's shard of its rank only, reshuffled within it each epoch.
         shards = split["shards"]
         steps_per_epoch = min(len(shard) for shard in shards) // args.batch
@@ -201,6 +230,10 @@ def main():
     parser.add_argument("--fixed-shards", action="store_true",
                         help="each rank trains on its own shard of the split (column shard), as the cluster does, "
                              "instead of a DistributedSampler over the whole train part")
+    parser.add_argument("--initial-weights", default=None,
+                        help="safetensors file to start from (the cluster's initial weights) instead of torch's init")
+    parser.add_argument("--order", default=None,
+                        help="CSV epoch,rank,objid: each rank trains on its shard in this order (the cluster's)")
     parser.add_argument("--result", required=True)
     args = parser.parse_args()
     mp.spawn(run, args=(args, free_port(), args.result), nprocs=args.world, join=True)

@@ -230,6 +230,16 @@ impl EpochBatches {
         }
     }
 
+    /// The shard indices of step `step`'s images, in batch order (empty for an empty shard).
+    pub fn step_indices(&self, step: usize) -> Vec<usize> {
+        if self.order.is_empty() {
+            return Vec::new();
+        }
+        (step * self.batch_size..(step + 1) * self.batch_size)
+            .map(|position| self.order[position % self.order.len()])
+            .collect()
+    }
+
     /// Replaces `batch` by step `step`'s images (a pure function of seed, shard, epoch and step).
     pub fn assemble(&self, shard: &ShardData, step: usize, batch: &mut AssembledBatch) {
         batch.clear();
@@ -386,6 +396,24 @@ mod tests {
         first_pass.sort();
         assert_eq!(first_pass, (0..10).collect::<Vec<_>>());
         assert_eq!(seen[10..], seen[..2]);
+    }
+
+    #[test]
+    fn step_indices_are_the_images_a_step_assembles() {
+        let shard = shard_with_ids(10);
+        let batches = EpochBatches::new(10, 4, 7, 1, 2, AugmentationMode::None, &[1.0, 1.0]);
+        let mut batch = AssembledBatch::default();
+        for step in 0..4 {
+            batches.assemble(&shard, step, &mut batch);
+            let expected: Vec<u8> = batches
+                .step_indices(step)
+                .into_iter()
+                .flat_map(|index| shard.image(index).to_vec())
+                .collect();
+            assert_eq!(batch.images, expected, "step {step}");
+        }
+        let empty = EpochBatches::new(0, 4, 7, 0, 0, AugmentationMode::None, &[]);
+        assert!(empty.step_indices(3).is_empty());
     }
 
     #[test]

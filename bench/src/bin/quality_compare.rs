@@ -17,8 +17,10 @@ use clap::{Parser, ValueEnum};
 
 use plankton_bench::ddp_script::{DdpSettings, plan_files, run_ddp_script};
 use plankton_bench::{FullSizeDataset, bench_python};
+use plankton_coordinator::planner::JobPlan;
 use plankton_proto::v1::{ClassWeighting, JobPhase, JobSpec, LossNormalization, LrSchedule};
 use plankton_tests::TestCluster;
+use plankton_trainer::{AugmentationMode, DataParallelTrainer, EpochBatches, TrainConfig};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 enum Normalization {
@@ -78,6 +80,54 @@ struct Options {
     /// (plankton-preprocess) instead of running OpenCV.
     #[arg(long)]
     pytorch_preprocessed: bool,
+    /// Diagnostic: the PyTorch script starts from the cluster's initial weights for the seed instead of its own.
+    #[arg(long)]
+    pytorch_cluster_init: bool,
+    /// Diagnostic: each PyTorch rank trains on the cluster's shard of that rank in the cluster's batch order
+    /// (the images of every step as a worker assembles them). With `--pytorch-cluster-init` and
+    /// `--pytorch-preprocessed` the script replays the cluster's run.
+    #[arg(long)]
+    pytorch_cluster_order: bool,
+}
+
+/// The cluster's initial weights for `spec` (what every worker of the job starts from), as safetensors.
+fn cluster_initial_weights(spec: &JobSpec, plan: &JobPlan) -> Result<Vec<u8>> {
+    let mut config = TrainConfig::new(plan.class_names.len(), plan.class_weights.clone());
+    config.architecture = spec
+        .model
+        .parse()
+        .map_err(|error| anyhow::anyhow!("model {:?}: {error}", spec.model))?;
+    config.seed = spec.seed;
+    Ok(DataParallelTrainer::new(&config)?
+        .into_trained_model()
+        .to_safetensors()?)
+}
+
+/// The cluster's batch order as CSV `epoch,rank,objid`: every step's objids in order, each rank on its shard
+/// (objects in ascending objid, as a worker holds them) as [`EpochBatches`] visits it.
+fn cluster_batch_order(spec: &JobSpec, plan: &JobPlan, epochs: u32) -> String {
+    let mut csv = String::from("epoch,rank,objid\n");
+    for epoch in 0..epochs {
+        for (rank, shard) in plan.shards.iter().enumerate() {
+            let mut objids: Vec<i64> = shard.train.iter().map(|object| object.objid).collect();
+            objids.sort_unstable();
+            let batches = EpochBatches::new(
+                objids.len(),
+                spec.batch_size as usize,
+                spec.seed,
+                rank,
+                epoch,
+                AugmentationMode::None,
+                &plan.class_weights,
+            );
+            for step in 0..plan.steps_per_epoch as usize {
+                for index in batches.step_indices(step) {
+                    csv.push_str(&format!("{epoch},{rank},{}\n", objids[index]));
+                }
+            }
+        }
+    }
+    csv
 }
 
 /// Writes `PREFIX.objids` (i64 little-endian) and `PREFIX.u8` (`[N, 3, 64, 64]`) of `objids`' images preprocessed by
@@ -307,6 +357,21 @@ async fn pytorch_run(
     let mut extra_args = Vec::new();
     if options.pytorch_fixed_shards {
         extra_args.push("--fixed-shards".to_string());
+    }
+    if options.pytorch_cluster_init {
+        let path = work.join(format!("initial-{}.safetensors", spec.seed));
+        std::fs::write(&path, cluster_initial_weights(spec, &files.plan)?)?;
+        extra_args.push("--initial-weights".to_string());
+        extra_args.push(path.display().to_string());
+    }
+    if options.pytorch_cluster_order {
+        let path = work.join(format!("order-{}.csv", spec.seed));
+        std::fs::write(
+            &path,
+            cluster_batch_order(spec, &files.plan, options.epochs),
+        )?;
+        extra_args.push("--order".to_string());
+        extra_args.push(path.display().to_string());
     }
     if options.pytorch_preprocessed {
         let objids: Vec<i64> = files
