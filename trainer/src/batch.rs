@@ -231,13 +231,13 @@ impl EpochBatches {
     }
 
     /// The shard indices of step `step`'s images, in batch order (empty for an empty shard).
-    pub fn step_indices(&self, step: usize) -> Vec<usize> {
-        if self.order.is_empty() {
-            return Vec::new();
-        }
-        (step * self.batch_size..(step + 1) * self.batch_size)
-            .map(|position| self.order[position % self.order.len()])
-            .collect()
+    pub fn step_indices(&self, step: usize) -> impl Iterator<Item = usize> + '_ {
+        let positions = if self.order.is_empty() {
+            0..0
+        } else {
+            step * self.batch_size..(step + 1) * self.batch_size
+        };
+        positions.map(|position| self.order[position % self.order.len()])
     }
 
     /// Replaces `batch` by step `step`'s images (a pure function of seed, shard, epoch and step).
@@ -256,8 +256,7 @@ impl EpochBatches {
         let mut generator = ChaCha8Rng::seed_from_u64(step_seed(self.epoch_seed, step));
         batch.images.reserve(self.batch_size * IMAGE_LEN);
         batch.labels.reserve(self.batch_size);
-        for position in step * self.batch_size..(step + 1) * self.batch_size {
-            let image_index = self.order[position % self.order.len()];
+        for image_index in self.step_indices(step) {
             let label = shard.labels[image_index];
             let start = batch.images.len();
             batch.images.extend_from_slice(shard.image(image_index));
@@ -407,13 +406,12 @@ mod tests {
             batches.assemble(&shard, step, &mut batch);
             let expected: Vec<u8> = batches
                 .step_indices(step)
-                .into_iter()
                 .flat_map(|index| shard.image(index).to_vec())
                 .collect();
             assert_eq!(batch.images, expected, "step {step}");
         }
         let empty = EpochBatches::new(0, 4, 7, 0, 0, AugmentationMode::None, &[]);
-        assert!(empty.step_indices(3).is_empty());
+        assert_eq!(empty.step_indices(3).count(), 0);
     }
 
     #[test]
