@@ -454,3 +454,34 @@ async fn bf16_gradients_and_precision_over_mapped_shards_train_to_identical_weig
     }
     cluster.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streaming_workers_train_to_the_weights_of_whole_loads() -> anyhow::Result<()> {
+    let dataset_url = "memory://tests/cluster-streaming";
+    synth_dataset(dataset_url, 400, 17, false).await?;
+    let job = JobSpec {
+        epochs: 1,
+        ..spec(dataset_url)
+    };
+    let mut digests = Vec::new();
+    for stream_shards in [false, true] {
+        let cluster =
+            TestCluster::start_with(2, None, |_, config| config.stream_shards = stream_shards)
+                .await?;
+        let finished = cluster.run_job(job.clone()).await?;
+        assert_eq!(
+            finished.phase(),
+            JobPhase::Succeeded,
+            "stream_shards {stream_shards}: {}",
+            finished.message
+        );
+        assert!(!finished.weights_digest.is_empty());
+        digests.push(finished.weights_digest.clone());
+        cluster.shutdown().await?;
+    }
+    assert_eq!(
+        digests[0], digests[1],
+        "streamed shards train to other weights than whole loads"
+    );
+    Ok(())
+}

@@ -13,7 +13,22 @@ pub const MAX_SHIFT_PIXELS: i64 = 4;
 /// Images of a shard kept outside the heap, e.g. a memory-mapped record file read with a cap on its
 /// resident pages: image `index` is `IMAGE_LEN` u8 CHW bytes.
 pub trait ImageRecords: Send + Sync + std::fmt::Debug {
+    /// The image's bytes; only called for an index that [`ImageRecords::wait_for`] reported ready and
+    /// [`ImageRecords::contains`].
     fn image(&self, index: usize) -> &[u8];
+
+    /// Blocks until every image of `indices` is readable or known to be missing, for records still being
+    /// filled while training runs (streaming ingestion); fails, naming what it waited for, when they cannot
+    /// be delivered. Records complete from the start return at once.
+    fn wait_for(&self, _indices: &[usize]) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Whether image `index` exists: false for an image that turned out unreadable after the shard's
+    /// length was fixed (streaming ingestion), which batches then leave out.
+    fn contains(&self, _index: usize) -> bool {
+        true
+    }
 }
 
 /// The preprocessed images of one virtual shard of a split: `labels.len()` u8 CHW images, held in `images`
@@ -52,6 +67,23 @@ impl ShardData {
             records: Some(records),
             ..ShardData::default()
         }
+    }
+
+    /// Blocks until the images `indices` can be read (at once unless the records are still streaming in).
+    pub fn wait_for(&self, indices: &[usize]) -> Result<(), TrainError> {
+        match &self.records {
+            Some(records) => records
+                .wait_for(indices)
+                .map_err(TrainError::ImagesUnavailable),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether image `index` exists (false only for a streamed image that turned out unreadable).
+    pub fn contains(&self, index: usize) -> bool {
+        self.records
+            .as_ref()
+            .is_none_or(|records| records.contains(index))
     }
 
     /// The u8 CHW bytes of image `index`.
@@ -257,6 +289,9 @@ impl EpochBatches {
         batch.images.reserve(self.batch_size * IMAGE_LEN);
         batch.labels.reserve(self.batch_size);
         for image_index in self.step_indices(step) {
+            if !shard.contains(image_index) {
+                continue;
+            }
             let label = shard.labels[image_index];
             let start = batch.images.len();
             batch.images.extend_from_slice(shard.image(image_index));

@@ -16,6 +16,8 @@ pub enum TrainError {
     InvalidConfig(String),
     #[error("invalid {shard} shard: {reason}")]
     InvalidShard { shard: &'static str, reason: String },
+    #[error("training images unavailable: {0}")]
+    ImagesUnavailable(String),
     #[error("invalid input images: {0}")]
     InvalidInput(String),
     #[error("weights do not match the {architecture} model: {reason}")]

@@ -242,6 +242,7 @@ fn run_owned_generation(
     let mut batch = AssembledBatch::default();
     // Samples of each owned virtual shard in `batch`, in order (the loss may normalise each alone).
     let mut group_sizes: Vec<usize> = Vec::with_capacity(owned.len());
+    let mut step_images: Vec<usize> = Vec::with_capacity(config.batch_size);
     // The batch order of `batches_epoch`, per owned shard (rebuilt when the epoch changes).
     let mut batches_epoch: Option<u32> = None;
     let mut batches: Vec<EpochBatches> = Vec::new();
@@ -281,6 +282,10 @@ fn run_owned_generation(
         batch.clear();
         group_sizes.clear();
         for (shard, shard_batches) in owned.iter().zip(&batches) {
+            // Streamed records may still be arriving: wait (bounded) for this step's images.
+            step_images.clear();
+            step_images.extend(shard_batches.step_indices(step_index));
+            shard.train.wait_for(&step_images)?;
             let before = batch.labels.len();
             shard_batches.append(shard.train, step_index, &mut batch);
             group_sizes.push(batch.labels.len() - before);

@@ -23,13 +23,15 @@ use plankton_proto::v1::{
     LossFunction as ProtoLossFunction, LossNormalization as ProtoLossNormalization,
     LrSchedule as ProtoLrSchedule, Misclassification, NextAssignmentRequest,
     NonFinitePolicy as ProtoNonFinitePolicy, OptimizerKind, Precision as ProtoPrecision,
-    ProgressReport, ResizeMode as ProtoResizeMode, ShardAssignment, WorkerProgress, state_source,
+    ProgressReport, ResizeMode as ProtoResizeMode, ShardAssignment, ShardObject, WorkerProgress,
+    state_source,
 };
 use plankton_trainer::{
     Architecture, AugmentationMode, DataParallelTrainer, EpochEvaluation, GenerationOutcome,
     GradientCompression, LossFunction, LossNormalization, LrSchedule, Mistake, ModelCard,
-    ModelInput, NonFinitePolicy, OptimizerChoice, Precision, StepProgress, TrainConfig, TrainError,
-    TrainingObserver, TrainingProgress, TrainingRecord, VirtualShardData, run_generation,
+    ModelInput, NonFinitePolicy, OptimizerChoice, Precision, ShardData, StepProgress, TrainConfig,
+    TrainError, TrainingObserver, TrainingProgress, TrainingRecord, VirtualShardData,
+    run_generation,
 };
 
 use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
@@ -38,6 +40,7 @@ use crate::fault_injection::FaultInjectingCollective;
 use crate::features::FeatureSource;
 use crate::loader::{ShardResidence, load_shard};
 use crate::outbox::{Outbox, Report};
+use crate::streaming::{StreamedImages, first_epoch_order, spawn_stream};
 use crate::tensorboard_log::StepLog;
 use crate::{CurrentJob, JobHandle, WorkerConfig, with_deadline};
 
@@ -63,8 +66,22 @@ struct JobMemory {
     /// The objid of each test image of each virtual shard, in the shard's order (names mistakes in reports).
     test_objids: HashMap<u32, Vec<i64>>,
     skipped_objects: u64,
+    /// Training shards still streaming in, or streamed (their unreadable images count as skipped).
+    streams: Vec<Arc<StreamedImages>>,
     /// The TensorBoard step scalars, once this worker has been rank 0 of a generation.
     step_log: Option<StepLog>,
+}
+
+impl JobMemory {
+    /// Images left out so far: by whole loads, and by streams as their images arrive.
+    fn skipped_total(&self) -> u64 {
+        self.skipped_objects
+            + self
+                .streams
+                .iter()
+                .map(|stream| stream.skipped_count() as u64)
+                .sum::<u64>()
+    }
 }
 
 /// How one generation ended on this worker.
@@ -145,13 +162,14 @@ pub(crate) async fn run_assignment(
     };
     let generation = handle.generation.load(Ordering::SeqCst);
     let rank = handle.rank.load(Ordering::SeqCst);
+    let skipped_objects = memory.skipped_total();
     let done = |ok: bool, error: String, model_url: String, weights_digest: String| DoneReport {
         job_id: job_id.clone(),
         rank,
         ok,
         error,
         model_url,
-        skipped_objects: memory.skipped_objects,
+        skipped_objects,
         generation,
         worker_id: worker_id.to_string(),
         weights_digest,
@@ -429,7 +447,7 @@ async fn run_one_generation(
                     loss: step.loss,
                     images_per_second: step.images_per_second,
                     loaded_objects,
-                    skipped_objects: memory.skipped_objects,
+                    skipped_objects: memory.skipped_total(),
                     global_step: step.global_step,
                     virtual_shards: owned_indices.clone(),
                     skipped_steps: step.skipped_steps,
@@ -680,9 +698,18 @@ async fn load_virtual_shards(
     let feature_source = crate::features::assignment_transform(assignment)?
         .map(|transform| FeatureSource::new(location.clone(), transform, cache.clone()))
         .transpose()?;
+    // Streaming starts training on what has arrived: only for shards held in memory without features.
+    let stream_train =
+        config.stream_shards && feature_source.is_none() && residence == ShardResidence::InMemory;
+    if config.stream_shards && !stream_train {
+        warn!(
+            "streaming ingestion needs shards held in memory and a model without native features; \
+             loading whole shards"
+        );
+    }
     let total: usize = missing
         .iter()
-        .map(|shard| shard.train.len() + shard.test.len())
+        .map(|shard| shard.test.len() + if stream_train { 0 } else { shard.train.len() })
         .sum();
     let (progress_sender, mut progress_receiver) = mpsc::unbounded_channel::<usize>();
     let mut loading_reporter = reporter.clone();
@@ -702,7 +729,12 @@ async fn load_virtual_shards(
     let mut done_before = 0usize;
     for shard in missing {
         let mut parts = Vec::with_capacity(2);
-        for objects in [&shard.train, &shard.test] {
+        let whole_loads = if stream_train {
+            vec![&shard.test]
+        } else {
+            vec![&shard.train, &shard.test]
+        };
+        for objects in whole_loads {
             let offset = done_before;
             let sender = progress_sender.clone();
             let mut report = move |done: usize, _total: usize| {
@@ -730,8 +762,37 @@ async fn load_virtual_shards(
             }
             parts.push(loaded);
         }
-        let test = parts.pop().expect("two parts");
-        let train = parts.pop().expect("two parts").data;
+        let test = parts.pop().expect("a test part");
+        let train = if stream_train {
+            let mut objects: Vec<&ShardObject> = shard.train.iter().collect();
+            objects.sort_by_key(|object| object.objid);
+            let labels: Vec<u32> = objects.iter().map(|object| object.label).collect();
+            // A rank waits for an image no longer than its ring peers wait for it.
+            let records = Arc::new(StreamedImages::new(
+                objects.iter().map(|object| object.objid).collect(),
+                config.ring.io_timeout,
+            ));
+            let order = first_epoch_order(
+                objects.len(),
+                spec.batch_size as usize,
+                spec.seed,
+                shard.index as usize,
+                assignment.steps_per_epoch.max(1) as usize,
+            );
+            spawn_stream(
+                location.clone(),
+                image_source.clone(),
+                records.clone(),
+                order,
+                preprocess_config.clone(),
+                config.fetch_concurrency,
+                handle.cancel.clone(),
+            );
+            memory.streams.push(records.clone());
+            ShardData::from_records(records, labels)
+        } else {
+            parts.pop().expect("a train part").data
+        };
         memory.test_objids.insert(shard.index, test.objids);
         let test = test.data;
         if train.labels.is_empty() {

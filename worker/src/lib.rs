@@ -11,6 +11,7 @@ mod gbdt_job;
 mod job;
 mod loader;
 mod outbox;
+mod streaming;
 pub mod telemetry;
 mod tensorboard_log;
 
@@ -34,6 +35,7 @@ use plankton_security::ClientSecurity;
 use credentials::{CoordinatorClient, WorkerCredentials};
 pub use fault_injection::{FaultPoint, InjectedFault};
 pub use loader::{LoadedShard, ShardResidence, load_shard};
+pub use streaming::{StreamedImages, first_epoch_order, spawn_stream};
 
 /// Largest gRPC message accepted from the coordinator (a full-dataset shard assignment is a few MB).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -60,6 +62,10 @@ pub struct WorkerConfig {
     /// Train from the shard cache's memory-mapped record files with at most this many bytes of them resident
     /// over all the job's shards (0: mapped, no cap); `None` holds shards in memory. Needs `cache_dir`.
     pub max_resident_bytes: Option<usize>,
+    /// Streaming ingestion: start training once the first batch of each training shard is in, fetching the
+    /// rest in the order the first epoch visits it (the test split loads first, whole). Shards held in
+    /// memory only (not with `max_resident_bytes`), and not for models that take native features.
+    pub stream_shards: bool,
     pub ring: RingConfig,
     /// Plaintext probe port (`grpc.health.v1`: SERVING once registered with the coordinator; reflection), for
     /// Kubernetes' gRPC probes; `None` opens none.
@@ -84,6 +90,7 @@ impl WorkerConfig {
             cache_dir: None,
             fetch_concurrency: 32,
             max_resident_bytes: None,
+            stream_shards: false,
             ring: RingConfig {
                 // Peers may still be loading their shards: the coordinator aborts the formation when one is
                 // lost, so this long bound only catches a coordinator that is gone for good.

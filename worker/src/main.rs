@@ -48,6 +48,14 @@ struct Options {
     /// resident over all the job's shards (0: mapped without a cap). Omitted: shards are held in memory.
     #[arg(long, env = "PLANKTON_MAX_RESIDENT_MB", requires = "cache_dir")]
     max_resident_mb: Option<usize>,
+    /// Start training once each training shard's first batch is in and stream the rest in the order the first
+    /// epoch reads it (the test split loads first). Shards held in memory: not with --max-resident-mb.
+    #[arg(
+        long,
+        env = "PLANKTON_STREAM_SHARDS",
+        conflicts_with = "max_resident_mb"
+    )]
+    stream_shards: bool,
     /// Longest wait for ring peers to connect (peers may still be loading; the coordinator aborts the wait
     /// early when one of them is lost).
     #[arg(long, env = "PLANKTON_RING_CONNECT_TIMEOUT", default_value = "600s", value_parser = humantime::parse_duration)]
@@ -87,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
     config.cache_dir = options.cache_dir;
     config.fetch_concurrency = options.fetch_concurrency;
     config.max_resident_bytes = options.max_resident_mb.map(|mib| mib << 20);
+    config.stream_shards = options.stream_shards;
     config.ring = RingConfig {
         connect_timeout: options.ring_connect_timeout,
         io_timeout: options.ring_io_timeout,

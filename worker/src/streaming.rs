@@ -1,0 +1,325 @@
+//! Streaming ingestion: a virtual shard's training images are fetched and preprocessed in the order the first
+//! epoch visits them, into records that training reads as each image arrives, so a rank starts training after
+//! its first batch instead of its whole shard.
+//!
+//! The shard's length is the assignment's, fixed before any image arrives. When every image is readable,
+//! training sees exactly the images, order and batches of a fully loaded shard (the same weights, bit for bit).
+//! An image that turns out missing or undecodable is counted, logged and left out of its batches (a full load
+//! drops it from the shard instead, which changes the shuffle). A store failure that retries do not cure fails
+//! the records: the rank waiting on them fails its step with the error, naming the object.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use plankton_dataset::{ImageSource, StoreLocation, fetch_images, is_bad_image};
+use plankton_preprocess::{IMAGE_LEN, PreprocessConfig, preprocess_batch_into};
+use plankton_trainer::{AugmentationMode, EpochBatches, ImageRecords};
+
+/// Images preprocessed per blocking task: small, so the first batch is in soon.
+const STREAM_CHUNK: usize = 64;
+
+/// A shard's images, filled in any order while training reads them.
+#[derive(Debug)]
+pub struct StreamedImages {
+    /// The objid of each slot (the shard's order: ascending objid).
+    objids: Vec<i64>,
+    /// `Some(image)` once it arrived, `None` once it turned out unreadable; unset until then.
+    slots: Vec<OnceLock<Option<Box<[u8]>>>>,
+    state: Mutex<StreamState>,
+    arrived: Condvar,
+    /// The longest a reader waits for a missing image.
+    wait_bound: Duration,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    /// Slots set (arrived or unreadable).
+    settled: usize,
+    /// Why the rest will never arrive.
+    failure: Option<String>,
+    /// Unreadable images: objid and reason.
+    skipped: Vec<(i64, String)>,
+}
+
+impl StreamedImages {
+    /// Empty records for `objids` (the shard's order); a reader waits at most `wait_bound` for an image.
+    pub fn new(objids: Vec<i64>, wait_bound: Duration) -> Self {
+        let slots = (0..objids.len()).map(|_| OnceLock::new()).collect();
+        StreamedImages {
+            objids,
+            slots,
+            state: Mutex::new(StreamState::default()),
+            arrived: Condvar::new(),
+            wait_bound,
+        }
+    }
+
+    /// Number of slots (the shard's length).
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether the records have no slot.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Images arrived or known unreadable so far.
+    pub fn settled(&self) -> usize {
+        self.lock().settled
+    }
+
+    /// The unreadable images so far: objid and reason.
+    pub fn skipped(&self) -> Vec<(i64, String)> {
+        self.lock().skipped.clone()
+    }
+
+    /// Number of unreadable images so far.
+    pub fn skipped_count(&self) -> usize {
+        self.lock().skipped.len()
+    }
+
+    /// Why the stream stopped, if it failed.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().failure.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StreamState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Settles slots (`None`: unreadable, with its reason in `skipped`) and wakes the readers.
+    pub fn fill(&self, arrivals: Vec<(usize, Option<Box<[u8]>>)>, skipped: Vec<(i64, String)>) {
+        let mut newly_settled = 0;
+        for (slot, image) in arrivals {
+            debug_assert!(image.as_ref().is_none_or(|image| image.len() == IMAGE_LEN));
+            if self.slots[slot].set(image).is_ok() {
+                newly_settled += 1;
+            }
+        }
+        let mut state = self.lock();
+        state.settled += newly_settled;
+        state.skipped.extend(skipped);
+        drop(state);
+        self.arrived.notify_all();
+    }
+
+    /// Marks the stream failed: readers of images that have not arrived fail with `reason`.
+    pub fn fail(&self, reason: String) {
+        self.lock().failure.get_or_insert(reason);
+        self.arrived.notify_all();
+    }
+}
+
+impl ImageRecords for StreamedImages {
+    fn image(&self, index: usize) -> &[u8] {
+        if self.slots[index].get().is_none()
+            && let Err(reason) = self.wait_for(&[index])
+        {
+            panic!("streamed image {index} read before it arrived: {reason}");
+        }
+        match self.slots[index].get() {
+            Some(Some(image)) => image,
+            _ => panic!(
+                "streamed image of objid {} is unreadable and was read anyway",
+                self.objids[index]
+            ),
+        }
+    }
+
+    fn wait_for(&self, indices: &[usize]) -> Result<(), String> {
+        let deadline = Instant::now() + self.wait_bound;
+        let mut state = self.lock();
+        loop {
+            let Some(&missing) = indices
+                .iter()
+                .find(|&&index| self.slots[index].get().is_none())
+            else {
+                return Ok(());
+            };
+            if let Some(failure) = &state.failure {
+                return Err(format!(
+                    "streaming the shard's images failed before the image of objid {} arrived: {failure}",
+                    self.objids[missing]
+                ));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!(
+                    "waited {:.0?} for the image of objid {} (streaming: {} of {} images in)",
+                    self.wait_bound,
+                    self.objids[missing],
+                    state.settled,
+                    self.slots.len()
+                ));
+            }
+            state = self
+                .arrived
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
+    fn contains(&self, index: usize) -> bool {
+        !matches!(self.slots[index].get(), Some(None))
+    }
+}
+
+/// The shard's indices in the order the first epoch visits them (each once), then those it does not visit.
+pub fn first_epoch_order(
+    shard_len: usize,
+    batch_size: usize,
+    seed: u64,
+    virtual_shard: usize,
+    steps_per_epoch: usize,
+) -> Vec<usize> {
+    let batches = EpochBatches::new(
+        shard_len,
+        batch_size,
+        seed,
+        virtual_shard,
+        0,
+        AugmentationMode::None,
+        &[],
+    );
+    let mut seen = vec![false; shard_len];
+    let mut order = Vec::with_capacity(shard_len);
+    for step in 0..steps_per_epoch {
+        for index in batches.step_indices(step) {
+            if !std::mem::replace(&mut seen[index], true) {
+                order.push(index);
+            }
+        }
+        if order.len() == shard_len {
+            break;
+        }
+    }
+    order.extend((0..shard_len).filter(|&index| !seen[index]));
+    order
+}
+
+/// Fetches and preprocesses `records`' images in `order` (slot indices) into them, in the background.
+pub fn spawn_stream(
+    location: StoreLocation,
+    image_source: Arc<ImageSource>,
+    records: Arc<StreamedImages>,
+    order: Vec<usize>,
+    preprocess_config: PreprocessConfig,
+    fetch_concurrency: usize,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let outcome = stream_images(
+            &location,
+            &image_source,
+            &records,
+            order,
+            &preprocess_config,
+            fetch_concurrency,
+            &cancel,
+        )
+        .await;
+        match outcome {
+            Ok(()) => info!(
+                images = records.len(),
+                skipped = records.skipped().len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "shard streamed in"
+            ),
+            Err(reason) => {
+                warn!(%reason, "streaming the shard failed");
+                records.fail(reason);
+            }
+        }
+    })
+}
+
+async fn stream_images(
+    location: &StoreLocation,
+    image_source: &ImageSource,
+    records: &StreamedImages,
+    order: Vec<usize>,
+    preprocess_config: &PreprocessConfig,
+    fetch_concurrency: usize,
+    cancel: &CancellationToken,
+) -> Result<(), String> {
+    let slot_of: HashMap<i64, usize> = records
+        .objids
+        .iter()
+        .enumerate()
+        .map(|(slot, objid)| (*objid, slot))
+        .collect();
+    let objids: Vec<i64> = order.iter().map(|&slot| records.objids[slot]).collect();
+    let mut fetched =
+        fetch_images(location, image_source, objids, fetch_concurrency).ready_chunks(STREAM_CHUNK);
+    while let Some(chunk) = fetched.next().await {
+        if cancel.is_cancelled() {
+            return Err("the job was stopped while its images streamed in".into());
+        }
+        let mut slots = Vec::with_capacity(chunk.len());
+        let mut jpegs = Vec::with_capacity(chunk.len());
+        let mut arrivals = Vec::new();
+        let mut skipped = Vec::new();
+        for (objid, result) in chunk {
+            match result {
+                Ok(bytes) => {
+                    crate::telemetry::metrics().images_fetched.inc();
+                    slots.push((slot_of[&objid], objid));
+                    jpegs.push(bytes);
+                }
+                Err(error) if is_bad_image(&error) => {
+                    crate::telemetry::metrics().images_skipped.inc();
+                    warn!(objid, %error, "image skipped");
+                    arrivals.push((slot_of[&objid], None));
+                    skipped.push((objid, error.to_string()));
+                }
+                Err(error) => {
+                    return Err(format!(
+                        "the image of objid {objid} could not be fetched: {error}"
+                    ));
+                }
+            }
+        }
+        let config = preprocess_config.clone();
+        let (decoded, failures) = tokio::task::spawn_blocking(move || {
+            let mut images = vec![0u8; jpegs.len() * IMAGE_LEN];
+            let results = preprocess_batch_into(&jpegs, &config, &mut images);
+            let mut decoded = Vec::with_capacity(slots.len());
+            let mut failures = Vec::new();
+            for (((slot, objid), result), image) in slots
+                .into_iter()
+                .zip(results)
+                .zip(images.chunks_exact(IMAGE_LEN))
+            {
+                match result {
+                    Ok(()) => decoded.push((slot, Some(Box::<[u8]>::from(image)))),
+                    Err(error) => {
+                        decoded.push((slot, None));
+                        failures.push((objid, format!("imgs/{objid}.jpg: {error}")));
+                    }
+                }
+            }
+            (decoded, failures)
+        })
+        .await
+        .map_err(|join_error| format!("preprocessing panicked: {join_error}"))?;
+        for (objid, reason) in &failures {
+            crate::telemetry::metrics().images_skipped.inc();
+            warn!(objid, %reason, "image skipped");
+        }
+        arrivals.extend(decoded);
+        skipped.extend(failures);
+        records.fill(arrivals, skipped);
+    }
+    Ok(())
+}
