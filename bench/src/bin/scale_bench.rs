@@ -53,6 +53,10 @@ struct Options {
     /// Only the cluster.
     #[arg(long)]
     skip_pytorch: bool,
+    /// Workers stream their training shards (`plankton-worker --stream-shards`: training starts after the
+    /// first batch; shards held in memory) instead of reading memory-mapped record files.
+    #[arg(long)]
+    stream_shards: bool,
 }
 
 fn main() -> Result<()> {
@@ -128,15 +132,15 @@ async fn cluster_run(options: &Options, dataset: &Path, spec: JobSpec) -> Result
     let cache_dir = cache.path().display().to_string();
     let max_resident = options.max_resident_mb.to_string();
     let allowed = dataset.display().to_string();
+    let worker_args: Vec<&str> = if options.stream_shards {
+        vec!["--cache-dir", &cache_dir, "--stream-shards"]
+    } else {
+        vec!["--cache-dir", &cache_dir, "--max-resident-mb", &max_resident]
+    };
     let mut cluster = ProcessCluster::start_with_args(
         options.workers as usize,
         &["--allow-dataset", &allowed],
-        &[
-            "--cache-dir",
-            &cache_dir,
-            "--max-resident-mb",
-            &max_resident,
-        ],
+        &worker_args,
     )
     .await?;
     let result = drive_job(options, &mut cluster, spec).await;
@@ -253,9 +257,17 @@ async fn run(options: Options) -> Result<()> {
         threads_per_worker: 1,
         ..Default::default()
     };
+    let residence = if options.stream_shards {
+        "training shards streamed in (held in memory)".to_string()
+    } else {
+        format!(
+            "shard records mapped with {} MiB resident per worker",
+            options.max_resident_mb
+        )
+    };
     println!(
-        "{} x {}, {} epoch(s), batch {} per worker, 1 thread per worker, shard records mapped with {} MiB resident per worker",
-        options.workers, options.model, options.epochs, options.batch, options.max_resident_mb
+        "{} x {}, {} epoch(s), batch {} per worker, 1 thread per worker, {residence}",
+        options.workers, options.model, options.epochs, options.batch
     );
 
     println!(
@@ -269,7 +281,7 @@ async fn run(options: Options) -> Result<()> {
         .duration_since(cluster.submitted)
         .as_secs_f64();
     println!(
-        "  submit to first step (plan, fetch + preprocess every shard, ring): {}",
+        "  submit to first step (plan, fetch + preprocess the shards, or their first batches when streaming; ring): {}",
         seconds_between(Some(cluster.submitted), timeline.ingested)
     );
     let mut epoch_start = timeline.ingested;
