@@ -13,8 +13,8 @@ pub const MAX_SHIFT_PIXELS: i64 = 4;
 /// Images of a shard kept outside the heap, e.g. a memory-mapped record file read with a cap on its
 /// resident pages: image `index` is `IMAGE_LEN` u8 CHW bytes.
 pub trait ImageRecords: Send + Sync + std::fmt::Debug {
-    /// The image's bytes; only called for an index that [`ImageRecords::wait_for`] reported ready and
-    /// [`ImageRecords::contains`].
+    /// The image's bytes. For records still being filled, callers first [`ImageRecords::wait_for`] it and
+    /// check [`ImageRecords::contains`].
     fn image(&self, index: usize) -> &[u8];
 
     /// Blocks until every image of `indices` is readable or known to be missing, for records still being

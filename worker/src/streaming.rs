@@ -85,11 +85,6 @@ impl StreamedImages {
         self.lock().skipped.len()
     }
 
-    /// Why the stream stopped, if it failed.
-    pub fn failure(&self) -> Option<String> {
-        self.lock().failure.clone()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, StreamState> {
         self.state
             .lock()
@@ -232,7 +227,7 @@ pub fn spawn_stream(
         match outcome {
             Ok(()) => info!(
                 images = records.len(),
-                skipped = records.skipped().len(),
+                skipped = records.skipped_count(),
                 seconds = started.elapsed().as_secs_f64(),
                 "shard streamed in"
             ),

@@ -135,7 +135,12 @@ async fn cluster_run(options: &Options, dataset: &Path, spec: JobSpec) -> Result
     let worker_args: Vec<&str> = if options.stream_shards {
         vec!["--cache-dir", &cache_dir, "--stream-shards"]
     } else {
-        vec!["--cache-dir", &cache_dir, "--max-resident-mb", &max_resident]
+        vec![
+            "--cache-dir",
+            &cache_dir,
+            "--max-resident-mb",
+            &max_resident,
+        ]
     };
     let mut cluster = ProcessCluster::start_with_args(
         options.workers as usize,
