@@ -1,13 +1,13 @@
 //! Local on-disk cache of preprocessed shards, written atomically (temporary file, then rename): a whole
 //! shard in one file read into memory ([`ShardCache::load`], [`ShardCache::store`]), or its record file read
-//! through a memory map ([`ShardCache::record_writer`], [`ShardCache::open_records`]), both under one key.
+//! image by image ([`ShardCache::record_writer`], [`ShardCache::open_records`]), both under one key.
 
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::record_file::{MappedShard, ShardRecordWriter, temporary_record_path};
+use crate::record_file::{RecordShard, ShardRecordWriter, temporary_record_path};
 use crate::{IMAGE_LEN, ResizeMode};
 
 /// File signature and format version of a cached shard.
@@ -15,7 +15,7 @@ const MAGIC: &[u8; 8] = b"PLKSHRD1";
 /// Bumped whenever the pixels the pipeline produces change, so stale caches stop matching.
 const PIPELINE_VERSION: u32 = 1;
 const FILE_EXTENSION: &str = "shard";
-/// The memory-mapped record form of a shard ([`crate::record_file`]), next to the whole-shard file.
+/// The record form of a shard ([`crate::record_file`]), next to the whole-shard file.
 const RECORD_FILE_EXTENSION: &str = "records";
 
 /// A shard's preprocessed images, in objid order, and the objects that could not be preprocessed.
@@ -145,26 +145,26 @@ impl ShardCache {
         Ok(())
     }
 
-    /// Starts writing the record file of `key` (the memory-mapped form of a shard, read by
+    /// Starts writing the record file of `key` (the record form of a shard, read by
     /// [`ShardCache::open_records`]); it replaces any earlier one when finished.
     pub fn record_writer(&self, key: &str) -> Result<ShardRecordWriter, CacheError> {
         let path = self.record_path_for(key)?;
         ShardRecordWriter::create(path, temporary_record_path(&self.dir, key))
     }
 
-    /// Maps the record file of `key`, `Ok(None)` if there is none. A truncated or corrupt file is removed
-    /// (so the caller rebuilds it) and reported as [`CacheError::Corrupt`]. `max_resident_bytes` caps the
-    /// map's resident pages while records are read (0: no cap).
+    /// Opens the record file of `key`, `Ok(None)` if there is none. A truncated or corrupt file is removed
+    /// (so the caller rebuilds it) and reported as [`CacheError::Corrupt`]. `max_cached_bytes` caps what
+    /// reading it keeps in the page cache ([`RecordShard::open`]; 0: no cap).
     pub fn open_records(
         &self,
         key: &str,
-        max_resident_bytes: usize,
-    ) -> Result<Option<MappedShard>, CacheError> {
+        max_cached_bytes: usize,
+    ) -> Result<Option<RecordShard>, CacheError> {
         let path = self.record_path_for(key)?;
         if !path.exists() {
             return Ok(None);
         }
-        match MappedShard::open(&path, max_resident_bytes) {
+        match RecordShard::open(&path, max_cached_bytes) {
             Ok(mapped) => Ok(Some(mapped)),
             Err(error @ CacheError::Corrupt { .. }) => {
                 let _ = fs::remove_file(&path);

@@ -28,8 +28,6 @@
 mod cache;
 mod channels;
 mod decode;
-#[allow(unsafe_code)]
-mod mapped;
 mod pipeline;
 mod record_file;
 mod resize;
@@ -40,7 +38,7 @@ pub use decode::decode_grey;
 pub use pipeline::{
     preprocess_batch_into, preprocess_image, preprocess_image_into, preprocess_many, to_unit_f32,
 };
-pub use record_file::{MappedShard, RECORD_LEN, ShardRecordWriter};
+pub use record_file::{RECORD_LEN, RecordShard, ShardRecordWriter};
 pub use resize::{pad_to_square, resize_bicubic};
 
 use serde::{Deserialize, Serialize};

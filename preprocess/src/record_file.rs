@@ -1,21 +1,21 @@
-//! Shard record files: fixed-size records (objid, label, preprocessed image) read through a memory map, so a
-//! worker trains on a shard larger than its memory. Resident pages of the map are capped: once the records
-//! read since the last release exceed the cap, the map's pages are dropped (they fault back in from the page
-//! cache or the disk when read again).
+//! Shard record files: fixed-size records (objid, label, preprocessed image) copied out one image at a time
+//! with positioned reads, so a worker trains on a shard larger than its memory and holds only the batch it
+//! assembles. The file's pages in the kernel's page cache are capped: once the records read since the last
+//! release exceed the cap, the kernel is advised to drop them (they are read from the disk again).
 //!
 //! Layout: a 64-byte header (magic, pipeline version, record and image length, record count, skipped-list
 //! length), the records, the skipped list (objid i64, reason length u32, utf-8 reason), then a checksum u64:
 //! FNV-1a over 64-bit words of everything after the header, then of the header. Files are written to a
-//! temporary name and renamed into place, never modified in place (the invariant `mapped` relies on).
+//! temporary name and renamed into place, never modified in place.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::IMAGE_LEN;
 use crate::cache::CacheError;
-use crate::mapped::MappedFile;
 
 const RECORD_MAGIC: &[u8; 8] = b"PLKREC01";
 /// Bumped whenever the pixels the pipeline produces change (as the whole-shard format's version).
@@ -25,7 +25,7 @@ const HEADER_LEN: usize = 64;
 const RECORD_PREFIX_LEN: usize = 16;
 /// Bytes of one record.
 pub const RECORD_LEN: usize = RECORD_PREFIX_LEN + IMAGE_LEN;
-/// Bytes hashed and then released per window while a file is verified.
+/// Bytes read and hashed per window while a file is verified.
 const VERIFY_WINDOW_BYTES: usize = 8 << 20;
 
 static TEMPORARY_RECORD_FILE_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -183,49 +183,55 @@ pub(crate) fn temporary_record_path(dir: &Path, key: &str) -> PathBuf {
     ))
 }
 
-/// A verified record file, mapped read-only, with a cap on the map's resident pages.
+/// A verified record file whose images are copied out with positioned reads (`pread`), never mapped: the
+/// reader's resident memory is the caller's buffers, whatever the file's size or the order of reads. The
+/// file's pages live in the kernel's page cache, which a cap keeps in check (see [`RecordShard::open`]).
 #[derive(Debug)]
-pub struct MappedShard {
+pub struct RecordShard {
     path: PathBuf,
-    map: MappedFile,
+    file: File,
     record_count: usize,
     /// Each record's objid and label, read once while verifying.
     objids: Vec<i64>,
     labels: Vec<u32>,
     skipped: Vec<(i64, String)>,
-    /// Cap on the bytes of records read between two releases of the map's pages (0: no cap).
-    max_resident_bytes: usize,
-    /// Record bytes read since the last release.
+    /// Record bytes read between two advices to drop the file's cached pages (0: never advised).
+    max_cached_bytes: usize,
+    /// Record bytes read since the last advice.
     read_since_release: AtomicUsize,
-    /// Times the map's pages were released.
+    /// Times the file's cached pages were dropped.
     releases: AtomicU64,
 }
 
-impl MappedShard {
-    /// Maps and verifies the record file at `path` (size against the header, then the checksum, streamed
-    /// through the map in windows released behind it). `max_resident_bytes` caps the resident pages while
-    /// records are read (0: no cap).
-    pub fn open(path: &Path, max_resident_bytes: usize) -> Result<Self, CacheError> {
+impl RecordShard {
+    /// Opens and verifies the record file at `path` (size against the header, then the checksum, read in
+    /// windows). `max_cached_bytes` > 0 bounds what reading the file keeps in the page cache: after every
+    /// `max_cached_bytes` of records read (and after verifying), the kernel is advised to drop the file's
+    /// clean cached pages (`POSIX_FADV_DONTNEED`; later reads come from the disk). 0 leaves the page cache
+    /// to the kernel.
+    pub fn open(path: &Path, max_cached_bytes: usize) -> Result<Self, CacheError> {
         let corrupt = |reason: String| CacheError::Corrupt {
             path: path.to_path_buf(),
             reason,
         };
-        let file = File::open(path).map_err(|source| CacheError::Io {
+        let io_error = |source| CacheError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
-        let map = MappedFile::map(&file).map_err(|source| CacheError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let bytes = map.bytes();
-        if bytes.len() < HEADER_LEN + 8 || &bytes[..8] != RECORD_MAGIC {
+        };
+        let file = File::open(path).map_err(io_error)?;
+        let file_len = file.metadata().map_err(io_error)?.len();
+        let mut header = [0u8; HEADER_LEN];
+        if file_len < (HEADER_LEN + 8) as u64 {
+            return Err(corrupt("missing record file signature".to_string()));
+        }
+        file.read_exact_at(&mut header, 0).map_err(io_error)?;
+        if &header[..8] != RECORD_MAGIC {
             return Err(corrupt("missing record file signature".to_string()));
         }
         let read_u32 =
-            |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+            |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap_or([0; 4]));
         let read_u64 =
-            |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+            |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap_or([0; 8]));
         let (version, record_len, image_len) = (read_u32(8), read_u32(12), read_u64(16));
         if version != RECORD_PIPELINE_VERSION
             || record_len as usize != RECORD_LEN
@@ -241,28 +247,27 @@ impl MappedShard {
         let expected_length = (record_count as u128) * RECORD_LEN as u128
             + skipped_bytes as u128
             + (HEADER_LEN + 8) as u128;
-        if expected_length != bytes.len() as u128 {
+        if expected_length != file_len as u128 {
             return Err(corrupt(format!(
-                "{} bytes, the header's {record_count} records and {skipped_bytes} bytes of skipped objects \
-                 need {expected_length} (truncated or overwritten)",
-                bytes.len()
+                "{file_len} bytes, the header's {record_count} records and {skipped_bytes} bytes of skipped \
+                 objects need {expected_length} (truncated or overwritten)"
             )));
         }
         let record_count = record_count as usize;
-        let body_end = bytes.len() - 8;
-        let skipped_start = HEADER_LEN + record_count * RECORD_LEN;
         // One pass over the records in windows of whole records: hash them, keep their objids and labels (so
-        // reading those later touches no page), release the window's pages.
+        // reading those later reads no file).
         let mut hash = WordHash::new();
         let mut objids = Vec::with_capacity(record_count);
         let mut labels = Vec::with_capacity(record_count);
         let records_per_window = (VERIFY_WINDOW_BYTES / RECORD_LEN).max(1);
+        let mut window = Vec::new();
         let mut first_record = 0;
         while first_record < record_count {
             let end_record = (first_record + records_per_window).min(record_count);
-            let window_start = HEADER_LEN + first_record * RECORD_LEN;
-            let window = &bytes[window_start..HEADER_LEN + end_record * RECORD_LEN];
-            hash.update(window);
+            window.resize((end_record - first_record) * RECORD_LEN, 0);
+            file.read_exact_at(&mut window, (HEADER_LEN + first_record * RECORD_LEN) as u64)
+                .map_err(io_error)?;
+            hash.update(&window);
             for record in window.chunks_exact(RECORD_LEN) {
                 objids.push(i64::from_le_bytes(
                     record[0..8].try_into().unwrap_or([0; 8]),
@@ -271,60 +276,73 @@ impl MappedShard {
                     record[8..12].try_into().unwrap_or([0; 4]),
                 ));
             }
-            let _ = map.release(window_start, window.len());
             first_record = end_record;
         }
-        hash.update(&bytes[skipped_start..body_end]);
-        hash.update(&bytes[..HEADER_LEN]);
-        if hash.0 != read_u64(body_end) {
+        drop(window);
+        let skipped_start = (HEADER_LEN + record_count * RECORD_LEN) as u64;
+        let mut tail = vec![0u8; skipped_bytes as usize + 8];
+        file.read_exact_at(&mut tail, skipped_start)
+            .map_err(io_error)?;
+        let (skipped_list, checksum) = tail.split_at(skipped_bytes as usize);
+        hash.update(skipped_list);
+        hash.update(&header);
+        if hash.0 != u64::from_le_bytes(checksum.try_into().unwrap_or([0; 8])) {
             return Err(corrupt("checksum mismatch".to_string()));
         }
-        let skipped_start = HEADER_LEN + record_count * RECORD_LEN;
         let mut skipped =
             Vec::with_capacity((skipped_count as usize).min(skipped_bytes as usize / 12));
-        let mut position = skipped_start;
+        let mut position = 0;
         for _ in 0..skipped_count {
             let entry = (|| {
-                let objid = i64::from_le_bytes(bytes.get(position..position + 8)?.try_into().ok()?);
-                let reason_len =
-                    u32::from_le_bytes(bytes.get(position + 8..position + 12)?.try_into().ok()?)
-                        as usize;
-                let reason = bytes.get(position + 12..(position + 12).checked_add(reason_len)?)?;
+                let objid =
+                    i64::from_le_bytes(skipped_list.get(position..position + 8)?.try_into().ok()?);
+                let reason_len = u32::from_le_bytes(
+                    skipped_list
+                        .get(position + 8..position + 12)?
+                        .try_into()
+                        .ok()?,
+                ) as usize;
+                let reason =
+                    skipped_list.get(position + 12..(position + 12).checked_add(reason_len)?)?;
                 Some((
                     objid,
                     String::from_utf8_lossy(reason).into_owned(),
                     12 + reason_len,
                 ))
             })()
-            .filter(|(_, _, length)| position + length <= body_end)
             .ok_or_else(|| {
                 corrupt(format!(
-                    "skipped object list ends early at offset {position}"
+                    "skipped object list ends early at offset {}",
+                    skipped_start as usize + position
                 ))
             })?;
             position += entry.2;
             skipped.push((entry.0, entry.1));
         }
-        if position != body_end {
+        if position != skipped_list.len() {
             return Err(corrupt(format!(
                 "{} unexpected bytes after the skipped object list",
-                body_end - position
+                skipped_list.len() - position
             )));
         }
-        Ok(MappedShard {
+        let shard = RecordShard {
             path: path.to_path_buf(),
-            map,
+            file,
             record_count,
             objids,
             labels,
             skipped,
-            max_resident_bytes,
+            max_cached_bytes,
             read_since_release: AtomicUsize::new(0),
             releases: AtomicU64::new(0),
-        })
+        };
+        if max_cached_bytes > 0 {
+            shard.drop_cached_pages();
+        }
+        Ok(shard)
     }
 
-    /// The file mapped.
+    /// The file read.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -344,7 +362,7 @@ impl MappedShard {
         &self.skipped
     }
 
-    /// The objid of record `index` (held in memory: reading it maps no page).
+    /// The objid of record `index` (held in memory: reading it reads no file).
     pub fn objid(&self, index: usize) -> i64 {
         self.objids[index]
     }
@@ -354,31 +372,55 @@ impl MappedShard {
         self.labels[index]
     }
 
-    /// The preprocessed image of record `index`; past the cap, the map's pages are released first.
-    pub fn image(&self, index: usize) -> &[u8] {
-        if self.max_resident_bytes > 0 {
+    /// Appends the preprocessed image of record `index` (`IMAGE_LEN` bytes) to `out`; on an error `out` is
+    /// left as it was. Past the cap, the file's cached pages are dropped first.
+    pub fn read_image_into(&self, index: usize, out: &mut Vec<u8>) -> Result<(), CacheError> {
+        if index >= self.record_count {
+            return Err(CacheError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("record {index} asked of {}", self.record_count),
+            });
+        }
+        if self.max_cached_bytes > 0 {
             let read = self
                 .read_since_release
                 .fetch_add(RECORD_LEN, Ordering::Relaxed)
                 + RECORD_LEN;
-            if read > self.max_resident_bytes {
+            if read > self.max_cached_bytes {
                 self.read_since_release.store(RECORD_LEN, Ordering::Relaxed);
-                self.releases.fetch_add(1, Ordering::Relaxed);
-                // Failing to drop pages only costs memory, never correctness.
-                let _ = self.map.release(0, self.map.bytes().len());
+                self.drop_cached_pages();
             }
         }
-        let start = HEADER_LEN + index * RECORD_LEN + RECORD_PREFIX_LEN;
-        &self.map.bytes()[start..start + IMAGE_LEN]
+        let start = out.len();
+        out.resize(start + IMAGE_LEN, 0);
+        let offset = (HEADER_LEN + index * RECORD_LEN + RECORD_PREFIX_LEN) as u64;
+        self.file
+            .read_exact_at(&mut out[start..], offset)
+            .map_err(|source| {
+                out.truncate(start);
+                CacheError::Io {
+                    path: self.path.clone(),
+                    source,
+                }
+            })
     }
 
-    /// Bytes of the map in this process's resident set now (Linux `/proc/self/smaps`; `None` elsewhere).
-    pub fn resident_bytes(&self) -> Option<usize> {
-        self.map.resident_bytes()
+    /// The preprocessed image of record `index`, copied.
+    pub fn image(&self, index: usize) -> Result<Vec<u8>, CacheError> {
+        let mut image = Vec::with_capacity(IMAGE_LEN);
+        self.read_image_into(index, &mut image)?;
+        Ok(image)
     }
 
-    /// Times the resident cap released the map's pages.
+    /// Times the cap dropped the file's cached pages (the drop after verifying included).
     pub fn releases(&self) -> u64 {
         self.releases.load(Ordering::Relaxed)
+    }
+
+    /// Advises the kernel to drop the file's clean cached pages. Failing to only costs memory, never
+    /// correctness.
+    fn drop_cached_pages(&self) {
+        self.releases.fetch_add(1, Ordering::Relaxed);
+        let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::DontNeed);
     }
 }

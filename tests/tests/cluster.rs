@@ -387,13 +387,13 @@ async fn ranks_train_on_the_readable_rest_and_report_unreadable_images() -> anyh
 }
 
 /// The lighter-communication and larger-than-memory options together: bf16 gradients on the ring wire, bf16
-/// forward/backward, and shards read from memory-mapped record files under a 1 MiB resident cap. The job
+/// forward/backward, and shards read from record files under a 1 MiB page-cache cap. The job
 /// succeeds with identical weights on both ranks (the coordinator checks their digests), the record files are
 /// in each worker's cache, and the progress reports split the step time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bf16_gradients_and_precision_over_mapped_shards_train_to_identical_weights()
+async fn bf16_gradients_and_precision_over_record_file_shards_train_to_identical_weights()
 -> anyhow::Result<()> {
-    let dataset_url = "memory://tests/cluster-bf16-mapped";
+    let dataset_url = "memory://tests/cluster-bf16-records";
     synth_dataset(dataset_url, 400, 13, false).await?;
     let cache_dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
     let cache_paths: Vec<_> = cache_dirs

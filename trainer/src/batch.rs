@@ -10,12 +10,13 @@ use crate::error::TrainError;
 /// Largest random shift of an augmented image, in pixels.
 pub const MAX_SHIFT_PIXELS: i64 = 4;
 
-/// Images of a shard kept outside the heap, e.g. a memory-mapped record file read with a cap on its
-/// resident pages: image `index` is `IMAGE_LEN` u8 CHW bytes.
+/// Images of a shard kept outside the heap, e.g. a record file on disk read image by image, or images still
+/// streaming in: image `index` is `IMAGE_LEN` u8 CHW bytes.
 pub trait ImageRecords: Send + Sync + std::fmt::Debug {
-    /// The image's bytes. For records still being filled, callers first [`ImageRecords::wait_for`] it and
-    /// check [`ImageRecords::contains`].
-    fn image(&self, index: usize) -> &[u8];
+    /// Appends image `index`'s bytes to `out`, or fails naming what could not be read (leaving `out` as it
+    /// was). For records still being filled, callers first [`ImageRecords::wait_for`] it and check
+    /// [`ImageRecords::contains`].
+    fn append_image(&self, index: usize, out: &mut Vec<u8>) -> Result<(), String>;
 
     /// Blocks until every image of `indices` is readable or known to be missing, for records still being
     /// filled while training runs (streaming ingestion); fails, naming what it waited for, when they cannot
@@ -86,11 +87,16 @@ impl ShardData {
             .is_none_or(|records| records.contains(index))
     }
 
-    /// The u8 CHW bytes of image `index`.
-    pub fn image(&self, index: usize) -> &[u8] {
+    /// Appends the u8 CHW bytes of image `index` to `out`.
+    pub fn append_image(&self, index: usize, out: &mut Vec<u8>) -> Result<(), TrainError> {
         match &self.records {
-            Some(records) => records.image(index),
-            None => &self.images[index * IMAGE_LEN..(index + 1) * IMAGE_LEN],
+            Some(records) => records
+                .append_image(index, out)
+                .map_err(TrainError::ImagesUnavailable),
+            None => {
+                out.extend_from_slice(&self.images[index * IMAGE_LEN..(index + 1) * IMAGE_LEN]);
+                Ok(())
+            }
         }
     }
 
@@ -100,15 +106,17 @@ impl ShardData {
         &'a self,
         range: std::ops::Range<usize>,
         scratch: &'a mut Vec<u8>,
-    ) -> &'a [u8] {
+    ) -> Result<&'a [u8], TrainError> {
         match &self.records {
-            None => &self.images[range.start * IMAGE_LEN..range.end * IMAGE_LEN],
+            None => Ok(&self.images[range.start * IMAGE_LEN..range.end * IMAGE_LEN]),
             Some(records) => {
                 scratch.clear();
                 for index in range {
-                    scratch.extend_from_slice(records.image(index));
+                    records
+                        .append_image(index, scratch)
+                        .map_err(TrainError::ImagesUnavailable)?;
                 }
-                scratch
+                Ok(scratch)
             }
         }
     }
@@ -273,16 +281,26 @@ impl EpochBatches {
     }
 
     /// Replaces `batch` by step `step`'s images (a pure function of seed, shard, epoch and step).
-    pub fn assemble(&self, shard: &ShardData, step: usize, batch: &mut AssembledBatch) {
+    pub fn assemble(
+        &self,
+        shard: &ShardData,
+        step: usize,
+        batch: &mut AssembledBatch,
+    ) -> Result<(), TrainError> {
         batch.clear();
-        self.append(shard, step, batch);
+        self.append(shard, step, batch)
     }
 
     /// Appends step `step`'s images to `batch`: a rank owning several virtual shards appends each
     /// shard's batch in ascending shard index to form its local batch.
-    pub fn append(&self, shard: &ShardData, step: usize, batch: &mut AssembledBatch) {
+    pub fn append(
+        &self,
+        shard: &ShardData,
+        step: usize,
+        batch: &mut AssembledBatch,
+    ) -> Result<(), TrainError> {
         if self.order.is_empty() {
-            return;
+            return Ok(());
         }
         debug_assert_eq!(shard.len(), self.order.len());
         let mut generator = ChaCha8Rng::seed_from_u64(step_seed(self.epoch_seed, step));
@@ -294,7 +312,7 @@ impl EpochBatches {
             }
             let label = shard.labels[image_index];
             let start = batch.images.len();
-            batch.images.extend_from_slice(shard.image(image_index));
+            shard.append_image(image_index, &mut batch.images)?;
             batch.labels.push(label);
             batch
                 .features
@@ -310,6 +328,7 @@ impl EpochBatches {
                 transform.apply(&mut batch.images[start..start + IMAGE_LEN]);
             }
         }
+        Ok(())
     }
 }
 
@@ -413,7 +432,9 @@ mod tests {
         let mut batch = AssembledBatch::default();
         let mut seen = Vec::new();
         for step in 0..3 {
-            batches.assemble(&shard, step, &mut batch);
+            batches
+                .assemble(&shard, step, &mut batch)
+                .expect("assemble");
             assert_eq!(batch.labels.len(), 4);
             // Each sample's features travel with its image (image `i` has features `[2i, 2i + 1]`).
             for (sample, image) in batch.images.chunks(IMAGE_LEN).enumerate() {
@@ -438,10 +459,12 @@ mod tests {
         let batches = EpochBatches::new(10, 4, 7, 1, 2, AugmentationMode::None, &[1.0, 1.0]);
         let mut batch = AssembledBatch::default();
         for step in 0..4 {
-            batches.assemble(&shard, step, &mut batch);
+            batches
+                .assemble(&shard, step, &mut batch)
+                .expect("assemble");
             let expected: Vec<u8> = batches
                 .step_indices(step)
-                .flat_map(|index| shard.image(index).to_vec())
+                .flat_map(|index| shard.images[index * IMAGE_LEN..(index + 1) * IMAGE_LEN].to_vec())
                 .collect();
             assert_eq!(batch.images, expected, "step {step}");
         }
@@ -467,21 +490,27 @@ mod tests {
         let mut batch = AssembledBatch::default();
         let mut replayed = Vec::new();
         for step in 0..4 {
-            in_order.assemble(&shard, step, &mut batch);
+            in_order
+                .assemble(&shard, step, &mut batch)
+                .expect("assemble");
             replayed.push(batch.clone());
         }
         let fresh = EpochBatches::new(12, 3, 5, 1, 2, AugmentationMode::All, &weights);
-        fresh.assemble(&shard, 3, &mut batch);
+        fresh.assemble(&shard, 3, &mut batch).expect("assemble");
         assert_eq!(batch.images, replayed[3].images);
         assert_eq!(batch.labels, replayed[3].labels);
         assert_ne!(replayed[2].images, replayed[3].images);
 
         let other_shard = EpochBatches::new(12, 3, 5, 0, 2, AugmentationMode::All, &weights);
         let mut combined = AssembledBatch::default();
-        other_shard.append(&shard, 3, &mut combined);
-        fresh.append(&shard, 3, &mut combined);
+        other_shard
+            .append(&shard, 3, &mut combined)
+            .expect("append");
+        fresh.append(&shard, 3, &mut combined).expect("append");
         let mut alone = AssembledBatch::default();
-        other_shard.assemble(&shard, 3, &mut alone);
+        other_shard
+            .assemble(&shard, 3, &mut alone)
+            .expect("assemble");
         assert_eq!(combined.labels.len(), 6);
         assert_eq!(combined.images[..3 * IMAGE_LEN], alone.images[..]);
         assert_eq!(combined.images[3 * IMAGE_LEN..], replayed[3].images[..]);

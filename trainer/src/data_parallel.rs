@@ -1085,7 +1085,7 @@ pub(crate) fn evaluate_network(
         let mut scratch = Vec::new();
         for (chunk_index, labels) in test.labels.chunks(EVALUATION_BATCH_SIZE).enumerate() {
             let first = chunk_index * EVALUATION_BATCH_SIZE;
-            let images = test.images_in(first..first + labels.len(), &mut scratch);
+            let images = test.images_in(first..first + labels.len(), &mut scratch)?;
             let input = images_to_tensor(images, labels.len(), device)?;
             let width = network.feature_width();
             let features = if width == 0 {

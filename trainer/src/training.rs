@@ -287,7 +287,7 @@ fn run_owned_generation(
             step_images.extend(shard_batches.step_indices(step_index));
             shard.train.wait_for(&step_images)?;
             let before = batch.labels.len();
-            shard_batches.append(shard.train, step_index, &mut batch);
+            shard_batches.append(shard.train, step_index, &mut batch)?;
             group_sizes.push(batch.labels.len() - before);
         }
         let data_time = data_started.elapsed();

@@ -691,8 +691,8 @@ async fn load_virtual_shards(
     // The cap is the worker's: shared by the train and test record files of every owned virtual shard.
     let residence = match config.max_resident_bytes {
         None => ShardResidence::InMemory,
-        Some(total_bytes) => ShardResidence::Mapped {
-            max_resident_bytes: total_bytes / (2 * owned.len()).max(1),
+        Some(total_bytes) => ShardResidence::RecordFile {
+            max_cached_bytes: total_bytes / (2 * owned.len()).max(1),
         },
     };
     let feature_source = crate::features::assignment_transform(assignment)?

@@ -59,8 +59,9 @@ pub struct WorkerConfig {
     pub cache_dir: Option<PathBuf>,
     /// Concurrent image fetches from the object store.
     pub fetch_concurrency: usize,
-    /// Train from the shard cache's memory-mapped record files with at most this many bytes of them resident
-    /// over all the job's shards (0: mapped, no cap); `None` holds shards in memory. Needs `cache_dir`.
+    /// Train from the shard cache's record files, read image by image, with at most this many bytes of them
+    /// kept in the page cache over all the job's shards (0: no cap); `None` holds shards in memory. Needs
+    /// `cache_dir`.
     pub max_resident_bytes: Option<usize>,
     /// Streaming ingestion: start training once the first batch of each training shard is in, fetching the
     /// rest in the order the first epoch visits it (the test split loads first, whole). Shards held in

@@ -3,10 +3,10 @@
 //! really bad (missing or undecodable), fails on any other fetch error, and caches a complete result on local
 //! disk under a key that includes the identity of the source objects.
 //!
-//! With [`ShardResidence::Mapped`] the shard never sits in memory whole: preprocessed images are appended to
-//! the shard's record file as they arrive, and training reads them through a memory map whose resident pages
-//! are capped (`plankton_preprocess::MappedShard`). A truncated or corrupt record file is counted, logged,
-//! removed and rebuilt from the store.
+//! With [`ShardResidence::RecordFile`] the shard never sits in memory whole: preprocessed images are appended
+//! to the shard's record file as they arrive, and training copies them out image by image with positioned
+//! reads, the file's pages in the page cache capped (`plankton_preprocess::RecordShard`). A truncated or
+//! corrupt record file is counted, logged, removed and rebuilt from the store.
 //!
 //! Self-contained on purpose (no `crate::` paths): `tests/transient_faults.rs` compiles this file directly.
 
@@ -21,7 +21,7 @@ use plankton_dataset::{
     DatasetError, ImageSource, StoreLocation, fetch_images, image_source_version, is_bad_image,
 };
 use plankton_preprocess::{
-    CacheError, CachedShard, IMAGE_LEN, MappedShard, PreprocessConfig, ShardCache,
+    CacheError, CachedShard, IMAGE_LEN, PreprocessConfig, RecordShard, ShardCache,
     ShardRecordWriter, preprocess_batch_into,
 };
 use plankton_proto::v1::ShardObject;
@@ -45,22 +45,24 @@ pub enum ShardResidence {
     /// In one buffer in memory (the shard cache, when there is one, holds a copy on disk).
     #[default]
     InMemory,
-    /// In the shard cache's record file, read through a memory map whose resident pages are capped at
-    /// `max_resident_bytes` (0: no cap). Needs a shard cache.
-    Mapped { max_resident_bytes: usize },
+    /// In the shard cache's record file on disk, read image by image into the batch, with what the file keeps
+    /// in the page cache capped at `max_cached_bytes` (0: no cap). Needs a shard cache.
+    RecordFile { max_cached_bytes: usize },
 }
 
-/// A mapped record file's images in objid order (the file holds them in fetch order).
+/// A record file's images in objid order (the file holds them in fetch order).
 #[derive(Debug)]
 struct OrderedRecords {
-    mapped: MappedShard,
+    file: RecordShard,
     /// `order[i]` is the record of the i-th image in objid order.
     order: Vec<u32>,
 }
 
 impl ImageRecords for OrderedRecords {
-    fn image(&self, index: usize) -> &[u8] {
-        self.mapped.image(self.order[index] as usize)
+    fn append_image(&self, index: usize, out: &mut Vec<u8>) -> Result<(), String> {
+        self.file
+            .read_image_into(self.order[index] as usize, out)
+            .map_err(|error| error.to_string())
     }
 }
 
@@ -89,27 +91,27 @@ pub async fn load_shard(
         Some(_) => shard_cache_key(location, image_source, preprocess_config, &objids).await?,
         None => None,
     };
-    let mapped_into = match (residence, cache, &cache_key) {
-        (ShardResidence::Mapped { max_resident_bytes }, Some(cache), Some(cache_key)) => {
-            Some((cache, cache_key.as_str(), max_resident_bytes))
+    let records_into = match (residence, cache, &cache_key) {
+        (ShardResidence::RecordFile { max_cached_bytes }, Some(cache), Some(cache_key)) => {
+            Some((cache, cache_key.as_str(), max_cached_bytes))
         }
-        (ShardResidence::Mapped { .. }, _, _) => {
-            warn!("no shard cache key for a mapped shard; holding it in memory");
+        (ShardResidence::RecordFile { .. }, _, _) => {
+            warn!("no shard cache key for a record-file shard; holding it in memory");
             None
         }
         (ShardResidence::InMemory, _, _) => None,
     };
-    if let Some((cache, cache_key, max_resident_bytes)) = mapped_into {
-        match cache.open_records(cache_key, max_resident_bytes) {
-            Ok(Some(mapped)) => {
+    if let Some((cache, cache_key, max_cached_bytes)) = records_into {
+        match cache.open_records(cache_key, max_cached_bytes) {
+            Ok(Some(records)) => {
                 info!(
-                    objects = mapped.len(),
-                    skipped = mapped.skipped().len(),
-                    "shard mapped from the local record cache"
+                    objects = records.len(),
+                    skipped = records.skipped().len(),
+                    "shard read from the local record cache"
                 );
                 progress(objects.len(), objects.len());
                 crate::telemetry::metrics().shard_cache_hits.inc();
-                return Ok(from_mapped(mapped, objects));
+                return Ok(from_records(records, objects));
             }
             Ok(None) => {}
             Err(error @ CacheError::Corrupt { .. }) => {
@@ -119,11 +121,11 @@ pub async fn load_shard(
             Err(error) => warn!(%error, "shard record file unreadable; fetching again"),
         }
     }
-    let mut record_writer = match mapped_into {
+    let mut record_writer = match records_into {
         Some((cache, cache_key, _)) => Some(cache.record_writer(cache_key)?),
         None => None,
     };
-    if let (None, Some(cache), Some(cache_key)) = (&mapped_into, cache, &cache_key) {
+    if let (None, Some(cache), Some(cache_key)) = (&records_into, cache, &cache_key) {
         match cache.load(cache_key) {
             Ok(Some(cached)) => {
                 info!(
@@ -237,15 +239,15 @@ pub async fn load_shard(
         "shard fetched and preprocessed"
     );
     debug_assert_eq!(done, objects.len());
-    if let (Some(writer), Some((cache, cache_key, max_resident_bytes))) =
-        (record_writer, mapped_into)
+    if let (Some(writer), Some((cache, cache_key, max_cached_bytes))) =
+        (record_writer, records_into)
     {
         let skipped = loaded.skipped.clone();
         tokio::task::spawn_blocking(move || writer.finish(&skipped)).await??;
-        let mapped = cache
-            .open_records(cache_key, max_resident_bytes)?
+        let records = cache
+            .open_records(cache_key, max_cached_bytes)?
             .ok_or_else(|| anyhow::anyhow!("the shard record file just written is gone"))?;
-        return Ok(from_mapped(mapped, objects));
+        return Ok(from_records(records, objects));
     }
     if let (Some(cache), Some(cache_key)) = (cache, &cache_key)
         && let Err(error) = cache.store(cache_key, &loaded)
@@ -280,26 +282,26 @@ fn labels_by_objid(objects: &[ShardObject]) -> std::collections::HashMap<i64, u3
         .collect()
 }
 
-/// A mapped shard's images in objid order with their labels from the assignment.
-fn from_mapped(mapped: MappedShard, objects: &[ShardObject]) -> LoadedShard {
+/// A record file's images in objid order with their labels from the assignment.
+fn from_records(file: RecordShard, objects: &[ShardObject]) -> LoadedShard {
     let label_of = labels_by_objid(objects);
-    let mut skipped = mapped.skipped().to_vec();
-    let mut order: Vec<u32> = Vec::with_capacity(mapped.len());
-    for index in 0..mapped.len() {
-        let objid = mapped.objid(index);
+    let mut skipped = file.skipped().to_vec();
+    let mut order: Vec<u32> = Vec::with_capacity(file.len());
+    for index in 0..file.len() {
+        let objid = file.objid(index);
         if label_of.contains_key(&objid) {
             order.push(index as u32);
         } else {
             skipped.push((objid, "not part of this shard".into()));
         }
     }
-    order.sort_by_key(|&index| mapped.objid(index as usize));
+    order.sort_by_key(|&index| file.objid(index as usize));
     let objids: Vec<i64> = order
         .iter()
-        .map(|&index| mapped.objid(index as usize))
+        .map(|&index| file.objid(index as usize))
         .collect();
     let labels = objids.iter().map(|objid| label_of[objid]).collect();
-    let records = OrderedRecords { mapped, order };
+    let records = OrderedRecords { file, order };
     LoadedShard {
         data: ShardData::from_records(std::sync::Arc::new(records), labels),
         objids,

@@ -44,8 +44,9 @@ struct Options {
     /// Concurrent image fetches from the object store.
     #[arg(long, env = "PLANKTON_FETCH_CONCURRENCY", default_value_t = 32)]
     fetch_concurrency: usize,
-    /// Train from memory-mapped shard record files in --cache-dir, with at most this many MiB of them
-    /// resident over all the job's shards (0: mapped without a cap). Omitted: shards are held in memory.
+    /// Train from shard record files in --cache-dir, read image by image into each batch, with at most this
+    /// many MiB of them kept in the page cache over all the job's shards (0: no cap). Omitted: shards are held
+    /// in memory.
     #[arg(long, env = "PLANKTON_MAX_RESIDENT_MB", requires = "cache_dir")]
     max_resident_mb: Option<usize>,
     /// Start training once each training shard's first batch is in and stream the rest in the order the first

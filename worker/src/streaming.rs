@@ -115,18 +115,19 @@ impl StreamedImages {
 }
 
 impl ImageRecords for StreamedImages {
-    fn image(&self, index: usize) -> &[u8] {
-        if self.slots[index].get().is_none()
-            && let Err(reason) = self.wait_for(&[index])
-        {
-            panic!("streamed image {index} read before it arrived: {reason}");
+    fn append_image(&self, index: usize, out: &mut Vec<u8>) -> Result<(), String> {
+        if self.slots[index].get().is_none() {
+            self.wait_for(&[index])?;
         }
         match self.slots[index].get() {
-            Some(Some(image)) => image,
-            _ => panic!(
-                "streamed image of objid {} is unreadable and was read anyway",
+            Some(Some(image)) => {
+                out.extend_from_slice(image);
+                Ok(())
+            }
+            _ => Err(format!(
+                "streamed image of objid {} is unreadable",
                 self.objids[index]
-            ),
+            )),
         }
     }
 

@@ -1,5 +1,5 @@
 //! The full-scale run: the 243,610-object synthetic set (generated once into a folder), trained by a cluster of
-//! OS processes (coordinator + 2 workers whose shards are memory-mapped record files with a resident cap) and by
+//! OS processes (coordinator + 2 workers whose shards are record files on disk read image by image) and by
 //! the PyTorch DDP + DataLoader + OpenCV script on the same folder, split and network, side by side. Prints
 //! generation, ingest, each epoch's training and evaluation times, images/s, and the peak resident set of every
 //! process (the kernel's `VmHWM`; for PyTorch the largest rank or DataLoader process).
@@ -45,7 +45,7 @@ struct Options {
     workers: u32,
     #[arg(long, default_value = "wide_lenet")]
     model: String,
-    /// Resident cap of each worker's memory-mapped shard records, MiB (`plankton-worker --max-resident-mb`).
+    /// Page-cache cap of each worker's shard record files, MiB (`plankton-worker --max-resident-mb`).
     #[arg(long, default_value_t = 256)]
     max_resident_mb: u32,
     #[arg(long, default_value_t = 42)]
@@ -54,7 +54,7 @@ struct Options {
     #[arg(long)]
     skip_pytorch: bool,
     /// Workers stream their training shards (`plankton-worker --stream-shards`: training starts after the
-    /// first batch; shards held in memory) instead of reading memory-mapped record files.
+    /// first batch; shards held in memory) instead of reading record files.
     #[arg(long)]
     stream_shards: bool,
 }
@@ -124,6 +124,8 @@ struct ClusterRun {
     timeline: Timeline,
     coordinator_peak_mb: f64,
     worker_peaks_mb: Vec<f64>,
+    /// Each worker's peak resident set when training began (fetch and preprocess behind it).
+    worker_ingest_peaks_mb: Vec<f64>,
     train_objects: u64,
 }
 
@@ -175,6 +177,7 @@ async fn drive_job(
     let pids: Vec<Option<u32>> = cluster.workers.iter().map(|worker| worker.id()).collect();
     let coordinator_pid = cluster.coordinator.id();
     let (mut coordinator_peak_mb, mut worker_peaks_mb) = (0.0f64, vec![0.0f64; pids.len()]);
+    let mut worker_ingest_peaks_mb = Vec::new();
     let mut last_loaded = 0;
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
@@ -194,6 +197,9 @@ async fn drive_job(
             .await?
             .into_inner();
         timeline.observe(&current, now);
+        if timeline.ingested.is_some() && worker_ingest_peaks_mb.is_empty() {
+            worker_ingest_peaks_mb = worker_peaks_mb.clone();
+        }
         let loaded: u64 = current
             .workers
             .iter()
@@ -220,6 +226,7 @@ async fn drive_job(
                     timeline,
                     coordinator_peak_mb,
                     worker_peaks_mb,
+                    worker_ingest_peaks_mb,
                     train_objects,
                 });
             }
@@ -266,7 +273,7 @@ async fn run(options: Options) -> Result<()> {
         "training shards streamed in (held in memory)".to_string()
     } else {
         format!(
-            "shard records mapped with {} MiB resident per worker",
+            "shard records read from disk, at most {} MiB of them cached per worker",
             options.max_resident_mb
         )
     };
@@ -317,7 +324,12 @@ async fn run(options: Options) -> Result<()> {
         cluster.coordinator_peak_mb
     );
     for (index, peak) in cluster.worker_peaks_mb.iter().enumerate() {
-        println!("  peak RSS: worker {index} {peak:.0} MiB");
+        let at_first_step = cluster
+            .worker_ingest_peaks_mb
+            .get(index)
+            .map(|peak| format!("{peak:.0} MiB"))
+            .unwrap_or_else(|| "?".to_string());
+        println!("  peak RSS: worker {index} {peak:.0} MiB ({at_first_step} by its first step)");
     }
 
     if options.skip_pytorch {
