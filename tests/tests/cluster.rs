@@ -376,6 +376,16 @@ async fn ranks_train_on_the_readable_rest_and_report_unreadable_images() -> anyh
         victims.len() as u64,
         "every unreadable image is counted once"
     );
+    let loaded: u64 = finished
+        .workers
+        .iter()
+        .map(|worker| worker.loaded_objects)
+        .sum();
+    assert_eq!(
+        loaded + finished.skipped_objects,
+        finished.train_objects + finished.test_objects,
+        "the training ranks report every readable object as loaded"
+    );
     let evaluated: u64 = finished.epochs[0].confusion.iter().sum();
     assert!(
         evaluated <= finished.test_objects

@@ -391,6 +391,11 @@ async fn run_one_generation(
         .iter()
         .filter_map(|index| memory.shards.remove(index))
         .collect();
+    // Counted here: the shards leave `memory` for the training thread.
+    let loaded_objects: u64 = shards
+        .iter()
+        .map(|shard| (shard.train.len() + shard.test.len()) as u64)
+        .sum();
     let trainer = memory.trainer.take();
     let fault = config
         .fault
@@ -430,11 +435,6 @@ async fn run_one_generation(
     };
     let training = tokio::task::spawn_blocking(move || session.run());
 
-    let loaded_objects: u64 = memory
-        .shards
-        .values()
-        .map(|shard| (shard.train.len() + shard.test.len()) as u64)
-        .sum();
     let mut reporter = reporter;
     let mut flushed_epoch = 0;
     while let Some(event) = event_receiver.recv().await {

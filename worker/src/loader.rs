@@ -206,6 +206,7 @@ pub async fn load_shard(
                     loaded.objids.push(objid);
                 }
                 Err(error) => {
+                    crate::telemetry::metrics().images_skipped.inc();
                     warn!(objid, %error, "image skipped");
                     loaded
                         .skipped
