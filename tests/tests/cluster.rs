@@ -473,16 +473,23 @@ async fn streaming_workers_train_to_the_weights_of_whole_loads() -> anyhow::Resu
         epochs: 1,
         ..spec(dataset_url)
     };
+    let cache_dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
     let mut digests = Vec::new();
-    for stream_shards in [false, true] {
-        let cluster =
-            TestCluster::start_with(2, None, |_, config| config.stream_shards = stream_shards)
-                .await?;
+    // Whole loads in memory; streamed into memory; streamed into spill files under a page-cache cap.
+    for (stream_shards, spilled) in [(false, false), (true, false), (true, true)] {
+        let cluster = TestCluster::start_with(2, None, |index, config| {
+            config.stream_shards = stream_shards;
+            if spilled {
+                config.cache_dir = Some(cache_dirs[index].path().to_path_buf());
+                config.max_resident_bytes = Some(1 << 20);
+            }
+        })
+        .await?;
         let finished = cluster.run_job(job.clone()).await?;
         assert_eq!(
             finished.phase(),
             JobPhase::Succeeded,
-            "stream_shards {stream_shards}: {}",
+            "stream_shards {stream_shards}, spilled {spilled}: {}",
             finished.message
         );
         assert!(!finished.weights_digest.is_empty());
@@ -492,6 +499,10 @@ async fn streaming_workers_train_to_the_weights_of_whole_loads() -> anyhow::Resu
     assert_eq!(
         digests[0], digests[1],
         "streamed shards train to other weights than whole loads"
+    );
+    assert_eq!(
+        digests[0], digests[2],
+        "spilled streamed shards train to other weights than whole loads"
     );
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -698,14 +699,10 @@ async fn load_virtual_shards(
     let feature_source = crate::features::assignment_transform(assignment)?
         .map(|transform| FeatureSource::new(location.clone(), transform, cache.clone()))
         .transpose()?;
-    // Streaming starts training on what has arrived: only for shards held in memory without features.
-    let stream_train =
-        config.stream_shards && feature_source.is_none() && residence == ShardResidence::InMemory;
+    // Streaming starts training on what has arrived: only for models without native features.
+    let stream_train = config.stream_shards && feature_source.is_none();
     if config.stream_shards && !stream_train {
-        warn!(
-            "streaming ingestion needs shards held in memory and a model without native features; \
-             loading whole shards"
-        );
+        warn!("streaming ingestion needs a model without native features; loading whole shards");
     }
     let total: usize = missing
         .iter()
@@ -768,10 +765,19 @@ async fn load_virtual_shards(
             objects.sort_by_key(|object| object.objid);
             let labels: Vec<u32> = objects.iter().map(|object| object.label).collect();
             // A rank waits for an image no longer than its ring peers wait for it.
-            let records = Arc::new(StreamedImages::new(
-                objects.iter().map(|object| object.objid).collect(),
-                config.ring.io_timeout,
-            ));
+            let objids = objects.iter().map(|object| object.objid).collect();
+            let records = Arc::new(match (residence, &config.cache_dir) {
+                (ShardResidence::RecordFile { max_cached_bytes }, Some(dir)) => {
+                    StreamedImages::spilled(objids, config.ring.io_timeout, dir, max_cached_bytes)
+                        .with_context(|| {
+                        format!(
+                            "creating a spill file for streamed images in {}",
+                            dir.display()
+                        )
+                    })?
+                }
+                _ => StreamedImages::new(objids, config.ring.io_timeout),
+            });
             let order = first_epoch_order(
                 objects.len(),
                 spec.batch_size as usize,

@@ -64,8 +64,9 @@ pub struct WorkerConfig {
     /// `cache_dir`.
     pub max_resident_bytes: Option<usize>,
     /// Streaming ingestion: start training once the first batch of each training shard is in, fetching the
-    /// rest in the order the first epoch visits it (the test split loads first, whole). Shards held in
-    /// memory only (not with `max_resident_bytes`), and not for models that take native features.
+    /// rest in the order the first epoch visits it (the test split loads first, whole). With
+    /// `max_resident_bytes` the streamed images go to an unnamed file in `cache_dir`, read image by image;
+    /// otherwise they are held in memory. Not for models that take native features.
     pub stream_shards: bool,
     pub ring: RingConfig,
     /// Plaintext probe port (`grpc.health.v1`: SERVING once registered with the coordinator; reflection), for

@@ -50,12 +50,9 @@ struct Options {
     #[arg(long, env = "PLANKTON_MAX_RESIDENT_MB", requires = "cache_dir")]
     max_resident_mb: Option<usize>,
     /// Start training once each training shard's first batch is in and stream the rest in the order the first
-    /// epoch reads it (the test split loads first). Shards held in memory: not with --max-resident-mb.
-    #[arg(
-        long,
-        env = "PLANKTON_STREAM_SHARDS",
-        conflicts_with = "max_resident_mb"
-    )]
+    /// epoch reads it (the test split loads first). With --max-resident-mb the streamed images go to a file in
+    /// --cache-dir, otherwise they are held in memory.
+    #[arg(long, env = "PLANKTON_STREAM_SHARDS")]
     stream_shards: bool,
     /// Longest wait for ring peers to connect (peers may still be loading; the coordinator aborts the wait
     /// early when one of them is lost).

@@ -7,8 +7,17 @@
 //! An image that turns out missing or undecodable is counted, logged and left out of its batches (a full load
 //! drops it from the shard instead, which changes the shuffle). A store failure that retries do not cure fails
 //! the records: the rank waiting on them fails its step with the error, naming the object.
+//!
+//! Arrived images are held in memory, or, with [`StreamedImages::spilled`], written to an unnamed file on disk
+//! (image `i` of the shard at `i * IMAGE_LEN`) and copied into each batch with positioned reads, so a worker
+//! streams a shard larger than its memory; what the file keeps in the page cache is capped as the record
+//! files' is.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -29,12 +38,53 @@ const STREAM_CHUNK: usize = 64;
 pub struct StreamedImages {
     /// The objid of each slot (the shard's order: ascending objid).
     objids: Vec<i64>,
-    /// `Some(image)` once it arrived, `None` once it turned out unreadable; unset until then.
-    slots: Vec<OnceLock<Option<Box<[u8]>>>>,
+    /// Set once the image arrived or turned out unreadable; unset until then.
+    slots: Vec<OnceLock<Slot>>,
+    /// Where arrived images go when they are not held in memory.
+    spill: Option<SpillFile>,
     state: Mutex<StreamState>,
     arrived: Condvar,
     /// The longest a reader waits for a missing image.
     wait_bound: Duration,
+}
+
+/// A settled slot.
+#[derive(Debug)]
+enum Slot {
+    InMemory(Box<[u8]>),
+    /// In the spill file at `slot * IMAGE_LEN`.
+    Spilled,
+    Unreadable,
+}
+
+/// An unnamed file (gone when closed, also after a crash) holding a streamed shard's images by slot.
+#[derive(Debug)]
+struct SpillFile {
+    file: File,
+    /// Bytes read between two advices to drop the file's cached pages (0: never advised).
+    max_cached_bytes: usize,
+    read_since_release: AtomicUsize,
+}
+
+impl SpillFile {
+    fn read_into(&self, slot: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+        if self.max_cached_bytes > 0
+            && self
+                .read_since_release
+                .fetch_add(IMAGE_LEN, Ordering::Relaxed)
+                + IMAGE_LEN
+                > self.max_cached_bytes
+        {
+            self.read_since_release.store(IMAGE_LEN, Ordering::Relaxed);
+            // Failing to drop pages only costs memory, never correctness.
+            let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::DontNeed);
+        }
+        let start = out.len();
+        out.resize(start + IMAGE_LEN, 0);
+        self.file
+            .read_exact_at(&mut out[start..], (slot * IMAGE_LEN) as u64)
+            .inspect_err(|_| out.truncate(start))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -54,10 +104,31 @@ impl StreamedImages {
         StreamedImages {
             objids,
             slots,
+            spill: None,
             state: Mutex::new(StreamState::default()),
             arrived: Condvar::new(),
             wait_bound,
         }
+    }
+
+    /// Like [`StreamedImages::new`], with arrived images written to an unnamed file in `dir` instead of held
+    /// in memory; `max_cached_bytes` > 0 caps what reading it keeps in the page cache (see
+    /// `plankton_preprocess::RecordShard::open`).
+    pub fn spilled(
+        objids: Vec<i64>,
+        wait_bound: Duration,
+        dir: &Path,
+        max_cached_bytes: usize,
+    ) -> std::io::Result<Self> {
+        let file = tempfile::tempfile_in(dir)?;
+        Ok(StreamedImages {
+            spill: Some(SpillFile {
+                file,
+                max_cached_bytes,
+                read_since_release: AtomicUsize::new(0),
+            }),
+            ..StreamedImages::new(objids, wait_bound)
+        })
     }
 
     /// Number of slots (the shard's length).
@@ -91,12 +162,30 @@ impl StreamedImages {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Settles slots (`None`: unreadable, with its reason in `skipped`) and wakes the readers.
-    pub fn fill(&self, arrivals: Vec<(usize, Option<Box<[u8]>>)>, skipped: Vec<(i64, String)>) {
+    /// Settles slots (`None`: unreadable, with its reason in `skipped`) and wakes the readers. Spilled
+    /// records write the images to their file first (blocking I/O: call it off the async runtime); a write
+    /// that fails settles nothing and is returned.
+    pub fn fill(
+        &self,
+        arrivals: Vec<(usize, Option<Box<[u8]>>)>,
+        skipped: Vec<(i64, String)>,
+    ) -> std::io::Result<()> {
+        if let Some(spill) = &self.spill {
+            for (slot, image) in &arrivals {
+                if let Some(image) = image {
+                    spill.file.write_all_at(image, (slot * IMAGE_LEN) as u64)?;
+                }
+            }
+        }
         let mut newly_settled = 0;
         for (slot, image) in arrivals {
             debug_assert!(image.as_ref().is_none_or(|image| image.len() == IMAGE_LEN));
-            if self.slots[slot].set(image).is_ok() {
+            let settled = match image {
+                None => Slot::Unreadable,
+                Some(_) if self.spill.is_some() => Slot::Spilled,
+                Some(image) => Slot::InMemory(image),
+            };
+            if self.slots[slot].set(settled).is_ok() {
                 newly_settled += 1;
             }
         }
@@ -105,6 +194,7 @@ impl StreamedImages {
         state.skipped.extend(skipped);
         drop(state);
         self.arrived.notify_all();
+        Ok(())
     }
 
     /// Marks the stream failed: readers of images that have not arrived fail with `reason`.
@@ -119,11 +209,17 @@ impl ImageRecords for StreamedImages {
         if self.slots[index].get().is_none() {
             self.wait_for(&[index])?;
         }
-        match self.slots[index].get() {
-            Some(Some(image)) => {
+        match (self.slots[index].get(), &self.spill) {
+            (Some(Slot::InMemory(image)), _) => {
                 out.extend_from_slice(image);
                 Ok(())
             }
+            (Some(Slot::Spilled), Some(spill)) => spill.read_into(index, out).map_err(|error| {
+                format!(
+                    "reading the streamed image of objid {} from its spill file: {error}",
+                    self.objids[index]
+                )
+            }),
             _ => Err(format!(
                 "streamed image of objid {} is unreadable",
                 self.objids[index]
@@ -166,7 +262,7 @@ impl ImageRecords for StreamedImages {
     }
 
     fn contains(&self, index: usize) -> bool {
-        !matches!(self.slots[index].get(), Some(None))
+        !matches!(self.slots[index].get(), Some(Slot::Unreadable))
     }
 }
 
@@ -243,7 +339,7 @@ pub fn spawn_stream(
 async fn stream_images(
     location: &StoreLocation,
     image_source: &ImageSource,
-    records: &StreamedImages,
+    records: &Arc<StreamedImages>,
     order: Vec<usize>,
     preprocess_config: &PreprocessConfig,
     fetch_concurrency: usize,
@@ -287,7 +383,8 @@ async fn stream_images(
             }
         }
         let config = preprocess_config.clone();
-        let (decoded, failures) = tokio::task::spawn_blocking(move || {
+        let filled = records.clone();
+        tokio::task::spawn_blocking(move || {
             let mut images = vec![0u8; jpegs.len() * IMAGE_LEN];
             let results = preprocess_batch_into(&jpegs, &config, &mut images);
             let mut decoded = Vec::with_capacity(slots.len());
@@ -305,17 +402,18 @@ async fn stream_images(
                     }
                 }
             }
-            (decoded, failures)
+            for (objid, reason) in &failures {
+                crate::telemetry::metrics().images_skipped.inc();
+                warn!(objid, %reason, "image skipped");
+            }
+            arrivals.extend(decoded);
+            skipped.extend(failures);
+            filled
+                .fill(arrivals, skipped)
+                .map_err(|error| format!("writing streamed images to the spill file: {error}"))
         })
         .await
-        .map_err(|join_error| format!("preprocessing panicked: {join_error}"))?;
-        for (objid, reason) in &failures {
-            crate::telemetry::metrics().images_skipped.inc();
-            warn!(objid, %reason, "image skipped");
-        }
-        arrivals.extend(decoded);
-        skipped.extend(failures);
-        records.fill(arrivals, skipped);
+        .map_err(|join_error| format!("preprocessing panicked: {join_error}"))??;
     }
     Ok(())
 }

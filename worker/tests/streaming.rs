@@ -1,6 +1,7 @@
 //! Streaming ingestion: a shard's training images arrive in the first epoch's visit order while training
 //! reads them; the first batch is readable long before the last image is fetched, every image equals a whole
-//! load's, unreadable images are counted and left out, and every wait is bounded and names the object.
+//! load's (held in memory or spilled to disk), unreadable images are counted and left out, and every wait is
+//! bounded and names the object.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,8 +51,21 @@ fn stream(
     objids: &[i64],
     wait_bound: Duration,
 ) -> Arc<StreamedImages> {
-    let records = Arc::new(StreamedImages::new(objids.to_vec(), wait_bound));
-    let order = first_epoch_order(objids.len(), BATCH, SEED, 0, objids.len() / BATCH);
+    stream_into(
+        location,
+        source,
+        Arc::new(StreamedImages::new(objids.to_vec(), wait_bound)),
+    )
+}
+
+/// Streams `records`' images from `location` into them.
+fn stream_into(
+    location: &StoreLocation,
+    source: &Arc<ImageSource>,
+    records: Arc<StreamedImages>,
+) -> Arc<StreamedImages> {
+    let objids = records.len();
+    let order = first_epoch_order(objids, BATCH, SEED, 0, objids / BATCH);
     spawn_stream(
         location.clone(),
         source.clone(),
@@ -244,10 +258,12 @@ async fn a_store_that_stays_down_fails_the_waiting_reader_with_the_object_named(
 #[test]
 fn a_wait_for_an_image_that_never_comes_ends_at_its_bound_naming_the_object() {
     let records = StreamedImages::new(vec![101, 102, 103], Duration::from_millis(50));
-    records.fill(
-        vec![(0, Some(vec![7u8; IMAGE_LEN].into_boxed_slice()))],
-        Vec::new(),
-    );
+    records
+        .fill(
+            vec![(0, Some(vec![7u8; IMAGE_LEN].into_boxed_slice()))],
+            Vec::new(),
+        )
+        .expect("held in memory");
     assert!(records.wait_for(&[0]).is_ok());
     let started = Instant::now();
     let error = records
@@ -258,4 +274,53 @@ fn a_wait_for_an_image_that_never_comes_ends_at_its_bound_naming_the_object() {
         error.contains("objid 103") && error.contains("1 of 3"),
         "{error}"
     );
+}
+
+/// Spilled to an unnamed file in the cache folder with a 64 KiB page-cache cap (five images), a streamed shard
+/// reads back every image as the in-memory stream does, in the first epoch's order, and leaves no file behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spilled_streams_read_back_every_image_and_leave_no_file() -> anyhow::Result<()> {
+    let (location, source, objids) = synthetic_dataset("streaming-spilled").await?;
+    let cache_dir = tempfile::tempdir()?;
+    let wait_bound = Duration::from_secs(30);
+    let spilled = stream_into(
+        &location,
+        &source,
+        Arc::new(StreamedImages::spilled(
+            objids.clone(),
+            wait_bound,
+            cache_dir.path(),
+            64 << 10,
+        )?),
+    );
+    let in_memory = stream(&location, &source, &objids, wait_bound);
+    let order = first_epoch_order(objids.len(), BATCH, SEED, 0, objids.len() / BATCH);
+    for records in [&spilled, &in_memory] {
+        let waiter = records.clone();
+        let all = order.clone();
+        tokio::task::spawn_blocking(move || waiter.wait_for(&all))
+            .await?
+            .map_err(anyhow::Error::msg)?;
+    }
+    for index in order {
+        let (mut from_disk, mut from_memory) = (Vec::new(), Vec::new());
+        spilled
+            .append_image(index, &mut from_disk)
+            .map_err(anyhow::Error::msg)?;
+        in_memory
+            .append_image(index, &mut from_memory)
+            .map_err(anyhow::Error::msg)?;
+        assert_eq!(from_disk.len(), IMAGE_LEN);
+        assert!(
+            from_disk == from_memory,
+            "image {index} (objid {}) differs once spilled",
+            objids[index]
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(cache_dir.path())?.count(),
+        0,
+        "the spill file has no name"
+    );
+    Ok(())
 }

@@ -54,7 +54,7 @@ struct Options {
     #[arg(long)]
     skip_pytorch: bool,
     /// Workers stream their training shards (`plankton-worker --stream-shards`: training starts after the
-    /// first batch; shards held in memory) instead of reading record files.
+    /// first batch; the streamed images go to spill files under the same cap) instead of loading them whole.
     #[arg(long)]
     stream_shards: bool,
 }
@@ -134,16 +134,15 @@ async fn cluster_run(options: &Options, dataset: &Path, spec: JobSpec) -> Result
     let cache_dir = cache.path().display().to_string();
     let max_resident = options.max_resident_mb.to_string();
     let allowed = dataset.display().to_string();
-    let worker_args: Vec<&str> = if options.stream_shards {
-        vec!["--cache-dir", &cache_dir, "--stream-shards"]
-    } else {
-        vec![
-            "--cache-dir",
-            &cache_dir,
-            "--max-resident-mb",
-            &max_resident,
-        ]
-    };
+    let mut worker_args: Vec<&str> = vec![
+        "--cache-dir",
+        &cache_dir,
+        "--max-resident-mb",
+        &max_resident,
+    ];
+    if options.stream_shards {
+        worker_args.push("--stream-shards");
+    }
     let mut cluster = ProcessCluster::start_with_args(
         options.workers as usize,
         &["--allow-dataset", &allowed],
@@ -269,14 +268,15 @@ async fn run(options: Options) -> Result<()> {
         threads_per_worker: 1,
         ..Default::default()
     };
-    let residence = if options.stream_shards {
-        "training shards streamed in (held in memory)".to_string()
-    } else {
-        format!(
-            "shard records read from disk, at most {} MiB of them cached per worker",
-            options.max_resident_mb
-        )
-    };
+    let residence = format!(
+        "shard {} read from disk, at most {} MiB of them cached per worker",
+        if options.stream_shards {
+            "images streamed into spill files and"
+        } else {
+            "records"
+        },
+        options.max_resident_mb
+    );
     println!(
         "{} x {}, {} epoch(s), batch {} per worker, 1 thread per worker, {residence}",
         options.workers, options.model, options.epochs, options.batch
