@@ -83,6 +83,16 @@ impl JobMemory {
                 .map(|stream| stream.skipped_count() as u64)
                 .sum::<u64>()
     }
+
+    /// Slots of streamed shards not holding a readable image yet: still to arrive, or unreadable.
+    fn streamed_not_loaded(&self) -> u64 {
+        self.streams
+            .iter()
+            .map(|stream| {
+                (stream.len() + stream.skipped_count()).saturating_sub(stream.settled()) as u64
+            })
+            .sum()
+    }
 }
 
 /// How one generation ended on this worker.
@@ -392,7 +402,8 @@ async fn run_one_generation(
         .iter()
         .filter_map(|index| memory.shards.remove(index))
         .collect();
-    // Counted here: the shards leave `memory` for the training thread.
+    // Counted here: the shards leave `memory` for the training thread. Streamed shards count their slots;
+    // each report subtracts those not loaded yet.
     let loaded_objects: u64 = shards
         .iter()
         .map(|shard| (shard.train.len() + shard.test.len()) as u64)
@@ -447,7 +458,7 @@ async fn run_one_generation(
                     steps_per_epoch: assignment.steps_per_epoch,
                     loss: step.loss,
                     images_per_second: step.images_per_second,
-                    loaded_objects,
+                    loaded_objects: loaded_objects.saturating_sub(memory.streamed_not_loaded()),
                     skipped_objects: memory.skipped_total(),
                     global_step: step.global_step,
                     virtual_shards: owned_indices.clone(),
