@@ -165,7 +165,7 @@ impl ShardCache {
             return Ok(None);
         }
         match RecordShard::open(&path, max_cached_bytes) {
-            Ok(mapped) => Ok(Some(mapped)),
+            Ok(records) => Ok(Some(records)),
             Err(error @ CacheError::Corrupt { .. }) => {
                 let _ = fs::remove_file(&path);
                 Err(error)

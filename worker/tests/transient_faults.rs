@@ -261,9 +261,9 @@ async fn a_rewritten_image_is_fetched_again_not_served_from_the_cache() -> anyho
 /// images, labels and objids as one held in memory; a second load maps the cached file, and a truncated
 /// file is detected, removed and rebuilt from the store.
 #[tokio::test]
-async fn a_mapped_shard_matches_the_in_memory_one_and_a_truncated_record_file_is_rebuilt()
+async fn a_record_file_shard_matches_the_in_memory_one_and_a_truncated_record_file_is_rebuilt()
 -> anyhow::Result<()> {
-    let location = synthetic_dataset("mapped-shard", false).await?;
+    let location = synthetic_dataset("record-file-shard", false).await?;
     let source = Arc::new(open_image_source(&location).await?);
     let objects: Vec<ShardObject> = all_objects(&location, &source)
         .await?
@@ -276,10 +276,10 @@ async fn a_mapped_shard_matches_the_in_memory_one_and_a_truncated_record_file_is
     let cache_dir = tempfile::tempdir()?;
     let cache = ShardCache::open(cache_dir.path().to_path_buf())?;
     let in_memory = load(&location, &source, &objects, &cache).await?;
-    let mapped_residence = ShardResidence::RecordFile {
+    let record_file_residence = ShardResidence::RecordFile {
         max_cached_bytes: 64 << 10,
     };
-    let load_mapped = || async {
+    let load_from_records = || async {
         let mut progress = |_done: usize, _total: usize| {};
         load_shard(
             &location,
@@ -287,7 +287,7 @@ async fn a_mapped_shard_matches_the_in_memory_one_and_a_truncated_record_file_is
             &objects,
             &PreprocessConfig::default(),
             Some(&cache),
-            mapped_residence,
+            record_file_residence,
             8,
             &CancellationToken::new(),
             &mut progress,
@@ -305,16 +305,16 @@ async fn a_mapped_shard_matches_the_in_memory_one_and_a_truncated_record_file_is
             })
             .unwrap_or_default()
     };
-    let same_as_in_memory = |mapped: &LoadedShard, what: &str| {
+    let same_as_in_memory = |from_records: &LoadedShard, what: &str| {
         assert!(
-            mapped.data.images.is_empty(),
+            from_records.data.images.is_empty(),
             "{what}: images held in memory"
         );
-        assert_eq!(mapped.objids, in_memory.objids, "{what}");
-        assert_eq!(mapped.data.labels, in_memory.data.labels, "{what}");
+        assert_eq!(from_records.objids, in_memory.objids, "{what}");
+        assert_eq!(from_records.data.labels, in_memory.data.labels, "{what}");
         for position in 0..in_memory.objids.len() {
             let mut image = Vec::new();
-            mapped
+            from_records
                 .data
                 .append_image(position, &mut image)
                 .expect("record read");
@@ -325,12 +325,12 @@ async fn a_mapped_shard_matches_the_in_memory_one_and_a_truncated_record_file_is
         }
     };
 
-    let fetched = load_mapped().await?;
+    let fetched = load_from_records().await?;
     same_as_in_memory(&fetched, "fetched");
     let files = record_files();
     assert_eq!(files.len(), 1);
     let written_at = std::fs::metadata(&files[0])?.modified()?;
-    let from_cache = load_mapped().await?;
+    let from_cache = load_from_records().await?;
     same_as_in_memory(&from_cache, "from the record cache");
     assert_eq!(
         std::fs::metadata(&files[0])?.modified()?,
@@ -341,7 +341,7 @@ async fn a_mapped_shard_matches_the_in_memory_one_and_a_truncated_record_file_is
     let file = std::fs::OpenOptions::new().write(true).open(&files[0])?;
     file.set_len(file.metadata()?.len() - 1000)?;
     drop(file);
-    let rebuilt = load_mapped().await?;
+    let rebuilt = load_from_records().await?;
     same_as_in_memory(&rebuilt, "rebuilt");
     assert_eq!(record_files().len(), 1);
     Ok(())
