@@ -28,6 +28,7 @@
 mod cache;
 mod channels;
 mod decode;
+mod page_cache;
 mod pipeline;
 mod record_file;
 mod resize;
@@ -35,6 +36,7 @@ mod resize;
 pub use cache::{CacheError, CachedShard, ShardCache};
 pub use channels::{morphological_open_4x4, threshold_below_mean};
 pub use decode::decode_grey;
+pub use page_cache::CappedFile;
 pub use pipeline::{
     preprocess_batch_into, preprocess_image, preprocess_image_into, preprocess_many, to_unit_f32,
 };

@@ -12,10 +12,11 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::IMAGE_LEN;
 use crate::cache::CacheError;
+use crate::page_cache::CappedFile;
 
 const RECORD_MAGIC: &[u8; 8] = b"PLKREC01";
 /// Bumped whenever the pixels the pipeline produces change (as the whole-shard format's version).
@@ -189,18 +190,12 @@ pub(crate) fn temporary_record_path(dir: &Path, key: &str) -> PathBuf {
 #[derive(Debug)]
 pub struct RecordShard {
     path: PathBuf,
-    file: File,
+    file: CappedFile,
     record_count: usize,
     /// Each record's objid and label, read once while verifying.
     objids: Vec<i64>,
     labels: Vec<u32>,
     skipped: Vec<(i64, String)>,
-    /// Record bytes read between two advices to drop the file's cached pages (0: never advised).
-    max_cached_bytes: usize,
-    /// Record bytes read since the last advice.
-    read_since_release: AtomicUsize,
-    /// Times the file's cached pages were dropped.
-    releases: AtomicU64,
 }
 
 impl RecordShard {
@@ -325,21 +320,18 @@ impl RecordShard {
                 skipped_list.len() - position
             )));
         }
-        let shard = RecordShard {
+        let file = CappedFile::new(file, max_cached_bytes);
+        if max_cached_bytes > 0 {
+            file.drop_cached_pages();
+        }
+        Ok(RecordShard {
             path: path.to_path_buf(),
             file,
             record_count,
             objids,
             labels,
             skipped,
-            max_cached_bytes,
-            read_since_release: AtomicUsize::new(0),
-            releases: AtomicU64::new(0),
-        };
-        if max_cached_bytes > 0 {
-            shard.drop_cached_pages();
-        }
-        Ok(shard)
+        })
     }
 
     /// The file read.
@@ -381,27 +373,12 @@ impl RecordShard {
                 reason: format!("record {index} asked of {}", self.record_count),
             });
         }
-        if self.max_cached_bytes > 0 {
-            let read = self
-                .read_since_release
-                .fetch_add(RECORD_LEN, Ordering::Relaxed)
-                + RECORD_LEN;
-            if read > self.max_cached_bytes {
-                self.read_since_release.store(RECORD_LEN, Ordering::Relaxed);
-                self.drop_cached_pages();
-            }
-        }
-        let start = out.len();
-        out.resize(start + IMAGE_LEN, 0);
         let offset = (HEADER_LEN + index * RECORD_LEN + RECORD_PREFIX_LEN) as u64;
         self.file
-            .read_exact_at(&mut out[start..], offset)
-            .map_err(|source| {
-                out.truncate(start);
-                CacheError::Io {
-                    path: self.path.clone(),
-                    source,
-                }
+            .read_into(offset, IMAGE_LEN, out)
+            .map_err(|source| CacheError::Io {
+                path: self.path.clone(),
+                source,
             })
     }
 
@@ -414,13 +391,6 @@ impl RecordShard {
 
     /// Times the cap dropped the file's cached pages (the drop after verifying included).
     pub fn releases(&self) -> u64 {
-        self.releases.load(Ordering::Relaxed)
-    }
-
-    /// Advises the kernel to drop the file's clean cached pages. Failing to only costs memory, never
-    /// correctness.
-    fn drop_cached_pages(&self) {
-        self.releases.fetch_add(1, Ordering::Relaxed);
-        let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::DontNeed);
+        self.file.releases()
     }
 }

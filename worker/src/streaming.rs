@@ -14,10 +14,8 @@
 //! files' is.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use plankton_dataset::{ImageSource, StoreLocation, fetch_images, is_bad_image};
-use plankton_preprocess::{IMAGE_LEN, PreprocessConfig, preprocess_batch_into};
+use plankton_preprocess::{CappedFile, IMAGE_LEN, PreprocessConfig, preprocess_batch_into};
 use plankton_trainer::{AugmentationMode, EpochBatches, ImageRecords};
 
 /// Images preprocessed per blocking task: small, so the first batch is in soon.
@@ -40,8 +38,9 @@ pub struct StreamedImages {
     objids: Vec<i64>,
     /// Set once the image arrived or turned out unreadable; unset until then.
     slots: Vec<OnceLock<Slot>>,
-    /// Where arrived images go when they are not held in memory.
-    spill: Option<SpillFile>,
+    /// Where arrived images go when they are not held in memory: an unnamed file (gone when closed, also after
+    /// a crash), image `slot` at `slot * IMAGE_LEN`.
+    spill: Option<CappedFile>,
     state: Mutex<StreamState>,
     arrived: Condvar,
     /// The longest a reader waits for a missing image.
@@ -55,36 +54,6 @@ enum Slot {
     /// In the spill file at `slot * IMAGE_LEN`.
     Spilled,
     Unreadable,
-}
-
-/// An unnamed file (gone when closed, also after a crash) holding a streamed shard's images by slot.
-#[derive(Debug)]
-struct SpillFile {
-    file: File,
-    /// Bytes read between two advices to drop the file's cached pages (0: never advised).
-    max_cached_bytes: usize,
-    read_since_release: AtomicUsize,
-}
-
-impl SpillFile {
-    fn read_into(&self, slot: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
-        if self.max_cached_bytes > 0
-            && self
-                .read_since_release
-                .fetch_add(IMAGE_LEN, Ordering::Relaxed)
-                + IMAGE_LEN
-                > self.max_cached_bytes
-        {
-            self.read_since_release.store(IMAGE_LEN, Ordering::Relaxed);
-            // Failing to drop pages only costs memory, never correctness.
-            let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::DontNeed);
-        }
-        let start = out.len();
-        out.resize(start + IMAGE_LEN, 0);
-        self.file
-            .read_exact_at(&mut out[start..], (slot * IMAGE_LEN) as u64)
-            .inspect_err(|_| out.truncate(start))
-    }
 }
 
 #[derive(Debug, Default)]
@@ -122,11 +91,7 @@ impl StreamedImages {
     ) -> std::io::Result<Self> {
         let file = tempfile::tempfile_in(dir)?;
         Ok(StreamedImages {
-            spill: Some(SpillFile {
-                file,
-                max_cached_bytes,
-                read_since_release: AtomicUsize::new(0),
-            }),
+            spill: Some(CappedFile::new(file, max_cached_bytes)),
             ..StreamedImages::new(objids, wait_bound)
         })
     }
@@ -173,7 +138,9 @@ impl StreamedImages {
         if let Some(spill) = &self.spill {
             for (slot, image) in &arrivals {
                 if let Some(image) = image {
-                    spill.file.write_all_at(image, (slot * IMAGE_LEN) as u64)?;
+                    spill
+                        .file()
+                        .write_all_at(image, (slot * IMAGE_LEN) as u64)?;
                 }
             }
         }
@@ -214,12 +181,14 @@ impl ImageRecords for StreamedImages {
                 out.extend_from_slice(image);
                 Ok(())
             }
-            (Some(Slot::Spilled), Some(spill)) => spill.read_into(index, out).map_err(|error| {
-                format!(
-                    "reading the streamed image of objid {} from its spill file: {error}",
-                    self.objids[index]
-                )
-            }),
+            (Some(Slot::Spilled), Some(spill)) => spill
+                .read_into((index * IMAGE_LEN) as u64, IMAGE_LEN, out)
+                .map_err(|error| {
+                    format!(
+                        "reading the streamed image of objid {} from its spill file: {error}",
+                        self.objids[index]
+                    )
+                }),
             _ => Err(format!(
                 "streamed image of objid {} is unreadable",
                 self.objids[index]
