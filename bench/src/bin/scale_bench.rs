@@ -331,6 +331,18 @@ async fn run(options: Options) -> Result<()> {
             .unwrap_or_else(|| "?".to_string());
         println!("  peak RSS: worker {index} {peak:.0} MiB ({at_first_step} by its first step)");
     }
+    for worker in &cluster.job.workers {
+        println!(
+            "  step time of rank {} (its last report): data {:.1} ms, compute {:.1} ms, communication {:.1} ms \
+             (+{:.1} ms hidden behind the backward), optimizer {:.1} ms",
+            worker.rank,
+            worker.data_seconds_per_step * 1e3,
+            worker.compute_seconds_per_step * 1e3,
+            worker.communication_seconds_per_step * 1e3,
+            worker.hidden_communication_seconds_per_step * 1e3,
+            worker.optimizer_seconds_per_step * 1e3
+        );
+    }
 
     if options.skip_pytorch {
         return Ok(());
