@@ -36,6 +36,12 @@ pub enum CacheError {
     Io { path: PathBuf, source: io::Error },
     #[error("corrupt cached shard {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("record {index} asked of {path}, which holds {record_count}")]
+    RecordOutOfRange {
+        path: PathBuf,
+        index: usize,
+        record_count: usize,
+    },
     #[error("invalid shard cache key {0:?}: only ascii letters, digits, '-' and '_' are allowed")]
     InvalidKey(String),
     #[error("shard for key {key} is inconsistent: {reason}")]

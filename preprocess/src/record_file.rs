@@ -201,7 +201,7 @@ pub struct RecordShard {
 impl RecordShard {
     /// Opens and verifies the record file at `path` (size against the header, then the checksum, read in
     /// windows). `max_cached_bytes` > 0 bounds what reading the file keeps in the page cache: after every
-    /// `max_cached_bytes` of records read (and after verifying), the kernel is advised to drop the file's
+    /// `max_cached_bytes` of records read (verifying included, and once after it), the kernel is advised to drop the file's
     /// clean cached pages (`POSIX_FADV_DONTNEED`; later reads come from the disk). 0 leaves the page cache
     /// to the kernel.
     pub fn open(path: &Path, max_cached_bytes: usize) -> Result<Self, CacheError> {
@@ -250,18 +250,28 @@ impl RecordShard {
         }
         let record_count = record_count as usize;
         // One pass over the records in windows of whole records: hash them, keep their objids and labels (so
-        // reading those later reads no file).
+        // reading those later reads no file). The windows are read under the cap, so verifying a file larger
+        // than the cap does not fill the page cache with it.
+        let file = CappedFile::new(file, max_cached_bytes);
         let mut hash = WordHash::new();
         let mut objids = Vec::with_capacity(record_count);
         let mut labels = Vec::with_capacity(record_count);
-        let records_per_window = (VERIFY_WINDOW_BYTES / RECORD_LEN).max(1);
+        let window_bytes = match max_cached_bytes {
+            0 => VERIFY_WINDOW_BYTES,
+            cap => VERIFY_WINDOW_BYTES.min(cap),
+        };
+        let records_per_window = (window_bytes / RECORD_LEN).max(1);
         let mut window = Vec::new();
         let mut first_record = 0;
         while first_record < record_count {
             let end_record = (first_record + records_per_window).min(record_count);
-            window.resize((end_record - first_record) * RECORD_LEN, 0);
-            file.read_exact_at(&mut window, (HEADER_LEN + first_record * RECORD_LEN) as u64)
-                .map_err(io_error)?;
+            window.clear();
+            file.read_into(
+                (HEADER_LEN + first_record * RECORD_LEN) as u64,
+                (end_record - first_record) * RECORD_LEN,
+                &mut window,
+            )
+            .map_err(io_error)?;
             hash.update(&window);
             for record in window.chunks_exact(RECORD_LEN) {
                 objids.push(i64::from_le_bytes(
@@ -276,7 +286,8 @@ impl RecordShard {
         drop(window);
         let skipped_start = (HEADER_LEN + record_count * RECORD_LEN) as u64;
         let mut tail = vec![0u8; skipped_bytes as usize + 8];
-        file.read_exact_at(&mut tail, skipped_start)
+        file.file()
+            .read_exact_at(&mut tail, skipped_start)
             .map_err(io_error)?;
         let (skipped_list, checksum) = tail.split_at(skipped_bytes as usize);
         hash.update(skipped_list);
@@ -320,7 +331,6 @@ impl RecordShard {
                 skipped_list.len() - position
             )));
         }
-        let file = CappedFile::new(file, max_cached_bytes);
         if max_cached_bytes > 0 {
             file.drop_cached_pages();
         }
@@ -368,9 +378,10 @@ impl RecordShard {
     /// left as it was. Past the cap, the file's cached pages are dropped first.
     pub fn read_image_into(&self, index: usize, out: &mut Vec<u8>) -> Result<(), CacheError> {
         if index >= self.record_count {
-            return Err(CacheError::Corrupt {
+            return Err(CacheError::RecordOutOfRange {
                 path: self.path.clone(),
-                reason: format!("record {index} asked of {}", self.record_count),
+                index,
+                record_count: self.record_count,
             });
         }
         let offset = (HEADER_LEN + index * RECORD_LEN + RECORD_PREFIX_LEN) as u64;

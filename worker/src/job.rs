@@ -67,10 +67,18 @@ struct JobMemory {
     /// The objid of each test image of each virtual shard, in the shard's order (names mistakes in reports).
     test_objids: HashMap<u32, Vec<i64>>,
     skipped_objects: u64,
-    /// Training shards still streaming in, or streamed (their unreadable images count as skipped).
-    streams: Vec<Arc<StreamedImages>>,
+    /// Owned training shards still streaming in, or streamed (their unreadable images count as skipped).
+    streams: Vec<ShardStream>,
     /// The TensorBoard step scalars, once this worker has been rank 0 of a generation.
     step_log: Option<StepLog>,
+}
+
+/// The stream filling one virtual shard's training images.
+struct ShardStream {
+    shard_index: u32,
+    records: Arc<StreamedImages>,
+    /// Stops the stream when the shard leaves this worker.
+    cancel: CancellationToken,
 }
 
 impl JobMemory {
@@ -80,7 +88,7 @@ impl JobMemory {
             + self
                 .streams
                 .iter()
-                .map(|stream| stream.skipped_count() as u64)
+                .map(|stream| stream.records.skipped_count() as u64)
                 .sum::<u64>()
     }
 
@@ -89,9 +97,25 @@ impl JobMemory {
         self.streams
             .iter()
             .map(|stream| {
-                (stream.len() + stream.skipped_count()).saturating_sub(stream.settled()) as u64
+                let records = &stream.records;
+                (records.len() + records.skipped_count()).saturating_sub(records.settled()) as u64
             })
             .sum()
+    }
+
+    /// Keeps the shards in `owned`: the others' data is dropped and their streams stopped (the images they
+    /// skipped stay counted).
+    fn keep_only(&mut self, owned: &[u32]) {
+        self.shards.retain(|index, _| owned.contains(index));
+        self.test_objids.retain(|index, _| owned.contains(index));
+        let (kept, dropped): (Vec<_>, Vec<_>) = std::mem::take(&mut self.streams)
+            .into_iter()
+            .partition(|stream| owned.contains(&stream.shard_index));
+        for stream in dropped {
+            stream.cancel.cancel();
+            self.skipped_objects += stream.records.skipped_count() as u64;
+        }
+        self.streams = kept;
     }
 }
 
@@ -680,8 +704,7 @@ async fn load_virtual_shards(
         .iter()
         .map(|shard| shard.index)
         .collect();
-    memory.shards.retain(|index, _| owned.contains(index));
-    memory.test_objids.retain(|index, _| owned.contains(index));
+    memory.keep_only(&owned);
     let missing: Vec<_> = assignment
         .virtual_shards
         .iter()
@@ -796,6 +819,7 @@ async fn load_virtual_shards(
                 shard.index as usize,
                 assignment.steps_per_epoch.max(1) as usize,
             );
+            let cancel = handle.cancel.child_token();
             spawn_stream(
                 location.clone(),
                 image_source.clone(),
@@ -803,9 +827,13 @@ async fn load_virtual_shards(
                 order,
                 preprocess_config.clone(),
                 config.fetch_concurrency,
-                handle.cancel.clone(),
+                cancel.clone(),
             );
-            memory.streams.push(records.clone());
+            memory.streams.push(ShardStream {
+                shard_index: shard.index,
+                records: records.clone(),
+                cancel,
+            });
             ShardData::from_records(records, labels)
         } else {
             parts.pop().expect("a train part").data
@@ -1357,4 +1385,48 @@ async fn write_model(
     );
     info!(model_url, "model written");
     Ok(model_url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plankton_preprocess::IMAGE_LEN;
+
+    /// After a reform, a shard that left this worker stops streaming and no longer counts as not loaded; the
+    /// images its stream skipped stay counted.
+    #[test]
+    fn dropping_a_streamed_shard_stops_its_stream_and_keeps_its_skipped_count() {
+        let mut memory = JobMemory::default();
+        for shard_index in [1u32, 2] {
+            let records = Arc::new(StreamedImages::new(
+                vec![10, 11, 12],
+                Duration::from_millis(10),
+            ));
+            records
+                .fill(
+                    vec![
+                        (0, Some(vec![0u8; IMAGE_LEN].into_boxed_slice())),
+                        (1, None),
+                    ],
+                    vec![(11, "imgs/11.jpg: not a JPEG".to_string())],
+                )
+                .expect("held in memory");
+            memory.streams.push(ShardStream {
+                shard_index,
+                records,
+                cancel: CancellationToken::new(),
+            });
+        }
+        // Each shard: one image loaded, one skipped, one still to come.
+        assert_eq!(memory.streamed_not_loaded(), 4);
+        assert_eq!(memory.skipped_total(), 2);
+        let dropped_cancel = memory.streams[1].cancel.clone();
+
+        memory.keep_only(&[1]);
+        assert!(dropped_cancel.is_cancelled());
+        assert!(!memory.streams[0].cancel.is_cancelled());
+        assert_eq!(memory.streams.len(), 1);
+        assert_eq!(memory.streamed_not_loaded(), 2);
+        assert_eq!(memory.skipped_total(), 2);
+    }
 }

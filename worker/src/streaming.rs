@@ -41,6 +41,8 @@ pub struct StreamedImages {
     /// Where arrived images go when they are not held in memory: an unnamed file (gone when closed, also after
     /// a crash), image `slot` at `slot * IMAGE_LEN`.
     spill: Option<CappedFile>,
+    /// The directory of the spill file, for errors.
+    spill_dir: Option<std::path::PathBuf>,
     state: Mutex<StreamState>,
     arrived: Condvar,
     /// The longest a reader waits for a missing image.
@@ -74,6 +76,7 @@ impl StreamedImages {
             objids,
             slots,
             spill: None,
+            spill_dir: None,
             state: Mutex::new(StreamState::default()),
             arrived: Condvar::new(),
             wait_bound,
@@ -92,6 +95,7 @@ impl StreamedImages {
         let file = tempfile::tempfile_in(dir)?;
         Ok(StreamedImages {
             spill: Some(CappedFile::new(file, max_cached_bytes)),
+            spill_dir: Some(dir.to_path_buf()),
             ..StreamedImages::new(objids, wait_bound)
         })
     }
@@ -129,18 +133,25 @@ impl StreamedImages {
 
     /// Settles slots (`None`: unreadable, with its reason in `skipped`) and wakes the readers. Spilled
     /// records write the images to their file first (blocking I/O: call it off the async runtime); a write
-    /// that fails settles nothing and is returned.
+    /// that fails settles nothing and is returned, naming the image's objid and the spill file's directory.
     pub fn fill(
         &self,
         arrivals: Vec<(usize, Option<Box<[u8]>>)>,
         skipped: Vec<(i64, String)>,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), String> {
         if let Some(spill) = &self.spill {
             for (slot, image) in &arrivals {
                 if let Some(image) = image {
                     spill
                         .file()
-                        .write_all_at(image, (slot * IMAGE_LEN) as u64)?;
+                        .write_all_at(image, (slot * IMAGE_LEN) as u64)
+                        .map_err(|error| {
+                            format!(
+                                "writing the streamed image of objid {} to its spill file in {}: {error}",
+                                self.objids[*slot],
+                                self.spill_dir.as_deref().unwrap_or(Path::new("?")).display()
+                            )
+                        })?;
                 }
             }
         }
@@ -377,9 +388,7 @@ async fn stream_images(
             }
             arrivals.extend(decoded);
             skipped.extend(failures);
-            filled
-                .fill(arrivals, skipped)
-                .map_err(|error| format!("writing streamed images to the spill file: {error}"))
+            filled.fill(arrivals, skipped)
         })
         .await
         .map_err(|join_error| format!("preprocessing panicked: {join_error}"))??;
