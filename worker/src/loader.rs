@@ -167,7 +167,6 @@ pub async fn load_shard(
         for (objid, result) in chunk {
             match result {
                 Ok(bytes) => {
-                    crate::telemetry::metrics().images_fetched.inc();
                     chunk_objids.push(objid);
                     chunk_bytes.push(bytes);
                 }
@@ -200,6 +199,7 @@ pub async fn load_shard(
         for (index, (objid, result)) in chunk_objids.into_iter().zip(results).enumerate() {
             match result {
                 Ok(()) => {
+                    crate::telemetry::metrics().images_fetched.inc();
                     let slot = first_slot + index * IMAGE_LEN;
                     images.copy_within(slot..slot + IMAGE_LEN, kept_slot);
                     kept_slot += IMAGE_LEN;

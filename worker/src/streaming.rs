@@ -345,7 +345,6 @@ async fn stream_images(
         for (objid, result) in chunk {
             match result {
                 Ok(bytes) => {
-                    crate::telemetry::metrics().images_fetched.inc();
                     slots.push((slot_of[&objid], objid));
                     jpegs.push(bytes);
                 }
@@ -375,7 +374,10 @@ async fn stream_images(
                 .zip(images.chunks_exact(IMAGE_LEN))
             {
                 match result {
-                    Ok(()) => decoded.push((slot, Some(Box::<[u8]>::from(image)))),
+                    Ok(()) => {
+                        crate::telemetry::metrics().images_fetched.inc();
+                        decoded.push((slot, Some(Box::<[u8]>::from(image))));
+                    }
                     Err(error) => {
                         decoded.push((slot, None));
                         failures.push((objid, format!("imgs/{objid}.jpg: {error}")));
