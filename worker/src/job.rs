@@ -1404,10 +1404,7 @@ mod tests {
             ));
             records
                 .fill(
-                    vec![
-                        (0, Some(vec![0u8; IMAGE_LEN].into_boxed_slice())),
-                        (1, None),
-                    ],
+                    &[(0, Some(&[0u8; IMAGE_LEN][..])), (1, None)],
                     vec![(11, "imgs/11.jpg: not a JPEG".to_string())],
                 )
                 .expect("held in memory");

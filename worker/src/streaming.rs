@@ -131,16 +131,17 @@ impl StreamedImages {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Settles slots (`None`: unreadable, with its reason in `skipped`) and wakes the readers. Spilled
-    /// records write the images to their file first (blocking I/O: call it off the async runtime); a write
-    /// that fails settles nothing and is returned, naming the image's objid and the spill file's directory.
+    /// Settles slots (`None`: unreadable, with its reason in `skipped`) and wakes the readers. The images are
+    /// borrowed from the preprocessing buffer: held records copy each into memory, spilled records write it to
+    /// their file (blocking I/O: call it off the async runtime). A write that fails settles nothing and is
+    /// returned, naming the image's objid and the spill file's directory.
     pub fn fill(
         &self,
-        arrivals: Vec<(usize, Option<Box<[u8]>>)>,
+        arrivals: &[(usize, Option<&[u8]>)],
         skipped: Vec<(i64, String)>,
     ) -> Result<(), String> {
         if let Some(spill) = &self.spill {
-            for (slot, image) in &arrivals {
+            for (slot, image) in arrivals {
                 if let Some(image) = image {
                     spill
                         .file()
@@ -156,12 +157,12 @@ impl StreamedImages {
             }
         }
         let mut newly_settled = 0;
-        for (slot, image) in arrivals {
-            debug_assert!(image.as_ref().is_none_or(|image| image.len() == IMAGE_LEN));
+        for &(slot, image) in arrivals {
+            debug_assert!(image.is_none_or(|image| image.len() == IMAGE_LEN));
             let settled = match image {
                 None => Slot::Unreadable,
                 Some(_) if self.spill.is_some() => Slot::Spilled,
-                Some(image) => Slot::InMemory(image),
+                Some(image) => Slot::InMemory(Box::from(image)),
             };
             if self.slots[slot].set(settled).is_ok() {
                 newly_settled += 1;
@@ -340,7 +341,7 @@ async fn stream_images(
         }
         let mut slots = Vec::with_capacity(chunk.len());
         let mut jpegs = Vec::with_capacity(chunk.len());
-        let mut arrivals = Vec::new();
+        let mut missing_slots = Vec::new();
         let mut skipped = Vec::new();
         for (objid, result) in chunk {
             match result {
@@ -351,7 +352,7 @@ async fn stream_images(
                 Err(error) if is_bad_image(&error) => {
                     crate::telemetry::metrics().images_skipped.inc();
                     warn!(objid, %error, "image skipped");
-                    arrivals.push((slot_of[&objid], None));
+                    missing_slots.push(slot_of[&objid]);
                     skipped.push((objid, error.to_string()));
                 }
                 Err(error) => {
@@ -366,7 +367,8 @@ async fn stream_images(
         tokio::task::spawn_blocking(move || {
             let mut images = vec![0u8; jpegs.len() * IMAGE_LEN];
             let results = preprocess_batch_into(&jpegs, &config, &mut images);
-            let mut decoded = Vec::with_capacity(slots.len());
+            let mut arrivals: Vec<(usize, Option<&[u8]>)> =
+                missing_slots.into_iter().map(|slot| (slot, None)).collect();
             let mut failures = Vec::new();
             for (((slot, objid), result), image) in slots
                 .into_iter()
@@ -376,10 +378,10 @@ async fn stream_images(
                 match result {
                     Ok(()) => {
                         crate::telemetry::metrics().images_fetched.inc();
-                        decoded.push((slot, Some(Box::<[u8]>::from(image))));
+                        arrivals.push((slot, Some(image)));
                     }
                     Err(error) => {
-                        decoded.push((slot, None));
+                        arrivals.push((slot, None));
                         failures.push((objid, format!("imgs/{objid}.jpg: {error}")));
                     }
                 }
@@ -388,9 +390,8 @@ async fn stream_images(
                 crate::telemetry::metrics().images_skipped.inc();
                 warn!(objid, %reason, "image skipped");
             }
-            arrivals.extend(decoded);
             skipped.extend(failures);
-            filled.fill(arrivals, skipped)
+            filled.fill(&arrivals, skipped)
         })
         .await
         .map_err(|join_error| format!("preprocessing panicked: {join_error}"))??;

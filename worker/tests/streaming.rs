@@ -259,10 +259,7 @@ async fn a_store_that_stays_down_fails_the_waiting_reader_with_the_object_named(
 fn a_wait_for_an_image_that_never_comes_ends_at_its_bound_naming_the_object() {
     let records = StreamedImages::new(vec![101, 102, 103], Duration::from_millis(50));
     records
-        .fill(
-            vec![(0, Some(vec![7u8; IMAGE_LEN].into_boxed_slice()))],
-            Vec::new(),
-        )
+        .fill(&[(0, Some(&[7u8; IMAGE_LEN][..]))], Vec::new())
         .expect("held in memory");
     assert!(records.wait_for(&[0]).is_ok());
     let started = Instant::now();
