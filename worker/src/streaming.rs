@@ -337,7 +337,9 @@ async fn stream_images(
         fetch_images(location, image_source, objids, fetch_concurrency).ready_chunks(STREAM_CHUNK);
     while let Some(chunk) = fetched.next().await {
         if cancel.is_cancelled() {
-            return Err("the job was stopped while its images streamed in".into());
+            return Err(
+                "stopped while its images streamed in: the job stopped or the shard left this worker".into(),
+            );
         }
         let mut slots = Vec::with_capacity(chunk.len());
         let mut jpegs = Vec::with_capacity(chunk.len());
