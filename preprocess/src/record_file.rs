@@ -201,9 +201,9 @@ pub struct RecordShard {
 impl RecordShard {
     /// Opens and verifies the record file at `path` (size against the header, then the checksum, read in
     /// windows). `max_cached_bytes` > 0 bounds what reading the file keeps in the page cache: after every
-    /// `max_cached_bytes` of records read (verifying included, and once after it), the kernel is advised to drop the file's
-    /// clean cached pages (`POSIX_FADV_DONTNEED`; later reads come from the disk). 0 leaves the page cache
-    /// to the kernel.
+    /// `max_cached_bytes` of records read (verifying included, and once after it), the kernel is advised to
+    /// drop the file's clean cached pages (`POSIX_FADV_DONTNEED`; later reads come from the disk). 0 leaves
+    /// the page cache to the kernel.
     pub fn open(path: &Path, max_cached_bytes: usize) -> Result<Self, CacheError> {
         let corrupt = |reason: String| CacheError::Corrupt {
             path: path.to_path_buf(),
