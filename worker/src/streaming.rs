@@ -40,13 +40,18 @@ pub struct StreamedImages {
     slots: Vec<OnceLock<Slot>>,
     /// Where arrived images go when they are not held in memory: an unnamed file (gone when closed, also after
     /// a crash), image `slot` at `slot * IMAGE_LEN`.
-    spill: Option<CappedFile>,
-    /// The directory of the spill file, for errors.
-    spill_dir: Option<std::path::PathBuf>,
+    spill: Option<SpillFile>,
     state: Mutex<StreamState>,
     arrived: Condvar,
     /// The longest a reader waits for a missing image.
     wait_bound: Duration,
+}
+
+/// The unnamed file spilled images go to, and the directory it lives in (named in errors).
+#[derive(Debug)]
+struct SpillFile {
+    file: CappedFile,
+    dir: std::path::PathBuf,
 }
 
 /// A settled slot.
@@ -76,7 +81,6 @@ impl StreamedImages {
             objids,
             slots,
             spill: None,
-            spill_dir: None,
             state: Mutex::new(StreamState::default()),
             arrived: Condvar::new(),
             wait_bound,
@@ -94,8 +98,10 @@ impl StreamedImages {
     ) -> std::io::Result<Self> {
         let file = tempfile::tempfile_in(dir)?;
         Ok(StreamedImages {
-            spill: Some(CappedFile::new(file, max_cached_bytes)),
-            spill_dir: Some(dir.to_path_buf()),
+            spill: Some(SpillFile {
+                file: CappedFile::new(file, max_cached_bytes),
+                dir: dir.to_path_buf(),
+            }),
             ..StreamedImages::new(objids, wait_bound)
         })
     }
@@ -144,13 +150,14 @@ impl StreamedImages {
             for (slot, image) in arrivals {
                 if let Some(image) = image {
                     spill
+                        .file
                         .file()
                         .write_all_at(image, (slot * IMAGE_LEN) as u64)
                         .map_err(|error| {
                             format!(
                                 "writing the streamed image of objid {} to its spill file in {}: {error}",
                                 self.objids[*slot],
-                                self.spill_dir.as_deref().unwrap_or(Path::new("?")).display()
+                                spill.dir.display()
                             )
                         })?;
                 }
@@ -194,11 +201,13 @@ impl ImageRecords for StreamedImages {
                 Ok(())
             }
             (Some(Slot::Spilled), Some(spill)) => spill
+                .file
                 .read_into((index * IMAGE_LEN) as u64, IMAGE_LEN, out)
                 .map_err(|error| {
                     format!(
-                        "reading the streamed image of objid {} from its spill file: {error}",
-                        self.objids[index]
+                        "reading the streamed image of objid {} from its spill file in {}: {error}",
+                        self.objids[index],
+                        spill.dir.display()
                     )
                 }),
             _ => Err(format!(

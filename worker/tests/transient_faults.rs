@@ -258,7 +258,7 @@ async fn a_rewritten_image_is_fetched_again_not_served_from_the_cache() -> anyho
 }
 
 /// A shard loaded into a record file (page-cache cap of 64 KiB, a few images) trains from the same
-/// images, labels and objids as one held in memory; a second load maps the cached file, and a truncated
+/// images, labels and objids as one held in memory; a second load reads the cached file, and a truncated
 /// file is detected, removed and rebuilt from the store.
 #[tokio::test]
 async fn a_record_file_shard_matches_the_in_memory_one_and_a_truncated_record_file_is_rebuilt()
