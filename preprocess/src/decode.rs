@@ -1,8 +1,7 @@
-//! JPEG to 8-bit grey, refusing oversized images from the header and truncated streams.
+//! JPEG to 8-bit grey with libjpeg-turbo's decoder (the one OpenCV links), refusing oversized images from
+//! the header and truncated streams.
 
-use zune_core::colorspace::ColorSpace;
-use zune_core::options::DecoderOptions;
-use zune_jpeg::JpegDecoder;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::{GreyImage, PreprocessConfig, PreprocessError};
 
@@ -10,7 +9,9 @@ const START_OF_IMAGE: [u8; 2] = [0xFF, 0xD8];
 const START_OF_SCAN_MARKER: u8 = 0xDA;
 const END_OF_IMAGE_MARKER: u8 = 0xD9;
 
-/// Decodes a JPEG to grey, as `cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)` does.
+/// Decodes a JPEG to grey, as `cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)` does: the same decoder
+/// (libjpeg-turbo's, vendored by `mozjpeg-sys`: accurate integer IDCT, libjpeg's own conversion of a
+/// colour image's Y plane to grey), so the pixels are the same bytes.
 ///
 /// The header is checked against `cfg.max_side` / `cfg.max_pixels` before any pixel buffer exists.
 pub fn decode_grey(jpeg: &[u8], cfg: &PreprocessConfig) -> Result<GreyImage, PreprocessError> {
@@ -37,20 +38,32 @@ pub(crate) fn decode_grey_into(
             first_bytes: jpeg.iter().take(4).copied().collect(),
         });
     }
-    // JPEG sides are u16: let zune accept any of them so that our own limit decides (with a clear error).
-    let options = DecoderOptions::default()
-        .jpeg_set_out_colorspace(ColorSpace::Luma)
-        .set_max_width(usize::from(u16::MAX))
-        .set_max_height(usize::from(u16::MAX));
-    let mut decoder = JpegDecoder::new_with_options(jpeg, options);
-    decoder
-        .decode_headers()
-        .map_err(|error| PreprocessError::Corrupt(error.to_string()))?;
-    let info = decoder.info().ok_or_else(|| {
-        PreprocessError::Corrupt("decoder returned no header information".to_string())
-    })?;
-    let width = u32::from(info.width);
-    let height = u32::from(info.height);
+    // libjpeg reports a fatal error by unwinding out of the C decoder (mozjpeg's error manager, built with
+    // unwinding support); it is caught here and becomes this image's error.
+    catch_unwind(AssertUnwindSafe(|| decode_with_libjpeg(jpeg, cfg, pixels))).unwrap_or_else(
+        |payload| {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|text| text.to_string()))
+                .unwrap_or_else(|| "the JPEG decoder failed".to_string());
+            Err(PreprocessError::Corrupt(message))
+        },
+    )
+}
+
+fn decode_with_libjpeg(
+    jpeg: &[u8],
+    cfg: &PreprocessConfig,
+    pixels: &mut Vec<u8>,
+) -> Result<(usize, usize), PreprocessError> {
+    let corrupt = |error: std::io::Error| PreprocessError::Corrupt(error.to_string());
+    // Reads the header only (markers and tables; no pixel memory yet).
+    let header = mozjpeg::Decompress::new_mem(jpeg).map_err(corrupt)?;
+    let (width, height) = header.size();
+    // JPEG sides are u16, so these conversions cannot fail for a header libjpeg accepted.
+    let width = u32::try_from(width).unwrap_or(u32::MAX);
+    let height = u32::try_from(height).unwrap_or(u32::MAX);
     if width == 0 || height == 0 {
         return Err(PreprocessError::ZeroSized { width, height });
     }
@@ -66,28 +79,28 @@ pub(crate) fn decode_grey_into(
     if !has_end_of_image_after_scan(jpeg)? {
         return Err(PreprocessError::Truncated { len: jpeg.len() });
     }
-    let output_len = decoder
-        .output_buffer_size()
-        .ok_or_else(|| PreprocessError::Corrupt("output size overflows".to_string()))?;
+    let mut decoding = header.grayscale().map_err(corrupt)?;
+    let (out_width, out_height) = (decoding.width(), decoding.height());
     let expected_len = width as usize * height as usize;
-    if output_len != expected_len {
+    if out_width * out_height != expected_len {
         return Err(PreprocessError::Corrupt(format!(
-            "decoder wants {output_len} output bytes for a {width}x{height} grey image"
+            "the decoder gives {out_width}x{out_height} grey pixels for a {width}x{height} image"
         )));
     }
     pixels.clear();
     pixels.resize(expected_len, 0);
-    decoder
-        .decode_into(pixels)
-        .map_err(|error| PreprocessError::Corrupt(error.to_string()))?;
+    decoding
+        .read_scanlines_into::<u8>(pixels)
+        .map_err(corrupt)?;
+    decoding.finish().map_err(corrupt)?;
     Ok((width as usize, height as usize))
 }
 
 /// Walks the marker segments to the first start-of-scan, then looks for the end-of-image marker.
 ///
 /// Inside entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so an
-/// `FF D9` pair after the first scan header is the real end of image. zune-jpeg pads a short stream
-/// with zeros and returns a partly grey image; this check turns that case into an error.
+/// `FF D9` pair after the first scan header is the real end of image. libjpeg (like OpenCV over it) pads a
+/// short stream with grey and returns a partly grey image; this check turns that case into an error.
 fn has_end_of_image_after_scan(jpeg: &[u8]) -> Result<bool, PreprocessError> {
     let mut position = START_OF_IMAGE.len();
     loop {

@@ -5,10 +5,11 @@
 //! 1. [`decode_grey`]: the JPEG header is read first and images wider or taller than
 //!    [`PreprocessConfig::max_side`] or with more than [`PreprocessConfig::max_pixels`] pixels are refused
 //!    before any pixel buffer is allocated (decompression bombs). The image is then decoded to 8-bit grey
-//!    with zune-jpeg (`ColorSpace::Luma`): for a colour (YCbCr) JPEG this keeps the Y plane, which is what
-//!    libjpeg hands `cv2.imdecode(..., cv2.IMREAD_GRAYSCALE)`. EXIF orientation is ignored (FlowCam images
-//!    carry none). A truncated stream is an error: zune-jpeg silently pads a short entropy-coded stream, so
-//!    we require the end-of-image marker after the first start-of-scan marker (see [`PreprocessError::Truncated`]).
+//!    by libjpeg-turbo's decoder (vendored by `mozjpeg-sys`), the library OpenCV decodes with, so the grey
+//!    pixels are `cv2.imdecode(..., cv2.IMREAD_GRAYSCALE)`'s bytes; for a colour (YCbCr) JPEG that is the
+//!    Y plane. EXIF orientation is ignored (FlowCam images carry none). A truncated stream is an error:
+//!    libjpeg pads a short entropy-coded stream with grey, so we require the end-of-image marker after the
+//!    first start-of-scan marker (see [`PreprocessError::Truncated`]).
 //! 2. Optional [`pad_to_square`] ([`ResizeMode::PadToSquare`]): centre the image on a square canvas filled
 //!    with the median of its border pixels, so the aspect ratio survives the resize.
 //! 3. [`resize_bicubic`] to 64x64, reproducing opencv-python's `cv2.resize(img, (64, 64),

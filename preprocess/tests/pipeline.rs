@@ -97,6 +97,33 @@ fn truncated_jpeg_is_an_error_at_any_cut() {
 }
 
 #[test]
+fn damaged_bytes_give_an_error_or_an_image_never_a_crash() {
+    // libjpeg's fatal errors unwind out of the C decoder; every damaged copy must come back as a value.
+    let jpeg = encode_grey_jpeg(&vignette(67, 87), 67, 87);
+    let cfg = PreprocessConfig::default();
+    let (mut errors, mut images) = (0, 0);
+    for position in (2..jpeg.len() - 2).step_by(7) {
+        for value in [0x00u8, 0xFF, 0x5A] {
+            let mut damaged = jpeg.clone();
+            damaged[position] = value;
+            match preprocess_image(&damaged, &cfg) {
+                Ok(image) => {
+                    assert_eq!(image.len(), 3 * 64 * 64);
+                    images += 1;
+                }
+                Err(PreprocessError::Corrupt(message)) => {
+                    assert!(!message.is_empty());
+                    errors += 1;
+                }
+                Err(_) => errors += 1,
+            }
+        }
+    }
+    // Header damage must be caught: some copies fail, and scan-data damage still decodes.
+    assert!(errors > 0 && images > 0, "{errors} errors, {images} images");
+}
+
+#[test]
 fn oversized_header_is_refused_before_decoding() {
     let jpeg = encode_grey_jpeg(&vignette(16, 16), 16, 16);
     let cfg = PreprocessConfig::default();

@@ -313,6 +313,9 @@ async fn run(options: Options) -> Result<()> {
                 cluster.0 - pytorch.0,
                 cluster.2 - pytorch.2
             );
+            if let Some(paired) = paired_differences(results, &pytorch_results) {
+                println!("   {paired}");
+            }
         }
     }
     if let Some(pytorch) = pytorch {
@@ -323,6 +326,46 @@ async fn run(options: Options) -> Result<()> {
     }
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// The per-seed differences cluster - PyTorch (same seed, same split): their mean and standard error for
+/// macro-F1, accuracy and the first epoch's training loss, and in how many seeds the cluster was lower.
+/// `None` unless both sides ran the same two or more seeds.
+fn paired_differences(cluster: &[Quality], pytorch: &[Quality]) -> Option<String> {
+    if cluster.len() != pytorch.len() || cluster.len() < 2 {
+        return None;
+    }
+    let describe = |name: &str, value: fn(&Quality) -> f64| {
+        let differences: Vec<f64> = cluster
+            .iter()
+            .zip(pytorch)
+            .map(|(ours, theirs)| value(ours) - value(theirs))
+            .collect();
+        let count = differences.len() as f64;
+        let mean = differences.iter().sum::<f64>() / count;
+        let variance = differences
+            .iter()
+            .map(|difference| (difference - mean).powi(2))
+            .sum::<f64>()
+            / (count - 1.0);
+        let lower = differences
+            .iter()
+            .filter(|difference| **difference < 0.0)
+            .count();
+        format!(
+            "{name} {mean:+.3} ± {:.3} (lower in {lower} of {})",
+            (variance / count).sqrt(),
+            differences.len()
+        )
+    };
+    Some(format!(
+        "paired by seed (mean ± standard error): {}, {}, {}",
+        describe("macro-F1", |quality| quality.macro_f1),
+        describe("accuracy", |quality| quality.accuracy),
+        describe("epoch-1 training loss", |quality| {
+            quality.train_losses.first().copied().unwrap_or(f64::NAN)
+        })
+    ))
 }
 
 /// (mean macro-F1, its standard deviation, mean accuracy, its standard deviation); None for no runs.
