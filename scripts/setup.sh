@@ -40,6 +40,15 @@ if [ "${SETUP_PYTHON_TOOLS:-1}" = 1 ] && [ ! -f .venv-tensorboard/.installed-v1 
   touch .venv-tensorboard/.installed-v1
 fi
 
+# nasm assembles libjpeg-turbo's SIMD decoder (mozjpeg-sys); without it the build uses the C code (same pixels).
+if ! command -v nasm > /dev/null; then
+  echo "setup: installing nasm (SIMD JPEG decoding)"
+  (apt-get install -y -qq nasm > /dev/null 2>&1 \
+    || (apt-get update -qq > /dev/null 2>&1 && apt-get install -y -qq nasm > /dev/null 2>&1) \
+    || sudo -n sh -c 'apt-get update -qq && apt-get install -y -qq nasm' > /dev/null 2>&1) \
+    || echo "setup: could not install nasm: JPEG decoding builds without SIMD (same pixels, slower)"
+fi
+
 # The deployment test renders deploy/k8s with kubectl's built-in kustomize.
 if ! command -v kubectl > /dev/null; then
   echo "setup: kubectl is missing; trying the system package manager"
