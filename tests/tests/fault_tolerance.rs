@@ -44,17 +44,21 @@ async fn model_weights(job: &Job) -> anyhow::Result<BTreeMap<String, Vec<f32>>> 
         .collect())
 }
 
-fn max_abs_difference(
+/// Every weight's absolute difference between two models with the same tensors, sorted ascending.
+fn sorted_differences(
     left: &BTreeMap<String, Vec<f32>>,
     right: &BTreeMap<String, Vec<f32>>,
-) -> f32 {
+) -> Vec<f32> {
     assert_eq!(
         left.keys().collect::<Vec<_>>(),
         right.keys().collect::<Vec<_>>()
     );
-    left.iter()
+    let mut differences: Vec<f32> = left
+        .iter()
         .flat_map(|(name, values)| values.iter().zip(&right[name]).map(|(a, b)| (a - b).abs()))
-        .fold(0.0, f32::max)
+        .collect();
+    differences.sort_by(f32::total_cmp);
+    differences
 }
 
 async fn run_with_fault(dataset_url: &str, fault: Option<InjectedFault>) -> anyhow::Result<Job> {
@@ -115,10 +119,22 @@ async fn a_rank_dying_before_during_or_after_the_all_reduce_costs_at_most_one_st
         assert_eq!(job.epochs.len(), 3, "{point:?}: every epoch was evaluated");
         // The coordinator only lets a job succeed when every rank's weights digest matches.
         assert!(!job.weights_digest.is_empty());
-        let difference = max_abs_difference(&reference, &model_weights(&job).await?);
+        // Summing the virtual shards' gradients over 2 ranks instead of 3 only reorders float additions. Adam
+        // turns that rounding into visible differences only where a weight's gradient is near zero (update =
+        // m / sqrt(v), both tiny): a handful of weights. A lost or repeated step would move most weights by up
+        // to the learning rate (1e-3), so the bulk must agree tightly and no weight may differ by a step.
+        let differences = sorted_differences(&reference, &model_weights(&job).await?);
+        let count = differences.len();
+        let mean = differences
+            .iter()
+            .map(|value| f64::from(*value))
+            .sum::<f64>()
+            / count as f64;
+        let (per_mille, largest) = (differences[count * 999 / 1000], differences[count - 1]);
         assert!(
-            difference <= 1e-4,
-            "{point:?}: weights differ from the undisturbed run by {difference}"
+            mean <= 1e-7 && per_mille <= 1e-5 && largest < 1e-3,
+            "{point:?}: weights differ from the undisturbed run: mean {mean:e}, 99.9th percentile \
+             {per_mille:e}, largest {largest:e} over {count} weights"
         );
         let macro_f1 = job.epochs.last().expect("epochs").macro_f1;
         assert!(
