@@ -40,14 +40,19 @@ if [ "${SETUP_PYTHON_TOOLS:-1}" = 1 ] && [ ! -f .venv-tensorboard/.installed-v1 
   touch .venv-tensorboard/.installed-v1
 fi
 
+# Installs Debian package $2 when command $1 is missing (updating the package lists if the first try fails);
+# when that fails too, says what goes without it ($3) and carries on.
+install_debian_package() {
+  command -v "$1" > /dev/null && return 0
+  echo "setup: installing $2"
+  (apt-get install -y -qq "$2" > /dev/null 2>&1 \
+    || (apt-get update -qq > /dev/null 2>&1 && apt-get install -y -qq "$2" > /dev/null 2>&1) \
+    || sudo -n sh -c "apt-get update -qq && apt-get install -y -qq $2" > /dev/null 2>&1) \
+    || echo "setup: could not install $2: $3"
+}
+
 # nasm assembles libjpeg-turbo's SIMD decoder (mozjpeg-sys); without it the build uses the C code (same pixels).
-if ! command -v nasm > /dev/null; then
-  echo "setup: installing nasm (SIMD JPEG decoding)"
-  (apt-get install -y -qq nasm > /dev/null 2>&1 \
-    || (apt-get update -qq > /dev/null 2>&1 && apt-get install -y -qq nasm > /dev/null 2>&1) \
-    || sudo -n sh -c 'apt-get update -qq && apt-get install -y -qq nasm' > /dev/null 2>&1) \
-    || echo "setup: could not install nasm: JPEG decoding builds without SIMD (same pixels, slower)"
-fi
+install_debian_package nasm nasm "JPEG decoding builds without SIMD (same pixels, slower)"
 
 # The deployment test renders deploy/k8s with kubectl's built-in kustomize.
 if ! command -v kubectl > /dev/null; then
@@ -57,13 +62,7 @@ if ! command -v kubectl > /dev/null; then
 fi
 
 # Headless Chromium and playwright-core drive the dashboard and report tests (tests/tests/dashboard.rs).
-if ! command -v chromium > /dev/null; then
-  echo "setup: installing chromium for the browser tests"
-  (apt-get install -y -qq chromium > /dev/null 2>&1 \
-    || (apt-get update -qq > /dev/null 2>&1 && apt-get install -y -qq chromium > /dev/null 2>&1) \
-    || sudo -n sh -c 'apt-get update -qq && apt-get install -y -qq chromium' > /dev/null 2>&1) \
-    || echo "setup: could not install chromium: the browser tests (tests/tests/dashboard.rs) will say so"
-fi
+install_debian_package chromium chromium "the browser tests (tests/tests/dashboard.rs) will say so"
 if [ ! -f tests/browser/node_modules/.installed-v1 ]; then
   (cd tests/browser && npm install --no-audit --no-fund --silent) && touch tests/browser/node_modules/.installed-v1
 fi
