@@ -38,8 +38,11 @@ pub(crate) fn decode_grey_into(
             first_bytes: jpeg.iter().take(4).copied().collect(),
         });
     }
+    if !has_end_of_image_after_scan(jpeg)? {
+        return Err(PreprocessError::Truncated { len: jpeg.len() });
+    }
     // libjpeg reports a fatal error by unwinding out of the C decoder (mozjpeg's error manager, built with
-    // unwinding support); it is caught here and becomes this image's error.
+    // unwinding support); it is caught here and becomes this image's error. Only the decoding runs inside.
     catch_unwind(AssertUnwindSafe(|| decode_with_libjpeg(jpeg, cfg, pixels))).unwrap_or_else(
         |payload| {
             let message = payload
@@ -75,9 +78,6 @@ fn decode_with_libjpeg(
             max_side: cfg.max_side,
             max_pixels: cfg.max_pixels,
         });
-    }
-    if !has_end_of_image_after_scan(jpeg)? {
-        return Err(PreprocessError::Truncated { len: jpeg.len() });
     }
     let mut decoding = header.grayscale().map_err(corrupt)?;
     let (out_width, out_height) = (decoding.width(), decoding.height());
