@@ -55,11 +55,7 @@ install_debian_package() {
 install_debian_package nasm nasm "JPEG decoding builds without SIMD (same pixels, slower)"
 
 # The deployment test renders deploy/k8s with kubectl's built-in kustomize.
-if ! command -v kubectl > /dev/null; then
-  echo "setup: kubectl is missing; trying the system package manager"
-  (apt-get install -y -qq kubectl > /dev/null 2>&1 || sudo -n apt-get install -y -qq kubectl > /dev/null 2>&1) \
-    || echo "setup: could not install kubectl: the deployment test (tests/tests/deploy.rs) will say so"
-fi
+install_debian_package kubectl kubectl "the deployment test (tests/tests/deploy.rs) will say so"
 
 # Headless Chromium and playwright-core drive the dashboard and report tests (tests/tests/dashboard.rs).
 install_debian_package chromium chromium "the browser tests (tests/tests/dashboard.rs) will say so"
