@@ -134,12 +134,7 @@ pub(crate) async fn run_gbdt_job(
         architecture: Architecture::Gbdt,
         classes: assignment.class_names.clone(),
         // The trees read no pixels; serving still decodes each request's image as the job's spec says.
-        input: ModelInput::standard(
-            match plankton_proto::v1::ResizeMode::try_from(spec.resize_mode).unwrap_or_default() {
-                plankton_proto::v1::ResizeMode::ResizeStretch => "stretch",
-                plankton_proto::v1::ResizeMode::ResizePadToSquare => "pad_to_square",
-            },
-        ),
+        input: ModelInput::standard(crate::train_settings::card_resize_name(spec)),
         metrics: serde_json::Value::Null,
         job_id: assignment.job_id.clone(),
         created_unix_ms: std::time::SystemTime::now()

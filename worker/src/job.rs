@@ -3,7 +3,6 @@
 //! wait for the next generation with the training state kept in memory.
 
 use std::collections::HashMap;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -17,25 +16,17 @@ use tracing::{error, info, warn};
 
 use plankton_collective::{Collective, RingAbort, RingAllReduce, RingListener, SingleProcess};
 use plankton_dataset::{StoreLocation, open_image_source, open_location};
-use plankton_preprocess::{PreprocessConfig, ResizeMode, ShardCache};
+use plankton_preprocess::{PreprocessConfig, ShardCache};
 use plankton_proto::v1::{
-    Augmentation, DoneReport, EpochReport, GenerationEndReport,
-    GradientCompression as ProtoGradientCompression, JobPhase, JobSpec,
-    LossFunction as ProtoLossFunction, LossNormalization as ProtoLossNormalization,
-    LrSchedule as ProtoLrSchedule, Misclassification, NextAssignmentRequest,
-    NonFinitePolicy as ProtoNonFinitePolicy, OptimizerKind, Precision as ProtoPrecision,
-    ProgressReport, ResizeMode as ProtoResizeMode, ShardAssignment, ShardObject, WorkerProgress,
-    state_source,
+    DoneReport, EpochReport, GenerationEndReport, JobPhase, JobSpec, Misclassification,
+    NextAssignmentRequest, ShardAssignment, ShardObject, WorkerProgress, state_source,
 };
 use plankton_trainer::{
-    Architecture, AugmentationMode, DataParallelTrainer, EpochEvaluation, GenerationOutcome,
-    GradientCompression, LossFunction, LossNormalization, LrSchedule, Mistake, ModelCard,
-    ModelInput, NonFinitePolicy, OptimizerChoice, Precision, ShardData, StepProgress, TrainConfig,
-    TrainError, TrainingObserver, TrainingProgress, TrainingRecord, VirtualShardData,
-    run_generation,
+    Architecture, DataParallelTrainer, GenerationOutcome, Mistake, ModelCard, ModelInput,
+    ShardData, TrainConfig, TrainError, TrainingRecord, VirtualShardData, run_generation,
 };
 
-use crate::checkpointing::{CheckpointJob, CheckpointTarget, CheckpointWriter};
+use crate::checkpointing::{CheckpointTarget, CheckpointWriter};
 use crate::credentials::CoordinatorClient;
 use crate::fault_injection::FaultInjectingCollective;
 use crate::features::FeatureSource;
@@ -43,10 +34,12 @@ use crate::loader::{ShardResidence, load_shard};
 use crate::outbox::{Outbox, Report};
 use crate::streaming::{StreamedImages, first_epoch_order, spawn_stream};
 use crate::tensorboard_log::StepLog;
-use crate::{CurrentJob, JobHandle, WorkerConfig, with_deadline};
+use crate::train_settings::{card_resize_name, resize_mode, train_config, training_record};
+use crate::training_events::{
+    ChannelObserver, PROGRESS_INTERVAL, Reporter, StepTimeSplit, TrainingEvent,
+};
+use crate::{CurrentJob, JobHandle, WorkerConfig};
 
-/// Progress reports sent to the coordinator at most this often (epoch ends always go out).
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 /// Deadline of a `NextAssignment` long poll (the coordinator answers empty after 10 s).
 pub(crate) const ASSIGNMENT_POLL_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -1070,277 +1063,6 @@ fn watch_nccl_abort(
     });
 }
 
-#[derive(Clone)]
-struct Reporter {
-    client: CoordinatorClient,
-    job_id: String,
-    rank: u32,
-    generation: u32,
-    worker_id: String,
-}
-
-impl Reporter {
-    /// Progress is best effort: a report that fails is not retried (the next one supersedes it).
-    async fn progress(&mut self, phase: JobPhase, progress: WorkerProgress) {
-        let report = ProgressReport {
-            job_id: self.job_id.clone(),
-            progress: Some(progress),
-            phase: phase as i32,
-        };
-        let mut request = with_deadline(report);
-        request.set_timeout(Duration::from_secs(2));
-        if let Err(status) = self.client.report_progress(request).await {
-            tracing::debug!(job_id = self.job_id, %status, "progress report failed");
-        }
-    }
-
-    fn base_progress(&self) -> WorkerProgress {
-        WorkerProgress {
-            rank: self.rank,
-            worker_id: self.worker_id.clone(),
-            generation: self.generation,
-            ..Default::default()
-        }
-    }
-}
-
-enum TrainingEvent {
-    /// A step, with where the steps since the previous event spent their time.
-    Step(StepProgress, StepTimeSplit),
-    Epoch(EpochEvaluation),
-}
-
-/// Bridges the training thread to the async side; stops training when the job is cancelled and asks for a
-/// re-formation when the coordinator wants one.
-struct ChannelObserver {
-    sender: mpsc::Sender<TrainingEvent>,
-    handle: Arc<JobHandle>,
-    last_progress: Option<Instant>,
-    checkpoints: Option<mpsc::Sender<CheckpointJob>>,
-    /// Rank 0 records every step for TensorBoard (in memory; written from the async side).
-    step_log: Option<StepLog>,
-    /// Where the steps since the last progress event spent their time.
-    time_split: StepTimeSplit,
-}
-
-/// Seconds spent per phase over a run of steps, and how many steps.
-#[derive(Debug, Clone, Copy, Default)]
-struct StepTimeSplit {
-    steps: u32,
-    data: f64,
-    compute: f64,
-    communication: f64,
-    hidden_communication: f64,
-    optimizer: f64,
-}
-
-impl StepTimeSplit {
-    fn add(&mut self, timings: &plankton_trainer::StepTimings) {
-        self.steps += 1;
-        self.data += timings.data.as_secs_f64();
-        self.compute += timings.forward_backward.as_secs_f64();
-        self.communication += timings.all_reduce.as_secs_f64();
-        self.hidden_communication += timings.all_reduce_hidden.as_secs_f64();
-        self.optimizer += timings.optimizer.as_secs_f64();
-    }
-
-    /// The mean seconds per step of each phase, as `WorkerProgress` carries them.
-    fn fill(&self, progress: &mut WorkerProgress) {
-        let steps = f64::from(self.steps.max(1));
-        progress.data_seconds_per_step = self.data / steps;
-        progress.compute_seconds_per_step = self.compute / steps;
-        progress.communication_seconds_per_step = self.communication / steps;
-        progress.hidden_communication_seconds_per_step = self.hidden_communication / steps;
-        progress.optimizer_seconds_per_step = self.optimizer / steps;
-    }
-}
-
-impl TrainingObserver for ChannelObserver {
-    fn on_step(&mut self, progress: &StepProgress) -> ControlFlow<()> {
-        crate::telemetry::metrics().record_step(progress);
-        if let Some(step_log) = &self.step_log {
-            step_log.record(progress);
-        }
-        self.time_split.add(&progress.timings);
-        if self.handle.cancel.is_cancelled() {
-            return ControlFlow::Break(());
-        }
-        let due = self
-            .last_progress
-            .is_none_or(|last| last.elapsed() >= PROGRESS_INTERVAL)
-            || progress.step == progress.steps_per_epoch;
-        if due {
-            self.last_progress = Some(Instant::now());
-            // A full channel only delays progress display; never block training on it.
-            let time_split = std::mem::take(&mut self.time_split);
-            let _ = self
-                .sender
-                .try_send(TrainingEvent::Step(progress.clone(), time_split));
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn on_epoch(&mut self, evaluation: &EpochEvaluation) -> ControlFlow<()> {
-        if self.handle.cancel.is_cancelled()
-            || self
-                .sender
-                .blocking_send(TrainingEvent::Epoch(evaluation.clone()))
-                .is_err()
-        {
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn reform_requested(&mut self) -> bool {
-        self.handle.reform_requested.load(Ordering::SeqCst)
-    }
-
-    fn on_checkpoint(&mut self, state: &[u8], progress: TrainingProgress) -> ControlFlow<()> {
-        if let Some(checkpoints) = &self.checkpoints
-            && checkpoints
-                .try_send(CheckpointJob {
-                    state: state.to_vec(),
-                    progress,
-                })
-                .is_err()
-        {
-            warn!(
-                global_step = progress.global_step,
-                "checkpoint uploads are behind; this checkpoint is skipped"
-            );
-        }
-        ControlFlow::Continue(())
-    }
-}
-
-fn resize_mode(spec: &JobSpec) -> ResizeMode {
-    match ProtoResizeMode::try_from(spec.resize_mode).unwrap_or_default() {
-        ProtoResizeMode::ResizeStretch => ResizeMode::Stretch,
-        ProtoResizeMode::ResizePadToSquare => ResizeMode::PadToSquare,
-    }
-}
-
-fn train_config(
-    spec: &JobSpec,
-    assignment: &ShardAssignment,
-    threads: usize,
-) -> anyhow::Result<TrainConfig> {
-    let architecture: Architecture = spec
-        .model
-        .parse()
-        .map_err(|error| anyhow::anyhow!("model {:?}: {error}", spec.model))?;
-    let threads = if spec.threads_per_worker > 0 {
-        spec.threads_per_worker as usize
-    } else {
-        threads
-    };
-    let feature_width = match crate::features::assignment_transform(assignment)? {
-        Some(transform) => transform.output_width(),
-        None if architecture.uses_features() => anyhow::bail!(
-            "model {} takes native features, but the assignment carries no feature transform",
-            architecture
-        ),
-        None => 0,
-    };
-    Ok(TrainConfig {
-        architecture,
-        num_classes: assignment.class_names.len(),
-        feature_width,
-        class_weights: assignment.class_weights.clone(),
-        epochs: spec.epochs,
-        batch_size: spec.batch_size as usize,
-        steps_per_epoch: assignment.steps_per_epoch.max(1) as usize,
-        learning_rate: f64::from(spec.learning_rate),
-        optimizer: match OptimizerKind::try_from(spec.optimizer).unwrap_or_default() {
-            OptimizerKind::OptimizerAdam => OptimizerChoice::Adam,
-            OptimizerKind::OptimizerSgdMomentum => OptimizerChoice::SgdMomentum,
-        },
-        lr_schedule: match ProtoLrSchedule::try_from(spec.lr_schedule).unwrap_or_default() {
-            ProtoLrSchedule::Constant => LrSchedule::Constant,
-            ProtoLrSchedule::Cosine => LrSchedule::Cosine,
-            ProtoLrSchedule::Step => LrSchedule::Step,
-        },
-        augmentation: match Augmentation::try_from(spec.augmentation).unwrap_or_default() {
-            Augmentation::None => AugmentationMode::None,
-            Augmentation::All => AugmentationMode::All,
-            Augmentation::RareClasses => AugmentationMode::RareClasses,
-        },
-        weight_decay: 0.0,
-        seed: spec.seed,
-        threads: threads.max(1),
-        device: tch::Device::cuda_if_available(),
-        checkpoint_every_steps: u64::from(spec.checkpoint_every_steps),
-        non_finite_policy: match ProtoNonFinitePolicy::try_from(spec.non_finite_policy)
-            .unwrap_or_default()
-        {
-            ProtoNonFinitePolicy::Fail => NonFinitePolicy::Fail,
-            ProtoNonFinitePolicy::SkipStep => NonFinitePolicy::SkipStep,
-        },
-        loss_normalization: match ProtoLossNormalization::try_from(spec.loss_normalization)
-            .unwrap_or_default()
-        {
-            ProtoLossNormalization::Default => LossNormalization::default(),
-            ProtoLossNormalization::WeightSum => LossNormalization::WeightSum,
-            ProtoLossNormalization::Samples => LossNormalization::Samples,
-            ProtoLossNormalization::ShardMean => LossNormalization::ShardMean,
-        },
-        loss: training_loss(spec, assignment)?,
-        inject_non_finite_at_step: None,
-        gradient_compression: match ProtoGradientCompression::try_from(spec.gradient_compression)
-            .unwrap_or_default()
-        {
-            ProtoGradientCompression::None => GradientCompression::None,
-            ProtoGradientCompression::Bf16 => GradientCompression::Bf16,
-        },
-        precision: match ProtoPrecision::try_from(spec.precision).unwrap_or_default() {
-            ProtoPrecision::Fp32 => Precision::Fp32,
-            ProtoPrecision::Bf16 => Precision::Bf16,
-        },
-        overlap_communication: true,
-    })
-}
-
-/// The spec's loss; the logit-adjusted one takes its priors from the assignment's train class counts.
-fn training_loss(spec: &JobSpec, assignment: &ShardAssignment) -> anyhow::Result<LossFunction> {
-    match ProtoLossFunction::try_from(spec.loss).unwrap_or_default() {
-        ProtoLossFunction::CrossEntropy => Ok(LossFunction::CrossEntropy),
-        ProtoLossFunction::LogitAdjusted => {
-            if assignment.train_class_counts.len() != assignment.class_names.len() {
-                anyhow::bail!(
-                    "logit-adjusted loss: the assignment holds {} train class counts for {} classes",
-                    assignment.train_class_counts.len(),
-                    assignment.class_names.len()
-                );
-            }
-            let tau = if spec.logit_tau == 0.0 {
-                LossFunction::DEFAULT_TAU
-            } else {
-                f64::from(spec.logit_tau)
-            };
-            Ok(LossFunction::logit_adjusted(
-                tau,
-                &assignment.train_class_counts,
-            ))
-        }
-    }
-}
-
-/// The settings the card records of a network trained with `config`.
-fn training_record(config: &TrainConfig, spec: &JobSpec) -> TrainingRecord {
-    TrainingRecord {
-        precision: config.precision.name().to_string(),
-        gradient_compression: config.gradient_compression.name().to_string(),
-        loss_normalization: config.loss_normalization.name().to_string(),
-        world_size: spec.world_size,
-        epochs: config.epochs,
-        batch_size: config.batch_size as u32,
-        learning_rate: config.learning_rate,
-        seed: config.seed,
-        completed: serde_json::Map::new(),
-    }
-}
-
 /// Writes `model.safetensors` and `model-card.json` under the job's output URL; returns the weights' URL.
 async fn write_model(
     assignment: &ShardAssignment,
@@ -1358,10 +1080,7 @@ async fn write_model(
             .parse()
             .map_err(|error| anyhow::anyhow!("model {:?}: {error}", spec.model))?,
         classes: assignment.class_names.clone(),
-        input: ModelInput::standard(match resize_mode(spec) {
-            ResizeMode::Stretch => "stretch",
-            ResizeMode::PadToSquare => "pad_to_square",
-        }),
+        input: ModelInput::standard(card_resize_name(spec)),
         metrics: serde_json::Value::Null,
         job_id: assignment.job_id.clone(),
         created_unix_ms: std::time::SystemTime::now()

@@ -14,6 +14,8 @@ mod outbox;
 mod streaming;
 pub mod telemetry;
 mod tensorboard_log;
+mod train_settings;
+mod training_events;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
