@@ -62,6 +62,23 @@ pub enum ResizeMode {
     PadToSquare,
 }
 
+impl ResizeMode {
+    /// The name model cards and the registry write (`stretch`, `pad_to_square`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ResizeMode::Stretch => "stretch",
+            ResizeMode::PadToSquare => "pad_to_square",
+        }
+    }
+
+    /// The mode [`ResizeMode::name`] gives `name` (surrounding whitespace ignored).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [ResizeMode::Stretch, ResizeMode::PadToSquare]
+            .into_iter()
+            .find(|mode| mode.name() == name.trim())
+    }
+}
+
 /// Limits and choices of the preprocessing pipeline.
 #[derive(Clone, Debug)]
 pub struct PreprocessConfig {

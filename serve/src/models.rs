@@ -413,15 +413,6 @@ async fn read_object(url: &str, what: &str, model: &str) -> ServeResult<bytes::B
         .map_err(|error| load_error(format!("{what}: {error}")))
 }
 
-/// The resize mode as the registry and the model card write it.
-pub fn parse_resize_mode(text: &str) -> Option<ResizeMode> {
-    match text.trim() {
-        "stretch" => Some(ResizeMode::Stretch),
-        "pad_to_square" => Some(ResizeMode::PadToSquare),
-        _ => None,
-    }
-}
-
 /// Reads the weights (and the card when the entry names one), checks that card and registry agree, and
 /// starts the model's inference thread.
 async fn load_model(
@@ -495,7 +486,7 @@ async fn load_model(
             class_names.len()
         )));
     }
-    let resize_mode = parse_resize_mode(&resize_text).ok_or_else(|| {
+    let resize_mode = ResizeMode::from_name(&resize_text).ok_or_else(|| {
         load_error(format!(
             "unknown resize mode {resize_text:?} (expected stretch or pad_to_square)"
         ))

@@ -423,10 +423,7 @@ impl Inference for InferenceService {
             version: entry.version,
             architecture: model.architecture.to_string(),
             class_names: model.class_names.clone(),
-            resize_mode: match model.preprocess.resize_mode {
-                plankton_preprocess::ResizeMode::Stretch => "stretch".to_string(),
-                plankton_preprocess::ResizeMode::PadToSquare => "pad_to_square".to_string(),
-            },
+            resize_mode: model.preprocess.resize_mode.name().to_string(),
             test_metrics: entry.test_metrics.clone(),
             weights_url: entry.weights_url.clone(),
             aliases: entry.aliases.clone(),

@@ -134,7 +134,7 @@ pub(crate) async fn run_gbdt_job(
         architecture: Architecture::Gbdt,
         classes: assignment.class_names.clone(),
         // The trees read no pixels; serving still decodes each request's image as the job's spec says.
-        input: ModelInput::standard(crate::train_settings::card_resize_name(spec)),
+        input: ModelInput::standard(crate::train_settings::resize_mode(spec).name()),
         metrics: serde_json::Value::Null,
         job_id: assignment.job_id.clone(),
         created_unix_ms: std::time::SystemTime::now()

@@ -34,7 +34,7 @@ use crate::loader::{ShardResidence, load_shard};
 use crate::outbox::{Outbox, Report};
 use crate::streaming::{StreamedImages, first_epoch_order, spawn_stream};
 use crate::tensorboard_log::StepLog;
-use crate::train_settings::{card_resize_name, resize_mode, train_config, training_record};
+use crate::train_settings::{resize_mode, train_config, training_record};
 use crate::training_events::{
     ChannelObserver, PROGRESS_INTERVAL, Reporter, StepTimeSplit, TrainingEvent,
 };
@@ -1080,7 +1080,7 @@ async fn write_model(
             .parse()
             .map_err(|error| anyhow::anyhow!("model {:?}: {error}", spec.model))?,
         classes: assignment.class_names.clone(),
-        input: ModelInput::standard(card_resize_name(spec)),
+        input: ModelInput::standard(resize_mode(spec).name()),
         metrics: serde_json::Value::Null,
         job_id: assignment.job_id.clone(),
         created_unix_ms: std::time::SystemTime::now()

@@ -144,11 +144,3 @@ pub(crate) fn training_record(config: &TrainConfig, spec: &JobSpec) -> TrainingR
         completed: serde_json::Map::new(),
     }
 }
-
-/// The resize as a model card names it (`ModelInput::standard`).
-pub(crate) fn card_resize_name(spec: &JobSpec) -> &'static str {
-    match resize_mode(spec) {
-        ResizeMode::Stretch => "stretch",
-        ResizeMode::PadToSquare => "pad_to_square",
-    }
-}
