@@ -9,6 +9,7 @@ pub mod error;
 pub mod inference;
 pub mod model;
 pub mod optimizer;
+mod pytorch_init;
 mod safetensors_io;
 pub mod training;
 

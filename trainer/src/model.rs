@@ -1,11 +1,10 @@
 //! The networks (lenet, wide_lenet, resnet, fusion) as tch modules, initialized like PyTorch's defaults.
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::config::{Architecture, IMAGE_SIZE};
 use crate::error::TrainError;
+use crate::pytorch_init::initialize_like_pytorch;
 
 /// The number format convolutions and linear layers compute in during a forward pass: f32 as stored, or
 /// bf16 on copies of the f32 weights cast inside the autograd graph, so gradients flow back into the f32
@@ -208,6 +207,11 @@ struct BasicBlock {
 
 impl BasicBlock {
     fn new(path: nn::Path, in_channels: i64, out_channels: i64, stride: i64) -> Self {
+        // Created in the PyTorch twin's order (its initial weights are drawn in creation order).
+        let conv1 = conv_no_bias(&path / "conv1", in_channels, out_channels, 3, stride);
+        let bn1 = batch_norm(&path / "bn1", out_channels);
+        let conv2 = conv_no_bias(&path / "conv2", out_channels, out_channels, 3, 1);
+        let bn2 = batch_norm(&path / "bn2", out_channels);
         let downsample = (stride != 1 || in_channels != out_channels).then(|| {
             (
                 conv_no_bias(
@@ -221,10 +225,10 @@ impl BasicBlock {
             )
         });
         BasicBlock {
-            conv1: conv_no_bias(&path / "conv1", in_channels, out_channels, 3, stride),
-            bn1: batch_norm(&path / "bn1", out_channels),
-            conv2: conv_no_bias(&path / "conv2", out_channels, out_channels, 3, 1),
-            bn2: batch_norm(&path / "bn2", out_channels),
+            conv1,
+            bn1,
+            conv2,
+            bn2,
             downsample,
             stride,
         }
@@ -581,8 +585,9 @@ pub enum Network {
 }
 
 impl Network {
-    /// Registers the network's variables in `var_store` and initializes them from `seed` like
-    /// PyTorch's defaults (identical on every machine for one seed). `feature_width` is the number of
+    /// Registers the network's variables in `var_store` and initializes them from `seed` exactly as
+    /// `torch.manual_seed(seed)` and the PyTorch twin's constructor would (PyTorch's default inits, bit for
+    /// bit, on every machine). `feature_width` is the number of
     /// transformed features per image of a network that takes them (ignored by the others).
     pub fn new(
         var_store: &nn::VarStore,
@@ -780,62 +785,4 @@ pub(crate) fn sorted_variables(var_store: &nn::VarStore) -> Vec<(String, Tensor)
     let mut variables: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
     variables.sort_by(|left, right| left.0.cmp(&right.0));
     variables
-}
-
-fn fan_in(dims: &[i64]) -> i64 {
-    dims.iter().skip(1).product()
-}
-
-/// PyTorch's defaults, drawn from our own seeded generator (libtorch's global one is shared by all
-/// threads of a process): conv/linear weights kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)),
-/// their biases U(+-1/sqrt(fan_in)), batch-norm weight 1 and bias 0, running stats 0 / 1.
-pub fn initialize_like_pytorch(var_store: &nn::VarStore, seed: u64) -> Result<(), TrainError> {
-    let variables = sorted_variables(var_store);
-    let shapes: std::collections::HashMap<&str, Vec<i64>> = variables
-        .iter()
-        .map(|(name, tensor)| (name.as_str(), tensor.size()))
-        .collect();
-    let mut generator = ChaCha8Rng::seed_from_u64(seed);
-    tch::no_grad(|| -> Result<(), TrainError> {
-        for (name, tensor) in &variables {
-            let dims = tensor.size();
-            let uniform_bound = if name.ends_with("running_mean") || name.ends_with("running_var") {
-                continue;
-            } else if dims.len() >= 2 {
-                Some(1.0 / (fan_in(&dims) as f64).sqrt())
-            } else if let Some(prefix) = name.strip_suffix("bias") {
-                match shapes.get(format!("{prefix}weight").as_str()) {
-                    Some(weight_dims) if weight_dims.len() >= 2 => {
-                        Some(1.0 / (fan_in(weight_dims) as f64).sqrt())
-                    }
-                    _ => None,
-                }
-            } else {
-                None
-            };
-            let mut target = tensor.shallow_clone();
-            match uniform_bound {
-                Some(bound) => {
-                    let values: Vec<f32> = (0..tensor.numel())
-                        .map(|_| generator.random_range(-bound..bound) as f32)
-                        .collect();
-                    let source = Tensor::f_from_slice(&values)?.f_view(dims.as_slice())?;
-                    target.f_copy_(&source)?;
-                }
-                None if name.ends_with("weight") => {
-                    let _ = target.f_fill_(1.0)?;
-                }
-                None => {
-                    let _ = target.f_fill_(0.0)?;
-                }
-            }
-        }
-        Ok(())
-    })?;
-    debug_assert!(
-        variables
-            .iter()
-            .all(|(_, tensor)| tensor.kind() == Kind::Float)
-    );
-    Ok(())
 }
