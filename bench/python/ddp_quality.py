@@ -11,9 +11,14 @@ pass, the largest peak resident set of the ranks and their DataLoader processes)
 """
 import argparse
 import csv
+import ctypes
 import json
 import os
+
+STARTED_BY = os.getppid()  # read first: the imports below take seconds
+
 import resource
+import signal
 import time
 
 import cv2
@@ -28,6 +33,18 @@ from torch.utils.data.distributed import DistributedSampler
 from torch_train import ARCHITECTURES, free_port, read_safetensors
 
 KERNEL = np.ones((4, 4), np.uint8)
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent):
+    """Asks Linux to kill this process when `parent`, the process that started it, dies (kill -9 included), so
+    that a stopped benchmark leaves no rank training on."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        return
+    if os.getppid() != parent:  # it died before the request
+        os._exit(1)
 
 
 class FlowCamImages(Dataset):
@@ -123,7 +140,8 @@ class OrderSampler(torch.utils.data.Sampler):
         return len(self.epochs[0])
 
 
-def run(rank, args, port, result_path):
+def run(rank, args, port, result_path, launcher):
+    die_with_parent(launcher)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(args.threads)
@@ -236,7 +254,8 @@ def main():
                         help="CSV epoch,rank,objid: each rank trains on its shard in this order (the cluster's)")
     parser.add_argument("--result", required=True)
     args = parser.parse_args()
-    mp.spawn(run, args=(args, free_port(), args.result), nprocs=args.world, join=True)
+    die_with_parent(STARTED_BY)
+    mp.spawn(run, args=(args, free_port(), args.result, os.getpid()), nprocs=args.world, join=True)
     with open(args.result) as handle:
         print(handle.read())
 
