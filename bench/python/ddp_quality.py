@@ -155,9 +155,14 @@ def run(rank, args, port, result_path, launcher):
     split = read_split(args.split)
     images_dir = os.path.join(args.dataset, "imgs")
     model = ARCHITECTURES[args.arch](num_classes)
+    initial_weights_equal_own = None
     if args.initial_weights:
         # The cluster's initial weights (the names match); a missing or extra tensor fails loudly.
-        missing, unexpected = model.load_state_dict(read_safetensors(args.initial_weights), strict=False)
+        given = read_safetensors(args.initial_weights)
+        own = model.state_dict()
+        initial_weights_equal_own = all(torch.equal(own[name], tensor) for name, tensor in given.items()
+                                        if name in own)
+        missing, unexpected = model.load_state_dict(given, strict=False)
         assert not unexpected and all(name.endswith("num_batches_tracked") for name in missing), (missing, unexpected)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -223,7 +228,8 @@ def run(rank, args, port, result_path, launcher):
         with open(result_path, "w") as handle:
             json.dump({"accuracy": accuracy, "macro_f1": macro_f1, "seconds": seconds, "train_losses": train_losses,
                        "test_loss": test_loss_sum / confusion.sum(), "eval_seconds": eval_seconds,
-                       "peak_rank_rss_mb": peak.item() / 1024.0}, handle)
+                       "peak_rank_rss_mb": peak.item() / 1024.0,
+                       "initial_weights_equal_own": initial_weights_equal_own}, handle)
     dist.barrier()
     dist.destroy_process_group()
 

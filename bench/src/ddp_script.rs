@@ -77,6 +77,9 @@ pub struct DdpResult {
     pub train_losses: Vec<f64>,
     /// The mean (unweighted) cross-entropy on the test split.
     pub test_loss: f64,
+    /// With `--initial-weights`: whether the given weights equal the script's own `torch.manual_seed(seed)`
+    /// initialisation, tensor for tensor.
+    pub initial_weights_equal_own: Option<bool>,
 }
 
 /// Runs the script on a blocking thread and reads its result file.
@@ -145,5 +148,6 @@ fn run_blocking(
             })
             .unwrap_or_default(),
         test_loss: number("test_loss")?,
+        initial_weights_equal_own: result["initial_weights_equal_own"].as_bool(),
     })
 }

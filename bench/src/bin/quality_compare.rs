@@ -80,7 +80,8 @@ struct Options {
     /// (plankton-preprocess) instead of running OpenCV.
     #[arg(long)]
     pytorch_preprocessed: bool,
-    /// Diagnostic: the PyTorch script starts from the cluster's initial weights for the seed instead of its own.
+    /// Diagnostic: the PyTorch script starts from the cluster's initial weights for the seed instead of its own
+    /// (and says whether they equal its own: the cluster draws PyTorch's for the seed).
     #[arg(long)]
     pytorch_cluster_init: bool,
     /// Diagnostic: each PyTorch rank trains on the cluster's shard of that rank in the cluster's batch order
@@ -445,6 +446,14 @@ async fn pytorch_run(
         extra_args,
     };
     let result = run_ddp_script(settings, files, result_path).await?;
+    if let Some(equal) = result.initial_weights_equal_own {
+        println!(
+            "seed {:>4}  the cluster's initial weights {} the script's own (torch.manual_seed({}))",
+            spec.seed,
+            if equal { "equal" } else { "differ from" },
+            spec.seed
+        );
+    }
     Ok(Quality {
         macro_f1: result.macro_f1,
         accuracy: result.accuracy,
