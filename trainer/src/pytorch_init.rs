@@ -1,8 +1,8 @@
 //! Initial weights drawn exactly as PyTorch draws them: `torch.manual_seed(seed)`, then the module's
 //! constructor. PyTorch's CPU generator (a Mersenne Twister, mt19937, seeded with the seed's low 32
 //! bits) and its `Tensor.uniform_` transformation for f32 are reproduced here, and the parameters are drawn
-//! in the order the networks create them, which is the PyTorch twin's construction order
-//! (bench/python/torch_train.py). So one seed gives the same initial weights, bit for bit, in the cluster
+//! layer by layer in the order the networks create their layers, the PyTorch twin's construction order
+//! (bench/python/torch_train.py), each layer's weight before its bias. So one seed gives the same initial weights, bit for bit, in the cluster
 //! and in a PyTorch script that seeds with it — on every machine, and without touching libtorch's global
 //! generator (shared by all threads of a process).
 
