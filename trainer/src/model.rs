@@ -587,8 +587,8 @@ pub enum Network {
 impl Network {
     /// Registers the network's variables in `var_store` and initializes them from `seed` exactly as
     /// `torch.manual_seed(seed)` and the PyTorch twin's constructor would (PyTorch's default inits, bit for
-    /// bit, on every machine). `feature_width` is the number of
-    /// transformed features per image of a network that takes them (ignored by the others).
+    /// bit, on every machine). `feature_width` is the number of transformed features per image of a network
+    /// that takes them (ignored by the others).
     pub fn new(
         var_store: &nn::VarStore,
         architecture: Architecture,

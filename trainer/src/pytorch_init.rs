@@ -16,14 +16,14 @@ const STATE_WORDS: usize = 624;
 const SHIFT_WORDS: usize = 397;
 
 /// PyTorch's CPU random generator: the 32-bit Mersenne Twister that `torch.manual_seed` seeds.
-pub(crate) struct TorchCpuGenerator {
+struct TorchCpuGenerator {
     state: [u32; STATE_WORDS],
     next: usize,
 }
 
 impl TorchCpuGenerator {
     /// The generator `torch.manual_seed(seed)` leaves behind (only the low 32 bits of the seed count).
-    pub(crate) fn new(seed: u64) -> Self {
+    fn new(seed: u64) -> Self {
         let mut state = [0u32; STATE_WORDS];
         state[0] = seed as u32;
         for index in 1..STATE_WORDS {
@@ -63,15 +63,11 @@ impl TorchCpuGenerator {
 
     /// One f32 of `Tensor.uniform_(from, to)` on CPU: the bounds cast to f32, 24 random bits scaled to
     /// [0, 1) in f64, `x * (to - from) + from` in f64, rounded to f32.
-    pub(crate) fn uniform_f32(&mut self, from: f64, to: f64) -> f32 {
+    fn uniform_f32(&mut self, from: f64, to: f64) -> f32 {
         let (from, to) = (from as f32, to as f32);
         let unit = f64::from(self.next_u32() & 0x00ff_ffff) / f64::from(1u32 << 24);
         (unit * f64::from(to - from) + f64::from(from)) as f32
     }
-}
-
-fn fan_in(dims: &[i64]) -> i64 {
-    dims.iter().skip(1).product()
 }
 
 /// `nn.init.kaiming_uniform_(weight, a=math.sqrt(5))`'s bound, computed in PyTorch's order of f64 operations
@@ -83,27 +79,52 @@ fn kaiming_uniform_bound(fan_in: i64) -> f64 {
     3f64.sqrt() * std
 }
 
-/// The trainable variables in the order PyTorch's constructors draw them: layers in the order the network
-/// created them (its PyTorch twin's construction order), and within a layer the weight before the bias (tch
+/// One layer's trainable variables, weight before bias: the order PyTorch's constructors draw them in (tch
 /// creates a layer's bias first).
-fn pytorch_draw_order<'a>(
-    var_store: &nn::VarStore,
-    name_of: &HashMap<usize, &'a str>,
-) -> Result<Vec<(&'a str, Tensor)>, TrainError> {
-    let mut layers: Vec<(&str, Vec<(&'a str, Tensor)>)> = Vec::new();
+struct Layer {
+    variables: Vec<(String, Tensor)>,
+}
+
+impl Layer {
+    /// The fan-in of the layer's conv/linear weight (`None` for a batch norm, whose weight is 1-d).
+    fn fan_in(&self) -> Option<i64> {
+        self.variables
+            .iter()
+            .map(|(_, tensor)| tensor.size())
+            .find(|dims| dims.len() >= 2)
+            .map(|dims| dims.iter().skip(1).product())
+    }
+}
+
+/// The network's layers in the order it created them, its PyTorch twin's construction order.
+fn layers_in_creation_order(var_store: &nn::VarStore) -> Result<Vec<Layer>, TrainError> {
+    let name_of: HashMap<usize, String> = var_store
+        .variables()
+        .into_iter()
+        .map(|(name, tensor)| (tensor.data_ptr() as usize, name))
+        .collect();
+    let mut layers: Vec<(String, Layer)> = Vec::new();
     for tensor in var_store.trainable_variables() {
         let name = name_of
             .get(&(tensor.data_ptr() as usize))
-            .copied()
+            .cloned()
             .ok_or_else(|| {
                 TrainError::InvalidConfig(
                     "a trainable variable is missing from the var store's names".to_string(),
                 )
             })?;
-        let layer = name.rsplit_once('.').map_or("", |(layer, _)| layer);
-        match layers.iter_mut().find(|(known, _)| *known == layer) {
-            Some((_, members)) => members.push((name, tensor)),
-            None => layers.push((layer, vec![(name, tensor)])),
+        let layer_name = name
+            .rsplit_once('.')
+            .map_or("", |(layer, _)| layer)
+            .to_string();
+        match layers.iter_mut().find(|(known, _)| *known == layer_name) {
+            Some((_, layer)) => layer.variables.push((name, tensor)),
+            None => layers.push((
+                layer_name,
+                Layer {
+                    variables: vec![(name, tensor)],
+                },
+            )),
         }
     }
     let rank_in_layer = |name: &str| match name.rsplit('.').next() {
@@ -113,75 +134,54 @@ fn pytorch_draw_order<'a>(
     };
     Ok(layers
         .into_iter()
-        .flat_map(|(_, mut members)| {
-            members.sort_by_key(|(name, _)| rank_in_layer(name));
-            members
+        .map(|(_, mut layer)| {
+            layer.variables.sort_by_key(|(name, _)| rank_in_layer(name));
+            layer
         })
         .collect())
 }
 
 /// PyTorch's defaults, drawn as `torch.manual_seed(seed)` followed by the PyTorch twin's constructor draws
-/// them: conv/linear weights `kaiming_uniform_(a=sqrt(5))`, their biases U(+-1/sqrt(fan_in)), one after the
-/// other in [`pytorch_draw_order`]; batch-norm weight 1 and bias 0 (no draws), running stats 0 / 1.
+/// them, layer after layer in creation order: conv/linear weights `kaiming_uniform_(a=sqrt(5))`, then their
+/// biases U(+-1/sqrt(fan_in)); batch-norm weight 1 and bias 0 (no draws). Batch-norm running statistics stay
+/// as tch creates them (0 / 1).
 pub(crate) fn initialize_like_pytorch(
     var_store: &nn::VarStore,
     seed: u64,
 ) -> Result<(), TrainError> {
-    let named = var_store.variables();
-    let name_of: HashMap<usize, &str> = named
-        .iter()
-        .map(|(name, tensor)| (tensor.data_ptr() as usize, name.as_str()))
-        .collect();
-    let shapes: HashMap<&str, Vec<i64>> = named
-        .iter()
-        .map(|(name, tensor)| (name.as_str(), tensor.size()))
-        .collect();
+    let layers = layers_in_creation_order(var_store)?;
     let mut generator = TorchCpuGenerator::new(seed);
-    let draw_order = pytorch_draw_order(var_store, &name_of)?;
     tch::no_grad(|| -> Result<(), TrainError> {
-        for (name, tensor) in draw_order {
-            let dims = tensor.size();
-            let bound = if dims.len() >= 2 {
-                Some(kaiming_uniform_bound(fan_in(&dims)))
-            } else if let Some(prefix) = name.strip_suffix("bias") {
-                match shapes.get(format!("{prefix}weight").as_str()) {
-                    Some(weight_dims) if weight_dims.len() >= 2 => {
-                        Some(1.0 / (fan_in(weight_dims) as f64).sqrt())
-                    }
+        for layer in &layers {
+            let fan_in = layer.fan_in();
+            for (name, tensor) in &layer.variables {
+                let dims = tensor.size();
+                let bound = match fan_in {
+                    Some(fan_in) if dims.len() >= 2 => Some(kaiming_uniform_bound(fan_in)),
+                    Some(fan_in) if name.ends_with("bias") => Some(1.0 / (fan_in as f64).sqrt()),
                     _ => None,
+                };
+                let mut target = tensor.shallow_clone();
+                match bound {
+                    Some(bound) => {
+                        let values: Vec<f32> = (0..tensor.numel())
+                            .map(|_| generator.uniform_f32(-bound, bound))
+                            .collect();
+                        let source = Tensor::f_from_slice(&values)?.f_view(dims.as_slice())?;
+                        target.f_copy_(&source)?;
+                    }
+                    None if name.ends_with("weight") => {
+                        let _ = target.f_fill_(1.0)?;
+                    }
+                    None => {
+                        let _ = target.f_fill_(0.0)?;
+                    }
                 }
-            } else {
-                None
-            };
-            let mut target = tensor.shallow_clone();
-            match bound {
-                Some(bound) => {
-                    let values: Vec<f32> = (0..tensor.numel())
-                        .map(|_| generator.uniform_f32(-bound, bound))
-                        .collect();
-                    let source = Tensor::f_from_slice(&values)?.f_view(dims.as_slice())?;
-                    target.f_copy_(&source)?;
-                }
-                None if name.ends_with("weight") => {
-                    let _ = target.f_fill_(1.0)?;
-                }
-                None => {
-                    let _ = target.f_fill_(0.0)?;
-                }
-            }
-        }
-        for (name, tensor) in &named {
-            let mut target = tensor.shallow_clone();
-            if name.ends_with("running_mean") {
-                let _ = target.f_fill_(0.0)?;
-            } else if name.ends_with("running_var") {
-                let _ = target.f_fill_(1.0)?;
+                debug_assert_eq!(tensor.kind(), Kind::Float, "{name}");
             }
         }
         Ok(())
-    })?;
-    debug_assert!(named.values().all(|tensor| tensor.kind() == Kind::Float));
-    Ok(())
+    })
 }
 
 #[cfg(test)]
