@@ -211,9 +211,11 @@ fn splitmix(mut value: u64) -> u64 {
     value ^ (value >> 31)
 }
 
-/// Mixes seed, virtual shard and epoch into one generator seed (splitmix64 finalizer over each word).
+/// Mixes seed, virtual shard and epoch into one generator seed (splitmix64 finalizer over each word),
+/// in a domain of its own so the batch order draws from a stream apart from the subsample's and split's.
 fn mix_seed(seed: u64, virtual_shard: usize, epoch: u32) -> u64 {
-    splitmix(splitmix(splitmix(seed) ^ virtual_shard as u64) ^ epoch as u64)
+    const ORDER_DOMAIN: u64 = 0x4241_5443_484f_5244; // "BATCHORD"
+    splitmix(splitmix(splitmix(seed ^ ORDER_DOMAIN) ^ virtual_shard as u64) ^ epoch as u64)
 }
 
 /// The augmentation seed of one step, distinct from the epoch's shuffle seed.
