@@ -178,10 +178,10 @@ def run(rank, args, port, result_path, launcher):
         shards = split["shards"]
         steps_per_epoch = min(len(shard) for shard in shards) // args.batch
         train = FlowCamImages(images_dir, shards[rank], preprocessed)
-        sampler = FixedShardSampler(len(shards[rank]), steps_per_epoch * args.batch, args.seed + rank)
+        sampler = FixedShardSampler(len(shards[rank]), steps_per_epoch * args.batch, args.sampler_seed + rank)
     else:
         train = FlowCamImages(images_dir, split["train"], preprocessed)
-        sampler = DistributedSampler(train, num_replicas=args.world, rank=rank, shuffle=True, seed=args.seed,
+        sampler = DistributedSampler(train, num_replicas=args.world, rank=rank, shuffle=True, seed=args.sampler_seed,
                                      drop_last=True)
     loader = DataLoader(train, batch_size=args.batch, sampler=sampler, num_workers=args.loader_workers, drop_last=True)
     started = time.time()
@@ -244,6 +244,9 @@ def main():
     parser.add_argument("--batch", type=int, default=128, help="per rank")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--sampler-seed", type=int, default=None,
+                        help="the sampler's seed (the batch order), apart from --seed's initial weights; "
+                             "default --seed")
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     parser.add_argument("--loader-workers", type=int, default=0)
@@ -260,6 +263,8 @@ def main():
                         help="CSV epoch,rank,objid: each rank trains on its shard in this order (the cluster's)")
     parser.add_argument("--result", required=True)
     args = parser.parse_args()
+    if args.sampler_seed is None:
+        args.sampler_seed = args.seed
     die_with_parent(STARTED_BY)
     mp.spawn(run, args=(args, free_port(), args.result, os.getpid()), nprocs=args.world, join=True)
     with open(args.result) as handle:

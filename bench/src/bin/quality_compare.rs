@@ -89,6 +89,12 @@ struct Options {
     /// `--pytorch-preprocessed` the script replays the cluster's run.
     #[arg(long)]
     pytorch_cluster_order: bool,
+    /// The PyTorch script's runs per seed, one for each offset: its sampler (the batch order) seeded `seed +
+    /// offset`, its initial weights from `seed` in each. The first is the reference the cluster is compared
+    /// with; each further run is compared with it too, which measures how far the script lands from itself
+    /// when only its batch order changes (the noise floor of the comparison).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pytorch_sampler_offsets: Vec<u64>,
 }
 
 /// The cluster's initial weights for `spec` (what every worker of the job starts from), as safetensors.
@@ -221,7 +227,11 @@ async fn run(options: Options) -> Result<()> {
         .iter()
         .map(|normalization| (*normalization, Vec::new()))
         .collect();
-    let mut pytorch_results = Vec::new();
+    let mut pytorch_results: Vec<(u64, Vec<Quality>)> = options
+        .pytorch_sampler_offsets
+        .iter()
+        .map(|offset| (*offset, Vec::new()))
+        .collect();
     for &seed in &options.seeds {
         let spec = JobSpec {
             name: format!("quality-seed-{seed}"),
@@ -273,16 +283,18 @@ async fn run(options: Options) -> Result<()> {
             );
             results.push(quality);
         }
-        if !options.skip_pytorch {
-            let quality = pytorch_run(&python, &options, &spec, &dataset, work.path()).await?;
+        for (offset, results) in pytorch_results.iter_mut().filter(|_| !options.skip_pytorch) {
+            let quality =
+                pytorch_run(&python, &options, &spec, *offset, &dataset, work.path()).await?;
             println!(
-                "seed {seed:>4}  PyTorch DDP         macro-F1 {:.3}  accuracy {:.3}  ({:.0} s training)  {}",
+                "seed {seed:>4}  {:<18}  macro-F1 {:.3}  accuracy {:.3}  ({:.0} s training)  {}",
+                pytorch_label(*offset),
                 quality.macro_f1,
                 quality.accuracy,
                 quality.seconds,
                 quality.losses()
             );
-            pytorch_results.push(quality);
+            results.push(quality);
         }
     }
     cluster.shutdown().await?;
@@ -299,7 +311,11 @@ async fn run(options: Options) -> Result<()> {
         options.lr,
         options.seeds.len()
     );
-    let pytorch = summary(&pytorch_results);
+    let reference_results = pytorch_results
+        .first()
+        .map(|(_, results)| results.as_slice())
+        .unwrap_or_default();
+    let pytorch = summary(reference_results);
     for (normalization, results) in &cluster_results {
         let Some(cluster) = summary(results) else {
             continue;
@@ -314,32 +330,59 @@ async fn run(options: Options) -> Result<()> {
                 cluster.0 - pytorch.0,
                 cluster.2 - pytorch.2
             );
-            if let Some(paired) = paired_differences(results, &pytorch_results) {
+            if let Some(paired) = paired_differences(results, reference_results) {
                 println!("   {paired}");
             }
         }
     }
-    if let Some(pytorch) = pytorch {
+    for (index, (offset, results)) in pytorch_results.iter().enumerate() {
+        let Some(quality) = summary(results) else {
+            continue;
+        };
         println!(
-            "PyTorch DDP:       macro-F1 {:.3} ± {:.3}  accuracy {:.3} ± {:.3}",
-            pytorch.0, pytorch.1, pytorch.2, pytorch.3
+            "{}:  macro-F1 {:.3} ± {:.3}  accuracy {:.3} ± {:.3}",
+            pytorch_label(*offset),
+            quality.0,
+            quality.1,
+            quality.2,
+            quality.3
         );
+        if let (true, Some(reference)) = (index > 0, pytorch) {
+            println!(
+                "   vs {}:   macro-F1 {:+.3}, accuracy {:+.3} (the same goals, the script against itself)",
+                pytorch_label(pytorch_results[0].0),
+                quality.0 - reference.0,
+                quality.2 - reference.2
+            );
+            if let Some(paired) = paired_differences(results, reference_results) {
+                println!("   {paired}");
+            }
+        }
     }
     std::io::stdout().flush()?;
     Ok(())
 }
 
-/// The per-seed differences cluster - PyTorch (same seed, same split): their mean and standard error for
-/// macro-F1, accuracy and the first epoch's training loss, and in how many seeds the cluster was lower.
+/// How a PyTorch run is named: its sampler seed's offset from the job seed, when not 0.
+fn pytorch_label(sampler_offset: u64) -> String {
+    if sampler_offset == 0 {
+        "PyTorch DDP".to_string()
+    } else {
+        format!("PyTorch DDP, sampler seed + {sampler_offset}")
+    }
+}
+
+/// The per-seed differences run - reference (same seed, same split): their mean and standard error for
+/// macro-F1, accuracy and the first epoch's training loss, and in how many seeds the run was lower.
 /// `None` unless both sides ran the same two or more seeds.
-fn paired_differences(cluster: &[Quality], pytorch: &[Quality]) -> Option<String> {
-    if cluster.len() != pytorch.len() || cluster.len() < 2 {
+fn paired_differences(runs: &[Quality], reference: &[Quality]) -> Option<String> {
+    if runs.len() != reference.len() || runs.len() < 2 {
         return None;
     }
     let describe = |name: &str, value: fn(&Quality) -> f64| {
-        let differences: Vec<f64> = cluster
+        let differences: Vec<f64> = runs
             .iter()
-            .zip(pytorch)
+            .zip(reference)
             .map(|(ours, theirs)| value(ours) - value(theirs))
             .collect();
         let count = differences.len() as f64;
@@ -394,11 +437,15 @@ async fn pytorch_run(
     python: &Path,
     options: &Options,
     spec: &JobSpec,
+    sampler_offset: u64,
     dataset: &Path,
     work: &Path,
 ) -> Result<Quality> {
     let files = plan_files(spec, work).await?;
-    let mut extra_args = Vec::new();
+    let mut extra_args = vec![
+        "--sampler-seed".to_string(),
+        spec.seed.wrapping_add(sampler_offset).to_string(),
+    ];
     if options.pytorch_fixed_shards {
         extra_args.push("--fixed-shards".to_string());
     }
@@ -433,7 +480,7 @@ async fn pytorch_run(
         extra_args.push("--preprocessed".to_string());
         extra_args.push(prefix.display().to_string());
     }
-    let result_path = work.join(format!("pytorch-{}.json", spec.seed));
+    let result_path = work.join(format!("pytorch-{}-{sampler_offset}.json", spec.seed));
     let settings = DdpSettings {
         python: python.to_path_buf(),
         dataset: dataset.to_path_buf(),
