@@ -326,7 +326,8 @@ async fn run(options: Options) -> Result<()> {
         );
         if let Some(pytorch) = pytorch {
             println!(
-                "   vs PyTorch DDP:   macro-F1 {:+.3} (goal >= -0.010), accuracy {:+.3} (goal within ±0.020)",
+                "   vs {}:   macro-F1 {:+.3} (goal >= -0.010), accuracy {:+.3} (goal within ±0.020)",
+                pytorch_label(options.pytorch_sampler_offsets[0]),
                 cluster.0 - pytorch.0,
                 cluster.2 - pytorch.2
             );
@@ -350,7 +351,7 @@ async fn run(options: Options) -> Result<()> {
         if let (true, Some(reference)) = (index > 0, pytorch) {
             println!(
                 "   vs {}:   macro-F1 {:+.3}, accuracy {:+.3} (the same goals, the script against itself)",
-                pytorch_label(pytorch_results[0].0),
+                pytorch_label(options.pytorch_sampler_offsets[0]),
                 quality.0 - reference.0,
                 quality.2 - reference.2
             );
