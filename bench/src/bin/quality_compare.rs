@@ -315,53 +315,58 @@ async fn run(options: Options) -> Result<()> {
         .first()
         .map(|(_, results)| results.as_slice())
         .unwrap_or_default();
-    let pytorch = summary(reference_results);
+    let reference = summary(reference_results).map(|means| {
+        (
+            pytorch_label(options.pytorch_sampler_offsets[0]),
+            means,
+            reference_results,
+        )
+    });
     for (normalization, results) in &cluster_results {
-        let Some(cluster) = summary(results) else {
-            continue;
-        };
-        println!(
-            "cluster ({normalization:?}):  macro-F1 {:.3} ± {:.3}  accuracy {:.3} ± {:.3}",
-            cluster.0, cluster.1, cluster.2, cluster.3
+        print_side(
+            &format!("cluster ({normalization:?})"),
+            results,
+            reference.as_ref(),
+            "",
         );
-        if let Some(pytorch) = pytorch {
-            println!(
-                "   vs {}:   macro-F1 {:+.3} (goal >= -0.010), accuracy {:+.3} (goal within ±0.020)",
-                pytorch_label(options.pytorch_sampler_offsets[0]),
-                cluster.0 - pytorch.0,
-                cluster.2 - pytorch.2
-            );
-            if let Some(paired) = paired_differences(results, reference_results) {
-                println!("   {paired}");
-            }
-        }
     }
     for (index, (offset, results)) in pytorch_results.iter().enumerate() {
-        let Some(quality) = summary(results) else {
-            continue;
-        };
-        println!(
-            "{}:  macro-F1 {:.3} ± {:.3}  accuracy {:.3} ± {:.3}",
-            pytorch_label(*offset),
-            quality.0,
-            quality.1,
-            quality.2,
-            quality.3
+        let against = reference.as_ref().filter(|_| index > 0);
+        print_side(
+            &pytorch_label(*offset),
+            results,
+            against,
+            " (the script against itself)",
         );
-        if let (true, Some(reference)) = (index > 0, pytorch) {
-            println!(
-                "   vs {}:   macro-F1 {:+.3}, accuracy {:+.3} (the same goals, the script against itself)",
-                pytorch_label(options.pytorch_sampler_offsets[0]),
-                quality.0 - reference.0,
-                quality.2 - reference.2
-            );
-            if let Some(paired) = paired_differences(results, reference_results) {
-                println!("   {paired}");
-            }
-        }
     }
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// A reference side for [`print_side`]: its name, its [`summary`] and its runs.
+type Reference<'a> = (String, (f64, f64, f64, f64), &'a [Quality]);
+
+/// Prints one side's mean and spread of macro-F1 and accuracy and, given a `reference`, the differences of the
+/// means against the goals and the per-seed paired differences, `note` after the goals.
+fn print_side(label: &str, results: &[Quality], reference: Option<&Reference>, note: &str) {
+    let Some(means) = summary(results) else {
+        return;
+    };
+    println!(
+        "{label}:  macro-F1 {:.3} ± {:.3}  accuracy {:.3} ± {:.3}",
+        means.0, means.1, means.2, means.3
+    );
+    let Some((reference_label, reference_means, reference_results)) = reference else {
+        return;
+    };
+    println!(
+        "   vs {reference_label}:   macro-F1 {:+.3} (goal >= -0.010), accuracy {:+.3} (goal within ±0.020){note}",
+        means.0 - reference_means.0,
+        means.2 - reference_means.2
+    );
+    if let Some(paired) = paired_differences(results, reference_results) {
+        println!("   {paired}");
+    }
 }
 
 /// How a PyTorch run is named: its sampler seed's offset from the job seed, when not 0.
