@@ -1,5 +1,5 @@
 # plankton-cluster: the two commands a newcomer needs are `make demo` and `make test`.
-export GLIBC_TUNABLES := glibc.malloc.hugetlb=1
+export GLIBC_TUNABLES := glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647
 
 .PHONY: setup demo test bench-preprocess bench-train bench-allreduce bench-serve bench-recovery bench-quality bench-scale bench-gbdt gpu-check image
 

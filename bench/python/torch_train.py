@@ -179,10 +179,14 @@ def train(rank, args, world_size, port):
         elapsed = torch.tensor([seconds])
         torch.distributed.all_reduce(elapsed, op=torch.distributed.ReduceOp.MAX)
         seconds = float(elapsed[0])
-        torch.distributed.destroy_process_group()
     if rank == 0:
         images_per_second = world_size * args.batch * args.steps / seconds
         print(json.dumps({"images_per_second": images_per_second, "seconds": seconds}), flush=True)
+    if world_size > 1:
+        # Both ranks reach the teardown together: a rank that leaves while its peer's gloo threads still talk to
+        # it made the peer abort ("terminate called without an active exception") now and then.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def free_port():

@@ -1,6 +1,8 @@
-//! What every plankton-cluster process shares: tracing set-up, signal-driven shutdown, and the Prometheus
-//! `/metrics` endpoint.
-#![forbid(unsafe_code)]
+//! What every plankton-cluster process shares: tracing set-up, signal-driven shutdown, the Prometheus
+//! `/metrics` endpoint, and [`malloc`] settings for the processes that run libtorch.
+#![deny(unsafe_code)]
+
+pub mod malloc;
 
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;

@@ -91,7 +91,10 @@ struct Options {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // A batch's freed activations stay in the heap for the next batch.
+    let malloc = plankton_common::malloc::keep_freed_memory_for_reuse();
     plankton_common::init_tracing();
+    tracing::debug!(?malloc, "malloc thresholds");
     let options = Options::parse();
     let usage_error = |error: plankton_security::SecurityError| -> ! {
         Options::command()

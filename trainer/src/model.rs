@@ -121,6 +121,11 @@ impl WideLeNet {
 }
 
 /// conv (stride 1, `padding`) -> ReLU -> 2x2 max-pool three times: the early segment of the LeNets.
+///
+/// Computed as conv -> max-pool -> ReLU, which is the same function with the same floats, forward and backward:
+/// ReLU is monotonic, so the largest of four values after it is the ReLU of the largest before it, and the
+/// gradient reaches the same input (the window's first maximum when it is positive, none otherwise). The ReLU
+/// and its backward then touch a quarter of the values (the LeNets train ~1.1x faster on a CPU).
 fn three_conv(
     images: &Tensor,
     convolutions: [&nn::Conv2D; 3],
@@ -131,8 +136,8 @@ fn three_conv(
     for convolution in convolutions {
         features = compute
             .conv(convolution, &features, 1, padding)
-            .relu()
-            .max_pool2d_default(2);
+            .max_pool2d_default(2)
+            .relu();
     }
     features
 }
@@ -785,4 +790,83 @@ pub(crate) fn sorted_variables(var_store: &nn::VarStore) -> Vec<(String, Tensor)
     let mut variables: Vec<(String, Tensor)> = var_store.variables().into_iter().collect();
     variables.sort_by(|left, right| left.0.cmp(&right.0));
     variables
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// The LeNets' early segment as the PyTorch twin writes it: conv -> ReLU -> 2x2 max-pool.
+    fn relu_then_pool(images: &Tensor, convolutions: [&nn::Conv2D; 3], padding: i64) -> Tensor {
+        let mut features = images.shallow_clone();
+        for convolution in convolutions {
+            features = ComputeKind::Stored
+                .conv(convolution, &features, 1, padding)
+                .relu()
+                .max_pool2d_default(2);
+        }
+        features
+    }
+
+    /// Logits and every parameter's gradient of `logits.sum()` weighted per class (so each logit matters).
+    fn logits_and_gradients(var_store: &nn::VarStore, logits: &Tensor) -> (Tensor, Vec<Tensor>) {
+        let class_weights = Tensor::arange(logits.size()[1], (Kind::Float, Device::Cpu)) - 7.5;
+        for (_, mut tensor) in sorted_variables(var_store) {
+            tensor.zero_grad();
+        }
+        (logits * class_weights).sum(Kind::Float).backward();
+        let gradients = sorted_variables(var_store)
+            .into_iter()
+            .map(|(_, tensor)| tensor.grad().copy())
+            .collect();
+        (logits.detach(), gradients)
+    }
+
+    #[test]
+    fn pooling_before_the_relu_gives_the_twins_floats_forward_and_backward() {
+        // Flat regions (equal values in a pooling window: ties) and, through the biases, negative maxima.
+        let images = Tensor::rand([6, 3, 64, 64], (Kind::Float, Device::Cpu));
+        let _flat = images.narrow(2, 0, 24).fill_(0.25);
+        let _dark = images.narrow(3, 40, 24).fill_(0.0);
+        for architecture in [Architecture::LeNet, Architecture::WideLeNet] {
+            let var_store = nn::VarStore::new(Device::Cpu);
+            let network = Network::new(&var_store, architecture, 10, 0, 11).unwrap();
+            let (convolutions, padding, late) = match &network {
+                Network::LeNet(net) => (
+                    [&net.conv1, &net.conv2, &net.conv3],
+                    0,
+                    [&net.fc1, &net.fc2, &net.fc3],
+                ),
+                Network::WideLeNet(net) => (
+                    [&net.conv1, &net.conv2, &net.conv3],
+                    1,
+                    [&net.fc1, &net.fc2, &net.fc3],
+                ),
+                _ => unreachable!(),
+            };
+            let ours = network.forward_t(&images, None, true).unwrap();
+            let twin = three_dense(
+                &relu_then_pool(&images, convolutions, padding),
+                late,
+                ComputeKind::Stored,
+            );
+            let (our_logits, our_gradients) = logits_and_gradients(&var_store, &ours);
+            let (twin_logits, twin_gradients) = logits_and_gradients(&var_store, &twin);
+            assert!(
+                our_logits.equal(&twin_logits),
+                "{architecture:?} logits differ"
+            );
+            for (index, (ours, twins)) in our_gradients.iter().zip(&twin_gradients).enumerate() {
+                assert!(
+                    ours.abs().sum(Kind::Double).double_value(&[]) > 0.0,
+                    "{architecture:?}: gradient {index} is zero"
+                );
+                assert!(
+                    ours.equal(twins),
+                    "{architecture:?}: gradient {index} differs"
+                );
+            }
+        }
+    }
 }

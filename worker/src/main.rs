@@ -72,7 +72,10 @@ struct Options {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before training allocates: a step's freed activations stay in the heap for the next step.
+    let malloc = plankton_common::malloc::keep_freed_memory_for_reuse();
     plankton_common::init_tracing();
+    tracing::debug!(?malloc, "malloc thresholds");
     let options = Options::parse();
     let name = options.name.unwrap_or_else(default_name);
     let security = options

@@ -460,6 +460,8 @@ async fn start_server(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // As plankton-serve does (the PyTorch reference gets the same thresholds through GLIBC_TUNABLES).
+    plankton_common::malloc::keep_freed_memory_for_reuse();
     plankton_common::init_tracing_with_default("warn");
     let options = Options::parse();
     let weights = tokio::task::spawn_blocking(briefly_trained_resnet).await??;

@@ -20,8 +20,9 @@ use plankton_trainer::{
 };
 
 const NUM_CLASSES: usize = 40;
-/// Every benchmark process runs with this glibc setting (huge pages for malloc), ours and PyTorch's alike.
-const GLIBC_TUNABLES: &str = "glibc.malloc.hugetlb=1";
+/// Every benchmark process runs with these glibc settings, ours and PyTorch's alike: huge pages for malloc, and
+/// freed tensor memory kept for reuse (what `plankton-worker` sets itself, [`plankton_common::malloc`]).
+const GLIBC_TUNABLES: &str = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647";
 
 #[derive(Parser, Debug)]
 #[command(about = "plankton-trainer vs PyTorch training throughput")]
