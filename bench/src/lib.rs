@@ -1,10 +1,12 @@
 //! Benchmark programs against OpenCV, PyTorch and gloo; [`ddp_script`] runs the PyTorch DDP script the cluster
-//! replaces (shared by `quality_compare` and `scale_bench`).
+//! replaces (shared by `quality_compare` and `scale_bench`); [`roofline`] measures the CPU's arithmetic peak the
+//! training and inference figures are set against.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub mod ddp_script;
+pub mod roofline;
 
 /// The full-size synthetic dataset the quality and scale benchmarks share (`--dataset`, `--count`,
 /// `--dataset-seed`).

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod card;
 pub mod config;
+pub mod cost;
 pub mod data_parallel;
 pub mod error;
 pub mod inference;
@@ -22,6 +23,7 @@ pub use config::{
     Architecture, AugmentationMode, IMAGE_CHANNELS, IMAGE_LEN, IMAGE_SIZE, LossFunction,
     LossNormalization, LrSchedule, NonFinitePolicy, OptimizerChoice, Precision, TrainConfig,
 };
+pub use cost::{PassCost, pass_cost};
 pub use data_parallel::{
     DataParallelTrainer, MISTAKES_PER_CLASS, Mistake, ShardEvaluation, StepOutcome, StepTimings,
     TrainingProgress,

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
+use plankton_bench::roofline;
 use plankton_collective::SingleProcess;
 use plankton_dataset::open_location;
 use plankton_proto::v1::inference_client::InferenceClient;
@@ -306,6 +307,7 @@ fn compare_forward_passes(weights: &[u8], options: &Options) -> anyhow::Result<(
         "ratio",
         "per-trial ratio median"
     );
+    let mut best_rates = Vec::new();
     for (index, batch_size) in BATCH_SIZES.into_iter().enumerate() {
         let best = |values: &mut dyn Iterator<Item = f64>| values.fold(0.0f64, f64::max);
         let folded_rate = best(&mut our_trials.iter().map(|trial| trial[index].1));
@@ -333,6 +335,28 @@ fn compare_forward_passes(weights: &[u8], options: &Options) -> anyhow::Result<(
         println!(
             "{batch_size:>6} {folded_rate:>12.0} {as_trained_rate:>12.0} {nchw:>14.0} {channels_last:>20.0} {:>8.2}x {median:>21.2}x",
             folded_rate / nchw.max(channels_last)
+        );
+        best_rates.push((batch_size, folded_rate, nchw.max(channels_last)));
+    }
+    print_roofline(&best_rates, options.forward_threads)
+}
+
+/// Each side's best rate at each batch size against the CPU's f32 arithmetic peak, and what the 1.2x goal
+/// would ask of it.
+fn print_roofline(best_rates: &[(usize, f64, f64)], threads: usize) -> anyhow::Result<()> {
+    let cost = plankton_trainer::pass_cost(Architecture::ResNet, CLASS_COUNT, 0)?;
+    let peak = roofline::peak_flops(tch::Kind::Float);
+    println!(
+        "roofline: a resnet forward pass is {:.1}M multiply-adds per image; libtorch's kernels reach {:.1} GFLOP/s in f32 on {threads} thread(s) here at best (the peak: the faster of a large matrix product and a large convolution)",
+        cost.forward as f64 / 1e6,
+        peak / 1e9
+    );
+    for (batch_size, ours, pytorch) in best_rates {
+        println!(
+            "  batch {batch_size:>3}: ours {}, PyTorch {}; 1.2x PyTorch would be {}",
+            roofline::describe(cost.forward_flops(*ours), peak),
+            roofline::describe(cost.forward_flops(*pytorch), peak),
+            roofline::describe(cost.forward_flops(1.2 * pytorch), peak)
         );
     }
     Ok(())

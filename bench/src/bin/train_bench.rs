@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use plankton_bench::roofline;
 use plankton_collective::{RingAbort, RingAllReduce, RingConfig, RingListener};
 use plankton_trainer::{
     Architecture, DataParallelTrainer, GradientCompression, IMAGE_LEN, OptimizerChoice, Precision,
@@ -172,6 +173,8 @@ fn run_worker(
     bf16: bool,
     sequential: bool,
 ) -> Result<()> {
+    // As plankton-worker does (here GLIBC_TUNABLES already carries the same thresholds).
+    plankton_common::malloc::keep_freed_memory_for_reuse();
     let images = std::fs::read(data_dir.join("images.u8"))?;
     let labels: Vec<u32> = std::fs::read(data_dir.join("labels.u32"))?
         .chunks_exact(4)
@@ -385,6 +388,12 @@ fn main() -> Result<()> {
         .map(|name| name.parse())
         .collect::<Result<Vec<Architecture>, _>>()?;
     let data = write_bench_data(options.batch, &architectures)?;
+    // One core's arithmetic peak (each worker runs one thread on its own core).
+    tch::set_num_threads(1);
+    let core_peak_f32 = roofline::peak_flops(tch::Kind::Float);
+    let core_peak_bf16 = options
+        .bf16
+        .then(|| roofline::peak_flops(tch::Kind::BFloat16));
     println!(
         "training throughput, batch {} per worker, {} timed steps after {} warm-up, best of {}, GLIBC_TUNABLES={GLIBC_TUNABLES}",
         options.batch, options.steps, options.warmup, options.repeats
@@ -393,7 +402,27 @@ fn main() -> Result<()> {
         "{:<8} {:<22} {:>12} {:>14} {:>7}",
         "model", "setting", "ours img/s", "pytorch img/s", "ratio"
     );
+    println!(
+        "roofline: libtorch's kernels reach {:.1} GFLOP/s in f32{} on one core here at best (the peak, times the workers: the faster of a large matrix product and a large convolution)",
+        core_peak_f32 / 1e9,
+        core_peak_bf16
+            .map(|peak| format!(", {:.1} in bf16", peak / 1e9))
+            .unwrap_or_default()
+    );
     for architecture in architectures {
+        let cost = plankton_trainer::pass_cost(architecture, NUM_CLASSES, 0)?;
+        // Each side's rate as training arithmetic against the workers' peak.
+        let roofline_line = |ours: f64, pytorch: f64, core_peak: f64, world_size: usize| {
+            let peak = core_peak * world_size as f64;
+            println!(
+                "{:<8} {:<22} ours {}, pytorch {} ({:.1}M multiply-adds per image trained)",
+                "",
+                "  roofline",
+                roofline::describe(cost.training_flops(ours), peak),
+                roofline::describe(cost.training_flops(pytorch), peak),
+                cost.training as f64 / 1e6
+            );
+        };
         for (world_size, setting) in [(1, "1 worker x 1 thread"), (2, "2 workers x 1 thread")] {
             let mut ours: f64 = 0.0;
             // PyTorch channels-last (its strongest CPU configuration) is the headline; NCHW on request.
@@ -448,6 +477,7 @@ fn main() -> Result<()> {
                 pytorch,
                 ours / pytorch
             );
+            roofline_line(ours, pytorch, core_peak_f32, world_size);
             if options.pytorch_nchw {
                 println!(
                     "{:<8} {:<22} {:>12} {:>14.1} {:>6.2}x  (pytorch {pytorch_setting}, NCHW default layout)",
@@ -503,6 +533,9 @@ fn main() -> Result<()> {
                     ours_bf16 / pytorch_bf16,
                     ours_bf16 / ours
                 );
+                if let Some(core_peak) = core_peak_bf16 {
+                    roofline_line(ours_bf16, pytorch_bf16, core_peak, world_size);
+                }
             }
         }
     }

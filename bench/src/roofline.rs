@@ -1,0 +1,62 @@
+//! The CPU's arithmetic peak as libtorch reaches it, measured in the same process and run as the figures it is
+//! compared with: the faster of a large matrix product and a large 3x3 convolution (oneDNN's convolutions beat
+//! MKL's matrix product on some CPUs, e.g. 132 against 96 GFLOP/s in f32 on one AMD EPYC Zen 4 core).
+
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+/// The best of 7 timings of `work` after 2 warm-ups, in seconds.
+fn best_seconds(work: impl Fn()) -> f64 {
+    work();
+    work();
+    (0..7)
+        .map(|_| {
+            let started = Instant::now();
+            work();
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Floating-point operations per second of the faster of a 1024 x 1024 matrix product and a 3x3 convolution of
+/// 512 to 512 channels on 64 8x8 maps (channels-last, as our networks run), in `kind` (f32 or bf16), at
+/// libtorch's current thread count.
+pub fn peak_flops(kind: Kind) -> f64 {
+    const SIDE: i64 = 1024;
+    let left = Tensor::rand([SIDE, SIDE], (Kind::Float, Device::Cpu)).to_kind(kind);
+    let right = Tensor::rand([SIDE, SIDE], (Kind::Float, Device::Cpu)).to_kind(kind);
+    let matmul = 2.0 * (SIDE * SIDE * SIDE) as f64
+        / best_seconds(|| {
+            let _ = left.matmul(&right);
+        });
+    let (images, channels, side) = (64i64, 512i64, 8i64);
+    let channels_last = |tensor: Tensor| {
+        tensor
+            .permute([0, 2, 3, 1])
+            .contiguous()
+            .permute([0, 3, 1, 2])
+    };
+    let input = channels_last(
+        Tensor::rand([images, channels, side, side], (Kind::Float, Device::Cpu)).to_kind(kind),
+    );
+    let weight = channels_last(
+        Tensor::rand([channels, channels, 3, 3], (Kind::Float, Device::Cpu)).to_kind(kind),
+    );
+    let convolution = tch::no_grad(|| {
+        2.0 * (images * side * side * channels * channels * 9) as f64
+            / best_seconds(|| {
+                let _ = input.conv2d(&weight, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1);
+            })
+    });
+    matmul.max(convolution)
+}
+
+/// `flops` as GFLOP/s with its share of `peak_flops`, e.g. `103.2 GFLOP/s (78% of peak)`.
+pub fn describe(flops: f64, peak_flops: f64) -> String {
+    format!(
+        "{:.1} GFLOP/s ({:.0}% of peak)",
+        flops / 1e9,
+        100.0 * flops / peak_flops
+    )
+}
