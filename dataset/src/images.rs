@@ -108,59 +108,93 @@ pub fn is_bad_image(error: &DatasetError) -> bool {
 /// changes when any of them is rewritten, added or removed. For `imgs.zip` it is the archive's size and
 /// e-tag / last-modified time (one HEAD), and an error if the archive is no longer the one `source` indexed
 /// (its size changed). For `imgs/` it digests the size and e-tag / last-modified time of each image (one
-/// listing of `imgs/`, paginated by the store; no request per image).
+/// listing of `imgs/`, paginated by the store; no request per image). Several shards' digests from one read of
+/// the store: [`ImageVersions`].
 pub async fn image_source_version(
     location: &StoreLocation,
     source: &ImageSource,
     objids: &[i64],
 ) -> Result<String, DatasetError> {
-    match source {
-        ImageSource::Zip(index) => {
-            let archive = location.head(&index.relative_path).await?;
-            if archive.size != index.archive_size {
-                return Err(DatasetError::Zip {
-                    object: index.archive_url.clone(),
-                    reason: format!(
-                        "archive changed since it was indexed ({} bytes then, {} now); open the image source again",
-                        index.archive_size, archive.size
-                    ),
-                });
+    Ok(ImageVersions::read(location, source, objids)
+        .await?
+        .digest(objids))
+}
+
+/// The store's identity (size and e-tag / last-modified time) of a set of images, read once: one HEAD of
+/// `imgs.zip`, or one listing of `imgs/` keeping the entries of the images asked for. A rank digests its
+/// training and test shards from one listing instead of listing a large `imgs/` (243,610 objects: ~244 LIST
+/// pages on S3) for each.
+#[derive(Debug)]
+pub enum ImageVersions {
+    /// `imgs.zip`'s metadata.
+    Zip(object_store::ObjectMeta),
+    /// Each image's metadata found in `imgs/`, by objid.
+    Directory(HashMap<i64, object_store::ObjectMeta>),
+}
+
+impl ImageVersions {
+    /// Reads the identity of the images of `objids` (see [`image_source_version`] for the errors).
+    pub async fn read(
+        location: &StoreLocation,
+        source: &ImageSource,
+        objids: &[i64],
+    ) -> Result<Self, DatasetError> {
+        match source {
+            ImageSource::Zip(index) => {
+                let archive = location.head(&index.relative_path).await?;
+                if archive.size != index.archive_size {
+                    return Err(DatasetError::Zip {
+                        object: index.archive_url.clone(),
+                        reason: format!(
+                            "archive changed since it was indexed ({} bytes then, {} now); open the image source again",
+                            index.archive_size, archive.size
+                        ),
+                    });
+                }
+                Ok(ImageVersions::Zip(archive))
             }
-            let mut digest = Fnv1a::new();
-            digest.update_object(&archive);
-            Ok(format!("zip-{:016x}-{}", digest.finish(), archive.size))
+            ImageSource::Directory => {
+                let wanted: HashMap<object_store::path::Path, i64> = objids
+                    .iter()
+                    .map(|&objid| (location.child(&image_path(objid)), objid))
+                    .collect();
+                let mut found = HashMap::with_capacity(wanted.len());
+                location
+                    .for_each_object(IMAGES_DIR, |object| {
+                        if let Some(&objid) = wanted.get(&object.location) {
+                            found.insert(objid, object);
+                        }
+                    })
+                    .await?;
+                Ok(ImageVersions::Directory(found))
+            }
         }
-        ImageSource::Directory => {
-            let wanted: HashMap<object_store::path::Path, usize> = objids
-                .iter()
-                .enumerate()
-                .map(|(position, objid)| (location.child(&image_path(*objid)), position))
-                .collect();
-            let mut found: Vec<Option<object_store::ObjectMeta>> = vec![None; objids.len()];
-            location
-                .for_each_object(IMAGES_DIR, |object| {
-                    if let Some(&position) = wanted.get(&object.location) {
-                        found[position] = Some(object);
-                    }
-                })
-                .await?;
-            let mut digest = Fnv1a::new();
-            let mut missing = 0usize;
-            for (objid, object) in objids.iter().zip(&found) {
-                digest.update(&objid.to_le_bytes());
-                match object {
-                    Some(object) => digest.update_object(object),
-                    None => {
-                        missing += 1;
-                        digest.update(b"missing");
+    }
+
+    /// The digest of the images of `objids` (a subset of those read, or they count as missing), equal to what
+    /// [`image_source_version`] gives for them.
+    pub fn digest(&self, objids: &[i64]) -> String {
+        match self {
+            ImageVersions::Zip(archive) => {
+                let mut digest = Fnv1a::new();
+                digest.update_object(archive);
+                format!("zip-{:016x}-{}", digest.finish(), archive.size)
+            }
+            ImageVersions::Directory(found) => {
+                let mut digest = Fnv1a::new();
+                let mut missing = 0usize;
+                for objid in objids {
+                    digest.update(&objid.to_le_bytes());
+                    match found.get(objid) {
+                        Some(object) => digest.update_object(object),
+                        None => {
+                            missing += 1;
+                            digest.update(b"missing");
+                        }
                     }
                 }
+                format!("dir-{:016x}-{}-{missing}", digest.finish(), objids.len())
             }
-            Ok(format!(
-                "dir-{:016x}-{}-{missing}",
-                digest.finish(),
-                objids.len()
-            ))
         }
     }
 }

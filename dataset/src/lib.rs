@@ -21,8 +21,8 @@ pub use error::{DatasetError, ImageHeaderError};
 pub use feature_transform::{DroppedFeature, FeatureTransform, ImputationCounts};
 pub use features::{FeatureTable, read_features};
 pub use images::{
-    ImageSource, check_image_header, fetch_image, fetch_images, image_path, image_source_version,
-    is_bad_image, list_image_objids, open_image_source,
+    ImageSource, ImageVersions, check_image_header, fetch_image, fetch_images, image_path,
+    image_source_version, is_bad_image, list_image_objids, open_image_source,
 };
 pub use labels::LabelEncoding;
 pub use meta::{MetaRecord, MetaTable, read_meta};

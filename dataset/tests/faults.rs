@@ -10,8 +10,8 @@ use common::tiny_jpeg;
 use futures::StreamExt;
 use plankton_dataset::faults::{FaultInjectingStore, InjectedFault};
 use plankton_dataset::{
-    DatasetError, FetchRetry, fetch_image, fetch_images, image_path, image_source_version,
-    is_bad_image, is_transient, open_image_source, open_location,
+    DatasetError, FetchRetry, ImageVersions, fetch_image, fetch_images, image_path,
+    image_source_version, is_bad_image, is_transient, open_image_source, open_location,
 };
 
 const FAST_RETRY: FetchRetry = FetchRetry {
@@ -122,6 +122,17 @@ async fn the_source_version_changes_when_an_image_is_rewritten() -> anyhow::Resu
         image_source_version(&location, &source, &[1, 2, 3]).await?
     );
     let untouched_shard = image_source_version(&location, &source, &[1, 3]).await?;
+
+    // One read for several shards digests each as its own read would (so shard caches stay valid), an image
+    // not in the store counting as missing either way.
+    let versions = ImageVersions::read(&location, &source, &[1, 2, 3, 7]).await?;
+    assert_eq!(versions.digest(&[1, 2, 3]), before);
+    assert_eq!(versions.digest(&[1, 3]), untouched_shard);
+    assert_eq!(
+        versions.digest(&[2, 7]),
+        image_source_version(&location, &source, &[2, 7]).await?
+    );
+    assert_ne!(versions.digest(&[2, 7]), versions.digest(&[2]));
 
     location
         .put_bytes(&image_path(2), Bytes::from(tiny_jpeg(4, 4)))

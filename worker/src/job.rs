@@ -15,7 +15,9 @@ use tonic::Request;
 use tracing::{error, info, warn};
 
 use plankton_collective::{Collective, RingAbort, RingAllReduce, RingListener, SingleProcess};
-use plankton_dataset::{StoreLocation, open_image_source, open_location};
+use plankton_dataset::{
+    DatasetError, ImageVersions, StoreLocation, open_image_source, open_location,
+};
 use plankton_preprocess::{PreprocessConfig, ShardCache};
 use plankton_proto::v1::{
     DoneReport, EpochReport, GenerationEndReport, JobPhase, JobSpec, Misclassification,
@@ -750,6 +752,28 @@ async fn load_virtual_shards(
             }
         }
     });
+    // One read of the images' identity in the store (one listing of imgs/) for every shard this rank loads
+    // whole, instead of one per shard.
+    let versions = match &cache {
+        Some(_) => {
+            let mut objids: Vec<i64> = Vec::new();
+            for shard in &missing {
+                if !stream_train {
+                    objids.extend(shard.train.iter().map(|object| object.objid));
+                }
+                objids.extend(shard.test.iter().map(|object| object.objid));
+            }
+            match ImageVersions::read(&location, &image_source, &objids).await {
+                Ok(versions) => Some(versions),
+                Err(error @ DatasetError::Zip { .. }) => return Err(error.into()),
+                Err(error) => {
+                    warn!(%error, "cannot read the identity of the shards' images; each load tries again");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let mut done_before = 0usize;
     for shard in missing {
         let mut parts = Vec::with_capacity(2);
@@ -770,6 +794,7 @@ async fn load_virtual_shards(
                 objects,
                 &preprocess_config,
                 cache.as_ref(),
+                versions.as_ref(),
                 residence,
                 config.fetch_concurrency,
                 &handle.cancel,

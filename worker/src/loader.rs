@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use plankton_dataset::{
-    DatasetError, ImageSource, StoreLocation, fetch_images, image_source_version, is_bad_image,
+    DatasetError, ImageSource, ImageVersions, StoreLocation, fetch_images, image_source_version,
+    is_bad_image,
 };
 use plankton_preprocess::{
     CacheError, CachedShard, IMAGE_LEN, PreprocessConfig, RecordShard, ShardCache,
@@ -69,7 +70,8 @@ impl ImageRecords for OrderedRecords {
 /// Progress callback: (objects done, objects total).
 pub type LoadProgress<'a> = &'a mut (dyn FnMut(usize, usize) + Send);
 
-/// Loads `objects` from `location`, from `cache` when it holds them as they are in the store now.
+/// Loads `objects` from `location`, from `cache` when it holds them as they are in the store now: as
+/// `versions` says when given (read for several shards at once), else as read from the store for this load.
 ///
 /// An image missing from the store or undecodable is skipped and listed in [`LoadedShard::skipped`]. Any other
 /// fetch error (the store still failing after `location.retry`, permissions, ...) fails the whole load with an
@@ -81,6 +83,7 @@ pub async fn load_shard(
     objects: &[ShardObject],
     preprocess_config: &PreprocessConfig,
     cache: Option<&ShardCache>,
+    versions: Option<&ImageVersions>,
     residence: ShardResidence,
     fetch_concurrency: usize,
     cancel: &CancellationToken,
@@ -88,7 +91,9 @@ pub async fn load_shard(
 ) -> anyhow::Result<LoadedShard> {
     let objids: Vec<i64> = objects.iter().map(|object| object.objid).collect();
     let cache_key = match cache {
-        Some(_) => shard_cache_key(location, image_source, preprocess_config, &objids).await?,
+        Some(_) => {
+            shard_cache_key(location, image_source, versions, preprocess_config, &objids).await?
+        }
         None => None,
     };
     let records_into = match (residence, cache, &cache_key) {
@@ -316,10 +321,15 @@ fn from_records(file: RecordShard, objects: &[ShardObject]) -> LoadedShard {
 async fn shard_cache_key(
     location: &StoreLocation,
     image_source: &ImageSource,
+    versions: Option<&ImageVersions>,
     preprocess_config: &PreprocessConfig,
     objids: &[i64],
 ) -> anyhow::Result<Option<String>> {
-    match image_source_version(location, image_source, objids).await {
+    let source_version = match versions {
+        Some(versions) => Ok(versions.digest(objids)),
+        None => image_source_version(location, image_source, objids).await,
+    };
+    match source_version {
         Ok(source_version) => Ok(Some(ShardCache::key_with_source_version(
             &location.url,
             preprocess_config.resize_mode,

@@ -142,6 +142,7 @@ async fn the_first_batch_is_readable_before_the_shard_is_in_and_every_image_equa
         &objects,
         &PreprocessConfig::default(),
         None,
+        None,
         ShardResidence::InMemory,
         8,
         &CancellationToken::new(),
