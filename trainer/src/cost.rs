@@ -139,30 +139,25 @@ mod tests {
         assert_eq!(resnet.forward, 63_809_536);
         assert_eq!(resnet.training, 3 * resnet.forward - 32 * 32 * 32 * 27);
 
-        // wide_lenet: 3x3 'same' convolutions 3 -> 32 at 64, 32 -> 64 at 32, 64 -> 128 at 16; dense 8192 -> 250
-        // -> 100 -> 40.
+        // The LeNets: three convolutions (output side, weight elements), then dense flattened -> 250 -> 100 -> 40.
+        let lenet_layout = |convolutions: [(u64, u64); 3], flattened: u64| -> u64 {
+            let convolution_cost: u64 = convolutions
+                .iter()
+                .map(|(side, weights)| side * side * weights)
+                .sum();
+            convolution_cost + flattened * 250 + 250 * 100 + 100 * 40
+        };
+        // wide_lenet: 3x3 'same' convolutions 3 -> 32 at 64, 32 -> 64 at 32, 64 -> 128 at 16; 128 x 8 x 8 flattened.
         let wide = pass_cost(Architecture::WideLeNet, 40, 0).unwrap();
         assert_eq!(
             wide.forward,
-            64 * 64 * 32 * 27
-                + 32 * 32 * 64 * 288
-                + 16 * 16 * 128 * 576
-                + 8192 * 250
-                + 250 * 100
-                + 100 * 40
+            lenet_layout([(64, 32 * 27), (32, 64 * 288), (16, 128 * 576)], 8192)
         );
-
-        // lenet: 2x2 'valid' convolutions 3 -> 6 at 63, 6 -> 16 at 30, 16 -> 16 at 14; dense 784 -> 250 -> 100
-        // -> 40.
+        // lenet: 2x2 'valid' convolutions 3 -> 6 at 63, 6 -> 16 at 30, 16 -> 16 at 14; 16 x 7 x 7 flattened.
         let lenet = pass_cost(Architecture::LeNet, 40, 0).unwrap();
         assert_eq!(
             lenet.forward,
-            63 * 63 * 6 * 12
-                + 30 * 30 * 16 * 24
-                + 14 * 14 * 16 * 64
-                + 784 * 250
-                + 250 * 100
-                + 100 * 40
+            lenet_layout([(63, 6 * 12), (30, 16 * 24), (14, 16 * 64)], 784)
         );
         assert_eq!(lenet.training, 3 * lenet.forward - 63 * 63 * 6 * 12);
 
