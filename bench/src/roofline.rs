@@ -19,10 +19,34 @@ fn best_seconds(work: impl Fn()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// Floating-point operations per second of the faster of a 1024 x 1024 matrix product and a 3x3 convolution of
-/// 512 to 512 channels on 64 8x8 maps (channels-last, as our networks run), in `kind` (f32 or bf16), at
-/// libtorch's current thread count.
-pub fn peak_flops(kind: Kind) -> f64 {
+/// The two rates the peak is the faster of, in floating-point operations per second.
+#[derive(Clone, Copy, Debug)]
+pub struct Peak {
+    /// A 1024 x 1024 matrix product.
+    pub matmul: f64,
+    /// A 3x3 convolution of 512 to 512 channels on 64 8x8 maps (channels-last, as our networks run).
+    pub convolution: f64,
+}
+
+impl Peak {
+    /// The faster of the two.
+    pub fn flops(&self) -> f64 {
+        self.matmul.max(self.convolution)
+    }
+
+    /// E.g. `132.9 GFLOP/s (matrix product 96.1, 3x3 convolution 132.9)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{:.1} GFLOP/s (matrix product {:.1}, 3x3 convolution {:.1})",
+            self.flops() / 1e9,
+            self.matmul / 1e9,
+            self.convolution / 1e9
+        )
+    }
+}
+
+/// The [`Peak`] in `kind` (f32 or bf16) at libtorch's current thread count.
+pub fn peak(kind: Kind) -> Peak {
     const SIDE: i64 = 1024;
     let left = Tensor::rand([SIDE, SIDE], (Kind::Float, Device::Cpu)).to_kind(kind);
     let right = Tensor::rand([SIDE, SIDE], (Kind::Float, Device::Cpu)).to_kind(kind);
@@ -49,7 +73,10 @@ pub fn peak_flops(kind: Kind) -> f64 {
                 let _ = input.conv2d(&weight, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1);
             })
     });
-    matmul.max(convolution)
+    Peak {
+        matmul,
+        convolution,
+    }
 }
 
 /// `flops` as GFLOP/s with its share of `peak_flops`, e.g. `103.2 GFLOP/s (78% of peak)`.

@@ -345,11 +345,12 @@ fn compare_forward_passes(weights: &[u8], options: &Options) -> anyhow::Result<(
 /// would ask of it.
 fn print_roofline(best_rates: &[(usize, f64, f64)], threads: usize) -> anyhow::Result<()> {
     let cost = plankton_trainer::pass_cost(Architecture::ResNet, CLASS_COUNT, 0)?;
-    let peak = roofline::peak_flops(tch::Kind::Float);
+    let measured = roofline::peak(tch::Kind::Float);
+    let peak = measured.flops();
     println!(
-        "roofline: a resnet forward pass is {:.1}M multiply-adds per image; libtorch's kernels reach {:.1} GFLOP/s in f32 on {threads} thread(s) here at best (the peak: the faster of a large matrix product and a large convolution)",
+        "roofline: a resnet forward pass is {:.1}M multiply-adds per image; libtorch's kernels reach {} in f32 on {threads} thread(s) here at best (the peak)",
         cost.forward as f64 / 1e6,
-        peak / 1e9
+        measured.describe()
     );
     for (batch_size, ours, pytorch) in best_rates {
         println!(

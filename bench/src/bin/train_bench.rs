@@ -390,10 +390,10 @@ fn main() -> Result<()> {
     let data = write_bench_data(options.batch, &architectures)?;
     // One core's arithmetic peak (each worker runs one thread on its own core).
     tch::set_num_threads(1);
-    let core_peak_f32 = roofline::peak_flops(tch::Kind::Float);
-    let core_peak_bf16 = options
-        .bf16
-        .then(|| roofline::peak_flops(tch::Kind::BFloat16));
+    let measured_f32 = roofline::peak(tch::Kind::Float);
+    let measured_bf16 = options.bf16.then(|| roofline::peak(tch::Kind::BFloat16));
+    let core_peak_f32 = measured_f32.flops();
+    let core_peak_bf16 = measured_bf16.map(|peak| peak.flops());
     println!(
         "training throughput, batch {} per worker, {} timed steps after {} warm-up, best of {}, GLIBC_TUNABLES={GLIBC_TUNABLES}",
         options.batch, options.steps, options.warmup, options.repeats
@@ -403,10 +403,10 @@ fn main() -> Result<()> {
         "model", "setting", "ours img/s", "pytorch img/s", "ratio"
     );
     println!(
-        "roofline: libtorch's kernels reach {:.1} GFLOP/s in f32{} on one core here at best (the peak, times the workers: the faster of a large matrix product and a large convolution)",
-        core_peak_f32 / 1e9,
-        core_peak_bf16
-            .map(|peak| format!(", {:.1} in bf16", peak / 1e9))
+        "roofline: libtorch's kernels reach {} in f32{} on one core here at best (the peak, times the workers)",
+        measured_f32.describe(),
+        measured_bf16
+            .map(|peak| format!(", {} in bf16", peak.describe()))
             .unwrap_or_default()
     );
     for architecture in architectures {
