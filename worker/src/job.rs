@@ -753,7 +753,8 @@ async fn load_virtual_shards(
         }
     });
     // One read of the images' identity in the store (one listing of imgs/) for every shard this rank loads
-    // whole, instead of one per shard.
+    // whole, instead of one per shard. Without it the shards load without the cache (no key to trust), and no
+    // load lists the store again.
     let versions = match &cache {
         Some(_) => {
             let mut objids: Vec<i64> = Vec::new();
@@ -767,13 +768,14 @@ async fn load_virtual_shards(
                 Ok(versions) => Some(versions),
                 Err(error @ DatasetError::Zip { .. }) => return Err(error.into()),
                 Err(error) => {
-                    warn!(%error, "cannot read the identity of the shards' images; each load tries again");
+                    warn!(%error, "cannot read the identity of the shards' images; loading without the shard cache");
                     None
                 }
             }
         }
         None => None,
     };
+    let load_cache = versions.as_ref().and(cache.as_ref());
     let mut done_before = 0usize;
     for shard in missing {
         let mut parts = Vec::with_capacity(2);
@@ -793,7 +795,7 @@ async fn load_virtual_shards(
                 &image_source,
                 objects,
                 &preprocess_config,
-                cache.as_ref(),
+                load_cache,
                 versions.as_ref(),
                 residence,
                 config.fetch_concurrency,
