@@ -10,6 +10,12 @@
 
 /// glibc's largest `M_MMAP_THRESHOLD` on 64-bit targets (larger allocations are always mapped).
 pub const MMAP_THRESHOLD_BYTES: i32 = 32 << 20;
+/// The trim threshold: the largest `M_TRIM_THRESHOLD` mallopt takes (freed memory stays).
+pub const TRIM_THRESHOLD_BYTES: i32 = i32::MAX;
+/// [`keep_freed_memory_for_reuse`]'s settings as `GLIBC_TUNABLES` entries, for processes it cannot reach (a
+/// benchmark's PyTorch reference); the Makefile exports the same.
+pub const GLIBC_TUNABLES_ENTRIES: &str =
+    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647";
 
 /// What [`keep_freed_memory_for_reuse`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,8 +29,8 @@ pub enum MallocTuning {
 }
 
 /// Sets glibc's mmap threshold to 32 MiB and its trim threshold to 2 GiB, unless `GLIBC_TUNABLES` already sets
-/// either (the same effect as `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=
-/// 2147483647`). Call it at the start of `main`, before the allocations it should affect.
+/// either (the same effect as [`GLIBC_TUNABLES_ENTRIES`]). Call it at the start of `main`, before the
+/// allocations it should affect.
 pub fn keep_freed_memory_for_reuse() -> MallocTuning {
     let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
     if tunables.contains("mmap_threshold") || tunables.contains("trim_threshold") {
@@ -38,7 +44,7 @@ fn set_thresholds() -> MallocTuning {
     // SAFETY: mallopt only changes malloc's parameters; glibc takes its own lock for it.
     let applied = unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-            && libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX) == 1
+            && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
     };
     if applied {
         MallocTuning::Applied
@@ -65,6 +71,24 @@ mod tests {
             usage.assume_init()
         };
         usage.ru_minflt
+    }
+
+    #[test]
+    fn the_tunables_entries_say_what_mallopt_sets() {
+        assert_eq!(
+            GLIBC_TUNABLES_ENTRIES,
+            format!(
+                "glibc.malloc.mmap_threshold={MMAP_THRESHOLD_BYTES}:glibc.malloc.trim_threshold={TRIM_THRESHOLD_BYTES}"
+            )
+        );
+        let makefile =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Makefile")).unwrap();
+        assert!(
+            makefile.contains(&format!(
+                "export GLIBC_TUNABLES := glibc.malloc.hugetlb=1:{GLIBC_TUNABLES_ENTRIES}"
+            )),
+            "the Makefile exports other malloc settings than the workers set"
+        );
     }
 
     #[test]
