@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use plankton_trainer::model::channels_last;
 use tch::{Device, Kind, Tensor};
 
 /// The best of 7 timings of `work` after 2 warm-ups, in seconds.
@@ -46,7 +47,7 @@ impl Peak {
 }
 
 /// The [`Peak`] in `kind` (f32 or bf16) at libtorch's current thread count.
-pub fn peak(kind: Kind) -> Peak {
+pub fn peak(kind: Kind) -> anyhow::Result<Peak> {
     const SIDE: i64 = 1024;
     let left = Tensor::rand([SIDE, SIDE], (Kind::Float, Device::Cpu)).to_kind(kind);
     let right = Tensor::rand([SIDE, SIDE], (Kind::Float, Device::Cpu)).to_kind(kind);
@@ -55,28 +56,22 @@ pub fn peak(kind: Kind) -> Peak {
             let _ = left.matmul(&right);
         });
     let (images, channels, side) = (64i64, 512i64, 8i64);
-    let channels_last = |tensor: Tensor| {
-        tensor
-            .permute([0, 2, 3, 1])
-            .contiguous()
-            .permute([0, 3, 1, 2])
-    };
     let input = channels_last(
-        Tensor::rand([images, channels, side, side], (Kind::Float, Device::Cpu)).to_kind(kind),
-    );
+        &Tensor::rand([images, channels, side, side], (Kind::Float, Device::Cpu)).to_kind(kind),
+    )?;
     let weight = channels_last(
-        Tensor::rand([channels, channels, 3, 3], (Kind::Float, Device::Cpu)).to_kind(kind),
-    );
+        &Tensor::rand([channels, channels, 3, 3], (Kind::Float, Device::Cpu)).to_kind(kind),
+    )?;
     let convolution = tch::no_grad(|| {
         2.0 * (images * side * side * channels * channels * 9) as f64
             / best_seconds(|| {
                 let _ = input.conv2d(&weight, None::<&Tensor>, [1, 1], [1, 1], [1, 1], 1);
             })
     });
-    Peak {
+    Ok(Peak {
         matmul,
         convolution,
-    }
+    })
 }
 
 /// `flops` as GFLOP/s with its share of `peak_flops`, e.g. `103.2 GFLOP/s (78% of peak)`.

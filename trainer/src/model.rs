@@ -764,7 +764,7 @@ impl SplitForward {
 
 /// The same values with channels-last (NHWC) strides, still indexed as NCHW: libtorch's CPU
 /// convolutions (oneDNN) run markedly faster on this layout (about 1.5x here, see bench/train_bench).
-pub(crate) fn channels_last(tensor: &Tensor) -> Result<Tensor, TrainError> {
+pub fn channels_last(tensor: &Tensor) -> Result<Tensor, TrainError> {
     Ok(tensor
         .f_permute([0, 2, 3, 1])?
         .f_contiguous()?

@@ -345,7 +345,7 @@ fn compare_forward_passes(weights: &[u8], options: &Options) -> anyhow::Result<(
 /// would ask of it.
 fn print_roofline(best_rates: &[(usize, f64, f64)], threads: usize) -> anyhow::Result<()> {
     let cost = plankton_trainer::pass_cost(Architecture::ResNet, CLASS_COUNT, 0)?;
-    let measured = roofline::peak(tch::Kind::Float);
+    let measured = roofline::peak(tch::Kind::Float)?;
     let peak = measured.flops();
     println!(
         "roofline: a resnet forward pass is {:.1}M multiply-adds per image; libtorch's kernels reach {} in f32 on {threads} thread(s) here at best (the peak)",

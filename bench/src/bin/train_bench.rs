@@ -23,7 +23,12 @@ use plankton_trainer::{
 const NUM_CLASSES: usize = 40;
 /// Every benchmark process runs with these glibc settings, ours and PyTorch's alike: huge pages for malloc, and
 /// freed tensor memory kept for reuse (what `plankton-worker` sets itself, [`plankton_common::malloc`]).
-const GLIBC_TUNABLES: &str = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647";
+fn glibc_tunables() -> String {
+    format!(
+        "glibc.malloc.hugetlb=1:{}",
+        plankton_common::malloc::GLIBC_TUNABLES_ENTRIES
+    )
+}
 
 #[derive(Parser, Debug)]
 #[command(about = "plankton-trainer vs PyTorch training throughput")]
@@ -259,7 +264,7 @@ fn measure_ours(
             .args(["--warmup", &options.warmup.to_string()])
             .args(bf16.then_some("--bf16"))
             .args(sequential.then_some("--sequential"))
-            .env("GLIBC_TUNABLES", GLIBC_TUNABLES)
+            .env("GLIBC_TUNABLES", glibc_tunables())
             .env("OMP_NUM_THREADS", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -339,7 +344,7 @@ fn measure_pytorch(
             &options.warmup.to_string(),
         ])
         .args(["--world", &world_size.to_string()])
-        .env("GLIBC_TUNABLES", GLIBC_TUNABLES)
+        .env("GLIBC_TUNABLES", glibc_tunables())
         .env("OMP_NUM_THREADS", "1")
         .stderr(Stdio::inherit())
         .output()
@@ -390,13 +395,20 @@ fn main() -> Result<()> {
     let data = write_bench_data(options.batch, &architectures)?;
     // One core's arithmetic peak (each worker runs one thread on its own core).
     tch::set_num_threads(1);
-    let measured_f32 = roofline::peak(tch::Kind::Float);
-    let measured_bf16 = options.bf16.then(|| roofline::peak(tch::Kind::BFloat16));
+    let measured_f32 = roofline::peak(tch::Kind::Float)?;
+    let measured_bf16 = options
+        .bf16
+        .then(|| roofline::peak(tch::Kind::BFloat16))
+        .transpose()?;
     let core_peak_f32 = measured_f32.flops();
     let core_peak_bf16 = measured_bf16.map(|peak| peak.flops());
     println!(
-        "training throughput, batch {} per worker, {} timed steps after {} warm-up, best of {}, GLIBC_TUNABLES={GLIBC_TUNABLES}",
-        options.batch, options.steps, options.warmup, options.repeats
+        "training throughput, batch {} per worker, {} timed steps after {} warm-up, best of {}, GLIBC_TUNABLES={}",
+        options.batch,
+        options.steps,
+        options.warmup,
+        options.repeats,
+        glibc_tunables()
     );
     println!(
         "{:<8} {:<22} {:>12} {:>14} {:>7}",
