@@ -1,6 +1,6 @@
 //! The CPU's arithmetic peak as libtorch reaches it, measured in the same process and run as the figures it is
 //! compared with: the faster of a large matrix product and a large 3x3 convolution (oneDNN's convolutions beat
-//! MKL's matrix product on some CPUs, e.g. 132 against 96 GFLOP/s in f32 on one AMD EPYC Zen 4 core).
+//! MKL's matrix product on some CPUs, e.g. 131 against 101-103 GFLOP/s in f32 on one AMD EPYC Zen 4 core).
 
 use std::time::Instant;
 
